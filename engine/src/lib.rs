@@ -1,0 +1,1 @@
+//! Flotilla's inference engine (work in progress).

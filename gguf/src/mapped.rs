@@ -1,0 +1,88 @@
+//! Memory-mapped GGUF files for the engine: the header is parsed from the mapped bytes and
+//! tensor data is handed out as bounds-checked slices, so quantized weights can be used in
+//! place without copying them onto the heap.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::{GgufError, GgufHeader, TensorInfo, read_header};
+
+/// An opened, memory-mapped GGUF file.
+#[derive(Debug)]
+pub struct GgufFile {
+    path: PathBuf,
+    map: Mmap,
+    header: GgufHeader,
+}
+
+impl GgufFile {
+    /// Maps `path` read-only, parses its header and checks the file holds all tensor data.
+    pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(GgufError::Io)?;
+        // SAFETY: the map is read-only and private to this process. Model files are treated
+        // as immutable once placed in the cache (they are renamed in after verification and
+        // never rewritten in place); truncating one under a running engine is an operator
+        // error that the kernel reports as SIGBUS, as with every mmap-based model loader.
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }.map_err(GgufError::Io)?;
+        let header = read_header(&map[..])?;
+        let required = header.required_file_size();
+        if (map.len() as u64) < required {
+            return Err(GgufError::Truncated {
+                what: format!(
+                    "tensor data of {} ({} bytes, header requires {required})",
+                    path.display(),
+                    map.len()
+                ),
+            });
+        }
+        Ok(GgufFile { path, map, header })
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &GgufHeader {
+        &self.header
+    }
+
+    /// The path this file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the mapped file in bytes.
+    pub fn file_size(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// The raw bytes of one tensor, bounds-checked against the file.
+    pub fn tensor_data(&self, tensor: &TensorInfo) -> Result<&[u8], GgufError> {
+        let out_of_bounds = || {
+            GgufError::Invalid(format!(
+                "tensor {:?} lies outside {} ({} bytes)",
+                tensor.name,
+                self.path.display(),
+                self.map.len()
+            ))
+        };
+        let start = self
+            .header
+            .data_offset
+            .checked_add(tensor.offset)
+            .ok_or_else(out_of_bounds)?;
+        let end = start
+            .checked_add(tensor.checked_byte_size().ok_or_else(out_of_bounds)?)
+            .ok_or_else(out_of_bounds)?;
+        let start = usize::try_from(start).map_err(|_| out_of_bounds())?;
+        let end = usize::try_from(end).map_err(|_| out_of_bounds())?;
+        self.map.get(start..end).ok_or_else(out_of_bounds)
+    }
+
+    /// Looks a tensor up by name and returns its info and bytes.
+    pub fn tensor_by_name(&self, name: &str) -> Option<(&TensorInfo, Result<&[u8], GgufError>)> {
+        let tensor = self.header.tensor(name)?;
+        Some((tensor, self.tensor_data(tensor)))
+    }
+}

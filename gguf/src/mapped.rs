@@ -52,6 +52,18 @@ impl GgufFile {
         &self.path
     }
 
+    /// All bytes of the mapped file.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Absolute byte range of one tensor's data in the file, bounds-checked.
+    pub fn tensor_range(&self, tensor: &TensorInfo) -> Result<std::ops::Range<usize>, GgufError> {
+        let data = self.tensor_data(tensor)?;
+        let start = data.as_ptr() as usize - self.map.as_ptr() as usize;
+        Ok(start..start + data.len())
+    }
+
     /// Size of the mapped file in bytes.
     pub fn file_size(&self) -> u64 {
         self.map.len() as u64

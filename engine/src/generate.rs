@@ -1,0 +1,429 @@
+//! The engine facade and the per-sequence decoding state machine shared by single-request
+//! generation ([`Engine::generate`]) and the batching [`crate::Scheduler`].
+//!
+//! A sequence owns its KV cache, sampler, stop-sequence matcher and UTF-8 assembly; the
+//! engine owns the model, tokenizer, chat template and the thread pool the kernels run on.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use flotilla_gguf::GgufFile;
+
+use crate::EngineError;
+use crate::chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate};
+use crate::model::{KvCache, LlamaModel, SequenceInput};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::{TokenId, Tokenizer, Utf8Stream};
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Worker threads for the kernels (default: all cores).
+    pub threads: Option<usize>,
+}
+
+/// A cooperative cancellation flag, checked before every token.
+#[derive(Debug, Clone, Default)]
+pub struct CancellationFlag(Arc<AtomicBool>);
+
+impl CancellationFlag {
+    pub fn new() -> CancellationFlag {
+        CancellationFlag::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Raw text; special tokens written in it (like `<|im_start|>`) are parsed.
+    Text(String),
+    /// A conversation rendered with the model's chat template plus the assistant header.
+    Chat(Vec<ChatMessage>),
+    /// Pre-tokenized input.
+    Tokens(Vec<TokenId>),
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    /// Generation ends before the first occurrence of any of these strings.
+    pub stop: Vec<String>,
+    pub cancel: CancellationFlag,
+}
+
+impl GenerationRequest {
+    pub fn new(prompt: Prompt) -> GenerationRequest {
+        GenerationRequest {
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens: 256,
+            stop: Vec::new(),
+            cancel: CancellationFlag::new(),
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence or end-of-turn token.
+    EndOfSequence,
+    /// A stop sequence appeared (it is not part of the text).
+    StopSequence,
+    /// `max_tokens` were generated or the context is full.
+    Length,
+    Cancelled,
+}
+
+/// A streamed piece of output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEvent {
+    pub token: TokenId,
+    /// Text that became final with this token (may be empty while UTF-8 or a possible stop
+    /// sequence is incomplete).
+    pub text: String,
+}
+
+/// The result of a finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationOutput {
+    pub text: String,
+    pub tokens: Vec<TokenId>,
+    pub prompt_tokens: usize,
+    pub finish_reason: FinishReason,
+    /// Prompt processing time (includes the first token's logits).
+    pub time_to_first_token: Duration,
+    pub total_time: Duration,
+}
+
+/// A loaded model ready to serve requests.
+pub struct Engine {
+    model: LlamaModel,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Engine")
+            .field("config", self.model.config())
+            .field("threads", &self.pool.current_num_threads())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Prompt tokens processed per forward pass (bounds activation memory on long prompts).
+const PREFILL_CHUNK: usize = 128;
+
+impl Engine {
+    /// Maps and loads a GGUF model.
+    pub fn load(path: impl AsRef<Path>, options: EngineOptions) -> Result<Engine, EngineError> {
+        let file = Arc::new(GgufFile::open(path)?);
+        let model = LlamaModel::load(Arc::clone(&file))?;
+        let tokenizer = Tokenizer::from_gguf(file.header())?;
+        let token_text = |token: Option<TokenId>| {
+            token
+                .and_then(|token| tokenizer.token_text(token))
+                .unwrap_or("")
+                .to_string()
+        };
+        let source = file
+            .header()
+            .metadata
+            .get_str("tokenizer.chat_template")
+            .unwrap_or(CHATML_TEMPLATE);
+        let template = ChatTemplate::new(
+            source,
+            &token_text(tokenizer.bos_token()),
+            &token_text(tokenizer.eos_token()),
+        )?;
+        let mut pool =
+            rayon::ThreadPoolBuilder::new().thread_name(|index| format!("flotilla-engine-{index}"));
+        if let Some(threads) = options.threads {
+            pool = pool.num_threads(threads.max(1));
+        }
+        let pool = pool
+            .build()
+            .map_err(|error| EngineError::ThreadPool(error.to_string()))?;
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            pool,
+        })
+    }
+
+    pub fn model(&self) -> &LlamaModel {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// The model's context window.
+    pub fn context_length(&self) -> usize {
+        self.model.config().context_length
+    }
+
+    /// Renders a conversation with the model's chat template.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        self.template.render(messages, add_generation_prompt)
+    }
+
+    /// Tokenizes a prompt.
+    pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<TokenId>, EngineError> {
+        Ok(match prompt {
+            Prompt::Text(text) => self.tokenizer.encode(text, true, None),
+            Prompt::Chat(messages) => {
+                self.tokenizer
+                    .encode(&self.render_chat(messages, true)?, true, None)
+            }
+            Prompt::Tokens(tokens) => tokens.clone(),
+        })
+    }
+
+    /// Runs one batched forward pass inside the engine's thread pool.
+    pub fn forward(
+        &self,
+        sequences: &mut [SequenceInput<'_>],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.pool.install(|| self.model.forward(sequences))
+    }
+
+    /// Feeds a whole prompt into a fresh cache, in chunks; returns the last logits.
+    pub fn prefill(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[TokenId],
+    ) -> Result<Vec<f32>, EngineError> {
+        let mut logits = Vec::new();
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            let mut batch = [SequenceInput {
+                cache: &mut *cache,
+                tokens: chunk,
+            }];
+            logits = self.forward(&mut batch)?.pop().unwrap_or_default();
+        }
+        if logits.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        Ok(logits)
+    }
+
+    /// Generates for one request on the calling thread, calling `on_token` per token.
+    pub fn generate(
+        &self,
+        request: &GenerationRequest,
+        mut on_token: impl FnMut(&TokenEvent),
+    ) -> Result<GenerationOutput, EngineError> {
+        let mut sequence = Sequence::start(self, request)?;
+        let mut logits = self.prefill(&mut sequence.cache, &sequence.prompt.clone())?;
+        loop {
+            if let Some(event) = sequence.accept_logits(self, &mut logits) {
+                on_token(&event);
+            }
+            if sequence.finished.is_some() {
+                return Ok(sequence.finish());
+            }
+            let token = sequence.pending_token();
+            let mut batch = [SequenceInput {
+                cache: &mut sequence.cache,
+                tokens: &[token],
+            }];
+            logits = self.forward(&mut batch)?.pop().unwrap_or_default();
+        }
+    }
+}
+
+/// Decoding state of one request.
+pub(crate) struct Sequence {
+    pub(crate) cache: KvCache,
+    pub(crate) prompt: Vec<TokenId>,
+    sampler: Sampler,
+    history: Vec<TokenId>,
+    generated: Vec<TokenId>,
+    utf8: Utf8Stream,
+    text: String,
+    emitted: usize,
+    stop: Vec<String>,
+    max_tokens: usize,
+    cancel: CancellationFlag,
+    pub(crate) finished: Option<FinishReason>,
+    started: Instant,
+    first_token_at: Option<Instant>,
+}
+
+impl Sequence {
+    pub(crate) fn start(
+        engine: &Engine,
+        request: &GenerationRequest,
+    ) -> Result<Sequence, EngineError> {
+        request
+            .sampling
+            .validate()
+            .map_err(EngineError::InvalidRequest)?;
+        let prompt = engine.prompt_tokens(&request.prompt)?;
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        let context = engine.context_length();
+        if prompt.len() >= context {
+            return Err(EngineError::ContextOverflow {
+                prompt: prompt.len(),
+                max_tokens: request.max_tokens,
+                context,
+            });
+        }
+        Ok(Sequence {
+            cache: engine.model.new_cache(),
+            sampler: Sampler::new(request.sampling.clone()),
+            history: prompt.clone(),
+            prompt,
+            generated: Vec::new(),
+            utf8: Utf8Stream::default(),
+            text: String::new(),
+            emitted: 0,
+            stop: request
+                .stop
+                .iter()
+                .filter(|stop| !stop.is_empty())
+                .cloned()
+                .collect(),
+            max_tokens: request.max_tokens,
+            cancel: request.cancel.clone(),
+            finished: None,
+            started: Instant::now(),
+            first_token_at: None,
+        })
+    }
+
+    /// The last sampled token, which the next forward pass must consume.
+    pub(crate) fn pending_token(&self) -> TokenId {
+        self.generated.last().copied().unwrap_or(0)
+    }
+
+    /// Samples from `logits`, updates the text and stop state, returns the streamed event.
+    pub(crate) fn accept_logits(
+        &mut self,
+        engine: &Engine,
+        logits: &mut [f32],
+    ) -> Option<TokenEvent> {
+        if self.cancel.is_cancelled() {
+            self.finished = Some(FinishReason::Cancelled);
+            return None;
+        }
+        if self.generated.len() >= self.max_tokens {
+            self.finished = Some(FinishReason::Length);
+            return None;
+        }
+        let token = self.sampler.sample(logits, &self.history);
+        self.first_token_at.get_or_insert_with(Instant::now);
+        self.history.push(token);
+        self.generated.push(token);
+        if engine.tokenizer.is_end_of_generation(token) {
+            self.finished = Some(FinishReason::EndOfSequence);
+            let text = self.take_final_text();
+            return Some(TokenEvent { token, text });
+        }
+        let piece = self.utf8.push(&engine.tokenizer.token_bytes(token, false));
+        self.text.push_str(&piece);
+        let mut safe_end = self.text.len();
+        if let Some(position) = self
+            .stop
+            .iter()
+            .filter_map(|stop| self.text.find(stop.as_str()))
+            .min()
+        {
+            self.text.truncate(position);
+            self.finished = Some(FinishReason::StopSequence);
+            safe_end = position;
+        } else {
+            // Hold back a tail that could still grow into a stop sequence.
+            for stop in &self.stop {
+                for (boundary, _) in self.text.char_indices().rev().take(stop.chars().count()) {
+                    if boundary >= self.emitted && stop.starts_with(&self.text[boundary..]) {
+                        safe_end = safe_end.min(boundary);
+                    }
+                }
+            }
+        }
+        if self.finished.is_none()
+            && (self.generated.len() >= self.max_tokens
+                || self.cache.len() + 1 >= engine.context_length())
+        {
+            self.finished = Some(FinishReason::Length);
+        }
+        let text = if self.finished.is_some() {
+            self.take_final_text()
+        } else {
+            let text = self.text[self.emitted..safe_end].to_string();
+            self.emitted = safe_end;
+            text
+        };
+        Some(TokenEvent { token, text })
+    }
+
+    fn take_final_text(&mut self) -> String {
+        if self.finished != Some(FinishReason::StopSequence) {
+            let rest = self.utf8.finish();
+            self.text.push_str(&rest);
+        }
+        let text = self.text[self.emitted.min(self.text.len())..].to_string();
+        self.emitted = self.text.len();
+        text
+    }
+
+    /// An ended, empty sequence (what a finished slot is swapped with).
+    pub(crate) fn placeholder(engine: &Engine) -> Sequence {
+        Sequence {
+            cache: engine.model.new_cache(),
+            prompt: Vec::new(),
+            sampler: Sampler::new(SamplingParams::greedy()),
+            history: Vec::new(),
+            generated: Vec::new(),
+            utf8: Utf8Stream::default(),
+            text: String::new(),
+            emitted: 0,
+            stop: Vec::new(),
+            max_tokens: 0,
+            cancel: CancellationFlag::new(),
+            finished: Some(FinishReason::Cancelled),
+            started: Instant::now(),
+            first_token_at: None,
+        }
+    }
+
+    pub(crate) fn finish(self) -> GenerationOutput {
+        let now = Instant::now();
+        GenerationOutput {
+            text: self.text,
+            tokens: self.generated,
+            prompt_tokens: self.prompt.len(),
+            finish_reason: self.finished.unwrap_or(FinishReason::Length),
+            time_to_first_token: self.first_token_at.unwrap_or(now) - self.started,
+            total_time: now - self.started,
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Weight matrices that stay in their GGUF encoding inside the memory-mapped file, and the
+//! batched, multi-threaded matrix multiplication over them.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use flotilla_gguf::{GgmlType, GgufFile};
+use rayon::prelude::*;
+
+use crate::EngineError;
+use crate::kernels::{ActivationBlock, BLOCK, KernelImpl, WeightFormat, dequantize_row};
+
+/// A 2-D weight (`rows` outputs × `columns` inputs) borrowed from the mapped model file.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    file: Arc<GgufFile>,
+    range: Range<usize>,
+    pub format: WeightFormat,
+    pub rows: usize,
+    pub columns: usize,
+}
+
+fn weight_format(ggml_type: GgmlType) -> Option<WeightFormat> {
+    Some(match ggml_type {
+        GgmlType::F32 => WeightFormat::F32,
+        GgmlType::F16 => WeightFormat::F16,
+        GgmlType::BF16 => WeightFormat::BF16,
+        GgmlType::Q8_0 => WeightFormat::Q8_0,
+        GgmlType::Q4_0 => WeightFormat::Q4_0,
+        GgmlType::Q4_1 => WeightFormat::Q4_1,
+        _ => return None,
+    })
+}
+
+impl Matrix {
+    /// Looks up a 2-D tensor and checks its shape is `[columns, rows]` (ggml order).
+    pub fn load(
+        file: &Arc<GgufFile>,
+        name: &str,
+        columns: usize,
+        rows: usize,
+    ) -> Result<Matrix, EngineError> {
+        let tensor = file
+            .header()
+            .tensor(name)
+            .ok_or_else(|| EngineError::Missing(format!("tensor {name}")))?;
+        let format = weight_format(tensor.ggml_type).ok_or_else(|| {
+            EngineError::Unsupported(format!(
+                "tensor {name} has type {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+                tensor.ggml_type
+            ))
+        })?;
+        let expected = [columns as u64, rows as u64];
+        let matches = tensor.dims == expected || (rows == 1 && tensor.dims == [columns as u64]);
+        if !matches {
+            return Err(EngineError::InvalidModel(format!(
+                "tensor {name} has shape {:?}, expected {expected:?}",
+                tensor.dims
+            )));
+        }
+        if format.is_block_quantized() && !columns.is_multiple_of(BLOCK) {
+            return Err(EngineError::InvalidModel(format!(
+                "tensor {name} rows of {columns} are not whole {BLOCK}-element blocks"
+            )));
+        }
+        let range = file.tensor_range(tensor)?;
+        Ok(Matrix {
+            file: Arc::clone(file),
+            range,
+            format,
+            rows,
+            columns,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.file.as_bytes()[self.range.clone()]
+    }
+
+    /// The encoded bytes of one row.
+    pub fn row(&self, index: usize) -> &[u8] {
+        let row_bytes = self.format.row_bytes(self.columns);
+        &self.bytes()[index * row_bytes..(index + 1) * row_bytes]
+    }
+
+    /// Dequantizes one row (embedding lookup).
+    pub fn dequantize_row_into(&self, index: usize, output: &mut [f32]) {
+        dequantize_row(self.format, self.row(index), output);
+    }
+
+    /// Dequantizes a 1-D tensor (norm weights) into a vector.
+    pub fn to_vec(&self) -> Vec<f32> {
+        let mut values = vec![0.0; self.columns * self.rows];
+        for (index, chunk) in values.chunks_exact_mut(self.columns).enumerate() {
+            self.dequantize_row_into(index, chunk);
+        }
+        values
+    }
+
+    /// Bytes of weight data.
+    pub fn byte_size(&self) -> usize {
+        self.range.len()
+    }
+}
+
+/// Inputs to a batched matrix multiplication: `tokens` rows of `columns` activations and,
+/// for block-quantized weights, their 8-bit blocks (quantized once, reused by every weight).
+pub struct Activations<'a> {
+    pub values: &'a [f32],
+    pub blocks: &'a [ActivationBlock],
+    pub columns: usize,
+}
+
+impl Activations<'_> {
+    fn token_count(&self) -> usize {
+        self.values.len() / self.columns
+    }
+}
+
+/// Scratch for [`matmul`]: the row-major (`rows × tokens`) result before transposition.
+#[derive(Default)]
+pub struct MatmulScratch {
+    transposed: Vec<f32>,
+}
+
+/// `output[t][r] = Σ_c weights[r][c] · input[t][c]` for every token `t`.
+///
+/// Rows are split across the rayon pool; each weight row is read once for all tokens of
+/// the batch, which is what makes batching sequences and prompt tokens pay off.
+pub fn matmul(
+    kernel: KernelImpl,
+    weights: &Matrix,
+    input: &Activations<'_>,
+    scratch: &mut MatmulScratch,
+    output: &mut [f32],
+) {
+    let tokens = input.token_count();
+    debug_assert_eq!(input.columns, weights.columns);
+    debug_assert_eq!(output.len(), tokens * weights.rows);
+    let blocks_per_token = input.columns / BLOCK;
+    scratch.transposed.resize(weights.rows * tokens, 0.0);
+    let rows_per_task = (weights.rows / (rayon::current_num_threads() * 8)).clamp(16, 256);
+    scratch
+        .transposed
+        .par_chunks_mut(rows_per_task * tokens)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let first_row = task * rows_per_task;
+            for (offset, row_output) in chunk.chunks_exact_mut(tokens).enumerate() {
+                let row = weights.row(first_row + offset);
+                for (token, value) in row_output.iter_mut().enumerate() {
+                    let values = &input.values[token * input.columns..(token + 1) * input.columns];
+                    let blocks = if weights.format.is_block_quantized() {
+                        &input.blocks[token * blocks_per_token..(token + 1) * blocks_per_token]
+                    } else {
+                        &[]
+                    };
+                    *value = kernel.row_dot(weights.format, row, values, blocks);
+                }
+            }
+        });
+    for (row, values) in scratch.transposed.chunks_exact(tokens).enumerate() {
+        for (token, &value) in values.iter().enumerate() {
+            output[token * weights.rows + row] = value;
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Tokenizer behaviour on a tiny hand-made vocabulary.
+
+use flotilla_gguf::{GgufBuilder, read_header};
+
+use super::*;
+
+pub(crate) fn tiny_tokenizer_builder(builder: GgufBuilder) -> GgufBuilder {
+    let table = byte_to_char_table();
+    let mut tokens: Vec<String> = vec![
+        "<|endoftext|>".into(),
+        "<|im_start|>".into(),
+        "<|im_end|>".into(),
+    ];
+    tokens.extend(table.iter().map(|c| c.to_string()));
+    tokens.extend(
+        [
+            "he", "ll", "hell", "hello", "Ġw", "Ġwo", "Ġworld", "or", "ld", "Ġ",
+        ]
+        .map(String::from),
+    );
+    let mut kinds = vec![3, 3, 3];
+    kinds.extend(std::iter::repeat_n(1, tokens.len() - 3));
+    builder
+        .metadata_str("tokenizer.ggml.model", "gpt2")
+        .metadata_str("tokenizer.ggml.pre", "smollm")
+        .metadata_str_array("tokenizer.ggml.tokens", &tokens)
+        .metadata_i32_array("tokenizer.ggml.token_type", &kinds)
+        .metadata_str_array(
+            "tokenizer.ggml.merges",
+            &[
+                "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld",
+            ],
+        )
+        .metadata_u32("tokenizer.ggml.bos_token_id", 1)
+        .metadata_u32("tokenizer.ggml.eos_token_id", 2)
+}
+
+fn tiny() -> Tokenizer {
+    let bytes = tiny_tokenizer_builder(GgufBuilder::new()).build();
+    Tokenizer::from_gguf(&read_header(&bytes[..]).expect("header")).expect("tokenizer")
+}
+
+#[test]
+fn merges_apply_by_rank() {
+    let tokenizer = tiny();
+    let ids = tokenizer.encode("hello world", false, Some(false));
+    let texts: Vec<&str> = ids
+        .iter()
+        .map(|&id| tokenizer.token_text(id).expect("id"))
+        .collect();
+    assert_eq!(texts, ["hello", "Ġworld"]);
+}
+
+#[test]
+fn special_tokens_only_when_parsing_specials() {
+    let tokenizer = tiny();
+    let parsed = tokenizer.encode("<|im_start|>hello", true, Some(false));
+    assert_eq!(parsed[0], 1);
+    let literal = tokenizer.encode("<|im_start|>hello", false, Some(false));
+    assert!(literal.len() > 2 && !literal.contains(&1));
+    assert_eq!(tokenizer.encode("hi", true, Some(true))[0], 1);
+}
+
+#[test]
+fn round_trips_arbitrary_unicode() {
+    let tokenizer = tiny();
+    for text in [
+        "héllo wörld",
+        "  spaces\t\ttabs\n\n",
+        "emoji 🦀 and 中文",
+        "a'll 123",
+    ] {
+        let ids = tokenizer.encode(text, false, Some(false));
+        assert_eq!(tokenizer.decode(&ids, false), text);
+    }
+}
+
+#[test]
+fn utf8_stream_holds_back_partial_characters() {
+    let mut stream = Utf8Stream::default();
+    let crab = "🦀".as_bytes();
+    assert_eq!(stream.push(&crab[..2]), "");
+    assert_eq!(stream.push(&crab[2..]), "🦀");
+    assert_eq!(stream.finish(), "");
+}

@@ -96,7 +96,10 @@ impl KernelImpl {
     pub fn detect() -> KernelImpl {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
                 return KernelImpl::Avx2;
             }
         }

@@ -4,16 +4,18 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActivationBlock, WeightFormat, read_f16};
+use super::{ActivationBlock, WeightFormat};
 
 /// Safe entry point: callers reach it only through `KernelImpl::Avx2`, which is
 /// constructed after `is_x86_feature_detected!` confirmed AVX2 and FMA.
 pub(super) fn dot_blocks(format: WeightFormat, row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     assert!(
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
-        "avx2 kernels selected on a cpu without avx2/fma"
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c"),
+        "avx2 kernels selected on a cpu without avx2/fma/f16c"
     );
-    // SAFETY: the assertion above proves the CPU supports AVX2 and FMA (the check is a
+    // SAFETY: the assertion above proves the CPU supports AVX2, FMA and F16C (the check is a
     // cached atomic load, cheap next to a row of blocks). The functions only read `row` and
     // `blocks` through bounds-checked `chunks_exact` slices, with unaligned loads.
     unsafe {
@@ -28,9 +30,19 @@ pub(super) fn dot_blocks(format: WeightFormat, row: &[u8], blocks: &[ActivationB
     }
 }
 
+/// Reads a little-endian f16 with the F16C instruction (a software conversion per block
+/// scale costs more than the block's integer dot product).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn read_f16(bytes: &[u8], at: usize) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+        u16::from_le_bytes([bytes[at], bytes[at + 1]]),
+    ))))
+}
+
 /// Sum of signed×signed byte products, 32 lanes, into 8 i32 lanes as f32.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn signed_dot(weights: __m256i, activations: __m256i) -> __m256 {
     // maddubs needs an unsigned left operand: move the weight signs onto the activations.
     let absolute = _mm256_sign_epi8(weights, weights);
@@ -41,7 +53,7 @@ fn signed_dot(weights: __m256i, activations: __m256i) -> __m256 {
 
 /// Expands 16 bytes of packed nibbles into 32 bytes: low nibbles first, then high nibbles.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn unpack_nibbles(packed: &[u8]) -> __m256i {
     debug_assert_eq!(packed.len(), 16);
     // SAFETY: `packed` is exactly 16 bytes (the caller slices a block's quant field) and
@@ -54,14 +66,14 @@ fn unpack_nibbles(packed: &[u8]) -> __m256i {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load_activations(block: &ActivationBlock) -> __m256i {
     // SAFETY: `qs` is a 32-byte array; the load is unaligned.
     unsafe { _mm256_loadu_si256(block.qs.as_ptr().cast()) }
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn horizontal_sum(vector: __m256) -> f32 {
     let folded = _mm_add_ps(
         _mm256_castps256_ps128(vector),
@@ -72,7 +84,7 @@ fn horizontal_sum(vector: __m256) -> f32 {
     _mm_cvtss_f32(folded)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q8_0(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     let mut accumulator = _mm256_setzero_ps();
     for (block, activation) in row.chunks_exact(34).zip(blocks) {
@@ -86,7 +98,7 @@ fn dot_q8_0(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     horizontal_sum(accumulator)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_0(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     let mut accumulator = _mm256_setzero_ps();
     let eight = _mm256_set1_epi8(8);
@@ -99,7 +111,7 @@ fn dot_q4_0(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     horizontal_sum(accumulator)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_1(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     let mut accumulator = _mm256_setzero_ps();
     let mut offsets = 0.0f32;

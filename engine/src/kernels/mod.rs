@@ -131,6 +131,32 @@ impl KernelImpl {
     }
 }
 
+impl KernelImpl {
+    /// `Σ key[i] · query[i]` over an f16 key (attention scores).
+    pub fn dot_f16_f32(self, key: &[f16], query: &[f32]) -> f32 {
+        debug_assert_eq!(key.len(), query.len());
+        match self {
+            KernelImpl::Scalar => key.iter().zip(query).map(|(k, q)| k.to_f32() * q).sum(),
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx2 => x86::dot_f16_f32(key, query),
+        }
+    }
+
+    /// `output[i] += weight · value[i]` over an f16 value (attention output).
+    pub fn add_scaled_f16(self, output: &mut [f32], weight: f32, value: &[f16]) {
+        debug_assert_eq!(output.len(), value.len());
+        match self {
+            KernelImpl::Scalar => {
+                for (out, v) in output.iter_mut().zip(value) {
+                    *out += weight * v.to_f32();
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx2 => x86::add_scaled_f16(output, weight, value),
+        }
+    }
+}
+
 /// Dequantizes one row into `output` (used for embedding lookups and tests).
 pub fn dequantize_row(format: WeightFormat, row: &[u8], output: &mut [f32]) {
     match format {

@@ -4,17 +4,14 @@
 
 use std::arch::x86_64::*;
 
+use half::f16;
+
 use super::{ActivationBlock, WeightFormat};
 
 /// Safe entry point: callers reach it only through `KernelImpl::Avx2`, which is
 /// constructed after `is_x86_feature_detected!` confirmed AVX2 and FMA.
 pub(super) fn dot_blocks(format: WeightFormat, row: &[u8], blocks: &[ActivationBlock]) -> f32 {
-    assert!(
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c"),
-        "avx2 kernels selected on a cpu without avx2/fma/f16c"
-    );
+    assert_supported();
     // SAFETY: the assertion above proves the CPU supports AVX2, FMA and F16C (the check is a
     // cached atomic load, cheap next to a row of blocks). The functions only read `row` and
     // `blocks` through bounds-checked `chunks_exact` slices, with unaligned loads.
@@ -27,6 +24,78 @@ pub(super) fn dot_blocks(format: WeightFormat, row: &[u8], blocks: &[ActivationB
                 unreachable!("plain formats are not block quantized")
             }
         }
+    }
+}
+
+fn assert_supported() {
+    assert!(
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c"),
+        "avx2 kernels selected on a cpu without avx2/fma/f16c"
+    );
+}
+
+/// `Σ key[i] · query[i]` with 8-wide F16C conversion.
+pub(super) fn dot_f16_f32(key: &[f16], query: &[f32]) -> f32 {
+    assert_supported();
+    assert_eq!(
+        key.len(),
+        query.len(),
+        "attention key and query lengths differ"
+    );
+    // SAFETY: CPU features asserted above; the lengths are equal, and the function only
+    // loads whole chunks of 8 within both slices (the tail is handled in scalar code).
+    unsafe { dot_f16_f32_avx2(key, query) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f16_f32_avx2(key: &[f16], query: &[f32]) -> f32 {
+    let mut accumulator = _mm256_setzero_ps();
+    let chunks = key.len() / 8;
+    for chunk in 0..chunks {
+        // SAFETY: `chunk * 8 + 8 <= len` for both slices; unaligned loads.
+        let (k, q) = unsafe {
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(key.as_ptr().add(chunk * 8).cast())),
+                _mm256_loadu_ps(query.as_ptr().add(chunk * 8)),
+            )
+        };
+        accumulator = _mm256_fmadd_ps(k, q, accumulator);
+    }
+    let mut sum = horizontal_sum(accumulator);
+    for index in chunks * 8..key.len() {
+        sum += key[index].to_f32() * query[index];
+    }
+    sum
+}
+
+/// `output[i] += weight · value[i]` with 8-wide F16C conversion.
+pub(super) fn add_scaled_f16(output: &mut [f32], weight: f32, value: &[f16]) {
+    assert_supported();
+    assert_eq!(
+        output.len(),
+        value.len(),
+        "attention output and value lengths differ"
+    );
+    // SAFETY: CPU features asserted above; equal lengths, whole chunks of 8 only.
+    unsafe { add_scaled_f16_avx2(output, weight, value) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn add_scaled_f16_avx2(output: &mut [f32], weight: f32, value: &[f16]) {
+    let scale = _mm256_set1_ps(weight);
+    let chunks = value.len() / 8;
+    for chunk in 0..chunks {
+        // SAFETY: `chunk * 8 + 8 <= len` for both slices; unaligned loads and stores.
+        unsafe {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(value.as_ptr().add(chunk * 8).cast()));
+            let out = output.as_mut_ptr().add(chunk * 8);
+            _mm256_storeu_ps(out, _mm256_fmadd_ps(scale, v, _mm256_loadu_ps(out)));
+        }
+    }
+    for index in chunks * 8..value.len() {
+        output[index] += weight * value[index].to_f32();
     }
 }
 
@@ -55,9 +124,10 @@ fn signed_dot(weights: __m256i, activations: __m256i) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn unpack_nibbles(packed: &[u8]) -> __m256i {
-    debug_assert_eq!(packed.len(), 16);
-    // SAFETY: `packed` is exactly 16 bytes (the caller slices a block's quant field) and
-    // `_mm_loadu_si128` has no alignment requirement.
+    let packed: &[u8; 16] = packed
+        .try_into()
+        .expect("a block's nibble field is 16 bytes");
+    // SAFETY: `packed` is exactly 16 bytes and `_mm_loadu_si128` needs no alignment.
     let bytes = unsafe { _mm_loadu_si128(packed.as_ptr().cast()) };
     let mask = _mm_set1_epi8(0x0F);
     let low = _mm_and_si128(bytes, mask);

@@ -378,6 +378,7 @@ impl LlamaModel {
         let kv_dim = config.kv_dim();
         let scale = 1.0 / (head_dim as f32).sqrt();
         let query = &state.query;
+        let kernel = self.kernel;
         state
             .attention
             .par_chunks_mut(head_dim)
@@ -396,7 +397,7 @@ impl LlamaModel {
                 let mut scores = Vec::with_capacity(visible);
                 for cached in 0..visible {
                     let key = &keys[cached * kv_dim + kv_head * head_dim..][..head_dim];
-                    let dot: f32 = key.iter().zip(&q).map(|(k, q)| k.to_f32() * q).sum();
+                    let dot = kernel.dot_f16_f32(key, &q);
                     scores.push(dot * scale);
                 }
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -411,9 +412,7 @@ impl LlamaModel {
                     let value = &values[cached * kv_dim + kv_head * head_dim..][..head_dim];
                     // llama.cpp multiplies the f16 V cache by f16-converted probabilities.
                     let weight = f16::from_f32(weight * inverse).to_f32();
-                    for (out, v) in output.iter_mut().zip(value) {
-                        *out += weight * v.to_f32();
-                    }
+                    kernel.add_scaled_f16(output, weight, value);
                 }
             });
     }

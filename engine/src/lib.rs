@@ -5,6 +5,8 @@
 //! decodes with a KV cache per sequence, and schedules concurrent requests through one
 //! batched forward pass. Everything lives in memory; nothing is persisted.
 
+#[cfg(feature = "burn")]
+pub mod burn_graph;
 pub mod chat;
 mod error;
 mod generate;

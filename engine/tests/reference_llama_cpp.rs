@@ -90,9 +90,12 @@ fn matches_llama_cpp_tokenization_and_greedy_decoding() {
     );
 
     // Greedy decoding must agree token for token. Two correct engines can only part at a
-    // near tie (llama.cpp's own top-2 margin below NEAR_TIE logits, where float summation
-    // order decides); after such a point the continuations are no longer comparable.
-    const NEAR_TIE: f64 = 0.25;
+    // near tie: llama.cpp's own top-2 margin below NEAR_TIE logits. Both engines quantize
+    // activations to 8 bits per matmul, so a last-bit difference in float summation order
+    // can flip one rounding and move logits by up to ~0.35 (the largest first-position
+    // difference we measured); a disagreement where llama.cpp's margin exceeds that is a
+    // real bug. After a near-tie parting the continuations are no longer comparable.
+    const NEAR_TIE: f64 = 0.5;
     let mut full_matches = 0;
     let mut failures = Vec::new();
     let cases = reference["greedy"].as_array().expect("greedy cases");

@@ -53,6 +53,27 @@ pub struct LlamaModel {
     kernel: KernelImpl,
 }
 
+/// Borrowed views of one layer's weights (for other executors, e.g. the burn graph).
+pub struct LayerWeights<'a> {
+    pub attention_norm: &'a [f32],
+    pub query: &'a Matrix,
+    pub key: &'a Matrix,
+    pub value: &'a Matrix,
+    pub attention_output: &'a Matrix,
+    pub ffn_norm: &'a [f32],
+    pub gate: &'a Matrix,
+    pub up: &'a Matrix,
+    pub down: &'a Matrix,
+}
+
+/// Borrowed views of all weights.
+pub struct ModelWeights<'a> {
+    pub token_embedding: &'a Matrix,
+    pub layers: Vec<LayerWeights<'a>>,
+    pub output_norm: &'a [f32],
+    pub output: &'a Matrix,
+}
+
 /// The tokens one sequence contributes to a forward pass.
 pub struct SequenceInput<'a> {
     pub cache: &'a mut KvCache,
@@ -105,6 +126,30 @@ impl LlamaModel {
             tied_output,
             kernel: KernelImpl::detect(),
         })
+    }
+
+    /// Borrowed views of every weight.
+    pub fn weights(&self) -> ModelWeights<'_> {
+        ModelWeights {
+            token_embedding: &self.token_embedding,
+            layers: self
+                .layers
+                .iter()
+                .map(|layer| LayerWeights {
+                    attention_norm: &layer.attention_norm,
+                    query: &layer.query,
+                    key: &layer.key,
+                    value: &layer.value,
+                    attention_output: &layer.attention_output,
+                    ffn_norm: &layer.ffn_norm,
+                    gate: &layer.gate,
+                    up: &layer.up,
+                    down: &layer.down,
+                })
+                .collect(),
+            output_norm: &self.output_norm,
+            output: &self.output,
+        }
     }
 
     /// Uses a specific kernel implementation (tests compare scalar and SIMD).

@@ -120,18 +120,21 @@ fn streamed_text_equals_final_text_and_stop_sequences_cut() {
     assert!(!output.tokens.is_empty());
     // Use a piece of the greedy output as a stop sequence: generation ends right before it.
     let characters: Vec<char> = output.text.chars().collect();
-    if characters.len() >= 6 {
-        let stop: String = characters[3..5].iter().collect();
-        let cut = output.text.find(&stop).expect("present");
-        request.stop = vec![stop.clone()];
-        let mut streamed = String::new();
-        let stopped = engine
-            .generate(&request, |event| streamed.push_str(&event.text))
-            .expect("generate");
-        assert_eq!(stopped.text, output.text[..cut]);
-        assert_eq!(streamed, stopped.text);
-        assert_eq!(stopped.finish_reason, crate::FinishReason::StopSequence);
-    }
+    assert!(
+        characters.len() >= 6,
+        "fixture output too short: {:?}",
+        output.text
+    );
+    let stop: String = characters[3..5].iter().collect();
+    let cut = output.text.find(&stop).expect("present");
+    request.stop = vec![stop.clone()];
+    let mut streamed = String::new();
+    let stopped = engine
+        .generate(&request, |event| streamed.push_str(&event.text))
+        .expect("generate");
+    assert_eq!(stopped.text, output.text[..cut]);
+    assert_eq!(streamed, stopped.text);
+    assert_eq!(stopped.finish_reason, crate::FinishReason::StopSequence);
 }
 
 #[test]

@@ -4,6 +4,45 @@
 //! stay quantized), tokenizes and renders chat templates from the file's own metadata,
 //! decodes with a KV cache per sequence, and schedules concurrent requests through one
 //! batched forward pass. Everything lives in memory; nothing is persisted.
+//!
+//! # Using it (what the agent calls)
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use flotilla_engine::{chat::single_turn, Engine, EngineOptions, GenerationEvent,
+//!     GenerationRequest, Prompt, SamplingParams, Scheduler, SchedulerConfig};
+//!
+//! # fn main() -> Result<(), flotilla_engine::EngineError> {
+//! let engine = Arc::new(Engine::load("model.gguf", EngineOptions { threads: Some(2) })?);
+//! let scheduler = Scheduler::start(engine, SchedulerConfig { queue_capacity: 64, max_batch: 8 })?;
+//! let mut request = GenerationRequest::new(Prompt::Chat(single_turn(None, "Hi!")));
+//! request.sampling = SamplingParams { temperature: 0.7, seed: Some(1), ..SamplingParams::default() };
+//! request.max_tokens = 128;
+//! request.stop = vec!["\n\n".into()];
+//! let handle = scheduler.submit(request)?; // Err(EngineError::QueueFull { .. }) = back-pressure
+//! for event in handle.events.iter() {      // blocking: bridge with spawn_blocking in async code
+//!     match event {
+//!         GenerationEvent::Token(token) => print!("{}", token.text),
+//!         GenerationEvent::Finished(output) => println!("\n{:?}", output.finish_reason),
+//!         GenerationEvent::Failed(error) => eprintln!("{error}"),
+//!     }
+//! }
+//! // handle.cancel.cancel() stops it; dropping `handle.events` does too.
+//! # Ok(()) }
+//! ```
+//!
+//! # Map
+//!
+//! - [`kernels`]: quantized mat-vec kernels (AVX2/FMA/F16C with a scalar fallback); the
+//!   only module with `unsafe`.
+//! - [`model`]: hyper-parameters, weights borrowed from the mapped file, the batched
+//!   forward pass, the per-sequence KV cache.
+//! - [`tokenizer`]: byte-level BPE from GGUF metadata, matching llama.cpp.
+//! - [`chat`]: the model's Jinja chat template through minijinja.
+//! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeds.
+//! - `generate`: [`Engine`] and the per-request state machine (stop sequences, streaming,
+//!   cancellation); `scheduler`: [`Scheduler`], the bounded queue and batching worker.
+//! - `burn_graph` (feature `burn`, GPU via feature `gpu`): the same graph on burn tensors.
 
 #[cfg(feature = "burn")]
 pub mod burn_graph;

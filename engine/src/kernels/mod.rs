@@ -132,6 +132,24 @@ impl KernelImpl {
 }
 
 impl KernelImpl {
+    /// Dot products of one weight row with four tokens' activations at once (the weight
+    /// row is decoded once); equal to four [`KernelImpl::row_dot`] calls.
+    pub fn row_dot_x4(
+        self,
+        format: WeightFormat,
+        row: &[u8],
+        inputs: [&[f32]; 4],
+        blocks: [&[ActivationBlock]; 4],
+    ) -> [f32; 4] {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx2 if format.is_block_quantized() => {
+                x86::dot_blocks_x4(format, row, blocks)
+            }
+            _ => [0, 1, 2, 3].map(|token| self.row_dot(format, row, inputs[token], blocks[token])),
+        }
+    }
+
     /// `Σ key[i] · query[i]` over an f16 key (attention scores).
     pub fn dot_f16_f32(self, key: &[f16], query: &[f32]) -> f32 {
         debug_assert_eq!(key.len(), query.len());

@@ -51,6 +51,21 @@ proptest! {
         let detected = KernelImpl::detect().row_dot(format, &row, &input, &blocks);
         prop_assert!((scalar - detected).abs() <= 1e-3 * (1.0 + scalar.abs()), "{scalar} vs {detected}");
 
+        let others: Vec<Vec<ActivationBlock>> = (1..4)
+            .map(|shift| {
+                let shifted: Vec<f32> = input.iter().map(|x| x * shift as f32 - 0.5).collect();
+                let mut blocks = Vec::new();
+                quantize_activations(&shifted, &mut blocks);
+                blocks
+            })
+            .collect();
+        let all = [&blocks[..], &others[0][..], &others[1][..], &others[2][..]];
+        let four = KernelImpl::detect().row_dot_x4(format, &row, [&input[..]; 4], all);
+        for (token, value) in four.iter().enumerate() {
+            let single = KernelImpl::detect().row_dot(format, &row, &input, all[token]);
+            prop_assert_eq!(value.to_bits(), single.to_bits(), "token {} differs", token);
+        }
+
         let mut weights = vec![0.0f32; input.len()];
         dequantize_row(format, &row, &mut weights);
         let exact: f32 = weights.iter().zip(&input).map(|(w, x)| w * x).sum();

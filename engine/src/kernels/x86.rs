@@ -36,6 +36,83 @@ fn assert_supported() {
     );
 }
 
+/// Four tokens' dot products with one weight row, unpacking each weight block once. The
+/// per-token arithmetic is exactly that of [`dot_blocks`], so results are bit-identical
+/// to four separate calls (batching must not change answers).
+pub(super) fn dot_blocks_x4(
+    format: WeightFormat,
+    row: &[u8],
+    blocks: [&[ActivationBlock]; 4],
+) -> [f32; 4] {
+    assert_supported();
+    let needed = row.len() / format.row_bytes(super::BLOCK).max(1);
+    assert!(
+        blocks.iter().all(|token| token.len() >= needed),
+        "fewer activation blocks than weight blocks"
+    );
+    // SAFETY: CPU features asserted above; every activation slice has at least as many
+    // blocks as the row (checked above) and all reads go through bounds-checked slices.
+    unsafe {
+        match format {
+            WeightFormat::Q4_1 => dot_q4_1_x4(row, blocks),
+            WeightFormat::Q8_0 => dot_q8_0_x4(row, blocks),
+            _ => [0, 1, 2, 3].map(|token| dot_blocks(format, row, blocks[token])),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_1_x4(row: &[u8], blocks: [&[ActivationBlock]; 4]) -> [f32; 4] {
+    let mut accumulators = [_mm256_setzero_ps(); 4];
+    let mut offsets = [0.0f32; 4];
+    let ones = _mm256_set1_epi16(1);
+    for (index, block) in row.chunks_exact(20).enumerate() {
+        let d = read_f16(block, 0);
+        let m = read_f16(block, 2);
+        let weights = unpack_nibbles(&block[4..20]);
+        for token in 0..4 {
+            let activation = &blocks[token][index];
+            offsets[token] += m * activation.s;
+            let pairs = _mm256_maddubs_epi16(weights, load_activations(activation));
+            let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            accumulators[token] = _mm256_fmadd_ps(
+                _mm256_set1_ps(d * activation.d),
+                products,
+                accumulators[token],
+            );
+        }
+    }
+    [
+        horizontal_sum(accumulators[0]) + offsets[0],
+        horizontal_sum(accumulators[1]) + offsets[1],
+        horizontal_sum(accumulators[2]) + offsets[2],
+        horizontal_sum(accumulators[3]) + offsets[3],
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0_x4(row: &[u8], blocks: [&[ActivationBlock]; 4]) -> [f32; 4] {
+    let mut accumulators = [_mm256_setzero_ps(); 4];
+    for (index, block) in row.chunks_exact(34).enumerate() {
+        let d = read_f16(block, 0);
+        let quants = &block[2..34];
+        // SAFETY: `quants` is exactly 32 bytes; unaligned load.
+        let weights = unsafe { _mm256_loadu_si256(quants.as_ptr().cast()) };
+        for token in 0..4 {
+            let activation = &blocks[token][index];
+            let scale = _mm256_set1_ps(d * activation.d);
+            let products = signed_dot(weights, load_activations(activation));
+            accumulators[token] = _mm256_fmadd_ps(scale, products, accumulators[token]);
+        }
+    }
+    [
+        horizontal_sum(accumulators[0]),
+        horizontal_sum(accumulators[1]),
+        horizontal_sum(accumulators[2]),
+        horizontal_sum(accumulators[3]),
+    ]
+}
+
 /// `Σ key[i] · query[i]` with 8-wide F16C conversion.
 pub(super) fn dot_f16_f32(key: &[f16], query: &[f32]) -> f32 {
     assert_supported();

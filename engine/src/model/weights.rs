@@ -146,16 +146,40 @@ pub fn matmul(
         .enumerate()
         .for_each(|(task, chunk)| {
             let first_row = task * rows_per_task;
+            let values =
+                |token: usize| &input.values[token * input.columns..(token + 1) * input.columns];
+            let blocks = |token: usize| -> &[ActivationBlock] {
+                if weights.format.is_block_quantized() {
+                    &input.blocks[token * blocks_per_token..(token + 1) * blocks_per_token]
+                } else {
+                    &[]
+                }
+            };
             for (offset, row_output) in chunk.chunks_exact_mut(tokens).enumerate() {
                 let row = weights.row(first_row + offset);
-                for (token, value) in row_output.iter_mut().enumerate() {
-                    let values = &input.values[token * input.columns..(token + 1) * input.columns];
-                    let blocks = if weights.format.is_block_quantized() {
-                        &input.blocks[token * blocks_per_token..(token + 1) * blocks_per_token]
-                    } else {
-                        &[]
-                    };
-                    *value = kernel.row_dot(weights.format, row, values, blocks);
+                // Four tokens at a time share one decode of the weight row.
+                let grouped = tokens / 4 * 4;
+                for first in (0..grouped).step_by(4) {
+                    let results = kernel.row_dot_x4(
+                        weights.format,
+                        row,
+                        [
+                            values(first),
+                            values(first + 1),
+                            values(first + 2),
+                            values(first + 3),
+                        ],
+                        [
+                            blocks(first),
+                            blocks(first + 1),
+                            blocks(first + 2),
+                            blocks(first + 3),
+                        ],
+                    );
+                    row_output[first..first + 4].copy_from_slice(&results);
+                }
+                for (token, value) in row_output.iter_mut().enumerate().skip(grouped) {
+                    *value = kernel.row_dot(weights.format, row, values(token), blocks(token));
                 }
             }
         });

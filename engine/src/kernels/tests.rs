@@ -85,3 +85,24 @@ fn zero_activations_quantize_to_zero() {
             .all(|block| block.d == 0.0 && block.qs == [0; 32])
     );
 }
+
+#[test]
+fn fast_rounding_matches_round_ties_even() {
+    for step in -260_000..=260_000 {
+        let value = step as f32 / 1000.0;
+        assert_eq!(
+            round_ties_even_small(value),
+            value.round_ties_even(),
+            "{value}"
+        );
+    }
+    for value in [
+        0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 127.0, -127.0,
+    ] {
+        assert_eq!(
+            round_ties_even_small(value),
+            value.round_ties_even(),
+            "{value}"
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! The JSON bodies of Flotilla's REST API (`/api/v1`), shared by the
+//! controller (which serves them) and the `flotilla` CLI (which reads them),
+//! so the two cannot drift apart. Plain data with serde; no behaviour.
+//!
+//! Field names are snake_case. Timestamps are RFC 3339 strings. Digests are
+//! 64 lowercase hex characters of blake3. Every list is paginated: pass
+//! `next_cursor` back as `?after=` to get the next page.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[cfg(feature = "openapi")]
+use utoipa::{IntoParams, ToSchema};
+
+/// The body of every error response, with the HTTP status matching `code`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ErrorDetail {
+    /// Machine-readable: `invalid_argument`, `unauthenticated`,
+    /// `permission_denied`, `not_found`, `already_exists`,
+    /// `failed_precondition`, `payload_too_large`, `unavailable`, `internal`.
+    pub code: String,
+    /// A lowercase sentence naming the object concerned.
+    pub message: String,
+}
+
+/// Query parameters of every list endpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(IntoParams))]
+pub struct PageQuery {
+    /// Items per page (1–500, default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Present when another page follows.
+    pub next_cursor: Option<String>,
+}
+
+// ---- models ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateModelRequest {
+    /// 1–128 characters of a-z, 0-9, '.', '_' and '-'.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ModelInfo {
+    pub name: String,
+    pub description: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+}
+
+/// A model with all its versions and their artifacts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ModelDetail {
+    #[serde(flatten)]
+    pub model: ModelInfo,
+    pub versions: Vec<VersionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateVersionRequest {
+    /// A semantic version, e.g. `1.2.0`.
+    pub version: String,
+    #[serde(default)]
+    pub notes: String,
+}
+
+/// Body of `PATCH /api/v1/models/{name}/versions/{version}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UpdateVersionRequest {
+    /// `published`, `deprecated` or `yanked`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct VersionInfo {
+    pub model: String,
+    pub version: String,
+    /// `draft`, `published`, `deprecated` or `yanked`.
+    pub state: String,
+    pub notes: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub published_at: Option<OffsetDateTime>,
+    pub artifacts: Vec<ArtifactInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ArtifactInfo {
+    pub model: String,
+    pub version: String,
+    /// blake3 of the file's bytes, 64 hex characters.
+    pub digest: String,
+    pub size_bytes: u64,
+    /// `gguf`.
+    pub format: String,
+    /// e.g. `Q4_1`, `Q8_0`, `F16`.
+    pub quantization: String,
+    /// e.g. `llama`.
+    pub architecture: String,
+    pub parameter_count: u64,
+    pub context_length: Option<u64>,
+    /// Memory needed to run it: weights plus KV cache for the full context.
+    pub memory_estimate_bytes: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+}
+
+/// Query of `POST .../artifacts` (the body is the file's raw bytes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(IntoParams))]
+pub struct UploadQuery {
+    /// When set (not `auto`), the upload is refused unless the file's own
+    /// quantization is this one.
+    pub quantization: Option<String>,
+}
+
+/// The header in which a client may declare the blake3 digest it expects; a
+/// mismatch refuses the upload and keeps nothing.
+pub const DIGEST_HEADER: &str = "x-flotilla-blake3";
+
+/// Query of `GET /api/v1/resolve`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(IntoParams))]
+pub struct ResolveQuery {
+    pub model: String,
+    /// A semver requirement such as `^1.2` or `=1.3.0` (default `*`).
+    pub requirement: Option<String>,
+    /// `auto` (default) or a preference list such as `Q8_0,Q4_1`.
+    pub quantization: Option<String>,
+    /// With `auto`: pick the highest precision that fits in this many bytes.
+    pub memory_budget_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ResolutionInfo {
+    pub model: String,
+    pub version: String,
+    pub state: String,
+    pub artifact: ArtifactInfo,
+}
+
+// ---- system prompts ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreatePromptVersionRequest {
+    pub text: String,
+    /// A Jinja chat template that replaces the model's own.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PromptInfo {
+    pub name: String,
+    pub version: u32,
+    pub text: String,
+    pub chat_template: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PromptSummaryInfo {
+    pub name: String,
+    pub latest_version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub updated_at: OffsetDateTime,
+}
+
+// ---- auth ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateTokenRequest {
+    /// Who the token is for, e.g. `ci-pipeline` or `alice@example.com`.
+    pub subject: String,
+    /// `admin`, `operator` or `viewer`.
+    pub role: String,
+    /// Lifetime in seconds (default 30 days, at most one year).
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TokenInfo {
+    pub token: String,
+    pub subject: String,
+    pub role: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct WhoAmI {
+    pub subject: String,
+    pub role: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub expires_at: OffsetDateTime,
+}

@@ -1,0 +1,16 @@
+//! Flotilla's wire types: the generated protobuf messages and tonic service
+//! stubs, and nothing else. Conversion to and from domain types happens in the
+//! crates that own those types (controller `grpc/`, agent), never here.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+/// The encoded `FileDescriptorSet` of every Flotilla service, for gRPC server
+/// reflection (so `grpcurl` works without the .proto files).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));
+
+pub mod controller {
+    pub mod v1 {
+        tonic::include_proto!("flotilla.controller.v1");
+    }
+}

@@ -1,0 +1,153 @@
+//! The REST API under `/api/v1`, served by axum: JSON bodies from
+//! `flotilla-api-types`, one error body for every failure, bearer-token auth
+//! on everything but the health and metrics endpoints, and an OpenAPI
+//! document generated from the handlers at `/api/v1/openapi.json`.
+
+mod blobs;
+mod convert;
+mod extract;
+mod models;
+mod prompts;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::auth::Authenticator;
+use crate::registry::Registry;
+
+/// Everything a handler may need, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub auth: Arc<Authenticator>,
+    pub metrics: PrometheusHandle,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Flotilla controller API", description = "Model registry and fleet control plane for local LLMs."),
+    paths(
+        models::list_models, models::create_model, models::get_model, models::list_versions,
+        models::create_version, models::get_version, models::update_version, models::upload_artifact,
+        models::resolve, prompts::list_prompts, prompts::create_prompt_version, prompts::get_prompt,
+        prompts::list_prompt_versions, prompts::get_prompt_version, blobs::get_blob,
+        tokens::create_token, tokens::whoami,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "models"), (name = "prompts"), (name = "blobs"), (name = "auth"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// The OpenAPI document as JSON.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/models", get(models::list_models).post(models::create_model))
+        .route("/models/{name}", get(models::get_model))
+        .route("/models/{name}/versions", get(models::list_versions).post(models::create_version))
+        .route(
+            "/models/{name}/versions/{version}",
+            get(models::get_version).patch(models::update_version),
+        )
+        .route("/models/{name}/versions/{version}/artifacts", post(models::upload_artifact))
+        .route("/resolve", get(models::resolve))
+        .route("/prompts", get(prompts::list_prompts))
+        .route("/prompts/{name}", get(prompts::get_prompt))
+        .route(
+            "/prompts/{name}/versions",
+            get(prompts::list_prompt_versions).post(prompts::create_prompt_version),
+        )
+        .route("/prompts/{name}/versions/{version}", get(prompts::get_prompt_version))
+        .route("/blobs/{digest}", get(blobs::get_blob))
+        .route("/tokens", post(tokens::create_token))
+        .route("/whoami", get(tokens::whoami))
+        .route("/openapi.json", get(openapi))
+        .fallback(unknown_route);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus_metrics))
+        .layer(middleware::from_fn(record_http_metrics))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn unknown_route() -> crate::error::ApiError {
+    crate::error::ApiError::not_found("no such API endpoint")
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the database and the object store answer.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if let Err(error) = state.registry.store().ping().await {
+        tracing::warn!(%error, "readiness: database unavailable");
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+    }
+    if let Err(error) = state.registry.blobs().ping().await {
+        tracing::warn!(%error, "readiness: object store unavailable");
+        return (StatusCode::SERVICE_UNAVAILABLE, "object store unavailable\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+async fn prometheus_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Counts requests and their latency by route template (not raw path, so
+/// names and digests do not explode the label set).
+async fn record_http_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("flotilla_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("flotilla_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,66 @@
+//! `/api/v1/tokens` and `/api/v1/whoami`: minting API tokens (admins only)
+//! and telling callers who they are.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use flotilla_api_types as dto;
+
+use super::AppState;
+use super::extract::{Caller, Json};
+use crate::auth::Role;
+use crate::error::ApiError;
+
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "auth", request_body = dto::CreateTokenRequest,
+    responses((status = 201, body = dto::TokenInfo), (status = 403, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_token(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(request): Json<dto::CreateTokenRequest>,
+) -> Result<(StatusCode, Json<dto::TokenInfo>), ApiError> {
+    caller.require(Role::Admin)?;
+    let role = request
+        .role
+        .parse::<Role>()
+        .map_err(|e| ApiError::invalid_argument(e.to_string()))?;
+    let subject = request.subject.trim();
+    if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
+        return Err(ApiError::invalid_argument(
+            "token subject must be 1 to 256 printable characters",
+        ));
+    }
+    let ttl = request.ttl_seconds.map_or(DEFAULT_TOKEN_TTL, Duration::from_secs);
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(ApiError::invalid_argument(format!(
+            "ttl_seconds must be between 1 and {}",
+            MAX_TOKEN_TTL.as_secs()
+        )));
+    }
+    let (token, expires_at) = state.auth.mint(subject, role, ttl)?;
+    tracing::info!(subject, %role, by = %caller.subject, "token minted");
+    Ok((
+        StatusCode::CREATED,
+        Json(dto::TokenInfo {
+            token,
+            subject: subject.to_owned(),
+            role: role.to_string(),
+            expires_at,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "auth",
+    responses((status = 200, body = dto::WhoAmI), (status = 401, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn whoami(Caller(caller): Caller) -> Json<dto::WhoAmI> {
+    Json(dto::WhoAmI {
+        subject: caller.subject,
+        role: caller.role.to_string(),
+        expires_at: caller.expires_at,
+    })
+}

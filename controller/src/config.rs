@@ -1,0 +1,226 @@
+//! Controller configuration from flags, environment variables and a TOML
+//! file, in that order of precedence, with defaults for a single box:
+//! SQLite and objects in `./flotilla-data`, REST on 127.0.0.1:8080, gRPC on
+//! 127.0.0.1:50051.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_DATA_DIR: &str = "./flotilla-data";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+/// Uploads above this are refused (a 70B model in F16 is ~140 GB).
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024 * 1024;
+
+/// Flags (and their environment variables) of `flotilla-controller`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ControllerArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "FLOTILLA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the SQLite database, local objects, keys and the admin token.
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the REST API.
+    #[arg(long, env = "FLOTILLA_HTTP_ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Address of the gRPC API (agents connect here).
+    #[arg(long, env = "FLOTILLA_GRPC_ADDR")]
+    pub grpc: Option<SocketAddr>,
+    /// `postgres://…` for production; default: SQLite in the data directory.
+    #[arg(long, env = "FLOTILLA_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// `s3://bucket/prefix` or `file:///dir`; default: `objects/` in the data directory.
+    #[arg(long, env = "FLOTILLA_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// JWT key file (TOML); default: `auth-keys.toml` in the data directory, created on first start.
+    #[arg(long, env = "FLOTILLA_JWT_KEYS")]
+    pub jwt_keys: Option<PathBuf>,
+    /// Audience that API tokens must carry.
+    #[arg(long, env = "FLOTILLA_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+    /// Largest accepted artifact upload, in bytes.
+    #[arg(long, env = "FLOTILLA_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+}
+
+/// The configuration file's shape; every field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
+    database_url: Option<String>,
+    object_store: Option<String>,
+    jwt_keys: Option<PathBuf>,
+    audience: Option<String>,
+    max_upload_bytes: Option<u64>,
+}
+
+/// The resolved configuration.
+#[derive(Clone)]
+pub struct ControllerConfig {
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub database_url: String,
+    pub object_store: Option<String>,
+    pub jwt_keys: PathBuf,
+    pub audience: String,
+    pub max_upload_bytes: u64,
+}
+
+impl std::fmt::Debug for ControllerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerConfig")
+            .field("data_dir", &self.data_dir)
+            .field("http_addr", &self.http_addr)
+            .field("grpc_addr", &self.grpc_addr)
+            .field("database_url", &crate::store::redact_url(&self.database_url))
+            .field("object_store", &self.object_store)
+            .field("jwt_keys", &self.jwt_keys)
+            .field("audience", &self.audience)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+impl ControllerConfig {
+    /// Merges flags/env over the file over the defaults.
+    pub fn resolve(args: &ControllerArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database_url = args
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| sqlite_url(&data_dir.join("flotilla.db")));
+        let jwt_keys = args
+            .jwt_keys
+            .clone()
+            .or(file.jwt_keys)
+            .unwrap_or_else(|| data_dir.join("auth-keys.toml"));
+        Ok(Self {
+            http_addr: args.http.or(file.http).unwrap_or_else(default_http_addr),
+            grpc_addr: args.grpc.or(file.grpc).unwrap_or_else(default_grpc_addr),
+            database_url,
+            object_store: args.object_store.clone().or(file.object_store),
+            jwt_keys,
+            audience: args
+                .audience
+                .clone()
+                .or(file.audience)
+                .unwrap_or_else(|| crate::auth::DEFAULT_AUDIENCE.to_owned()),
+            max_upload_bytes: args
+                .max_upload_bytes
+                .or(file.max_upload_bytes)
+                .unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
+            data_dir,
+        })
+    }
+
+    /// A configuration for tests: everything in `data_dir`, ports chosen by the OS.
+    pub fn for_tests(data_dir: &Path, database_url: Option<String>) -> Self {
+        let any_port: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            http_addr: any_port,
+            grpc_addr: any_port,
+            database_url: database_url.unwrap_or_else(|| sqlite_url(&data_dir.join("flotilla.db"))),
+            object_store: None,
+            jwt_keys: data_dir.join("auth-keys.toml"),
+            audience: crate::auth::DEFAULT_AUDIENCE.to_owned(),
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+        }
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+
+    pub fn local_objects_dir(&self) -> PathBuf {
+        self.data_dir.join("objects")
+    }
+}
+
+fn default_http_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_grpc_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.message().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_a_single_box() {
+        let config = ControllerConfig::resolve(&ControllerArgs::default()).expect("defaults");
+        assert_eq!(config.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert_eq!(config.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+        assert_eq!(config.database_url, "sqlite://./flotilla-data/flotilla.db");
+        assert_eq!(config.admin_token_path(), PathBuf::from("./flotilla-data/admin.token"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("controller.toml");
+        std::fs::write(&file, "http = \"0.0.0.0:9000\"\ngrpc = \"0.0.0.0:9001\"\n").expect("write");
+        let args = ControllerArgs {
+            config: Some(file),
+            http: Some("127.0.0.1:7000".parse().expect("addr")),
+            ..Default::default()
+        };
+        let config = ControllerConfig::resolve(&args).expect("valid");
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:7000");
+        assert_eq!(config.grpc_addr.to_string(), "0.0.0.0:9001");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("controller.toml");
+        std::fs::write(&file, "htp = \"0.0.0.0:9000\"\n").expect("write");
+        let args = ControllerArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        assert!(matches!(ControllerConfig::resolve(&args), Err(ConfigError::Parse { .. })));
+    }
+}

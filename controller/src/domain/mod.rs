@@ -1,0 +1,20 @@
+//! Domain types of the control plane, in plain Rust: no prost, sqlx or HTTP
+//! types here. Conversion happens at the edges (`api/`, `grpc/`, `store/`).
+//! Every type that carries a name or identifier validates it once, when it is
+//! constructed, so the rest of the controller can trust it.
+
+mod digest;
+mod model;
+mod names;
+mod page;
+mod prompt;
+mod quantization;
+mod resolve;
+
+pub use digest::{Digest, DigestParseError};
+pub use model::{Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, VersionState};
+pub use names::{InvalidName, ModelName, PromptName};
+pub use page::{Page, PageRequest};
+pub use prompt::{PromptRef, PromptSummary, SystemPrompt};
+pub use quantization::{Quantization, QuantizationPolicy};
+pub use resolve::{Resolution, ResolveError, resolve};

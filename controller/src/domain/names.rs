@@ -1,0 +1,107 @@
+//! Validated names of registry objects. Names appear in URLs, object keys and
+//! CLI arguments, so they are restricted to a safe, unambiguous alphabet.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "invalid {kind} name {name:?}: use 1 to 128 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+)]
+pub struct InvalidName {
+    kind: &'static str,
+    name: String,
+}
+
+fn validate(kind: &'static str, name: &str) -> Result<(), InvalidName> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes[0].is_ascii_lowercase() | bytes[0].is_ascii_digit()
+        && bytes.iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidName {
+            kind,
+            name: name.chars().take(140).collect(),
+        })
+    }
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $type:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $type(String);
+
+        impl $type {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $type {
+            type Err = InvalidName;
+
+            fn from_str(name: &str) -> Result<Self, Self::Err> {
+                validate($kind, name)?;
+                Ok(Self(name.to_owned()))
+            }
+        }
+
+        impl TryFrom<String> for $type {
+            type Error = InvalidName;
+
+            fn try_from(name: String) -> Result<Self, Self::Error> {
+                validate($kind, &name)?;
+                Ok(Self(name))
+            }
+        }
+
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($type), self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A model's registry name, e.g. `smollm2-135m-instruct`.
+    ModelName,
+    "model"
+);
+name_type!(
+    /// A system prompt's registry name, e.g. `support-agent`.
+    PromptName,
+    "prompt"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_registry_style_names() {
+        for name in ["smollm2-135m-instruct", "a", "llama3.1_8b", "0model"] {
+            assert!(name.parse::<ModelName>().is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn rejects_unsafe_names() {
+        let too_long = "a".repeat(129);
+        for name in ["", "Upper", "-lead", ".hidden", "a/b", "a b", "ü", too_long.as_str(), "../x"] {
+            assert!(name.parse::<ModelName>().is_err(), "{name}");
+        }
+    }
+}

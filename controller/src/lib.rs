@@ -1,0 +1,21 @@
+//! Flotilla's controller: the model registry, fleet inventory, rollouts,
+//! authentication, and the REST (axum) and gRPC (tonic) APIs over them.
+//!
+//! Layout follows the architecture: `domain` holds plain types, `store`
+//! persists them, `objects` holds blob bytes, `registry` is the business
+//! logic of models and artifacts, `auth` verifies callers, `api` and `grpc`
+//! are the edges that convert wire types to domain types and back, `server`
+//! assembles them.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod objects;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod testing;

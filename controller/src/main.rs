@@ -1,0 +1,105 @@
+//! `flotilla-controller`: runs the control plane. With no arguments it serves
+//! on the embedded defaults (SQLite and objects in ./flotilla-data).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use flotilla_controller::auth::{Authenticator, KeyFile, Role};
+use flotilla_controller::config::{ControllerArgs, ControllerConfig};
+use flotilla_controller::server::Controller;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "flotilla-controller", version, about = "Flotilla control plane: model registry, fleet and rollouts")]
+struct Cli {
+    #[command(flatten)]
+    args: ControllerArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST and gRPC APIs (the default).
+    Serve,
+    /// Mint an API token offline from the key file and print it.
+    MintToken {
+        #[arg(long, default_value = "admin")]
+        subject: String,
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 24 * 3600)]
+        ttl_seconds: u64,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = ControllerConfig::resolve(&cli.args)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Openapi => {
+            println!("{}", flotilla_controller::api::openapi_json());
+            Ok(())
+        }
+        Command::MintToken {
+            subject,
+            role,
+            ttl_seconds,
+        } => {
+            let role: Role = role.parse()?;
+            let keys = KeyFile::load(&config.jwt_keys)?;
+            let auth = Authenticator::new(&keys, config.audience.clone())?;
+            let (token, _) = auth.mint(&subject, role, Duration::from_secs(ttl_seconds))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Serve => {
+            // Telemetry first: its exporter must be built outside the runtime.
+            let _telemetry = flotilla_controller::telemetry::init("flotilla-controller")?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
+    tracing::info!(?config, "starting flotilla-controller {}", env!("CARGO_PKG_VERSION"));
+    let controller = Controller::open(config).await?;
+    let shutdown = CancellationToken::new();
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal_shutdown.cancel();
+    });
+    controller.run(shutdown).await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,114 @@
+//! Assembly of a running controller: open the store and the object store,
+//! load keys, write the first admin token, then serve REST and gRPC on
+//! pre-bound listeners until a shutdown token fires (tests bind port 0).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::auth::{Authenticator, KeyFile, Role, write_private_file};
+use crate::config::ControllerConfig;
+use crate::objects::BlobStore;
+use crate::registry::Registry;
+use crate::store;
+
+/// Lifetime of the admin token written on first start.
+const FIRST_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Uploads in `tmp/` older than this at start-up were abandoned by a crash.
+const STALE_UPLOAD_AGE: Duration = Duration::from_secs(3600);
+
+/// A controller with its dependencies opened, ready to serve.
+pub struct Controller {
+    config: ControllerConfig,
+    state: AppState,
+}
+
+impl Controller {
+    /// Opens the store (applying migrations), the object store and the keys.
+    pub async fn open(config: ControllerConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        let store = store::connect(&config.database_url)
+            .await
+            .with_context(|| format!("cannot open database {}", store::redact_url(&config.database_url)))?;
+        let blobs = BlobStore::open(config.object_store.as_deref(), &config.local_objects_dir())?;
+        match blobs.sweep_stale_uploads(STALE_UPLOAD_AGE).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed uploads abandoned by an earlier crash"),
+            Err(error) => tracing::warn!(%error, "could not sweep abandoned uploads"),
+        }
+        let (keys, keys_created) = KeyFile::load_or_create(&config.jwt_keys)?;
+        let auth = Arc::new(Authenticator::new(&keys, config.audience.clone())?);
+        if keys_created {
+            tracing::info!(path = %config.jwt_keys.display(), "created a new JWT key file");
+        }
+        let admin_token_path = config.admin_token_path();
+        if keys_created || !admin_token_path.exists() {
+            let (token, expires_at) = auth.mint("admin", Role::Admin, FIRST_ADMIN_TOKEN_TTL)?;
+            write_private_file(&admin_token_path, format!("{token}\n").as_bytes())
+                .with_context(|| format!("cannot write {}", admin_token_path.display()))?;
+            tracing::info!(path = %admin_token_path.display(), %expires_at,
+                "wrote an admin token (mode 0600); use it with FLOTILLA_TOKEN=$(cat PATH)");
+        }
+        tracing::info!(store = store.backend().as_str(), objects = blobs.description(), "controller opened");
+        let registry = Registry::new(store, blobs, config.max_upload_bytes);
+        let state = AppState {
+            registry,
+            auth,
+            metrics: crate::telemetry::metrics_handle(),
+        };
+        Ok(Self { config, state })
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Binds the configured addresses and serves until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let http = TcpListener::bind(self.config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (REST)", self.config.http_addr))?;
+        let grpc = TcpListener::bind(self.config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (gRPC)", self.config.grpc_addr))?;
+        self.serve(http, grpc, shutdown).await
+    }
+
+    /// Serves REST and gRPC on pre-bound listeners until `shutdown` fires or
+    /// either server fails (then both stop).
+    pub async fn serve(self, http: TcpListener, grpc: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(rest = %http.local_addr()?, grpc = %grpc.local_addr()?, "serving");
+        let backend = self.state.registry.store().backend();
+        let router = api::router(self.state);
+        let http_shutdown = shutdown.clone();
+        let http_server = async move {
+            axum::serve(http, router)
+                .with_graceful_shutdown(http_shutdown.cancelled_owned())
+                .await
+                .context("REST server failed")
+        };
+        let grpc_server = crate::grpc::serve(grpc, backend, shutdown.clone());
+        let result = tokio::try_join!(
+            async {
+                let result = http_server.await;
+                shutdown.cancel();
+                result
+            },
+            async {
+                let result = grpc_server.await;
+                shutdown.cancel();
+                result
+            }
+        );
+        result.map(|_| ())
+    }
+}

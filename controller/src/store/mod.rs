@@ -1,0 +1,217 @@
+//! Persistence of the controller's state behind one interface, [`Store`],
+//! with two implementations on sqlx: Postgres (production, several controller
+//! replicas) and SQLite (the embedded default for a single box).
+//!
+//! What is persisted: models, versions, artifacts (their metadata; the bytes
+//! live in the object store), system prompts. Nothing else is kept in memory
+//! across requests. Invariants are enforced by the schema (unique constraints,
+//! foreign keys), so concurrent writers cannot create duplicates, and every
+//! change that touches several rows runs in one transaction.
+//!
+//! Both backends pass the same conformance suite (`tests/store_conformance.rs`).
+
+mod postgres;
+mod rows;
+mod sqlite;
+mod transaction;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+
+use crate::domain::{
+    Artifact, Digest, Model, ModelName, ModelVersion, NewArtifact, Page, PageRequest, PromptName,
+    PromptSummary, SystemPrompt, VersionState,
+};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Errors of the store. `NotFound`, `AlreadyExists` and `FailedPrecondition`
+/// are the caller's fault and carry a message that names the object;
+/// `Backend` and `Corrupt` are ours.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A value read back from the database does not convert to its domain
+    /// type (a bad state string, an unparsable version): data corruption or a
+    /// schema/code mismatch, never the client's fault.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The `before_commit` step of [`Store::add_artifact`] failed; the
+    /// transaction was rolled back.
+    #[error("{0}")]
+    BeforeCommit(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Work to run inside the transaction that inserts an artifact, just before it
+/// commits: the registry moves the uploaded blob to its content address here,
+/// so that a row never exists without its blob, and a failed move rolls the
+/// row back.
+pub type BeforeCommit = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), String>> + Send>;
+
+/// Outcome of [`Store::add_artifact`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactInsert {
+    Created(Artifact),
+    /// The version already had an artifact with these exact bytes; nothing
+    /// was written and `before_commit` was not run.
+    AlreadyPresent(Artifact),
+}
+
+/// Which backend a store runs on, for `/readyz`, metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    Postgres,
+    Sqlite,
+}
+
+impl StoreBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// The controller's persistent state. Implementations must make every method
+/// atomic (one transaction) and map constraint violations to
+/// [`StoreError::AlreadyExists`] with a message naming the object.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> StoreBackend;
+
+    /// Checks that the database answers (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- models ----
+
+    /// Creates a model. `AlreadyExists` if the name is taken.
+    async fn create_model(&self, name: &ModelName, description: &str) -> StoreResult<Model>;
+    async fn get_model(&self, name: &ModelName) -> StoreResult<Option<Model>>;
+    /// Models ordered by name; the cursor is the last name of the page.
+    async fn list_models(&self, page: &PageRequest) -> StoreResult<Page<Model>>;
+
+    // ---- versions ----
+
+    /// Creates a draft version. `NotFound` if the model does not exist,
+    /// `AlreadyExists` if the version does.
+    async fn create_version(
+        &self,
+        model: &ModelName,
+        version: &semver::Version,
+        notes: &str,
+    ) -> StoreResult<ModelVersion>;
+    async fn get_version(
+        &self,
+        model: &ModelName,
+        version: &semver::Version,
+    ) -> StoreResult<Option<ModelVersion>>;
+    /// Versions of one model in creation order; the cursor is opaque.
+    async fn list_versions(
+        &self,
+        model: &ModelName,
+        page: &PageRequest,
+    ) -> StoreResult<Page<ModelVersion>>;
+    /// Moves a version to `next`, checking [`VersionState::can_become`] inside
+    /// the transaction (`FailedPrecondition` otherwise). Publishing a version
+    /// without artifacts is a `FailedPrecondition` too.
+    async fn set_version_state(
+        &self,
+        model: &ModelName,
+        version: &semver::Version,
+        next: VersionState,
+    ) -> StoreResult<ModelVersion>;
+
+    // ---- artifacts ----
+
+    /// Adds an artifact to a draft version, running `before_commit` inside the
+    /// transaction. `NotFound` if the version does not exist,
+    /// `FailedPrecondition` if it is not a draft, `AlreadyExists` if it has
+    /// another artifact with the same quantization. The same digest added
+    /// twice to one version is [`ArtifactInsert::AlreadyPresent`].
+    async fn add_artifact(
+        &self,
+        model: &ModelName,
+        version: &semver::Version,
+        artifact: &NewArtifact,
+        before_commit: BeforeCommit,
+    ) -> StoreResult<ArtifactInsert>;
+    async fn list_artifacts(
+        &self,
+        model: &ModelName,
+        version: &semver::Version,
+    ) -> StoreResult<Vec<Artifact>>;
+    /// Every artifact, of any model, whose bytes have this digest.
+    async fn find_artifacts_by_digest(&self, digest: &Digest) -> StoreResult<Vec<Artifact>>;
+    /// All versions of a model that a requirement could resolve to
+    /// (published or deprecated), each with its artifacts.
+    async fn resolvable_versions(
+        &self,
+        model: &ModelName,
+    ) -> StoreResult<Vec<(ModelVersion, Vec<Artifact>)>>;
+
+    // ---- system prompts ----
+
+    /// Appends a new immutable version (previous latest + 1, starting at 1).
+    async fn create_prompt_version(
+        &self,
+        name: &PromptName,
+        text: &str,
+        chat_template: Option<&str>,
+    ) -> StoreResult<SystemPrompt>;
+    /// One version, or the latest when `version` is `None`.
+    async fn get_prompt(
+        &self,
+        name: &PromptName,
+        version: Option<u32>,
+    ) -> StoreResult<Option<SystemPrompt>>;
+    /// Prompts ordered by name; the cursor is the last name of the page.
+    async fn list_prompts(&self, page: &PageRequest) -> StoreResult<Page<PromptSummary>>;
+    /// Versions of one prompt, newest first.
+    async fn list_prompt_versions(
+        &self,
+        name: &PromptName,
+        page: &PageRequest,
+    ) -> StoreResult<Page<SystemPrompt>>;
+}
+
+/// Opens the store named by a database URL (`postgres://…` or `sqlite:…`) and
+/// applies pending migrations.
+pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(database_url).await?))
+    } else if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(database_url).await?))
+    } else {
+        Err(StoreError::FailedPrecondition(format!(
+            "unsupported database url scheme in {:?}: expected postgres:// or sqlite:",
+            redact_url(database_url)
+        )))
+    }
+}
+
+/// A database URL with its password replaced, safe for logs and errors.
+pub fn redact_url(database_url: &str) -> String {
+    match url::Url::parse(database_url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparsable url>".to_owned(),
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates .venv with the independent reference tools the tests compare
+# against: the `blake3` package (digests) and, unless FLOTILLA_SKIP_LLAMA_CPP=1,
+# `llama-cpp-python` (llama.cpp, built from source: ~10 minutes the first
+# time, cached in .venv afterwards). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { echo "ensure-python: $*" >&2; }
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import blake3' 2>/dev/null; then
+  log "installing blake3"
+  .venv/bin/pip install --quiet --disable-pip-version-check blake3
+fi
+if [ "${FLOTILLA_SKIP_LLAMA_CPP:-0}" != 1 ] && ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+  log "installing llama-cpp-python (builds llama.cpp from source; takes a while)"
+  CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/pip install --quiet --disable-pip-version-check \
+    --no-binary llama-cpp-python 'llama-cpp-python==0.3.*' ||
+    log "WARNING: llama-cpp-python did not install; engine reference tests fall back to committed golden files"
+fi

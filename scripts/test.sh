@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: starts (or finds) Postgres, prepares
+# the reference tools and the real model, then runs every test against both
+# stores (SQLite and Postgres). Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FLOTILLA_TEST_DATABASE_URL=$(bash scripts/ensure-postgres.sh)
+export FLOTILLA_TEST_DATABASE_URL
+bash scripts/ensure-python.sh
+export FLOTILLA_PYTHON="$PWD/.venv/bin/python"
+
+model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -x ../shared/fetch-smollm2.sh ] || [ -f ../shared/fetch-smollm2.sh ]; then
+  bash ../shared/fetch-smollm2.sh "$model" >&2
+fi
+if [ -f "$model" ]; then
+  export FLOTILLA_TEST_MODEL="$PWD/$model"
+else
+  echo "test.sh: WARNING: $model is missing; real-model tests will be skipped" >&2
+fi
+
+# End-to-end tests run the real binaries; build them first.
+cargo build --workspace --bins
+cargo test --workspace "$@"

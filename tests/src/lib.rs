@@ -1,0 +1,187 @@
+//! Harness for end-to-end tests: finds the workspace's built binaries, runs
+//! them as child processes on free loopback ports, and waits for them to be
+//! ready with a deadline (never a fixed sleep). Children are killed when
+//! their handle drops, so a failing test leaves no stray servers.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root (this crate lives in `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Path of a workspace binary built by `cargo build --workspace --bins`
+/// (`--release` for optimised callers such as the benchmarks).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let target = if target.is_absolute() { target } else { workspace_root().join(target) };
+    let path = target.join(profile).join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins{}` first",
+        path.display(),
+        if profile == "release" { " --release" } else { "" }
+    );
+    Ok(path)
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// The real SmolLM2 model, when it has been fetched.
+pub fn test_model() -> Option<PathBuf> {
+    let path = std::env::var_os("FLOTILLA_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    path.exists().then_some(path)
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process killed on drop.
+pub struct ChildGuard {
+    child: Child,
+    name: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Self> {
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {name}: {e}"))?;
+        Ok(Self {
+            child,
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Checks the child is still running.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!("{} exited early with {status}", self.name);
+        }
+        Ok(())
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `flotilla-controller` process.
+pub struct ControllerProcess {
+    pub process: ChildGuard,
+    pub rest_url: String,
+    pub grpc_addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts the controller with `--data-dir` and free ports, plus `extra`
+    /// arguments, and waits for `/readyz`.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let http = free_addr()?;
+        let grpc = free_addr()?;
+        let mut command = Command::new(binary("flotilla-controller")?);
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--grpc")
+            .arg(grpc.to_string())
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        let mut process = ChildGuard::spawn("flotilla-controller", &mut command)?;
+        let rest_url = format!("http://{http}");
+        let client = reqwest::Client::new();
+        let ready_url = format!("{rest_url}/readyz");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            process.ensure_running()?;
+            if let Ok(response) = client.get(&ready_url).send().await
+                && response.status().is_success()
+            {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "controller not ready after 60s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            process,
+            rest_url,
+            grpc_addr: grpc,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.data_dir.join("admin.token"))?.trim().to_owned())
+    }
+}
+
+/// Runs the `flotilla` CLI against a controller and returns its output.
+pub fn flotilla(rest_url: &str, token: &str, home: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    let output = Command::new(binary("flotilla")?)
+        .args(args)
+        .env("FLOTILLA_URL", rest_url)
+        .env("FLOTILLA_TOKEN", token)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .stdin(Stdio::null())
+        .output()?;
+    Ok(output)
+}
+
+/// The blake3 digest of a file computed by an independent implementation:
+/// the `blake3` Python package (from `scripts/ensure-python.sh`).
+pub fn independent_blake3(path: &Path) -> Option<String> {
+    let python = std::env::var_os("FLOTILLA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    let script = "import sys, blake3\nh = blake3.blake3()\nf = open(sys.argv[1], 'rb')\nfor chunk in iter(lambda: f.read(1 << 20), b''):\n    h.update(chunk)\nprint(h.hexdigest())";
+    let output = Command::new(python).arg("-c").arg(script).arg(path).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}

@@ -79,7 +79,10 @@ impl std::fmt::Debug for ControllerConfig {
             .field("data_dir", &self.data_dir)
             .field("http_addr", &self.http_addr)
             .field("grpc_addr", &self.grpc_addr)
-            .field("database_url", &crate::store::redact_url(&self.database_url))
+            .field(
+                "database_url",
+                &crate::store::redact_url(&self.database_url),
+            )
             .field("object_store", &self.object_store)
             .field("jwt_keys", &self.jwt_keys)
             .field("audience", &self.audience)
@@ -91,7 +94,10 @@ impl std::fmt::Debug for ControllerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: String, message: String },
 }
@@ -194,7 +200,10 @@ mod tests {
         assert_eq!(config.http_addr.to_string(), DEFAULT_HTTP_ADDR);
         assert_eq!(config.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
         assert_eq!(config.database_url, "sqlite://./flotilla-data/flotilla.db");
-        assert_eq!(config.admin_token_path(), PathBuf::from("./flotilla-data/admin.token"));
+        assert_eq!(
+            config.admin_token_path(),
+            PathBuf::from("./flotilla-data/admin.token")
+        );
     }
 
     #[test]
@@ -221,6 +230,9 @@ mod tests {
             config: Some(file),
             ..Default::default()
         };
-        assert!(matches!(ControllerConfig::resolve(&args), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            ControllerConfig::resolve(&args),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 }

@@ -101,14 +101,19 @@ impl ApiError {
     /// caller without internals.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        Self::new(ErrorCode::Internal, "internal error; see the controller's log")
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; see the controller's log",
+        )
     }
 }
 
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
         match error {
-            AuthError::Forbidden { .. } => Self::new(ErrorCode::PermissionDenied, error.to_string()),
+            AuthError::Forbidden { .. } => {
+                Self::new(ErrorCode::PermissionDenied, error.to_string())
+            }
             AuthError::Mint(_) => Self::internal(error),
             other => Self::new(ErrorCode::Unauthenticated, other.to_string()),
         }
@@ -120,10 +125,13 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::NotFound(message) => Self::new(ErrorCode::NotFound, message),
             StoreError::AlreadyExists(message) => Self::new(ErrorCode::AlreadyExists, message),
-            StoreError::FailedPrecondition(message) => Self::new(ErrorCode::FailedPrecondition, message),
-            StoreError::Backend(sqlx::Error::PoolTimedOut) => {
-                Self::new(ErrorCode::Unavailable, "database unavailable: connection pool timed out")
+            StoreError::FailedPrecondition(message) => {
+                Self::new(ErrorCode::FailedPrecondition, message)
             }
+            StoreError::Backend(sqlx::Error::PoolTimedOut) => Self::new(
+                ErrorCode::Unavailable,
+                "database unavailable: connection pool timed out",
+            ),
             other => Self::internal(other),
         }
     }
@@ -144,9 +152,13 @@ impl From<RegistryError> for ApiError {
             RegistryError::InvalidArgument(message) => Self::invalid_argument(message),
             RegistryError::NotFound(message) => Self::not_found(message),
             RegistryError::AlreadyExists(message) => Self::new(ErrorCode::AlreadyExists, message),
-            RegistryError::FailedPrecondition(message) => Self::new(ErrorCode::FailedPrecondition, message),
+            RegistryError::FailedPrecondition(message) => {
+                Self::new(ErrorCode::FailedPrecondition, message)
+            }
             RegistryError::InvalidArtifact(message) => Self::new(ErrorCode::Unprocessable, message),
-            RegistryError::TooLarge { .. } => Self::new(ErrorCode::PayloadTooLarge, error.to_string()),
+            RegistryError::TooLarge { .. } => {
+                Self::new(ErrorCode::PayloadTooLarge, error.to_string())
+            }
             RegistryError::Interrupted(message) => {
                 Self::invalid_argument(format!("upload interrupted: {message}"))
             }

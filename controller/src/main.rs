@@ -11,7 +11,11 @@ use flotilla_controller::server::Controller;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "flotilla-controller", version, about = "Flotilla control plane: model registry, fleet and rollouts")]
+#[command(
+    name = "flotilla-controller",
+    version,
+    about = "Flotilla control plane: model registry, fleet and rollouts"
+)]
 struct Cli {
     #[command(flatten)]
     args: ControllerArgs,
@@ -70,7 +74,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
-    tracing::info!(?config, "starting flotilla-controller {}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        ?config,
+        "starting flotilla-controller {}",
+        env!("CARGO_PKG_VERSION")
+    );
     let controller = Controller::open(config).await?;
     let shutdown = CancellationToken::new();
     let signal_shutdown = shutdown.clone();

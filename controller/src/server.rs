@@ -30,11 +30,17 @@ pub struct Controller {
 impl Controller {
     /// Opens the store (applying migrations), the object store and the keys.
     pub async fn open(config: ControllerConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
         let store = store::connect(&config.database_url)
             .await
-            .with_context(|| format!("cannot open database {}", store::redact_url(&config.database_url)))?;
+            .with_context(|| {
+                format!(
+                    "cannot open database {}",
+                    store::redact_url(&config.database_url)
+                )
+            })?;
         let blobs = BlobStore::open(config.object_store.as_deref(), &config.local_objects_dir())?;
         match blobs.sweep_stale_uploads(STALE_UPLOAD_AGE).await {
             Ok(0) => {}
@@ -54,7 +60,11 @@ impl Controller {
             tracing::info!(path = %admin_token_path.display(), %expires_at,
                 "wrote an admin token (mode 0600); use it with FLOTILLA_TOKEN=$(cat PATH)");
         }
-        tracing::info!(store = store.backend().as_str(), objects = blobs.description(), "controller opened");
+        tracing::info!(
+            store = store.backend().as_str(),
+            objects = blobs.description(),
+            "controller opened"
+        );
         let registry = Registry::new(store, blobs, config.max_upload_bytes);
         let state = AppState {
             registry,
@@ -85,7 +95,12 @@ impl Controller {
 
     /// Serves REST and gRPC on pre-bound listeners until `shutdown` fires or
     /// either server fails (then both stop).
-    pub async fn serve(self, http: TcpListener, grpc: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        http: TcpListener,
+        grpc: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         tracing::info!(rest = %http.local_addr()?, grpc = %grpc.local_addr()?, "serving");
         let backend = self.state.registry.store().backend();
         let router = api::router(self.state);

@@ -31,19 +31,31 @@ impl Drop for TelemetryGuard {
 /// the OTLP exporter's blocking HTTP client must not be built inside it.
 pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("FLOTILLA_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
+    let json = std::env::var("FLOTILLA_LOG_FORMAT")
+        .is_ok_and(|format| format.eq_ignore_ascii_case("json"));
     let fmt_layer = if json {
-        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
     };
-    let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty());
+    let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty());
     let tracer_provider = match otlp_endpoint {
         Some(_) => {
             // The exporter reads the endpoint and headers from the standard
             // OTEL_EXPORTER_OTLP_* variables itself.
-            let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
-            let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name).build();
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()?;
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(service_name)
+                .build();
             Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)

@@ -34,8 +34,8 @@ impl TestDatabase {
     /// Creates `flotilla_test_<uuid>` on the test server. Fails loudly when
     /// Postgres is unreachable: the suite must not silently skip a backend.
     pub async fn postgres() -> anyhow::Result<Self> {
-        let maintenance_url =
-            std::env::var(TEST_DATABASE_URL_VAR).unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
+        let maintenance_url = std::env::var(TEST_DATABASE_URL_VAR)
+            .unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
         let name = format!("flotilla_test_{}", uuid::Uuid::new_v4().simple());
         let mut connection = sqlx::PgConnection::connect(&maintenance_url).await.map_err(|e| {
             anyhow::anyhow!(
@@ -43,7 +43,9 @@ impl TestDatabase {
                 crate::store::redact_url(&maintenance_url)
             )
         })?;
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut connection).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await?;
         let mut url = url::Url::parse(&maintenance_url)?;
         url.set_path(&format!("/{name}"));
         Ok(Self {
@@ -60,7 +62,10 @@ impl Drop for TestDatabase {
         let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         // Drop runs outside async context; use a private runtime on a thread.
         let dropper = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             runtime.block_on(async move {
@@ -94,7 +99,10 @@ impl TestController {
             TestStore::Sqlite => None,
             TestStore::Postgres => Some(TestDatabase::postgres().await?),
         };
-        let config = ControllerConfig::for_tests(data_dir.path(), database.as_ref().map(|db| db.url.clone()));
+        let config = ControllerConfig::for_tests(
+            data_dir.path(),
+            database.as_ref().map(|db| db.url.clone()),
+        );
         let controller = Controller::open(config).await?;
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

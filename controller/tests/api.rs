@@ -69,15 +69,42 @@ impl Api {
     }
 
     async fn get(&self, path: &str, token: &str) -> anyhow::Result<reqwest::Response> {
-        Ok(self.client.get(self.url(path)).bearer_auth(token).send().await?)
+        Ok(self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await?)
     }
 
-    async fn post(&self, path: &str, token: &str, body: serde_json::Value) -> anyhow::Result<reqwest::Response> {
-        Ok(self.client.post(self.url(path)).bearer_auth(token).json(&body).send().await?)
+    async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?)
     }
 
-    async fn patch(&self, path: &str, token: &str, body: serde_json::Value) -> anyhow::Result<reqwest::Response> {
-        Ok(self.client.patch(self.url(path)).bearer_auth(token).json(&body).send().await?)
+    async fn patch(
+        &self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .client
+            .patch(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?)
     }
 
     async fn upload(
@@ -89,7 +116,9 @@ impl Api {
     ) -> anyhow::Result<reqwest::Response> {
         let mut request = self
             .client
-            .post(self.url(&format!("/api/v1/models/{model}/versions/{version}/artifacts")))
+            .post(self.url(&format!(
+                "/api/v1/models/{model}/versions/{version}/artifacts"
+            )))
             .bearer_auth(self.admin())
             .body(bytes);
         if let Some(digest) = declared {
@@ -100,33 +129,55 @@ impl Api {
 
     /// Creates a model with one draft version.
     async fn draft(&self, model: &str, version: &str) -> anyhow::Result<()> {
-        let created = self.post("/api/v1/models", self.admin(), json!({"name": model})).await?;
+        let created = self
+            .post("/api/v1/models", self.admin(), json!({"name": model}))
+            .await?;
         anyhow::ensure!(
             created.status() == StatusCode::CREATED || created.status() == StatusCode::CONFLICT,
             "create model: {}",
             created.status()
         );
         let response = self
-            .post(&format!("/api/v1/models/{model}/versions"), self.admin(), json!({"version": version}))
+            .post(
+                &format!("/api/v1/models/{model}/versions"),
+                self.admin(),
+                json!({"version": version}),
+            )
             .await?;
-        anyhow::ensure!(response.status() == StatusCode::CREATED, "create version: {}", response.status());
+        anyhow::ensure!(
+            response.status() == StatusCode::CREATED,
+            "create version: {}",
+            response.status()
+        );
         Ok(())
     }
 
     async fn publish(&self, model: &str, version: &str) -> anyhow::Result<()> {
         let response = self
-            .patch(&format!("/api/v1/models/{model}/versions/{version}"), self.admin(), json!({"state": "published"}))
+            .patch(
+                &format!("/api/v1/models/{model}/versions/{version}"),
+                self.admin(),
+                json!({"state": "published"}),
+            )
             .await?;
-        anyhow::ensure!(response.status() == StatusCode::OK, "publish: {}", response.status());
+        anyhow::ensure!(
+            response.status() == StatusCode::OK,
+            "publish: {}",
+            response.status()
+        );
         Ok(())
     }
 
     fn blobs(&self) -> anyhow::Result<BlobStore> {
-        Ok(BlobStore::local(&self.controller.data_dir.path().join("objects"))?)
+        Ok(BlobStore::local(
+            &self.controller.data_dir.path().join("objects"),
+        )?)
     }
 
     fn keys(&self) -> anyhow::Result<KeyFile> {
-        Ok(KeyFile::load(&self.controller.data_dir.path().join("auth-keys.toml"))?)
+        Ok(KeyFile::load(
+            &self.controller.data_dir.path().join("auth-keys.toml"),
+        )?)
     }
 }
 
@@ -143,7 +194,12 @@ fn gguf_fixture(file_type: u32, seed: u8) -> Vec<u8> {
         .metadata_u32("llama.embedding_length", 64)
         .metadata_u32("llama.attention.head_count", 4)
         .metadata_u32("llama.attention.head_count_kv", 2)
-        .tensor("blk.0.attn_q.weight", &[32, 2], GgmlType::Q4_1, &tensor_bytes)
+        .tensor(
+            "blk.0.attn_q.weight",
+            &[32, 2],
+            GgmlType::Q4_1,
+            &tensor_bytes,
+        )
         .build()
 }
 
@@ -158,15 +214,36 @@ async fn error_code(response: reqwest::Response) -> anyhow::Result<(StatusCode, 
 
 async fn health_and_openapi(store: TestStore) -> anyhow::Result<()> {
     let api = Api::start(store).await?;
-    assert_eq!(api.client.get(api.url("/healthz")).send().await?.status(), StatusCode::OK);
-    assert_eq!(api.client.get(api.url("/readyz")).send().await?.status(), StatusCode::OK);
-    let doc: serde_json::Value = api.client.get(api.url("/api/v1/openapi.json")).send().await?.json().await?;
+    assert_eq!(
+        api.client.get(api.url("/healthz")).send().await?.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.client.get(api.url("/readyz")).send().await?.status(),
+        StatusCode::OK
+    );
+    let doc: serde_json::Value = api
+        .client
+        .get(api.url("/api/v1/openapi.json"))
+        .send()
+        .await?
+        .json()
+        .await?;
     let paths = doc["paths"].as_object().expect("openapi has paths");
     assert!(paths.contains_key("/api/v1/models/{name}/versions/{version}/artifacts"));
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     // A request counted by route shows up in the metrics.
-    let metrics = api.client.get(api.url("/metrics")).send().await?.text().await?;
-    assert!(metrics.contains("flotilla_http_requests_total"), "{metrics}");
+    let metrics = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("flotilla_http_requests_total"),
+        "{metrics}"
+    );
     let unknown = api.get("/api/v1/nope", api.admin()).await?;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     api.controller.stop().await
@@ -176,7 +253,12 @@ async fn every_auth_failure_is_refused_and_changes_nothing(store: TestStore) -> 
     let api = Api::start(store).await?;
     let create = json!({"name": "sneaky"});
     // No header, wrong scheme, garbage token.
-    let missing = api.client.post(api.url("/api/v1/models")).json(&create).send().await?;
+    let missing = api
+        .client
+        .post(api.url("/api/v1/models"))
+        .json(&create)
+        .send()
+        .await?;
     assert_eq!(error_code(missing).await?.1, "unauthenticated");
     let basic = api
         .client
@@ -186,7 +268,9 @@ async fn every_auth_failure_is_refused_and_changes_nothing(store: TestStore) -> 
         .send()
         .await?;
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
-    let garbage = api.post("/api/v1/models", "not.a.jwt", create.clone()).await?;
+    let garbage = api
+        .post("/api/v1/models", "not.a.jwt", create.clone())
+        .await?;
     assert_eq!(garbage.status(), StatusCode::UNAUTHORIZED);
 
     // Forged: right shape and kid, another secret.
@@ -194,14 +278,20 @@ async fn every_auth_failure_is_refused_and_changes_nothing(store: TestStore) -> 
     forged_keys.keys[0].kid = api.keys()?.keys[0].kid.clone();
     let forger = Authenticator::new(&forged_keys, "flotilla")?;
     let (forged, _) = forger.mint("mallory", Role::Admin, Duration::from_secs(60))?;
-    let (status, code, message) = error_code(api.post("/api/v1/models", &forged, create.clone()).await?).await?;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+    let (status, code, message) =
+        error_code(api.post("/api/v1/models", &forged, create.clone()).await?).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
     assert!(message.contains("bad signature"), "{message}");
 
     // Right key, wrong audience.
     let other_audience = Authenticator::new(&api.keys()?, "someone-else")?;
     let (wrong_aud, _) = other_audience.mint("eve", Role::Admin, Duration::from_secs(60))?;
-    let response = api.post("/api/v1/models", &wrong_aud, create.clone()).await?;
+    let response = api
+        .post("/api/v1/models", &wrong_aud, create.clone())
+        .await?;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
     // Right key, expired an hour ago.
@@ -211,16 +301,25 @@ async fn every_auth_failure_is_refused_and_changes_nothing(store: TestStore) -> 
     let claims = json!({"sub": "old", "role": "admin", "aud": "flotilla", "iss": "x", "iat": now - 7200, "exp": now - 3600});
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some(signing.kid.clone());
-    let expired = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(&signing.secret))?;
-    let (status, _, message) = error_code(api.post("/api/v1/models", &expired, create.clone()).await?).await?;
+    let expired = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&signing.secret),
+    )?;
+    let (status, _, message) =
+        error_code(api.post("/api/v1/models", &expired, create.clone()).await?).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(message, "token expired");
 
     // Authenticated but not allowed: a viewer cannot write, even an upload.
     let auth = Authenticator::new(&api.keys()?, "flotilla")?;
     let (viewer, _) = auth.mint("vera", Role::Viewer, Duration::from_secs(60))?;
-    let (status, code, _) = error_code(api.post("/api/v1/models", &viewer, create.clone()).await?).await?;
-    assert_eq!((status, code.as_str()), (StatusCode::FORBIDDEN, "permission_denied"));
+    let (status, code, _) =
+        error_code(api.post("/api/v1/models", &viewer, create.clone()).await?).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "permission_denied")
+    );
     api.draft("real", "1.0.0").await?;
     let upload = api
         .client
@@ -231,13 +330,21 @@ async fn every_auth_failure_is_refused_and_changes_nothing(store: TestStore) -> 
         .await?;
     assert_eq!(upload.status(), StatusCode::FORBIDDEN);
     // A viewer can read.
-    assert_eq!(api.get("/api/v1/models", &viewer).await?.status(), StatusCode::OK);
+    assert_eq!(
+        api.get("/api/v1/models", &viewer).await?.status(),
+        StatusCode::OK
+    );
 
     // Nothing was created by any refused request.
-    let models: dto::Page<dto::ModelInfo> = api.get("/api/v1/models", api.admin()).await?.json().await?;
+    let models: dto::Page<dto::ModelInfo> =
+        api.get("/api/v1/models", api.admin()).await?.json().await?;
     let names: Vec<&str> = models.items.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, vec!["real"]);
-    let version: dto::VersionInfo = api.get("/api/v1/models/real/versions/1.0.0", api.admin()).await?.json().await?;
+    let version: dto::VersionInfo = api
+        .get("/api/v1/models/real/versions/1.0.0", api.admin())
+        .await?
+        .json()
+        .await?;
     assert!(version.artifacts.is_empty());
     assert_eq!(api.blobs()?.blob_count().await?, 0);
     api.controller.stop().await
@@ -246,12 +353,20 @@ async fn every_auth_failure_is_refused_and_changes_nothing(store: TestStore) -> 
 async fn model_and_version_lifecycle(store: TestStore) -> anyhow::Result<()> {
     let api = Api::start(store).await?;
     let created = api
-        .post("/api/v1/models", api.admin(), json!({"name": "smol", "description": "tiny"}))
+        .post(
+            "/api/v1/models",
+            api.admin(),
+            json!({"name": "smol", "description": "tiny"}),
+        )
         .await?;
     assert_eq!(created.status(), StatusCode::CREATED);
-    let duplicate = api.post("/api/v1/models", api.admin(), json!({"name": "smol"})).await?;
+    let duplicate = api
+        .post("/api/v1/models", api.admin(), json!({"name": "smol"}))
+        .await?;
     assert_eq!(error_code(duplicate).await?.1, "already_exists");
-    let invalid = api.post("/api/v1/models", api.admin(), json!({"name": "Bad Name"})).await?;
+    let invalid = api
+        .post("/api/v1/models", api.admin(), json!({"name": "Bad Name"}))
+        .await?;
     assert_eq!(error_code(invalid).await?.1, "invalid_argument");
     let malformed = api
         .client
@@ -264,51 +379,96 @@ async fn model_and_version_lifecycle(store: TestStore) -> anyhow::Result<()> {
     assert_eq!(error_code(malformed).await?.1, "invalid_argument");
 
     let bad_semver = api
-        .post("/api/v1/models/smol/versions", api.admin(), json!({"version": "1.2"}))
+        .post(
+            "/api/v1/models/smol/versions",
+            api.admin(),
+            json!({"version": "1.2"}),
+        )
         .await?;
     assert_eq!(error_code(bad_semver).await?.1, "invalid_argument");
     let unknown_model = api
-        .post("/api/v1/models/ghost/versions", api.admin(), json!({"version": "1.0.0"}))
+        .post(
+            "/api/v1/models/ghost/versions",
+            api.admin(),
+            json!({"version": "1.0.0"}),
+        )
         .await?;
     assert_eq!(error_code(unknown_model).await?.0, StatusCode::NOT_FOUND);
     api.draft("smol", "1.0.0").await?;
     let again = api
-        .post("/api/v1/models/smol/versions", api.admin(), json!({"version": "1.0.0"}))
+        .post(
+            "/api/v1/models/smol/versions",
+            api.admin(),
+            json!({"version": "1.0.0"}),
+        )
         .await?;
     assert_eq!(error_code(again).await?.1, "already_exists");
 
     // Publishing an empty version is refused; with an artifact it works.
     let empty = api
-        .patch("/api/v1/models/smol/versions/1.0.0", api.admin(), json!({"state": "published"}))
+        .patch(
+            "/api/v1/models/smol/versions/1.0.0",
+            api.admin(),
+            json!({"state": "published"}),
+        )
         .await?;
     assert_eq!(error_code(empty).await?.1, "failed_precondition");
-    assert_eq!(api.upload("smol", "1.0.0", gguf_fixture(Q4_1, 3), None).await?.status(), StatusCode::CREATED);
+    assert_eq!(
+        api.upload("smol", "1.0.0", gguf_fixture(Q4_1, 3), None)
+            .await?
+            .status(),
+        StatusCode::CREATED
+    );
     api.publish("smol", "1.0.0").await?;
     // Published versions are immutable.
-    let late = api.upload("smol", "1.0.0", gguf_fixture(Q8_0, 4), None).await?;
+    let late = api
+        .upload("smol", "1.0.0", gguf_fixture(Q8_0, 4), None)
+        .await?;
     let (status, code, message) = error_code(late).await?;
-    assert_eq!((status, code.as_str()), (StatusCode::CONFLICT, "failed_precondition"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::CONFLICT, "failed_precondition")
+    );
     assert!(message.contains("only to drafts"), "{message}");
     let back = api
-        .patch("/api/v1/models/smol/versions/1.0.0", api.admin(), json!({"state": "draft"}))
+        .patch(
+            "/api/v1/models/smol/versions/1.0.0",
+            api.admin(),
+            json!({"state": "draft"}),
+        )
         .await?;
     assert_eq!(error_code(back).await?.0, StatusCode::BAD_REQUEST);
     for state in ["deprecated", "yanked"] {
         let moved = api
-            .patch("/api/v1/models/smol/versions/1.0.0", api.admin(), json!({"state": state}))
+            .patch(
+                "/api/v1/models/smol/versions/1.0.0",
+                api.admin(),
+                json!({"state": state}),
+            )
             .await?;
         assert_eq!(moved.status(), StatusCode::OK);
     }
     let unyank = api
-        .patch("/api/v1/models/smol/versions/1.0.0", api.admin(), json!({"state": "published"}))
+        .patch(
+            "/api/v1/models/smol/versions/1.0.0",
+            api.admin(),
+            json!({"state": "published"}),
+        )
         .await?;
     assert_eq!(error_code(unyank).await?.1, "failed_precondition");
 
-    let detail: dto::ModelDetail = api.get("/api/v1/models/smol", api.admin()).await?.json().await?;
+    let detail: dto::ModelDetail = api
+        .get("/api/v1/models/smol", api.admin())
+        .await?
+        .json()
+        .await?;
     assert_eq!(detail.model.description, "tiny");
     assert_eq!(detail.versions.len(), 1);
     assert_eq!(detail.versions[0].state, "yanked");
-    assert_eq!(api.get("/api/v1/models/ghost", api.admin()).await?.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get("/api/v1/models/ghost", api.admin()).await?.status(),
+        StatusCode::NOT_FOUND
+    );
     api.controller.stop().await
 }
 
@@ -316,7 +476,11 @@ async fn models_paginate(store: TestStore) -> anyhow::Result<()> {
     let api = Api::start(store).await?;
     for index in 0..5 {
         let response = api
-            .post("/api/v1/models", api.admin(), json!({"name": format!("model-{index}")}))
+            .post(
+                "/api/v1/models",
+                api.admin(),
+                json!({"name": format!("model-{index}")}),
+            )
             .await?;
         assert_eq!(response.status(), StatusCode::CREATED);
     }
@@ -339,7 +503,10 @@ async fn models_paginate(store: TestStore) -> anyhow::Result<()> {
         assert!(pages < 10, "pagination does not terminate");
     }
     assert_eq!(pages, 3);
-    assert_eq!(seen, (0..5).map(|i| format!("model-{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        (0..5).map(|i| format!("model-{i}")).collect::<Vec<_>>()
+    );
     let bad_limit = api.get("/api/v1/models?limit=abc", api.admin()).await?;
     assert_eq!(error_code(bad_limit).await?.1, "invalid_argument");
     api.controller.stop().await
@@ -350,7 +517,9 @@ async fn upload_records_gguf_metadata_and_dedupes(store: TestStore) -> anyhow::R
     api.draft("smol", "1.0.0").await?;
     let file = gguf_fixture(Q4_1, 7);
     let digest = blake3::hash(&file).to_hex().to_string();
-    let response = api.upload("smol", "1.0.0", file.clone(), Some(&digest)).await?;
+    let response = api
+        .upload("smol", "1.0.0", file.clone(), Some(&digest))
+        .await?;
     assert_eq!(response.status(), StatusCode::CREATED);
     let artifact: dto::ArtifactInfo = response.json().await?;
     assert_eq!(artifact.digest, digest);
@@ -371,13 +540,23 @@ async fn upload_records_gguf_metadata_and_dedupes(store: TestStore) -> anyhow::R
 
     // Another version may reuse the bytes; the blob is still stored once.
     api.draft("smol", "1.1.0").await?;
-    assert_eq!(api.upload("smol", "1.1.0", file.clone(), None).await?.status(), StatusCode::CREATED);
+    assert_eq!(
+        api.upload("smol", "1.1.0", file.clone(), None)
+            .await?
+            .status(),
+        StatusCode::CREATED
+    );
     assert_eq!(blobs.blob_count().await?, 1);
 
     // A second file with the same quantization in one version is refused.
-    let clash = api.upload("smol", "1.0.0", gguf_fixture(Q4_1, 8), None).await?;
+    let clash = api
+        .upload("smol", "1.0.0", gguf_fixture(Q4_1, 8), None)
+        .await?;
     let (status, code, message) = error_code(clash).await?;
-    assert_eq!((status, code.as_str()), (StatusCode::CONFLICT, "already_exists"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::CONFLICT, "already_exists")
+    );
     assert!(message.contains("Q4_1"), "{message}");
     assert_eq!(blobs.blob_count().await?, 1);
     assert_eq!(blobs.pending_upload_count().await?, 0);
@@ -392,7 +571,10 @@ async fn upload_records_gguf_metadata_and_dedupes(store: TestStore) -> anyhow::R
         .await?;
     let (status, _, message) = error_code(response).await?;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(message.contains("Q4_1") && message.contains("Q8_0"), "{message}");
+    assert!(
+        message.contains("Q4_1") && message.contains("Q8_0"),
+        "{message}"
+    );
     api.controller.stop().await
 }
 
@@ -405,11 +587,18 @@ async fn concurrent_duplicate_uploads_store_one_blob(store: TestStore) -> anyhow
     let mut created = 0;
     for response in responses {
         let status = response?.status();
-        assert!(status == StatusCode::CREATED || status == StatusCode::OK, "{status}");
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::OK,
+            "{status}"
+        );
         created += usize::from(status == StatusCode::CREATED);
     }
     assert_eq!(created, 1, "exactly one upload creates the artifact");
-    let version: dto::VersionInfo = api.get("/api/v1/models/smol/versions/1.0.0", api.admin()).await?.json().await?;
+    let version: dto::VersionInfo = api
+        .get("/api/v1/models/smol/versions/1.0.0", api.admin())
+        .await?
+        .json()
+        .await?;
     assert_eq!(version.artifacts.len(), 1);
     let blobs = api.blobs()?;
     assert_eq!(blobs.blob_count().await?, 1);
@@ -426,10 +615,25 @@ async fn bad_uploads_leave_nothing_behind(store: TestStore) -> anyhow::Result<()
     let truncated_header = valid[..20].to_vec();
     let truncated_data = valid[..valid.len() - 10].to_vec();
     let cases: Vec<(&str, Vec<u8>, Option<String>, &str)> = vec![
-        ("not gguf", b"hello, I am a text file".repeat(100), None, "not a valid GGUF file"),
+        (
+            "not gguf",
+            b"hello, I am a text file".repeat(100),
+            None,
+            "not a valid GGUF file",
+        ),
         ("wrong magic", wrong_magic, None, "not a valid GGUF file"),
-        ("truncated header", truncated_header, None, "not a valid GGUF file"),
-        ("truncated tensor data", truncated_data, None, "truncated GGUF file"),
+        (
+            "truncated header",
+            truncated_header,
+            None,
+            "not a valid GGUF file",
+        ),
+        (
+            "truncated tensor data",
+            truncated_data,
+            None,
+            "truncated GGUF file",
+        ),
         ("empty", Vec::new(), None, "not a valid GGUF file"),
         (
             "digest mismatch",
@@ -439,24 +643,46 @@ async fn bad_uploads_leave_nothing_behind(store: TestStore) -> anyhow::Result<()
         ),
     ];
     for (case, bytes, declared, expected) in cases {
-        let response = api.upload("smol", "1.0.0", bytes, declared.as_deref()).await?;
+        let response = api
+            .upload("smol", "1.0.0", bytes, declared.as_deref())
+            .await?;
         let (status, code, message) = error_code(response).await?;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {message}");
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{case}: {message}"
+        );
         assert_eq!(code, "unprocessable", "{case}");
         assert!(message.contains(expected), "{case}: {message}");
     }
-    let malformed_digest = api.upload("smol", "1.0.0", valid.clone(), Some("xyz")).await?;
-    assert_eq!(error_code(malformed_digest).await?.0, StatusCode::BAD_REQUEST);
+    let malformed_digest = api
+        .upload("smol", "1.0.0", valid.clone(), Some("xyz"))
+        .await?;
+    assert_eq!(
+        error_code(malformed_digest).await?.0,
+        StatusCode::BAD_REQUEST
+    );
     let unknown_version = api.upload("smol", "9.9.9", valid.clone(), None).await?;
     assert_eq!(error_code(unknown_version).await?.0, StatusCode::NOT_FOUND);
 
-    let version: dto::VersionInfo = api.get("/api/v1/models/smol/versions/1.0.0", api.admin()).await?.json().await?;
+    let version: dto::VersionInfo = api
+        .get("/api/v1/models/smol/versions/1.0.0", api.admin())
+        .await?
+        .json()
+        .await?;
     assert!(version.artifacts.is_empty(), "no orphan rows");
     let blobs = api.blobs()?;
     assert_eq!(blobs.blob_count().await?, 0, "no orphan blobs");
-    assert_eq!(blobs.pending_upload_count().await?, 0, "no leftover uploads");
+    assert_eq!(
+        blobs.pending_upload_count().await?,
+        0,
+        "no leftover uploads"
+    );
     // And the good file still goes in afterwards.
-    assert_eq!(api.upload("smol", "1.0.0", valid, None).await?.status(), StatusCode::CREATED);
+    assert_eq!(
+        api.upload("smol", "1.0.0", valid, None).await?.status(),
+        StatusCode::CREATED
+    );
     api.controller.stop().await
 }
 
@@ -464,39 +690,80 @@ async fn resolution_skips_yanked_versions(store: TestStore) -> anyhow::Result<()
     let api = Api::start(store).await?;
     for (version, seed) in [("1.2.0", 20u8), ("1.3.0", 30), ("1.4.0", 40)] {
         api.draft("smol", version).await?;
-        assert_eq!(api.upload("smol", version, gguf_fixture(Q4_1, seed), None).await?.status(), StatusCode::CREATED);
         assert_eq!(
-            api.upload("smol", version, gguf_fixture(Q8_0, seed + 1), None).await?.status(),
+            api.upload("smol", version, gguf_fixture(Q4_1, seed), None)
+                .await?
+                .status(),
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            api.upload("smol", version, gguf_fixture(Q8_0, seed + 1), None)
+                .await?
+                .status(),
             StatusCode::CREATED
         );
         api.publish("smol", version).await?;
     }
     api.draft("smol", "1.5.0").await?;
-    assert_eq!(api.upload("smol", "1.5.0", gguf_fixture(Q8_0, 50), None).await?.status(), StatusCode::CREATED);
+    assert_eq!(
+        api.upload("smol", "1.5.0", gguf_fixture(Q8_0, 50), None)
+            .await?
+            .status(),
+        StatusCode::CREATED
+    );
     let yank = api
-        .patch("/api/v1/models/smol/versions/1.4.0", api.admin(), json!({"state": "yanked"}))
+        .patch(
+            "/api/v1/models/smol/versions/1.4.0",
+            api.admin(),
+            json!({"state": "yanked"}),
+        )
         .await?;
     assert_eq!(yank.status(), StatusCode::OK);
 
     let resolved: dto::ResolutionInfo = api
-        .get("/api/v1/resolve?model=smol&requirement=%5E1.2&quantization=Q8_0,Q4_1", api.admin())
+        .get(
+            "/api/v1/resolve?model=smol&requirement=%5E1.2&quantization=Q8_0,Q4_1",
+            api.admin(),
+        )
         .await?
         .json()
         .await?;
-    assert_eq!(resolved.version, "1.3.0", "1.4.0 is yanked and 1.5.0 a draft");
+    assert_eq!(
+        resolved.version, "1.3.0",
+        "1.4.0 is yanked and 1.5.0 a draft"
+    );
     assert_eq!(resolved.artifact.quantization, "Q8_0");
     let q4: dto::ResolutionInfo = api
-        .get("/api/v1/resolve?model=smol&requirement=%3D1.2.0&quantization=Q4_1", api.admin())
+        .get(
+            "/api/v1/resolve?model=smol&requirement=%3D1.2.0&quantization=Q4_1",
+            api.admin(),
+        )
         .await?
         .json()
         .await?;
-    assert_eq!((q4.version.as_str(), q4.artifact.quantization.as_str()), ("1.2.0", "Q4_1"));
-    let yanked = api.get("/api/v1/resolve?model=smol&requirement=%3D1.4.0", api.admin()).await?;
+    assert_eq!(
+        (q4.version.as_str(), q4.artifact.quantization.as_str()),
+        ("1.2.0", "Q4_1")
+    );
+    let yanked = api
+        .get(
+            "/api/v1/resolve?model=smol&requirement=%3D1.4.0",
+            api.admin(),
+        )
+        .await?;
     let (status, _, message) = error_code(yanked).await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(message.contains("no published version"), "{message}");
-    let bad_requirement = api.get("/api/v1/resolve?model=smol&requirement=%5E%5E1", api.admin()).await?;
-    assert_eq!(error_code(bad_requirement).await?.0, StatusCode::BAD_REQUEST);
+    let bad_requirement = api
+        .get(
+            "/api/v1/resolve?model=smol&requirement=%5E%5E1",
+            api.admin(),
+        )
+        .await?;
+    assert_eq!(
+        error_code(bad_requirement).await?.0,
+        StatusCode::BAD_REQUEST
+    );
     api.controller.stop().await
 }
 
@@ -505,7 +772,12 @@ async fn blobs_serve_ranges(store: TestStore) -> anyhow::Result<()> {
     api.draft("smol", "1.0.0").await?;
     let file = gguf_fixture(Q4_1, 60);
     let digest = blake3::hash(&file).to_hex().to_string();
-    assert_eq!(api.upload("smol", "1.0.0", file.clone(), None).await?.status(), StatusCode::CREATED);
+    assert_eq!(
+        api.upload("smol", "1.0.0", file.clone(), None)
+            .await?
+            .status(),
+        StatusCode::CREATED
+    );
     let path = format!("/api/v1/blobs/{digest}");
     let whole = api.get(&path, api.admin()).await?;
     assert_eq!(whole.status(), StatusCode::OK);
@@ -532,7 +804,9 @@ async fn blobs_serve_ranges(store: TestStore) -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    let missing = api.get(&format!("/api/v1/blobs/{}", "0".repeat(64)), api.admin()).await?;
+    let missing = api
+        .get(&format!("/api/v1/blobs/{}", "0".repeat(64)), api.admin())
+        .await?;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     let unauthenticated = api.client.get(api.url(&path)).send().await?;
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
@@ -543,23 +817,56 @@ async fn prompts_are_versioned(store: TestStore) -> anyhow::Result<()> {
     let api = Api::start(store).await?;
     for text in ["You are helpful.", "You are terse."] {
         let response = api
-            .post("/api/v1/prompts/support/versions", api.admin(), json!({"text": text}))
+            .post(
+                "/api/v1/prompts/support/versions",
+                api.admin(),
+                json!({"text": text}),
+            )
             .await?;
         assert_eq!(response.status(), StatusCode::CREATED);
     }
-    let latest: dto::PromptInfo = api.get("/api/v1/prompts/support", api.admin()).await?.json().await?;
-    assert_eq!((latest.version, latest.text.as_str()), (2, "You are terse."));
-    let first: dto::PromptInfo = api.get("/api/v1/prompts/support/versions/1", api.admin()).await?.json().await?;
+    let latest: dto::PromptInfo = api
+        .get("/api/v1/prompts/support", api.admin())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        (latest.version, latest.text.as_str()),
+        (2, "You are terse.")
+    );
+    let first: dto::PromptInfo = api
+        .get("/api/v1/prompts/support/versions/1", api.admin())
+        .await?
+        .json()
+        .await?;
     assert_eq!(first.text, "You are helpful.");
-    let versions: dto::Page<dto::PromptInfo> =
-        api.get("/api/v1/prompts/support/versions", api.admin()).await?.json().await?;
-    assert_eq!(versions.items.iter().map(|p| p.version).collect::<Vec<_>>(), vec![2, 1]);
-    let listing: dto::Page<dto::PromptSummaryInfo> = api.get("/api/v1/prompts", api.admin()).await?.json().await?;
+    let versions: dto::Page<dto::PromptInfo> = api
+        .get("/api/v1/prompts/support/versions", api.admin())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        versions.items.iter().map(|p| p.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    let listing: dto::Page<dto::PromptSummaryInfo> = api
+        .get("/api/v1/prompts", api.admin())
+        .await?
+        .json()
+        .await?;
     assert_eq!(listing.items.len(), 1);
     assert_eq!(listing.items[0].latest_version, 2);
-    let empty = api.post("/api/v1/prompts/support/versions", api.admin(), json!({"text": "  "})).await?;
+    let empty = api
+        .post(
+            "/api/v1/prompts/support/versions",
+            api.admin(),
+            json!({"text": "  "}),
+        )
+        .await?;
     assert_eq!(error_code(empty).await?.0, StatusCode::BAD_REQUEST);
-    let missing = api.get("/api/v1/prompts/support/versions/9", api.admin()).await?;
+    let missing = api
+        .get("/api/v1/prompts/support/versions/9", api.admin())
+        .await?;
     assert_eq!(error_code(missing).await?.0, StatusCode::NOT_FOUND);
     api.controller.stop().await
 }
@@ -567,21 +874,43 @@ async fn prompts_are_versioned(store: TestStore) -> anyhow::Result<()> {
 async fn tokens_are_minted_by_admins_only(store: TestStore) -> anyhow::Result<()> {
     let api = Api::start(store).await?;
     let response = api
-        .post("/api/v1/tokens", api.admin(), json!({"subject": "ci", "role": "operator", "ttl_seconds": 600}))
+        .post(
+            "/api/v1/tokens",
+            api.admin(),
+            json!({"subject": "ci", "role": "operator", "ttl_seconds": 600}),
+        )
         .await?;
     assert_eq!(response.status(), StatusCode::CREATED);
     let token: dto::TokenInfo = response.json().await?;
-    let me: dto::WhoAmI = api.get("/api/v1/whoami", &token.token).await?.json().await?;
+    let me: dto::WhoAmI = api
+        .get("/api/v1/whoami", &token.token)
+        .await?
+        .json()
+        .await?;
     assert_eq!((me.subject.as_str(), me.role.as_str()), ("ci", "operator"));
     // The operator can write but not mint.
-    let model = api.post("/api/v1/models", &token.token, json!({"name": "by-operator"})).await?;
+    let model = api
+        .post(
+            "/api/v1/models",
+            &token.token,
+            json!({"name": "by-operator"}),
+        )
+        .await?;
     assert_eq!(model.status(), StatusCode::CREATED);
     let escalate = api
-        .post("/api/v1/tokens", &token.token, json!({"subject": "me", "role": "admin"}))
+        .post(
+            "/api/v1/tokens",
+            &token.token,
+            json!({"subject": "me", "role": "admin"}),
+        )
         .await?;
     assert_eq!(error_code(escalate).await?.0, StatusCode::FORBIDDEN);
     let bad_role = api
-        .post("/api/v1/tokens", api.admin(), json!({"subject": "x", "role": "root"}))
+        .post(
+            "/api/v1/tokens",
+            api.admin(),
+            json!({"subject": "x", "role": "root"}),
+        )
         .await?;
     assert_eq!(error_code(bad_role).await?.0, StatusCode::BAD_REQUEST);
     api.controller.stop().await

@@ -18,16 +18,28 @@ pub fn workspace_root() -> PathBuf {
 /// Path of a workspace binary built by `cargo build --workspace --bins`
 /// (`--release` for optimised callers such as the benchmarks).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let target = if target.is_absolute() { target } else { workspace_root().join(target) };
+    let target = if target.is_absolute() {
+        target
+    } else {
+        workspace_root().join(target)
+    };
     let path = target.join(profile).join(name);
     anyhow::ensure!(
         path.exists(),
         "{} is missing: run `cargo build --workspace --bins{}` first",
         path.display(),
-        if profile == "release" { " --release" } else { "" }
+        if profile == "release" {
+            " --release"
+        } else {
+            ""
+        }
     );
     Ok(path)
 }
@@ -57,7 +69,10 @@ where
         if check().await {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -155,7 +170,9 @@ impl ControllerProcess {
     }
 
     pub fn admin_token(&self) -> anyhow::Result<String> {
-        Ok(std::fs::read_to_string(self.data_dir.join("admin.token"))?.trim().to_owned())
+        Ok(std::fs::read_to_string(self.data_dir.join("admin.token"))?
+            .trim()
+            .to_owned())
     }
 }
 
@@ -179,7 +196,12 @@ pub fn independent_blake3(path: &Path) -> Option<String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
     let script = "import sys, blake3\nh = blake3.blake3()\nf = open(sys.argv[1], 'rb')\nfor chunk in iter(lambda: f.read(1 << 20), b''):\n    h.update(chunk)\nprint(h.hexdigest())";
-    let output = Command::new(python).arg("-c").arg(script).arg(path).output().ok()?;
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .ok()?;
     output
         .status
         .success()

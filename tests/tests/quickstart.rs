@@ -25,15 +25,32 @@ async fn push_real_model_and_restart(extra: &[&str]) -> anyhow::Result<()> {
         &controller.rest_url,
         &token,
         home.path(),
-        &["model", "push", &model_path, "--name", "smollm2-135m-instruct", "--version", "1.0.0", "--output", "json"],
+        &[
+            "model",
+            "push",
+            &model_path,
+            "--name",
+            "smollm2-135m-instruct",
+            "--version",
+            "1.0.0",
+            "--output",
+            "json",
+        ],
     )?;
-    anyhow::ensure!(push.status.success(), "push failed: {}", String::from_utf8_lossy(&push.stderr));
+    anyhow::ensure!(
+        push.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&push.stderr)
+    );
     let artifact: serde_json::Value = serde_json::from_slice(&push.stdout)?;
     assert_eq!(artifact["digest"], expected_digest.as_str());
     assert_eq!(artifact["architecture"], "llama");
     assert_eq!(artifact["quantization"], "Q4_1");
     let parameters = artifact["parameter_count"].as_u64().unwrap_or_default();
-    assert!((130_000_000..140_000_000).contains(&parameters), "{parameters} parameters");
+    assert!(
+        (130_000_000..140_000_000).contains(&parameters),
+        "{parameters} parameters"
+    );
 
     // A restart keeps everything and does not rotate the admin token.
     let mut controller = controller;
@@ -46,14 +63,24 @@ async fn push_real_model_and_restart(extra: &[&str]) -> anyhow::Result<()> {
         home.path(),
         &["model", "show", "smollm2-135m-instruct", "--output", "json"],
     )?;
-    anyhow::ensure!(show.status.success(), "show failed: {}", String::from_utf8_lossy(&show.stderr));
+    anyhow::ensure!(
+        show.status.success(),
+        "show failed: {}",
+        String::from_utf8_lossy(&show.stderr)
+    );
     let detail: serde_json::Value = serde_json::from_slice(&show.stdout)?;
     assert_eq!(detail["versions"][0]["state"], "published");
-    assert_eq!(detail["versions"][0]["artifacts"][0]["digest"], expected_digest.as_str());
+    assert_eq!(
+        detail["versions"][0]["artifacts"][0]["digest"],
+        expected_digest.as_str()
+    );
 
     // The blob served back is byte-identical to the file.
     let blob = reqwest::Client::new()
-        .get(format!("{}/api/v1/blobs/{expected_digest}", restarted.rest_url))
+        .get(format!(
+            "{}/api/v1/blobs/{expected_digest}",
+            restarted.rest_url
+        ))
         .bearer_auth(&token)
         .timeout(Duration::from_secs(60))
         .send()

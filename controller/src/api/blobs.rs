@@ -54,7 +54,9 @@ pub async fn get_blob(
         }
     };
     // An empty blob has no satisfiable range; serve it whole.
-    let read = blobs.read(&digest, requested.clone().filter(|r| !r.is_empty())).await?;
+    let read = blobs
+        .read(&digest, requested.clone().filter(|r| !r.is_empty()))
+        .await?;
     let length = read.range.end - read.range.start;
     let mut response = Body::from_stream(read.stream).into_response();
     let partial = requested.is_some() && total > 0;
@@ -62,12 +64,20 @@ pub async fn get_blob(
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
     }
     let response_headers = response.headers_mut();
-    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    response_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     response_headers.insert(header::ETAG, etag(&digest));
     if partial {
-        let content_range = format!("bytes {}-{}/{}", read.range.start, read.range.end - 1, read.total_size);
+        let content_range = format!(
+            "bytes {}-{}/{}",
+            read.range.start,
+            read.range.end - 1,
+            read.total_size
+        );
         response_headers.insert(
             header::CONTENT_RANGE,
             HeaderValue::from_str(&content_range).map_err(ApiError::internal)?,
@@ -78,7 +88,8 @@ pub async fn get_blob(
 }
 
 fn etag(digest: &Digest) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{}\"", digest.to_hex())).unwrap_or(HeaderValue::from_static("\"\""))
+    HeaderValue::from_str(&format!("\"{}\"", digest.to_hex()))
+        .unwrap_or(HeaderValue::from_static("\"\""))
 }
 
 fn unsatisfiable(total: u64) -> Response {
@@ -110,7 +121,11 @@ fn parse_range(header_value: &str, total: u64) -> Result<Range<u64>, RangeError>
         return Err(RangeError::Malformed);
     }
     let (start, end) = spec.split_once('-').ok_or(RangeError::Malformed)?;
-    let number = |text: &str| text.trim().parse::<u64>().map_err(|_| RangeError::Malformed);
+    let number = |text: &str| {
+        text.trim()
+            .parse::<u64>()
+            .map_err(|_| RangeError::Malformed)
+    };
     let range = match (start.trim().is_empty(), end.trim().is_empty()) {
         (true, true) => return Err(RangeError::Malformed),
         (true, false) => {
@@ -146,11 +161,17 @@ mod tests {
         assert_eq!(parse_range("bytes=-10", 100), Ok(90..100));
         assert_eq!(parse_range("bytes=-1000", 100), Ok(0..100));
         assert_eq!(parse_range("bytes=50-1000", 100), Ok(50..100));
-        assert_eq!(parse_range("bytes=100-", 100), Err(RangeError::Unsatisfiable));
+        assert_eq!(
+            parse_range("bytes=100-", 100),
+            Err(RangeError::Unsatisfiable)
+        );
         assert_eq!(parse_range("bytes=-0", 100), Err(RangeError::Unsatisfiable));
         assert_eq!(parse_range("bytes=9-0", 100), Err(RangeError::Malformed));
         assert_eq!(parse_range("items=0-1", 100), Err(RangeError::Malformed));
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), Err(RangeError::Malformed));
+        assert_eq!(
+            parse_range("bytes=0-1,5-6", 100),
+            Err(RangeError::Malformed)
+        );
         assert_eq!(parse_range("bytes=-", 100), Err(RangeError::Malformed));
         assert_eq!(parse_range("bytes=x-1", 100), Err(RangeError::Malformed));
     }

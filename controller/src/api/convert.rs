@@ -2,16 +2,21 @@
 
 use flotilla_api_types as dto;
 
-use crate::domain::{Artifact, Model, ModelName, ModelVersion, Page, PageRequest, PromptName, PromptSummary, SystemPrompt};
+use crate::domain::{
+    Artifact, Model, ModelName, ModelVersion, Page, PageRequest, PromptName, PromptSummary,
+    SystemPrompt,
+};
 use crate::error::ApiError;
 use crate::registry::VersionWithArtifacts;
 
 pub fn model_name(raw: &str) -> Result<ModelName, ApiError> {
-    raw.parse().map_err(|e: crate::domain::InvalidName| ApiError::invalid_argument(e.to_string()))
+    raw.parse()
+        .map_err(|e: crate::domain::InvalidName| ApiError::invalid_argument(e.to_string()))
 }
 
 pub fn prompt_name(raw: &str) -> Result<PromptName, ApiError> {
-    raw.parse().map_err(|e: crate::domain::InvalidName| ApiError::invalid_argument(e.to_string()))
+    raw.parse()
+        .map_err(|e: crate::domain::InvalidName| ApiError::invalid_argument(e.to_string()))
 }
 
 pub fn semver_version(raw: &str) -> Result<semver::Version, ApiError> {

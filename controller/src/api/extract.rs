@@ -75,7 +75,10 @@ pub struct Caller(pub Principal);
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = match parts.headers.get(AUTHORIZATION) {
             None => None,
             Some(value) => Some(value.to_str().map_err(|_| AuthError::MalformedHeader)?),

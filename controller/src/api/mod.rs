@@ -57,26 +57,42 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
     }
 }
 
 /// The OpenAPI document as JSON.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".to_owned())
 }
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/models", get(models::list_models).post(models::create_model))
+        .route(
+            "/models",
+            get(models::list_models).post(models::create_model),
+        )
         .route("/models/{name}", get(models::get_model))
-        .route("/models/{name}/versions", get(models::list_versions).post(models::create_version))
+        .route(
+            "/models/{name}/versions",
+            get(models::list_versions).post(models::create_version),
+        )
         .route(
             "/models/{name}/versions/{version}",
             get(models::get_version).patch(models::update_version),
         )
-        .route("/models/{name}/versions/{version}/artifacts", post(models::upload_artifact))
+        .route(
+            "/models/{name}/versions/{version}/artifacts",
+            post(models::upload_artifact),
+        )
         .route("/resolve", get(models::resolve))
         .route("/prompts", get(prompts::list_prompts))
         .route("/prompts/{name}", get(prompts::get_prompt))
@@ -84,7 +100,10 @@ pub fn router(state: AppState) -> Router {
             "/prompts/{name}/versions",
             get(prompts::list_prompt_versions).post(prompts::create_prompt_version),
         )
-        .route("/prompts/{name}/versions/{version}", get(prompts::get_prompt_version))
+        .route(
+            "/prompts/{name}/versions/{version}",
+            get(prompts::get_prompt_version),
+        )
         .route("/blobs/{digest}", get(blobs::get_blob))
         .route("/tokens", post(tokens::create_token))
         .route("/whoami", get(tokens::whoami))
@@ -105,7 +124,11 @@ async fn unknown_route() -> crate::error::ApiError {
 }
 
 async fn openapi() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi_json(),
+    )
+        .into_response()
 }
 
 /// Liveness: the process serves HTTP.
@@ -121,14 +144,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
     if let Err(error) = state.registry.blobs().ping().await {
         tracing::warn!(%error, "readiness: object store unavailable");
-        return (StatusCode::SERVICE_UNAVAILABLE, "object store unavailable\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "object store unavailable\n",
+        )
+            .into_response();
     }
     (StatusCode::OK, "ready\n").into_response()
 }
 
 async fn prometheus_metrics(State(state): State<AppState>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.metrics.render(),
     )
         .into_response()

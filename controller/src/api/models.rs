@@ -44,7 +44,10 @@ pub async fn create_model(
 ) -> Result<(StatusCode, Json<dto::ModelInfo>), ApiError> {
     caller.require(Role::Operator)?;
     let name = model_name(&request.name)?;
-    let model = state.registry.create_model(&name, &request.description).await?;
+    let model = state
+        .registry
+        .create_model(&name, &request.description)
+        .await?;
     tracing::info!(model = %name, by = %caller.subject, "model created");
     Ok((StatusCode::CREATED, Json(model_info(model))))
 }
@@ -67,7 +70,11 @@ pub async fn get_model(
         .await?;
     Ok(Json(dto::ModelDetail {
         model: model_info(model),
-        versions: versions.items.into_iter().map(version_with_artifacts).collect(),
+        versions: versions
+            .items
+            .into_iter()
+            .map(version_with_artifacts)
+            .collect(),
     }))
 }
 
@@ -83,7 +90,10 @@ pub async fn list_versions(
 ) -> Result<Json<dto::Page<dto::VersionInfo>>, ApiError> {
     caller.require(Role::Viewer)?;
     let name = model_name(&name)?;
-    let versions = state.registry.list_versions(&name, &page_request(query)).await?;
+    let versions = state
+        .registry
+        .list_versions(&name, &page_request(query))
+        .await?;
     Ok(Json(page(versions, version_with_artifacts)))
 }
 
@@ -101,7 +111,10 @@ pub async fn create_version(
     caller.require(Role::Operator)?;
     let name = model_name(&name)?;
     let version = semver_version(&request.version)?;
-    let created = state.registry.create_version(&name, &version, &request.notes).await?;
+    let created = state
+        .registry
+        .create_version(&name, &version, &request.notes)
+        .await?;
     tracing::info!(model = %name, %version, by = %caller.subject, "version created");
     Ok((StatusCode::CREATED, Json(version_info(created, Vec::new()))))
 }
@@ -140,7 +153,10 @@ pub async fn update_version(
         .state
         .parse::<VersionState>()
         .map_err(|e| ApiError::invalid_argument(e.to_string()))?;
-    let updated = state.registry.set_version_state(&name, &version, next).await?;
+    let updated = state
+        .registry
+        .set_version_state(&name, &version, next)
+        .await?;
     tracing::info!(model = %name, %version, state = %next, by = %caller.subject, "version state changed");
     Ok(Json(version_with_artifacts(updated)))
 }
@@ -174,13 +190,21 @@ pub async fn upload_artifact(
                 .to_str()
                 .ok()
                 .and_then(|text| text.parse::<Digest>().ok())
-                .ok_or_else(|| ApiError::invalid_argument(format!("invalid {} header: expected 64 hex characters", dto::DIGEST_HEADER)))?,
+                .ok_or_else(|| {
+                    ApiError::invalid_argument(format!(
+                        "invalid {} header: expected 64 hex characters",
+                        dto::DIGEST_HEADER
+                    ))
+                })?,
         ),
     };
     let expected_quantization = match query.quantization.as_deref() {
         None => None,
         Some(raw) if raw.eq_ignore_ascii_case("auto") => None,
-        Some(raw) => Some(raw.parse::<Quantization>().map_err(|e| ApiError::invalid_argument(e.to_string()))?),
+        Some(raw) => Some(
+            raw.parse::<Quantization>()
+                .map_err(|e| ApiError::invalid_argument(e.to_string()))?,
+        ),
     };
     let request = UploadRequest {
         model,
@@ -213,7 +237,11 @@ pub async fn resolve(
     let requirement_text = query.requirement.as_deref().unwrap_or("*");
     let requirement = requirement_text
         .parse::<semver::VersionReq>()
-        .map_err(|e| ApiError::invalid_argument(format!("invalid version requirement {requirement_text:?}: {e}")))?;
+        .map_err(|e| {
+            ApiError::invalid_argument(format!(
+                "invalid version requirement {requirement_text:?}: {e}"
+            ))
+        })?;
     let policy = query
         .quantization
         .as_deref()

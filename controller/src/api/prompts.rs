@@ -67,7 +67,10 @@ pub async fn list_prompt_versions(
 ) -> Result<Json<dto::Page<dto::PromptInfo>>, ApiError> {
     caller.require(Role::Viewer)?;
     let name = prompt_name(&name)?;
-    let versions = state.registry.list_prompt_versions(&name, &page_request(query)).await?;
+    let versions = state
+        .registry
+        .list_prompt_versions(&name, &page_request(query))
+        .await?;
     Ok(Json(page(versions, prompt_info)))
 }
 
@@ -82,5 +85,7 @@ pub async fn get_prompt_version(
 ) -> Result<Json<dto::PromptInfo>, ApiError> {
     caller.require(Role::Viewer)?;
     let name = prompt_name(&name)?;
-    Ok(Json(prompt_info(state.registry.prompt(&name, Some(version)).await?)))
+    Ok(Json(prompt_info(
+        state.registry.prompt(&name, Some(version)).await?,
+    )))
 }

@@ -34,7 +34,9 @@ pub async fn create_token(
             "token subject must be 1 to 256 printable characters",
         ));
     }
-    let ttl = request.ttl_seconds.map_or(DEFAULT_TOKEN_TTL, Duration::from_secs);
+    let ttl = request
+        .ttl_seconds
+        .map_or(DEFAULT_TOKEN_TTL, Duration::from_secs);
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
         return Err(ApiError::invalid_argument(format!(
             "ttl_seconds must be between 1 and {}",

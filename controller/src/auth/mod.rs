@@ -104,7 +104,10 @@ impl std::fmt::Debug for Authenticator {
         // Key material stays out of debug output.
         f.debug_struct("Authenticator")
             .field("signing_kid", &self.signing.kid)
-            .field("verification_kids", &self.verification.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "verification_kids",
+                &self.verification.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .field("audience", &self.audience)
             .finish()
     }
@@ -116,7 +119,12 @@ impl Authenticator {
         let verification = keys
             .keys
             .iter()
-            .map(|key| Ok((key.kid.clone(), DecodingKey::from_secret(&key.secret_bytes()?))))
+            .map(|key| {
+                Ok((
+                    key.kid.clone(),
+                    DecodingKey::from_secret(&key.secret_bytes()?),
+                ))
+            })
             .collect::<Result<Vec<_>, KeyFileError>>()?;
         Ok(Self {
             signing,
@@ -130,7 +138,12 @@ impl Authenticator {
     }
 
     /// Mints a token for `subject` with `role`, valid for `ttl`.
-    pub fn mint(&self, subject: &str, role: Role, ttl: Duration) -> Result<(String, OffsetDateTime), AuthError> {
+    pub fn mint(
+        &self,
+        subject: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<(String, OffsetDateTime), AuthError> {
         let now = OffsetDateTime::now_utc();
         let expires_at = now + ttl;
         let claims = Claims {
@@ -143,16 +156,24 @@ impl Authenticator {
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.signing.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&self.signing.secret))
-            .map_err(|e| AuthError::Mint(e.to_string()))?;
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(&self.signing.secret),
+        )
+        .map_err(|e| AuthError::Mint(e.to_string()))?;
         Ok((token, expires_at))
     }
 
     /// Verifies a token's signature, expiry and audience.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         if header.alg != Algorithm::HS256 {
-            return Err(AuthError::InvalidToken(format!("algorithm {:?} is not accepted", header.alg)));
+            return Err(AuthError::InvalidToken(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
         }
         let candidates: Vec<&DecodingKey> = match &header.kid {
             Some(kid) => {
@@ -202,7 +223,9 @@ fn map_jwt_error(error: &jsonwebtoken::errors::Error, audience: &str) -> AuthErr
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::InvalidAudience => AuthError::WrongAudience(audience.to_owned()),
         ErrorKind::InvalidSignature => AuthError::InvalidToken("bad signature".into()),
-        ErrorKind::MissingRequiredClaim(claim) => AuthError::InvalidToken(format!("missing claim {claim}")),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            AuthError::InvalidToken(format!("missing claim {claim}"))
+        }
         _ => AuthError::InvalidToken(error.to_string()),
     }
 }
@@ -229,7 +252,9 @@ mod tests {
     #[test]
     fn minted_tokens_verify() {
         let auth = authenticator(&["k1"]);
-        let (token, _) = auth.mint("alice", Role::Operator, Duration::from_secs(60)).expect("mint");
+        let (token, _) = auth
+            .mint("alice", Role::Operator, Duration::from_secs(60))
+            .expect("mint");
         let principal = auth.verify(&token).expect("verifies");
         assert_eq!(principal.subject, "alice");
         assert_eq!(principal.role, Role::Operator);
@@ -238,15 +263,22 @@ mod tests {
     #[test]
     fn rotation_accepts_old_and_new_keys() {
         let old = authenticator(&["old"]);
-        let (old_token, _) = old.mint("bob", Role::Viewer, Duration::from_secs(60)).expect("mint");
+        let (old_token, _) = old
+            .mint("bob", Role::Viewer, Duration::from_secs(60))
+            .expect("mint");
         // New key file: the new key signs, the old one still verifies.
         let mut rotated = KeyFile::generate_many(&["new"]);
         rotated.keys.push(key_of(&old, false));
         let auth = Authenticator::new(&rotated, DEFAULT_AUDIENCE).expect("valid keys");
         assert!(auth.verify(&old_token).is_ok());
-        let (new_token, _) = auth.mint("bob", Role::Viewer, Duration::from_secs(60)).expect("mint");
+        let (new_token, _) = auth
+            .mint("bob", Role::Viewer, Duration::from_secs(60))
+            .expect("mint");
         assert!(auth.verify(&new_token).is_ok());
-        assert!(matches!(old.verify(&new_token), Err(AuthError::UnknownKey(_))));
+        assert!(matches!(
+            old.verify(&new_token),
+            Err(AuthError::UnknownKey(_))
+        ));
     }
 
     fn key_of(auth: &Authenticator, signing: bool) -> KeyEntry {
@@ -257,8 +289,13 @@ mod tests {
     fn forged_expired_and_wrong_audience_tokens_fail() {
         let auth = authenticator(&["k1"]);
         let forger = authenticator(&["k1"]); // same kid, different secret
-        let (forged, _) = forger.mint("mallory", Role::Admin, Duration::from_secs(60)).expect("mint");
-        assert_eq!(auth.verify(&forged), Err(AuthError::InvalidToken("bad signature".into())));
+        let (forged, _) = forger
+            .mint("mallory", Role::Admin, Duration::from_secs(60))
+            .expect("mint");
+        assert_eq!(
+            auth.verify(&forged),
+            Err(AuthError::InvalidToken("bad signature".into()))
+        );
 
         let claims = Claims {
             sub: "carol".into(),
@@ -270,16 +307,28 @@ mod tests {
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("k1".into());
-        let expired = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&auth.signing.secret))
-            .expect("encode");
+        let expired = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(&auth.signing.secret),
+        )
+        .expect("encode");
         assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
 
         let mut shared = KeyFile::generate_many(&["k1"]);
         shared.keys[0] = key_of(&auth, true);
         let same_key_other_aud = Authenticator::new(&shared, "other").expect("keys");
-        let (token, _) = same_key_other_aud.mint("dave", Role::Admin, Duration::from_secs(60)).expect("mint");
-        assert_eq!(auth.verify(&token), Err(AuthError::WrongAudience(DEFAULT_AUDIENCE.into())));
-        assert!(matches!(auth.verify("not-a-jwt"), Err(AuthError::InvalidToken(_))));
+        let (token, _) = same_key_other_aud
+            .mint("dave", Role::Admin, Duration::from_secs(60))
+            .expect("mint");
+        assert_eq!(
+            auth.verify(&token),
+            Err(AuthError::WrongAudience(DEFAULT_AUDIENCE.into()))
+        );
+        assert!(matches!(
+            auth.verify("not-a-jwt"),
+            Err(AuthError::InvalidToken(_))
+        ));
     }
 
     #[test]
@@ -290,7 +339,12 @@ mod tests {
             expires_at: OffsetDateTime::now_utc(),
         };
         assert!(viewer.require(Role::Viewer).is_ok());
-        assert!(viewer.require(Role::Operator).expect_err("forbidden").is_forbidden());
+        assert!(
+            viewer
+                .require(Role::Operator)
+                .expect_err("forbidden")
+                .is_forbidden()
+        );
     }
 
     #[test]
@@ -298,7 +352,13 @@ mod tests {
         assert_eq!(bearer_token(Some("Bearer abc")), Ok("abc"));
         assert_eq!(bearer_token(Some("bearer abc")), Ok("abc"));
         assert_eq!(bearer_token(None), Err(AuthError::MissingToken));
-        assert_eq!(bearer_token(Some("Basic abc")), Err(AuthError::MalformedHeader));
-        assert_eq!(bearer_token(Some("Bearer ")), Err(AuthError::MalformedHeader));
+        assert_eq!(
+            bearer_token(Some("Basic abc")),
+            Err(AuthError::MalformedHeader)
+        );
+        assert_eq!(
+            bearer_token(Some("Bearer ")),
+            Err(AuthError::MalformedHeader)
+        );
     }
 }

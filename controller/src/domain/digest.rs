@@ -9,7 +9,9 @@ use std::str::FromStr;
 pub struct Digest([u8; 32]);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid blake3 digest {input:?}: expected 64 hex characters, optionally prefixed by \"blake3:\"")]
+#[error(
+    "invalid blake3 digest {input:?}: expected 64 hex characters, optionally prefixed by \"blake3:\""
+)]
 pub struct DigestParseError {
     input: String,
 }
@@ -84,17 +86,18 @@ mod tests {
         assert_eq!(digest.to_hex(), hash.to_hex().as_str());
         assert_eq!(digest.to_hex().parse::<Digest>(), Ok(digest));
         assert_eq!(format!("blake3:{digest}").parse::<Digest>(), Ok(digest));
-        assert_eq!(
-            digest.to_hex().to_uppercase().parse::<Digest>(),
-            Ok(digest)
-        );
+        assert_eq!(digest.to_hex().to_uppercase().parse::<Digest>(), Ok(digest));
     }
 
     #[test]
     fn rejects_wrong_length_and_non_hex() {
         assert!("abc".parse::<Digest>().is_err());
         assert!("z".repeat(64).parse::<Digest>().is_err());
-        assert!(format!("sha256:{}", "a".repeat(64)).parse::<Digest>().is_err());
+        assert!(
+            format!("sha256:{}", "a".repeat(64))
+                .parse::<Digest>()
+                .is_err()
+        );
     }
 
     #[test]

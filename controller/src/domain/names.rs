@@ -100,7 +100,17 @@ mod tests {
     #[test]
     fn rejects_unsafe_names() {
         let too_long = "a".repeat(129);
-        for name in ["", "Upper", "-lead", ".hidden", "a/b", "a b", "ü", too_long.as_str(), "../x"] {
+        for name in [
+            "",
+            "Upper",
+            "-lead",
+            ".hidden",
+            "a/b",
+            "a b",
+            "ü",
+            too_long.as_str(),
+            "../x",
+        ] {
             assert!(name.parse::<ModelName>().is_err(), "{name}");
         }
     }

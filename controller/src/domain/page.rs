@@ -44,11 +44,19 @@ pub struct Page<T> {
 impl<T> Page<T> {
     /// Builds a page from up to `limit + 1` fetched rows: the extra row only
     /// tells that another page exists, and the cursor is the last kept item's.
-    pub fn from_overfetched(mut rows: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> Self {
+    pub fn from_overfetched(
+        mut rows: Vec<T>,
+        limit: u32,
+        cursor_of: impl Fn(&T) -> String,
+    ) -> Self {
         let limit = limit as usize;
         let has_more = rows.len() > limit;
         rows.truncate(limit);
-        let next_cursor = if has_more { rows.last().map(cursor_of) } else { None };
+        let next_cursor = if has_more {
+            rows.last().map(cursor_of)
+        } else {
+            None
+        };
         Self {
             items: rows,
             next_cursor,

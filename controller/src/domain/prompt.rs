@@ -43,7 +43,9 @@ impl FromStr for PromptRef {
                     .parse::<u32>()
                     .ok()
                     .filter(|v| *v > 0)
-                    .ok_or_else(|| format!("invalid prompt version in {input:?}: expected NAME@N with N ≥ 1"))?;
+                    .ok_or_else(|| {
+                        format!("invalid prompt version in {input:?}: expected NAME@N with N ≥ 1")
+                    })?;
                 (name, Some(version))
             }
             None => (input, None),

@@ -179,15 +179,24 @@ mod tests {
     fn precision_order_puts_q8_before_q4() {
         let mut list = vec![Quantization::Q4_1, Quantization::F16, Quantization::Q8_0];
         list.sort_by(Quantization::cmp_by_precision_desc);
-        assert_eq!(list, vec![Quantization::F16, Quantization::Q8_0, Quantization::Q4_1]);
+        assert_eq!(
+            list,
+            vec![Quantization::F16, Quantization::Q8_0, Quantization::Q4_1]
+        );
     }
 
     #[test]
     fn policy_parses_auto_and_lists() {
-        assert_eq!("auto".parse::<QuantizationPolicy>(), Ok(QuantizationPolicy::Auto));
+        assert_eq!(
+            "auto".parse::<QuantizationPolicy>(),
+            Ok(QuantizationPolicy::Auto)
+        );
         assert_eq!(
             "Q8_0,q4_1".parse::<QuantizationPolicy>(),
-            Ok(QuantizationPolicy::Preferred(vec![Quantization::Q8_0, Quantization::Q4_1]))
+            Ok(QuantizationPolicy::Preferred(vec![
+                Quantization::Q8_0,
+                Quantization::Q4_1
+            ]))
         );
         assert!("Q8_0,,Q4_1".parse::<QuantizationPolicy>().is_err());
     }

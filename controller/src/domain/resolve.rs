@@ -155,7 +155,10 @@ mod tests {
         vec![
             (
                 version("1.2.0", VersionState::Published),
-                vec![artifact("1.2.0", Quantization::Q4_1, 100), artifact("1.2.0", Quantization::Q8_0, 200)],
+                vec![
+                    artifact("1.2.0", Quantization::Q4_1, 100),
+                    artifact("1.2.0", Quantization::Q8_0, 200),
+                ],
             ),
             (
                 version("1.3.0", VersionState::Published),
@@ -165,9 +168,18 @@ mod tests {
                     artifact("1.3.0", Quantization::F16, 400),
                 ],
             ),
-            (version("1.4.0", VersionState::Yanked), vec![artifact("1.4.0", Quantization::Q8_0, 200)]),
-            (version("1.5.0", VersionState::Draft), vec![artifact("1.5.0", Quantization::Q8_0, 200)]),
-            (version("2.0.0", VersionState::Published), vec![artifact("2.0.0", Quantization::Q8_0, 200)]),
+            (
+                version("1.4.0", VersionState::Yanked),
+                vec![artifact("1.4.0", Quantization::Q8_0, 200)],
+            ),
+            (
+                version("1.5.0", VersionState::Draft),
+                vec![artifact("1.5.0", Quantization::Q8_0, 200)],
+            ),
+            (
+                version("2.0.0", VersionState::Published),
+                vec![artifact("2.0.0", Quantization::Q8_0, 200)],
+            ),
         ]
     }
 
@@ -202,7 +214,13 @@ mod tests {
         let small = resolve("m", &catalogue(), &req("^1"), &auto, Some(150)).expect("resolves");
         assert_eq!(small.artifact.quantization, Quantization::Q4_1);
         let none = resolve("m", &catalogue(), &req("^1"), &auto, Some(50)).expect_err("too small");
-        assert!(matches!(none, ResolveError::NothingFits { smallest_bytes: 100, .. }));
+        assert!(matches!(
+            none,
+            ResolveError::NothingFits {
+                smallest_bytes: 100,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -20,7 +20,10 @@ struct ControllerInfoService {
 
 #[tonic::async_trait]
 impl pb::controller_info_server::ControllerInfo for ControllerInfoService {
-    async fn get_info(&self, _request: Request<pb::GetInfoRequest>) -> Result<Response<pb::GetInfoResponse>, Status> {
+    async fn get_info(
+        &self,
+        _request: Request<pb::GetInfoRequest>,
+    ) -> Result<Response<pb::GetInfoResponse>, Status> {
         Ok(Response::new(pb::GetInfoResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_versions: PROTOCOL_VERSIONS.to_vec(),
@@ -30,7 +33,11 @@ impl pb::controller_info_server::ControllerInfo for ControllerInfoService {
 }
 
 /// Serves gRPC on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, backend: StoreBackend, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    backend: StoreBackend,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::controller_info_server::ControllerInfoServer<ControllerInfoService>>()
@@ -42,7 +49,9 @@ pub async fn serve(listener: TcpListener, backend: StoreBackend, shutdown: Cance
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(pb::controller_info_server::ControllerInfoServer::new(ControllerInfoService { backend }))
+        .add_service(pb::controller_info_server::ControllerInfoServer::new(
+            ControllerInfoService { backend },
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -39,7 +39,10 @@ pub enum BlobError {
     #[error("object store error: {0}")]
     Backend(#[from] object_store::Error),
     #[error("cannot prepare object directory {path}: {source}")]
-    LocalDir { path: String, source: std::io::Error },
+    LocalDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Where blobs live, cheap to clone.
@@ -81,7 +84,9 @@ impl BlobStore {
                             reason: "missing bucket name".into(),
                         })?;
                         // Credentials and region come from the usual AWS_* variables.
-                        let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
+                        let s3 = AmazonS3Builder::from_env()
+                            .with_bucket_name(bucket)
+                            .build()?;
                         let prefix = parsed.path().trim_matches('/');
                         let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
                             Arc::new(s3)
@@ -143,14 +148,20 @@ impl BlobStore {
     }
 
     /// Reads `range` (or all) of a blob.
-    pub async fn read(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobRead, BlobError> {
+    pub async fn read(
+        &self,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobRead, BlobError> {
         let options = GetOptions {
             range: range.clone().map(GetRange::Bounded),
             ..Default::default()
         };
         let result = match self.inner.get_opts(&Self::blob_path(digest), options).await {
             Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Err(BlobError::NotFound(digest.short())),
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(BlobError::NotFound(digest.short()));
+            }
             Err(e) => return Err(e.into()),
         };
         let total_size = result.meta.size;
@@ -205,12 +216,22 @@ impl BlobStore {
 
     /// How many uploads are in `tmp/` (tests check that failures leave none).
     pub async fn pending_upload_count(&self) -> Result<usize, BlobError> {
-        Ok(self.inner.list(Some(&Path::from("tmp"))).try_collect::<Vec<_>>().await?.len())
+        Ok(self
+            .inner
+            .list(Some(&Path::from("tmp")))
+            .try_collect::<Vec<_>>()
+            .await?
+            .len())
     }
 
     /// How many blobs are stored.
     pub async fn blob_count(&self) -> Result<usize, BlobError> {
-        Ok(self.inner.list(Some(&Path::from("blobs"))).try_collect::<Vec<_>>().await?.len())
+        Ok(self
+            .inner
+            .list(Some(&Path::from("blobs")))
+            .try_collect::<Vec<_>>()
+            .await?
+            .len())
     }
 }
 

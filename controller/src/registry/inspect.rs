@@ -98,7 +98,10 @@ mod tests {
     async fn inspect_in_chunks(bytes: &[u8], chunk: usize) -> Inspection {
         let (sender, handle) = spawn_inspector();
         for piece in bytes.chunks(chunk) {
-            sender.send(Bytes::copy_from_slice(piece)).await.expect("inspector alive");
+            sender
+                .send(Bytes::copy_from_slice(piece))
+                .await
+                .expect("inspector alive");
         }
         drop(sender);
         handle.await.expect("inspector finished")

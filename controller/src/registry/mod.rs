@@ -17,9 +17,9 @@ use futures::{Stream, StreamExt};
 use tokio::sync::Mutex;
 
 use crate::domain::{
-    Artifact, ArtifactFormat, Digest, Model, ModelName, ModelVersion, NewArtifact, Page, PageRequest,
-    PromptName, PromptSummary, Quantization, QuantizationPolicy, Resolution, SystemPrompt,
-    VersionState, resolve,
+    Artifact, ArtifactFormat, Digest, Model, ModelName, ModelVersion, NewArtifact, Page,
+    PageRequest, PromptName, PromptSummary, Quantization, QuantizationPolicy, Resolution,
+    SystemPrompt, VersionState, resolve,
 };
 use crate::objects::{BlobError, BlobStore, PendingUpload};
 use crate::store::{ArtifactInsert, BeforeCommit, Store, StoreError};
@@ -161,7 +161,9 @@ impl Registry {
             .store
             .get_version(model, version)
             .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("model {model} has no version {version}")))?;
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!("model {model} has no version {version}"))
+            })?;
         let artifacts = self.store.list_artifacts(model, version).await?;
         Ok(VersionWithArtifacts {
             version: found,
@@ -213,8 +215,14 @@ impl Registry {
     ) -> RegistryResult<Resolution> {
         self.model(model).await?;
         let candidates = self.store.resolvable_versions(model).await?;
-        resolve(model.as_str(), &candidates, requirement, policy, memory_budget_bytes)
-            .map_err(|e| RegistryError::NotFound(e.to_string()))
+        resolve(
+            model.as_str(),
+            &candidates,
+            requirement,
+            policy,
+            memory_budget_bytes,
+        )
+        .map_err(|e| RegistryError::NotFound(e.to_string()))
     }
 
     pub async fn artifacts_by_digest(&self, digest: &Digest) -> RegistryResult<Vec<Artifact>> {
@@ -225,7 +233,11 @@ impl Registry {
 
     /// Streams an artifact into the registry. See the module docs for the
     /// guarantees; on every error path the upload is discarded.
-    pub async fn upload_artifact<S, E>(&self, request: UploadRequest, body: S) -> RegistryResult<UploadOutcome>
+    pub async fn upload_artifact<S, E>(
+        &self,
+        request: UploadRequest,
+        body: S,
+    ) -> RegistryResult<UploadOutcome>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -274,7 +286,12 @@ impl Registry {
         });
         let inserted = self
             .store
-            .add_artifact(&request.model, &request.version, &new_artifact, before_commit)
+            .add_artifact(
+                &request.model,
+                &request.version,
+                &new_artifact,
+                before_commit,
+            )
             .await;
         if let Some(pending) = upload.lock().await.take() {
             discard_logged(pending).await;
@@ -283,23 +300,33 @@ impl Registry {
             Ok(ArtifactInsert::Created(artifact)) => {
                 tracing::info!(model = %request.model, version = %request.version, digest = %digest,
                     quantization = %artifact.quantization, size_bytes = artifact.size_bytes, "artifact stored");
-                metrics::counter!("flotilla_artifact_uploads_total", "outcome" => "created").increment(1);
-                metrics::counter!("flotilla_artifact_upload_bytes_total").increment(artifact.size_bytes);
+                metrics::counter!("flotilla_artifact_uploads_total", "outcome" => "created")
+                    .increment(1);
+                metrics::counter!("flotilla_artifact_upload_bytes_total")
+                    .increment(artifact.size_bytes);
                 Ok(UploadOutcome::Created(artifact))
             }
             Ok(ArtifactInsert::AlreadyPresent(artifact)) => {
-                metrics::counter!("flotilla_artifact_uploads_total", "outcome" => "duplicate").increment(1);
+                metrics::counter!("flotilla_artifact_uploads_total", "outcome" => "duplicate")
+                    .increment(1);
                 Ok(UploadOutcome::AlreadyPresent(artifact))
             }
-            Err(StoreError::BeforeCommit(message)) => Err(RegistryError::Store(StoreError::BeforeCommit(
-                format!("storing blob {} failed: {message}", digest.short()),
-            ))),
+            Err(StoreError::BeforeCommit(message)) => {
+                Err(RegistryError::Store(StoreError::BeforeCommit(format!(
+                    "storing blob {} failed: {message}",
+                    digest.short()
+                ))))
+            }
             Err(error) => Err(error.into()),
         }
     }
 
     /// Copies the body into the pending upload and through the inspector.
-    async fn receive<S, E>(&self, upload: &mut PendingUpload, mut body: S) -> RegistryResult<inspect::Inspection>
+    async fn receive<S, E>(
+        &self,
+        upload: &mut PendingUpload,
+        mut body: S,
+    ) -> RegistryResult<inspect::Inspection>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -341,7 +368,9 @@ impl Registry {
             )));
         }
         if text.trim().is_empty() {
-            return Err(RegistryError::InvalidArgument("system prompt text is empty".into()));
+            return Err(RegistryError::InvalidArgument(
+                "system prompt text is empty".into(),
+            ));
         }
         if let Some(template) = chat_template
             && template.len() > MAX_PROMPT_BYTES
@@ -351,14 +380,26 @@ impl Registry {
                 template.len()
             )));
         }
-        Ok(self.store.create_prompt_version(name, text, chat_template).await?)
+        Ok(self
+            .store
+            .create_prompt_version(name, text, chat_template)
+            .await?)
     }
 
-    pub async fn prompt(&self, name: &PromptName, version: Option<u32>) -> RegistryResult<SystemPrompt> {
-        self.store.get_prompt(name, version).await?.ok_or_else(|| match version {
-            Some(version) => RegistryError::NotFound(format!("prompt {name} has no version {version}")),
-            None => RegistryError::NotFound(format!("prompt {name} not found")),
-        })
+    pub async fn prompt(
+        &self,
+        name: &PromptName,
+        version: Option<u32>,
+    ) -> RegistryResult<SystemPrompt> {
+        self.store
+            .get_prompt(name, version)
+            .await?
+            .ok_or_else(|| match version {
+                Some(version) => {
+                    RegistryError::NotFound(format!("prompt {name} has no version {version}"))
+                }
+                None => RegistryError::NotFound(format!("prompt {name} not found")),
+            })
     }
 
     pub async fn list_prompts(&self, page: &PageRequest) -> RegistryResult<Page<PromptSummary>> {
@@ -376,7 +417,10 @@ impl Registry {
 }
 
 /// Checks an inspected upload and turns it into the artifact to record.
-fn describe_artifact(request: &UploadRequest, inspection: inspect::Inspection) -> RegistryResult<NewArtifact> {
+fn describe_artifact(
+    request: &UploadRequest,
+    inspection: inspect::Inspection,
+) -> RegistryResult<NewArtifact> {
     let digest = inspection.digest;
     if let Some(declared) = request.declared_digest
         && declared != digest
@@ -397,11 +441,15 @@ fn describe_artifact(request: &UploadRequest, inspection: inspect::Inspection) -
     }
     let architecture = header
         .architecture()
-        .ok_or_else(|| RegistryError::InvalidArtifact("GGUF file has no general.architecture".into()))?
+        .ok_or_else(|| {
+            RegistryError::InvalidArtifact("GGUF file has no general.architecture".into())
+        })?
         .to_owned();
     let quantization = header
         .quantization()
-        .ok_or_else(|| RegistryError::InvalidArtifact("cannot tell the GGUF file's quantization".into()))?
+        .ok_or_else(|| {
+            RegistryError::InvalidArtifact("cannot tell the GGUF file's quantization".into())
+        })?
         .parse::<Quantization>()
         .map_err(|e| RegistryError::InvalidArtifact(e.to_string()))?;
     if let Some(expected) = &request.expected_quantization
@@ -412,7 +460,9 @@ fn describe_artifact(request: &UploadRequest, inspection: inspect::Inspection) -
         )));
     }
     let context_length = header.context_length();
-    let serving_context = context_length.unwrap_or(SERVING_CONTEXT_TOKENS).min(SERVING_CONTEXT_TOKENS);
+    let serving_context = context_length
+        .unwrap_or(SERVING_CONTEXT_TOKENS)
+        .min(SERVING_CONTEXT_TOKENS);
     let memory_estimate_bytes = header
         .memory_estimate(serving_context)
         .unwrap_or_else(|| header.tensor_data_size());

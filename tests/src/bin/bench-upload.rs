@@ -8,7 +8,8 @@
 //! controller's peak RSS before and after (memory must stay flat, however
 //! large the file). Prints one JSON object on stdout.
 //!
-//! Run: `cargo build --release --bins && cargo bench -p flotilla-tests --bench upload`
+//! Run: `cargo build --release --bins && target/release/bench-upload`
+//! (the binaries of the same profile are used: release with release).
 
 use std::io::Write;
 use std::time::Instant;
@@ -98,10 +99,24 @@ async fn main() -> anyhow::Result<()> {
         &controller.rest_url,
         &token,
         work.path(),
-        &["model", "push", &source_arg, "--name", "bench", "--version", "1.0.0", "--output", "json"],
+        &[
+            "model",
+            "push",
+            &source_arg,
+            "--name",
+            "bench",
+            "--version",
+            "1.0.0",
+            "--output",
+            "json",
+        ],
     )?;
     let push_seconds = push_started.elapsed().as_secs_f64();
-    anyhow::ensure!(output.status.success(), "push failed: {}", String::from_utf8_lossy(&output.stderr));
+    anyhow::ensure!(
+        output.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let rss_after = peak_rss_kib(pid);
 
     let mib_per_s = |seconds: f64| size as f64 / (1024.0 * 1024.0) / seconds;

@@ -1,0 +1,135 @@
+//! `flotilla token create` and `flotilla whoami`: minting API tokens (the
+//! controller allows it to admins only) and checking the configured one.
+
+use std::time::Duration;
+
+use flotilla_api_types::CreateTokenRequest;
+
+use crate::client::ApiClient;
+use crate::output::{Printer, human_time};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Mints a token and prints it alone on stdout (details go to stderr).
+    Create(CreateArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Role {
+    /// Everything, including minting tokens.
+    Admin,
+    /// Push models, publish versions, write prompts.
+    Operator,
+    /// Read only.
+    Viewer,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+            Self::Viewer => "viewer",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Who the token is for, e.g. ci-pipeline or alice@example.com.
+    #[arg(long)]
+    pub subject: String,
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// Lifetime, e.g. 30d, 12h, 90m, 2w or seconds [default: the controller's, 30 days].
+    #[arg(long, value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
+}
+
+pub async fn run(
+    command: TokenCommand,
+    client: &ApiClient,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create(args) => {
+            let request = CreateTokenRequest {
+                subject: args.subject,
+                role: args.role.as_str().to_owned(),
+                ttl_seconds: args.ttl.map(|ttl| ttl.as_secs()),
+            };
+            let minted = client.create_token(&request).await?;
+            if printer.is_json() {
+                return printer.json(&minted);
+            }
+            eprintln!(
+                "token for {} (role {}), expires {}",
+                minted.subject,
+                minted.role,
+                human_time(minted.expires_at)
+            );
+            printer.line(&minted.token)
+        }
+    }
+}
+
+pub async fn whoami(client: &ApiClient, printer: &Printer) -> anyhow::Result<()> {
+    let me = client.whoami().await?;
+    if printer.is_json() {
+        return printer.json(&me);
+    }
+    printer.fields(&[
+        ("subject", me.subject.clone()),
+        ("role", me.role.clone()),
+        ("expires", human_time(me.expires_at)),
+    ])
+}
+
+/// `30d`, `12h`, `90m`, `45s`, `2w`, or a bare number of seconds.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let count: u64 = number.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number with s, m, h, d or w, such as 30d")
+    })?;
+    let unit_seconds: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?}: use s, m, h, d or w"
+            ));
+        }
+    };
+    if count == 0 {
+        return Err("the lifetime must be longer than zero".to_owned());
+    }
+    count
+        .checked_mul(unit_seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_take_common_units() {
+        assert_eq!(parse_ttl("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_ttl("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_ttl("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert!(parse_ttl("0d").is_err());
+        assert!(parse_ttl("d").is_err());
+        assert!(parse_ttl("3 fortnights").is_err());
+        assert!(parse_ttl("99999999999999999999").is_err());
+    }
+}

@@ -1,0 +1,1050 @@
+//! End-to-end tests of the `flotilla` binary: each test starts a real
+//! controller in-process on loopback (SQLite in a temporary directory) and
+//! runs the real binary against it as a child process, the way an operator
+//! or a script would. No mocks: what passes here works against a controller.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use flotilla_controller::config::ControllerConfig;
+use flotilla_controller::server::Controller;
+use flotilla_gguf::{GgmlType, GgufBuilder};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// No single CLI run in these tests should come anywhere near this.
+const RUN_DEADLINE: Duration = Duration::from_secs(180);
+
+/// A controller serving on loopback, and a home directory for the CLI.
+struct TestController {
+    url: String,
+    admin_token: String,
+    shutdown: CancellationToken,
+    home: TempDir,
+    _data: TempDir,
+}
+
+impl TestController {
+    async fn start() -> TestResult<Self> {
+        let data = tempfile::tempdir()?;
+        let config = ControllerConfig::for_tests(data.path(), None);
+        let controller = Controller::open(config).await?;
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", http.local_addr()?);
+        let shutdown = CancellationToken::new();
+        // The listeners are bound already, so the controller accepts
+        // connections as soon as this task runs: no readiness wait needed.
+        tokio::spawn(controller.serve(http, grpc, shutdown.clone()));
+        let admin_token = std::fs::read_to_string(data.path().join("admin.token"))?
+            .trim()
+            .to_owned();
+        Ok(Self {
+            url,
+            admin_token,
+            shutdown,
+            home: tempfile::tempdir()?,
+            _data: data,
+        })
+    }
+
+    /// `flotilla` with this controller's URL and the admin token in the environment.
+    fn cli(&self) -> Cli {
+        Cli::new(self.home.path())
+            .env("FLOTILLA_URL", &self.url)
+            .env("FLOTILLA_TOKEN", &self.admin_token)
+    }
+
+    /// `flotilla` with nothing configured but an empty home directory.
+    fn bare_cli(&self) -> Cli {
+        Cli::new(self.home.path())
+    }
+
+    fn scratch(&self, name: &str) -> PathBuf {
+        self.home.path().join(name)
+    }
+}
+
+impl Drop for TestController {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// One run of the binary being built.
+struct Cli {
+    command: tokio::process::Command,
+}
+
+impl Cli {
+    fn new(home: &Path) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        // Whatever the developer's shell has configured must not leak in.
+        command
+            .env_remove("FLOTILLA_URL")
+            .env_remove("FLOTILLA_TOKEN")
+            .env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join("xdg"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Self { command }
+    }
+
+    fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    fn arg(mut self, arg: &str) -> Self {
+        self.command.arg(arg);
+        self
+    }
+
+    fn arg_path(mut self, path: &Path) -> Self {
+        self.command.arg(path);
+        self
+    }
+
+    fn env_remove(mut self, key: &str) -> Self {
+        self.command.env_remove(key);
+        self
+    }
+
+    fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.command.args(args);
+        self
+    }
+
+    async fn run(mut self) -> TestResult<Outcome> {
+        // The arguments only: the environment holds tokens, which must not
+        // end up in a test log.
+        let description = std::iter::once(self.command.as_std().get_program())
+            .chain(self.command.as_std().get_args())
+            .map(|part| part.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let child = self.command.spawn()?;
+        let output = tokio::time::timeout(RUN_DEADLINE, child.wait_with_output())
+            .await
+            .map_err(|_| format!("{description} did not finish within {RUN_DEADLINE:?}"))??;
+        Ok(Outcome {
+            description,
+            code: output.status.code(),
+            stdout: String::from_utf8(output.stdout)?,
+            stderr: String::from_utf8(output.stderr)?,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Outcome {
+    description: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn success(self) -> TestResult<Self> {
+        if self.code != Some(0) {
+            return Err(format!("{self:#?} failed").into());
+        }
+        self.no_panic()
+    }
+
+    /// Asserts the exit code and that the error was reported the CLI's way.
+    fn failure(self, code: i32) -> TestResult<Self> {
+        if self.code != Some(code) {
+            return Err(format!("expected exit code {code}: {self:#?}").into());
+        }
+        // Progress notes may come first; the error is the last line.
+        if code == 1
+            && !self
+                .stderr
+                .lines()
+                .last()
+                .is_some_and(|line| line.starts_with("error: "))
+        {
+            return Err(format!("expected a final `error: ` line: {self:#?}").into());
+        }
+        self.no_panic()
+    }
+
+    fn no_panic(self) -> TestResult<Self> {
+        if self.stderr.contains("panicked") {
+            return Err(format!("the CLI panicked: {self:#?}").into());
+        }
+        Ok(self)
+    }
+
+    fn json(&self) -> TestResult<Value> {
+        serde_json::from_str(&self.stdout).map_err(|e| {
+            format!(
+                "{}: stdout is not JSON ({e}): {:?}",
+                self.description, self.stdout
+            )
+            .into()
+        })
+    }
+
+    fn stderr_has(&self, needle: &str) -> TestResult<&Self> {
+        if !self.stderr.contains(needle) {
+            return Err(format!("stderr lacks {needle:?}: {self:#?}").into());
+        }
+        Ok(self)
+    }
+
+    fn stdout_has(&self, needle: &str) -> TestResult<&Self> {
+        if !self.stdout.contains(needle) {
+            return Err(format!("stdout lacks {needle:?}: {self:#?}").into());
+        }
+        Ok(self)
+    }
+}
+
+/// A tiny valid Q4_1 llama GGUF file: one 64×4 tensor (256 parameters).
+/// `seed` varies the weights so different seeds give different digests.
+fn tiny_gguf(seed: u8) -> Vec<u8> {
+    // Q4_1 stores 32 weights in 20 bytes: 8 blocks for 256 weights.
+    let weights: Vec<u8> = (0..160u32)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    GgufBuilder::new()
+        .metadata_str("general.architecture", "llama")
+        .metadata_u32("general.file_type", 3)
+        .metadata_u32("llama.context_length", 2048)
+        .tensor("blk.0.attn_q.weight", &[64, 4], GgmlType::Q4_1, &weights)
+        .build()
+}
+
+fn field<'a>(value: &'a Value, pointer: &str) -> TestResult<&'a Value> {
+    value
+        .pointer(pointer)
+        .ok_or_else(|| format!("no {pointer} in {value:#}").into())
+}
+
+fn text_field<'a>(value: &'a Value, pointer: &str) -> TestResult<&'a str> {
+    field(value, pointer)?
+        .as_str()
+        .ok_or_else(|| format!("{pointer} is not a string in {value:#}").into())
+}
+
+fn number_field(value: &Value, pointer: &str) -> TestResult<u64> {
+    field(value, pointer)?
+        .as_u64()
+        .ok_or_else(|| format!("{pointer} is not a number in {value:#}").into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_then_list_show_resolve_and_retire() -> TestResult {
+    let controller = TestController::start().await?;
+    let bytes = tiny_gguf(1);
+    let file = controller.scratch("tiny.gguf");
+    std::fs::write(&file, &bytes)?;
+    let expected_digest = blake3::hash(&bytes).to_hex().to_string();
+
+    let pushed = controller
+        .cli()
+        .args(["model", "push"])
+        .arg_path(&file)
+        .args([
+            "--name",
+            "tiny",
+            "--version",
+            "1.0.0",
+            "--description",
+            "a test model",
+            "-o",
+            "json",
+        ])
+        .run()
+        .await?
+        .success()?;
+    pushed.stderr_has("published tiny 1.0.0")?;
+    let artifact = pushed.json()?;
+    assert_eq!(text_field(&artifact, "/digest")?, expected_digest);
+    assert_eq!(text_field(&artifact, "/quantization")?, "Q4_1");
+    assert_eq!(text_field(&artifact, "/architecture")?, "llama");
+    assert_eq!(number_field(&artifact, "/parameter_count")?, 256);
+    assert_eq!(number_field(&artifact, "/size_bytes")?, bytes.len() as u64);
+    assert_eq!(number_field(&artifact, "/context_length")?, 2048);
+
+    let listed = controller
+        .cli()
+        .args(["model", "ls", "-o", "json"])
+        .run()
+        .await?
+        .success()?;
+    let listed = listed.json()?;
+    assert_eq!(text_field(&listed, "/items/0/name")?, "tiny");
+    assert_eq!(text_field(&listed, "/items/0/description")?, "a test model");
+    let table = controller
+        .cli()
+        .args(["model", "ls"])
+        .run()
+        .await?
+        .success()?;
+    table
+        .stdout_has("NAME")?
+        .stdout_has("tiny")?
+        .stdout_has("a test model")?;
+
+    let shown = controller
+        .cli()
+        .args(["--output", "json", "model", "show", "tiny"])
+        .run()
+        .await?
+        .success()?;
+    let shown = shown.json()?;
+    assert_eq!(text_field(&shown, "/name")?, "tiny");
+    assert_eq!(text_field(&shown, "/versions/0/version")?, "1.0.0");
+    assert_eq!(text_field(&shown, "/versions/0/state")?, "published");
+    assert_eq!(
+        text_field(&shown, "/versions/0/artifacts/0/digest")?,
+        expected_digest
+    );
+    let table = controller
+        .cli()
+        .args(["model", "show", "tiny"])
+        .run()
+        .await?
+        .success()?;
+    table
+        .stdout_has("published")?
+        .stdout_has("Q4_1")?
+        .stdout_has("llama")?
+        .stdout_has(&expected_digest[..12])?;
+
+    let resolved = controller
+        .cli()
+        .args([
+            "model",
+            "resolve",
+            "tiny",
+            "--version",
+            "^1",
+            "--quant",
+            "auto",
+            "--memory-budget",
+            "1GiB",
+            "-o",
+            "json",
+        ])
+        .run()
+        .await?
+        .success()?;
+    let resolved = resolved.json()?;
+    assert_eq!(text_field(&resolved, "/version")?, "1.0.0");
+    assert_eq!(text_field(&resolved, "/artifact/digest")?, expected_digest);
+    let table = controller
+        .cli()
+        .args(["model", "resolve", "tiny"])
+        .run()
+        .await?
+        .success()?;
+    table
+        .stdout_has("1.0.0 (published)")?
+        .stdout_has("blake3:")?;
+
+    // Pushing the same file again changes nothing and succeeds.
+    let again = controller
+        .cli()
+        .args(["model", "push"])
+        .arg_path(&file)
+        .args(["--name", "tiny", "--version", "1.0.0", "-o", "json"])
+        .run()
+        .await?
+        .success()?;
+    again.stderr_has("already has this file")?;
+    assert_eq!(text_field(&again.json()?, "/digest")?, expected_digest);
+
+    // A different file cannot be added to a published version.
+    let other = controller.scratch("other.gguf");
+    std::fs::write(&other, tiny_gguf(2))?;
+    let refused = controller
+        .cli()
+        .args(["model", "push"])
+        .arg_path(&other)
+        .args(["--name", "tiny", "--version", "1.0.0"])
+        .run()
+        .await?
+        .failure(1)?;
+    refused.stderr_has("is published; artifacts can be added only to drafts")?;
+
+    // The lifecycle: deprecated still resolves, yanked never does.
+    let deprecated = controller
+        .cli()
+        .args(["model", "deprecate", "tiny", "1.0.0"])
+        .run()
+        .await?
+        .success()?;
+    deprecated.stdout_has("tiny 1.0.0 is now deprecated")?;
+    controller
+        .cli()
+        .args(["model", "resolve", "tiny"])
+        .run()
+        .await?
+        .success()?;
+    let yanked = controller
+        .cli()
+        .args(["model", "yank", "tiny", "1.0.0", "-o", "json"])
+        .run()
+        .await?
+        .success()?;
+    assert_eq!(text_field(&yanked.json()?, "/state")?, "yanked");
+    controller
+        .cli()
+        .args(["model", "resolve", "tiny"])
+        .run()
+        .await?
+        .failure(1)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drafts_take_several_quantizations_until_published() -> TestResult {
+    let controller = TestController::start().await?;
+    let file = controller.scratch("tiny.gguf");
+    std::fs::write(&file, tiny_gguf(3))?;
+    let drafted = controller
+        .cli()
+        .args(["model", "push"])
+        .arg_path(&file)
+        .args([
+            "--name",
+            "drafty",
+            "--version",
+            "0.1.0",
+            "--quant",
+            "Q4_1",
+            "--draft",
+            "--notes",
+            "first cut",
+        ])
+        .run()
+        .await?
+        .success()?;
+    drafted.stdout_has("0.1.0 (draft)")?;
+    // A draft does not resolve; publishing makes it.
+    controller
+        .cli()
+        .args(["model", "resolve", "drafty"])
+        .run()
+        .await?
+        .failure(1)?;
+    controller
+        .cli()
+        .args(["model", "publish", "drafty", "0.1.0"])
+        .run()
+        .await?
+        .success()?;
+    let resolved = controller
+        .cli()
+        .args(["model", "resolve", "drafty", "-o", "json"])
+        .run()
+        .await?
+        .success()?;
+    assert_eq!(text_field(&resolved.json()?, "/version")?, "0.1.0");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pushes_fail_with_clear_messages() -> TestResult {
+    let controller = TestController::start().await?;
+    let not_gguf = controller.scratch("notes.txt");
+    std::fs::write(&not_gguf, "hello, this is not a model\n")?;
+    let refused = controller
+        .cli()
+        .args(["model", "push"])
+        .arg_path(&not_gguf)
+        .args(["--name", "broken", "--version", "1.0.0"])
+        .run()
+        .await?
+        .failure(1)?;
+    refused.stderr_has("not a valid GGUF file")?;
+
+    let missing = controller
+        .cli()
+        .args([
+            "model",
+            "push",
+            "/nonexistent/model.gguf",
+            "--name",
+            "broken",
+            "--version",
+            "1.0.0",
+        ])
+        .run()
+        .await?
+        .failure(1)?;
+    missing.stderr_has("cannot read /nonexistent/model.gguf")?;
+
+    let file = controller.scratch("tiny.gguf");
+    std::fs::write(&file, tiny_gguf(4))?;
+    let wrong_quant = controller
+        .cli()
+        .args(["model", "push"])
+        .arg_path(&file)
+        .args(["--name", "broken", "--version", "1.0.1", "--quant", "Q8_0"])
+        .run()
+        .await?
+        .failure(1)?;
+    wrong_quant.stderr_has("quantization is Q4_1, but Q8_0 was requested")?;
+
+    // Usage errors are clap's, with exit code 2.
+    controller
+        .cli()
+        .args(["model", "push"])
+        .arg_path(&file)
+        .args(["--name", "broken", "--version", "one"])
+        .run()
+        .await?
+        .failure(2)?;
+    controller
+        .cli()
+        .args(["model", "frobnicate"])
+        .run()
+        .await?
+        .failure(2)?;
+    controller
+        .cli()
+        .args(["model", "ls", "--output", "yaml"])
+        .run()
+        .await?
+        .failure(2)?;
+
+    let unknown = controller
+        .cli()
+        .args(["model", "show", "nosuchmodel"])
+        .run()
+        .await?
+        .failure(1)?;
+    unknown.stderr_has("nosuchmodel")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_are_created_listed_and_shown_by_version() -> TestResult {
+    let controller = TestController::start().await?;
+    let first = controller
+        .cli()
+        .args([
+            "prompt",
+            "create",
+            "greeter",
+            "--text",
+            "You are a helpful assistant.",
+            "-o",
+            "json",
+        ])
+        .run()
+        .await?
+        .success()?;
+    assert_eq!(number_field(&first.json()?, "/version")?, 1);
+
+    let text_file = controller.scratch("prompt.txt");
+    std::fs::write(&text_file, "You are terse.\nAnswer in one line.\n")?;
+    let template_file = controller.scratch("template.jinja");
+    std::fs::write(
+        &template_file,
+        "{% for m in messages %}{{ m.content }}{% endfor %}",
+    )?;
+    let second = controller
+        .cli()
+        .args(["prompt", "create", "greeter", "--file"])
+        .arg_path(&text_file)
+        .arg("--chat-template-file")
+        .arg_path(&template_file)
+        .run()
+        .await?
+        .success()?;
+    second.stdout_has("created prompt greeter version 2")?;
+
+    let listed = controller
+        .cli()
+        .args(["prompt", "ls", "-o", "json"])
+        .run()
+        .await?
+        .success()?;
+    let listed = listed.json()?;
+    assert_eq!(text_field(&listed, "/items/0/name")?, "greeter");
+    assert_eq!(number_field(&listed, "/items/0/latest_version")?, 2);
+    controller
+        .cli()
+        .args(["prompt", "ls"])
+        .run()
+        .await?
+        .success()?
+        .stdout_has("greeter")?;
+
+    let latest = controller
+        .cli()
+        .args(["prompt", "show", "greeter", "-o", "json"])
+        .run()
+        .await?
+        .success()?;
+    let latest = latest.json()?;
+    assert_eq!(number_field(&latest, "/version")?, 2);
+    assert_eq!(
+        text_field(&latest, "/text")?,
+        "You are terse.\nAnswer in one line.\n"
+    );
+    assert!(text_field(&latest, "/chat_template")?.contains("m.content"));
+
+    let old = controller
+        .cli()
+        .args(["prompt", "show", "greeter@1", "-o", "json"])
+        .run()
+        .await?
+        .success()?;
+    assert_eq!(
+        text_field(&old.json()?, "/text")?,
+        "You are a helpful assistant."
+    );
+    let table = controller
+        .cli()
+        .args(["prompt", "show", "greeter@1"])
+        .run()
+        .await?
+        .success()?;
+    table.stdout_has("You are a helpful assistant.")?;
+
+    let history = controller
+        .cli()
+        .args(["prompt", "versions", "greeter", "-o", "json"])
+        .run()
+        .await?
+        .success()?;
+    assert_eq!(number_field(&history.json()?, "/items/0/version")?, 2);
+
+    controller
+        .cli()
+        .args(["prompt", "show", "greeter@9"])
+        .run()
+        .await?
+        .failure(1)?;
+    controller
+        .cli()
+        .args(["prompt", "show", "greeter@latest"])
+        .run()
+        .await?
+        .failure(2)?;
+    controller
+        .cli()
+        .args(["prompt", "create", "greeter"])
+        .run()
+        .await?
+        .failure(2)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_carry_roles_and_are_never_printed_by_mistake() -> TestResult {
+    let controller = TestController::start().await?;
+    let created = controller
+        .cli()
+        .args([
+            "token",
+            "create",
+            "--subject",
+            "ci-pipeline",
+            "--role",
+            "viewer",
+            "--ttl",
+            "1h",
+        ])
+        .run()
+        .await?
+        .success()?;
+    let viewer_token = created.stdout.trim_end_matches('\n');
+    assert_eq!(created.stdout.lines().count(), 1, "{created:#?}");
+    assert!(
+        !viewer_token.is_empty() && !viewer_token.contains(char::is_whitespace),
+        "{created:#?}"
+    );
+
+    let whoami = controller
+        .cli()
+        .env("FLOTILLA_TOKEN", viewer_token)
+        .args(["whoami", "-o", "json"])
+        .run()
+        .await?
+        .success()?;
+    let whoami = whoami.json()?;
+    assert_eq!(text_field(&whoami, "/subject")?, "ci-pipeline");
+    assert_eq!(text_field(&whoami, "/role")?, "viewer");
+
+    // A viewer may read but not push.
+    controller
+        .cli()
+        .env("FLOTILLA_TOKEN", viewer_token)
+        .args(["model", "ls"])
+        .run()
+        .await?
+        .success()?;
+    let file = controller.scratch("tiny.gguf");
+    std::fs::write(&file, tiny_gguf(5))?;
+    let refused = controller
+        .cli()
+        .env("FLOTILLA_TOKEN", viewer_token)
+        .args(["model", "push"])
+        .arg_path(&file)
+        .args(["--name", "tiny", "--version", "1.0.0"])
+        .run()
+        .await?
+        .failure(1)?;
+    refused.stderr_has("has role viewer but this needs operator")?;
+    assert!(!refused.stderr.contains(viewer_token), "{refused:#?}");
+
+    let escalation = controller
+        .cli()
+        .env("FLOTILLA_TOKEN", viewer_token)
+        .args(["token", "create", "--subject", "me", "--role", "admin"])
+        .run()
+        .await?
+        .failure(1)?;
+    escalation.stderr_has("needs admin")?;
+
+    let json = controller
+        .cli()
+        .args([
+            "token",
+            "create",
+            "--subject",
+            "bot",
+            "--role",
+            "operator",
+            "-o",
+            "json",
+        ])
+        .run()
+        .await?
+        .success()?;
+    let json = json.json()?;
+    assert_eq!(text_field(&json, "/role")?, "operator");
+    assert!(!text_field(&json, "/token")?.is_empty());
+
+    controller
+        .cli()
+        .args(["token", "create", "--subject", "x", "--role", "root"])
+        .run()
+        .await?
+        .failure(2)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_bad_tokens_are_explained() -> TestResult {
+    let controller = TestController::start().await?;
+    let missing = controller
+        .bare_cli()
+        .env("FLOTILLA_URL", &controller.url)
+        .args(["whoami"])
+        .run()
+        .await?
+        .failure(1)?;
+    missing
+        .stderr_has("missing bearer token")?
+        .stderr_has("no API token is configured")?;
+
+    let bad = controller
+        .bare_cli()
+        .env("FLOTILLA_URL", &controller.url)
+        .env("FLOTILLA_TOKEN", "not-a-jwt")
+        .args(["model", "ls"])
+        .run()
+        .await?
+        .failure(1)?;
+    bad.stderr_has("invalid token")?;
+    assert!(!bad.stderr.contains("not-a-jwt"), "{bad:#?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_come_from_flags_then_env_then_config_file() -> TestResult {
+    let controller = TestController::start().await?;
+    let unreachable = unused_loopback_url().await?;
+    let config_dir = controller.home.path().join("xdg").join("flotilla");
+    std::fs::create_dir_all(&config_dir)?;
+    let config_file = config_dir.join("config.toml");
+    write_private(
+        &config_file,
+        &format!(
+            "url = \"{}\"\ntoken = \"{}\"\n",
+            controller.url, controller.admin_token
+        ),
+    )?;
+
+    // The file alone is enough.
+    let from_file = controller
+        .bare_cli()
+        .args(["whoami", "-o", "json"])
+        .run()
+        .await?
+        .success()?;
+    assert_eq!(text_field(&from_file.json()?, "/role")?, "admin");
+
+    // The environment beats the file, and a flag beats the environment.
+    controller
+        .bare_cli()
+        .env("FLOTILLA_URL", &unreachable)
+        .args(["whoami"])
+        .run()
+        .await?
+        .failure(1)?
+        .stderr_has(&unreachable)?;
+    controller
+        .bare_cli()
+        .env("FLOTILLA_URL", &unreachable)
+        .args(["whoami", "--url", &controller.url])
+        .run()
+        .await?
+        .success()?;
+    controller
+        .bare_cli()
+        .args(["whoami", "--token", "not-a-jwt"])
+        .run()
+        .await?
+        .failure(1)?
+        .stderr_has("invalid token")?;
+
+    // Without XDG_CONFIG_HOME the file is looked for under ~/.config.
+    let dot_config = controller.home.path().join(".config").join("flotilla");
+    std::fs::create_dir_all(&dot_config)?;
+    write_private(
+        &dot_config.join("config.toml"),
+        &format!(
+            "url = \"{}\"\ntoken = \"{}\"\n",
+            controller.url, controller.admin_token
+        ),
+    )?;
+    controller
+        .bare_cli()
+        .env_remove("XDG_CONFIG_HOME")
+        .args(["whoami"])
+        .run()
+        .await?
+        .success()?;
+
+    // --config names a file explicitly; it must exist and be valid.
+    let elsewhere = controller.scratch("elsewhere.toml");
+    write_private(
+        &elsewhere,
+        &format!(
+            "url = \"{}\"\ntoken = \"{}\"\n",
+            controller.url, controller.admin_token
+        ),
+    )?;
+    std::fs::remove_file(&config_file)?;
+    controller
+        .bare_cli()
+        .arg("--config")
+        .arg_path(&elsewhere)
+        .arg("whoami")
+        .run()
+        .await?
+        .success()?;
+    controller
+        .bare_cli()
+        .args(["--config", "/nonexistent/flotilla.toml", "whoami"])
+        .run()
+        .await?
+        .failure(1)?
+        .stderr_has("cannot read config file /nonexistent/flotilla.toml")?;
+    let typo = controller.scratch("typo.toml");
+    write_private(&typo, "tokn = \"x\"\n")?;
+    let typo_run = controller
+        .bare_cli()
+        .arg("--config")
+        .arg_path(&typo)
+        .arg("whoami")
+        .run()
+        .await?
+        .failure(1)?;
+    typo_run.stderr_has("invalid config file")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_controller_is_named() -> TestResult {
+    let home = tempfile::tempdir()?;
+    let unreachable = unused_loopback_url().await?;
+    let outcome = Cli::new(home.path())
+        .env("FLOTILLA_URL", &unreachable)
+        .env("FLOTILLA_TOKEN", "whatever")
+        .args(["model", "ls"])
+        .run()
+        .await?
+        .failure(1)?;
+    outcome
+        .stderr_has("cannot connect to the controller at")?
+        .stderr_has(&unreachable)?;
+
+    let invalid = Cli::new(home.path())
+        .args(["--url", "localhost:8080", "whoami"])
+        .run()
+        .await?
+        .failure(1)?;
+    invalid.stderr_has("invalid controller URL")?;
+    Ok(())
+}
+
+/// Pushes the real SmolLM2-135M (Q4_1) and checks what the controller read
+/// from it, and the digest against an independent blake3 implementation
+/// (Python's `blake3` package).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_model_push_matches_an_independent_digest() -> TestResult {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("the CLI crate has no parent directory")?;
+    let model = std::env::var_os("FLOTILLA_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if !model.is_file() {
+        eprintln!(
+            "SKIP: real_model_push_matches_an_independent_digest: no model at {} \
+             (run `bash ../shared/fetch-smollm2.sh models/SmolLM2-135M-Instruct.Q4_1.gguf` or set FLOTILLA_TEST_MODEL)",
+            model.display()
+        );
+        return Ok(());
+    }
+    let Some(python) = python_with_blake3(workspace).await? else {
+        eprintln!(
+            "SKIP: real_model_push_matches_an_independent_digest: no Python with the blake3 package \
+             (set FLOTILLA_PYTHON, or run `python3 -m venv .venv && .venv/bin/pip install blake3`)"
+        );
+        return Ok(());
+    };
+    let independent_digest = python_blake3(&python, &model).await?;
+
+    let controller = TestController::start().await?;
+    let pushed = controller
+        .cli()
+        .args(["model", "push"])
+        .arg_path(&model)
+        .args([
+            "--name",
+            "smollm2-135m-instruct",
+            "--version",
+            "1.0.0",
+            "--output",
+            "json",
+        ])
+        .run()
+        .await?
+        .success()?;
+    let artifact = pushed.json()?;
+    assert_eq!(text_field(&artifact, "/architecture")?, "llama");
+    assert_eq!(text_field(&artifact, "/quantization")?, "Q4_1");
+    let parameters = number_field(&artifact, "/parameter_count")?;
+    assert!(
+        (130_000_000..140_000_000).contains(&parameters),
+        "parameter_count {parameters}"
+    );
+    assert_eq!(
+        number_field(&artifact, "/size_bytes")?,
+        std::fs::metadata(&model)?.len()
+    );
+    assert_eq!(text_field(&artifact, "/digest")?, independent_digest);
+
+    let resolved = controller
+        .cli()
+        .args([
+            "model",
+            "resolve",
+            "smollm2-135m-instruct",
+            "--quant",
+            "Q4_1",
+            "-o",
+            "json",
+        ])
+        .run()
+        .await?
+        .success()?;
+    assert_eq!(
+        text_field(&resolved.json()?, "/artifact/digest")?,
+        independent_digest
+    );
+    Ok(())
+}
+
+/// `FLOTILLA_PYTHON`, else the workspace's `.venv`, else `python3`: the first
+/// that can import `blake3`.
+async fn python_with_blake3(workspace: &Path) -> TestResult<Option<PathBuf>> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("FLOTILLA_PYTHON") {
+        Some(python) => vec![PathBuf::from(python)],
+        None => vec![workspace.join(".venv/bin/python"), PathBuf::from("python3")],
+    };
+    for python in candidates {
+        let probe = tokio::process::Command::new(&python)
+            .args(["-c", "import blake3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        if let Ok(Ok(status)) = tokio::time::timeout(RUN_DEADLINE, probe).await
+            && status.success()
+        {
+            return Ok(Some(python));
+        }
+    }
+    Ok(None)
+}
+
+async fn python_blake3(python: &Path, file: &Path) -> TestResult<String> {
+    const SCRIPT: &str = "import sys, blake3\n\
+        h = blake3.blake3()\n\
+        with open(sys.argv[1], 'rb') as f:\n\
+        \x20   for chunk in iter(lambda: f.read(1 << 20), b''):\n\
+        \x20       h.update(chunk)\n\
+        print(h.hexdigest())\n";
+    let run = tokio::process::Command::new(python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(file)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(RUN_DEADLINE, run)
+        .await
+        .map_err(|_| "python blake3 timed out")??;
+    if !output.status.success() {
+        return Err(format!(
+            "python blake3 failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let digest = String::from_utf8(output.stdout)?.trim().to_owned();
+    if digest.len() != 64 {
+        return Err(format!("python blake3 printed {digest:?}").into());
+    }
+    Ok(digest)
+}
+
+/// A loopback URL nothing listens on: bind port 0, note it, release it.
+async fn unused_loopback_url() -> TestResult<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    drop(listener);
+    Ok(format!("http://{address}"))
+}
+
+fn write_private(path: &Path, contents: &str) -> TestResult {
+    std::fs::write(path, contents)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}

@@ -24,7 +24,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Machine-readable: `invalid_argument`, `unauthenticated`,
     /// `permission_denied`, `not_found`, `already_exists`,
-    /// `failed_precondition`, `payload_too_large`, `unavailable`, `internal`.
+    /// `failed_precondition`, `unprocessable` (a bad artifact),
+    /// `payload_too_large`, `range_not_satisfiable`, `unavailable`, `internal`.
     pub code: String,
     /// A lowercase sentence naming the object concerned.
     pub message: String,

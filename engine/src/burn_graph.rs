@@ -140,7 +140,7 @@ impl BurnLlama {
             .matmul(self.output.clone());
         logits
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .map_err(|error| EngineError::InvalidModel(format!("reading logits back: {error:?}")))
     }
 

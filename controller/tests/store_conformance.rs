@@ -21,9 +21,6 @@ use flotilla_controller::domain::{
     VersionState,
 };
 use flotilla_controller::store::{self, ArtifactInsert, BeforeCommit, Store, StoreError};
-use sqlx::Connection;
-
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// One test's private database and the store connected to it.
 struct TestDatabase {
@@ -35,8 +32,12 @@ struct TestDatabase {
 }
 
 enum Cleanup {
-    Sqlite { _directory: tempfile::TempDir },
-    Postgres { _database: DropPostgresDatabase },
+    Sqlite {
+        _directory: tempfile::TempDir,
+    },
+    Postgres {
+        _database: flotilla_controller::testing::TestDatabase,
+    },
 }
 
 impl TestDatabase {
@@ -62,76 +63,26 @@ impl TestDatabase {
             eprintln!("FLOTILLA_SKIP_POSTGRES=1: skipping a postgres conformance test");
             return None;
         }
-        let admin_url = std::env::var("FLOTILLA_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
+        let database = flotilla_controller::testing::TestDatabase::postgres()
             .await
             .unwrap_or_else(|error| {
-                panic!(
-                    "cannot reach postgres at {} for the store conformance tests: {error}\n\
-                     start postgres, point FLOTILLA_TEST_DATABASE_URL at one, or set \
-                     FLOTILLA_SKIP_POSTGRES=1 to skip the postgres backend",
-                    store::redact_url(&admin_url)
-                )
+                panic!("{error}\n(set FLOTILLA_SKIP_POSTGRES=1 to skip the postgres backend)")
             });
-        let name = format!("flotilla_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
+        let url = database.url.clone();
+        let store = store::connect(&url)
             .await
-            .unwrap_or_else(|error| panic!("cannot create database {name}: {error}"));
-        // The cleanup guard exists before anything else can panic.
-        let cleanup = DropPostgresDatabase {
-            admin_url: admin_url.clone(),
-            name: name.clone(),
-        };
-        let _ = admin.close().await;
-        let mut url = url::Url::parse(&admin_url).expect("FLOTILLA_TEST_DATABASE_URL is a url");
-        url.set_path(&name);
-        let url = url.to_string();
-        let store = store::connect(&url).await.unwrap_or_else(|error| {
-            panic!("cannot open postgres store on database {name}: {error}")
-        });
+            .unwrap_or_else(|error| panic!("cannot open postgres store on {url}: {error}"));
         Some(Self {
             url,
             store,
-            _cleanup: Cleanup::Postgres { _database: cleanup },
+            _cleanup: Cleanup::Postgres {
+                _database: database,
+            },
         })
     }
 
     fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.store)
-    }
-}
-
-/// Drops a per-test Postgres database, best effort. `Drop` cannot await, so
-/// it runs on a thread of its own with a small runtime; `WITH (FORCE)` ends
-/// the store's still-open pool connections.
-struct DropPostgresDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl Drop for DropPostgresDatabase {
-    fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let dropper = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    if let Err(error) = sqlx::query(&statement).execute(&mut admin).await {
-                        eprintln!("cleanup failed ({statement}): {error}");
-                    }
-                    let _ = admin.close().await;
-                }
-            });
-        });
-        let _ = dropper.join();
     }
 }
 

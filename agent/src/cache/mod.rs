@@ -1,0 +1,638 @@
+//! The agent's artifact cache: content-addressed blobs downloaded from the
+//! controller, verified, and kept within a disk budget.
+//!
+//! # On disk (`DATA_DIR/cache`)
+//! - `blobs/<blake3-hex>`: complete blobs whose blake3 digest and size matched.
+//!   Architecture invariant: a blob is renamed into `blobs/` only after its
+//!   digest matched (see [`part::VerifiedPart`]); nothing else writes there.
+//!   A blob's modification time is its last use, which is what least-recently-
+//!   used eviction orders by, so that order survives restarts without an index.
+//! - `tmp/<blake3-hex>.part`: a download in progress. Its bytes are a prefix of
+//!   the blob as the controller sent it.
+//!
+//! # Resuming: re-hash the `.part`, no sidecar
+//! A resumed download needs the blake3 state of the bytes already on disk.
+//! blake3's hasher state cannot be serialised, so a sidecar could only record
+//! a byte count and the prefix would have to be read and hashed again anyway;
+//! re-hashing runs at well over 1 GB/s, and the `.part` file alone is then the
+//! only state, with no second file to keep consistent across crashes. The
+//! prefix is not trusted: if a crash left garbage in it, the final digest does
+//! not match, the `.part` is deleted and the next attempt starts from zero.
+//!
+//! # In memory only
+//! A per-digest async mutex (one download per digest; other callers wait and
+//! then find the blob), a semaphore bounding concurrent downloads, the HTTP
+//! client, and counters ([`CacheStats`]).
+
+mod digest;
+mod download;
+mod part;
+mod source;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+pub use digest::{Digest, DigestParseError};
+pub use source::{BlobSource, SharedToken};
+
+use download::AttemptError;
+use part::{DigestLock, PartFile};
+
+/// Bytes gathered from the network before one write to the `.part` file:
+/// large enough that the hand-off to the blocking pool is cheap per byte,
+/// small enough that an interruption loses little.
+const FLUSH_BYTES: usize = 1 << 20;
+
+/// Tunables of the cache. [`CacheConfig::new`] gives production defaults.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// The cache directory, normally `DATA_DIR/cache`.
+    pub root: PathBuf,
+    /// Downloads running at once, over all digests.
+    pub max_concurrent_downloads: usize,
+    /// Digest or size mismatches tolerated for one blob before giving up.
+    pub max_verification_attempts: u32,
+    /// Consecutive network failures without progress before giving up.
+    pub max_network_attempts: u32,
+    /// First retry delay after a network failure; doubles each time.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub connect_timeout: Duration,
+    /// Longest silence on an open connection before it counts as cut.
+    pub read_timeout: Duration,
+}
+
+impl CacheConfig {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            root: data_dir.join("cache"),
+            max_concurrent_downloads: 2,
+            max_verification_attempts: 3,
+            max_network_attempts: 8,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Download progress of one blob: bytes present in the partial file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// One blob in `blobs/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedBlob {
+    pub digest: Digest,
+    pub size_bytes: u64,
+}
+
+/// Counters since the cache was opened (for metrics and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Blob requests sent to a source.
+    pub http_requests: u64,
+    /// Body bytes received from sources.
+    pub network_bytes: u64,
+    /// Downloads that completed but did not match their digest or size.
+    pub verification_failures: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("blob blake3:{digest} failed verification {attempts} times; last: {reason}")]
+    Corrupt {
+        digest: Digest,
+        attempts: u32,
+        reason: String,
+    },
+    #[error("source refused blob blake3:{digest} with {status}: {message}")]
+    Rejected {
+        digest: Digest,
+        status: u16,
+        message: String,
+    },
+    #[error(
+        "blob blake3:{digest} could not be downloaded after {attempts} attempts; last: {reason}"
+    )]
+    Unavailable {
+        digest: Digest,
+        attempts: u32,
+        reason: String,
+    },
+    #[error("invalid blob source {url:?}: {reason}")]
+    InvalidSource { url: String, reason: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl CacheError {
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> CacheError {
+        let context = context.into();
+        move |source| CacheError::Io { context, source }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    http_requests: AtomicU64,
+    network_bytes: AtomicU64,
+    verification_failures: AtomicU64,
+}
+
+/// The artifact cache. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct ArtifactCache {
+    config: CacheConfig,
+    source: BlobSource,
+    client: reqwest::Client,
+    downloads: Semaphore,
+    locks: Mutex<HashMap<Digest, Weak<tokio::sync::Mutex<()>>>>,
+    counters: Counters,
+}
+
+impl ArtifactCache {
+    /// Opens the cache under `config.root`, creating its directories, and
+    /// removes files that cannot belong there (names that are not digests).
+    /// Partial downloads are kept so that they resume.
+    pub async fn open(config: CacheConfig, source: BlobSource) -> Result<Self, CacheError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .build()
+            .map_err(|error| CacheError::InvalidSource {
+                url: source.blob_url(&Digest::from_bytes([0; 32])),
+                reason: format!("cannot build an http client: {error}"),
+            })?;
+        let cache = Self {
+            downloads: Semaphore::new(config.max_concurrent_downloads.max(1)),
+            config,
+            source,
+            client,
+            locks: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        };
+        let (blobs, tmp) = (cache.blobs_dir(), cache.tmp_dir());
+        blocking(move || {
+            std::fs::create_dir_all(&blobs)?;
+            std::fs::create_dir_all(&tmp)?;
+            remove_strays(&blobs, |name| name.parse::<Digest>().is_ok())?;
+            remove_strays(&tmp, |name| {
+                name.strip_suffix(".part")
+                    .is_some_and(|digest| digest.parse::<Digest>().is_ok())
+            })
+        })
+        .await
+        .map_err(CacheError::io(format!(
+            "cannot prepare the cache in {}",
+            cache.config.root.display()
+        )))?;
+        Ok(cache)
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            http_requests: self.counters.http_requests.load(Ordering::Relaxed),
+            network_bytes: self.counters.network_bytes.load(Ordering::Relaxed),
+            verification_failures: self.counters.verification_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Where the blob with `digest` lives once cached.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(digest.to_hex())
+    }
+
+    /// Where a download of `digest` in progress is written.
+    pub fn part_path(&self, digest: &Digest) -> PathBuf {
+        self.tmp_dir().join(format!("{}.part", digest.to_hex()))
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.config.root.join("blobs")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.config.root.join("tmp")
+    }
+
+    /// Returns the path of the verified blob, downloading it from the
+    /// configured source first when it is not cached.
+    pub async fn ensure(
+        &self,
+        digest: &Digest,
+        size_bytes: u64,
+        progress: impl Fn(Progress) + Send + Sync,
+    ) -> Result<PathBuf, CacheError> {
+        self.ensure_from(&self.source, digest, size_bytes, progress)
+            .await
+    }
+
+    /// [`ArtifactCache::ensure`] from a given source (a peer agent, later).
+    ///
+    /// Cancel-safe: dropping the future leaves at most a `.part` file that the
+    /// next call resumes from.
+    pub async fn ensure_from(
+        &self,
+        source: &BlobSource,
+        digest: &Digest,
+        size_bytes: u64,
+        progress: impl Fn(Progress) + Send + Sync,
+    ) -> Result<PathBuf, CacheError> {
+        let done = Progress {
+            bytes_done: size_bytes,
+            bytes_total: size_bytes,
+        };
+        if let Some(path) = self.cached(digest, size_bytes).await? {
+            progress(done);
+            return Ok(path);
+        }
+        let lock: DigestLock = Arc::new(self.digest_lock(digest).lock_owned().await);
+        // Whoever held the lock before may have finished this blob.
+        if let Some(path) = self.cached(digest, size_bytes).await? {
+            progress(done);
+            return Ok(path);
+        }
+        let _permit = self.downloads.acquire().await.map_err(|_| CacheError::Io {
+            context: format!("cannot download blob blake3:{digest}: the cache is shutting down"),
+            source: io::Error::other("download semaphore closed"),
+        })?;
+
+        let mut verification_failures = 0u32;
+        let mut network_failures = 0u32;
+        let mut kept_part: Option<PartFile> = None;
+        loop {
+            let before = kept_part.as_ref().map(|part| part.len);
+            let error = match self
+                .attempt(
+                    source,
+                    digest,
+                    size_bytes,
+                    &lock,
+                    kept_part.take(),
+                    &progress,
+                )
+                .await
+            {
+                Ok(verified) => {
+                    let blob_path = self.blob_path(digest);
+                    let target = blob_path.clone();
+                    blocking(move || {
+                        verified.promote(&target)?;
+                        touch_file(&target)
+                    })
+                    .await
+                    .map_err(CacheError::io(format!(
+                        "cannot move verified blob blake3:{digest} into the cache"
+                    )))?;
+                    tracing::info!(digest = %digest.short(), size_bytes, "blob verified and cached");
+                    progress(done);
+                    return Ok(blob_path);
+                }
+                Err(error) => error,
+            };
+            match error {
+                AttemptError::Corrupt(reason) => {
+                    verification_failures += 1;
+                    self.counters
+                        .verification_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(digest = %digest.short(), attempt = verification_failures, %reason,
+                        "downloaded blob failed verification; discarded");
+                    if verification_failures >= self.config.max_verification_attempts {
+                        return Err(CacheError::Corrupt {
+                            digest: *digest,
+                            attempts: verification_failures,
+                            reason,
+                        });
+                    }
+                }
+                AttemptError::Network { reason, part } => {
+                    let after = part.as_ref().map(|part| part.len);
+                    // A flaky link that keeps delivering bytes is not a reason
+                    // to give up: only failures without progress add up.
+                    if after.unwrap_or(0) > before.unwrap_or(0) {
+                        network_failures = 0;
+                    }
+                    network_failures += 1;
+                    kept_part = part;
+                    if network_failures >= self.config.max_network_attempts {
+                        return Err(CacheError::Unavailable {
+                            digest: *digest,
+                            attempts: network_failures,
+                            reason,
+                        });
+                    }
+                    let delay = backoff_delay(&self.config, network_failures);
+                    tracing::info!(digest = %digest.short(), attempt = network_failures, %reason,
+                        delay_ms = delay.as_millis() as u64, "blob download interrupted; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                AttemptError::Rejected { status, message } => {
+                    return Err(CacheError::Rejected {
+                        digest: *digest,
+                        status,
+                        message,
+                    });
+                }
+                AttemptError::Io(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The per-digest download lock; entries vanish when no one holds them.
+    fn digest_lock(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(lock) = locks.get(digest).and_then(Weak::upgrade) {
+            return lock;
+        }
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(*digest, Arc::downgrade(&lock));
+        lock
+    }
+
+    /// The blob's path when it is cached with the right size. A blob of the
+    /// wrong size is removed here: it cannot be right, and checking a size
+    /// costs one `stat`.
+    async fn cached(
+        &self,
+        digest: &Digest,
+        size_bytes: u64,
+    ) -> Result<Option<PathBuf>, CacheError> {
+        let path = self.blob_path(digest);
+        let checked = path.clone();
+        let digest_copy = *digest;
+        let present = blocking(move || match std::fs::metadata(&checked) {
+            Ok(metadata) if metadata.len() == size_bytes => {
+                touch_file(&checked)?;
+                Ok(true)
+            }
+            Ok(metadata) => {
+                tracing::warn!(digest = %digest_copy.short(), actual = metadata.len(), expected = size_bytes,
+                    "cached blob has the wrong size; removing it");
+                part::remove_if_present(&checked)?;
+                Ok(false)
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
+        })
+        .await
+        .map_err(CacheError::io(format!("cannot inspect cached blob blake3:{digest}")))?;
+        Ok(present.then_some(path))
+    }
+
+    /// Whether a verified blob with `digest` is cached.
+    pub async fn contains(&self, digest: &Digest) -> bool {
+        tokio::fs::try_exists(self.blob_path(digest))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Every cached blob, in digest order (for the agent's hello message).
+    pub async fn list(&self) -> Result<Vec<CachedBlob>, CacheError> {
+        let blobs = self.blobs_dir();
+        let mut entries = blocking(move || scan_blobs(&blobs))
+            .await
+            .map_err(CacheError::io(format!(
+                "cannot list cached blobs in {}",
+                self.blobs_dir().display()
+            )))?;
+        entries.sort_by_key(|entry| entry.blob.digest);
+        Ok(entries.into_iter().map(|entry| entry.blob).collect())
+    }
+
+    /// Marks the blob as just used, for least-recently-used eviction.
+    pub async fn touch(&self, digest: &Digest) -> Result<(), CacheError> {
+        let path = self.blob_path(digest);
+        blocking(move || touch_file(&path))
+            .await
+            .map_err(CacheError::io(format!(
+                "cannot mark cached blob blake3:{digest} as used"
+            )))
+    }
+
+    /// Removes least-recently-used blobs that are not in `keep` (assigned or
+    /// loaded) until the cache holds at most `budget_bytes`, and returns what
+    /// it removed. Blobs being downloaded right now are skipped. When `keep`
+    /// alone exceeds the budget the cache stays over it.
+    pub async fn evict_to_budget(
+        &self,
+        budget_bytes: u64,
+        keep: &HashSet<Digest>,
+    ) -> Result<Vec<CachedBlob>, CacheError> {
+        let blobs = self.blobs_dir();
+        let mut entries = blocking(move || scan_blobs(&blobs))
+            .await
+            .map_err(CacheError::io(format!(
+                "cannot list cached blobs in {}",
+                self.blobs_dir().display()
+            )))?;
+        let mut total: u64 = entries.iter().map(|entry| entry.blob.size_bytes).sum();
+        entries.sort_by_key(|entry| (entry.used_at, entry.blob.digest));
+        let mut evicted = Vec::new();
+        for entry in entries {
+            if total <= budget_bytes {
+                break;
+            }
+            let digest = entry.blob.digest;
+            if keep.contains(&digest) {
+                continue;
+            }
+            // Holding the digest's lock keeps an `ensure` of the same blob
+            // from handing out a path that is being deleted.
+            let Ok(_guard) = self.digest_lock(&digest).try_lock_owned() else {
+                continue;
+            };
+            let path = self.blob_path(&digest);
+            blocking(move || part::remove_if_present(&path))
+                .await
+                .map_err(CacheError::io(format!(
+                    "cannot evict cached blob blake3:{digest}"
+                )))?;
+            tracing::info!(digest = %digest.short(), size_bytes = entry.blob.size_bytes, "evicted cached blob");
+            total = total.saturating_sub(entry.blob.size_bytes);
+            evicted.push(entry.blob);
+        }
+        Ok(evicted)
+    }
+
+    /// Removes cached blobs whose size differs from `expected` (digests the
+    /// controller knows about, with their sizes); cheap, one `stat` each.
+    /// Blobs not in `expected` are left alone. Returns what was removed.
+    pub async fn remove_wrong_sizes(
+        &self,
+        expected: &HashMap<Digest, u64>,
+    ) -> Result<Vec<CachedBlob>, CacheError> {
+        let mut removed = Vec::new();
+        for blob in self.list().await? {
+            if let Some(&size_bytes) = expected.get(&blob.digest)
+                && size_bytes != blob.size_bytes
+                && self.cached(&blob.digest, size_bytes).await?.is_none()
+            {
+                removed.push(blob);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Re-hashes every cached blob and removes those whose bytes no longer
+    /// match their name (disk corruption, tampering). Reads the whole cache:
+    /// for start-up after an unclean shutdown or an operator's request, not
+    /// for every start.
+    pub async fn verify_all(&self) -> Result<Vec<CachedBlob>, CacheError> {
+        let mut removed = Vec::new();
+        for blob in self.list().await? {
+            let Ok(_guard) = self.digest_lock(&blob.digest).try_lock_owned() else {
+                continue;
+            };
+            let path = self.blob_path(&blob.digest);
+            let expected = blob.digest;
+            let matched = blocking(move || {
+                let (actual, _) = part::hash_file(&path)?;
+                if actual != expected {
+                    part::remove_if_present(&path)?;
+                }
+                Ok(actual == expected)
+            })
+            .await
+            .map_err(CacheError::io(format!(
+                "cannot verify cached blob blake3:{}",
+                blob.digest
+            )))?;
+            if !matched {
+                tracing::warn!(digest = %blob.digest.short(), "cached blob no longer matches its digest; removed");
+                removed.push(blob);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+struct ScannedBlob {
+    blob: CachedBlob,
+    used_at: SystemTime,
+}
+
+fn scan_blobs(directory: &Path) -> io::Result<Vec<ScannedBlob>> {
+    let mut blobs = Vec::new();
+    for entry in std::fs::read_dir(directory)? {
+        let entry = entry?;
+        let Some(digest) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<Digest>().ok())
+        else {
+            continue;
+        };
+        let metadata = match entry.metadata() {
+            Ok(metadata) => metadata,
+            // Evicted between listing and stat.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        if !metadata.is_file() {
+            continue;
+        }
+        blobs.push(ScannedBlob {
+            blob: CachedBlob {
+                digest,
+                size_bytes: metadata.len(),
+            },
+            used_at: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        });
+    }
+    Ok(blobs)
+}
+
+fn remove_strays(directory: &Path, belongs: impl Fn(&str) -> bool) -> io::Result<()> {
+    for entry in std::fs::read_dir(directory)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_str().is_some_and(&belongs) {
+            continue;
+        }
+        let path = entry.path();
+        tracing::warn!(path = %path.display(), "removing a file that does not belong in the cache");
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            part::remove_if_present(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the file's modification time to now: its last use, for eviction.
+/// Set explicitly rather than left to the kernel, whose file timestamps are
+/// only as fine as the scheduler tick.
+fn touch_file(path: &Path) -> io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_modified(SystemTime::now())
+}
+
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Jittered exponential backoff: half the exponential delay fixed, half
+/// random, so that a fleet cut off together does not come back together.
+fn backoff_delay(config: &CacheConfig, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    let ceiling = config
+        .initial_backoff
+        .saturating_mul(1u32 << exponent)
+        .min(config.max_backoff);
+    let half = ceiling / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_stays_bounded() {
+        let config = CacheConfig::new(Path::new("/unused"));
+        for failures in 1..40 {
+            let ceiling = config
+                .initial_backoff
+                .saturating_mul(1u32 << (failures - 1).min(16))
+                .min(config.max_backoff);
+            let delay = backoff_delay(&config, failures);
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{failures}: {delay:?}"
+            );
+        }
+        assert!(backoff_delay(&config, 40) <= config.max_backoff);
+    }
+}

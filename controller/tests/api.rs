@@ -83,13 +83,8 @@ impl Api {
         token: &str,
         body: serde_json::Value,
     ) -> anyhow::Result<reqwest::Response> {
-        Ok(self
-            .client
-            .post(self.url(path))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await?)
+        self.send_json(reqwest::Method::POST, path, token, body)
+            .await
     }
 
     async fn patch(
@@ -98,9 +93,20 @@ impl Api {
         token: &str,
         body: serde_json::Value,
     ) -> anyhow::Result<reqwest::Response> {
+        self.send_json(reqwest::Method::PATCH, path, token, body)
+            .await
+    }
+
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<reqwest::Response> {
         Ok(self
             .client
-            .patch(self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(token)
             .json(&body)
             .send()

@@ -134,6 +134,17 @@ impl ControllerProcess {
     /// Starts the controller with `--data-dir` and free ports, plus `extra`
     /// arguments, and waits for `/readyz`.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(data_dir, extra, &[], None).await
+    }
+
+    /// Like [`ControllerProcess::start`], with extra environment variables
+    /// and, optionally, stderr (the logs) written to a file.
+    pub async fn start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let http = free_addr()?;
         let grpc = free_addr()?;
         let mut command = Command::new(binary("flotilla-controller")?);
@@ -145,7 +156,11 @@ impl ControllerProcess {
             .arg("--grpc")
             .arg(grpc.to_string())
             .args(extra)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied());
+        if let Some(path) = log_file {
+            command.stderr(std::fs::File::create(path)?);
+        }
         let mut process = ChildGuard::spawn("flotilla-controller", &mut command)?;
         let rest_url = format!("http://{http}");
         let client = reqwest::Client::new();
@@ -206,4 +221,26 @@ pub fn independent_blake3(path: &Path) -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+impl ChildGuard {
+    /// Asks the process to stop (SIGTERM) and waits for it to exit, so that
+    /// it can flush what it buffers (logs, traces).
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

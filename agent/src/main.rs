@@ -4,13 +4,20 @@
 //! command line `--controller URL --bootstrap-token TOKEN --name NAME
 //! --data-dir DIR [--labels k=v,...] [--http ADDR] [--grpc ADDR]`.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[derive(Debug, Parser)]
 #[command(name = "flotilla-agent", version, about = "Flotilla's edge agent")]
 struct Cli {}
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let _cli = Cli::parse();
-    anyhow::bail!("enrolment arrives with the sync loop; this build has no agent to run yet")
+    // Exit non-zero so that a supervisor does not take this build for a
+    // running agent.
+    eprintln!(
+        "flotilla-agent: enrolment arrives with the sync loop; this build has no agent to run yet"
+    );
+    ExitCode::FAILURE
 }

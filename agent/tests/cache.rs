@@ -487,3 +487,55 @@ async fn damaged_cached_blobs_are_found_and_replaced() -> anyhow::Result<()> {
     assert_eq!(reopened.list().await?.len(), 1);
     fixture.controller.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_file_left_by_a_killed_agent_is_resumed_or_discarded() -> anyhow::Result<()> {
+    let fixture = Fixture::start().await?;
+    let file = gguf_file(2 << 20, 7);
+    let (digest, size) = fixture.upload("smol", &file).await?;
+    let part_path = fixture
+        .config()
+        .root
+        .join("tmp")
+        .join(format!("{}.part", digest.to_hex()));
+    let prefix_len = file.len() * 6 / 10;
+
+    // A restarted agent finds 60% of the blob on disk and fetches the rest.
+    std::fs::create_dir_all(part_path.parent().expect("tmp dir"))?;
+    std::fs::write(&part_path, &file[..prefix_len])?;
+    let cache = fixture.cache().await?;
+    let (seen, progress) = recorder();
+    let path = cache.ensure(&digest, size, progress).await?;
+    assert_eq!(std::fs::read(&path)?, file);
+    assert_eq!(
+        seen.lock()
+            .expect("progress log")
+            .first()
+            .map(|p| p.bytes_done),
+        Some(prefix_len as u64)
+    );
+    assert_eq!(cache.stats().network_bytes, size - prefix_len as u64);
+    drop(cache);
+
+    // A prefix that is not the blob's (a crash wrote garbage) fails the
+    // digest check once; the download then starts over and succeeds.
+    std::fs::remove_file(&path)?;
+    let mut garbage = file[..prefix_len].to_vec();
+    garbage[10] ^= 0x55;
+    std::fs::write(&part_path, &garbage)?;
+    let cache = fixture.cache().await?;
+    let path = cache.ensure(&digest, size, |_| {}).await?;
+    assert_eq!(std::fs::read(&path)?, file);
+    let stats = cache.stats();
+    assert_eq!(stats.verification_failures, 1);
+    assert_eq!(stats.network_bytes, size - prefix_len as u64 + size);
+    assert!(!part_path.exists());
+
+    // A partial file longer than the blob cannot be a prefix of it.
+    std::fs::remove_file(&path)?;
+    std::fs::write(&part_path, [file.as_slice(), b"extra"].concat())?;
+    let path = cache.ensure(&digest, size, |_| {}).await?;
+    assert_eq!(std::fs::read(&path)?, file);
+    assert_eq!(cache.stats().verification_failures, 2);
+    fixture.controller.stop().await
+}

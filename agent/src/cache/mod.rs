@@ -84,7 +84,8 @@ impl CacheConfig {
     }
 }
 
-/// Download progress of one blob: bytes present in the partial file.
+/// Download progress of one blob: bytes written to its partial file so far,
+/// out of its full size (what the agent reports as "downloading n/m bytes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     pub bytes_done: u64,
@@ -236,6 +237,18 @@ impl ArtifactCache {
 
     /// Returns the path of the verified blob, downloading it from the
     /// configured source first when it is not cached.
+    ///
+    /// `progress` hears the bytes present in the partial file: first where
+    /// this call starts (non-zero when it resumes), then after every write,
+    /// and `bytes_total` once the blob is verified and in place.
+    ///
+    /// Errors: [`CacheError::Corrupt`] after `max_verification_attempts`
+    /// downloads that did not match the digest or size (each one deleted and
+    /// started over); [`CacheError::Rejected`] at once for a 4xx answer, with
+    /// the server's message; [`CacheError::Unavailable`] after
+    /// `max_network_attempts` consecutive network failures that made no
+    /// progress, each followed by a jittered exponential backoff;
+    /// [`CacheError::Io`] for local disk trouble.
     pub async fn ensure(
         &self,
         digest: &Digest,
@@ -271,17 +284,20 @@ impl ArtifactCache {
             progress(done);
             return Ok(path);
         }
-        let _permit = self.downloads.acquire().await.map_err(|_| CacheError::Io {
-            context: format!("cannot download blob blake3:{digest}: the cache is shutting down"),
-            source: io::Error::other("download semaphore closed"),
-        })?;
-
         let mut verification_failures = 0u32;
         let mut network_failures = 0u32;
         let mut kept_part: Option<PartFile> = None;
         loop {
             let before = kept_part.as_ref().map(|part| part.len);
-            let error = match self
+            // The permit is taken per attempt, so a download waiting out its
+            // backoff does not hold up others.
+            let permit = self.downloads.acquire().await.map_err(|_| CacheError::Io {
+                context: format!(
+                    "cannot download blob blake3:{digest}: the cache is shutting down"
+                ),
+                source: io::Error::other("download semaphore closed"),
+            })?;
+            let outcome = self
                 .attempt(
                     source,
                     digest,
@@ -290,8 +306,9 @@ impl ArtifactCache {
                     kept_part.take(),
                     &progress,
                 )
-                .await
-            {
+                .await;
+            drop(permit);
+            let error = match outcome {
                 Ok(verified) => {
                     let blob_path = self.blob_path(digest);
                     let target = blob_path.clone();
@@ -436,7 +453,9 @@ impl ArtifactCache {
     /// Removes least-recently-used blobs that are not in `keep` (assigned or
     /// loaded) until the cache holds at most `budget_bytes`, and returns what
     /// it removed. Blobs being downloaded right now are skipped. When `keep`
-    /// alone exceeds the budget the cache stays over it.
+    /// alone exceeds the budget the cache stays over it. Partial downloads in
+    /// `tmp/` are not counted. A blob handed out by `ensure` is protected only
+    /// by being in `keep`: the caller passes every assigned or loaded digest.
     pub async fn evict_to_budget(
         &self,
         budget_bytes: u64,

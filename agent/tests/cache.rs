@@ -539,3 +539,40 @@ async fn a_partial_file_left_by_a_killed_agent_is_resumed_or_discarded() -> anyh
     assert_eq!(cache.stats().verification_failures, 2);
     fixture.controller.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_of_different_blobs_respect_the_concurrency_bound() -> anyhow::Result<()> {
+    let fixture = Fixture::start().await?;
+    let (first, first_size) = fixture.upload("alpha", &gguf_file(3 << 20, 20)).await?;
+    let (second, second_size) = fixture.upload("bravo", &gguf_file(3 << 20, 21)).await?;
+    let config = CacheConfig {
+        max_concurrent_downloads: 1,
+        ..fixture.config()
+    };
+    let cache =
+        ArtifactCache::open(config, fixture.source(&fixture.controller.admin_token)?).await?;
+
+    // Every report made while a download is under way, in order.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let recorder = |digest: Digest| {
+        let events = events.clone();
+        move |progress: Progress| {
+            if progress.bytes_done < progress.bytes_total {
+                events.lock().expect("event log").push(digest);
+            }
+        }
+    };
+    let (a, b) = tokio::join!(
+        cache.ensure(&first, first_size, recorder(first)),
+        cache.ensure(&second, second_size, recorder(second)),
+    );
+    a?;
+    b?;
+    let events = events.lock().expect("event log").clone();
+    let switches = events.windows(2).filter(|pair| pair[0] != pair[1]).count();
+    assert_eq!(
+        switches, 1,
+        "with one download slot the downloads do not overlap: {events:?}"
+    );
+    fixture.controller.stop().await
+}

@@ -24,7 +24,6 @@
 //! then find the blob), a semaphore bounding concurrent downloads, the HTTP
 //! client, and counters ([`CacheStats`]).
 
-mod digest;
 mod download;
 mod part;
 mod source;
@@ -39,7 +38,7 @@ use std::time::{Duration, SystemTime};
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-pub use digest::{Digest, DigestParseError};
+pub use flotilla_digest::{Digest, DigestParseError};
 pub use source::{BlobSource, SharedToken};
 
 use download::AttemptError;

@@ -3,7 +3,6 @@
 //! Every type that carries a name or identifier validates it once, when it is
 //! constructed, so the rest of the controller can trust it.
 
-mod digest;
 mod model;
 mod names;
 mod page;
@@ -11,7 +10,7 @@ mod prompt;
 mod quantization;
 mod resolve;
 
-pub use digest::{Digest, DigestParseError};
+pub use flotilla_digest::{Digest, DigestParseError};
 pub use model::{Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, VersionState};
 pub use names::{InvalidName, ModelName, PromptName};
 pub use page::{Page, PageRequest};

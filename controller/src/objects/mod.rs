@@ -125,7 +125,7 @@ impl BlobStore {
     }
 
     fn blob_path(digest: &Digest) -> Path {
-        Path::from(digest.object_key())
+        Path::from(format!("blobs/{}", digest.to_hex()))
     }
 
     /// Starts writing a new upload under `tmp/`.

@@ -1,10 +1,14 @@
 //! Content addresses. A [`Digest`] is the blake3 hash of an artifact's bytes:
-//! the artifact's identity, its object-store key and what agents verify.
+//! the artifact's identity, its key in the controller's object store and in
+//! each agent's cache, and what agents verify downloads against. Its own crate
+//! because the controller and the agent share it and must not depend on each
+//! other.
 
 use std::fmt;
 use std::str::FromStr;
 
-/// The blake3 digest of a blob. Displayed as 64 lowercase hex characters.
+/// The blake3 digest of a blob. Displayed as 64 lowercase hex characters,
+/// which is also its file name in the cache and its path on the controller.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest([u8; 32]);
 
@@ -25,18 +29,19 @@ impl Digest {
         &self.0
     }
 
+    /// The digest of `bytes`, for tests and fixtures.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self::from(blake3::hash(bytes))
+    }
+
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
 
-    /// The object-store key under which the blob with this digest lives.
-    pub fn object_key(&self) -> String {
-        format!("blobs/{}", self.to_hex())
-    }
-
-    /// A short form for log lines and error messages: `blake3:ab12cd34…`.
+    /// A short form for log lines and error messages: `blake3:ab12cd34ef56…`.
     pub fn short(&self) -> String {
-        format!("blake3:{}…", &self.to_hex()[..12])
+        let hex = self.to_hex();
+        format!("blake3:{}…", &hex[..12])
     }
 }
 
@@ -57,9 +62,9 @@ impl FromStr for Digest {
         if hex_part.len() != 64 {
             return Err(error());
         }
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut bytes).map_err(|_| error())?;
-        Ok(Self(bytes))
+        blake3::Hash::from_hex(hex_part.to_ascii_lowercase())
+            .map(Self::from)
+            .map_err(|_| error())
     }
 }
 
@@ -80,13 +85,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_plain_and_prefixed_hex() {
-        let hash = blake3::hash(b"flotilla");
-        let digest = Digest::from(hash);
-        assert_eq!(digest.to_hex(), hash.to_hex().as_str());
+    fn parses_plain_prefixed_and_uppercase_hex() {
+        let digest = Digest::of(b"flotilla");
         assert_eq!(digest.to_hex().parse::<Digest>(), Ok(digest));
         assert_eq!(format!("blake3:{digest}").parse::<Digest>(), Ok(digest));
         assert_eq!(digest.to_hex().to_uppercase().parse::<Digest>(), Ok(digest));
+        assert!(digest.short().starts_with("blake3:"));
     }
 
     #[test]
@@ -98,11 +102,6 @@ mod tests {
                 .parse::<Digest>()
                 .is_err()
         );
-    }
-
-    #[test]
-    fn object_key_is_content_addressed() {
-        let digest = Digest::from(blake3::hash(b"x"));
-        assert_eq!(digest.object_key(), format!("blobs/{}", digest.to_hex()));
+        assert!("ab.part".parse::<Digest>().is_err());
     }
 }

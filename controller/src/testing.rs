@@ -94,15 +94,24 @@ pub struct TestController {
 
 impl TestController {
     pub async fn start(store: TestStore) -> anyhow::Result<Self> {
+        Self::start_with(store, |_| {}).await
+    }
+
+    /// Starts a controller after `adjust` has changed its configuration.
+    pub async fn start_with(
+        store: TestStore,
+        adjust: impl FnOnce(&mut ControllerConfig),
+    ) -> anyhow::Result<Self> {
         let data_dir = tempfile::tempdir()?;
         let database = match store {
             TestStore::Sqlite => None,
             TestStore::Postgres => Some(TestDatabase::postgres().await?),
         };
-        let config = ControllerConfig::for_tests(
+        let mut config = ControllerConfig::for_tests(
             data_dir.path(),
             database.as_ref().map(|db| db.url.clone()),
         );
+        adjust(&mut config);
         let controller = Controller::open(config).await?;
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

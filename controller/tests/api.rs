@@ -45,6 +45,7 @@ on_both_stores!(
     blobs_serve_ranges,
     prompts_are_versioned,
     tokens_are_minted_by_admins_only,
+    interrupted_and_oversized_uploads_leave_nothing_behind,
 );
 
 struct Api {
@@ -56,6 +57,15 @@ impl Api {
     async fn start(store: TestStore) -> anyhow::Result<Self> {
         Ok(Self {
             controller: TestController::start(store).await?,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    async fn start_with_upload_limit(store: TestStore, limit: u64) -> anyhow::Result<Self> {
+        let controller =
+            TestController::start_with(store, |config| config.max_upload_bytes = limit).await?;
+        Ok(Self {
+            controller,
             client: reqwest::Client::new(),
         })
     }
@@ -920,4 +930,65 @@ async fn tokens_are_minted_by_admins_only(store: TestStore) -> anyhow::Result<()
         .await?;
     assert_eq!(error_code(bad_role).await?.0, StatusCode::BAD_REQUEST);
     api.controller.stop().await
+}
+
+async fn interrupted_and_oversized_uploads_leave_nothing_behind(
+    store: TestStore,
+) -> anyhow::Result<()> {
+    let file = gguf_fixture(Q4_1, 70);
+    let api = Api::start_with_upload_limit(store, file.len() as u64 - 1).await?;
+    api.draft("smol", "1.0.0").await?;
+
+    // One byte over the limit: 413, and nothing kept.
+    let (status, code, message) =
+        error_code(api.upload("smol", "1.0.0", file.clone(), None).await?).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    assert!(message.contains("limit"), "{message}");
+
+    // A client that dies mid-body: the server sees a broken stream. Whatever
+    // the client is told (if anything), nothing may be kept.
+    let half = file[..file.len() / 2].to_vec();
+    let body = futures::stream::iter(vec![
+        Ok::<_, std::io::Error>(bytes::Bytes::from(half)),
+        Err(std::io::Error::other("client went away")),
+    ]);
+    let broken = api
+        .client
+        .post(api.url("/api/v1/models/smol/versions/1.0.0/artifacts"))
+        .bearer_auth(api.admin())
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await;
+    if let Ok(response) = broken {
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
+    let blobs = api.blobs()?;
+    let version = wait_for_no_pending_uploads(&api, &blobs).await?;
+    assert!(version.artifacts.is_empty(), "no orphan rows");
+    assert_eq!(blobs.blob_count().await?, 0, "no orphan blobs");
+    api.controller.stop().await
+}
+
+/// The server discards a broken upload after the client is gone, so wait for
+/// that (with a deadline) rather than racing it.
+async fn wait_for_no_pending_uploads(
+    api: &Api,
+    blobs: &BlobStore,
+) -> anyhow::Result<dto::VersionInfo> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while blobs.pending_upload_count().await? > 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "a broken upload was not discarded within 10s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(api
+        .get("/api/v1/models/smol/versions/1.0.0", api.admin())
+        .await?
+        .json()
+        .await?)
 }

@@ -51,6 +51,20 @@ impl LlamaConfig {
         let feed_forward_length = required("feed_forward_length")?;
         let head_count = required("attention.head_count")?;
         let head_count_kv = required("attention.head_count_kv").unwrap_or(head_count);
+        // Bounds far above any real model keep later size arithmetic free of overflow.
+        for (what, value, limit) in [
+            ("block_count", block_count, 4096),
+            ("embedding_length", embedding_length, 1 << 17),
+            ("feed_forward_length", feed_forward_length, 1 << 20),
+            ("attention.head_count", head_count, 1 << 12),
+            ("attention.head_count_kv", head_count_kv, 1 << 12),
+        ] {
+            if value > limit {
+                return Err(EngineError::InvalidModel(format!(
+                    "{architecture}.{what} = {value} exceeds the supported maximum {limit}"
+                )));
+            }
+        }
         if head_count == 0 || head_count_kv == 0 || !head_count.is_multiple_of(head_count_kv) {
             return Err(EngineError::InvalidModel(format!(
                 "{head_count} attention heads cannot share {head_count_kv} key/value heads"
@@ -91,6 +105,11 @@ impl LlamaConfig {
                 .and_then(|size| usize::try_from(size).ok())
                 .ok_or_else(|| EngineError::Missing("tensor token_embd.weight".into()))?,
         };
+        if vocab_size > 1 << 22 {
+            return Err(EngineError::InvalidModel(format!(
+                "vocabulary of {vocab_size} tokens exceeds the supported maximum"
+            )));
+        }
         Ok(LlamaConfig {
             block_count,
             embedding_length,

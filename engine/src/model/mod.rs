@@ -90,7 +90,9 @@ impl LlamaModel {
         let ff = config.feed_forward_length;
         let vector = |name: &str| Matrix::load(&file, name, d, 1).map(|matrix| matrix.to_vec());
         let token_embedding = Matrix::load(&file, "token_embd.weight", d, config.vocab_size)?;
-        let mut layers = Vec::with_capacity(config.block_count);
+        // Grown one layer at a time: `block_count` comes from the file and is only trusted once
+        // every layer's tensors have been found.
+        let mut layers = Vec::new();
         for index in 0..config.block_count {
             let name = |part: &str| format!("blk.{index}.{part}.weight");
             layers.push(Layer {

@@ -156,3 +156,59 @@ fn cancellation_stops_generation() {
     assert_eq!(output.finish_reason, crate::FinishReason::Cancelled);
     assert_eq!(output.tokens.len(), 5);
 }
+
+#[test]
+fn corrupted_model_files_fail_cleanly() {
+    use super::fixture::{TempModel, tiny_model_bytes};
+    let original = tiny_model_bytes();
+    let header_length = flotilla_gguf::read_header(&original[..])
+        .expect("valid fixture")
+        .data_offset as usize;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut loaded = 0;
+    for round in 0..150 {
+        let mut bytes = original.clone();
+        for _ in 0..1 + next() % 4 {
+            let position = (next() % header_length as u64) as usize;
+            bytes[position] = next() as u8;
+        }
+        let file = TempModel {
+            path: std::env::temp_dir().join(format!(
+                "flotilla-engine-corrupt-{}-{round}.gguf",
+                std::process::id()
+            )),
+        };
+        std::fs::write(&file.path, &bytes).expect("write");
+        // Either a clean error or a model that runs; never a panic.
+        if let Ok(engine) =
+            crate::Engine::load(&file.path, crate::EngineOptions { threads: Some(1) })
+        {
+            let mut cache = engine.model().new_cache();
+            let _ = engine.prefill(&mut cache, &[1, 2, 3]);
+            loaded += 1;
+        }
+    }
+    assert!(loaded < 150, "no mutation was ever rejected");
+}
+
+#[test]
+fn absurd_hyper_parameters_are_rejected() {
+    let bytes = crate::tokenizer::tests::tiny_tokenizer_builder(flotilla_gguf::GgufBuilder::new())
+        .metadata_str("general.architecture", "llama")
+        .metadata_u64("llama.block_count", 1 << 40)
+        .metadata_u32("llama.embedding_length", 64)
+        .metadata_u32("llama.feed_forward_length", 128)
+        .metadata_u32("llama.attention.head_count", 4)
+        .build();
+    let header = flotilla_gguf::read_header(&bytes[..]).expect("header");
+    assert!(matches!(
+        crate::LlamaConfig::from_header(&header),
+        Err(crate::EngineError::InvalidModel(_))
+    ));
+}

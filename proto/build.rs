@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTO_FILES: &[&str] = &["flotilla/controller/v1/controller.proto"];
+const PROTO_FILES: &[&str] = &[
+    "flotilla/controller/v1/controller.proto",
+    "flotilla/fleet/v1/fleet.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -238,3 +238,75 @@ pub struct WhoAmI {
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub expires_at: OffsetDateTime,
 }
+
+// ---- fleet ----
+
+/// `POST /api/v1/nodes/tokens`: a bootstrap token for enrolling agents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateBootstrapTokenRequest {
+    /// Lifetime in seconds (default 3600, at most 30 days).
+    pub ttl_seconds: Option<u64>,
+    /// How many agents may enrol with it (default 1).
+    pub uses: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct BootstrapTokenInfo {
+    /// `flt_<id>_<secret>`: shown once; the controller keeps only a hash.
+    pub token: String,
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub expires_at: OffsetDateTime,
+    pub uses: u32,
+}
+
+/// A node of the fleet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NodeInfo {
+    pub name: String,
+    /// `pending` (awaiting approval), `active` or `cordoned`.
+    pub status: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub agent_version: String,
+    pub inventory: NodeInventoryInfo,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub enrolled_at: OffsetDateTime,
+    /// What the node should serve; always null until rollouts assign models.
+    pub assignment: Option<AssignmentInfo>,
+}
+
+/// Hardware a node's agent reported at enrolment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NodeInventoryInfo {
+    pub cpu_model: String,
+    pub cpu_cores: u32,
+    pub memory_total_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub os: String,
+    pub gpus: Vec<NodeGpuInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NodeGpuInfo {
+    pub index: u32,
+    pub name: String,
+    pub memory_total_bytes: u64,
+    pub driver_version: String,
+}
+
+/// A node's assignment (model version and artifact it should serve).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AssignmentInfo {
+    pub model: String,
+    pub version: String,
+    pub digest: String,
+    pub generation: u64,
+}

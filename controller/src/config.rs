@@ -44,6 +44,11 @@ pub struct ControllerArgs {
     /// Largest accepted artifact upload, in bytes.
     #[arg(long, env = "FLOTILLA_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
+    /// New nodes start `pending` until an operator approves them
+    /// (`flotilla node approve NAME`); otherwise they start `active`.
+    #[arg(long, env = "FLOTILLA_REQUIRE_NODE_APPROVAL", num_args = 0..=1,
+        default_missing_value = "true")]
+    pub require_node_approval: Option<bool>,
 }
 
 /// The configuration file's shape; every field is optional.
@@ -58,6 +63,7 @@ struct FileConfig {
     jwt_keys: Option<PathBuf>,
     audience: Option<String>,
     max_upload_bytes: Option<u64>,
+    require_node_approval: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -71,6 +77,7 @@ pub struct ControllerConfig {
     pub jwt_keys: PathBuf,
     pub audience: String,
     pub max_upload_bytes: u64,
+    pub require_node_approval: bool,
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -87,6 +94,7 @@ impl std::fmt::Debug for ControllerConfig {
             .field("jwt_keys", &self.jwt_keys)
             .field("audience", &self.audience)
             .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("require_node_approval", &self.require_node_approval)
             .finish()
     }
 }
@@ -139,6 +147,10 @@ impl ControllerConfig {
                 .max_upload_bytes
                 .or(file.max_upload_bytes)
                 .unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
+            require_node_approval: args
+                .require_node_approval
+                .or(file.require_node_approval)
+                .unwrap_or(false),
             data_dir,
         })
     }
@@ -155,6 +167,7 @@ impl ControllerConfig {
             jwt_keys: data_dir.join("auth-keys.toml"),
             audience: crate::auth::DEFAULT_AUDIENCE.to_owned(),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            require_node_approval: false,
         }
     }
 

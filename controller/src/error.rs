@@ -2,6 +2,7 @@
 //! error code maps to an HTTP status and a gRPC status.
 
 use crate::auth::AuthError;
+use crate::fleet::FleetError;
 use crate::objects::BlobError;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
@@ -111,7 +112,7 @@ impl ApiError {
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
         match error {
-            AuthError::Forbidden { .. } => {
+            AuthError::Forbidden { .. } | AuthError::NotThisNode { .. } => {
                 Self::new(ErrorCode::PermissionDenied, error.to_string())
             }
             AuthError::Mint(_) => Self::internal(error),
@@ -164,6 +165,19 @@ impl From<RegistryError> for ApiError {
             }
             RegistryError::Store(store) => store.into(),
             RegistryError::Blob(blob) => blob.into(),
+        }
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(error: FleetError) -> Self {
+        match error {
+            FleetError::InvalidArgument(message) => Self::invalid_argument(message),
+            FleetError::TokenRejected(rejection) => {
+                Self::new(ErrorCode::Unauthenticated, rejection.to_string())
+            }
+            FleetError::Store(store) => store.into(),
+            FleetError::Auth(auth) => auth.into(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Layout follows the architecture: `domain` holds plain types, `store`
 //! persists them, `objects` holds blob bytes, `registry` is the business
-//! logic of models and artifacts, `auth` verifies callers, `api` and `grpc`
+//! logic of models and artifacts, `fleet` that of nodes and enrolment, `auth` verifies callers, `api` and `grpc`
 //! are the edges that convert wire types to domain types and back, `server`
 //! assembles them.
 
@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod fleet;
 pub mod grpc;
 pub mod objects;
 pub mod registry;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, KeyFile, Role, write_private_file};
 use crate::config::ControllerConfig;
+use crate::fleet::Fleet;
 use crate::objects::BlobStore;
 use crate::registry::Registry;
 use crate::store;
@@ -65,9 +66,11 @@ impl Controller {
             objects = blobs.description(),
             "controller opened"
         );
+        let fleet = Fleet::new(store.clone(), auth.clone(), config.require_node_approval);
         let registry = Registry::new(store, blobs, config.max_upload_bytes);
         let state = AppState {
             registry,
+            fleet,
             auth,
             metrics: crate::telemetry::metrics_handle(),
         };
@@ -103,6 +106,7 @@ impl Controller {
     ) -> anyhow::Result<()> {
         tracing::info!(rest = %http.local_addr()?, grpc = %grpc.local_addr()?, "serving");
         let backend = self.state.registry.store().backend();
+        let fleet = self.state.fleet.clone();
         let router = api::router(self.state);
         let http_shutdown = shutdown.clone();
         let http_server = async move {
@@ -111,7 +115,7 @@ impl Controller {
                 .await
                 .context("REST server failed")
         };
-        let grpc_server = crate::grpc::serve(grpc, backend, shutdown.clone());
+        let grpc_server = crate::grpc::serve(grpc, backend, fleet, shutdown.clone());
         let result = tokio::try_join!(
             async {
                 let result = http_server.await;

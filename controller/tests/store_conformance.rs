@@ -118,6 +118,8 @@ macro_rules! conformance_suite {
 // The tests, one module per area, next to this crate root.
 #[path = "store_conformance/artifacts.rs"]
 mod artifacts;
+#[path = "store_conformance/fleet.rs"]
+mod fleet;
 #[path = "store_conformance/migrations.rs"]
 mod migrations;
 #[path = "store_conformance/models.rs"]
@@ -144,6 +146,10 @@ conformance_suite!(
     prompts::prompts_are_versioned_and_listed,
     prompts::concurrent_prompt_versions_get_distinct_numbers,
     migrations::migrations_are_idempotent_and_keep_data,
+    fleet::enrolment_checks_and_uses_up_the_token,
+    fleet::forged_unknown_and_expired_tokens_are_rejected,
+    fleet::concurrent_enrolments_never_overuse_a_token,
+    fleet::nodes_are_listed_in_pages_and_approved,
 );
 
 // ---- fixtures ----

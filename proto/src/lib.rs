@@ -14,3 +14,9 @@ pub mod controller {
         tonic::include_proto!("flotilla.controller.v1");
     }
 }
+
+pub mod fleet {
+    pub mod v1 {
+        tonic::include_proto!("flotilla.fleet.v1");
+    }
+}

@@ -3,8 +3,8 @@
 use flotilla_api_types as dto;
 
 use crate::domain::{
-    Artifact, Model, ModelName, ModelVersion, Page, PageRequest, PromptName, PromptSummary,
-    SystemPrompt,
+    Artifact, Model, ModelName, ModelVersion, Node, NodeName, Page, PageRequest, PromptName,
+    PromptSummary, SystemPrompt,
 };
 use crate::error::ApiError;
 use crate::registry::VersionWithArtifacts;
@@ -17,6 +17,40 @@ pub fn model_name(raw: &str) -> Result<ModelName, ApiError> {
 pub fn prompt_name(raw: &str) -> Result<PromptName, ApiError> {
     raw.parse()
         .map_err(|e: crate::domain::InvalidName| ApiError::invalid_argument(e.to_string()))
+}
+
+pub fn node_name(raw: &str) -> Result<NodeName, ApiError> {
+    raw.parse()
+        .map_err(|e: crate::domain::InvalidName| ApiError::invalid_argument(e.to_string()))
+}
+
+pub fn node_info(node: Node) -> dto::NodeInfo {
+    let inventory = node.inventory;
+    dto::NodeInfo {
+        name: node.name.to_string(),
+        status: node.status.as_str().to_owned(),
+        labels: node.labels.into(),
+        agent_version: node.agent_version,
+        inventory: dto::NodeInventoryInfo {
+            cpu_model: inventory.cpu_model,
+            cpu_cores: inventory.cpu_cores,
+            memory_total_bytes: inventory.memory_total_bytes,
+            disk_total_bytes: inventory.disk_total_bytes,
+            os: inventory.os,
+            gpus: inventory
+                .gpus
+                .into_iter()
+                .map(|gpu| dto::NodeGpuInfo {
+                    index: gpu.index,
+                    name: gpu.name,
+                    memory_total_bytes: gpu.memory_total_bytes,
+                    driver_version: gpu.driver_version,
+                })
+                .collect(),
+        },
+        enrolled_at: node.enrolled_at,
+        assignment: None,
+    }
 }
 
 pub fn semver_version(raw: &str) -> Result<semver::Version, ApiError> {

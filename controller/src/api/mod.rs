@@ -7,6 +7,7 @@ mod blobs;
 mod convert;
 mod extract;
 mod models;
+mod nodes;
 mod prompts;
 mod tokens;
 
@@ -25,12 +26,14 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::auth::Authenticator;
+use crate::fleet::Fleet;
 use crate::registry::Registry;
 
 /// Everything a handler may need, cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Registry,
+    pub fleet: Fleet,
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
 }
@@ -43,10 +46,11 @@ pub struct AppState {
         models::create_version, models::get_version, models::update_version, models::upload_artifact,
         models::resolve, prompts::list_prompts, prompts::create_prompt_version, prompts::get_prompt,
         prompts::list_prompt_versions, prompts::get_prompt_version, blobs::get_blob,
-        tokens::create_token, tokens::whoami,
+        tokens::create_token, tokens::whoami, nodes::create_bootstrap_token, nodes::list_nodes,
+        nodes::get_node, nodes::approve_node,
     ),
     modifiers(&BearerAuth),
-    tags((name = "models"), (name = "prompts"), (name = "blobs"), (name = "auth"))
+    tags((name = "models"), (name = "prompts"), (name = "blobs"), (name = "auth"), (name = "nodes"))
 )]
 struct ApiDoc;
 
@@ -105,6 +109,10 @@ pub fn router(state: AppState) -> Router {
             get(prompts::get_prompt_version),
         )
         .route("/blobs/{digest}", get(blobs::get_blob))
+        .route("/nodes", get(nodes::list_nodes))
+        .route("/nodes/tokens", post(nodes::create_bootstrap_token))
+        .route("/nodes/{name}", get(nodes::get_node))
+        .route("/nodes/{name}/approve", post(nodes::approve_node))
         .route("/tokens", post(tokens::create_token))
         .route("/whoami", get(tokens::whoami))
         .route("/openapi.json", get(openapi))

@@ -28,6 +28,11 @@ pub async fn create_token(
         .role
         .parse::<Role>()
         .map_err(|e| ApiError::invalid_argument(e.to_string()))?;
+    if !role.is_human() {
+        return Err(ApiError::invalid_argument(
+            "role node cannot be minted here: node credentials come from enrolment with a bootstrap token",
+        ));
+    }
     let subject = request.subject.trim();
     if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
         return Err(ApiError::invalid_argument(

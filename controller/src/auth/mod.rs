@@ -7,6 +7,11 @@
 //! Keys live in a TOML key file (mode 0600) that the controller creates with a
 //! fresh random key on first start. Token strings and key material are never
 //! logged; errors say what is wrong with a token without echoing it.
+//!
+//! Enrolled agents hold node credentials: tokens of the same form with role
+//! [`Role::Node`] and the node's name as subject, minted short-lived by
+//! [`Authenticator::mint_node_credential`] and checked with
+//! [`Principal::require_node`]. Nothing about them is persisted.
 
 mod keys;
 mod role;
@@ -17,6 +22,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::domain::NodeName;
+
 pub use keys::{KeyEntry, KeyFile, KeyFileError, SigningKey, write_private_file};
 pub use role::{InvalidRole, Role};
 
@@ -26,6 +33,9 @@ pub const DEFAULT_AUDIENCE: &str = "flotilla";
 pub const ISSUER: &str = "flotilla-controller";
 /// Tolerated clock skew between token issuer and verifier.
 const CLOCK_SKEW_LEEWAY: Duration = Duration::from_secs(30);
+/// Lifetime of a node credential. Short, because the sync stream renews it
+/// and a node removed from the fleet must lose access soon.
+pub const NODE_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
 
 /// JWT claims of an operator or API token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,6 +69,21 @@ impl Principal {
             })
         }
     }
+
+    /// Checks that the caller is the node named `node` (its own credential),
+    /// for what only that node may do: read its desired state, report its
+    /// health. Operators' tokens do not pass.
+    pub fn require_node(&self, node: &NodeName) -> Result<(), AuthError> {
+        if self.role == Role::Node && self.subject == node.as_str() {
+            Ok(())
+        } else {
+            Err(AuthError::NotThisNode {
+                subject: self.subject.clone(),
+                role: self.role,
+                node: node.to_string(),
+            })
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -81,6 +106,12 @@ pub enum AuthError {
         role: Role,
         required: Role,
     },
+    #[error("{subject} (role {role}) is not node {node}")]
+    NotThisNode {
+        subject: String,
+        role: Role,
+        node: String,
+    },
     #[error("cannot mint token: {0}")]
     Mint(String),
 }
@@ -88,7 +119,7 @@ pub enum AuthError {
 impl AuthError {
     /// Whether this is a 403 (authenticated but not allowed) rather than a 401.
     pub fn is_forbidden(&self) -> bool {
-        matches!(self, Self::Forbidden { .. })
+        matches!(self, Self::Forbidden { .. } | Self::NotThisNode { .. })
     }
 }
 
@@ -163,6 +194,15 @@ impl Authenticator {
         )
         .map_err(|e| AuthError::Mint(e.to_string()))?;
         Ok((token, expires_at))
+    }
+
+    /// Mints a node credential: role [`Role::Node`], subject the node's name,
+    /// valid for [`NODE_CREDENTIAL_TTL`].
+    pub fn mint_node_credential(
+        &self,
+        node: &NodeName,
+    ) -> Result<(String, OffsetDateTime), AuthError> {
+        self.mint(node.as_str(), Role::Node, NODE_CREDENTIAL_TTL)
     }
 
     /// Verifies a token's signature, expiry and audience.
@@ -345,6 +385,40 @@ mod tests {
                 .expect_err("forbidden")
                 .is_forbidden()
         );
+    }
+
+    #[test]
+    fn node_credentials_are_neither_viewers_nor_other_nodes() {
+        let auth = authenticator(&["k1"]);
+        let node: NodeName = "edge-1".parse().expect("valid");
+        let (credential, expires_at) = auth.mint_node_credential(&node).expect("mint");
+        let principal = auth.verify(&credential).expect("verifies");
+        assert_eq!(principal.role, Role::Node);
+        assert_eq!(principal.subject, "edge-1");
+        assert!(expires_at <= OffsetDateTime::now_utc() + NODE_CREDENTIAL_TTL);
+        assert!(principal.require_node(&node).is_ok());
+        for human in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert!(
+                principal
+                    .require(human)
+                    .expect_err("not human")
+                    .is_forbidden()
+            );
+        }
+        let other: NodeName = "edge-2".parse().expect("valid");
+        assert!(
+            principal
+                .require_node(&other)
+                .expect_err("other")
+                .is_forbidden()
+        );
+        // An admin named like the node is still not the node.
+        let (admin, _) = auth
+            .mint("edge-1", Role::Admin, Duration::from_secs(60))
+            .expect("mint");
+        let admin = auth.verify(&admin).expect("verifies");
+        assert!(admin.require_node(&node).is_err());
+        assert!(admin.require(Role::Node).is_err());
     }
 
     #[test]

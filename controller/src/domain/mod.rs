@@ -5,6 +5,7 @@
 
 mod model;
 mod names;
+mod node;
 mod page;
 mod prompt;
 mod quantization;
@@ -12,7 +13,12 @@ mod resolve;
 
 pub use flotilla_digest::{Digest, DigestParseError};
 pub use model::{Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, VersionState};
-pub use names::{InvalidName, ModelName, PromptName};
+pub use names::{InvalidName, ModelName, NodeName, PromptName};
+pub use node::{
+    BootstrapSecret, BootstrapToken, InvalidLabels, InvalidNodeStatus, Labels,
+    MalformedBootstrapToken, NewNode, Node, NodeGpu, NodeInventory, NodeStatus, SecretHash,
+    TokenRejection,
+};
 pub use page::{Page, PageRequest};
 pub use prompt::{PromptRef, PromptSummary, SystemPrompt};
 pub use quantization::{Quantization, QuantizationPolicy};

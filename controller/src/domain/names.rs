@@ -13,7 +13,7 @@ pub struct InvalidName {
     name: String,
 }
 
-fn validate(kind: &'static str, name: &str) -> Result<(), InvalidName> {
+fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidName> {
     let bytes = name.as_bytes();
     let valid = !bytes.is_empty()
         && bytes.len() <= 128
@@ -47,7 +47,7 @@ macro_rules! name_type {
             type Err = InvalidName;
 
             fn from_str(name: &str) -> Result<Self, Self::Err> {
-                validate($kind, name)?;
+                validate_name($kind, name)?;
                 Ok(Self(name.to_owned()))
             }
         }
@@ -56,7 +56,7 @@ macro_rules! name_type {
             type Error = InvalidName;
 
             fn try_from(name: String) -> Result<Self, Self::Error> {
-                validate($kind, &name)?;
+                validate_name($kind, &name)?;
                 Ok(Self(name))
             }
         }
@@ -79,6 +79,12 @@ name_type!(
     /// A model's registry name, e.g. `smollm2-135m-instruct`.
     ModelName,
     "model"
+);
+name_type!(
+    /// A node's fleet name, e.g. `berlin-edge-01`: the subject of its
+    /// credential.
+    NodeName,
+    "node"
 );
 name_type!(
     /// A system prompt's registry name, e.g. `support-agent`.

@@ -1,7 +1,10 @@
 //! The controller's gRPC edge (tonic): the standard `grpc.health.v1` service,
 //! server reflection (so `grpcurl` works without .proto files), and
-//! `flotilla.controller.v1.ControllerInfo`. The fleet's sync stream joins
-//! here. Conversion between prost and domain types happens in this module only.
+//! `flotilla.controller.v1.ControllerInfo` and `flotilla.fleet.v1.Fleet`
+//! (enrolment; the sync stream joins it). Conversion between prost and
+//! domain types happens in this module only.
+
+mod fleet;
 
 use flotilla_proto::controller::v1 as pb;
 use tokio::net::TcpListener;
@@ -9,7 +12,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::fleet::Fleet;
 use crate::store::StoreBackend;
+use fleet::FleetService;
+use flotilla_proto::fleet::v1::fleet_server::FleetServer;
 
 /// Wire protocol revisions this controller speaks.
 pub const PROTOCOL_VERSIONS: &[u32] = &[1];
@@ -36,11 +42,15 @@ impl pb::controller_info_server::ControllerInfo for ControllerInfoService {
 pub async fn serve(
     listener: TcpListener,
     backend: StoreBackend,
+    fleet: Fleet,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::controller_info_server::ControllerInfoServer<ControllerInfoService>>()
+        .await;
+    health_reporter
+        .set_serving::<FleetServer<FleetService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
@@ -52,6 +62,7 @@ pub async fn serve(
         .add_service(pb::controller_info_server::ControllerInfoServer::new(
             ControllerInfoService { backend },
         ))
+        .add_service(FleetServer::new(FleetService { fleet }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

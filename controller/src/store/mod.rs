@@ -3,7 +3,8 @@
 //! replicas) and SQLite (the embedded default for a single box).
 //!
 //! What is persisted: models, versions, artifacts (their metadata; the bytes
-//! live in the object store), system prompts. Nothing else is kept in memory
+//! live in the object store), system prompts, enrolled nodes and bootstrap
+//! tokens (a hash of each token's secret, never the secret). Nothing else is kept in memory
 //! across requests. Invariants are enforced by the schema (unique constraints,
 //! foreign keys), so concurrent writers cannot create duplicates, and every
 //! change that touches several rows runs in one transaction.
@@ -16,13 +17,15 @@ mod sqlite;
 mod transaction;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 use crate::domain::{
-    Artifact, Digest, Model, ModelName, ModelVersion, NewArtifact, Page, PageRequest, PromptName,
-    PromptSummary, SystemPrompt, VersionState,
+    Artifact, BootstrapToken, Digest, Model, ModelName, ModelVersion, NewArtifact, NewNode, Node,
+    NodeName, NodeStatus, Page, PageRequest, PromptName, PromptSummary, SecretHash, SystemPrompt,
+    TokenRejection, VersionState,
 };
 
 pub use postgres::PostgresStore;
@@ -69,6 +72,38 @@ pub enum ArtifactInsert {
     /// The version already had an artifact with these exact bytes; nothing
     /// was written and `before_commit` was not run.
     AlreadyPresent(Artifact),
+}
+
+/// A bootstrap token to record. Only the hash of its secret is stored.
+#[derive(Debug, Clone)]
+pub struct NewBootstrapToken {
+    pub id: String,
+    pub secret_hash: SecretHash,
+    /// Counted from the database's clock at insertion.
+    pub ttl: Duration,
+    pub uses: u32,
+    /// The subject of the operator who created it.
+    pub created_by: String,
+}
+
+/// An agent's request to enrol, after validation.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    pub token_id: String,
+    pub secret_hash: SecretHash,
+    pub node: NewNode,
+    /// Replace an existing node of the same name instead of refusing.
+    pub replace_existing: bool,
+    /// `Pending` when operators must approve new nodes, else `Active`.
+    pub initial_status: NodeStatus,
+}
+
+/// Outcome of [`Store::enroll_node`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollOutcome {
+    Enrolled(Node),
+    /// The token did not allow it; nothing was written.
+    Rejected(TokenRejection),
 }
 
 /// Which backend a store runs on, for `/readyz`, metrics and logs.
@@ -187,6 +222,26 @@ pub trait Store: Send + Sync + 'static {
         name: &PromptName,
         page: &PageRequest,
     ) -> StoreResult<Page<SystemPrompt>>;
+
+    // ---- fleet ----
+
+    /// Records a bootstrap token. `AlreadyExists` if its id is taken.
+    async fn create_bootstrap_token(
+        &self,
+        token: &NewBootstrapToken,
+    ) -> StoreResult<BootstrapToken>;
+    /// In one transaction: checks the token (exists, secret hash matches,
+    /// not expired, uses left) under a lock, takes one use, and inserts the
+    /// node or, with `replace_existing`, replaces the one of that name.
+    /// Concurrent enrolments never take more uses than the token has.
+    /// `AlreadyExists` (and the use is not taken) if the name is enrolled
+    /// and `replace_existing` is false.
+    async fn enroll_node(&self, enrolment: &Enrolment) -> StoreResult<EnrollOutcome>;
+    async fn get_node(&self, name: &NodeName) -> StoreResult<Option<Node>>;
+    /// Nodes ordered by name; the cursor is the last name of the page.
+    async fn list_nodes(&self, page: &PageRequest) -> StoreResult<Page<Node>>;
+    /// Sets a node's status (approval, cordoning). `NotFound` if no such node.
+    async fn set_node_status(&self, name: &NodeName, status: NodeStatus) -> StoreResult<Node>;
 }
 
 /// Opens the store named by a database URL (`postgres://…` or `sqlite:…`) and

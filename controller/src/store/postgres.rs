@@ -3,8 +3,8 @@
 //! could break is either a schema constraint or taken under a row lock.
 //!
 //! What is persisted: the tables of `migrations/postgres` (models, versions,
-//! blobs, artifacts, system prompts). The store keeps nothing in memory but
-//! its connection pool. Migrations run on connect under sqlx's advisory lock,
+//! blobs, artifacts, system prompts; nodes and bootstrap tokens in `fleet`).
+//! The store keeps nothing in memory but its connection pool. Migrations run on connect under sqlx's advisory lock,
 //! so replicas starting together apply them once.
 
 use std::time::Duration;
@@ -20,11 +20,12 @@ use super::rows::{
     versions_page,
 };
 use super::{
-    ArtifactInsert, BeforeCommit, Store, StoreBackend, StoreError, StoreResult, transaction,
+    ArtifactInsert, BeforeCommit, EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend,
+    StoreError, StoreResult, transaction,
 };
 use crate::domain::{
-    Artifact, Digest, Model, ModelName, ModelVersion, NewArtifact, Page, PageRequest, PromptName,
-    PromptSummary, SystemPrompt, VersionState,
+    Artifact, BootstrapToken, Digest, Model, ModelName, ModelVersion, NewArtifact, Node, NodeName,
+    NodeStatus, Page, PageRequest, PromptName, PromptSummary, SystemPrompt, VersionState,
 };
 
 /// Runs `$body` as one transaction on the store's pool, with `$conn` bound
@@ -52,6 +53,8 @@ macro_rules! in_transaction {
         }
     }};
 }
+
+mod fleet;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -709,5 +712,28 @@ impl Store for PostgresStore {
                 prompt.version.to_string()
             }))
         })
+    }
+
+    async fn create_bootstrap_token(
+        &self,
+        token: &NewBootstrapToken,
+    ) -> StoreResult<BootstrapToken> {
+        self.fleet_create_bootstrap_token(token).await
+    }
+
+    async fn enroll_node(&self, enrolment: &Enrolment) -> StoreResult<EnrollOutcome> {
+        self.fleet_enroll_node(enrolment).await
+    }
+
+    async fn get_node(&self, name: &NodeName) -> StoreResult<Option<Node>> {
+        self.fleet_get_node(name).await
+    }
+
+    async fn list_nodes(&self, page: &PageRequest) -> StoreResult<Page<Node>> {
+        self.fleet_list_nodes(page).await
+    }
+
+    async fn set_node_status(&self, name: &NodeName, status: NodeStatus) -> StoreResult<Node> {
+        self.fleet_set_node_status(name, status).await
     }
 }

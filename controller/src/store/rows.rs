@@ -8,15 +8,16 @@
 //! panic. Mapping sqlx errors to [`StoreError`] happens here too, in
 //! [`map_sqlx_error`], so both backends classify failures identically.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 
 use time::OffsetDateTime;
 
 use super::StoreError;
 use crate::domain::{
-    Artifact, Digest, Model, ModelName, ModelVersion, NewArtifact, Page, PromptName, PromptSummary,
-    SystemPrompt,
+    Artifact, BootstrapToken, Digest, Labels, Model, ModelName, ModelVersion, NewArtifact, Node,
+    NodeInventory, NodeName, NodeStatus, Page, PromptName, PromptSummary, SecretHash, SystemPrompt,
+    TokenRejection,
 };
 
 /// Columns of [`ArtifactRow`], joined from artifacts, their version, model and
@@ -40,6 +41,10 @@ pub(super) const SELECT_VERSIONS: &str = "\
 /// Columns of [`PromptRow`].
 pub(super) const SELECT_PROMPTS: &str =
     "SELECT name, version, text, chat_template, created_at FROM system_prompts";
+
+/// Columns of [`NodeRow`]. Valid SQL on both backends.
+pub(super) const SELECT_NODES: &str =
+    "SELECT name, labels, inventory, agent_version, status, enrolled_at FROM nodes";
 
 /// How many rows a list query fetches: one more than the page, so that
 /// `Page::from_overfetched` can tell whether another page follows.
@@ -95,6 +100,92 @@ impl TryFrom<&NewArtifact> for ArtifactNumbers {
                 artifact.memory_estimate_bytes,
             )?,
         })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct NodeRow {
+    pub name: String,
+    pub labels: sqlx::types::Json<BTreeMap<String, String>>,
+    pub inventory: sqlx::types::Json<NodeInventory>,
+    pub agent_version: String,
+    pub status: String,
+    pub enrolled_at: OffsetDateTime,
+}
+
+impl TryFrom<NodeRow> for Node {
+    type Error = StoreError;
+
+    fn try_from(row: NodeRow) -> Result<Self, Self::Error> {
+        Ok(Self {
+            name: row
+                .name
+                .parse::<NodeName>()
+                .map_err(|error| corrupt("nodes.name", &row.name, error))?,
+            labels: Labels::new(row.labels.0)
+                .map_err(|error| corrupt("nodes.labels", "a label", error))?,
+            status: row
+                .status
+                .parse::<NodeStatus>()
+                .map_err(|error| corrupt("nodes.status", &row.status, error))?,
+            inventory: row.inventory.0,
+            agent_version: row.agent_version,
+            enrolled_at: row.enrolled_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct BootstrapTokenRow {
+    pub id: String,
+    pub expires_at: OffsetDateTime,
+    pub uses_left: i64,
+    pub created_by: String,
+    pub created_at: OffsetDateTime,
+}
+
+impl TryFrom<BootstrapTokenRow> for BootstrapToken {
+    type Error = StoreError;
+
+    fn try_from(row: BootstrapTokenRow) -> Result<Self, Self::Error> {
+        Ok(Self {
+            uses_left: u32::try_from(row.uses_left)
+                .map_err(|error| corrupt("bootstrap_tokens.uses_left", row.uses_left, error))?,
+            id: row.id,
+            expires_at: row.expires_at,
+            created_by: row.created_by,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// A bootstrap token row as the enrolling transaction reads it (locked):
+/// expiry is judged by the database's clock, like `expires_at` was set.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct TokenCheckRow {
+    pub secret_hash: Vec<u8>,
+    pub expired: bool,
+    pub uses_left: i64,
+}
+
+/// Whether the presented secret may enrol with this token row (`None` when no
+/// row has the token's id). The hash is compared first, in constant time, so
+/// that a forger learns nothing about expiry or uses.
+pub(super) fn check_token(
+    row: Option<&TokenCheckRow>,
+    presented: &SecretHash,
+) -> Option<TokenRejection> {
+    let Some(row) = row else {
+        return Some(TokenRejection::Unknown);
+    };
+    if !presented.matches(&row.secret_hash) {
+        Some(TokenRejection::Unknown)
+    } else if row.expired {
+        Some(TokenRejection::Expired)
+    } else if row.uses_left <= 0 {
+        Some(TokenRejection::UsedUp)
+    } else {
+        None
     }
 }
 

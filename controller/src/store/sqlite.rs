@@ -2,8 +2,9 @@
 //! a single box, with no database server to run.
 //!
 //! What is persisted: the tables of `migrations/sqlite` (models, versions,
-//! blobs, artifacts, system prompts) in one database file, in WAL mode so
-//! that readers never wait for the writer. The store keeps nothing in memory
+//! blobs, artifacts, system prompts; nodes and bootstrap tokens in `fleet`)
+//! in one database file, in WAL mode so that readers never wait for the
+//! writer. The store keeps nothing in memory
 //! but its connection pool.
 //!
 //! SQLite has no row locks: a transaction that writes starts with
@@ -28,11 +29,12 @@ use super::rows::{
     versions_page,
 };
 use super::{
-    ArtifactInsert, BeforeCommit, Store, StoreBackend, StoreError, StoreResult, transaction,
+    ArtifactInsert, BeforeCommit, EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend,
+    StoreError, StoreResult, transaction,
 };
 use crate::domain::{
-    Artifact, Digest, Model, ModelName, ModelVersion, NewArtifact, Page, PageRequest, PromptName,
-    PromptSummary, SystemPrompt, VersionState,
+    Artifact, BootstrapToken, Digest, Model, ModelName, ModelVersion, NewArtifact, Node, NodeName,
+    NodeStatus, Page, PageRequest, PromptName, PromptSummary, SystemPrompt, VersionState,
 };
 
 /// Runs `$body` as one transaction on the store's pool, with `$conn` bound
@@ -64,6 +66,8 @@ macro_rules! in_transaction {
         }
     }};
 }
+
+mod fleet;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -766,5 +770,28 @@ impl Store for SqliteStore {
                 prompt.version.to_string()
             }))
         })
+    }
+
+    async fn create_bootstrap_token(
+        &self,
+        token: &NewBootstrapToken,
+    ) -> StoreResult<BootstrapToken> {
+        self.fleet_create_bootstrap_token(token).await
+    }
+
+    async fn enroll_node(&self, enrolment: &Enrolment) -> StoreResult<EnrollOutcome> {
+        self.fleet_enroll_node(enrolment).await
+    }
+
+    async fn get_node(&self, name: &NodeName) -> StoreResult<Option<Node>> {
+        self.fleet_get_node(name).await
+    }
+
+    async fn list_nodes(&self, page: &PageRequest) -> StoreResult<Page<Node>> {
+        self.fleet_list_nodes(page).await
+    }
+
+    async fn set_node_status(&self, name: &NodeName, status: NodeStatus) -> StoreResult<Node> {
+        self.fleet_set_node_status(name, status).await
     }
 }

@@ -1,0 +1,361 @@
+//! Fleet enrolment against a real controller on loopback, on both stores:
+//! operators create bootstrap tokens over REST, agents enrol over gRPC with
+//! a real tonic client, operators list and approve nodes over REST. Refused
+//! enrolments (forged, expired, used-up tokens; taken names) change nothing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use flotilla_api_types as dto;
+use flotilla_controller::auth::{Authenticator, KeyFile, Role};
+use flotilla_controller::domain::BootstrapSecret;
+use flotilla_controller::store::{self, NewBootstrapToken};
+use flotilla_controller::testing::{TestController, TestStore};
+use flotilla_proto::fleet::v1 as pb;
+use flotilla_proto::fleet::v1::fleet_client::FleetClient;
+use reqwest::StatusCode;
+use serde_json::json;
+use tonic::Code;
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(flotilla_controller::testing::TestStore::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(flotilla_controller::testing::TestStore::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    token_enrol_list_show,
+    refused_enrolments_change_nothing,
+    approval_flow,
+    node_endpoints_need_the_right_roles,
+);
+
+struct Fleet {
+    controller: TestController,
+    http: reqwest::Client,
+    grpc: FleetClient<tonic::transport::Channel>,
+}
+
+impl Fleet {
+    async fn start(store: TestStore, require_approval: bool) -> anyhow::Result<Self> {
+        let controller = TestController::start_with(store, |config| {
+            config.require_node_approval = require_approval;
+        })
+        .await?;
+        let grpc = FleetClient::connect(format!("http://{}", controller.grpc_addr)).await?;
+        Ok(Self {
+            controller,
+            http: reqwest::Client::new(),
+            grpc,
+        })
+    }
+
+    fn admin(&self) -> &str {
+        &self.controller.admin_token
+    }
+
+    async fn get(&self, path: &str, token: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(format!("{}{path}", self.controller.url))
+            .bearer_auth(token)
+            .send()
+            .await?)
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(format!("{}{path}", self.controller.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?)
+    }
+
+    async fn bootstrap_token(&self, uses: u32) -> anyhow::Result<dto::BootstrapTokenInfo> {
+        let response = self
+            .post(
+                "/api/v1/nodes/tokens",
+                self.admin(),
+                json!({"ttl_seconds": 600, "uses": uses}),
+            )
+            .await?;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        Ok(response.json().await?)
+    }
+
+    async fn enroll(
+        &self,
+        token: &str,
+        name: &str,
+        replace: bool,
+    ) -> Result<pb::EnrollResponse, tonic::Status> {
+        let request = pb::EnrollRequest {
+            bootstrap_token: token.to_owned(),
+            node_name: name.to_owned(),
+            labels: HashMap::from([("site".to_owned(), "berlin".to_owned())]),
+            inventory: Some(pb::Inventory {
+                cpu_model: "test cpu".to_owned(),
+                cpu_cores: 4,
+                memory_total_bytes: 8 << 30,
+                gpus: vec![pb::Gpu {
+                    index: 0,
+                    name: "NVIDIA L4".to_owned(),
+                    memory_total_bytes: 24 << 30,
+                    driver_version: "550.54".to_owned(),
+                }],
+                ..pb::Inventory::default()
+            }),
+            agent_version: "0.1.0".to_owned(),
+            replace_existing: replace,
+        };
+        self.grpc
+            .clone()
+            .enroll(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn nodes(&self) -> anyhow::Result<dto::Page<dto::NodeInfo>> {
+        Ok(self
+            .get("/api/v1/nodes", self.admin())
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// A verifier with the controller's keys, to inspect node credentials.
+    fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        let keys = KeyFile::load(&self.controller.data_dir.path().join("auth-keys.toml"))?;
+        Ok(Authenticator::new(
+            &keys,
+            flotilla_controller::auth::DEFAULT_AUDIENCE,
+        )?)
+    }
+}
+
+async fn token_enrol_list_show(store: TestStore) -> anyhow::Result<()> {
+    let fleet = Fleet::start(store, false).await?;
+    let token = fleet.bootstrap_token(1).await?;
+    assert!(token.token.starts_with(&format!("flt_{}_", token.id)));
+    assert_eq!(token.uses, 1);
+
+    let enrolled = fleet.enroll(&token.token, "edge-1", false).await?;
+    assert_eq!(enrolled.node_name, "edge-1");
+    assert_eq!(enrolled.status(), pb::NodeStatus::Active);
+    let principal = fleet.authenticator()?.verify(&enrolled.credential)?;
+    assert_eq!(
+        (principal.subject.as_str(), principal.role),
+        ("edge-1", Role::Node)
+    );
+    assert_eq!(
+        principal.expires_at.unix_timestamp(),
+        enrolled.credential_expires_at_unix
+    );
+    // The node credential is not an operator's: it reads no REST endpoint.
+    let response = fleet.get("/api/v1/nodes", &enrolled.credential).await?;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    let nodes = fleet.nodes().await?;
+    assert_eq!(nodes.items.len(), 1);
+    let node = &nodes.items[0];
+    assert_eq!(
+        (node.name.as_str(), node.status.as_str()),
+        ("edge-1", "active")
+    );
+    assert_eq!(node.labels.get("site").map(String::as_str), Some("berlin"));
+    assert_eq!(node.inventory.gpus[0].name, "NVIDIA L4");
+    assert_eq!(node.assignment, None);
+    let raw: serde_json::Value = fleet
+        .get("/api/v1/nodes/edge-1", fleet.admin())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(raw["assignment"], serde_json::Value::Null);
+    assert_eq!(raw["agent_version"], "0.1.0");
+    let missing = fleet.get("/api/v1/nodes/absent", fleet.admin()).await?;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    fleet.controller.stop().await
+}
+
+async fn refused_enrolments_change_nothing(store: TestStore) -> anyhow::Result<()> {
+    let fleet = Fleet::start(store, false).await?;
+    let token = fleet.bootstrap_token(1).await?;
+    fleet.enroll(&token.token, "first", false).await?;
+
+    let used_up = fleet
+        .enroll(&token.token, "second", false)
+        .await
+        .expect_err("used up");
+    assert_eq!(used_up.code(), Code::Unauthenticated);
+    assert!(used_up.message().contains("used up"), "{used_up:?}");
+
+    let forged = format!("flt_{}_{}", token.id, "0".repeat(64));
+    let forged = fleet
+        .enroll(&forged, "third", false)
+        .await
+        .expect_err("forged");
+    assert_eq!(forged.code(), Code::Unauthenticated);
+    assert!(forged.message().contains("unknown or forged"), "{forged:?}");
+    let garbage = fleet
+        .enroll("hello", "third", false)
+        .await
+        .expect_err("garbage");
+    assert_eq!(garbage.code(), Code::Unauthenticated);
+
+    // An expired token, written straight into the controller's database
+    // with a lifetime of zero.
+    let url = match fleet.controller.database_url() {
+        Some(url) => url.to_owned(),
+        None => format!(
+            "sqlite://{}",
+            fleet
+                .controller
+                .data_dir
+                .path()
+                .join("flotilla.db")
+                .display()
+        ),
+    };
+    let direct = store::connect(&url).await?;
+    let expired = BootstrapSecret::generate();
+    direct
+        .create_bootstrap_token(&NewBootstrapToken {
+            id: expired.id().to_owned(),
+            secret_hash: expired.secret_hash(),
+            ttl: Duration::ZERO,
+            uses: 3,
+            created_by: "test".to_owned(),
+        })
+        .await?;
+    let late = fleet
+        .enroll(&expired.expose(), "late", false)
+        .await
+        .expect_err("expired");
+    assert_eq!(late.code(), Code::Unauthenticated);
+    assert!(late.message().contains("expired"), "{late:?}");
+
+    // A taken name without replace, and bad input.
+    let fresh = fleet.bootstrap_token(5).await?;
+    let taken = fleet
+        .enroll(&fresh.token, "first", false)
+        .await
+        .expect_err("taken");
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    assert!(taken.message().contains("first"), "{taken:?}");
+    let bad_name = fleet
+        .enroll(&fresh.token, "Bad Name", false)
+        .await
+        .expect_err("bad");
+    assert_eq!(bad_name.code(), Code::InvalidArgument);
+
+    let names: Vec<_> = fleet
+        .nodes()
+        .await?
+        .items
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["first"]);
+    // Refusals took no uses: the fresh token still enrols five nodes, the
+    // first of them replacing `first` explicitly.
+    fleet.enroll(&fresh.token, "first", true).await?;
+    for index in 0..4 {
+        fleet
+            .enroll(&fresh.token, &format!("more-{index}"), false)
+            .await?;
+    }
+    let sixth = fleet
+        .enroll(&fresh.token, "sixth", false)
+        .await
+        .expect_err("used up");
+    assert_eq!(sixth.code(), Code::Unauthenticated);
+    fleet.controller.stop().await
+}
+
+async fn approval_flow(store: TestStore) -> anyhow::Result<()> {
+    let fleet = Fleet::start(store, true).await?;
+    let token = fleet.bootstrap_token(1).await?;
+    let enrolled = fleet.enroll(&token.token, "edge-1", false).await?;
+    assert_eq!(enrolled.status(), pb::NodeStatus::Pending);
+    assert_eq!(fleet.nodes().await?.items[0].status, "pending");
+    let approved = fleet
+        .post("/api/v1/nodes/edge-1/approve", fleet.admin(), json!({}))
+        .await?;
+    assert_eq!(approved.status(), StatusCode::OK);
+    let approved: dto::NodeInfo = approved.json().await?;
+    assert_eq!(approved.status, "active");
+    assert_eq!(fleet.nodes().await?.items[0].status, "active");
+    let missing = fleet
+        .post("/api/v1/nodes/absent/approve", fleet.admin(), json!({}))
+        .await?;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    fleet.controller.stop().await
+}
+
+async fn node_endpoints_need_the_right_roles(store: TestStore) -> anyhow::Result<()> {
+    let fleet = Fleet::start(store, false).await?;
+    let minted: dto::TokenInfo = fleet
+        .post(
+            "/api/v1/tokens",
+            fleet.admin(),
+            json!({"subject": "vera", "role": "viewer"}),
+        )
+        .await?
+        .json()
+        .await?;
+    let viewer = minted.token;
+    assert_eq!(
+        fleet.get("/api/v1/nodes", &viewer).await?.status(),
+        StatusCode::OK
+    );
+    let create = fleet
+        .post("/api/v1/nodes/tokens", &viewer, json!({}))
+        .await?;
+    assert_eq!(create.status(), StatusCode::FORBIDDEN);
+    // Node credentials come only from enrolment.
+    let node_role = fleet
+        .post(
+            "/api/v1/tokens",
+            fleet.admin(),
+            json!({"subject": "edge-9", "role": "node"}),
+        )
+        .await?;
+    assert_eq!(node_role.status(), StatusCode::BAD_REQUEST);
+    let bad = fleet
+        .post(
+            "/api/v1/nodes/tokens",
+            fleet.admin(),
+            json!({"ttl_seconds": 0, "uses": 1}),
+        )
+        .await?;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let openapi: serde_json::Value = fleet
+        .get("/api/v1/openapi.json", fleet.admin())
+        .await?
+        .json()
+        .await?;
+    assert!(openapi["paths"]["/api/v1/nodes/{name}/approve"].is_object());
+    fleet.controller.stop().await
+}

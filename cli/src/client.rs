@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_api_types::{
-    ArtifactInfo, CreateModelRequest, CreatePromptVersionRequest, CreateTokenRequest,
-    CreateVersionRequest, DIGEST_HEADER, ErrorBody, ModelDetail, ModelInfo, Page, PromptInfo,
-    PromptSummaryInfo, ResolutionInfo, ResolveQuery, TokenInfo, UpdateVersionRequest, VersionInfo,
-    WhoAmI,
+    ArtifactInfo, BootstrapTokenInfo, CreateBootstrapTokenRequest, CreateModelRequest,
+    CreatePromptVersionRequest, CreateTokenRequest, CreateVersionRequest, DIGEST_HEADER, ErrorBody,
+    ModelDetail, ModelInfo, NodeInfo, Page, PromptInfo, PromptSummaryInfo, ResolutionInfo,
+    ResolveQuery, TokenInfo, UpdateVersionRequest, VersionInfo, WhoAmI,
 };
 use futures::TryStreamExt;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -301,6 +301,37 @@ impl ApiClient {
     ) -> ClientResult<Page<PromptInfo>> {
         self.get(&["prompts", name, "versions"], &page_query(limit, after))
             .await
+    }
+
+    // ---- fleet ----
+
+    pub async fn create_bootstrap_token(
+        &self,
+        request: &CreateBootstrapTokenRequest,
+    ) -> ClientResult<BootstrapTokenInfo> {
+        self.send_json(Method::POST, &["nodes", "tokens"], request)
+            .await
+    }
+
+    pub async fn list_nodes(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+    ) -> ClientResult<Page<NodeInfo>> {
+        self.get(&["nodes"], &page_query(limit, after)).await
+    }
+
+    pub async fn node(&self, name: &str) -> ClientResult<NodeInfo> {
+        self.get(&["nodes", name], &[]).await
+    }
+
+    pub async fn approve_node(&self, name: &str) -> ClientResult<NodeInfo> {
+        self.send_json(
+            Method::POST,
+            &["nodes", name, "approve"],
+            &serde_json::json!({}),
+        )
+        .await
     }
 
     // ---- auth ----

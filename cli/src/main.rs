@@ -25,7 +25,7 @@ use crate::output::OutputFormat;
 #[command(
     name = "flotilla",
     version,
-    about = "Operate a Flotilla fleet: push models, manage prompts and tokens."
+    about = "Operate a Flotilla fleet: push models, manage prompts, nodes and tokens."
 )]
 struct Cli {
     /// The controller's URL [default: http://127.0.0.1:8080, or `url` in the config file].

@@ -1048,3 +1048,59 @@ fn write_private(path: &Path, contents: &str) -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_tokens_print_alone_and_nodes_list_as_json() -> TestResult {
+    let controller = TestController::start().await?;
+    let created = controller
+        .cli()
+        .args(["node", "token", "create", "--ttl", "30m", "--uses", "3"])
+        .run()
+        .await?
+        .success()?;
+    assert_eq!(created.stdout.lines().count(), 1, "{created:#?}");
+    let token = created.stdout.trim_end_matches('\n');
+    assert!(token.starts_with("flt_"), "{created:#?}");
+    created.stderr_has("3 enrolment(s)")?;
+
+    let as_json = controller
+        .cli()
+        .args(["node", "token", "create", "-o", "json"])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    assert_eq!(number_field(&as_json, "/uses")?, 1);
+    assert!(text_field(&as_json, "/token")?.starts_with("flt_"));
+
+    let listed = controller
+        .cli()
+        .args(["node", "ls", "--output", "json"])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    assert_eq!(field(&listed, "/items")?, &serde_json::json!([]));
+
+    let missing = controller
+        .cli()
+        .args(["node", "approve", "edge-404"])
+        .run()
+        .await?
+        .failure(1)?;
+    missing.stderr_has("node edge-404 not found")?;
+    controller
+        .cli()
+        .args(["node", "show", "edge-404"])
+        .run()
+        .await?
+        .failure(1)?
+        .stderr_has("node edge-404 not found")?;
+    controller
+        .cli()
+        .args(["node", "token", "create", "--uses", "0"])
+        .run()
+        .await?
+        .failure(2)?;
+    Ok(())
+}

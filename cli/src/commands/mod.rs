@@ -2,6 +2,7 @@
 //! share: building the client from the settings and following pages.
 
 pub mod model;
+pub mod node;
 pub mod prompt;
 pub mod token;
 
@@ -18,6 +19,9 @@ pub enum Command {
     /// Models, their versions and artifacts.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// The fleet's nodes and the bootstrap tokens they enrol with.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Versioned system prompts.
     #[command(subcommand)]
     Prompt(prompt::PromptCommand),
@@ -32,6 +36,7 @@ pub async fn run(command: Command, settings: &Settings, printer: Printer) -> any
     let client = client(settings)?;
     match command {
         Command::Model(command) => model::run(command, &client, &printer).await,
+        Command::Node(command) => node::run(command, &client, &printer).await,
         Command::Prompt(command) => prompt::run(command, &client, &printer).await,
         Command::Token(command) => token::run(command, &client, &printer).await,
         Command::Whoami => token::whoami(&client, &printer).await,

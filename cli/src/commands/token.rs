@@ -86,7 +86,7 @@ pub async fn whoami(client: &ApiClient, printer: &Printer) -> anyhow::Result<()>
 }
 
 /// `30d`, `12h`, `90m`, `45s`, `2w`, or a bare number of seconds.
-fn parse_ttl(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_ttl(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !c.is_ascii_digit())

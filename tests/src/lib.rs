@@ -244,3 +244,26 @@ impl ChildGuard {
         }
     }
 }
+
+/// Runs `flotilla-agent` to completion (it enrols, or finds its identity,
+/// then exits until the sync loop exists) with `--data-dir data_dir` and
+/// `args`, and returns its output. Bounded by a deadline so that a hung
+/// agent fails the test instead of stalling it.
+pub async fn run_agent(data_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    let mut command = tokio::process::Command::new(binary("flotilla-agent")?);
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("FLOTILLA_BOOTSTRAP_TOKEN")
+        .env_remove("FLOTILLA_CONTROLLER")
+        .env_remove("FLOTILLA_NODE_NAME")
+        .env_remove("FLOTILLA_DATA_DIR")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let deadline = Duration::from_secs(60);
+    tokio::time::timeout(deadline, command.output())
+        .await
+        .map_err(|_| anyhow::anyhow!("flotilla-agent did not exit within {deadline:?}"))?
+        .map_err(|e| anyhow::anyhow!("cannot run flotilla-agent: {e}"))
+}

@@ -1,0 +1,285 @@
+//! Enrolment: turning a bootstrap token into a node identity, once, and
+//! remembering it.
+//!
+//! What is persisted: `DATA_DIR/node.toml` (mode 0600, written to a
+//! temporary file and renamed into place so a crash never leaves half a
+//! file) holding the node's name, the controller's gRPC URL, and the node
+//! credential (a short-lived JWT) with its expiry. An agent restarted on the
+//! same data directory loads it and does not enrol again; the sync stream
+//! will renew the credential. The bootstrap token is never written down.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use flotilla_proto::fleet::v1 as pb;
+use flotilla_proto::fleet::v1::fleet_client::FleetClient;
+use serde::{Deserialize, Serialize};
+
+use crate::health::Inventory;
+
+/// The identity file's name inside the data directory.
+pub const IDENTITY_FILE: &str = "node.toml";
+
+/// Who this agent is in the fleet, as the controller enrolled it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub name: String,
+    /// The controller's gRPC URL, e.g. `http://127.0.0.1:50051`.
+    pub controller: String,
+    /// `pending` or `active` at enrolment.
+    pub status: String,
+    pub credential: String,
+    pub credential_expires_at_unix: i64,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credential stays out of logs.
+        f.debug_struct("NodeIdentity")
+            .field("name", &self.name)
+            .field("controller", &self.controller)
+            .field("status", &self.status)
+            .field(
+                "credential_expires_at_unix",
+                &self.credential_expires_at_unix,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an agent enrols with.
+#[derive(Clone)]
+pub struct EnrolRequest {
+    pub controller: String,
+    pub bootstrap_token: String,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub replace_existing: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    #[error("invalid controller url {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("cannot reach the controller at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// The controller answered and refused: a bad token, a taken name, bad
+    /// labels. Permanent: retrying with the same input will not help.
+    #[error("the controller at {url} refused enrolment of {name} ({code:?}): {message}")]
+    Refused {
+        url: String,
+        name: String,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("cannot read node identity {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("cannot write node identity {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid label {0:?}: expected key=value")]
+    Label(String),
+}
+
+/// `k=v,k2=v2` into a map; the controller validates the alphabet.
+pub fn parse_labels(text: &str) -> Result<HashMap<String, String>, EnrolError> {
+    let mut labels = HashMap::new();
+    for pair in text.split(',').filter(|pair| !pair.trim().is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| EnrolError::Label(pair.to_owned()))?;
+        labels.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    Ok(labels)
+}
+
+pub fn identity_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(IDENTITY_FILE)
+}
+
+/// The identity saved in `data_dir`, or `None` if this agent never enrolled.
+pub fn load(data_dir: &Path) -> Result<Option<NodeIdentity>, EnrolError> {
+    let path = identity_path(data_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(EnrolError::Read {
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            });
+        }
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|error| EnrolError::Read {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })
+}
+
+/// Writes the identity atomically with mode 0600: a temporary file in the
+/// same directory, flushed to disk, then renamed over the old one.
+pub fn save(data_dir: &Path, identity: &NodeIdentity) -> Result<(), EnrolError> {
+    let path = identity_path(data_dir);
+    let write_error = |source| EnrolError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(write_error)?;
+    let text =
+        toml::to_string(identity).map_err(|error| write_error(std::io::Error::other(error)))?;
+    let temporary = data_dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary).map_err(write_error)?;
+    file.write_all(text.as_bytes()).map_err(write_error)?;
+    file.sync_all().map_err(write_error)?;
+    drop(file);
+    std::fs::rename(&temporary, &path).map_err(write_error)?;
+    Ok(())
+}
+
+/// Calls `Fleet/Enroll` and returns the identity the controller granted.
+/// Does not save it; see [`save`].
+pub async fn enrol(
+    request: EnrolRequest,
+    inventory: &Inventory,
+) -> Result<NodeIdentity, EnrolError> {
+    let url = request.controller.clone();
+    let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|error| {
+        EnrolError::InvalidUrl {
+            url: url.clone(),
+            reason: error.to_string(),
+        }
+    })?;
+    let channel = endpoint
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|error| EnrolError::Unreachable {
+            url: url.clone(),
+            reason: error_chain(&error),
+        })?;
+    let name = request.name.clone();
+    let response = FleetClient::new(channel)
+        .enroll(pb::EnrollRequest {
+            bootstrap_token: request.bootstrap_token,
+            node_name: request.name,
+            labels: request.labels,
+            inventory: Some(inventory_to_wire(inventory)),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            replace_existing: request.replace_existing,
+        })
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown => EnrolError::Unreachable {
+                url: url.clone(),
+                reason: status.message().to_owned(),
+            },
+            code => EnrolError::Refused {
+                url: url.clone(),
+                name: name.clone(),
+                code,
+                message: status.message().to_owned(),
+            },
+        })?
+        .into_inner();
+    let status = match response.status() {
+        pb::NodeStatus::Pending => "pending",
+        pb::NodeStatus::Active => "active",
+        pb::NodeStatus::Cordoned => "cordoned",
+        pb::NodeStatus::Unspecified => "unspecified",
+    };
+    Ok(NodeIdentity {
+        name: response.node_name,
+        controller: url,
+        status: status.to_owned(),
+        credential: response.credential,
+        credential_expires_at_unix: response.credential_expires_at_unix,
+    })
+}
+
+/// The health probe's inventory in the wire shape the controller expects.
+pub fn inventory_to_wire(inventory: &Inventory) -> pb::Inventory {
+    pb::Inventory {
+        cpu_model: inventory.cpu_model.clone(),
+        cpu_cores: u32::try_from(inventory.cpu_logical_cores).unwrap_or(u32::MAX),
+        memory_total_bytes: inventory.memory_total_bytes,
+        disk_total_bytes: inventory
+            .data_disk
+            .as_ref()
+            .map_or(0, |disk| disk.total_bytes),
+        os: inventory.os.clone().unwrap_or_default(),
+        gpus: inventory
+            .gpus
+            .iter()
+            .map(|gpu| pb::Gpu {
+                index: gpu.index,
+                name: gpu.name.clone(),
+                memory_total_bytes: gpu.memory_total_bytes,
+                driver_version: gpu.driver_version.clone().unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_round_trips_privately() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(load(dir.path()).expect("load").is_none());
+        let identity = NodeIdentity {
+            name: "edge-1".to_owned(),
+            controller: "http://127.0.0.1:50051".to_owned(),
+            status: "active".to_owned(),
+            credential: "secret.jwt.value".to_owned(),
+            credential_expires_at_unix: 1_700_000_000,
+        };
+        save(dir.path(), &identity).expect("save");
+        assert_eq!(load(dir.path()).expect("load"), Some(identity.clone()));
+        assert!(!format!("{identity:?}").contains("secret.jwt"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(identity_path(dir.path()))
+                .expect("metadata")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(identity_path(dir.path()), "not = [toml").expect("write");
+        assert!(matches!(load(dir.path()), Err(EnrolError::Read { .. })));
+    }
+
+    #[test]
+    fn labels_parse() {
+        let labels = parse_labels("site=berlin, gpu=l4").expect("valid");
+        assert_eq!(labels.get("site").map(String::as_str), Some("berlin"));
+        assert_eq!(labels.len(), 2);
+        assert!(parse_labels("").expect("empty").is_empty());
+        assert!(parse_labels("site").is_err());
+    }
+}

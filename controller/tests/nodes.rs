@@ -269,6 +269,12 @@ async fn refused_enrolments_change_nothing(store: TestStore) -> anyhow::Result<(
         .await
         .expect_err("bad");
     assert_eq!(bad_name.code(), Code::InvalidArgument);
+    let reserved = fleet
+        .enroll(&fresh.token, "tokens", false)
+        .await
+        .expect_err("reserved");
+    assert_eq!(reserved.code(), Code::InvalidArgument);
+    assert!(reserved.message().contains("reserved"), "{reserved:?}");
 
     let names: Vec<_> = fleet
         .nodes()

@@ -24,6 +24,8 @@ use crate::store::{EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreErro
 pub const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Most uses one bootstrap token may have (a rack or a site at once).
 pub const MAX_BOOTSTRAP_USES: u32 = 10_000;
+/// A node name that would be shadowed by `/api/v1/nodes/tokens`.
+const RESERVED_NODE_NAME: &str = "tokens";
 /// Longest agent version string kept.
 const MAX_AGENT_VERSION_LEN: usize = 64;
 
@@ -111,6 +113,11 @@ impl Fleet {
         let secret: BootstrapSecret = bootstrap_token
             .parse()
             .map_err(|_| FleetError::TokenRejected(TokenRejection::Unknown))?;
+        if node.name.as_str() == RESERVED_NODE_NAME {
+            return Err(FleetError::InvalidArgument(format!(
+                "node name {RESERVED_NODE_NAME} is reserved: /api/v1/nodes/{RESERVED_NODE_NAME} is the bootstrap token endpoint"
+            )));
+        }
         if node.agent_version.len() > MAX_AGENT_VERSION_LEN
             || node.agent_version.chars().any(char::is_control)
         {

@@ -16,6 +16,31 @@ use crate::server::Controller;
 pub const TEST_DATABASE_URL_VAR: &str = "FLOTILLA_TEST_DATABASE_URL";
 const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// Declares each listed test once per store: `sqlite::<name>` and
+/// `postgres::<name>`, both calling `async fn <name>(TestStore) ->
+/// anyhow::Result<()>` from the invoking module. The caller needs `tokio`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::testing::TestStore::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::testing::TestStore::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestStore {

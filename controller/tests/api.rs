@@ -11,29 +11,7 @@ use flotilla_gguf::{GgmlType, GgufBuilder};
 use reqwest::StatusCode;
 use serde_json::json;
 
-/// Runs each listed async test body once per store.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(flotilla_controller::testing::TestStore::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(flotilla_controller::testing::TestStore::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+flotilla_controller::on_both_stores!(
     health_and_openapi,
     every_auth_failure_is_refused_and_changes_nothing,
     model_and_version_lifecycle,

@@ -17,28 +17,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tonic::Code;
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(flotilla_controller::testing::TestStore::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(flotilla_controller::testing::TestStore::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+flotilla_controller::on_both_stores!(
     token_enrol_list_show,
     refused_enrolments_change_nothing,
     approval_flow,

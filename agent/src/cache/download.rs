@@ -61,10 +61,7 @@ impl ArtifactCache {
                 digest.short(),
                 part.len
             );
-            blocking(move || part.discard())
-                .await
-                .map_err(io_error("delete"))?;
-            return Err(AttemptError::Corrupt(reason));
+            return Err(discard_corrupt(part, reason, io_error("delete")).await);
         }
         progress(Progress {
             bytes_done: part.len,
@@ -107,10 +104,7 @@ impl ArtifactCache {
                                 "source holds blob {} as {total} bytes, expected {size_bytes}",
                                 digest.short()
                             );
-                            blocking(move || part.discard())
-                                .await
-                                .map_err(io_error("delete"))?;
-                            return Err(AttemptError::Corrupt(reason));
+                            return Err(discard_corrupt(part, reason, io_error("delete")).await);
                         }
                         Some((start, _)) if start == part.len => {}
                         other => {
@@ -139,10 +133,7 @@ impl ArtifactCache {
                             "source holds blob {} as {length} bytes, expected {size_bytes}",
                             digest.short()
                         );
-                        blocking(move || part.discard())
-                            .await
-                            .map_err(io_error("delete"))?;
-                        return Err(AttemptError::Corrupt(reason));
+                        return Err(discard_corrupt(part, reason, io_error("delete")).await);
                     }
                 }
                 StatusCode::RANGE_NOT_SATISFIABLE => {
@@ -151,10 +142,7 @@ impl ArtifactCache {
                         part.len,
                         digest.short()
                     );
-                    blocking(move || part.discard())
-                        .await
-                        .map_err(io_error("delete"))?;
-                    return Err(AttemptError::Corrupt(reason));
+                    return Err(discard_corrupt(part, reason, io_error("delete")).await);
                 }
                 status
                     if status.is_client_error()
@@ -202,10 +190,7 @@ impl ArtifactCache {
                         "source sent more than the expected {size_bytes} bytes of blob {}",
                         digest.short()
                     );
-                    blocking(move || part.discard())
-                        .await
-                        .map_err(io_error("delete"))?;
-                    return Err(AttemptError::Corrupt(reason));
+                    return Err(discard_corrupt(part, reason, io_error("delete")).await);
                 }
                 buffer.extend_from_slice(&chunk);
                 if buffer.len() >= FLUSH_BYTES {
@@ -251,6 +236,19 @@ impl ArtifactCache {
             Ok(Err(reason)) => Err(AttemptError::Corrupt(reason)),
             Err(error) => Err(io_error("verify")(error)),
         }
+    }
+}
+
+/// Deletes a partial file whose bytes cannot be right, and says why: the
+/// next attempt starts from zero.
+async fn discard_corrupt(
+    part: PartFile,
+    reason: String,
+    on_io_error: impl FnOnce(std::io::Error) -> AttemptError,
+) -> AttemptError {
+    match blocking(move || part.discard()).await {
+        Ok(()) => AttemptError::Corrupt(reason),
+        Err(error) => on_io_error(error),
     }
 }
 

@@ -127,7 +127,9 @@ pub struct NewArtifact {
     pub parameter_count: u64,
     pub context_length: Option<u64>,
     /// Bytes of memory needed to run it: weights plus a KV cache for the
-    /// full context, plus working buffers. Drives hardware-fit decisions.
+    /// serving context (the model's, capped at
+    /// `registry::SERVING_CONTEXT_TOKENS`), plus working buffers. Drives
+    /// hardware-fit decisions.
     pub memory_estimate_bytes: u64,
 }
 

@@ -263,21 +263,34 @@ pub struct BootstrapTokenInfo {
     pub uses: u32,
 }
 
-/// A node of the fleet.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// A node of the fleet: its identity, what it should serve (`assignment`,
+/// with the node's `desired_generation`), what its agent last reported
+/// (`observed`) and its latest health sample.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct NodeInfo {
     pub name: String,
     /// `pending` (awaiting approval), `active` or `cordoned`.
     pub status: String,
+    /// Connected and heartbeating within three heartbeat intervals.
+    pub ready: bool,
     pub labels: std::collections::BTreeMap<String, String>,
     pub agent_version: String,
     pub inventory: NodeInventoryInfo,
     #[serde(with = "time::serde::rfc3339")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub enrolled_at: OffsetDateTime,
-    /// What the node should serve; always null until rollouts assign models.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub last_heartbeat_at: Option<OffsetDateTime>,
+    /// Increases with every change of what the node should serve.
+    pub desired_generation: u64,
+    /// What the node should serve; null when nothing is assigned.
     pub assignment: Option<AssignmentInfo>,
+    /// What the node's agent last reported; null before its first report.
+    pub observed: Option<ObservedInfo>,
+    /// The latest health sample; null before the first heartbeat.
+    pub health: Option<HealthInfo>,
 }
 
 /// Hardware a node's agent reported at enrolment.
@@ -301,12 +314,178 @@ pub struct NodeGpuInfo {
     pub driver_version: String,
 }
 
-/// A node's assignment (model version and artifact it should serve).
+/// What a node should serve: one artifact of a model version, and a
+/// system prompt version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct AssignmentInfo {
     pub model: String,
     pub version: String,
+    pub quantization: String,
     pub digest: String,
+    pub size_bytes: u64,
+    /// `name@version`, or null for none.
+    pub prompt: Option<String>,
+    /// The generation of the operator's assignment this comes from.
     pub generation: u64,
+    /// What the assignment targeted: `node=NAME` or `selector k=v,...`.
+    pub target: String,
+}
+
+/// What a node's agent reported about its desired state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ObservedInfo {
+    /// The desired generation the report is about.
+    pub generation: u64,
+    /// `idle`, `pending`, `downloading`, `verifying`, `loading`, `ready` or
+    /// `failed`.
+    pub phase: String,
+    pub digest: Option<String>,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Why, when `phase` is `failed`.
+    pub reason: Option<String>,
+    /// What the node serves right now (possibly the previous artifact).
+    pub serving_digest: Option<String>,
+}
+
+/// One health sample of a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HealthInfo {
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub taken_at: OffsetDateTime,
+    pub cpu_utilisation_percent: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub disk_available_bytes: Option<u64>,
+    pub cpu_temperature_celsius: Option<f32>,
+    pub gpus: Vec<GpuHealthInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct GpuHealthInfo {
+    pub index: u32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub utilisation_percent: Option<u32>,
+    pub temperature_celsius: Option<u32>,
+    pub power_draw_milliwatts: Option<u32>,
+    pub power_limit_milliwatts: Option<u32>,
+    /// e.g. `HW_THERMAL_SLOWDOWN`; empty when not throttled.
+    pub throttle_reasons: Vec<String>,
+}
+
+/// `GET /api/v1/nodes/{name}/health`: down-sampled health history, one
+/// point per minute, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HealthHistory {
+    pub node: String,
+    pub points: Vec<HealthPoint>,
+}
+
+/// One minute of a node's health: averages, and maxima where the worst
+/// moment matters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HealthPoint {
+    /// Start of the minute.
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: OffsetDateTime,
+    pub samples: u32,
+    pub cpu_utilisation_percent: f32,
+    pub memory_used_bytes_max: u64,
+    /// Mean over the node's GPUs; null without GPUs.
+    pub gpu_utilisation_percent: Option<f32>,
+    /// Hottest GPU; null without GPUs.
+    pub gpu_temperature_celsius_max: Option<f32>,
+    /// Whether any sample of the minute saw clock throttling.
+    pub throttled: bool,
+}
+
+/// Query of `GET /api/v1/nodes/{name}/health`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(IntoParams))]
+pub struct HealthHistoryQuery {
+    /// How far back, in minutes (1–1440, default 60).
+    pub minutes: Option<u32>,
+}
+
+/// `PATCH /api/v1/nodes/{name}/labels`: sets and removes labels in one step.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UpdateLabelsRequest {
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `POST /api/v1/assignments`: what a node, or every node matching a label
+/// selector, should serve. Exactly one of `node` and `selector`. A node's
+/// own assignment wins over selectors; among selectors the newest wins. A
+/// new assignment replaces an older one with the same target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateAssignmentRequest {
+    pub node: Option<String>,
+    pub selector: Option<std::collections::BTreeMap<String, String>>,
+    pub model: String,
+    /// An exact version or a semver requirement such as `^1.2`.
+    pub version: String,
+    /// e.g. `Q4_1`; default: the most precise artifact of the version.
+    pub quantization: Option<String>,
+    /// `name@version` of a system prompt.
+    pub prompt: Option<String>,
+}
+
+/// An operator's assignment as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AssignmentRecord {
+    /// Identifies the assignment; also the desired generation it created.
+    pub generation: u64,
+    pub node: Option<String>,
+    pub selector: Option<std::collections::BTreeMap<String, String>>,
+    pub model: String,
+    pub version: String,
+    pub quantization: String,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub prompt: Option<String>,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+}
+
+/// The answer to creating or removing an assignment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AssignmentChange {
+    /// The assignment created (null when one was removed).
+    pub assignment: Option<AssignmentRecord>,
+    /// Nodes whose desired state changed, with their new generations.
+    pub nodes_changed: Vec<NodeGeneration>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NodeGeneration {
+    pub node: String,
+    pub generation: u64,
+}
+
+/// Query of `DELETE /api/v1/assignments`: which assignment to remove.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(IntoParams))]
+pub struct RemoveAssignmentQuery {
+    pub node: Option<String>,
+    /// `k=v,k2=v2`
+    pub selector: Option<String>,
 }

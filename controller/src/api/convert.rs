@@ -49,7 +49,12 @@ pub fn node_info(node: Node) -> dto::NodeInfo {
                 .collect(),
         },
         enrolled_at: node.enrolled_at,
+        ready: false,
+        last_heartbeat_at: None,
+        desired_generation: 0,
         assignment: None,
+        observed: None,
+        health: None,
     }
 }
 

@@ -128,6 +128,23 @@ impl pb::fleet_server::Fleet for FleetService {
             credential: enrolled.credential,
             credential_expires_at_unix: enrolled.credential_expires_at.unix_timestamp(),
             status: status_to_wire(enrolled.node.status).into(),
+            refresh_secret: String::new(),
         }))
+    }
+
+    async fn renew_credential(
+        &self,
+        _request: Request<pb::RenewCredentialRequest>,
+    ) -> Result<Response<pb::RenewCredentialResponse>, Status> {
+        Err(Status::unimplemented("credential renewal is being built"))
+    }
+
+    type SyncStream = futures::stream::BoxStream<'static, Result<pb::ControllerMessage, Status>>;
+
+    async fn sync(
+        &self,
+        _request: Request<tonic::Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        Err(Status::unimplemented("the sync stream is being built"))
     }
 }

@@ -49,6 +49,13 @@ pub struct ControllerArgs {
     #[arg(long, env = "FLOTILLA_REQUIRE_NODE_APPROVAL", num_args = 0..=1,
         default_missing_value = "true")]
     pub require_node_approval: Option<bool>,
+    /// How often agents heartbeat, in milliseconds (default 5000).
+    #[arg(long, env = "FLOTILLA_HEARTBEAT_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// The REST root agents download artifacts from, e.g.
+    /// `http://controller.example:8080`; default: `http://` + the REST address.
+    #[arg(long, env = "FLOTILLA_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 /// The configuration file's shape; every field is optional.
@@ -64,6 +71,8 @@ struct FileConfig {
     audience: Option<String>,
     max_upload_bytes: Option<u64>,
     require_node_approval: Option<bool>,
+    heartbeat_interval_ms: Option<u64>,
+    public_url: Option<String>,
 }
 
 /// The resolved configuration.
@@ -78,6 +87,8 @@ pub struct ControllerConfig {
     pub audience: String,
     pub max_upload_bytes: u64,
     pub require_node_approval: bool,
+    pub heartbeat_interval: std::time::Duration,
+    pub public_url: Option<String>,
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -95,6 +106,8 @@ impl std::fmt::Debug for ControllerConfig {
             .field("audience", &self.audience)
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("require_node_approval", &self.require_node_approval)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -151,6 +164,13 @@ impl ControllerConfig {
                 .require_node_approval
                 .or(file.require_node_approval)
                 .unwrap_or(false),
+            heartbeat_interval: std::time::Duration::from_millis(
+                args.heartbeat_interval_ms
+                    .or(file.heartbeat_interval_ms)
+                    .unwrap_or(5000)
+                    .clamp(100, 600_000),
+            ),
+            public_url: args.public_url.clone().or(file.public_url),
             data_dir,
         })
     }
@@ -168,6 +188,8 @@ impl ControllerConfig {
             audience: crate::auth::DEFAULT_AUDIENCE.to_owned(),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             require_node_approval: false,
+            heartbeat_interval: crate::fleet::DEFAULT_HEARTBEAT_INTERVAL,
+            public_url: None,
         }
     }
 

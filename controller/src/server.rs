@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::{Authenticator, KeyFile, Role, write_private_file};
 use crate::config::ControllerConfig;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetConfig};
 use crate::objects::BlobStore;
 use crate::registry::Registry;
 use crate::store;
@@ -66,7 +66,14 @@ impl Controller {
             objects = blobs.description(),
             "controller opened"
         );
-        let fleet = Fleet::new(store.clone(), auth.clone(), config.require_node_approval);
+        let fleet = Fleet::new(
+            store.clone(),
+            auth.clone(),
+            FleetConfig {
+                require_approval: config.require_node_approval,
+                heartbeat_interval: config.heartbeat_interval,
+            },
+        );
         let registry = Registry::new(store, blobs, config.max_upload_bytes);
         let state = AppState {
             registry,
@@ -104,9 +111,22 @@ impl Controller {
         grpc: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        tracing::info!(rest = %http.local_addr()?, grpc = %grpc.local_addr()?, "serving");
+        let rest_addr = http.local_addr()?;
+        tracing::info!(rest = %rest_addr, grpc = %grpc.local_addr()?, "serving");
         let backend = self.state.registry.store().backend();
         let fleet = self.state.fleet.clone();
+        let public_url = match &self.config.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                if rest_addr.ip().is_unspecified() {
+                    tracing::warn!(%rest_addr, "REST listens on all interfaces but no --public-url is set; \
+                        agents on other hosts cannot download artifacts from http://{rest_addr}");
+                }
+                format!("http://{rest_addr}")
+            }
+        };
+        fleet.set_blob_base_url(public_url);
+        let flusher = tokio::spawn(fleet.flusher().run(shutdown.clone()));
         let router = api::router(self.state);
         let http_shutdown = shutdown.clone();
         let http_server = async move {
@@ -128,6 +148,10 @@ impl Controller {
                 result
             }
         );
+        // The flusher writes what agents reported last; wait for it.
+        if let Err(error) = flusher.await {
+            tracing::warn!(%error, "report flusher failed");
+        }
         result.map(|_| ())
     }
 }

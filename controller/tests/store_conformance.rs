@@ -150,6 +150,8 @@ conformance_suite!(
     fleet::forged_unknown_and_expired_tokens_are_rejected,
     fleet::concurrent_enrolments_never_overuse_a_token,
     fleet::nodes_are_listed_in_pages_and_approved,
+    fleet::assignments_place_nodes_and_generations_only_grow,
+    fleet::reports_and_health_history_are_written_in_batches,
 );
 
 // ---- fixtures ----

@@ -30,10 +30,10 @@ pub async fn get_blob(
     Path(digest): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Viewer)?;
     let digest: Digest = digest
         .parse()
         .map_err(|e: crate::domain::DigestParseError| ApiError::invalid_argument(e.to_string()))?;
+    authorize(&state, &caller, &digest).await?;
     let blobs = state.registry.blobs();
     let total = blobs.size(&digest).await?;
     let requested = match headers.get(header::RANGE) {
@@ -174,5 +174,39 @@ mod tests {
         );
         assert_eq!(parse_range("bytes=-", 100), Err(RangeError::Malformed));
         assert_eq!(parse_range("bytes=x-1", 100), Err(RangeError::Malformed));
+    }
+}
+
+/// Operators (viewer and up) may read any blob; a node may read only the
+/// artifact its desired state assigns it, so a leaked node credential does
+/// not open the whole registry.
+async fn authorize(
+    state: &AppState,
+    caller: &crate::auth::Principal,
+    digest: &Digest,
+) -> Result<(), ApiError> {
+    if caller.role != Role::Node {
+        caller.require(Role::Viewer)?;
+        return Ok(());
+    }
+    let name: crate::domain::NodeName = caller
+        .subject
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::PermissionDenied, "not a node credential"))?;
+    let node = state.fleet.get_node(&name).await?;
+    let assigned = node
+        .desired
+        .assignment
+        .is_some_and(|assignment| assignment.digest == digest.to_hex());
+    if assigned {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "node {name} may download only the artifact assigned to it, not blake3:{}",
+                digest.short()
+            ),
+        ))
     }
 }

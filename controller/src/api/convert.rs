@@ -3,8 +3,9 @@
 use flotilla_api_types as dto;
 
 use crate::domain::{
-    Artifact, Model, ModelName, ModelVersion, Node, NodeName, Page, PageRequest, PromptName,
-    PromptSummary, SystemPrompt,
+    Artifact, Assignment, AssignmentTarget, DesiredAssignment, HealthPoint, HealthSample, Model,
+    ModelName, ModelVersion, Node, NodeDesired, NodeName, ObservedState, Page, PageRequest,
+    PromptName, PromptSummary, SystemPrompt,
 };
 use crate::error::ApiError;
 use crate::registry::VersionWithArtifacts;
@@ -24,7 +25,9 @@ pub fn node_name(raw: &str) -> Result<NodeName, ApiError> {
         .map_err(|e: crate::domain::InvalidName| ApiError::invalid_argument(e.to_string()))
 }
 
-pub fn node_info(node: Node) -> dto::NodeInfo {
+/// A node's REST view; `ready` comes from the fleet (streams and
+/// heartbeats), which the node row alone cannot tell.
+pub fn node_info(node: Node, ready: bool) -> dto::NodeInfo {
     let inventory = node.inventory;
     dto::NodeInfo {
         name: node.name.to_string(),
@@ -49,12 +52,118 @@ pub fn node_info(node: Node) -> dto::NodeInfo {
                 .collect(),
         },
         enrolled_at: node.enrolled_at,
-        ready: false,
-        last_heartbeat_at: None,
-        desired_generation: 0,
-        assignment: None,
-        observed: None,
-        health: None,
+        ready,
+        last_heartbeat_at: node.last_heartbeat_at,
+        desired_generation: node.desired.generation,
+        assignment: node.desired.assignment.map(assignment_info),
+        observed: node.observed.map(observed_info),
+        health: node.health.map(health_info),
+    }
+}
+
+fn prompt_label(assignment: &DesiredAssignment) -> Option<String> {
+    assignment
+        .prompt
+        .as_ref()
+        .map(|prompt| format!("{}@{}", prompt.name, prompt.version))
+}
+
+pub fn assignment_info(assignment: DesiredAssignment) -> dto::AssignmentInfo {
+    dto::AssignmentInfo {
+        prompt: prompt_label(&assignment),
+        model: assignment.model,
+        version: assignment.version,
+        quantization: assignment.quantization,
+        digest: assignment.digest,
+        size_bytes: assignment.size_bytes,
+        generation: assignment.assignment_generation,
+        target: assignment.target,
+    }
+}
+
+pub fn observed_info(observed: ObservedState) -> dto::ObservedInfo {
+    dto::ObservedInfo {
+        generation: observed.generation,
+        phase: observed.phase.as_str().to_owned(),
+        digest: observed.digest,
+        bytes_done: observed.bytes_done,
+        bytes_total: observed.bytes_total,
+        reason: observed.reason,
+        serving_digest: observed.serving_digest,
+    }
+}
+
+pub fn health_info(sample: HealthSample) -> dto::HealthInfo {
+    dto::HealthInfo {
+        taken_at: sample.taken_at,
+        cpu_utilisation_percent: sample.cpu_utilisation_percent,
+        memory_used_bytes: sample.memory_used_bytes,
+        memory_total_bytes: sample.memory_total_bytes,
+        disk_available_bytes: sample.disk_available_bytes,
+        cpu_temperature_celsius: sample.cpu_temperature_celsius,
+        gpus: sample
+            .gpus
+            .into_iter()
+            .map(|gpu| dto::GpuHealthInfo {
+                index: gpu.index,
+                memory_used_bytes: gpu.memory_used_bytes,
+                memory_total_bytes: gpu.memory_total_bytes,
+                utilisation_percent: gpu.utilisation_percent,
+                temperature_celsius: gpu.temperature_celsius,
+                power_draw_milliwatts: gpu.power_draw_milliwatts,
+                power_limit_milliwatts: gpu.power_limit_milliwatts,
+                throttle_reasons: gpu.throttle_reasons,
+            })
+            .collect(),
+    }
+}
+
+pub fn health_point(point: HealthPoint) -> dto::HealthPoint {
+    dto::HealthPoint {
+        at: point.at,
+        samples: point.samples,
+        cpu_utilisation_percent: point.cpu_utilisation_percent,
+        memory_used_bytes_max: point.memory_used_bytes_max,
+        gpu_utilisation_percent: point.gpu_utilisation_percent,
+        gpu_temperature_celsius_max: point.gpu_temperature_celsius_max,
+        throttled: point.throttled,
+    }
+}
+
+pub fn assignment_record(assignment: Assignment) -> dto::AssignmentRecord {
+    let (node, selector) = match assignment.target {
+        AssignmentTarget::Node(name) => (Some(name.to_string()), None),
+        AssignmentTarget::Selector(labels) => (None, Some(labels.into())),
+    };
+    let desired = assignment.desired;
+    dto::AssignmentRecord {
+        generation: assignment.generation,
+        node,
+        selector,
+        prompt: prompt_label(&desired),
+        model: desired.model,
+        version: desired.version,
+        quantization: desired.quantization,
+        digest: desired.digest,
+        size_bytes: desired.size_bytes,
+        created_by: assignment.created_by,
+        created_at: assignment.created_at,
+    }
+}
+
+pub fn assignment_change(
+    assignment: Option<Assignment>,
+    changed: Vec<NodeDesired>,
+) -> dto::AssignmentChange {
+    dto::AssignmentChange {
+        assignment: assignment.map(assignment_record),
+        nodes_changed: changed
+            .into_iter()
+            .map(|change| dto::NodeGeneration {
+                node: change.name.to_string(),
+                generation: change.desired.generation,
+            })
+            .collect(),
     }
 }
 

@@ -19,7 +19,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 use utoipa::OpenApi;
@@ -47,10 +47,12 @@ pub struct AppState {
         models::resolve, prompts::list_prompts, prompts::create_prompt_version, prompts::get_prompt,
         prompts::list_prompt_versions, prompts::get_prompt_version, blobs::get_blob,
         tokens::create_token, tokens::whoami, nodes::create_bootstrap_token, nodes::list_nodes,
-        nodes::get_node, nodes::approve_node,
+        nodes::get_node, nodes::approve_node, nodes::cordon_node, nodes::uncordon_node,
+        nodes::drain_node, nodes::update_labels, nodes::health_history, nodes::create_assignment,
+        nodes::list_assignments, nodes::remove_assignment,
     ),
     modifiers(&BearerAuth),
-    tags((name = "models"), (name = "prompts"), (name = "blobs"), (name = "auth"), (name = "nodes"))
+    tags((name = "models"), (name = "prompts"), (name = "blobs"), (name = "auth"), (name = "nodes"), (name = "assignments"))
 )]
 struct ApiDoc;
 
@@ -113,6 +115,17 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/tokens", post(nodes::create_bootstrap_token))
         .route("/nodes/{name}", get(nodes::get_node))
         .route("/nodes/{name}/approve", post(nodes::approve_node))
+        .route("/nodes/{name}/cordon", post(nodes::cordon_node))
+        .route("/nodes/{name}/uncordon", post(nodes::uncordon_node))
+        .route("/nodes/{name}/drain", post(nodes::drain_node))
+        .route("/nodes/{name}/labels", patch(nodes::update_labels))
+        .route("/nodes/{name}/health", get(nodes::health_history))
+        .route(
+            "/assignments",
+            get(nodes::list_assignments)
+                .post(nodes::create_assignment)
+                .delete(nodes::remove_assignment),
+        )
         .route("/tokens", post(tokens::create_token))
         .route("/whoami", get(tokens::whoami))
         .route("/openapi.json", get(openapi))

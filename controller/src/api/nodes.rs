@@ -1,5 +1,7 @@
-//! `/api/v1/nodes`: bootstrap tokens for enrolling agents, and the fleet's
-//! nodes. Enrolment itself is gRPC (`flotilla.fleet.v1.Fleet/Enroll`).
+//! `/api/v1/nodes`: bootstrap tokens for enrolling agents, the fleet's
+//! nodes (views, cordon/uncordon/drain, labels, health history), and
+//! `/api/v1/assignments`. Enrolment and the sync stream are gRPC
+//! (`flotilla.fleet.v1.Fleet`).
 
 use std::time::Duration;
 
@@ -8,10 +10,17 @@ use axum::http::StatusCode;
 use flotilla_api_types as dto;
 
 use super::AppState;
-use super::convert::{node_info, node_name, page, page_request};
+use super::convert::{
+    assignment_change, assignment_record, health_point, model_name, node_info, node_name, page,
+    page_request,
+};
 use super::extract::{Caller, Json, Path, Query};
 use crate::auth::Role;
+use crate::domain::{
+    AssignmentTarget, Labels, Node, NodeChange, NodeStatus, PromptRef, Quantization,
+};
 use crate::error::ApiError;
+use crate::fleet::{AssignRequest, Fleet};
 
 const DEFAULT_BOOTSTRAP_TTL: Duration = Duration::from_secs(3600);
 
@@ -53,7 +62,7 @@ pub async fn list_nodes(
 ) -> Result<Json<dto::Page<dto::NodeInfo>>, ApiError> {
     caller.require(Role::Viewer)?;
     let nodes = state.fleet.list_nodes(&page_request(query)).await?;
-    Ok(Json(page(nodes, node_info)))
+    Ok(Json(page(nodes, |node| view(&state.fleet, node))))
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path)),
@@ -66,7 +75,7 @@ pub async fn get_node(
 ) -> Result<Json<dto::NodeInfo>, ApiError> {
     caller.require(Role::Viewer)?;
     let name = node_name(&name)?;
-    Ok(Json(node_info(state.fleet.get_node(&name).await?)))
+    Ok(Json(view(&state.fleet, state.fleet.get_node(&name).await?)))
 }
 
 #[utoipa::path(post, path = "/api/v1/nodes/{name}/approve", tag = "nodes",
@@ -80,7 +89,244 @@ pub async fn approve_node(
 ) -> Result<Json<dto::NodeInfo>, ApiError> {
     caller.require(Role::Operator)?;
     let name = node_name(&name)?;
-    Ok(Json(node_info(
-        state.fleet.approve(&name, &caller.subject).await?,
-    )))
+    let node = state.fleet.approve(&name, &caller.subject).await?;
+    Ok(Json(view(&state.fleet, node)))
+}
+
+fn view(fleet: &Fleet, node: Node) -> dto::NodeInfo {
+    let ready = fleet.is_ready(&node);
+    node_info(node, ready)
+}
+
+async fn change(
+    state: &AppState,
+    caller: &crate::auth::Principal,
+    name: &str,
+    change: NodeChange,
+) -> Result<Json<dto::NodeInfo>, ApiError> {
+    caller.require(Role::Operator)?;
+    let name = node_name(name)?;
+    let node = state
+        .fleet
+        .change_node(&name, change, &caller.subject)
+        .await?;
+    Ok(Json(view(&state.fleet, node)))
+}
+
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/cordon", tag = "nodes",
+    params(("name" = String, Path)),
+    responses((status = 200, body = dto::NodeInfo), (status = 404, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+/// Keeps the node out of placement; it keeps serving what it has.
+pub async fn cordon_node(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<dto::NodeInfo>, ApiError> {
+    change(
+        &state,
+        &caller,
+        &name,
+        NodeChange::Status(NodeStatus::Cordoned),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/uncordon", tag = "nodes",
+    params(("name" = String, Path)),
+    responses((status = 200, body = dto::NodeInfo), (status = 404, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+/// Returns a cordoned node to placement; it gets what the assignments say.
+pub async fn uncordon_node(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<dto::NodeInfo>, ApiError> {
+    change(
+        &state,
+        &caller,
+        &name,
+        NodeChange::Status(NodeStatus::Active),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/drain", tag = "nodes",
+    params(("name" = String, Path)),
+    responses((status = 200, body = dto::NodeInfo), (status = 404, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+/// Cordons the node and empties its desired state, so it unloads.
+pub async fn drain_node(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<dto::NodeInfo>, ApiError> {
+    change(&state, &caller, &name, NodeChange::Drain).await
+}
+
+#[utoipa::path(patch, path = "/api/v1/nodes/{name}/labels", tag = "nodes",
+    params(("name" = String, Path)), request_body = dto::UpdateLabelsRequest,
+    responses((status = 200, body = dto::NodeInfo), (status = 400, body = dto::ErrorBody),
+        (status = 404, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_labels(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    Json(request): Json<dto::UpdateLabelsRequest>,
+) -> Result<Json<dto::NodeInfo>, ApiError> {
+    change(
+        &state,
+        &caller,
+        &name,
+        NodeChange::Labels {
+            set: request.set,
+            remove: request.remove,
+        },
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/nodes/{name}/health", tag = "nodes",
+    params(("name" = String, Path), dto::HealthHistoryQuery),
+    responses((status = 200, body = dto::HealthHistory), (status = 404, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn health_history(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    Query(query): Query<dto::HealthHistoryQuery>,
+) -> Result<Json<dto::HealthHistory>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let name = node_name(&name)?;
+    let minutes = query.minutes.unwrap_or(60);
+    if !(1..=1440).contains(&minutes) {
+        return Err(ApiError::invalid_argument(
+            "minutes must be between 1 and 1440",
+        ));
+    }
+    let points = state
+        .fleet
+        .health_history(&name, Duration::from_secs(u64::from(minutes) * 60))
+        .await?;
+    Ok(Json(dto::HealthHistory {
+        node: name.to_string(),
+        points: points.into_iter().map(health_point).collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/assignments", tag = "assignments",
+    request_body = dto::CreateAssignmentRequest,
+    responses((status = 201, body = dto::AssignmentChange), (status = 400, body = dto::ErrorBody),
+        (status = 404, body = dto::ErrorBody), (status = 412, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_assignment(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(request): Json<dto::CreateAssignmentRequest>,
+) -> Result<(StatusCode, Json<dto::AssignmentChange>), ApiError> {
+    caller.require(Role::Operator)?;
+    let target = target(request.node.as_deref(), request.selector)?;
+    let requirement = version_requirement(&request.version)?;
+    let quantization = request
+        .quantization
+        .as_deref()
+        .map(|raw| {
+            raw.parse::<Quantization>()
+                .map_err(|error| ApiError::invalid_argument(error.to_string()))
+        })
+        .transpose()?;
+    let prompt = request
+        .prompt
+        .as_deref()
+        .map(|raw| raw.parse::<PromptRef>().map_err(ApiError::invalid_argument))
+        .transpose()?;
+    let (assignment, changed) = state
+        .fleet
+        .assign(
+            &caller.subject,
+            AssignRequest {
+                target,
+                model: model_name(&request.model)?,
+                requirement,
+                quantization,
+                prompt,
+            },
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(assignment_change(Some(assignment), changed)),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/assignments", tag = "assignments", params(dto::PageQuery),
+    responses((status = 200, body = dto::Page<dto::AssignmentRecord>)), security(("bearer" = [])))]
+pub async fn list_assignments(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(query): Query<dto::PageQuery>,
+) -> Result<Json<dto::Page<dto::AssignmentRecord>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let assignments = state.fleet.list_assignments(&page_request(query)).await?;
+    Ok(Json(page(assignments, assignment_record)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/assignments", tag = "assignments",
+    params(dto::RemoveAssignmentQuery),
+    responses((status = 200, body = dto::AssignmentChange), (status = 404, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_assignment(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(query): Query<dto::RemoveAssignmentQuery>,
+) -> Result<Json<dto::AssignmentChange>, ApiError> {
+    caller.require(Role::Operator)?;
+    let selector = query
+        .selector
+        .as_deref()
+        .map(|raw| {
+            raw.parse::<Labels>()
+                .map_err(|error| ApiError::invalid_argument(error.to_string()))
+        })
+        .transpose()?;
+    let target = target(query.node.as_deref(), selector.map(Into::into))?;
+    let changed = state.fleet.unassign(&caller.subject, &target).await?;
+    Ok(Json(assignment_change(None, changed)))
+}
+
+fn target(
+    node: Option<&str>,
+    selector: Option<std::collections::BTreeMap<String, String>>,
+) -> Result<AssignmentTarget, ApiError> {
+    match (node, selector) {
+        (Some(node), None) => Ok(AssignmentTarget::Node(node_name(node)?)),
+        (None, Some(selector)) => Ok(AssignmentTarget::Selector(
+            Labels::new(selector).map_err(|error| ApiError::invalid_argument(error.to_string()))?,
+        )),
+        _ => Err(ApiError::invalid_argument(
+            "give exactly one of node and selector",
+        )),
+    }
+}
+
+/// An exact version (`1.2.3` means exactly it) or a requirement (`^1.2`).
+fn version_requirement(raw: &str) -> Result<semver::VersionReq, ApiError> {
+    let raw = raw.trim();
+    if let Ok(version) = raw.parse::<semver::Version>() {
+        return Ok(semver::VersionReq {
+            comparators: vec![semver::Comparator {
+                op: semver::Op::Exact,
+                major: version.major,
+                minor: Some(version.minor),
+                patch: Some(version.patch),
+                pre: version.pre,
+            }],
+        });
+    }
+    raw.parse().map_err(|error| {
+        ApiError::invalid_argument(format!(
+            "invalid version {raw:?}: expected a version such as 1.2.3 or a requirement such as ^1.2 ({error})"
+        ))
+    })
 }

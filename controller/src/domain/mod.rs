@@ -3,6 +3,7 @@
 //! Every type that carries a name or identifier validates it once, when it is
 //! constructed, so the rest of the controller can trust it.
 
+mod assignment;
 mod model;
 mod names;
 mod node;
@@ -11,13 +12,18 @@ mod prompt;
 mod quantization;
 mod resolve;
 
+pub use assignment::{
+    Assignment, AssignmentPhase, AssignmentTarget, DesiredAssignment, DesiredPrompt, DesiredState,
+    GpuHealth, HealthPoint, HealthSample, MinuteAccumulator, NewAssignment, NodeDesired,
+    ObservedState, Placement, place, source_generation,
+};
 pub use flotilla_digest::{Digest, DigestParseError};
 pub use model::{Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, VersionState};
 pub use names::{InvalidName, ModelName, NodeName, PromptName};
 pub use node::{
     BootstrapSecret, BootstrapToken, InvalidLabels, InvalidNodeStatus, Labels,
-    MalformedBootstrapToken, NewNode, Node, NodeGpu, NodeInventory, NodeStatus, SecretHash,
-    TokenRejection,
+    MalformedBootstrapToken, NewNode, Node, NodeChange, NodeGpu, NodeInventory, NodeStatus,
+    SecretHash, TokenRejection,
 };
 pub use page::{Page, PageRequest};
 pub use prompt::{PromptRef, PromptSummary, SystemPrompt};

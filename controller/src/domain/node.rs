@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::names::NodeName;
+use super::{DesiredState, HealthSample, ObservedState};
 
 /// Most labels a node may carry; selectors stay cheap and rows small.
 pub const MAX_LABELS: usize = 64;
@@ -189,8 +190,10 @@ pub struct NodeGpu {
     pub driver_version: String,
 }
 
-/// A node that enrolled.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A node that enrolled, with what it should serve and, as last persisted,
+/// what its agent reported. The controller serving the node's stream holds
+/// fresher observed state and health in memory (`fleet::hub`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub name: NodeName,
     pub labels: Labels,
@@ -198,6 +201,24 @@ pub struct Node {
     pub inventory: NodeInventory,
     pub agent_version: String,
     pub enrolled_at: OffsetDateTime,
+    pub desired: DesiredState,
+    pub observed: Option<ObservedState>,
+    pub health: Option<HealthSample>,
+    pub last_heartbeat_at: Option<OffsetDateTime>,
+}
+
+/// An operator's change to one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeChange {
+    /// Approve (`Active`), cordon or uncordon.
+    Status(NodeStatus),
+    /// Cordon and empty the node's desired state, so that it unloads.
+    Drain,
+    /// Set and remove labels in one step (removals first).
+    Labels {
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
 }
 
 /// What an enrolling agent says about itself, validated.

@@ -5,19 +5,34 @@
 //! What is persisted (through the store): nodes, and bootstrap tokens as a
 //! hash of their secret. The token string itself exists only in the response
 //! to the operator who created it; node credentials are minted on demand and
-//! never stored. The sync stream, assignments and heartbeats join here later.
+//! never stored. A node's refresh secret is stored as a hash too.
+//!
+//! Assignments, operators' node changes and the sync streams meet here:
+//! every change of desired state is committed by the store (which gives it
+//! a generation) and then pushed through the [`SyncHub`] to the streams
+//! open on this controller.
 
-use std::sync::Arc;
+pub mod hub;
+
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::domain::{
-    BootstrapSecret, BootstrapToken, NewNode, Node, NodeName, NodeStatus, Page, PageRequest,
-    TokenRejection,
+    Assignment, AssignmentTarget, BootstrapSecret, BootstrapToken, DesiredAssignment,
+    DesiredPrompt, HealthPoint, ModelName, NewAssignment, NewNode, Node, NodeChange, NodeDesired,
+    NodeName, NodeStatus, Page, PageRequest, PromptRef, Quantization, QuantizationPolicy,
+    SecretHash, TokenRejection, resolve,
 };
 use crate::store::{EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreError};
+pub use hub::{Flusher, NodeRuntime, PushedState, Session, SyncHub};
+
+/// Default heartbeat interval agents are told to keep.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest health history one request may ask for.
+pub const MAX_HISTORY: Duration = Duration::from_secs(24 * 3600);
 
 /// Longest a bootstrap token may live: they are for enrolling boxes being
 /// set up now, not standing credentials.
@@ -41,12 +56,32 @@ pub enum FleetError {
     Auth(#[from] AuthError),
 }
 
-/// A successful enrolment: the node as recorded and its credential.
+/// A successful enrolment: the node as recorded, its credential and its
+/// refresh secret (shown to the agent once; only a hash is stored).
 #[derive(Debug, Clone)]
 pub struct Enrolled {
     pub node: Node,
     pub credential: String,
     pub credential_expires_at: OffsetDateTime,
+    pub refresh_secret: String,
+}
+
+/// What an operator asks a node or selector to serve, before resolution.
+#[derive(Debug, Clone)]
+pub struct AssignRequest {
+    pub target: AssignmentTarget,
+    pub model: ModelName,
+    pub requirement: semver::VersionReq,
+    /// `None`: the most precise artifact of the version.
+    pub quantization: Option<Quantization>,
+    pub prompt: Option<PromptRef>,
+}
+
+/// Tunables of the fleet.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub require_approval: bool,
+    pub heartbeat_interval: Duration,
 }
 
 /// The fleet's operations over the store. Cheap to clone.
@@ -55,15 +90,51 @@ pub struct Fleet {
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
     require_approval: bool,
+    hub: Arc<SyncHub>,
+    /// The REST root agents download blobs from; known once REST is bound.
+    blob_base_url: Arc<RwLock<String>>,
 }
 
 impl Fleet {
-    pub fn new(store: Arc<dyn Store>, auth: Arc<Authenticator>, require_approval: bool) -> Self {
+    pub fn new(store: Arc<dyn Store>, auth: Arc<Authenticator>, config: FleetConfig) -> Self {
         Self {
             store,
             auth,
-            require_approval,
+            require_approval: config.require_approval,
+            hub: Arc::new(SyncHub::new(config.heartbeat_interval)),
+            blob_base_url: Arc::new(RwLock::new(String::new())),
         }
+    }
+
+    pub fn hub(&self) -> &Arc<SyncHub> {
+        &self.hub
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn auth(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+
+    /// The flusher writing this fleet's agent reports; run it once.
+    pub fn flusher(&self) -> Flusher {
+        Flusher::new(self.hub.clone(), self.store.clone())
+    }
+
+    pub fn set_blob_base_url(&self, url: String) {
+        *self
+            .blob_base_url
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = url;
+    }
+
+    pub fn blob_base_url(&self) -> String {
+        self.blob_base_url
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Creates a bootstrap token; the returned secret is shown once and
@@ -131,6 +202,7 @@ impl Fleet {
             NodeStatus::Active
         };
         let name = node.name.clone();
+        let refresh_secret = hex::encode(rand::random::<[u8; 32]>());
         let outcome = self
             .store
             .enroll_node(&Enrolment {
@@ -139,6 +211,7 @@ impl Fleet {
                 node,
                 replace_existing,
                 initial_status,
+                refresh_secret_hash: refresh_hash(&refresh_secret),
             })
             .await?;
         let node = match outcome {
@@ -155,18 +228,213 @@ impl Fleet {
             node,
             credential,
             credential_expires_at,
+            refresh_secret,
         })
     }
 
+    /// Mints a fresh credential for a node that proves it holds its
+    /// refresh secret. Unknown nodes and wrong secrets read the same.
+    pub async fn renew_credential(
+        &self,
+        name: &NodeName,
+        refresh_secret: &str,
+    ) -> Result<(Node, String, OffsetDateTime), FleetError> {
+        let refused = || {
+            FleetError::Auth(AuthError::InvalidToken(format!(
+                "node {name} is unknown or the refresh secret is wrong; re-enrol the agent with --replace and a bootstrap token"
+            )))
+        };
+        let stored = self
+            .store
+            .refresh_secret_hash(name)
+            .await?
+            .flatten()
+            .ok_or_else(refused)?;
+        if !refresh_hash(refresh_secret).matches(&stored) {
+            tracing::warn!(node = %name, "credential renewal refused: wrong refresh secret");
+            return Err(refused());
+        }
+        let node = self.get_node(name).await?;
+        let (credential, expires_at) = self.auth.mint_node_credential(name)?;
+        tracing::info!(node = %name, "node credential renewed with the refresh secret");
+        Ok((node, credential, expires_at))
+    }
+
+    /// Resolves what an operator asked for to one artifact (and prompt
+    /// text), records the assignment and pushes the changed desired states.
+    pub async fn assign(
+        &self,
+        by: &str,
+        request: AssignRequest,
+    ) -> Result<(Assignment, Vec<NodeDesired>), FleetError> {
+        let model = &request.model;
+        if self.store.get_model(model).await?.is_none() {
+            return Err(StoreError::NotFound(format!("model {model} not found")).into());
+        }
+        let candidates = self.store.resolvable_versions(model).await?;
+        let policy = request
+            .quantization
+            .clone()
+            .map_or(QuantizationPolicy::Auto, |q| {
+                QuantizationPolicy::Preferred(vec![q])
+            });
+        let resolution = resolve(
+            model.as_str(),
+            &candidates,
+            &request.requirement,
+            &policy,
+            None,
+        )
+        .map_err(|error| StoreError::FailedPrecondition(error.to_string()))?;
+        let prompt = match &request.prompt {
+            None => None,
+            Some(reference) => {
+                let prompt = self
+                    .store
+                    .get_prompt(&reference.name, reference.version)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::NotFound(match reference.version {
+                            Some(version) => {
+                                format!("system prompt {}@{version} not found", reference.name)
+                            }
+                            None => format!("system prompt {} not found", reference.name),
+                        })
+                    })?;
+                Some(DesiredPrompt {
+                    name: prompt.name.to_string(),
+                    version: prompt.version,
+                    text: prompt.text,
+                    chat_template: prompt.chat_template,
+                })
+            }
+        };
+        let artifact = &resolution.artifact;
+        let new = NewAssignment {
+            target: request.target.clone(),
+            desired: DesiredAssignment {
+                model: model.to_string(),
+                version: resolution.version.version.to_string(),
+                quantization: artifact.quantization.name().to_owned(),
+                digest: artifact.digest.to_hex(),
+                size_bytes: artifact.size_bytes,
+                prompt,
+                assignment_generation: 0,
+                target: String::new(),
+            },
+            created_by: by.to_owned(),
+        };
+        let (assignment, changed) = self.store.create_assignment(&new).await?;
+        self.hub.publish(&changed);
+        tracing::info!(target = %assignment.target, model = %model,
+            version = %assignment.desired.version, quantization = %assignment.desired.quantization,
+            generation = assignment.generation, nodes_changed = changed.len(), by,
+            "assignment recorded");
+        Ok((assignment, changed))
+    }
+
+    /// Removes the assignment of a target; its nodes fall back to what
+    /// else matches them, or to nothing.
+    pub async fn unassign(
+        &self,
+        by: &str,
+        target: &AssignmentTarget,
+    ) -> Result<Vec<NodeDesired>, FleetError> {
+        let changed = self.store.remove_assignment(target).await?;
+        self.hub.publish(&changed);
+        tracing::info!(%target, nodes_changed = changed.len(), by, "assignment removed");
+        Ok(changed)
+    }
+
+    pub async fn list_assignments(
+        &self,
+        page: &PageRequest,
+    ) -> Result<Page<Assignment>, FleetError> {
+        Ok(self.store.list_assignments(page).await?)
+    }
+
+    /// Applies an operator's change to a node and pushes the result.
+    pub async fn change_node(
+        &self,
+        name: &NodeName,
+        change: NodeChange,
+        by: &str,
+    ) -> Result<Node, FleetError> {
+        if let NodeChange::Labels { set, remove } = &change {
+            // Validate the pieces up front for a clear 400 (the store
+            // validates the merged result again).
+            crate::domain::Labels::new(set.clone())
+                .map_err(|error| FleetError::InvalidArgument(error.to_string()))?;
+            if let Some(key) = remove.iter().find(|key| key.is_empty()) {
+                return Err(FleetError::InvalidArgument(format!(
+                    "invalid label key {key:?} to remove"
+                )));
+            }
+        }
+        let (node, pushed) = self.store.change_node(name, &change).await?;
+        if let Some(pushed) = pushed {
+            self.hub.publish(std::slice::from_ref(&pushed));
+        }
+        tracing::info!(node = %name, ?change, by, status = %node.status, "node changed");
+        Ok(self.with_runtime(node))
+    }
+
+    /// Health history of a node: the stored minutes and the one being
+    /// folded now.
+    pub async fn health_history(
+        &self,
+        name: &NodeName,
+        span: Duration,
+    ) -> Result<Vec<HealthPoint>, FleetError> {
+        self.get_node(name).await?;
+        let span = span.min(MAX_HISTORY);
+        let since = OffsetDateTime::now_utc().unix_timestamp() - span.as_secs() as i64;
+        let mut points = self.store.health_minutes(name, since).await?;
+        if let Some(current) = self.hub.runtime(name).and_then(|r| r.current_minute) {
+            points.retain(|point| point.at != current.at);
+            points.push(current);
+        }
+        Ok(points)
+    }
+
+    /// Whether a node is connected and heartbeating.
+    pub fn is_ready(&self, node: &Node) -> bool {
+        self.hub.is_ready(&node.name, node.last_heartbeat_at)
+    }
+
+    /// Overlays what the hub knows (fresher than the last flush).
+    fn with_runtime(&self, mut node: Node) -> Node {
+        if let Some(runtime) = self.hub.runtime(&node.name) {
+            if runtime.last_heartbeat_at.is_some() {
+                node.last_heartbeat_at = runtime.last_heartbeat_at;
+            }
+            if runtime.observed.is_some() {
+                node.observed = runtime.observed;
+            }
+            if runtime.health.is_some() {
+                node.health = runtime.health;
+            }
+        }
+        node
+    }
+
     pub async fn get_node(&self, name: &NodeName) -> Result<Node, FleetError> {
-        self.store
+        let node = self
+            .store
             .get_node(name)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("node {name} not found")).into())
+            .ok_or_else(|| StoreError::NotFound(format!("node {name} not found")))?;
+        Ok(self.with_runtime(node))
     }
 
     pub async fn list_nodes(&self, page: &PageRequest) -> Result<Page<Node>, FleetError> {
-        Ok(self.store.list_nodes(page).await?)
+        let mut nodes = self.store.list_nodes(page).await?;
+        nodes.items = nodes
+            .items
+            .into_iter()
+            .map(|node| self.with_runtime(node))
+            .collect();
+        Ok(nodes)
     }
 
     /// Lets a pending node take part. Approving an active node is a no-op;
@@ -176,8 +444,12 @@ impl Fleet {
         if node.status != NodeStatus::Pending {
             return Ok(node);
         }
-        let node = self.store.set_node_status(name, NodeStatus::Active).await?;
-        tracing::info!(node = %name, by, "node approved");
-        Ok(node)
+        self.change_node(name, NodeChange::Status(NodeStatus::Active), by)
+            .await
     }
+}
+
+/// What the store keeps of a refresh secret.
+fn refresh_hash(secret: &str) -> SecretHash {
+    SecretHash(*blake3::hash(secret.as_bytes()).as_bytes())
 }

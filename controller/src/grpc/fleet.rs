@@ -1,20 +1,49 @@
-//! `flotilla.fleet.v1.Fleet`: enrolment of agents. Converts the wire request
-//! into validated domain types once, on the way in (a bad name or label is
-//! `InvalidArgument`), calls [`Fleet`], and maps its errors through
-//! [`ApiError`] so that REST and gRPC report a failure alike. Nothing is kept
-//! in memory here; the `Sync` stream will join this service.
+//! `flotilla.fleet.v1.Fleet`: enrolment, credential renewal and the `Sync`
+//! stream of agents. Converts wire messages into validated domain types
+//! once, on the way in (a bad name or label is `InvalidArgument`), calls
+//! [`Fleet`], and maps its errors through [`ApiError`] so that REST and gRPC
+//! report a failure alike.
+//!
+//! Each `Sync` stream is one tokio task (no OS thread): it authenticates the
+//! node credential, waits for the hello, registers with the [`SyncHub`] and
+//! then sends the complete desired state whenever the hub's `watch` changes,
+//! acks heartbeats, and sends a fresh credential when the one in use is past
+//! half its life. What it hears goes to the hub in memory; the hub's flusher
+//! writes it to the store in batches.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use flotilla_proto::fleet::v1 as pb;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{Labels, NewNode, NodeGpu, NodeInventory, NodeName, NodeStatus};
+use crate::auth::{AuthError, NODE_CREDENTIAL_TTL, Role, bearer_token};
+use crate::domain::{
+    AssignmentPhase, DesiredState, GpuHealth, HealthSample, Labels, NewNode, NodeGpu,
+    NodeInventory, NodeName, NodeStatus, ObservedState,
+};
 use crate::error::ApiError;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, PushedState, Session};
+
+/// How long a new stream may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued towards one agent; desired states are coalesced by the
+/// hub's `watch`, so this only absorbs acks.
+const OUTBOUND_QUEUE: usize = 16;
+/// Longest text kept from an agent's report (failure reasons).
+const MAX_REASON_LEN: usize = 2000;
+/// Most GPUs accepted in one health sample.
+const MAX_GPUS: usize = 64;
 
 pub(super) struct FleetService {
     pub(super) fleet: Fleet,
+    /// Ends every stream when the server shuts down.
+    pub(super) shutdown: CancellationToken,
 }
 
 /// A field of a request that is missing or does not validate.
@@ -128,23 +157,384 @@ impl pb::fleet_server::Fleet for FleetService {
             credential: enrolled.credential,
             credential_expires_at_unix: enrolled.credential_expires_at.unix_timestamp(),
             status: status_to_wire(enrolled.node.status).into(),
-            refresh_secret: String::new(),
+            refresh_secret: enrolled.refresh_secret,
         }))
     }
 
     async fn renew_credential(
         &self,
-        _request: Request<pb::RenewCredentialRequest>,
+        request: Request<pb::RenewCredentialRequest>,
     ) -> Result<Response<pb::RenewCredentialResponse>, Status> {
-        Err(Status::unimplemented("credential renewal is being built"))
+        let request = request.into_inner();
+        let name = parse_node_name(&request.node_name)?;
+        if request.refresh_secret.is_empty() {
+            return Err(ProtocolError::Missing("refresh_secret").into());
+        }
+        let (node, credential, expires_at) = self
+            .fleet
+            .renew_credential(&name, &request.refresh_secret)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::RenewCredentialResponse {
+            credential,
+            credential_expires_at_unix: expires_at.unix_timestamp(),
+            status: status_to_wire(node.status).into(),
+        }))
     }
 
-    type SyncStream = futures::stream::BoxStream<'static, Result<pb::ControllerMessage, Status>>;
+    type SyncStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
 
     async fn sync(
         &self,
-        _request: Request<tonic::Streaming<pb::AgentMessage>>,
+        request: Request<tonic::Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        Err(Status::unimplemented("the sync stream is being built"))
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.to_str().map_err(|_| AuthError::MalformedHeader))
+            .transpose()
+            .map_err(ApiError::from)?;
+        let token = bearer_token(header).map_err(ApiError::from)?;
+        let principal = self.fleet.auth().verify(token).map_err(|error| {
+            metrics::counter!("flotilla_auth_failures_total", "surface" => "grpc").increment(1);
+            ApiError::from(error)
+        })?;
+        if principal.role != Role::Node {
+            return Err(ApiError::from(AuthError::Forbidden {
+                subject: principal.subject,
+                role: principal.role,
+                required: Role::Node,
+            })
+            .into());
+        }
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no hello within 10 seconds")),
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Status::invalid_argument("stream closed before hello")),
+            Ok(Ok(Some(pb::AgentMessage {
+                body: Some(pb::agent_message::Body::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(Some(_))) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a sync stream must be a hello",
+                ));
+            }
+        };
+        let name = parse_node_name(&hello.node_name)?;
+        principal.require_node(&name).map_err(|error| {
+            tracing::warn!(credential_of = %principal.subject, claimed = %name,
+                "sync refused: credential of another node");
+            ApiError::from(error)
+        })?;
+        let hub = self.fleet.hub().clone();
+        // Register first, then read the store: a change committed between
+        // the two reaches this stream either way.
+        let session = hub.connect(
+            &name,
+            PushedState {
+                status: NodeStatus::Pending,
+                desired: DesiredState::default(),
+            },
+        );
+        let node = match self.fleet.get_node(&name).await {
+            Ok(node) => node,
+            Err(error) => {
+                hub.disconnect(&session);
+                return Err(ApiError::from(error).into());
+            }
+        };
+        hub.offer(
+            &session,
+            PushedState {
+                status: node.status,
+                desired: node.desired.clone(),
+            },
+        );
+        if let Some(observed) = hello.observed.map(observed_from_wire).transpose()? {
+            hub.observe(&name, observed);
+        }
+        tracing::info!(node = %name, applied_generation = hello.applied_generation,
+            desired_generation = node.desired.generation, cached_blobs = hello.cache.len(),
+            "sync stream opened");
+        let (outbound, receiver) = mpsc::channel(OUTBOUND_QUEUE);
+        let stream = StreamTask {
+            fleet: self.fleet.clone(),
+            session,
+            inbound,
+            outbound,
+            credential_renew_at: renew_time(principal.expires_at),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(stream.run());
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+/// When to send a fresh credential: half way through the current one's life.
+fn renew_time(expires_at: OffsetDateTime) -> OffsetDateTime {
+    expires_at - NODE_CREDENTIAL_TTL / 2
+}
+
+/// One open `Sync` stream.
+struct StreamTask {
+    fleet: Fleet,
+    session: Session,
+    inbound: tonic::Streaming<pb::AgentMessage>,
+    outbound: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+    credential_renew_at: OffsetDateTime,
+    shutdown: CancellationToken,
+}
+
+impl StreamTask {
+    async fn run(mut self) {
+        let hub: Arc<crate::fleet::SyncHub> = self.fleet.hub().clone();
+        let node = self.session.node.clone();
+        let outcome = self.serve(&hub).await;
+        hub.disconnect(&self.session);
+        match outcome {
+            Ok(()) => tracing::info!(node = %node, "sync stream closed"),
+            Err(status) => {
+                tracing::info!(node = %node, code = ?status.code(), message = status.message(),
+                    "sync stream ended");
+                let _ = self.outbound.send(Err(status)).await;
+            }
+        }
+    }
+
+    async fn serve(&mut self, hub: &crate::fleet::SyncHub) -> Result<(), Status> {
+        let state = self.session.desired.borrow_and_update().clone();
+        self.send_desired(&state).await?;
+        loop {
+            tokio::select! {
+                changed = self.session.desired.changed() => {
+                    if changed.is_err() {
+                        return Err(Status::aborted(
+                            "a newer sync stream of this node replaced this one",
+                        ));
+                    }
+                    let state = self.session.desired.borrow_and_update().clone();
+                    self.send_desired(&state).await?;
+                }
+                message = self.inbound.message() => {
+                    match message {
+                        Ok(Some(message)) => self.handle(hub, message).await?,
+                        Ok(None) => return Ok(()),
+                        Err(status) => {
+                            tracing::debug!(node = %self.session.node, %status, "agent stream error");
+                            return Ok(());
+                        }
+                    }
+                }
+                () = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable("the controller is shutting down; reconnect"));
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        hub: &crate::fleet::SyncHub,
+        message: pb::AgentMessage,
+    ) -> Result<(), Status> {
+        match message.body {
+            Some(pb::agent_message::Body::Heartbeat(heartbeat)) => {
+                let now = OffsetDateTime::now_utc();
+                let sample = heartbeat
+                    .sample
+                    .map(|sample| sample_from_wire(sample, now))
+                    .unwrap_or_else(|| empty_sample(now));
+                hub.heartbeat(&self.session.node, sample, now);
+                self.send(pb::controller_message::Body::HeartbeatAck(
+                    pb::HeartbeatAck {
+                        sequence: heartbeat.sequence,
+                    },
+                ))
+                .await?;
+                if now >= self.credential_renew_at {
+                    self.renew_credential().await?;
+                }
+                Ok(())
+            }
+            Some(pb::agent_message::Body::Observed(observed)) => {
+                hub.observe(&self.session.node, observed_from_wire(observed)?);
+                Ok(())
+            }
+            Some(pb::agent_message::Body::Hello(_)) => Err(Status::invalid_argument(
+                "hello is only valid as the first message of a stream",
+            )),
+            None => Err(Status::invalid_argument("empty agent message")),
+        }
+    }
+
+    async fn renew_credential(&mut self) -> Result<(), Status> {
+        let (credential, expires_at) = self
+            .fleet
+            .auth()
+            .mint_node_credential(&self.session.node)
+            .map_err(ApiError::from)?;
+        self.credential_renew_at = renew_time(expires_at);
+        tracing::debug!(node = %self.session.node, %expires_at, "sent a fresh node credential");
+        self.send(pb::controller_message::Body::Credential(pb::Credential {
+            credential,
+            expires_at_unix: expires_at.unix_timestamp(),
+        }))
+        .await
+    }
+
+    async fn send_desired(&self, state: &PushedState) -> Result<(), Status> {
+        let message = desired_to_wire(
+            state,
+            &self.fleet.blob_base_url(),
+            self.fleet.hub().heartbeat_interval(),
+        );
+        self.send(pb::controller_message::Body::Desired(message))
+            .await
+    }
+
+    async fn send(&self, body: pb::controller_message::Body) -> Result<(), Status> {
+        self.outbound
+            .send(Ok(pb::ControllerMessage { body: Some(body) }))
+            .await
+            // The agent went away; the stream ends quietly.
+            .map_err(|_| Status::cancelled("agent disconnected"))
+    }
+}
+
+fn parse_node_name(raw: &str) -> Result<NodeName, ProtocolError> {
+    if raw.is_empty() {
+        return Err(ProtocolError::Missing("node_name"));
+    }
+    raw.parse()
+        .map_err(|error: crate::domain::InvalidName| ProtocolError::Invalid {
+            field: "node_name",
+            message: error.to_string(),
+        })
+}
+
+fn desired_to_wire(
+    state: &PushedState,
+    blob_base_url: &str,
+    heartbeat_interval: Duration,
+) -> pb::DesiredState {
+    pb::DesiredState {
+        generation: state.desired.generation,
+        status: status_to_wire(state.status).into(),
+        assignment: state
+            .desired
+            .assignment
+            .as_ref()
+            .map(|assignment| pb::Assignment {
+                model: assignment.model.clone(),
+                version: assignment.version.clone(),
+                quantization: assignment.quantization.clone(),
+                digest: assignment.digest.clone(),
+                size_bytes: assignment.size_bytes,
+                blob_base_url: blob_base_url.to_owned(),
+                system_prompt: assignment.prompt.as_ref().map(|prompt| pb::SystemPrompt {
+                    name: prompt.name.clone(),
+                    version: prompt.version,
+                    text: prompt.text.clone(),
+                    chat_template: prompt.chat_template.clone().unwrap_or_default(),
+                }),
+                assignment_generation: assignment.assignment_generation,
+            }),
+        heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
+    }
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn observed_from_wire(observed: pb::ObservedState) -> Result<ObservedState, ProtocolError> {
+    let phase = match pb::AssignmentPhase::try_from(observed.phase) {
+        Ok(pb::AssignmentPhase::Idle) => AssignmentPhase::Idle,
+        Ok(pb::AssignmentPhase::Pending) => AssignmentPhase::Pending,
+        Ok(pb::AssignmentPhase::Downloading) => AssignmentPhase::Downloading,
+        Ok(pb::AssignmentPhase::Verifying) => AssignmentPhase::Verifying,
+        Ok(pb::AssignmentPhase::Loading) => AssignmentPhase::Loading,
+        Ok(pb::AssignmentPhase::Ready) => AssignmentPhase::Ready,
+        Ok(pb::AssignmentPhase::Failed) => AssignmentPhase::Failed,
+        Ok(pb::AssignmentPhase::Unspecified) | Err(_) => {
+            return Err(ProtocolError::Invalid {
+                field: "observed.phase",
+                message: format!("unknown phase {}", observed.phase),
+            });
+        }
+    };
+    let digest_field = |field: &'static str, text: String| {
+        if text.len() > 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Err(ProtocolError::Invalid {
+                field,
+                message: "expected blake3 hex".to_owned(),
+            })
+        } else {
+            Ok(non_empty(text))
+        }
+    };
+    Ok(ObservedState {
+        generation: observed.generation,
+        digest: digest_field("observed.digest", observed.digest)?,
+        phase,
+        bytes_done: observed.bytes_done,
+        bytes_total: observed.bytes_total,
+        reason: non_empty(observed.reason.chars().take(MAX_REASON_LEN).collect()),
+        serving_digest: digest_field("observed.serving_digest", observed.serving_digest)?,
+    })
+}
+
+fn empty_sample(now: OffsetDateTime) -> HealthSample {
+    HealthSample {
+        taken_at: now,
+        cpu_utilisation_percent: 0.0,
+        memory_used_bytes: 0,
+        memory_total_bytes: 0,
+        disk_available_bytes: None,
+        cpu_temperature_celsius: None,
+        gpus: Vec::new(),
+    }
+}
+
+/// Converts a sample, trusting nothing: the time comes from the agent's
+/// clock, so one far off (more than a minute either way) is replaced by the
+/// controller's, and lists are capped.
+fn sample_from_wire(sample: pb::HealthSample, now: OffsetDateTime) -> HealthSample {
+    let taken_at =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(sample.taken_at_unix_ms) * 1_000_000)
+            .ok()
+            .filter(|at| (*at - now).abs() <= time::Duration::minutes(1))
+            .unwrap_or(now);
+    let finite = |value: f32| value.is_finite().then_some(value);
+    HealthSample {
+        taken_at,
+        cpu_utilisation_percent: finite(sample.cpu_utilisation_percent)
+            .unwrap_or(0.0)
+            .clamp(0.0, 100.0),
+        memory_used_bytes: sample.memory_used_bytes,
+        memory_total_bytes: sample.memory_total_bytes,
+        disk_available_bytes: sample.disk_available_bytes,
+        cpu_temperature_celsius: sample.cpu_temperature_celsius.and_then(finite),
+        gpus: sample
+            .gpus
+            .into_iter()
+            .take(MAX_GPUS)
+            .map(|gpu| GpuHealth {
+                index: gpu.index,
+                memory_used_bytes: gpu.memory_used_bytes,
+                memory_total_bytes: gpu.memory_total_bytes,
+                utilisation_percent: gpu.utilisation_percent.map(|v| v.min(100)),
+                temperature_celsius: gpu.temperature_celsius,
+                power_draw_milliwatts: gpu.power_draw_milliwatts,
+                power_limit_milliwatts: gpu.power_limit_milliwatts,
+                throttle_reasons: gpu
+                    .throttle_reasons
+                    .into_iter()
+                    .take(16)
+                    .map(|reason| reason.chars().take(64).collect())
+                    .collect(),
+            })
+            .collect(),
     }
 }

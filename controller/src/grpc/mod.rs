@@ -1,7 +1,7 @@
 //! The controller's gRPC edge (tonic): the standard `grpc.health.v1` service,
 //! server reflection (so `grpcurl` works without .proto files), and
 //! `flotilla.controller.v1.ControllerInfo` and `flotilla.fleet.v1.Fleet`
-//! (enrolment; the sync stream joins it). Conversion between prost and
+//! (enrolment, credential renewal and the agents' sync streams). Conversion between prost and
 //! domain types happens in this module only.
 
 mod fleet;
@@ -62,7 +62,10 @@ pub async fn serve(
         .add_service(pb::controller_info_server::ControllerInfoServer::new(
             ControllerInfoService { backend },
         ))
-        .add_service(FleetServer::new(FleetService { fleet }))
+        .add_service(FleetServer::new(FleetService {
+            fleet,
+            shutdown: shutdown.clone(),
+        }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

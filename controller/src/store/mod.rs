@@ -11,6 +11,7 @@
 //!
 //! Both backends pass the same conformance suite (`tests/store_conformance.rs`).
 
+mod fleet_sql;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -23,9 +24,10 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 use crate::domain::{
-    Artifact, BootstrapToken, Digest, Model, ModelName, ModelVersion, NewArtifact, NewNode, Node,
-    NodeName, NodeStatus, Page, PageRequest, PromptName, PromptSummary, SecretHash, SystemPrompt,
-    TokenRejection, VersionState,
+    Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, HealthPoint, HealthSample,
+    Model, ModelName, ModelVersion, NewArtifact, NewAssignment, NewNode, Node, NodeChange,
+    NodeDesired, NodeName, NodeStatus, ObservedState, Page, PageRequest, PromptName, PromptSummary,
+    SecretHash, SystemPrompt, TokenRejection, VersionState,
 };
 
 pub use postgres::PostgresStore;
@@ -96,10 +98,22 @@ pub struct Enrolment {
     pub replace_existing: bool,
     /// `Pending` when operators must approve new nodes, else `Active`.
     pub initial_status: NodeStatus,
+    /// Hash of the node's new refresh secret (for `RenewCredential`).
+    pub refresh_secret_hash: SecretHash,
+}
+
+/// What agents reported since the last flush, for one node; `None` fields
+/// leave the stored value as it is.
+#[derive(Debug, Clone)]
+pub struct NodeReport {
+    pub name: NodeName,
+    pub observed: Option<ObservedState>,
+    pub health: Option<HealthSample>,
+    pub last_heartbeat_unix_ms: Option<i64>,
 }
 
 /// Outcome of [`Store::enroll_node`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EnrollOutcome {
     Enrolled(Node),
     /// The token did not allow it; nothing was written.
@@ -240,8 +254,47 @@ pub trait Store: Send + Sync + 'static {
     async fn get_node(&self, name: &NodeName) -> StoreResult<Option<Node>>;
     /// Nodes ordered by name; the cursor is the last name of the page.
     async fn list_nodes(&self, page: &PageRequest) -> StoreResult<Page<Node>>;
-    /// Sets a node's status (approval, cordoning). `NotFound` if no such node.
-    async fn set_node_status(&self, name: &NodeName, status: NodeStatus) -> StoreResult<Node>;
+    /// Applies an operator's change (status, drain, labels) to a node and
+    /// re-places it under the assignments, in one transaction. Returns the
+    /// node and, when its desired state or status changed, what to push to
+    /// its agent. `NotFound` if no such node; `FailedPrecondition` if the
+    /// labels would become invalid.
+    async fn change_node(
+        &self,
+        name: &NodeName,
+        change: &NodeChange,
+    ) -> StoreResult<(Node, Option<NodeDesired>)>;
+    /// The hash of a node's refresh secret: `None` if no such node,
+    /// `Some(None)` if it enrolled before refresh secrets existed.
+    async fn refresh_secret_hash(&self, name: &NodeName) -> StoreResult<Option<Option<Vec<u8>>>>;
+
+    // ---- assignments and reports ----
+
+    /// Records an assignment, replacing the one with the same target, and
+    /// re-places every node, in one transaction: the nodes whose desired
+    /// state changed get the assignment's generation. `NotFound` if it
+    /// targets a node that does not exist.
+    async fn create_assignment(
+        &self,
+        new: &NewAssignment,
+    ) -> StoreResult<(Assignment, Vec<NodeDesired>)>;
+    /// Removes the assignment of `target` and re-places every node.
+    /// `NotFound` if there is none.
+    async fn remove_assignment(&self, target: &AssignmentTarget) -> StoreResult<Vec<NodeDesired>>;
+    /// Assignments in generation order; the cursor is the last generation.
+    async fn list_assignments(&self, page: &PageRequest) -> StoreResult<Page<Assignment>>;
+    /// Writes a batch of agents' reports (one transaction for the batch).
+    async fn write_reports(&self, reports: &[NodeReport]) -> StoreResult<()>;
+    /// Writes (or overwrites) minutes of health history.
+    async fn write_health_minutes(&self, points: &[(NodeName, HealthPoint)]) -> StoreResult<()>;
+    /// A node's health history since `since_unix`, oldest first.
+    async fn health_minutes(
+        &self,
+        name: &NodeName,
+        since_unix: i64,
+    ) -> StoreResult<Vec<HealthPoint>>;
+    /// Deletes health history older than `before_unix`; returns rows removed.
+    async fn prune_health_minutes(&self, before_unix: i64) -> StoreResult<u64>;
 }
 
 /// Opens the store named by a database URL (`postgres://…` or `sqlite:…`) and

@@ -15,9 +15,10 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use crate::domain::{
-    Artifact, BootstrapToken, Digest, Labels, Model, ModelName, ModelVersion, NewArtifact, Node,
-    NodeInventory, NodeName, NodeStatus, Page, PromptName, PromptSummary, SecretHash, SystemPrompt,
-    TokenRejection,
+    Artifact, Assignment, AssignmentTarget, BootstrapToken, DesiredAssignment, DesiredState,
+    Digest, HealthPoint, HealthSample, Labels, Model, ModelName, ModelVersion, NewArtifact, Node,
+    NodeInventory, NodeName, NodeStatus, ObservedState, Page, PromptName, PromptSummary,
+    SecretHash, SystemPrompt, TokenRejection,
 };
 
 /// Columns of [`ArtifactRow`], joined from artifacts, their version, model and
@@ -42,9 +43,13 @@ pub(super) const SELECT_VERSIONS: &str = "\
 pub(super) const SELECT_PROMPTS: &str =
     "SELECT name, version, text, chat_template, created_at FROM system_prompts";
 
-/// Columns of [`NodeRow`]. Valid SQL on both backends.
-pub(super) const SELECT_NODES: &str =
-    "SELECT name, labels, inventory, agent_version, status, enrolled_at FROM nodes";
+/// `SELECT` of [`NodeRow`]; callers append `WHERE` and `ORDER BY`.
+pub(super) const SELECT_NODES: &str = "SELECT name, labels, inventory, agent_version, status, \
+    enrolled_at, desired_generation, desired, observed, health, last_heartbeat_unix_ms FROM nodes";
+
+/// Columns of [`AssignmentRow`].
+pub(super) const SELECT_ASSIGNMENTS: &str =
+    "SELECT generation, node_name, selector, desired, created_by, created_at FROM assignments";
 
 /// How many rows a list query fetches: one more than the page, so that
 /// `Page::from_overfetched` can tell whether another page follows.
@@ -111,6 +116,11 @@ pub(super) struct NodeRow {
     pub agent_version: String,
     pub status: String,
     pub enrolled_at: OffsetDateTime,
+    pub desired_generation: i64,
+    pub desired: Option<sqlx::types::Json<DesiredAssignment>>,
+    pub observed: Option<sqlx::types::Json<ObservedState>>,
+    pub health: Option<sqlx::types::Json<HealthSample>>,
+    pub last_heartbeat_unix_ms: Option<i64>,
 }
 
 impl TryFrom<NodeRow> for Node {
@@ -131,6 +141,93 @@ impl TryFrom<NodeRow> for Node {
             inventory: row.inventory.0,
             agent_version: row.agent_version,
             enrolled_at: row.enrolled_at,
+            desired: DesiredState {
+                generation: to_u64("nodes.desired_generation", row.desired_generation)?,
+                assignment: row.desired.map(|json| json.0),
+            },
+            observed: row.observed.map(|json| json.0),
+            health: row.health.map(|json| json.0),
+            last_heartbeat_at: row
+                .last_heartbeat_unix_ms
+                .map(|ms| {
+                    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                        .map_err(|error| corrupt("nodes.last_heartbeat_unix_ms", ms, error))
+                })
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct AssignmentRow {
+    pub generation: i64,
+    pub node_name: Option<String>,
+    pub selector: Option<sqlx::types::Json<BTreeMap<String, String>>>,
+    pub desired: sqlx::types::Json<DesiredAssignment>,
+    pub created_by: String,
+    pub created_at: OffsetDateTime,
+}
+
+impl TryFrom<AssignmentRow> for Assignment {
+    type Error = StoreError;
+
+    fn try_from(row: AssignmentRow) -> Result<Self, Self::Error> {
+        let target = match (row.node_name, row.selector) {
+            (Some(name), None) => AssignmentTarget::Node(
+                name.parse::<NodeName>()
+                    .map_err(|error| corrupt("assignments.node_name", &name, error))?,
+            ),
+            (None, Some(selector)) => AssignmentTarget::Selector(
+                Labels::new(selector.0)
+                    .map_err(|error| corrupt("assignments.selector", "a label", error))?,
+            ),
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "assignment {} has not exactly one of node_name and selector",
+                    row.generation
+                )));
+            }
+        };
+        Ok(Self {
+            generation: to_u64("assignments.generation", row.generation)?,
+            target,
+            desired: row.desired.0,
+            created_by: row.created_by,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// One minute of health history as stored.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct HealthMinuteRow {
+    pub minute_unix: i64,
+    pub samples: i64,
+    pub cpu_utilisation_percent: f64,
+    pub memory_used_bytes_max: i64,
+    pub gpu_utilisation_percent: Option<f64>,
+    pub gpu_temperature_celsius_max: Option<f64>,
+    pub throttled: bool,
+}
+
+impl TryFrom<HealthMinuteRow> for HealthPoint {
+    type Error = StoreError;
+
+    fn try_from(row: HealthMinuteRow) -> Result<Self, Self::Error> {
+        Ok(Self {
+            at: OffsetDateTime::from_unix_timestamp(row.minute_unix).map_err(|error| {
+                corrupt("node_health_minutes.minute_unix", row.minute_unix, error)
+            })?,
+            samples: u32::try_from(row.samples)
+                .map_err(|error| corrupt("node_health_minutes.samples", row.samples, error))?,
+            cpu_utilisation_percent: row.cpu_utilisation_percent as f32,
+            memory_used_bytes_max: to_u64(
+                "node_health_minutes.memory_used_bytes_max",
+                row.memory_used_bytes_max,
+            )?,
+            gpu_utilisation_percent: row.gpu_utilisation_percent.map(|v| v as f32),
+            gpu_temperature_celsius_max: row.gpu_temperature_celsius_max.map(|v| v as f32),
+            throttled: row.throttled,
         })
     }
 }

@@ -29,12 +29,13 @@ use super::rows::{
     versions_page,
 };
 use super::{
-    ArtifactInsert, BeforeCommit, EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend,
-    StoreError, StoreResult, transaction,
+    ArtifactInsert, BeforeCommit, EnrollOutcome, Enrolment, NewBootstrapToken, NodeReport, Store,
+    StoreBackend, StoreError, StoreResult, transaction,
 };
 use crate::domain::{
-    Artifact, BootstrapToken, Digest, Model, ModelName, ModelVersion, NewArtifact, Node, NodeName,
-    NodeStatus, Page, PageRequest, PromptName, PromptSummary, SystemPrompt, VersionState,
+    Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, HealthPoint, Model, ModelName,
+    ModelVersion, NewArtifact, NewAssignment, Node, NodeChange, NodeDesired, NodeName, Page,
+    PageRequest, PromptName, PromptSummary, SystemPrompt, VersionState,
 };
 
 /// Runs `$body` as one transaction on the store's pool, with `$conn` bound
@@ -791,7 +792,50 @@ impl Store for SqliteStore {
         self.fleet_list_nodes(page).await
     }
 
-    async fn set_node_status(&self, name: &NodeName, status: NodeStatus) -> StoreResult<Node> {
-        self.fleet_set_node_status(name, status).await
+    async fn change_node(
+        &self,
+        name: &NodeName,
+        change: &NodeChange,
+    ) -> StoreResult<(Node, Option<NodeDesired>)> {
+        self.fleet_change_node(name, change).await
+    }
+
+    async fn refresh_secret_hash(&self, name: &NodeName) -> StoreResult<Option<Option<Vec<u8>>>> {
+        self.fleet_refresh_secret_hash(name).await
+    }
+
+    async fn create_assignment(
+        &self,
+        new: &NewAssignment,
+    ) -> StoreResult<(Assignment, Vec<NodeDesired>)> {
+        self.fleet_create_assignment(new).await
+    }
+
+    async fn remove_assignment(&self, target: &AssignmentTarget) -> StoreResult<Vec<NodeDesired>> {
+        self.fleet_remove_assignment(target).await
+    }
+
+    async fn list_assignments(&self, page: &PageRequest) -> StoreResult<Page<Assignment>> {
+        self.fleet_list_assignments(page).await
+    }
+
+    async fn write_reports(&self, reports: &[NodeReport]) -> StoreResult<()> {
+        self.fleet_write_reports(reports).await
+    }
+
+    async fn write_health_minutes(&self, points: &[(NodeName, HealthPoint)]) -> StoreResult<()> {
+        self.fleet_write_health_minutes(points).await
+    }
+
+    async fn health_minutes(
+        &self,
+        name: &NodeName,
+        since_unix: i64,
+    ) -> StoreResult<Vec<HealthPoint>> {
+        self.fleet_health_minutes(name, since_unix).await
+    }
+
+    async fn prune_health_minutes(&self, before_unix: i64) -> StoreResult<u64> {
+        self.fleet_prune_health_minutes(before_unix).await
     }
 }

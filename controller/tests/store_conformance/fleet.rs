@@ -5,9 +5,12 @@
 use std::time::Duration;
 
 use flotilla_controller::domain::{
-    BootstrapSecret, Labels, NewNode, NodeInventory, NodeName, NodeStatus, TokenRejection,
+    AssignmentPhase, AssignmentTarget, BootstrapSecret, DesiredAssignment, HealthPoint, Labels,
+    NewAssignment, NewNode, NodeChange, NodeInventory, NodeName, NodeStatus, ObservedState,
+    SecretHash, TokenRejection,
 };
-use flotilla_controller::store::{EnrollOutcome, Enrolment, NewBootstrapToken};
+use flotilla_controller::store::{EnrollOutcome, Enrolment, NewBootstrapToken, NodeReport};
+use time::OffsetDateTime;
 
 use super::*;
 
@@ -53,6 +56,7 @@ fn enrolment(secret: &BootstrapSecret, node: NewNode, replace: bool) -> Enrolmen
         node,
         replace_existing: replace,
         initial_status: NodeStatus::Active,
+        refresh_secret_hash: SecretHash(*blake3::hash(b"refresh").as_bytes()),
     }
 }
 
@@ -205,14 +209,300 @@ pub(crate) async fn nodes_are_listed_in_pages_and_approved(database: &TestDataba
         (vec!["c-node".to_owned()], None)
     );
 
-    let approved = store
-        .set_node_status(&node_name("b-node"), NodeStatus::Active)
+    let (approved, _) = store
+        .change_node(
+            &node_name("b-node"),
+            &NodeChange::Status(NodeStatus::Active),
+        )
         .await
         .expect("approve");
     assert_eq!(approved.status, NodeStatus::Active);
     let error = store
-        .set_node_status(&node_name("absent"), NodeStatus::Active)
+        .change_node(
+            &node_name("absent"),
+            &NodeChange::Status(NodeStatus::Active),
+        )
         .await
         .expect_err("absent");
     assert!(matches!(error, StoreError::NotFound(_)), "{error:?}");
+}
+
+fn desired(model: &str) -> DesiredAssignment {
+    DesiredAssignment {
+        model: model.to_owned(),
+        version: "1.0.0".to_owned(),
+        quantization: "Q4_1".to_owned(),
+        digest: "ab".repeat(32),
+        size_bytes: 42,
+        prompt: None,
+        assignment_generation: 0,
+        target: String::new(),
+    }
+}
+
+fn selector(text: &str) -> AssignmentTarget {
+    AssignmentTarget::Selector(text.parse().expect("valid selector"))
+}
+
+async fn enrol(store: &dyn Store, token: &BootstrapSecret, name: &str, labels: &str) {
+    assert!(matches!(
+        store
+            .enroll_node(&enrolment(token, new_node(name, labels), false))
+            .await
+            .expect("enrol"),
+        EnrollOutcome::Enrolled(_)
+    ));
+}
+
+async fn desired_of(store: &dyn Store, name: &str) -> (u64, Option<String>) {
+    let node = store
+        .get_node(&node_name(name))
+        .await
+        .expect("get")
+        .expect("exists");
+    (
+        node.desired.generation,
+        node.desired.assignment.map(|a| a.model),
+    )
+}
+
+pub(crate) async fn assignments_place_nodes_and_generations_only_grow(database: &TestDatabase) {
+    let store = database.store();
+    let token = create_token(&*store, HOUR, 10).await;
+    enrol(&*store, &token, "berlin-1", "site=berlin").await;
+    enrol(&*store, &token, "berlin-2", "site=berlin,gpu=l4").await;
+    enrol(&*store, &token, "paris-1", "site=paris").await;
+
+    // A selector reaches exactly the matching nodes, all at its generation.
+    let (berlin, changed) = store
+        .create_assignment(&NewAssignment {
+            target: selector("site=berlin"),
+            desired: desired("small"),
+            created_by: "op".to_owned(),
+        })
+        .await
+        .expect("assign");
+    let mut names: Vec<_> = changed.iter().map(|c| c.name.to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["berlin-1", "berlin-2"]);
+    assert!(
+        changed
+            .iter()
+            .all(|c| c.desired.generation == berlin.generation)
+    );
+    assert_eq!(berlin.desired.assignment_generation, berlin.generation);
+    assert_eq!(desired_of(&*store, "paris-1").await, (0, None));
+
+    // A node's own assignment wins over the selector.
+    let (own, changed) = store
+        .create_assignment(&NewAssignment {
+            target: AssignmentTarget::Node(node_name("berlin-2")),
+            desired: desired("big"),
+            created_by: "op".to_owned(),
+        })
+        .await
+        .expect("assign node");
+    assert!(own.generation > berlin.generation);
+    assert_eq!(changed.len(), 1);
+    assert_eq!(
+        desired_of(&*store, "berlin-2").await,
+        (own.generation, Some("big".to_owned()))
+    );
+
+    // Re-assigning the same selector replaces it; the pinned node stays.
+    let (again, changed) = store
+        .create_assignment(&NewAssignment {
+            target: selector("site=berlin"),
+            desired: desired("small-v2"),
+            created_by: "op".to_owned(),
+        })
+        .await
+        .expect("reassign");
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].name.as_str(), "berlin-1");
+    let listed = store
+        .list_assignments(&PageRequest::first(10))
+        .await
+        .expect("list");
+    let generations: Vec<u64> = listed.items.iter().map(|a| a.generation).collect();
+    assert_eq!(generations, [own.generation, again.generation]);
+
+    // Removing the pin falls back to the selector, at a newer generation.
+    let changed = store
+        .remove_assignment(&AssignmentTarget::Node(node_name("berlin-2")))
+        .await
+        .expect("unassign");
+    assert_eq!(changed.len(), 1);
+    let (generation, model) = desired_of(&*store, "berlin-2").await;
+    assert!(generation > again.generation);
+    assert_eq!(model.as_deref(), Some("small-v2"));
+    let missing = store
+        .remove_assignment(&AssignmentTarget::Node(node_name("berlin-2")))
+        .await
+        .expect_err("nothing left to remove");
+    assert!(matches!(missing, StoreError::NotFound(_)), "{missing:?}");
+    let unknown = store
+        .create_assignment(&NewAssignment {
+            target: AssignmentTarget::Node(node_name("absent")),
+            desired: desired("x"),
+            created_by: "op".to_owned(),
+        })
+        .await
+        .expect_err("unknown node");
+    assert!(matches!(unknown, StoreError::NotFound(_)), "{unknown:?}");
+
+    // Relabelling moves a node under the selector; cordoning freezes it;
+    // draining empties it; uncordoning brings it back.
+    let (paris, pushed) = store
+        .change_node(
+            &node_name("paris-1"),
+            &NodeChange::Labels {
+                set: [("site".to_owned(), "berlin".to_owned())].into(),
+                remove: Vec::new(),
+            },
+        )
+        .await
+        .expect("relabel");
+    assert_eq!(
+        paris.desired.assignment.map(|a| a.model).as_deref(),
+        Some("small-v2")
+    );
+    assert!(pushed.is_some());
+    let before = desired_of(&*store, "berlin-1").await;
+    let (cordoned, _) = store
+        .change_node(
+            &node_name("berlin-1"),
+            &NodeChange::Status(NodeStatus::Cordoned),
+        )
+        .await
+        .expect("cordon");
+    assert_eq!(cordoned.status, NodeStatus::Cordoned);
+    store
+        .create_assignment(&NewAssignment {
+            target: selector("site=berlin"),
+            desired: desired("small-v3"),
+            created_by: "op".to_owned(),
+        })
+        .await
+        .expect("reassign while cordoned");
+    assert_eq!(
+        desired_of(&*store, "berlin-1").await,
+        before,
+        "cordoned nodes keep theirs"
+    );
+    let (drained, pushed) = store
+        .change_node(&node_name("berlin-1"), &NodeChange::Drain)
+        .await
+        .expect("drain");
+    assert!(drained.desired.assignment.is_none());
+    assert!(drained.desired.generation > before.0);
+    assert_eq!(
+        pushed.map(|p| p.desired.generation),
+        Some(drained.desired.generation)
+    );
+    let (back, _) = store
+        .change_node(
+            &node_name("berlin-1"),
+            &NodeChange::Status(NodeStatus::Active),
+        )
+        .await
+        .expect("uncordon");
+    assert_eq!(
+        back.desired.assignment.map(|a| a.model).as_deref(),
+        Some("small-v3")
+    );
+    assert!(back.desired.generation > drained.desired.generation);
+
+    // Bad labels are refused and change nothing.
+    let error = store
+        .change_node(
+            &node_name("berlin-1"),
+            &NodeChange::Labels {
+                set: [("bad key".to_owned(), "x".to_owned())].into(),
+                remove: Vec::new(),
+            },
+        )
+        .await
+        .expect_err("bad label");
+    assert!(
+        matches!(error, StoreError::FailedPrecondition(_)),
+        "{error:?}"
+    );
+}
+
+pub(crate) async fn reports_and_health_history_are_written_in_batches(database: &TestDatabase) {
+    let store = database.store();
+    let token = create_token(&*store, HOUR, 2).await;
+    enrol(&*store, &token, "edge-1", "").await;
+    let name = node_name("edge-1");
+    let observed = ObservedState {
+        generation: 3,
+        digest: Some("ab".repeat(32)),
+        phase: AssignmentPhase::Downloading,
+        bytes_done: 10,
+        bytes_total: 42,
+        reason: None,
+        serving_digest: None,
+    };
+    store
+        .write_reports(&[NodeReport {
+            name: name.clone(),
+            observed: Some(observed.clone()),
+            health: None,
+            last_heartbeat_unix_ms: Some(1_700_000_000_123),
+        }])
+        .await
+        .expect("write");
+    // A later report without observed state keeps the stored one.
+    store
+        .write_reports(&[NodeReport {
+            name: name.clone(),
+            observed: None,
+            health: None,
+            last_heartbeat_unix_ms: Some(1_700_000_001_000),
+        }])
+        .await
+        .expect("write");
+    let node = store.get_node(&name).await.expect("get").expect("exists");
+    assert_eq!(node.observed, Some(observed));
+    assert_eq!(
+        node.last_heartbeat_at.map(|at| at.unix_timestamp()),
+        Some(1_700_000_001)
+    );
+
+    let minute = |at: i64, cpu: f32| HealthPoint {
+        at: OffsetDateTime::from_unix_timestamp(at).expect("valid"),
+        samples: 12,
+        cpu_utilisation_percent: cpu,
+        memory_used_bytes_max: 1 << 30,
+        gpu_utilisation_percent: None,
+        gpu_temperature_celsius_max: Some(71.0),
+        throttled: true,
+    };
+    store
+        .write_health_minutes(&[
+            (name.clone(), minute(1_700_000_040, 10.0)),
+            (name.clone(), minute(1_700_000_100, 20.0)),
+        ])
+        .await
+        .expect("write minutes");
+    // Rewriting a minute replaces it.
+    store
+        .write_health_minutes(&[(name.clone(), minute(1_700_000_100, 30.0))])
+        .await
+        .expect("rewrite minute");
+    let points = store
+        .health_minutes(&name, 1_700_000_000)
+        .await
+        .expect("read");
+    assert_eq!(points.len(), 2);
+    assert_eq!(points[1], minute(1_700_000_100, 30.0));
+    assert_eq!(
+        store
+            .prune_health_minutes(1_700_000_060)
+            .await
+            .expect("prune"),
+        1
+    );
+    assert_eq!(store.health_minutes(&name, 0).await.expect("read").len(), 1);
 }

@@ -1,55 +1,23 @@
-//! The fleet's tables on SQLite: bootstrap tokens and nodes. Enrolment
+//! The fleet's tables on SQLite: bootstrap tokens, nodes, assignments and
+//! health history; the SQL both backends share is in `store/fleet_sql.rs`. Enrolment
 //! runs in a `BEGIN IMMEDIATE` transaction, which holds the database's write
 //! lock from its first statement, so concurrent enrolments with one token
 //! are serialised and can never take more uses than it has.
 
 use sqlx::SqliteConnection;
-use sqlx::types::Json;
 
 use super::super::rows::{
     BootstrapTokenRow, NodeRow, SELECT_NODES, TokenCheckRow, check_token, convert_all,
     map_sqlx_error, overfetch,
 };
-use super::super::{EnrollOutcome, Enrolment, NewBootstrapToken, StoreError, StoreResult};
+use super::super::{
+    EnrollOutcome, Enrolment, NewBootstrapToken, NodeReport, StoreError, StoreResult,
+};
 use super::{Access, SqliteStore, StoreBackend, is_retryable, transaction};
-use crate::domain::{BootstrapToken, Node, NodeName, NodeStatus, Page, PageRequest};
-
-const NODE_COLUMNS: &str = "name, labels, inventory, agent_version, status, enrolled_at";
-
-async fn insert_node(conn: &mut SqliteConnection, enrolment: &Enrolment) -> StoreResult<Node> {
-    let node = &enrolment.node;
-    // With `replace_existing` the row of that name is overwritten in place:
-    // the node keeps its id (and, later, its assignment history).
-    let on_conflict = if enrolment.replace_existing {
-        " ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, \
-         inventory = excluded.inventory, agent_version = excluded.agent_version, \
-         status = excluded.status, enrolled_at = excluded.enrolled_at, \
-         bootstrap_token_id = excluded.bootstrap_token_id"
-    } else {
-        ""
-    };
-    sqlx::query_as::<_, NodeRow>(&format!(
-        "INSERT INTO nodes (name, labels, inventory, agent_version, status, bootstrap_token_id) \
-         VALUES ($1, $2, $3, $4, $5, $6){on_conflict} RETURNING {NODE_COLUMNS}"
-    ))
-    .bind(node.name.as_str())
-    .bind(Json(node.labels.as_map()))
-    .bind(Json(&node.inventory))
-    .bind(&node.agent_version)
-    .bind(enrolment.initial_status.as_str())
-    .bind(&enrolment.token_id)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|error| {
-        map_sqlx_error(error, || {
-            format!(
-                "node {} is already enrolled; re-enrol it explicitly with replace_existing (agent flag --replace)",
-                node.name
-            )
-        })
-    })?
-    .try_into()
-}
+use crate::domain::{
+    Assignment, AssignmentTarget, BootstrapToken, HealthPoint, NewAssignment, Node, NodeChange,
+    NodeDesired, NodeName, Page, PageRequest,
+};
 
 impl SqliteStore {
     pub(super) async fn fleet_create_bootstrap_token(
@@ -101,7 +69,7 @@ impl SqliteStore {
                 .execute(&mut *conn)
                 .await?;
             // A name conflict fails the transaction, which gives the use back.
-            let node = insert_node(conn, enrolment).await?;
+            let node = queries::insert_node(conn, enrolment).await?;
             Ok(EnrollOutcome::Enrolled(node))
         })
     }
@@ -133,21 +101,97 @@ impl SqliteStore {
         })
     }
 
-    pub(super) async fn fleet_set_node_status(
+    pub(super) async fn fleet_create_assignment(
         &self,
-        name: &NodeName,
-        status: NodeStatus,
-    ) -> StoreResult<Node> {
-        in_transaction!(self, "set_node_status", Access::Write, |conn| {
-            sqlx::query_as::<_, NodeRow>(&format!(
-                "UPDATE nodes SET status = $2 WHERE name = $1 RETURNING {NODE_COLUMNS}"
-            ))
-            .bind(name.as_str())
-            .bind(status.as_str())
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("node {name} not found")))?
-            .try_into()
+        new: &NewAssignment,
+    ) -> StoreResult<(Assignment, Vec<NodeDesired>)> {
+        in_transaction!(self, "create_assignment", Access::Write, |conn| {
+            queries::create_assignment(conn, new).await
         })
     }
+
+    pub(super) async fn fleet_remove_assignment(
+        &self,
+        target: &AssignmentTarget,
+    ) -> StoreResult<Vec<NodeDesired>> {
+        in_transaction!(self, "remove_assignment", Access::Write, |conn| {
+            queries::remove_assignment(conn, target).await
+        })
+    }
+
+    pub(super) async fn fleet_list_assignments(
+        &self,
+        page: &PageRequest,
+    ) -> StoreResult<Page<Assignment>> {
+        let after = page
+            .after
+            .as_deref()
+            .map(|cursor| {
+                cursor.parse::<u64>().map_err(|_| {
+                    StoreError::FailedPrecondition(format!("invalid cursor {cursor:?}"))
+                })
+            })
+            .transpose()?;
+        in_transaction!(self, "list_assignments", Access::Read, |conn| {
+            let assignments = queries::list_assignments(conn, after, overfetch(page.limit)).await?;
+            Ok(Page::from_overfetched(assignments, page.limit, |a| {
+                a.generation.to_string()
+            }))
+        })
+    }
+
+    pub(super) async fn fleet_change_node(
+        &self,
+        name: &NodeName,
+        change: &NodeChange,
+    ) -> StoreResult<(Node, Option<NodeDesired>)> {
+        in_transaction!(self, "change_node", Access::Write, |conn| {
+            queries::change_node(conn, name, change).await
+        })
+    }
+
+    pub(super) async fn fleet_refresh_secret_hash(
+        &self,
+        name: &NodeName,
+    ) -> StoreResult<Option<Option<Vec<u8>>>> {
+        in_transaction!(self, "refresh_secret_hash", Access::Read, |conn| {
+            queries::refresh_secret_hash(conn, name).await
+        })
+    }
+
+    pub(super) async fn fleet_write_reports(&self, reports: &[NodeReport]) -> StoreResult<()> {
+        in_transaction!(self, "write_reports", Access::Write, |conn| {
+            queries::write_reports(conn, reports).await
+        })
+    }
+
+    pub(super) async fn fleet_write_health_minutes(
+        &self,
+        points: &[(NodeName, HealthPoint)],
+    ) -> StoreResult<()> {
+        in_transaction!(self, "write_health_minutes", Access::Write, |conn| {
+            queries::write_health_minutes(conn, points).await
+        })
+    }
+
+    pub(super) async fn fleet_health_minutes(
+        &self,
+        name: &NodeName,
+        since_unix: i64,
+    ) -> StoreResult<Vec<HealthPoint>> {
+        in_transaction!(self, "health_minutes", Access::Read, |conn| {
+            queries::read_health_minutes(conn, name, since_unix).await
+        })
+    }
+
+    pub(super) async fn fleet_prune_health_minutes(&self, before_unix: i64) -> StoreResult<u64> {
+        in_transaction!(self, "prune_health_minutes", Access::Write, |conn| {
+            queries::prune_health_minutes(conn, before_unix).await
+        })
+    }
+}
+
+/// The SQL shared with the other backend (`store/fleet_sql.rs`).
+mod queries {
+    crate::store::fleet_sql::fleet_queries!(sqlx::SqliteConnection, "");
 }

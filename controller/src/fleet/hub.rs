@@ -1,0 +1,511 @@
+//! The controller's in-memory side of the sync streams: which nodes have a
+//! stream open here, the latest desired state pushed to each, and what each
+//! agent reported (observed state, latest health sample, last heartbeat).
+//!
+//! Nothing here is written per heartbeat. The [`Flusher`] takes what
+//! changed every second (observed states) or every [`HEALTH_FLUSH_EVERY`]
+//! (heartbeats and health), and writes it in one transaction per batch; a
+//! heartbeat only touches one shard's mutex. Health is also folded into one
+//! [`HealthPoint`] per node and minute, the down-sampled history.
+//!
+//! Fan-out of a desired-state change costs one `watch` send per changed node
+//! that has a stream here; each stream's task wakes and sends the complete
+//! state. A `watch` keeps only the latest value, so a slow agent skips
+//! intermediate states instead of queueing them (level-triggered).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{
+    DesiredState, HealthPoint, HealthSample, MinuteAccumulator, NodeDesired, NodeName, NodeStatus,
+    ObservedState,
+};
+use crate::store::{NodeReport, Store};
+
+/// Shards of the node map: heartbeats of different nodes rarely contend.
+const SHARDS: usize = 32;
+/// How often observed states are written.
+pub const OBSERVED_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often heartbeat times, latest health and finished minutes are
+/// written. Readiness seen from another replica lags by up to this much.
+pub const HEALTH_FLUSH_EVERY: Duration = Duration::from_secs(15);
+/// Heartbeats a node may miss before it counts as not ready.
+pub const MISSED_HEARTBEATS: u32 = 3;
+/// Health history kept.
+pub const HEALTH_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// What a stream sends its agent: the node's status and desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedState {
+    pub status: NodeStatus,
+    pub desired: DesiredState,
+}
+
+impl PushedState {
+    /// Whether `self` should replace `current`: a higher generation, or a
+    /// status change at the same generation (cordoning changes no desired
+    /// state). A lower generation never replaces a higher one, so a stale
+    /// read can race a fresh publish safely.
+    fn supersedes(&self, current: &Self) -> bool {
+        self.desired.generation > current.desired.generation
+            || (self.desired.generation == current.desired.generation
+                && self.status != current.status)
+    }
+}
+
+/// An open stream's link to the hub.
+pub struct Session {
+    pub id: u64,
+    pub node: NodeName,
+    pub desired: watch::Receiver<Arc<PushedState>>,
+}
+
+/// What the hub knows about a node right now.
+#[derive(Debug, Clone, Default)]
+pub struct NodeRuntime {
+    pub connected: bool,
+    pub last_heartbeat_at: Option<OffsetDateTime>,
+    pub observed: Option<ObservedState>,
+    pub health: Option<HealthSample>,
+    /// The minute being folded, for views of the history.
+    pub current_minute: Option<HealthPoint>,
+}
+
+#[derive(Default)]
+struct Entry {
+    session: Option<(u64, watch::Sender<Arc<PushedState>>)>,
+    last_heartbeat_at: Option<OffsetDateTime>,
+    observed: Option<ObservedState>,
+    health: Option<HealthSample>,
+    minute: Option<MinuteAccumulator>,
+    finished_minutes: Vec<HealthPoint>,
+    observed_dirty: bool,
+    health_dirty: bool,
+}
+
+/// See the module docs. Shared by the gRPC service, the fleet operations
+/// and the flusher.
+pub struct SyncHub {
+    shards: Vec<Mutex<HashMap<NodeName, Entry>>>,
+    hasher: RandomState,
+    next_session: AtomicU64,
+    heartbeat_interval: Duration,
+}
+
+impl SyncHub {
+    pub fn new(heartbeat_interval: Duration) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            next_session: AtomicU64::new(1),
+            heartbeat_interval,
+        }
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    fn shard(&self, node: &NodeName) -> MutexGuard<'_, HashMap<NodeName, Entry>> {
+        let index = (self.hasher.hash_one(node) as usize) % SHARDS;
+        // A panic while holding a shard leaves plain data behind; keep going.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a stream for `node`, replacing (and so ending) any older
+    /// stream of the same node. Starts from `initial`; a concurrent
+    /// [`SyncHub::publish`] of a newer state wins over it.
+    pub fn connect(&self, node: &NodeName, initial: PushedState) -> Session {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = watch::channel(Arc::new(initial));
+        let replaced = {
+            let mut shard = self.shard(node);
+            let entry = shard.entry(node.clone()).or_default();
+            entry.session.replace((id, sender)).is_some()
+        };
+        metrics::gauge!("flotilla_fleet_streams").increment(1.0);
+        if replaced {
+            metrics::gauge!("flotilla_fleet_streams").decrement(1.0);
+            tracing::info!(node = %node, "a newer stream replaced the node's previous one");
+        }
+        Session {
+            id,
+            node: node.clone(),
+            desired: receiver,
+        }
+    }
+
+    /// Offers a state read from the store after [`SyncHub::connect`]; kept
+    /// only if it is newer than what the session has.
+    pub fn offer(&self, session: &Session, state: PushedState) {
+        let shard = self.shard(&session.node);
+        if let Some(entry) = shard.get(&session.node)
+            && let Some((id, sender)) = &entry.session
+            && *id == session.id
+        {
+            send_if_newer(sender, state);
+        }
+    }
+
+    /// Forgets a stream that ended, unless a newer one replaced it.
+    pub fn disconnect(&self, session: &Session) {
+        let mut shard = self.shard(&session.node);
+        if let Some(entry) = shard.get_mut(&session.node)
+            && entry
+                .session
+                .as_ref()
+                .is_some_and(|(id, _)| *id == session.id)
+        {
+            entry.session = None;
+            metrics::gauge!("flotilla_fleet_streams").decrement(1.0);
+        }
+    }
+
+    /// Pushes changed desired states to the streams that are open here.
+    pub fn publish(&self, changes: &[NodeDesired]) {
+        let mut pushed = 0u64;
+        for change in changes {
+            let shard = self.shard(&change.name);
+            if let Some(entry) = shard.get(&change.name)
+                && let Some((_, sender)) = &entry.session
+            {
+                send_if_newer(
+                    sender,
+                    PushedState {
+                        status: change.status,
+                        desired: change.desired.clone(),
+                    },
+                );
+                pushed += 1;
+            }
+        }
+        metrics::counter!("flotilla_fleet_desired_pushes_total").increment(pushed);
+    }
+
+    /// Records a heartbeat and its health sample.
+    pub fn heartbeat(&self, node: &NodeName, sample: HealthSample, now: OffsetDateTime) {
+        let mut shard = self.shard(node);
+        let entry = shard.entry(node.clone()).or_default();
+        entry.last_heartbeat_at = Some(now);
+        let minute = MinuteAccumulator::minute_of(sample.taken_at);
+        match &mut entry.minute {
+            Some(current) if current.minute() == minute => current.add(&sample),
+            // Samples from a clock that went backwards join the current
+            // minute rather than rewriting history.
+            Some(current) if current.minute() > minute => current.add(&sample),
+            slot => {
+                if let Some(finished) = slot.take() {
+                    entry.finished_minutes.push(finished.finish());
+                }
+                let mut fresh = MinuteAccumulator::new(sample.taken_at);
+                fresh.add(&sample);
+                *slot = Some(fresh);
+            }
+        }
+        entry.health = Some(sample);
+        entry.health_dirty = true;
+    }
+
+    /// Records an agent's report of its observed state.
+    pub fn observe(&self, node: &NodeName, observed: ObservedState) {
+        let mut shard = self.shard(node);
+        let entry = shard.entry(node.clone()).or_default();
+        entry.observed = Some(observed);
+        entry.observed_dirty = true;
+    }
+
+    pub fn runtime(&self, node: &NodeName) -> Option<NodeRuntime> {
+        let shard = self.shard(node);
+        shard.get(node).map(|entry| NodeRuntime {
+            connected: entry.session.is_some(),
+            last_heartbeat_at: entry.last_heartbeat_at,
+            observed: entry.observed.clone(),
+            health: entry.health.clone(),
+            current_minute: entry.minute.as_ref().map(MinuteAccumulator::finish),
+        })
+    }
+
+    /// Whether a node counts as ready: a stream open here and a heartbeat
+    /// within [`MISSED_HEARTBEATS`] intervals; for nodes streaming to
+    /// another replica, a persisted heartbeat that recent (allowing for
+    /// the flush delay).
+    pub fn is_ready(&self, node: &NodeName, persisted_heartbeat: Option<OffsetDateTime>) -> bool {
+        let window = self.heartbeat_interval * MISSED_HEARTBEATS;
+        let now = OffsetDateTime::now_utc();
+        let recent = |at: OffsetDateTime, window: Duration| {
+            (now - at) <= time::Duration::try_from(window).unwrap_or(time::Duration::MAX)
+        };
+        match self.runtime(node) {
+            Some(runtime) if runtime.connected => runtime
+                .last_heartbeat_at
+                .is_some_and(|at| recent(at, window)),
+            _ => persisted_heartbeat.is_some_and(|at| recent(at, window + HEALTH_FLUSH_EVERY)),
+        }
+    }
+
+    /// Nodes with a stream open here.
+    pub fn stream_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .values()
+                    .filter(|entry| entry.session.is_some())
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Takes what changed since the last take: observed states always;
+    /// heartbeats, health and finished minutes when `with_health`.
+    fn take_dirty(&self, with_health: bool) -> Batch {
+        let mut batch = Batch::default();
+        for shard in &self.shards {
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (name, entry) in shard.iter_mut() {
+                let observed = entry
+                    .observed_dirty
+                    .then(|| entry.observed.clone())
+                    .flatten();
+                let health_due = with_health && entry.health_dirty;
+                if observed.is_none() && !health_due {
+                    continue;
+                }
+                entry.observed_dirty = false;
+                let mut report = NodeReport {
+                    name: name.clone(),
+                    observed,
+                    health: None,
+                    last_heartbeat_unix_ms: None,
+                };
+                if health_due {
+                    entry.health_dirty = false;
+                    report.health = entry.health.clone();
+                    report.last_heartbeat_unix_ms = entry
+                        .last_heartbeat_at
+                        .map(|at| (at.unix_timestamp_nanos() / 1_000_000) as i64);
+                    batch.minutes.extend(
+                        entry
+                            .finished_minutes
+                            .drain(..)
+                            .map(|point| (name.clone(), point)),
+                    );
+                }
+                batch.reports.push(report);
+            }
+            // Entries of nodes that left and were written can go.
+            shard.retain(|_, entry| {
+                entry.session.is_some()
+                    || entry.observed_dirty
+                    || entry.health_dirty
+                    || !entry.finished_minutes.is_empty()
+            });
+        }
+        batch
+    }
+
+    /// Marks a batch dirty again after its write failed, unless newer
+    /// reports arrived meanwhile.
+    fn restore(&self, batch: Batch) {
+        for report in batch.reports {
+            let mut shard = self.shard(&report.name);
+            let entry = shard.entry(report.name.clone()).or_default();
+            if report.observed.is_some() && entry.observed.is_none() {
+                entry.observed = report.observed;
+            }
+            entry.observed_dirty |= entry.observed.is_some();
+            if report.health.is_some() {
+                entry.health_dirty = true;
+                if entry.health.is_none() {
+                    entry.health = report.health;
+                }
+            }
+        }
+        for (name, point) in batch.minutes {
+            self.shard(&name)
+                .entry(name)
+                .or_default()
+                .finished_minutes
+                .push(point);
+        }
+    }
+}
+
+fn send_if_newer(sender: &watch::Sender<Arc<PushedState>>, state: PushedState) {
+    sender.send_if_modified(|current| {
+        if state.supersedes(current) {
+            *current = Arc::new(state);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+#[derive(Default)]
+struct Batch {
+    reports: Vec<NodeReport>,
+    minutes: Vec<(NodeName, HealthPoint)>,
+}
+
+/// Writes the hub's reports to the store in batches until cancelled, then
+/// once more so that a clean shutdown loses nothing.
+pub struct Flusher {
+    hub: Arc<SyncHub>,
+    store: Arc<dyn Store>,
+}
+
+impl Flusher {
+    pub fn new(hub: Arc<SyncHub>, store: Arc<dyn Store>) -> Self {
+        Self { hub, store }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(OBSERVED_FLUSH_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let health_every =
+            (HEALTH_FLUSH_EVERY.as_millis() / OBSERVED_FLUSH_EVERY.as_millis()).max(1);
+        let prune_every = 600 * health_every / 15;
+        let mut tick: u128 = 0;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            tick += 1;
+            self.flush(tick % health_every == 0).await;
+            if tick % prune_every.max(1) == 0 {
+                self.prune().await;
+            }
+            metrics::gauge!("flotilla_fleet_streams_open").set(self.hub.stream_count() as f64);
+        }
+        self.flush(true).await;
+    }
+
+    /// Writes what changed; on failure keeps it for the next round.
+    pub async fn flush(&self, with_health: bool) {
+        let batch = self.hub.take_dirty(with_health);
+        if batch.reports.is_empty() && batch.minutes.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let mut failed = false;
+        if !batch.reports.is_empty()
+            && let Err(error) = self.store.write_reports(&batch.reports).await
+        {
+            tracing::warn!(%error, reports = batch.reports.len(), "could not write agent reports; will retry");
+            failed = true;
+        }
+        if !failed
+            && !batch.minutes.is_empty()
+            && let Err(error) = self.store.write_health_minutes(&batch.minutes).await
+        {
+            tracing::warn!(%error, "could not write health history; will retry");
+            failed = true;
+        }
+        metrics::histogram!("flotilla_fleet_flush_seconds").record(started.elapsed().as_secs_f64());
+        if failed {
+            self.hub.restore(batch);
+        } else {
+            metrics::counter!("flotilla_fleet_reports_written_total")
+                .increment(batch.reports.len() as u64);
+        }
+    }
+
+    async fn prune(&self) {
+        let cutoff = OffsetDateTime::now_utc().unix_timestamp() - HEALTH_RETENTION.as_secs() as i64;
+        match self.store.prune_health_minutes(cutoff).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "pruned old health history"),
+            Err(error) => tracing::warn!(%error, "could not prune health history"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(generation: u64, status: NodeStatus) -> PushedState {
+        PushedState {
+            status,
+            desired: DesiredState {
+                generation,
+                assignment: None,
+            },
+        }
+    }
+
+    #[test]
+    fn newer_states_replace_older_and_stale_ones_are_ignored() {
+        let hub = SyncHub::new(Duration::from_secs(5));
+        let node: NodeName = "edge-1".parse().expect("valid");
+        let session = hub.connect(&node, state(0, NodeStatus::Active));
+        hub.publish(&[NodeDesired {
+            name: node.clone(),
+            status: NodeStatus::Active,
+            desired: DesiredState {
+                generation: 7,
+                assignment: None,
+            },
+        }]);
+        // A read from the store that raced the publish is older: ignored.
+        hub.offer(&session, state(5, NodeStatus::Active));
+        assert_eq!(session.desired.borrow().desired.generation, 7);
+        hub.offer(&session, state(7, NodeStatus::Cordoned));
+        assert_eq!(session.desired.borrow().status, NodeStatus::Cordoned);
+
+        // A second stream of the node ends the first.
+        let newer = hub.connect(&node, state(7, NodeStatus::Active));
+        assert!(session.desired.has_changed().is_err());
+        hub.disconnect(&session);
+        assert!(hub.runtime(&node).expect("known").connected);
+        hub.disconnect(&newer);
+        assert!(!hub.runtime(&node).expect("known").connected);
+    }
+
+    #[test]
+    fn dirty_reports_are_taken_once_and_restored_on_failure() {
+        let hub = SyncHub::new(Duration::from_secs(1));
+        let node: NodeName = "edge-1".parse().expect("valid");
+        let _session = hub.connect(&node, state(0, NodeStatus::Active));
+        let now = OffsetDateTime::now_utc();
+        hub.heartbeat(
+            &node,
+            HealthSample {
+                taken_at: now,
+                cpu_utilisation_percent: 5.0,
+                memory_used_bytes: 1,
+                memory_total_bytes: 2,
+                disk_available_bytes: None,
+                cpu_temperature_celsius: None,
+                gpus: Vec::new(),
+            },
+            now,
+        );
+        assert!(hub.is_ready(&node, None));
+        let batch = hub.take_dirty(false);
+        assert!(
+            batch.reports.is_empty(),
+            "health waits for the health round"
+        );
+        let batch = hub.take_dirty(true);
+        assert_eq!(batch.reports.len(), 1);
+        assert!(hub.take_dirty(true).reports.is_empty());
+        hub.restore(batch);
+        assert_eq!(hub.take_dirty(true).reports.len(), 1);
+    }
+}

@@ -1,0 +1,450 @@
+//! The fleet's SQL that is the same text on Postgres and SQLite: both take
+//! `$n` placeholders, JSON through `sqlx::types::Json`, and integers as
+//! `i64`. [`fleet_queries!`] expands these functions once per backend with
+//! that backend's connection type, so the two stores share one definition
+//! of enrolment, placement and reporting instead of two copies that drift.
+//!
+//! Every function runs inside the caller's transaction.
+
+/// Expands the shared fleet queries for one backend. `$conn` is its
+/// connection type; `$lock` locks the generation row for the rest of the
+/// transaction (`FOR UPDATE` on Postgres; SQLite's `BEGIN IMMEDIATE`
+/// already holds the write lock, so it passes an empty string).
+macro_rules! fleet_queries {
+    ($conn:ty, $lock:literal) => {
+        use std::collections::BTreeMap;
+
+        use sqlx::types::Json;
+
+        use crate::store::rows::{
+            AssignmentRow, HealthMinuteRow, NodeRow, SELECT_ASSIGNMENTS,
+            SELECT_NODES, convert_all, map_sqlx_error, to_i64, to_u64,
+        };
+        use crate::store::{Enrolment, NodeReport, StoreError, StoreResult};
+        use crate::domain::{
+            Assignment, AssignmentTarget, DesiredAssignment, HealthPoint, Labels, NewAssignment,
+            Node, NodeChange, NodeDesired, NodeName, NodeStatus, Placement, place,
+            source_generation,
+        };
+
+        /// Inserts (or, with `replace_existing`, overwrites in place) an
+        /// enrolling node, then places it: a selector may already match.
+        pub(super) async fn insert_node(
+            conn: &mut $conn,
+            enrolment: &Enrolment,
+        ) -> StoreResult<Node> {
+            let node = &enrolment.node;
+            // Overwriting keeps the row's id and desired generation, so the
+            // node's generations keep growing across re-enrolments.
+            let on_conflict = if enrolment.replace_existing {
+                " ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, \
+                 inventory = excluded.inventory, agent_version = excluded.agent_version, \
+                 status = excluded.status, enrolled_at = excluded.enrolled_at, \
+                 bootstrap_token_id = excluded.bootstrap_token_id, \
+                 refresh_secret_hash = excluded.refresh_secret_hash, \
+                 observed = NULL, health = NULL, last_heartbeat_unix_ms = NULL"
+            } else {
+                ""
+            };
+            sqlx::query(&format!(
+                "INSERT INTO nodes (name, labels, inventory, agent_version, status, \
+                 bootstrap_token_id, refresh_secret_hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7){on_conflict}"
+            ))
+            .bind(node.name.as_str())
+            .bind(Json(node.labels.as_map()))
+            .bind(Json(&node.inventory))
+            .bind(&node.agent_version)
+            .bind(enrolment.initial_status.as_str())
+            .bind(&enrolment.token_id)
+            .bind(enrolment.refresh_secret_hash.0.as_slice())
+            .execute(&mut *conn)
+            .await
+            .map_err(|error| {
+                map_sqlx_error(error, || {
+                    format!(
+                        "node {} is already enrolled; re-enrol it explicitly with replace_existing (agent flag --replace)",
+                        node.name
+                    )
+                })
+            })?;
+            replan(conn, Some(&node.name), &mut None).await?;
+            select_node(conn, &node.name)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("node {} vanished", node.name)))
+        }
+
+        pub(super) async fn select_node(
+            conn: &mut $conn,
+            name: &NodeName,
+        ) -> StoreResult<Option<Node>> {
+            sqlx::query_as::<_, NodeRow>(&format!("{SELECT_NODES} WHERE name = $1"))
+                .bind(name.as_str())
+                .fetch_optional(&mut *conn)
+                .await?
+                .map(Node::try_from)
+                .transpose()
+        }
+
+        /// Takes the next generation. The row stays locked until the
+        /// transaction ends, which serialises every change of desired state.
+        async fn next_generation(conn: &mut $conn) -> StoreResult<u64> {
+            let value: i64 = sqlx::query_scalar(
+                "UPDATE fleet_generation SET value = value + 1 RETURNING value",
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            to_u64("fleet_generation.value", value)
+        }
+
+        /// Locks the generation row, so that placement reads assignments
+        /// and nodes that no concurrent change is rewriting.
+        async fn lock_generation(conn: &mut $conn) -> StoreResult<()> {
+            sqlx::query(concat!("SELECT value FROM fleet_generation", $lock))
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        pub(super) async fn load_assignments(conn: &mut $conn) -> StoreResult<Vec<Assignment>> {
+            let rows = sqlx::query_as::<_, AssignmentRow>(&format!(
+                "{SELECT_ASSIGNMENTS} ORDER BY generation"
+            ))
+            .fetch_all(&mut *conn)
+            .await?;
+            convert_all(rows)
+        }
+
+        /// Re-places every node (or just `only`) under the current
+        /// assignments and writes the desired state of those that change,
+        /// all with one new generation (taken into `generation` on first
+        /// need, or reused when the caller already took one).
+        async fn replan(
+            conn: &mut $conn,
+            only: Option<&NodeName>,
+            generation: &mut Option<u64>,
+        ) -> StoreResult<Vec<NodeDesired>> {
+            lock_generation(conn).await?;
+            let assignments = load_assignments(conn).await?;
+            let rows: Vec<NodeRow> = match only {
+                Some(name) => {
+                    sqlx::query_as(&format!("{SELECT_NODES} WHERE name = $1"))
+                        .bind(name.as_str())
+                        .fetch_all(&mut *conn)
+                        .await?
+                }
+                None => sqlx::query_as(SELECT_NODES).fetch_all(&mut *conn).await?,
+            };
+            let nodes: Vec<Node> = convert_all(rows)?;
+            let mut changed = Vec::new();
+            for node in nodes {
+                let Placement::Serve(chosen) =
+                    place(&node.name, &node.labels, node.status, &assignments)
+                else {
+                    continue;
+                };
+                let wanted = chosen.map_or(0, |assignment| assignment.generation);
+                if wanted == source_generation(&node.desired) {
+                    continue;
+                }
+                let value = match *generation {
+                    Some(value) => value,
+                    None => {
+                        let value = next_generation(conn).await?;
+                        *generation = Some(value);
+                        value
+                    }
+                };
+                let desired = chosen.map(|assignment| assignment.desired.clone());
+                write_desired(conn, &node.name, desired.as_ref(), value).await?;
+                changed.push(NodeDesired {
+                    name: node.name,
+                    status: node.status,
+                    desired: crate::domain::DesiredState {
+                        generation: value,
+                        assignment: desired,
+                    },
+                });
+            }
+            Ok(changed)
+        }
+
+        async fn write_desired(
+            conn: &mut $conn,
+            name: &NodeName,
+            desired: Option<&DesiredAssignment>,
+            generation: u64,
+        ) -> StoreResult<()> {
+            sqlx::query("UPDATE nodes SET desired = $2, desired_generation = $3 WHERE name = $1")
+                .bind(name.as_str())
+                .bind(desired.map(Json))
+                .bind(to_i64("generation", generation)?)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        pub(super) async fn create_assignment(
+            conn: &mut $conn,
+            new: &NewAssignment,
+        ) -> StoreResult<(Assignment, Vec<NodeDesired>)> {
+            lock_generation(conn).await?;
+            if let AssignmentTarget::Node(name) = &new.target
+                && select_node(conn, name).await?.is_none()
+            {
+                return Err(StoreError::NotFound(format!("node {name} not found")));
+            }
+            let generation = next_generation(conn).await?;
+            delete_assignment_of(conn, &new.target).await?;
+            let mut desired = new.desired.clone();
+            desired.assignment_generation = generation;
+            desired.target = new.target.to_string();
+            let (node_name, selector) = target_columns(&new.target);
+            let row = sqlx::query_as::<_, AssignmentRow>(
+                "INSERT INTO assignments (generation, node_name, selector, desired, created_by) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 RETURNING generation, node_name, selector, desired, created_by, created_at",
+            )
+            .bind(to_i64("generation", generation)?)
+            .bind(node_name)
+            .bind(selector)
+            .bind(Json(&desired))
+            .bind(&new.created_by)
+            .fetch_one(&mut *conn)
+            .await?;
+            let assignment = Assignment::try_from(row)?;
+            let changed = replan(conn, None, &mut Some(generation)).await?;
+            Ok((assignment, changed))
+        }
+
+        fn target_columns(
+            target: &AssignmentTarget,
+        ) -> (Option<&str>, Option<Json<&BTreeMap<String, String>>>) {
+            match target {
+                AssignmentTarget::Node(name) => (Some(name.as_str()), None),
+                AssignmentTarget::Selector(labels) => (None, Some(Json(labels.as_map()))),
+            }
+        }
+
+        async fn delete_assignment_of(
+            conn: &mut $conn,
+            target: &AssignmentTarget,
+        ) -> StoreResult<bool> {
+            // Selectors compare as their JSON text on SQLite and as JSONB on
+            // Postgres; both are canonical (sorted keys) when written by us.
+            let deleted = match target {
+                AssignmentTarget::Node(name) => {
+                    sqlx::query("DELETE FROM assignments WHERE node_name = $1")
+                        .bind(name.as_str())
+                        .execute(&mut *conn)
+                        .await?
+                }
+                AssignmentTarget::Selector(labels) => {
+                    sqlx::query("DELETE FROM assignments WHERE selector = $1")
+                        .bind(Json(labels.as_map()))
+                        .execute(&mut *conn)
+                        .await?
+                }
+            };
+            Ok(deleted.rows_affected() > 0)
+        }
+
+        pub(super) async fn remove_assignment(
+            conn: &mut $conn,
+            target: &AssignmentTarget,
+        ) -> StoreResult<Vec<NodeDesired>> {
+            lock_generation(conn).await?;
+            if !delete_assignment_of(conn, target).await? {
+                return Err(StoreError::NotFound(format!("no assignment for {target}")));
+            }
+            replan(conn, None, &mut None).await
+        }
+
+        pub(super) async fn list_assignments(
+            conn: &mut $conn,
+            after: Option<u64>,
+            limit: i64,
+        ) -> StoreResult<Vec<Assignment>> {
+            let rows = sqlx::query_as::<_, AssignmentRow>(&format!(
+                "{SELECT_ASSIGNMENTS} WHERE generation > $1 ORDER BY generation LIMIT $2"
+            ))
+            .bind(to_i64("cursor", after.unwrap_or(0))?)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+            convert_all(rows)
+        }
+
+        /// Applies an operator's change to a node and re-places it. A
+        /// drain empties the desired state of a node that stays cordoned.
+        pub(super) async fn change_node(
+            conn: &mut $conn,
+            name: &NodeName,
+            change: &NodeChange,
+        ) -> StoreResult<(Node, Option<NodeDesired>)> {
+            lock_generation(conn).await?;
+            let node = select_node(conn, name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("node {name} not found")))?;
+            let mut drained = None;
+            match change {
+                NodeChange::Status(status) => {
+                    set_status(conn, name, *status).await?;
+                }
+                NodeChange::Drain => {
+                    set_status(conn, name, NodeStatus::Cordoned).await?;
+                    if node.desired.assignment.is_some() {
+                        let generation = next_generation(conn).await?;
+                        write_desired(conn, name, None, generation).await?;
+                        drained = Some(NodeDesired {
+                            name: name.clone(),
+                            status: NodeStatus::Cordoned,
+                            desired: crate::domain::DesiredState {
+                                generation,
+                                assignment: None,
+                            },
+                        });
+                    }
+                }
+                NodeChange::Labels { set, remove } => {
+                    let mut labels = node.labels.as_map().clone();
+                    for key in remove {
+                        labels.remove(key);
+                    }
+                    labels.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    let labels = Labels::new(labels)
+                        .map_err(|error| StoreError::FailedPrecondition(error.to_string()))?;
+                    sqlx::query("UPDATE nodes SET labels = $2 WHERE name = $1")
+                        .bind(name.as_str())
+                        .bind(Json(labels.as_map()))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+            let mut changed = replan(conn, Some(name), &mut None).await?;
+            let node = select_node(conn, name)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("node {name} vanished")))?;
+            let pushed = changed.pop().or(drained).map(|mut desired| {
+                desired.status = node.status;
+                desired
+            });
+            // A status change alone (cordon) is pushed too: agents show it.
+            let pushed = pushed.or_else(|| {
+                matches!(change, NodeChange::Status(_)).then(|| NodeDesired {
+                    name: node.name.clone(),
+                    status: node.status,
+                    desired: node.desired.clone(),
+                })
+            });
+            Ok((node, pushed))
+        }
+
+        async fn set_status(conn: &mut $conn, name: &NodeName, status: NodeStatus) -> StoreResult<()> {
+            sqlx::query("UPDATE nodes SET status = $2 WHERE name = $1")
+                .bind(name.as_str())
+                .bind(status.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        pub(super) async fn refresh_secret_hash(
+            conn: &mut $conn,
+            name: &NodeName,
+        ) -> StoreResult<Option<Option<Vec<u8>>>> {
+            Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>(
+                "SELECT refresh_secret_hash FROM nodes WHERE name = $1",
+            )
+            .bind(name.as_str())
+            .fetch_optional(&mut *conn)
+            .await?)
+        }
+
+        /// Writes what agents reported, each column only where the report
+        /// has it.
+        pub(super) async fn write_reports(
+            conn: &mut $conn,
+            reports: &[NodeReport],
+        ) -> StoreResult<()> {
+            for report in reports {
+                sqlx::query(
+                    "UPDATE nodes SET observed = COALESCE($2, observed), \
+                     health = COALESCE($3, health), \
+                     last_heartbeat_unix_ms = COALESCE($4, last_heartbeat_unix_ms) \
+                     WHERE name = $1",
+                )
+                .bind(report.name.as_str())
+                .bind(report.observed.as_ref().map(Json))
+                .bind(report.health.as_ref().map(Json))
+                .bind(report.last_heartbeat_unix_ms)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        }
+
+        pub(super) async fn write_health_minutes(
+            conn: &mut $conn,
+            points: &[(NodeName, HealthPoint)],
+        ) -> StoreResult<()> {
+            for (name, point) in points {
+                sqlx::query(
+                    "INSERT INTO node_health_minutes (node_name, minute_unix, samples, \
+                     cpu_utilisation_percent, memory_used_bytes_max, gpu_utilisation_percent, \
+                     gpu_temperature_celsius_max, throttled) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (node_name, minute_unix) DO UPDATE SET \
+                     samples = excluded.samples, \
+                     cpu_utilisation_percent = excluded.cpu_utilisation_percent, \
+                     memory_used_bytes_max = excluded.memory_used_bytes_max, \
+                     gpu_utilisation_percent = excluded.gpu_utilisation_percent, \
+                     gpu_temperature_celsius_max = excluded.gpu_temperature_celsius_max, \
+                     throttled = excluded.throttled",
+                )
+                .bind(name.as_str())
+                .bind(point.at.unix_timestamp())
+                .bind(i64::from(point.samples))
+                .bind(f64::from(point.cpu_utilisation_percent))
+                .bind(to_i64("memory_used_bytes_max", point.memory_used_bytes_max)?)
+                .bind(point.gpu_utilisation_percent.map(f64::from))
+                .bind(point.gpu_temperature_celsius_max.map(f64::from))
+                .bind(point.throttled)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        }
+
+        pub(super) async fn read_health_minutes(
+            conn: &mut $conn,
+            name: &NodeName,
+            since_unix: i64,
+        ) -> StoreResult<Vec<HealthPoint>> {
+            let rows = sqlx::query_as::<_, HealthMinuteRow>(
+                "SELECT minute_unix, samples, cpu_utilisation_percent, memory_used_bytes_max, \
+                 gpu_utilisation_percent, gpu_temperature_celsius_max, throttled \
+                 FROM node_health_minutes WHERE node_name = $1 AND minute_unix >= $2 \
+                 ORDER BY minute_unix",
+            )
+            .bind(name.as_str())
+            .bind(since_unix)
+            .fetch_all(&mut *conn)
+            .await?;
+            convert_all(rows)
+        }
+
+        pub(super) async fn prune_health_minutes(
+            conn: &mut $conn,
+            before_unix: i64,
+        ) -> StoreResult<u64> {
+            let done = sqlx::query("DELETE FROM node_health_minutes WHERE minute_unix < $1")
+                .bind(before_unix)
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected())
+        }
+    };
+}
+
+pub(super) use fleet_queries;

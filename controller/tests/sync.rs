@@ -1,0 +1,567 @@
+//! The `Sync` stream against a real controller on loopback, on both stores,
+//! with a real tonic client: desired state arrives at hello and again on
+//! every assignment change; heartbeats are acked and make the node ready;
+//! observed state shows in the REST view; a newer stream replaces an older
+//! one; credentials are renewed; and every refused credential (another
+//! node's, an operator's, expired, forged) is refused before anything is
+//! read or written.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use flotilla_api_types as dto;
+use flotilla_controller::auth::{Authenticator, KeyFile, Role};
+use flotilla_controller::testing::{TestController, TestStore};
+use flotilla_gguf::{GgmlType, GgufBuilder};
+use flotilla_proto::fleet::v1 as pb;
+use flotilla_proto::fleet::v1::fleet_client::FleetClient;
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+flotilla_controller::on_both_stores!(
+    desired_state_flows_and_reports_come_back,
+    refused_credentials_read_and_write_nothing,
+    newer_stream_replaces_older_and_credentials_renew,
+    node_credentials_download_only_their_artifact,
+);
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+struct Harness {
+    controller: TestController,
+    http: reqwest::Client,
+    grpc: FleetClient<Channel>,
+}
+
+/// One agent's open stream.
+struct Stream {
+    outbound: mpsc::Sender<pb::AgentMessage>,
+    inbound: tonic::Streaming<pb::ControllerMessage>,
+}
+
+impl Stream {
+    async fn send(&self, body: pb::agent_message::Body) -> anyhow::Result<()> {
+        self.outbound
+            .send(pb::AgentMessage { body: Some(body) })
+            .await?;
+        Ok(())
+    }
+
+    /// The next message, within the deadline.
+    async fn next(&mut self) -> anyhow::Result<pb::controller_message::Body> {
+        let message = tokio::time::timeout(DEADLINE, self.inbound.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("no message within {DEADLINE:?}"))??
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+        message
+            .body
+            .ok_or_else(|| anyhow::anyhow!("empty controller message"))
+    }
+
+    /// Reads until a desired state with at least `generation` arrives.
+    async fn desired_at_least(&mut self, generation: u64) -> anyhow::Result<pb::DesiredState> {
+        loop {
+            if let pb::controller_message::Body::Desired(desired) = self.next().await?
+                && desired.generation >= generation
+            {
+                return Ok(desired);
+            }
+        }
+    }
+
+    async fn heartbeat(&self, sequence: u64, cpu: f32) -> anyhow::Result<()> {
+        self.send(pb::agent_message::Body::Heartbeat(pb::Heartbeat {
+            sequence,
+            sample: Some(pb::HealthSample {
+                taken_at_unix_ms: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+                cpu_utilisation_percent: cpu,
+                memory_used_bytes: 1 << 30,
+                memory_total_bytes: 8 << 30,
+                disk_available_bytes: Some(100 << 30),
+                cpu_temperature_celsius: None,
+                gpus: vec![pb::GpuSample {
+                    index: 0,
+                    memory_used_bytes: 2 << 30,
+                    memory_total_bytes: 24 << 30,
+                    utilisation_percent: Some(40),
+                    temperature_celsius: Some(66),
+                    power_draw_milliwatts: Some(70_000),
+                    power_limit_milliwatts: Some(72_000),
+                    throttle_reasons: vec![],
+                }],
+            }),
+        }))
+        .await
+    }
+}
+
+impl Harness {
+    async fn start(store: TestStore) -> anyhow::Result<Self> {
+        let controller = TestController::start_with(store, |config| {
+            config.heartbeat_interval = Duration::from_millis(500);
+        })
+        .await?;
+        let grpc = FleetClient::connect(format!("http://{}", controller.grpc_addr)).await?;
+        Ok(Self {
+            controller,
+            http: reqwest::Client::new(),
+            grpc,
+        })
+    }
+
+    fn admin(&self) -> &str {
+        &self.controller.admin_token
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.controller.url)
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(self.url(path))
+            .bearer_auth(self.admin())
+            .json(&body)
+            .send()
+            .await?)
+    }
+
+    async fn node(&self, name: &str) -> anyhow::Result<dto::NodeInfo> {
+        let response = self
+            .http
+            .get(self.url(&format!("/api/v1/nodes/{name}")))
+            .bearer_auth(self.admin())
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == StatusCode::OK, "{}", response.status());
+        Ok(response.json().await?)
+    }
+
+    /// Enrols `names` (label site=berlin) and returns their enrolments.
+    async fn enrol(&self, names: &[&str]) -> anyhow::Result<Vec<pb::EnrollResponse>> {
+        let token: dto::BootstrapTokenInfo = self
+            .post(
+                "/api/v1/nodes/tokens",
+                json!({"ttl_seconds": 600, "uses": names.len()}),
+            )
+            .await?
+            .json()
+            .await?;
+        let mut enrolled = Vec::new();
+        for name in names {
+            enrolled.push(
+                self.grpc
+                    .clone()
+                    .enroll(pb::EnrollRequest {
+                        bootstrap_token: token.token.clone(),
+                        node_name: (*name).to_owned(),
+                        labels: HashMap::from([("site".to_owned(), "berlin".to_owned())]),
+                        inventory: None,
+                        agent_version: "test".to_owned(),
+                        replace_existing: false,
+                    })
+                    .await?
+                    .into_inner(),
+            );
+        }
+        Ok(enrolled)
+    }
+
+    /// Opens a stream with `credential`, saying hello as `name`.
+    async fn open(&self, credential: &str, name: &str) -> Result<Stream, tonic::Status> {
+        let (outbound, receiver) = mpsc::channel(16);
+        outbound
+            .send(pb::AgentMessage {
+                body: Some(pb::agent_message::Body::Hello(pb::Hello {
+                    node_name: name.to_owned(),
+                    agent_version: "test".to_owned(),
+                    ..pb::Hello::default()
+                })),
+            })
+            .await
+            .map_err(|_| tonic::Status::internal("queue closed"))?;
+        let mut request = tonic::Request::new(ReceiverStream::new(receiver));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {credential}")
+                .parse()
+                .map_err(|_| tonic::Status::internal("bad metadata"))?,
+        );
+        let inbound = self.grpc.clone().sync(request).await?.into_inner();
+        Ok(Stream { outbound, inbound })
+    }
+
+    /// Publishes model `tiny` 1.0.0 with one Q4_1 artifact; returns its digest.
+    async fn publish_model(&self, seed: u8) -> anyhow::Result<String> {
+        let created = self.post("/api/v1/models", json!({"name": "tiny"})).await?;
+        anyhow::ensure!(
+            matches!(created.status(), StatusCode::CREATED | StatusCode::CONFLICT),
+            "create model: {}",
+            created.status()
+        );
+        let version = format!("1.0.{seed}");
+        let response = self
+            .post("/api/v1/models/tiny/versions", json!({"version": version}))
+            .await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::CREATED,
+            "{}",
+            response.status()
+        );
+        let tensor: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(seed)).collect();
+        let file = GgufBuilder::new()
+            .metadata_str("general.architecture", "llama")
+            .metadata_u32("general.file_type", 3)
+            .metadata_u32("llama.context_length", 2048)
+            .metadata_u32("llama.block_count", 2)
+            .metadata_u32("llama.embedding_length", 64)
+            .metadata_u32("llama.attention.head_count", 4)
+            .tensor("blk.0.attn_q.weight", &[32, 2], GgmlType::Q4_1, &tensor)
+            .build();
+        let response = self
+            .http
+            .post(self.url(&format!("/api/v1/models/tiny/versions/{version}/artifacts")))
+            .bearer_auth(self.admin())
+            .body(file.clone())
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::CREATED,
+            "{}",
+            response.status()
+        );
+        let response = self
+            .http
+            .patch(self.url(&format!("/api/v1/models/tiny/versions/{version}")))
+            .bearer_auth(self.admin())
+            .json(&json!({"state": "published"}))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == StatusCode::OK, "{}", response.status());
+        Ok(blake3::hash(&file).to_hex().to_string())
+    }
+
+    async fn assign(&self, body: serde_json::Value) -> anyhow::Result<dto::AssignmentChange> {
+        let response = self.post("/api/v1/assignments", body).await?;
+        anyhow::ensure!(
+            response.status() == StatusCode::CREATED,
+            "assign: {} {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        );
+        Ok(response.json().await?)
+    }
+
+    fn keys(&self) -> anyhow::Result<KeyFile> {
+        Ok(KeyFile::load(
+            &self.controller.data_dir.path().join("auth-keys.toml"),
+        )?)
+    }
+}
+
+/// Polls `check` until it holds or the deadline passes.
+async fn eventually<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::Result<()> {
+    let harness = Harness::start(store).await?;
+    let enrolled = harness.enrol(&["edge-1", "edge-2"]).await?;
+    let mut one = harness.open(&enrolled[0].credential, "edge-1").await?;
+    let mut two = harness.open(&enrolled[1].credential, "edge-2").await?;
+
+    // At hello: the complete (empty) desired state and the interval.
+    let first = one.desired_at_least(0).await?;
+    assert!(first.assignment.is_none());
+    assert_eq!(first.heartbeat_interval_ms, 500);
+    assert_eq!(first.status, pb::NodeStatus::Active as i32);
+    two.desired_at_least(0).await?;
+
+    // A selector assignment reaches both streams with one generation.
+    let digest = harness.publish_model(1).await?;
+    let change = harness
+        .assign(json!({"selector": {"site": "berlin"}, "model": "tiny", "version": "1.0.1"}))
+        .await?;
+    let generation = change.assignment.as_ref().expect("recorded").generation;
+    assert_eq!(change.nodes_changed.len(), 2);
+    for stream in [&mut one, &mut two] {
+        let desired = stream.desired_at_least(generation).await?;
+        assert_eq!(desired.generation, generation);
+        let assignment = desired.assignment.expect("assigned");
+        assert_eq!(assignment.digest, digest);
+        assert_eq!(assignment.model, "tiny");
+        assert_eq!(assignment.quantization, "Q4_1");
+        assert_eq!(assignment.blob_base_url, harness.controller.url);
+    }
+
+    // A node's own assignment (no such prompt → 404; bad version → 400).
+    let response = harness
+        .post(
+            "/api/v1/assignments",
+            json!({"node": "edge-1", "model": "tiny", "version": "1.0.1", "prompt": "nope@1"}),
+        )
+        .await?;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let response = harness
+        .post(
+            "/api/v1/assignments",
+            json!({"node": "edge-1", "model": "tiny", "version": "one"}),
+        )
+        .await?;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = harness
+        .post(
+            "/api/v1/assignments",
+            json!({"node": "edge-1", "selector": {"a": "b"}, "model": "tiny", "version": "1.0.1"}),
+        )
+        .await?;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // Heartbeats are acked in order and make the node ready.
+    one.heartbeat(1, 12.5).await?;
+    loop {
+        if let pb::controller_message::Body::HeartbeatAck(ack) = one.next().await? {
+            assert_eq!(ack.sequence, 1);
+            break;
+        }
+    }
+    one.send(pb::agent_message::Body::Observed(pb::ObservedState {
+        generation,
+        digest: digest.clone(),
+        phase: pb::AssignmentPhase::Downloading as i32,
+        bytes_done: 10,
+        bytes_total: 100,
+        ..pb::ObservedState::default()
+    }))
+    .await?;
+    eventually("the observed state in the node view", || async {
+        let node = harness.node("edge-1").await?;
+        Ok(node.ready
+            && node
+                .observed
+                .as_ref()
+                .is_some_and(|o| o.phase == "downloading" && o.bytes_done == 10)
+            && node.health.as_ref().is_some_and(|h| h.gpus.len() == 1))
+    })
+    .await?;
+    let node = harness.node("edge-1").await?;
+    assert_eq!(node.desired_generation, generation);
+    assert_eq!(node.assignment.expect("assigned").digest, digest);
+    assert!(!harness.node("edge-2").await?.ready, "no heartbeat yet");
+
+    // Health history has the current minute.
+    let history: dto::HealthHistory = harness
+        .http
+        .get(harness.url("/api/v1/nodes/edge-1/health?minutes=5"))
+        .bearer_auth(harness.admin())
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(history.points.len(), 1);
+    assert!((history.points[0].cpu_utilisation_percent - 12.5).abs() < 0.01);
+    assert_eq!(history.points[0].gpu_temperature_celsius_max, Some(66.0));
+
+    // A bad report is refused with a clear status and ends the stream.
+    one.send(pb::agent_message::Body::Observed(pb::ObservedState {
+        generation,
+        phase: 99,
+        ..pb::ObservedState::default()
+    }))
+    .await?;
+    let error = loop {
+        match tokio::time::timeout(DEADLINE, one.inbound.message()).await? {
+            Ok(Some(_)) => continue,
+            Ok(None) => anyhow::bail!("stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("phase"), "{}", error.message());
+
+    // Draining empties edge-2's desired state on its open stream.
+    let drained: dto::NodeInfo = harness
+        .post("/api/v1/nodes/edge-2/drain", json!({}))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(drained.status, "cordoned");
+    let desired = two.desired_at_least(generation + 1).await?;
+    assert!(desired.assignment.is_none());
+    assert_eq!(desired.status, pb::NodeStatus::Cordoned as i32);
+    Ok(())
+}
+
+async fn refused_credentials_read_and_write_nothing(store: TestStore) -> anyhow::Result<()> {
+    let harness = Harness::start(store).await?;
+    let enrolled = harness.enrol(&["edge-1", "edge-2"]).await?;
+
+    // edge-1's credential claiming to be edge-2.
+    let error = harness
+        .open(&enrolled[0].credential, "edge-2")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
+    assert!(error.message().contains("edge-2"), "{}", error.message());
+
+    // An operator's token is not a node credential.
+    let error = harness
+        .open(harness.admin(), "edge-1")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
+
+    // Forged: right kid, another secret.
+    let mut forged_keys = KeyFile::generate("k1");
+    forged_keys.keys[0].kid = harness.keys()?.keys[0].kid.clone();
+    let forger = Authenticator::new(&forged_keys, "flotilla")?;
+    let (forged, _) = forger.mint("edge-1", Role::Node, Duration::from_secs(60))?;
+    let error = harness
+        .open(&forged, "edge-1")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
+
+    // Expired an hour ago, with the right key.
+    let keys = harness.keys()?;
+    let signing = keys.signing_key()?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = json!({"sub": "edge-1", "role": "node", "aud": "flotilla", "iss": "x",
+        "iat": now - 7200, "exp": now - 3600});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(signing.kid.clone());
+    let expired = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&signing.secret),
+    )?;
+    let error = harness
+        .open(&expired, "edge-1")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
+    assert!(error.message().contains("expired"), "{}", error.message());
+
+    // No credential at all.
+    let error = harness.open("", "edge-1").await.err().expect("refused");
+    assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
+
+    // None of it connected or reported anything.
+    for name in ["edge-1", "edge-2"] {
+        let node = harness.node(name).await?;
+        assert!(!node.ready && node.observed.is_none() && node.health.is_none());
+    }
+
+    // A wrong refresh secret is refused; the right one renews.
+    let error = harness
+        .grpc
+        .clone()
+        .renew_credential(pb::RenewCredentialRequest {
+            node_name: "edge-1".to_owned(),
+            refresh_secret: enrolled[1].refresh_secret.clone(),
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
+    let renewed = harness
+        .grpc
+        .clone()
+        .renew_credential(pb::RenewCredentialRequest {
+            node_name: "edge-1".to_owned(),
+            refresh_secret: enrolled[0].refresh_secret.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut stream = harness.open(&renewed.credential, "edge-1").await?;
+    stream.desired_at_least(0).await?;
+    Ok(())
+}
+
+async fn newer_stream_replaces_older_and_credentials_renew(store: TestStore) -> anyhow::Result<()> {
+    let harness = Harness::start(store).await?;
+    let enrolled = harness.enrol(&["edge-1"]).await?;
+    let mut old = harness.open(&enrolled[0].credential, "edge-1").await?;
+    old.desired_at_least(0).await?;
+    let mut new = harness.open(&enrolled[0].credential, "edge-1").await?;
+    new.desired_at_least(0).await?;
+    let error = loop {
+        match tokio::time::timeout(DEADLINE, old.inbound.message()).await? {
+            Ok(Some(_)) => continue,
+            Ok(None) => anyhow::bail!("old stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(error.code(), Code::Aborted, "{error:?}");
+
+    // A credential past half its life is renewed on the next heartbeat.
+    let auth = Authenticator::new(&harness.keys()?, "flotilla")?;
+    let (short, _) = auth.mint("edge-1", Role::Node, Duration::from_secs(600))?;
+    let mut stream = harness.open(&short, "edge-1").await?;
+    stream.desired_at_least(0).await?;
+    stream.heartbeat(1, 1.0).await?;
+    let credential = loop {
+        if let pb::controller_message::Body::Credential(credential) = stream.next().await? {
+            break credential;
+        }
+    };
+    let principal = auth.verify(&credential.credential)?;
+    assert_eq!(
+        (principal.subject.as_str(), principal.role),
+        ("edge-1", Role::Node)
+    );
+    assert!(credential.expires_at_unix > time::OffsetDateTime::now_utc().unix_timestamp() + 1800);
+    Ok(())
+}
+
+async fn node_credentials_download_only_their_artifact(store: TestStore) -> anyhow::Result<()> {
+    let harness = Harness::start(store).await?;
+    let enrolled = harness.enrol(&["edge-1", "edge-2"]).await?;
+    let assigned = harness.publish_model(1).await?;
+    let other = harness.publish_model(2).await?;
+    harness
+        .assign(json!({"node": "edge-1", "model": "tiny", "version": "1.0.1"}))
+        .await?;
+    let get = |digest: &str, credential: &str| {
+        harness
+            .http
+            .get(harness.url(&format!("/api/v1/blobs/{digest}")))
+            .bearer_auth(credential.to_owned())
+            .send()
+    };
+    assert_eq!(
+        get(&assigned, &enrolled[0].credential).await?.status(),
+        StatusCode::OK
+    );
+    let refused = get(&other, &enrolled[0].credential).await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(&assigned, &enrolled[1].credential).await?.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(get(&other, harness.admin()).await?.status(), StatusCode::OK);
+    Ok(())
+}

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_api_types::{
-    ArtifactInfo, BootstrapTokenInfo, CreateBootstrapTokenRequest, CreateModelRequest,
-    CreatePromptVersionRequest, CreateTokenRequest, CreateVersionRequest, DIGEST_HEADER, ErrorBody,
-    ModelDetail, ModelInfo, NodeInfo, Page, PromptInfo, PromptSummaryInfo, ResolutionInfo,
-    ResolveQuery, TokenInfo, UpdateVersionRequest, VersionInfo, WhoAmI,
+    ArtifactInfo, AssignmentChange, AssignmentRecord, BootstrapTokenInfo, CreateAssignmentRequest,
+    CreateBootstrapTokenRequest, CreateModelRequest, CreatePromptVersionRequest,
+    CreateTokenRequest, CreateVersionRequest, DIGEST_HEADER, ErrorBody, HealthHistory, ModelDetail,
+    ModelInfo, NodeInfo, Page, PromptInfo, PromptSummaryInfo, RemoveAssignmentQuery,
+    ResolutionInfo, ResolveQuery, TokenInfo, UpdateLabelsRequest, UpdateVersionRequest,
+    VersionInfo, WhoAmI,
 };
 use futures::TryStreamExt;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -326,12 +328,83 @@ impl ApiClient {
     }
 
     pub async fn approve_node(&self, name: &str) -> ClientResult<NodeInfo> {
+        self.node_action(name, "approve").await
+    }
+
+    /// No new assignment reaches a cordoned node; what it serves stays.
+    pub async fn cordon_node(&self, name: &str) -> ClientResult<NodeInfo> {
+        self.node_action(name, "cordon").await
+    }
+
+    pub async fn uncordon_node(&self, name: &str) -> ClientResult<NodeInfo> {
+        self.node_action(name, "uncordon").await
+    }
+
+    /// Cordons the node and empties its desired state.
+    pub async fn drain_node(&self, name: &str) -> ClientResult<NodeInfo> {
+        self.node_action(name, "drain").await
+    }
+
+    pub async fn update_node_labels(
+        &self,
+        name: &str,
+        request: &UpdateLabelsRequest,
+    ) -> ClientResult<NodeInfo> {
+        self.send_json(Method::PATCH, &["nodes", name, "labels"], request)
+            .await
+    }
+
+    /// One point per minute of the last `minutes`, oldest first.
+    pub async fn node_health(&self, name: &str, minutes: u32) -> ClientResult<HealthHistory> {
+        self.get(
+            &["nodes", name, "health"],
+            &[("minutes", minutes.to_string())],
+        )
+        .await
+    }
+
+    /// `POST /nodes/{name}/{action}` with an empty body.
+    async fn node_action(&self, name: &str, action: &str) -> ClientResult<NodeInfo> {
         self.send_json(
             Method::POST,
-            &["nodes", name, "approve"],
+            &["nodes", name, action],
             &serde_json::json!({}),
         )
         .await
+    }
+
+    // ---- assignments ----
+
+    pub async fn create_assignment(
+        &self,
+        request: &CreateAssignmentRequest,
+    ) -> ClientResult<AssignmentChange> {
+        self.send_json(Method::POST, &["assignments"], request)
+            .await
+    }
+
+    pub async fn list_assignments(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+    ) -> ClientResult<Page<AssignmentRecord>> {
+        self.get(&["assignments"], &page_query(limit, after)).await
+    }
+
+    pub async fn remove_assignment(
+        &self,
+        query: &RemoveAssignmentQuery,
+    ) -> ClientResult<AssignmentChange> {
+        let mut pairs = Vec::new();
+        pairs.extend(query.node.clone().map(|node| ("node", node)));
+        pairs.extend(
+            query
+                .selector
+                .clone()
+                .map(|selector| ("selector", selector)),
+        );
+        self.send_query(Method::DELETE, &["assignments"], &pairs)
+            .await
     }
 
     // ---- auth ----
@@ -369,11 +442,21 @@ impl ApiClient {
         segments: &[&str],
         query: &[(&str, String)],
     ) -> ClientResult<T> {
+        self.send_query(Method::GET, segments, query).await
+    }
+
+    /// A request without a body, its parameters in the query string.
+    async fn send_query<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> ClientResult<T> {
         let mut url = self.url(segments);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        let request = self.request(Method::GET, url.clone());
+        let request = self.request(method, url.clone());
         Ok(self.execute(url, request).await?.1)
     }
 

@@ -25,7 +25,7 @@ use crate::output::OutputFormat;
 #[command(
     name = "flotilla",
     version,
-    about = "Operate a Flotilla fleet: push models, manage prompts, nodes and tokens."
+    about = "Operate a Flotilla fleet: push models, manage prompts, assign them to nodes, manage nodes and tokens."
 )]
 struct Cli {
     /// The controller's URL [default: http://127.0.0.1:8080, or `url` in the config file].
@@ -72,4 +72,81 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
         .chain()
         .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
         .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("flotilla").chain(args.iter().copied()))
+    }
+
+    fn usage_error(args: &[&str]) -> ErrorKind {
+        parse(args)
+            .err()
+            .map_or(ErrorKind::DisplayHelp, |error| error.kind())
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn assign_takes_exactly_one_of_node_and_selector() {
+        let base = ["assign", "--model", "llama", "--version", "1.2.0"];
+        let with = |extra: &[&'static str]| [&base[..], extra].concat();
+        assert!(parse(&with(&["--node", "edge-1"])).is_ok());
+        assert!(parse(&with(&["--selector", "zone=eu,gpu=l4"])).is_ok());
+        assert_eq!(usage_error(&base), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            usage_error(&with(&["--node", "edge-1", "--selector", "zone=eu"])),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            usage_error(&with(&["--selector", "zone"])),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            usage_error(&with(&["--node", "edge-1", "--prompt", "greeter"])),
+            ErrorKind::ValueValidation
+        );
+        assert!(
+            parse(&with(&[
+                "--node",
+                "e",
+                "--quant",
+                "Q4_1",
+                "--prompt",
+                "greeter@2"
+            ]))
+            .is_ok()
+        );
+        assert_eq!(
+            usage_error(&["unassign", "--node", "a", "--selector", "b=c"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert!(parse(&["unassign", "--selector", "zone=eu"]).is_ok());
+        assert!(parse(&["assignment", "ls", "--limit", "5"]).is_ok());
+    }
+
+    #[test]
+    fn node_label_needs_at_least_one_well_formed_edit() {
+        assert!(parse(&["node", "label", "edge-1", "zone=eu", "old-"]).is_ok());
+        assert_eq!(
+            usage_error(&["node", "label", "edge-1"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            usage_error(&["node", "label", "edge-1", "zone"]),
+            ErrorKind::ValueValidation
+        );
+        for action in ["cordon", "uncordon", "drain", "show", "approve"] {
+            assert!(parse(&["node", action, "edge-1"]).is_ok(), "{action}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The subcommands, one module per area of the API, and the helpers they
 //! share: building the client from the settings and following pages.
 
+pub mod assignment;
 pub mod model;
 pub mod node;
 pub mod prompt;
@@ -16,6 +17,13 @@ use crate::output::Printer;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Sets what a node, or every node matching a selector, should serve.
+    Assign(assignment::AssignArgs),
+    /// Removes the assignment of a node or a selector.
+    Unassign(assignment::UnassignArgs),
+    /// The operators' assignments.
+    #[command(subcommand)]
+    Assignment(assignment::AssignmentCommand),
     /// Models, their versions and artifacts.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -35,6 +43,9 @@ pub enum Command {
 pub async fn run(command: Command, settings: &Settings, printer: Printer) -> anyhow::Result<()> {
     let client = client(settings)?;
     match command {
+        Command::Assign(args) => assignment::assign(args, &client, &printer).await,
+        Command::Unassign(args) => assignment::unassign(args, &client, &printer).await,
+        Command::Assignment(command) => assignment::run(command, &client, &printer).await,
         Command::Model(command) => model::run(command, &client, &printer).await,
         Command::Node(command) => node::run(command, &client, &printer).await,
         Command::Prompt(command) => prompt::run(command, &client, &printer).await,

@@ -182,7 +182,7 @@ fn preview(text: &str) -> String {
 }
 
 /// `NAME` or `NAME@VERSION`, where VERSION is a positive whole number.
-fn parse_prompt_ref(text: &str) -> Result<PromptRef, String> {
+pub(crate) fn parse_prompt_ref(text: &str) -> Result<PromptRef, String> {
     let (name, version) = match text.rsplit_once('@') {
         None => (text, None),
         Some((name, version)) => {

@@ -264,6 +264,14 @@ impl Harness {
     }
 }
 
+/// The status of an open that must fail.
+fn refused(result: Result<Stream, tonic::Status>) -> tonic::Status {
+    match result {
+        Ok(_) => panic!("the stream was opened; expected a refusal"),
+        Err(status) => status,
+    }
+}
+
 /// Polls `check` until it holds or the deadline passes.
 async fn eventually<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
 where
@@ -416,20 +424,12 @@ async fn refused_credentials_read_and_write_nothing(store: TestStore) -> anyhow:
     let enrolled = harness.enrol(&["edge-1", "edge-2"]).await?;
 
     // edge-1's credential claiming to be edge-2.
-    let error = harness
-        .open(&enrolled[0].credential, "edge-2")
-        .await
-        .err()
-        .expect("refused");
+    let error = refused(harness.open(&enrolled[0].credential, "edge-2").await);
     assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
     assert!(error.message().contains("edge-2"), "{}", error.message());
 
     // An operator's token is not a node credential.
-    let error = harness
-        .open(harness.admin(), "edge-1")
-        .await
-        .err()
-        .expect("refused");
+    let error = refused(harness.open(harness.admin(), "edge-1").await);
     assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
 
     // Forged: right kid, another secret.
@@ -437,11 +437,7 @@ async fn refused_credentials_read_and_write_nothing(store: TestStore) -> anyhow:
     forged_keys.keys[0].kid = harness.keys()?.keys[0].kid.clone();
     let forger = Authenticator::new(&forged_keys, "flotilla")?;
     let (forged, _) = forger.mint("edge-1", Role::Node, Duration::from_secs(60))?;
-    let error = harness
-        .open(&forged, "edge-1")
-        .await
-        .err()
-        .expect("refused");
+    let error = refused(harness.open(&forged, "edge-1").await);
     assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
 
     // Expired an hour ago, with the right key.
@@ -457,16 +453,12 @@ async fn refused_credentials_read_and_write_nothing(store: TestStore) -> anyhow:
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(&signing.secret),
     )?;
-    let error = harness
-        .open(&expired, "edge-1")
-        .await
-        .err()
-        .expect("refused");
+    let error = refused(harness.open(&expired, "edge-1").await);
     assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
     assert!(error.message().contains("expired"), "{}", error.message());
 
     // No credential at all.
-    let error = harness.open("", "edge-1").await.err().expect("refused");
+    let error = refused(harness.open("", "edge-1").await);
     assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
 
     // None of it connected or reported anything.
@@ -484,8 +476,7 @@ async fn refused_credentials_read_and_write_nothing(store: TestStore) -> anyhow:
             refresh_secret: enrolled[1].refresh_secret.clone(),
         })
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
     let renewed = harness
         .grpc

@@ -150,33 +150,6 @@ fn parse_range(header_value: &str, total: u64) -> Result<Range<u64>, RangeError>
     Ok(range)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_follow_rfc_9110() {
-        assert_eq!(parse_range("bytes=0-9", 100), Ok(0..10));
-        assert_eq!(parse_range("bytes=90-", 100), Ok(90..100));
-        assert_eq!(parse_range("bytes=-10", 100), Ok(90..100));
-        assert_eq!(parse_range("bytes=-1000", 100), Ok(0..100));
-        assert_eq!(parse_range("bytes=50-1000", 100), Ok(50..100));
-        assert_eq!(
-            parse_range("bytes=100-", 100),
-            Err(RangeError::Unsatisfiable)
-        );
-        assert_eq!(parse_range("bytes=-0", 100), Err(RangeError::Unsatisfiable));
-        assert_eq!(parse_range("bytes=9-0", 100), Err(RangeError::Malformed));
-        assert_eq!(parse_range("items=0-1", 100), Err(RangeError::Malformed));
-        assert_eq!(
-            parse_range("bytes=0-1,5-6", 100),
-            Err(RangeError::Malformed)
-        );
-        assert_eq!(parse_range("bytes=-", 100), Err(RangeError::Malformed));
-        assert_eq!(parse_range("bytes=x-1", 100), Err(RangeError::Malformed));
-    }
-}
-
 /// Operators (viewer and up) may read any blob; a node may read only the
 /// artifact its desired state assigns it, so a leaked node credential does
 /// not open the whole registry.
@@ -208,5 +181,32 @@ async fn authorize(
                 digest.short()
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-9", 100), Ok(0..10));
+        assert_eq!(parse_range("bytes=90-", 100), Ok(90..100));
+        assert_eq!(parse_range("bytes=-10", 100), Ok(90..100));
+        assert_eq!(parse_range("bytes=-1000", 100), Ok(0..100));
+        assert_eq!(parse_range("bytes=50-1000", 100), Ok(50..100));
+        assert_eq!(
+            parse_range("bytes=100-", 100),
+            Err(RangeError::Unsatisfiable)
+        );
+        assert_eq!(parse_range("bytes=-0", 100), Err(RangeError::Unsatisfiable));
+        assert_eq!(parse_range("bytes=9-0", 100), Err(RangeError::Malformed));
+        assert_eq!(parse_range("items=0-1", 100), Err(RangeError::Malformed));
+        assert_eq!(
+            parse_range("bytes=0-1,5-6", 100),
+            Err(RangeError::Malformed)
+        );
+        assert_eq!(parse_range("bytes=-", 100), Err(RangeError::Malformed));
+        assert_eq!(parse_range("bytes=x-1", 100), Err(RangeError::Malformed));
     }
 }

@@ -386,8 +386,8 @@ impl Flusher {
                 () = shutdown.cancelled() => break,
             }
             tick += 1;
-            self.flush(tick % health_every == 0).await;
-            if tick % prune_every.max(1) == 0 {
+            self.flush(tick.is_multiple_of(health_every)).await;
+            if tick.is_multiple_of(prune_every.max(1)) {
                 self.prune().await;
             }
             metrics::gauge!("flotilla_fleet_streams_open").set(self.hub.stream_count() as f64);

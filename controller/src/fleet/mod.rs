@@ -215,7 +215,7 @@ impl Fleet {
             })
             .await?;
         let node = match outcome {
-            EnrollOutcome::Enrolled(node) => node,
+            EnrollOutcome::Enrolled(node) => *node,
             EnrollOutcome::Rejected(rejection) => {
                 tracing::warn!(node = %name, token_id = secret.id(), %rejection, "enrolment refused");
                 return Err(FleetError::TokenRejected(rejection));

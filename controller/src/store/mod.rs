@@ -115,7 +115,7 @@ pub struct NodeReport {
 /// Outcome of [`Store::enroll_node`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum EnrollOutcome {
-    Enrolled(Node),
+    Enrolled(Box<Node>),
     /// The token did not allow it; nothing was written.
     Rejected(TokenRejection),
 }

@@ -78,7 +78,7 @@ pub(crate) async fn enrolment_checks_and_uses_up_the_token(database: &TestDataba
     assert_eq!(node.inventory.cpu_cores, 8);
     assert_eq!(
         store.get_node(&node_name("edge-1")).await.expect("get"),
-        Some(node)
+        Some(*node)
     );
 
     // The same name again without replace: refused, and the use is kept.

@@ -70,7 +70,7 @@ impl PostgresStore {
                 .await?;
             // A name conflict fails the transaction, which gives the use back.
             let node = queries::insert_node(conn, enrolment).await?;
-            Ok(EnrollOutcome::Enrolled(node))
+            Ok(EnrollOutcome::Enrolled(Box::new(node)))
         })
     }
 

@@ -10,11 +10,14 @@ use super::*;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// A fetch in flight: its progress callback and the way to finish it.
+type PendingFetch = (ProgressFn, oneshot::Sender<Result<PathBuf, String>>);
+
 /// A fetcher whose fetches finish when the test says so.
 #[derive(Default)]
 struct ScriptedFetcher {
     /// Pending fetches by digest: the test completes them.
-    pending: Mutex<HashMap<Digest, (ProgressFn, oneshot::Sender<Result<PathBuf, String>>)>>,
+    pending: Mutex<HashMap<Digest, PendingFetch>>,
     started: Notify,
     fetch_count: Mutex<u32>,
 }
@@ -39,12 +42,7 @@ impl ScriptedFetcher {
         let _ = sender.send(outcome);
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        HashMap<Digest, (ProgressFn, oneshot::Sender<Result<PathBuf, String>>)>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, PendingFetch>> {
         self.pending.lock().expect("not poisoned")
     }
 

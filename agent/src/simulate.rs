@@ -80,7 +80,7 @@ impl SimulationConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimulationError {
-    #[error("cannot enrol simulated node: {0}")]
+    #[error("cannot enrol the simulated nodes")]
     Enrol(#[from] EnrolError),
     #[error(
         "{reached} of {total} simulated agents reached generation {generation} before the deadline"

@@ -3,10 +3,12 @@
 //!
 //! What is persisted: `DATA_DIR/node.toml` (mode 0600, written to a
 //! temporary file and renamed into place so a crash never leaves half a
-//! file) holding the node's name, the controller's gRPC URL, and the node
-//! credential (a short-lived JWT) with its expiry. An agent restarted on the
-//! same data directory loads it and does not enrol again; the sync stream
-//! will renew the credential. The bootstrap token is never written down.
+//! file) holding the node's name, the controller's gRPC URL, the node
+//! credential (a short-lived JWT) with its expiry, and the long-lived refresh
+//! secret. An agent restarted on the same data directory loads it and does
+//! not enrol again; the sync stream renews the credential, and
+//! [`crate::credentials`] rewrites this file whenever it does. The bootstrap
+//! token is never written down.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -31,11 +33,16 @@ pub struct NodeIdentity {
     pub status: String,
     pub credential: String,
     pub credential_expires_at_unix: i64,
+    /// Exchanged for a fresh credential with `Fleet/RenewCredential` when the
+    /// credential expired while the agent was offline. Empty in identity
+    /// files written before the controller issued refresh secrets.
+    #[serde(default)]
+    pub refresh_secret: String,
 }
 
 impl std::fmt::Debug for NodeIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The credential stays out of logs.
+        // The credential and the refresh secret stay out of logs.
         f.debug_struct("NodeIdentity")
             .field("name", &self.name)
             .field("controller", &self.controller)
@@ -154,21 +161,37 @@ pub async fn enrol(
     request: EnrolRequest,
     inventory: &Inventory,
 ) -> Result<NodeIdentity, EnrolError> {
-    let url = request.controller.clone();
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|error| {
+    let channel = connect(&request.controller).await?;
+    enrol_over(channel, request, inventory).await
+}
+
+/// Opens a gRPC channel to the controller (for enrolment, and for callers
+/// such as the simulator that enrol many nodes over one connection).
+pub async fn connect(url: &str) -> Result<tonic::transport::Channel, EnrolError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|error| {
         EnrolError::InvalidUrl {
-            url: url.clone(),
+            url: url.to_owned(),
             reason: error.to_string(),
         }
     })?;
-    let channel = endpoint
+    endpoint
         .connect_timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
         .map_err(|error| EnrolError::Unreachable {
-            url: url.clone(),
+            url: url.to_owned(),
             reason: error_chain(&error),
-        })?;
+        })
+}
+
+/// [`enrol`] over a channel the caller already holds; `request.controller`
+/// is only recorded in the identity.
+pub async fn enrol_over(
+    channel: tonic::transport::Channel,
+    request: EnrolRequest,
+    inventory: &Inventory,
+) -> Result<NodeIdentity, EnrolError> {
+    let url = request.controller.clone();
     let name = request.name.clone();
     let response = FleetClient::new(channel)
         .enroll(pb::EnrollRequest {
@@ -193,19 +216,25 @@ pub async fn enrol(
             },
         })?
         .into_inner();
-    let status = match response.status() {
+    let status = node_status_name(response.status()).to_owned();
+    Ok(NodeIdentity {
+        name: response.node_name,
+        controller: url,
+        status,
+        credential: response.credential,
+        credential_expires_at_unix: response.credential_expires_at_unix,
+        refresh_secret: response.refresh_secret,
+    })
+}
+
+/// The lowercase name kept in `node.toml` for a wire node status.
+pub fn node_status_name(status: pb::NodeStatus) -> &'static str {
+    match status {
         pb::NodeStatus::Pending => "pending",
         pb::NodeStatus::Active => "active",
         pb::NodeStatus::Cordoned => "cordoned",
         pb::NodeStatus::Unspecified => "unspecified",
-    };
-    Ok(NodeIdentity {
-        name: response.node_name,
-        controller: url,
-        status: status.to_owned(),
-        credential: response.credential,
-        credential_expires_at_unix: response.credential_expires_at_unix,
-    })
+    }
 }
 
 /// The health probe's inventory in the wire shape the controller expects.
@@ -232,7 +261,7 @@ pub fn inventory_to_wire(inventory: &Inventory) -> pb::Inventory {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -257,10 +286,13 @@ mod tests {
             status: "active".to_owned(),
             credential: "secret.jwt.value".to_owned(),
             credential_expires_at_unix: 1_700_000_000,
+            refresh_secret: "refresh-me-not".to_owned(),
         };
         save(dir.path(), &identity).expect("save");
         assert_eq!(load(dir.path()).expect("load"), Some(identity.clone()));
-        assert!(!format!("{identity:?}").contains("secret.jwt"));
+        let debug = format!("{identity:?}");
+        assert!(!debug.contains("secret.jwt"));
+        assert!(!debug.contains("refresh-me-not"));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -272,6 +304,20 @@ mod tests {
         }
         std::fs::write(identity_path(dir.path()), "not = [toml").expect("write");
         assert!(matches!(load(dir.path()), Err(EnrolError::Read { .. })));
+    }
+
+    #[test]
+    fn identity_files_from_before_refresh_secrets_still_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            identity_path(dir.path()),
+            "name = \"edge-1\"\ncontroller = \"http://127.0.0.1:50051\"\nstatus = \"active\"\n\
+             credential = \"jwt\"\ncredential_expires_at_unix = 1\n",
+        )
+        .expect("write");
+        let identity = load(dir.path()).expect("load").expect("present");
+        assert_eq!(identity.refresh_secret, "");
+        assert_eq!(identity.name, "edge-1");
     }
 
     #[test]

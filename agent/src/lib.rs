@@ -1,17 +1,41 @@
 //! Flotilla's edge agent as a library: the pieces the agent binary (and the
-//! end-to-end tests) assemble.
+//! end-to-end tests and the fleet benchmark) assemble.
 //!
-//! - [`cache`]: content-addressed artifact cache, filled from the controller's
-//!   blob endpoint with resumable, verified downloads.
 //! - [`enrol`]: exchanging a bootstrap token for a node identity over
-//!   `flotilla.fleet.v1.Fleet/Enroll`, and keeping it in `DATA_DIR/node.toml`.
-//! - [`health`]: hardware inventory and periodic health samples (CPU, memory,
-//!   disk, NVIDIA GPUs through NVML when present).
+//!   `Fleet/Enroll`, and keeping it in `DATA_DIR/node.toml`.
+//! - [`credentials`]: the node credential while the agent runs (shared with
+//!   the blob downloads, rewritten to `node.toml` on renewal,
+//!   `Fleet/RenewCredential` with the refresh secret).
+//! - [`sync`]: the `Fleet/Sync` stream: hello, desired state in, observed
+//!   state and heartbeats out, reconnect with [`backoff`].
+//! - [`reconcile`]: drives the node towards the desired state through two
+//!   seams, an [`reconcile::ArtifactFetcher`] (the cache) and an
+//!   [`reconcile::Activator`] (the inference engine, later); persists
+//!   `DATA_DIR/state.json`.
+//! - [`cache`]: content-addressed artifact cache, filled from the controller's
+//!   blob endpoint with resumable, verified, optionally rate-limited downloads.
+//! - [`health`]: hardware inventory and periodic health samples.
+//! - [`simulate`]: N simulated agents in one process over real gRPC.
 //!
-//! The desired-state sync loop, which drives these, comes next.
+//! # Entry points for tests and benchmarks
+//! - One real agent in-process: build a [`reconcile::Reconciler`] (with a
+//!   [`reconcile::CacheFetcher`] and [`reconcile::AcceptVerifiedBlob`]),
+//!   spawn `reconciler.run(shutdown.clone())`, and run
+//!   [`sync::SyncAgent::run`]`(`[`sync::SyncConfig::new`]`(channel,
+//!   credentials, node, link), shutdown)`. Cancelling the
+//!   `CancellationToken` closes the stream and returns. The binary's
+//!   `main.rs` does exactly this.
+//! - Many simulated agents: [`simulate::Simulation::start`] with a
+//!   [`simulate::SimulationConfig`]; then `wait_for_generation`,
+//!   `take_ack_latencies`, `connected_streams`, `hellos`, `nodes()`.
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod cache;
+pub mod credentials;
 pub mod enrol;
 pub mod health;
+pub mod reconcile;
+pub mod simulate;
+pub mod sync;

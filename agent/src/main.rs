@@ -2,24 +2,42 @@
 //!
 //! On start it looks for its identity in `DATA_DIR/node.toml`. Without one
 //! (or with `--replace`) it enrols with the controller using
-//! `--bootstrap-token` and saves the identity it is granted. The sync loop
-//! that will then drive the artifact cache and health probes is not built
-//! yet, so after enrolment (or after finding its identity) the agent says so
-//! and exits 0: it never pretends to be serving.
+//! `--bootstrap-token` and saves the identity it is granted; a restarted
+//! agent needs no token. Then it runs the reconciler and the sync loop until
+//! SIGINT or SIGTERM, when it closes its stream and exits 0.
+//!
+//! `--simulate N` instead runs N simulated agents in this process (see
+//! `flotilla_agent::simulate`) and prints a one-line summary to stderr every
+//! few seconds.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_agent::enrol::{self, EnrolRequest};
+use flotilla_agent::cache::{ArtifactCache, BlobSource, CacheConfig};
+use flotilla_agent::credentials::Credentials;
+use flotilla_agent::enrol::{self, EnrolRequest, NodeIdentity};
 use flotilla_agent::health::HealthProbe;
+use flotilla_agent::reconcile::{
+    AcceptVerifiedBlob, CacheFetcher, Reconciler, ReconcilerConfig, persist,
+};
+use flotilla_agent::simulate::{Simulation, SimulationConfig};
+use flotilla_agent::sync::{LocalNode, SyncAgent, SyncConfig};
+use tokio_util::sync::CancellationToken;
+
+/// How often `--simulate` prints its summary line.
+const SIMULATION_SUMMARY_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(name = "flotilla-agent", version, about = "Flotilla's edge agent")]
 struct Cli {
-    /// The controller's gRPC URL, e.g. http://127.0.0.1:50051.
+    /// The controller's gRPC URL, e.g. http://127.0.0.1:50051 (needed to
+    /// enrol; afterwards it overrides the URL saved at enrolment).
     #[arg(long, env = "FLOTILLA_CONTROLLER", value_name = "URL")]
     controller: Option<String>,
     /// One-time token from `flotilla node token create`; needed only to enrol.
@@ -33,9 +51,14 @@ struct Cli {
     /// This node's name in the fleet (a-z, 0-9, '.', '_', '-').
     #[arg(long, env = "FLOTILLA_NODE_NAME")]
     name: Option<String>,
-    /// Where the agent keeps its identity and artifact cache.
-    #[arg(long, env = "FLOTILLA_DATA_DIR", value_name = "DIR")]
-    data_dir: PathBuf,
+    /// Where the agent keeps its identity, state and artifact cache.
+    #[arg(
+        long,
+        env = "FLOTILLA_DATA_DIR",
+        value_name = "DIR",
+        required_unless_present = "simulate"
+    )]
+    data_dir: Option<PathBuf>,
     /// Labels for placement, e.g. site=berlin,gpu=l4.
     #[arg(long, default_value = "")]
     labels: String,
@@ -48,11 +71,71 @@ struct Cli {
     /// Address for the gRPC inference API (not served yet).
     #[arg(long, value_name = "ADDR")]
     grpc: Option<SocketAddr>,
+    /// Keep the artifact cache under this size (e.g. 50G), evicting the
+    /// least recently used blobs that are not assigned or served.
+    #[arg(long, value_name = "BYTES", value_parser = parse_byte_count)]
+    cache_budget: Option<u64>,
+    /// Limit artifact downloads to this many bytes per second (e.g. 20M).
+    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = parse_byte_count)]
+    max_download_rate: Option<u64>,
+    /// Run N simulated agents in this process instead of one real one.
+    #[arg(long, value_name = "N", conflicts_with_all = ["data_dir", "replace"])]
+    simulate: Option<usize>,
+    /// Name prefix of simulated nodes: <prefix>-0, <prefix>-1, …
+    #[arg(long, default_value = "sim", requires = "simulate")]
+    simulate_prefix: String,
+    /// Simulated nodes that report FAILED for every assignment (comma-separated names).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "simulate",
+        value_name = "NAMES"
+    )]
+    simulate_fail: Vec<String>,
+}
+
+/// `20M` → 20,000,000; `1Gi` → 2³⁰; plain digits are bytes.
+fn parse_byte_count(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count like 1048576, 20M or 8Gi"))?;
+    let multiplier: u64 = match suffix.trim().trim_end_matches(['B', 'b']) {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "M" | "m" => 1_000_000,
+        "G" | "g" => 1_000_000_000,
+        "T" | "t" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        other => return Err(format!("unknown byte suffix {other:?} in {text:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.simulate {
+        Some(agents) => simulate(cli, agents).await,
+        None => run(cli).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("flotilla-agent: error: {error:#}");
@@ -61,9 +144,40 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let existing = enrol::load(&cli.data_dir)?;
-    let identity = match existing {
+/// Cancelled on the first SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut terminate) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the agent");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    shutdown
+}
+
+async fn identity(cli: &Cli, data_dir: &Path) -> anyhow::Result<NodeIdentity> {
+    let existing = enrol::load(data_dir)?;
+    match existing {
         Some(identity) if !cli.replace => {
             if let Some(name) = &cli.name
                 && name != &identity.name
@@ -71,30 +185,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!(
                     "data directory {} belongs to node {}, not {name}; use another --data-dir, \
                      or --replace with a bootstrap token to enrol it anew",
-                    cli.data_dir.display(),
+                    data_dir.display(),
                     identity.name
                 );
             }
-            eprintln!(
-                "flotilla-agent: already enrolled as {} with {} (identity in {})",
-                identity.name,
-                identity.controller,
-                enrol::identity_path(&cli.data_dir).display()
-            );
-            identity
+            tracing::info!(node = %identity.name, controller = %identity.controller,
+                path = %enrol::identity_path(data_dir).display(), "already enrolled");
+            Ok(identity)
         }
         _ => {
-            let bootstrap_token = cli.bootstrap_token.context(
+            let bootstrap_token = cli.bootstrap_token.clone().context(
                 "not enrolled yet: pass --bootstrap-token (from `flotilla node token create`)",
             )?;
             let controller = cli
                 .controller
+                .clone()
                 .context("not enrolled yet: pass --controller with the controller's gRPC URL")?;
             let name = cli
                 .name
+                .clone()
                 .context("not enrolled yet: pass --name for this node")?;
             let labels = enrol::parse_labels(&cli.labels)?;
-            let inventory = HealthProbe::new(&cli.data_dir).inventory().await;
+            let inventory = HealthProbe::new(data_dir).inventory().await;
             let identity = enrol::enrol(
                 EnrolRequest {
                     controller,
@@ -106,23 +218,151 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &inventory,
             )
             .await?;
-            enrol::save(&cli.data_dir, &identity)?;
-            eprintln!(
-                "flotilla-agent: enrolled as {} with {} (status {}); identity saved in {}",
-                identity.name,
-                identity.controller,
-                identity.status,
-                enrol::identity_path(&cli.data_dir).display()
-            );
-            identity
+            enrol::save(data_dir, &identity)?;
+            tracing::info!(node = %identity.name, controller = %identity.controller, status = %identity.status,
+                path = %enrol::identity_path(data_dir).display(), "enrolled; identity saved");
+            Ok(identity)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir.clone().context("--data-dir is required")?;
+    let identity = identity(&cli, &data_dir).await?;
+    if cli.http.is_some() || cli.grpc.is_some() {
+        tracing::warn!("--http and --grpc are accepted but inference is not served yet");
+    }
+    let controller = cli
+        .controller
+        .clone()
+        .unwrap_or_else(|| identity.controller.clone());
+    let channel = tonic::transport::Endpoint::from_shared(controller.clone())
+        .with_context(|| format!("invalid controller url {controller:?}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        // Lazy: an unreachable controller at start is retried by the sync
+        // loop, while the agent keeps serving what it has.
+        .connect_lazy();
+
+    let restored = match persist::load(&data_dir) {
+        Ok(restored) => restored,
+        Err(error) => {
+            tracing::warn!(%error, "starting without the saved agent state; the controller's desired state will be applied afresh");
+            None
         }
     };
-    if cli.http.is_some() || cli.grpc.is_some() {
-        eprintln!("flotilla-agent: --http and --grpc are accepted but nothing is served yet");
-    }
-    eprintln!(
-        "flotilla-agent: node {} is enrolled; the sync loop is not implemented yet, exiting",
-        identity.name
+    let credentials = Arc::new(Credentials::new(identity, Some(data_dir.clone())));
+    let cache_config = CacheConfig {
+        max_download_bytes_per_second: cli.max_download_rate,
+        ..CacheConfig::new(&data_dir)
+    };
+    // Each download names its own source (the assignment's blob URL); this
+    // one only fills the cache's default slot.
+    let default_source = BlobSource::new(&controller, credentials.token())?;
+    let cache = Arc::new(ArtifactCache::open(cache_config, default_source).await?);
+    let probe = {
+        let data_dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || HealthProbe::new(&data_dir)).await?
+    };
+    let (reconciler, link) = Reconciler::new(
+        Arc::new(CacheFetcher::new(
+            cache.clone(),
+            credentials.token(),
+            cli.cache_budget,
+        )),
+        Arc::new(AcceptVerifiedBlob),
+        ReconcilerConfig::new(Some(data_dir.clone())),
+        restored,
     );
+    let sync = SyncConfig::new(
+        channel,
+        credentials,
+        Arc::new(LocalNode::new(probe, cache)),
+        link,
+    );
+    let shutdown = shutdown_on_signal();
+    tracing::info!(%controller, "syncing with the controller");
+    let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
+    SyncAgent::run(sync, shutdown.clone()).await;
+    shutdown.cancel();
+    reconciling.await?;
     Ok(())
+}
+
+async fn simulate(cli: Cli, agents: usize) -> anyhow::Result<()> {
+    let config = SimulationConfig {
+        name_prefix: cli.simulate_prefix.clone(),
+        labels: enrol::parse_labels(&cli.labels)?,
+        failing_nodes: cli.simulate_fail.iter().cloned().collect::<HashSet<_>>(),
+        ..SimulationConfig::new(
+            cli.controller
+                .context("--simulate needs --controller with the controller's gRPC URL")?,
+            cli.bootstrap_token
+                .context("--simulate needs --bootstrap-token to enrol the simulated nodes")?,
+            agents,
+        )
+    };
+    let shutdown = shutdown_on_signal();
+    let started = tokio::time::Instant::now();
+    let simulation = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        simulation = Simulation::start(config) => simulation?,
+    };
+    eprintln!(
+        "simulate: {agents} agents enrolled in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut summary = tokio::time::interval(SIMULATION_SUMMARY_EVERY);
+    summary.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = summary.tick() => {
+                let generations: Vec<u64> = simulation
+                    .nodes()
+                    .iter()
+                    .map(|node| node.latest_desired().map_or(0, |received| received.generation))
+                    .collect();
+                let acks = simulation.take_ack_latencies();
+                eprintln!(
+                    "simulate: connected={}/{agents} hellos={} generation min={} max={} acks={} p50={:.1}ms p99={:.1}ms max={:.1}ms",
+                    simulation.connected_streams(),
+                    simulation.hellos(),
+                    generations.iter().min().copied().unwrap_or(0),
+                    generations.iter().max().copied().unwrap_or(0),
+                    acks.count,
+                    acks.p50.as_secs_f64() * 1e3,
+                    acks.p99.as_secs_f64() * 1e3,
+                    acks.max.as_secs_f64() * 1e3,
+                );
+            }
+        }
+    }
+    simulation.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_parse_with_suffixes() {
+        assert_eq!(parse_byte_count("1048576"), Ok(1_048_576));
+        assert_eq!(parse_byte_count("20M"), Ok(20_000_000));
+        assert_eq!(parse_byte_count("20MB"), Ok(20_000_000));
+        assert_eq!(parse_byte_count("8Gi"), Ok(8 << 30));
+        assert_eq!(parse_byte_count("512k"), Ok(512_000));
+        assert!(parse_byte_count("fast").is_err());
+        assert!(parse_byte_count("20X").is_err());
+        assert!(parse_byte_count("99999999999T").is_err());
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -185,6 +185,9 @@ impl ArtifactCache {
                 self.counters
                     .network_bytes
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                if let Some(rate_limit) = &self.rate_limit {
+                    rate_limit.consume(chunk.len()).await;
+                }
                 if part.len + (buffer.len() + chunk.len()) as u64 > size_bytes {
                     let reason = format!(
                         "source sent more than the expected {size_bytes} bytes of blob {}",

@@ -26,6 +26,7 @@
 
 mod download;
 mod part;
+mod rate;
 mod source;
 
 use std::collections::{HashMap, HashSet};
@@ -66,6 +67,9 @@ pub struct CacheConfig {
     pub connect_timeout: Duration,
     /// Longest silence on an open connection before it counts as cut.
     pub read_timeout: Duration,
+    /// Network bytes per second over all downloads together; `None`: as
+    /// fast as the link allows.
+    pub max_download_bytes_per_second: Option<u64>,
 }
 
 impl CacheConfig {
@@ -79,6 +83,7 @@ impl CacheConfig {
             max_backoff: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            max_download_bytes_per_second: None,
         }
     }
 }
@@ -163,6 +168,7 @@ pub struct ArtifactCache {
     downloads: Semaphore,
     locks: Mutex<HashMap<Digest, Weak<tokio::sync::Mutex<()>>>>,
     counters: Counters,
+    rate_limit: Option<rate::RateLimiter>,
 }
 
 impl ArtifactCache {
@@ -180,6 +186,9 @@ impl ArtifactCache {
             })?;
         let cache = Self {
             downloads: Semaphore::new(config.max_concurrent_downloads.max(1)),
+            rate_limit: config
+                .max_download_bytes_per_second
+                .map(rate::RateLimiter::new),
             config,
             source,
             client,

@@ -1,0 +1,233 @@
+//! Conversions between the Sync stream's wire types and the agent's domain
+//! types. Validation happens here, once: a desired state that does not
+//! convert is refused (the sync loop logs it and keeps the previous one).
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use flotilla_proto::fleet::v1 as pb;
+
+use crate::cache::{CachedBlob, Digest};
+use crate::health::HealthSample;
+use crate::reconcile::{Assignment, DesiredState, NodeStatus, ObservedState, Phase, SystemPrompt};
+
+/// Heartbeats are never sent more often than this, whatever the controller says.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("{field} is invalid: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl TryFrom<pb::DesiredState> for DesiredState {
+    type Error = ProtocolError;
+
+    fn try_from(wire: pb::DesiredState) -> Result<Self, ProtocolError> {
+        let status = match wire.status() {
+            pb::NodeStatus::Pending => NodeStatus::Pending,
+            pb::NodeStatus::Active => NodeStatus::Active,
+            pb::NodeStatus::Cordoned => NodeStatus::Cordoned,
+            pb::NodeStatus::Unspecified => return Err(ProtocolError::Missing("desired.status")),
+        };
+        let heartbeat_interval = match wire.heartbeat_interval_ms {
+            0 => crate::reconcile::DEFAULT_HEARTBEAT_INTERVAL,
+            millis => Duration::from_millis(u64::from(millis)).max(MIN_HEARTBEAT_INTERVAL),
+        };
+        Ok(DesiredState {
+            generation: wire.generation,
+            status,
+            assignment: wire.assignment.map(Assignment::try_from).transpose()?,
+            heartbeat_interval,
+        })
+    }
+}
+
+impl TryFrom<pb::Assignment> for Assignment {
+    type Error = ProtocolError;
+
+    fn try_from(wire: pb::Assignment) -> Result<Self, ProtocolError> {
+        let digest = wire
+            .digest
+            .parse::<Digest>()
+            .map_err(|error| ProtocolError::Invalid {
+                field: "assignment.digest",
+                reason: error.to_string(),
+            })?;
+        if wire.blob_base_url.is_empty() {
+            return Err(ProtocolError::Missing("assignment.blob_base_url"));
+        }
+        Ok(Assignment {
+            model: wire.model,
+            version: wire.version,
+            quantization: wire.quantization,
+            digest,
+            size_bytes: wire.size_bytes,
+            blob_base_url: wire.blob_base_url,
+            system_prompt: wire.system_prompt.map(|prompt| SystemPrompt {
+                name: prompt.name,
+                version: prompt.version,
+                text: prompt.text,
+                chat_template: Some(prompt.chat_template).filter(|text| !text.is_empty()),
+            }),
+            assignment_generation: wire.assignment_generation,
+        })
+    }
+}
+
+impl From<&ObservedState> for pb::ObservedState {
+    fn from(observed: &ObservedState) -> Self {
+        let (phase, bytes_done, bytes_total, reason) = match &observed.phase {
+            Phase::Idle => (pb::AssignmentPhase::Idle, 0, 0, String::new()),
+            Phase::Pending => (pb::AssignmentPhase::Pending, 0, 0, String::new()),
+            Phase::Downloading {
+                bytes_done,
+                bytes_total,
+            } => (
+                pb::AssignmentPhase::Downloading,
+                *bytes_done,
+                *bytes_total,
+                String::new(),
+            ),
+            Phase::Verifying => (pb::AssignmentPhase::Verifying, 0, 0, String::new()),
+            Phase::Loading => (pb::AssignmentPhase::Loading, 0, 0, String::new()),
+            Phase::Ready => (pb::AssignmentPhase::Ready, 0, 0, String::new()),
+            Phase::Failed { reason } => (pb::AssignmentPhase::Failed, 0, 0, reason.clone()),
+        };
+        pb::ObservedState {
+            generation: observed.generation,
+            digest: observed
+                .digest
+                .map(|digest| digest.to_hex())
+                .unwrap_or_default(),
+            phase: phase.into(),
+            bytes_done,
+            bytes_total,
+            reason,
+            serving_digest: observed
+                .serving_digest
+                .map(|digest| digest.to_hex())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&HealthSample> for pb::HealthSample {
+    fn from(sample: &HealthSample) -> Self {
+        pb::HealthSample {
+            taken_at_unix_ms: sample
+                .taken_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| {
+                    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+                }),
+            cpu_utilisation_percent: sample.cpu_utilisation_percent,
+            memory_used_bytes: sample.memory_used_bytes,
+            memory_total_bytes: sample.memory_total_bytes,
+            disk_available_bytes: sample.disk_available_bytes,
+            cpu_temperature_celsius: sample.cpu_temperature_celsius,
+            gpus: sample
+                .gpus
+                .iter()
+                .map(|gpu| pb::GpuSample {
+                    index: gpu.index,
+                    memory_used_bytes: gpu.memory_used_bytes,
+                    memory_total_bytes: gpu.memory_total_bytes,
+                    utilisation_percent: gpu.utilisation_percent,
+                    temperature_celsius: gpu.temperature_celsius,
+                    power_draw_milliwatts: gpu.power_draw_milliwatts,
+                    power_limit_milliwatts: gpu.power_limit_milliwatts,
+                    throttle_reasons: gpu.throttle_reasons.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&CachedBlob> for pb::CachedBlob {
+    fn from(blob: &CachedBlob) -> Self {
+        pb::CachedBlob {
+            digest: blob.digest.to_hex(),
+            size_bytes: blob.size_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire_desired() -> pb::DesiredState {
+        pb::DesiredState {
+            generation: 4,
+            status: pb::NodeStatus::Active.into(),
+            assignment: Some(pb::Assignment {
+                model: "tiny".to_owned(),
+                version: "1.0.0".to_owned(),
+                quantization: "q4_1".to_owned(),
+                digest: Digest::of(b"tiny").to_hex(),
+                size_bytes: 4,
+                blob_base_url: "http://127.0.0.1:8080".to_owned(),
+                system_prompt: None,
+                assignment_generation: 2,
+            }),
+            heartbeat_interval_ms: 0,
+        }
+    }
+
+    #[test]
+    fn desired_state_converts_and_defaults_the_heartbeat() {
+        let desired = DesiredState::try_from(wire_desired()).expect("valid");
+        assert_eq!(desired.generation, 4);
+        assert_eq!(desired.heartbeat_interval, Duration::from_millis(5000));
+        let assignment = desired.assignment.expect("assigned");
+        assert_eq!(assignment.digest, Digest::of(b"tiny"));
+        assert_eq!(assignment.assignment_generation, 2);
+    }
+
+    #[test]
+    fn invalid_desired_states_are_refused() {
+        let mut bad_digest = wire_desired();
+        if let Some(assignment) = bad_digest.assignment.as_mut() {
+            assignment.digest = "not-a-digest".to_owned();
+        }
+        assert!(matches!(
+            DesiredState::try_from(bad_digest),
+            Err(ProtocolError::Invalid {
+                field: "assignment.digest",
+                ..
+            })
+        ));
+        let mut no_status = wire_desired();
+        no_status.status = pb::NodeStatus::Unspecified.into();
+        assert_eq!(
+            DesiredState::try_from(no_status),
+            Err(ProtocolError::Missing("desired.status"))
+        );
+    }
+
+    #[test]
+    fn observed_state_goes_out_with_its_phase_data() {
+        let observed = ObservedState {
+            generation: 3,
+            digest: Some(Digest::of(b"a")),
+            phase: Phase::Downloading {
+                bytes_done: 5,
+                bytes_total: 9,
+            },
+            serving_digest: None,
+        };
+        let wire = pb::ObservedState::from(&observed);
+        assert_eq!(wire.phase(), pb::AssignmentPhase::Downloading);
+        assert_eq!((wire.bytes_done, wire.bytes_total), (5, 9));
+        assert_eq!(wire.serving_digest, "");
+        let failed = ObservedState {
+            phase: Phase::Failed {
+                reason: "gone".to_owned(),
+            },
+            ..observed
+        };
+        assert_eq!(pb::ObservedState::from(&failed).reason, "gone");
+    }
+}

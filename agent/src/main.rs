@@ -129,6 +129,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let outcome = match cli.simulate {
@@ -190,7 +192,7 @@ async fn identity(cli: &Cli, data_dir: &Path) -> anyhow::Result<NodeIdentity> {
                 );
             }
             tracing::info!(node = %identity.name, controller = %identity.controller,
-                path = %enrol::identity_path(data_dir).display(), "already enrolled");
+                path = %enrol::identity_path(data_dir).display(), "already enrolled as {}", identity.name);
             Ok(identity)
         }
         _ => {
@@ -220,7 +222,7 @@ async fn identity(cli: &Cli, data_dir: &Path) -> anyhow::Result<NodeIdentity> {
             .await?;
             enrol::save(data_dir, &identity)?;
             tracing::info!(node = %identity.name, controller = %identity.controller, status = %identity.status,
-                path = %enrol::identity_path(data_dir).display(), "enrolled; identity saved");
+                path = %enrol::identity_path(data_dir).display(), "enrolled as {}; identity saved", identity.name);
             Ok(identity)
         }
     }

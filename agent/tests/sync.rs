@@ -1,174 +1,142 @@
-//! The sync loop over real gRPC on loopback, against a scripted `Fleet`
-//! server (the controller's own Sync lands separately): credential renewal
-//! after a refusal, hello contents, desired state to reconciler, observed
-//! state and heartbeats back, and a credential pushed down the stream.
+//! The agent's sync loop, reconciler and cache against a real controller
+//! in-process on loopback (both stores): a credential the controller no
+//! longer accepts is renewed with the refresh secret; the agent says hello,
+//! receives its assignment, downloads and verifies the artifact, reports it
+//! ready and heartbeats; the controller's view shows all of it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_agent::credentials::Credentials;
-use flotilla_agent::enrol::{self, NodeIdentity};
+use flotilla_agent::enrol::{self, EnrolRequest};
 use flotilla_agent::reconcile::{AcceptVerifiedBlob, CacheFetcher, Reconciler, ReconcilerConfig};
 use flotilla_agent::sync::{LocalNode, SyncAgent, SyncConfig};
 use flotilla_agent::{cache, health};
-use flotilla_proto::fleet::v1 as pb;
-use flotilla_proto::fleet::v1::fleet_server::{Fleet, FleetServer};
-use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use flotilla_api_types as dto;
+use flotilla_controller::testing::{TestController, TestStore};
+use flotilla_gguf::{GgmlType, GgufBuilder};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+flotilla_controller::on_both_stores!(agent_converges_on_its_assignment_and_heartbeats);
 
-/// What the scripted controller has seen.
-#[derive(Default)]
-struct Seen {
-    bearers: Vec<String>,
-    renewals: u32,
-    hellos: Vec<pb::Hello>,
-    heartbeats: u64,
-    observed: Vec<pb::ObservedState>,
-}
+const DEADLINE: Duration = Duration::from_secs(30);
 
-#[derive(Clone)]
-struct ScriptedController {
-    seen: Arc<Mutex<Seen>>,
-    changed: Arc<watch::Sender<u64>>,
-}
-
-impl ScriptedController {
-    fn record(&self, update: impl FnOnce(&mut Seen)) {
-        update(&mut self.seen.lock().expect("lock"));
-        self.changed.send_modify(|count| *count += 1);
-    }
-}
-
-#[tonic::async_trait]
-impl Fleet for ScriptedController {
-    async fn enroll(
-        &self,
-        _request: Request<pb::EnrollRequest>,
-    ) -> Result<Response<pb::EnrollResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
-    }
-
-    async fn renew_credential(
-        &self,
-        request: Request<pb::RenewCredentialRequest>,
-    ) -> Result<Response<pb::RenewCredentialResponse>, Status> {
-        let request = request.into_inner();
-        if request.node_name != "edge-1" || request.refresh_secret != "refresh-secret" {
-            return Err(Status::unauthenticated("wrong refresh secret"));
-        }
-        self.record(|seen| seen.renewals += 1);
-        Ok(Response::new(pb::RenewCredentialResponse {
-            credential: "fresh".to_owned(),
-            credential_expires_at_unix: i64::MAX / 2,
-            status: pb::NodeStatus::Active.into(),
-        }))
-    }
-
-    type SyncStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
-
-    async fn sync(
-        &self,
-        request: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::SyncStream>, Status> {
-        let bearer = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        self.record(|seen| seen.bearers.push(bearer.clone()));
-        if bearer != "Bearer fresh" {
-            return Err(Status::unauthenticated("credential revoked"));
-        }
-        let mut inbound = request.into_inner();
-        let (outbound, receiver) = mpsc::channel(16);
-        let controller = self.clone();
-        tokio::spawn(async move {
-            let send = |body| pb::ControllerMessage { body: Some(body) };
-            let _ = outbound
-                .send(Ok(send(pb::controller_message::Body::Desired(
-                    pb::DesiredState {
-                        generation: 3,
-                        status: pb::NodeStatus::Active.into(),
-                        assignment: None,
-                        heartbeat_interval_ms: 50,
-                    },
-                ))))
-                .await;
-            let _ = outbound
-                .send(Ok(send(pb::controller_message::Body::Credential(
-                    pb::Credential {
-                        credential: "rotated".to_owned(),
-                        expires_at_unix: 4_000_000_000,
-                    },
-                ))))
-                .await;
-            while let Some(Ok(message)) = inbound.next().await {
-                match message.body {
-                    Some(pb::agent_message::Body::Hello(hello)) => {
-                        controller.record(|seen| seen.hellos.push(hello));
-                    }
-                    Some(pb::agent_message::Body::Heartbeat(heartbeat)) => {
-                        controller.record(|seen| seen.heartbeats += 1);
-                        let ack = pb::HeartbeatAck {
-                            sequence: heartbeat.sequence,
-                        };
-                        let _ = outbound
-                            .send(Ok(send(pb::controller_message::Body::HeartbeatAck(ack))))
-                            .await;
-                    }
-                    Some(pb::agent_message::Body::Observed(observed)) => {
-                        controller.record(|seen| seen.observed.push(observed));
-                    }
-                    None => {}
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(receiver)))
-    }
-}
-
-#[tokio::test]
-async fn the_sync_loop_renews_a_refused_credential_and_reports_what_it_was_told()
--> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (changed, mut changes) = watch::channel(0u64);
-    let controller = ScriptedController {
-        seen: Arc::default(),
-        changed: Arc::new(changed),
-    };
-    let server_shutdown = CancellationToken::new();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(FleetServer::new(controller.clone()))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                server_shutdown.clone().cancelled_owned(),
-            ),
+async fn post(
+    http: &reqwest::Client,
+    controller: &TestController,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let response = http
+        .post(format!("{}{path}", controller.url))
+        .bearer_auth(&controller.admin_token)
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "POST {path}: {} {}",
+        response.status(),
+        response.text().await.unwrap_or_default()
     );
+    Ok(response.json().await?)
+}
 
+async fn agent_converges_on_its_assignment_and_heartbeats(store: TestStore) -> anyhow::Result<()> {
+    let controller = TestController::start_with(store, |config| {
+        config.heartbeat_interval = Duration::from_millis(200);
+    })
+    .await?;
+    let http = reqwest::Client::new();
+    let grpc_url = format!("http://{}", controller.grpc_addr);
+
+    // A model with one artifact.
+    post(
+        &http,
+        &controller,
+        "/api/v1/models",
+        json!({"name": "tiny"}),
+    )
+    .await?;
+    post(
+        &http,
+        &controller,
+        "/api/v1/models/tiny/versions",
+        json!({"version": "1.0.0"}),
+    )
+    .await?;
+    let tensor: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(7)).collect();
+    let file = GgufBuilder::new()
+        .metadata_str("general.architecture", "llama")
+        .metadata_u32("general.file_type", 3)
+        .metadata_u32("llama.context_length", 2048)
+        .metadata_u32("llama.block_count", 2)
+        .metadata_u32("llama.embedding_length", 64)
+        .metadata_u32("llama.attention.head_count", 4)
+        .tensor("blk.0.attn_q.weight", &[32, 2], GgmlType::Q4_1, &tensor)
+        .build();
+    let digest = blake3::hash(&file).to_hex().to_string();
+    let response = http
+        .post(format!(
+            "{}/api/v1/models/tiny/versions/1.0.0/artifacts",
+            controller.url
+        ))
+        .bearer_auth(&controller.admin_token)
+        .body(file.clone())
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "{}", response.status());
+    let response = http
+        .patch(format!(
+            "{}/api/v1/models/tiny/versions/1.0.0",
+            controller.url
+        ))
+        .bearer_auth(&controller.admin_token)
+        .json(&json!({"state": "published"}))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "{}", response.status());
+
+    // Enrol for real, then spoil the credential: the agent must renew it.
+    let token = post(
+        &http,
+        &controller,
+        "/api/v1/nodes/tokens",
+        json!({"ttl_seconds": 600, "uses": 1}),
+    )
+    .await?;
     let data_dir = tempfile::tempdir()?;
-    // Not expired, but the controller no longer accepts it.
-    let identity = NodeIdentity {
-        name: "edge-1".to_owned(),
-        controller: url.clone(),
-        status: "active".to_owned(),
-        credential: "revoked".to_owned(),
-        credential_expires_at_unix: i64::MAX / 2,
-        refresh_secret: "refresh-secret".to_owned(),
-    };
+    let probe = health::HealthProbe::new(data_dir.path());
+    let mut identity = enrol::enrol(
+        EnrolRequest {
+            controller: grpc_url.clone(),
+            bootstrap_token: token["token"].as_str().unwrap_or_default().to_owned(),
+            name: "edge-1".to_owned(),
+            labels: [("site".to_owned(), "lab".to_owned())].into(),
+            replace_existing: false,
+        },
+        &probe.inventory().await,
+    )
+    .await?;
+    assert!(!identity.refresh_secret.is_empty());
+    identity.credential = "revoked".to_owned();
     enrol::save(data_dir.path(), &identity)?;
+    let change = post(
+        &http,
+        &controller,
+        "/api/v1/assignments",
+        json!({"node": "edge-1", "model": "tiny", "version": "1.0.0"}),
+    )
+    .await?;
+    let generation = change["assignment"]["generation"].as_u64().unwrap_or(0);
+    assert!(generation > 0, "{change}");
+
     let credentials = Arc::new(Credentials::new(identity, Some(data_dir.path().to_owned())));
     let cache = Arc::new(
         cache::ArtifactCache::open(
             cache::CacheConfig::new(data_dir.path()),
-            cache::BlobSource::new(&url, credentials.token())?,
+            cache::BlobSource::new(&controller.url, credentials.token())?,
         )
         .await?,
     );
@@ -178,66 +146,60 @@ async fn the_sync_loop_renews_a_refused_credential_and_reports_what_it_was_told(
         ReconcilerConfig::new(Some(data_dir.path().to_owned())),
         None,
     );
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect_lazy();
+    let channel = tonic::transport::Endpoint::from_shared(grpc_url)?.connect_lazy();
     let sync = SyncConfig::new(
         channel,
         credentials.clone(),
-        Arc::new(LocalNode::new(
-            health::HealthProbe::new(data_dir.path()),
-            cache,
-        )),
+        Arc::new(LocalNode::new(probe, cache.clone())),
         link.clone(),
     );
     let telemetry = sync.fleet_telemetry.clone();
     let shutdown = CancellationToken::new();
-    tokio::spawn(reconciler.run(shutdown.clone()));
+    let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
     let agent = tokio::spawn(SyncAgent::run(sync, shutdown.clone()));
 
-    // Idle at generation 3 reported, a few heartbeats acked, the pushed
-    // credential taken.
-    tokio::time::timeout(
-        DEADLINE,
-        changes.wait_for(|_| {
-            let seen = controller.seen.lock().expect("lock");
-            seen.heartbeats >= 3
-                && seen.observed.iter().any(|observed| {
-                    observed.generation == 3 && observed.phase() == pb::AssignmentPhase::Idle
-                })
-        }),
-    )
-    .await
-    .map_err(|_| {
-        anyhow::anyhow!(
-            "agent did not converge; token now {:?}",
-            credentials.token().current().len()
-        )
-    })??;
-    {
-        let seen = controller.seen.lock().expect("lock");
-        assert_eq!(
-            seen.bearers.first().map(String::as_str),
-            Some("Bearer revoked")
+    // The controller sees it ready, serving the artifact, heartbeating.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let node = loop {
+        let node: dto::NodeInfo = http
+            .get(format!("{}/api/v1/nodes/edge-1", controller.url))
+            .bearer_auth(&controller.admin_token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let converged = node.ready
+            && node.observed.as_ref().is_some_and(|observed| {
+                observed.phase == "ready"
+                    && observed.generation == generation
+                    && observed.serving_digest.as_deref() == Some(digest.as_str())
+            })
+            && node.health.is_some();
+        if converged {
+            break node;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "agent did not converge: {node:#?}"
         );
-        assert_eq!(seen.renewals, 1);
-        let hello = seen.hellos.first().expect("a hello");
-        assert_eq!(hello.node_name, "edge-1");
-        assert_eq!(hello.applied_generation, 0);
-        assert_eq!(hello.agent_version, env!("CARGO_PKG_VERSION"));
-        assert!(hello.inventory.is_some());
-    }
-    assert_eq!(credentials.token().current(), "rotated");
-    let saved = enrol::load(data_dir.path())?.expect("identity");
-    assert_eq!(saved.credential, "rotated");
-    assert_eq!(saved.refresh_secret, "refresh-secret");
-    assert_eq!(telemetry.connected_streams(), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(node.desired_generation, generation);
+    assert_eq!(
+        std::fs::read(data_dir.path().join("cache/blobs").join(&digest))?,
+        file
+    );
 
-    // Acks come back within the run; the latency is measured.
-    let acks = telemetry.take_ack_latencies();
-    assert!(acks.count >= 1, "{acks:?}");
+    // The renewed credential was persisted and is a real one.
+    let saved = enrol::load(data_dir.path())?.expect("identity");
+    assert_ne!(saved.credential, "revoked");
+    assert_eq!(saved.credential, credentials.token().current());
+    assert_eq!(telemetry.connected_streams(), 1);
+    assert!(telemetry.take_ack_latencies().count >= 1);
 
     shutdown.cancel();
     tokio::time::timeout(DEADLINE, agent).await??;
+    tokio::time::timeout(DEADLINE, reconciling).await??;
     assert_eq!(telemetry.connected_streams(), 0);
-    server_shutdown.cancel();
     Ok(())
 }

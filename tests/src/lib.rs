@@ -145,8 +145,29 @@ impl ControllerProcess {
         env: &[(&str, &str)],
         log_file: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        let http = free_addr()?;
-        let grpc = free_addr()?;
+        Self::start_on(data_dir, free_addr()?, free_addr()?, extra, env, log_file).await
+    }
+
+    /// Starts the controller again on the same data directory and ports
+    /// (after [`ChildGuard::kill`]), so that agents find it where it was.
+    pub async fn restart(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.process.kill()?;
+        let http = self
+            .rest_url
+            .trim_start_matches("http://")
+            .parse::<SocketAddr>()?;
+        *self = Self::start_on(&self.data_dir, http, self.grpc_addr, extra, &[], None).await?;
+        Ok(())
+    }
+
+    async fn start_on(
+        data_dir: &Path,
+        http: SocketAddr,
+        grpc: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary("flotilla-controller")?);
         command
             .arg("--data-dir")
@@ -245,9 +266,9 @@ impl ChildGuard {
     }
 }
 
-/// Runs `flotilla-agent` to completion (it enrols, or finds its identity,
-/// then exits until the sync loop exists) with `--data-dir data_dir` and
-/// `args`, and returns its output. Bounded by a deadline so that a hung
+/// Runs `flotilla-agent` to completion (for runs that must fail, such as a
+/// refused enrolment) with `--data-dir data_dir` and `args`, and returns its
+/// output. Bounded by a deadline so that a hung
 /// agent fails the test instead of stalling it.
 pub async fn run_agent(data_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
     let mut command = tokio::process::Command::new(binary("flotilla-agent")?);
@@ -266,4 +287,40 @@ pub async fn run_agent(data_dir: &Path, args: &[&str]) -> anyhow::Result<Output>
         .await
         .map_err(|_| anyhow::anyhow!("flotilla-agent did not exit within {deadline:?}"))?
         .map_err(|e| anyhow::anyhow!("cannot run flotilla-agent: {e}"))
+}
+
+/// A running `flotilla-agent` process, its logs in `DATA_DIR/agent.log`.
+pub struct AgentProcess {
+    pub process: ChildGuard,
+    pub data_dir: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `flotilla-agent --data-dir data_dir args…` in the background.
+    pub fn start(data_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("agent.log"))?;
+        let mut command = Command::new(binary("flotilla-agent")?);
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env_remove("FLOTILLA_BOOTSTRAP_TOKEN")
+            .env_remove("FLOTILLA_CONTROLLER")
+            .env_remove("FLOTILLA_NODE_NAME")
+            .env_remove("FLOTILLA_DATA_DIR")
+            .env("RUST_LOG", "info")
+            .stderr(log);
+        Ok(Self {
+            process: ChildGuard::spawn("flotilla-agent", &mut command)?,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    /// The agent's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("agent.log")).unwrap_or_default()
+    }
 }

@@ -1,9 +1,21 @@
 //! Enrolment with the real binaries: an operator creates a bootstrap token
-//! with the CLI, an agent enrols with it over gRPC, the CLI lists the node;
-//! the agent restarts on its data directory without a token; a second agent
-//! with the used-up token is refused with a clear message.
+//! with the CLI, an agent enrols with it over gRPC and connects its sync
+//! stream, the CLI lists the node as ready; the agent restarts on its data
+//! directory without a token; a second agent with the used-up token is
+//! refused with a clear message.
 
-use flotilla_tests::{ControllerProcess, flotilla, run_agent};
+use std::time::Duration;
+
+use flotilla_tests::{AgentProcess, ControllerProcess, flotilla, run_agent, wait_until};
+
+/// Whether `edge-1` is listed as ready.
+async fn ready(rest_url: &str, admin: &str, home: &std::path::Path) -> bool {
+    let Ok(listed) = flotilla(rest_url, admin, home, &["node", "ls", "--output", "json"]) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&listed.stdout)
+        .is_ok_and(|listed| listed["items"][0]["ready"] == true)
+}
 
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -36,7 +48,7 @@ async fn agent_enrols_with_a_cli_token_and_restarts_without_one() -> anyhow::Res
         "unexpected token output {token:?}"
     );
 
-    let enrolled = run_agent(
+    let mut agent = AgentProcess::start(
         agent_dir.path(),
         &[
             "--controller",
@@ -48,22 +60,21 @@ async fn agent_enrols_with_a_cli_token_and_restarts_without_one() -> anyhow::Res
             "--labels",
             "site=berlin,gpu=none",
         ],
-    )
-    .await?;
-    anyhow::ensure!(
-        enrolled.status.success(),
-        "agent enrol: {}",
-        stderr(&enrolled)
-    );
+    )?;
+    let connected = wait_until("edge-1 to be ready", Duration::from_secs(60), || {
+        ready(&controller.rest_url, &admin, home.path())
+    })
+    .await;
+    if connected.is_err() {
+        eprintln!("{}", agent.log());
+    }
+    connected?;
     assert!(
-        stderr(&enrolled).contains("enrolled as edge-1"),
+        agent.log().contains("enrolled as edge-1"),
         "{}",
-        stderr(&enrolled)
+        agent.log()
     );
-    assert!(
-        !stderr(&enrolled).contains(&token),
-        "the agent printed its token"
-    );
+    assert!(!agent.log().contains(&token), "the agent printed its token");
     assert!(agent_dir.path().join("node.toml").exists());
 
     let listed = flotilla(
@@ -85,21 +96,21 @@ async fn agent_enrols_with_a_cli_token_and_restarts_without_one() -> anyhow::Res
     assert!(node["inventory"]["cpu_cores"].as_u64().unwrap_or(0) > 0);
 
     // A restart on the same data directory needs no token.
-    let restarted = run_agent(
+    agent.process.kill()?;
+    let restarted = AgentProcess::start(
         agent_dir.path(),
         &["--controller", &grpc_url, "--name", "edge-1"],
+    )?;
+    wait_until(
+        "the restarted agent to find its identity",
+        Duration::from_secs(60),
+        || async { restarted.log().contains("already enrolled as edge-1") },
     )
     .await?;
-    anyhow::ensure!(
-        restarted.status.success(),
-        "agent restart: {}",
-        stderr(&restarted)
-    );
-    assert!(
-        stderr(&restarted).contains("already enrolled as edge-1"),
-        "{}",
-        stderr(&restarted)
-    );
+    wait_until("edge-1 to reconnect", Duration::from_secs(60), || {
+        ready(&controller.rest_url, &admin, home.path())
+    })
+    .await?;
 
     // The token had one use: a second agent is refused, and says why.
     let refused = run_agent(

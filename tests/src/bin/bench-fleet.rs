@@ -1,0 +1,321 @@
+//! Control-plane benchmark: thousands of simulated agents (the agent's own
+//! sync client and reconciler, over real gRPC streams) against a real
+//! `flotilla-controller` process on Postgres, on this machine.
+//!
+//! Measures, and prints as one JSON object:
+//! - fan-out: from a committed assignment that changes every node's desired
+//!   state to its receipt by every agent (from the request's start, and
+//!   from the moment its 201 came back, which is after the commit);
+//! - heartbeat ack latency in steady state (every agent at the interval);
+//! - controller CPU (cores, from /proc over the steady window) and RSS;
+//! - resync: from restarting a SIGKILLed controller on the same ports to
+//!   every agent holding its desired state again.
+//!
+//! Run with `cargo run --release -p flotilla-tests --bin bench-fleet --
+//! --agents 10000` after `cargo build --release --bins` (it starts the
+//! release controller binary).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flotilla_agent::simulate::{Simulation, SimulationConfig};
+use flotilla_controller::testing::TestDatabase;
+use flotilla_gguf::{GgmlType, GgufBuilder};
+use flotilla_tests::ControllerProcess;
+use serde_json::json;
+
+struct Args {
+    agents: usize,
+    heartbeat_ms: u64,
+    steady_seconds: u64,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        agents: 10_000,
+        heartbeat_ms: 1000,
+        steady_seconds: 30,
+    };
+    let mut iter = std::env::args().skip(1);
+    while let Some(flag) = iter.next() {
+        let value = iter
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--agents" => args.agents = value.parse()?,
+            "--heartbeat-ms" => args.heartbeat_ms = value.parse()?,
+            "--steady-seconds" => args.steady_seconds = value.parse()?,
+            other => anyhow::bail!(
+                "unknown flag {other}; use --agents N --heartbeat-ms MS --steady-seconds S"
+            ),
+        }
+    }
+    Ok(args)
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    // USER_HZ is 100 on Linux.
+    Ok((utime + stime) / 100.0)
+}
+
+/// (VmRSS, VmHWM) in MiB.
+fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+fn quantiles(mut values: Vec<Duration>) -> serde_json::Value {
+    values.sort_unstable();
+    let at = |q: f64| {
+        values
+            .get(((values.len().saturating_sub(1)) as f64 * q).round() as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    json!({"p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": at(1.0), "count": values.len()})
+}
+
+async fn publish_model(http: &reqwest::Client, url: &str, admin: &str) -> anyhow::Result<()> {
+    let send = |request: reqwest::RequestBuilder| async move {
+        let response = request.bearer_auth(admin).send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "{} {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        );
+        anyhow::Ok(())
+    };
+    send(
+        http.post(format!("{url}/api/v1/models"))
+            .json(&json!({"name": "bench"})),
+    )
+    .await?;
+    for (version, seed) in [("1.0.0", 3u8), ("1.0.1", 5u8)] {
+        send(
+            http.post(format!("{url}/api/v1/models/bench/versions"))
+                .json(&json!({"version": version})),
+        )
+        .await?;
+        let tensor: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(seed)).collect();
+        let file = GgufBuilder::new()
+            .metadata_str("general.architecture", "llama")
+            .metadata_u32("general.file_type", 3)
+            .metadata_u32("llama.context_length", 2048)
+            .metadata_u32("llama.block_count", 2)
+            .metadata_u32("llama.embedding_length", 64)
+            .metadata_u32("llama.attention.head_count", 4)
+            .tensor("blk.0.attn_q.weight", &[32, 2], GgmlType::Q4_1, &tensor)
+            .build();
+        send(
+            http.post(format!(
+                "{url}/api/v1/models/bench/versions/{version}/artifacts"
+            ))
+            .body(file),
+        )
+        .await?;
+        send(
+            http.patch(format!("{url}/api/v1/models/bench/versions/{version}"))
+                .json(&json!({"state": "published"})),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Assigns `version` to every simulated node; returns the generation, the
+/// request's start and the moment its answer (after the commit) came back.
+async fn assign(
+    http: &reqwest::Client,
+    url: &str,
+    admin: &str,
+    version: &str,
+) -> anyhow::Result<(u64, Instant, Instant)> {
+    let started = Instant::now();
+    let response = http
+        .post(format!("{url}/api/v1/assignments"))
+        .bearer_auth(admin)
+        .json(&json!({"selector": {"bench": "yes"}, "model": "bench", "version": version}))
+        .send()
+        .await?;
+    let answered = Instant::now();
+    anyhow::ensure!(
+        response.status().is_success(),
+        "assign: {}",
+        response.status()
+    );
+    let change: serde_json::Value = response.json().await?;
+    let generation = change["assignment"]["generation"]
+        .as_u64()
+        .context("no generation in the answer")?;
+    Ok((generation, started, answered))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let database = TestDatabase::postgres().await?;
+    let data = tempfile::tempdir()?;
+    let heartbeat = args.heartbeat_ms.to_string();
+    let controller_args = [
+        "--database-url",
+        database.url.as_str(),
+        "--heartbeat-interval-ms",
+        heartbeat.as_str(),
+    ];
+    let mut controller = ControllerProcess::start(data.path(), &controller_args).await?;
+    let admin = controller.admin_token()?;
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{}/api/v1/nodes/tokens", controller.rest_url))
+        .bearer_auth(&admin)
+        .json(&json!({"ttl_seconds": 3600, "uses": args.agents}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = token["token"].as_str().context("no token")?.to_owned();
+    publish_model(&http, &controller.rest_url, &admin).await?;
+
+    eprintln!("enrolling {} simulated agents…", args.agents);
+    let enrol_started = Instant::now();
+    let mut config = SimulationConfig::new(
+        format!("http://{}", controller.grpc_addr),
+        token,
+        args.agents,
+    );
+    config.labels = HashMap::from([("bench".to_owned(), "yes".to_owned())]);
+    let simulation = Simulation::start(config).await?;
+    let enrol_seconds = enrol_started.elapsed().as_secs_f64();
+    let deadline = || tokio::time::Instant::now() + Duration::from_secs(120);
+    simulation.wait_for_generation(0, deadline()).await?;
+    let connect_seconds = enrol_started.elapsed().as_secs_f64();
+    eprintln!(
+        "all connected after {connect_seconds:.1}s; {} streams",
+        simulation.connected_streams()
+    );
+
+    // Fan-out of one assignment that changes every node, three times.
+    let mut fanout_from_request = Vec::new();
+    let mut fanout_from_commit = Vec::new();
+    let mut fanout_all = Vec::new();
+    for (round, version) in ["1.0.0", "1.0.1", "1.0.0"].into_iter().enumerate() {
+        let (generation, started, answered) =
+            assign(&http, &controller.rest_url, &admin, version).await?;
+        simulation
+            .wait_for_generation(generation, deadline())
+            .await?;
+        for node in simulation.nodes() {
+            if let Some(received) = node.latest_desired() {
+                let at = received.at.into_std();
+                fanout_from_request.push(at.saturating_duration_since(started));
+                fanout_from_commit.push(at.saturating_duration_since(answered));
+            }
+        }
+        let last = simulation
+            .nodes()
+            .iter()
+            .filter_map(|node| node.latest_desired())
+            .map(|received| received.at.into_std())
+            .max()
+            .unwrap_or(answered);
+        fanout_all.push(last.saturating_duration_since(started).as_secs_f64());
+        eprintln!(
+            "round {round}: generation {generation} reached all {} agents {:.3}s after the request",
+            args.agents,
+            last.saturating_duration_since(started).as_secs_f64()
+        );
+    }
+
+    // Steady state: heartbeats only.
+    let pid = controller.process.id();
+    let _ = simulation.take_ack_latencies();
+    let cpu_before = cpu_seconds(pid)?;
+    let wall = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
+    let cpu_cores = (cpu_seconds(pid)? - cpu_before) / wall.elapsed().as_secs_f64();
+    let acks = simulation.take_ack_latencies();
+    let (rss_mib, peak_rss_mib) = memory_mib(pid)?;
+    eprintln!(
+        "steady: {} acks, p50 {:?} p99 {:?}; controller {cpu_cores:.3} cores, RSS {rss_mib:.0} MiB",
+        acks.count, acks.p50, acks.p99
+    );
+
+    // Resync after a controller crash.
+    let generation = simulation
+        .nodes()
+        .iter()
+        .filter_map(|node| node.latest_desired())
+        .map(|received| received.generation)
+        .min()
+        .unwrap_or(0);
+    let hellos_before = simulation.hellos();
+    let restarted = Instant::now();
+    controller.restart(&controller_args).await?;
+    let resync_deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let fresh = simulation
+            .nodes()
+            .iter()
+            .filter(|node| {
+                node.latest_desired().is_some_and(|received| {
+                    received.generation >= generation && received.at.into_std() > restarted
+                })
+            })
+            .count();
+        if fresh == args.agents {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < resync_deadline,
+            "only {fresh} of {} agents resynced within 120s",
+            args.agents
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resync_seconds = restarted.elapsed().as_secs_f64();
+    let reconnects = simulation.hellos() - hellos_before;
+    eprintln!("resync: all agents after {resync_seconds:.2}s ({reconnects} reconnects)");
+
+    let summary = json!({
+        "agents": args.agents,
+        "heartbeat_interval_ms": args.heartbeat_ms,
+        "enrol_seconds": enrol_seconds,
+        "connect_seconds": connect_seconds,
+        "fanout_from_request": quantiles(fanout_from_request),
+        "fanout_from_commit_answer": quantiles(fanout_from_commit),
+        "fanout_all_agents_seconds": fanout_all,
+        "heartbeat_ack": {
+            "count": acks.count,
+            "p50_ms": acks.p50.as_secs_f64() * 1000.0,
+            "p99_ms": acks.p99.as_secs_f64() * 1000.0,
+            "max_ms": acks.max.as_secs_f64() * 1000.0,
+        },
+        "controller_cpu_cores": cpu_cores,
+        "controller_rss_mib": rss_mib,
+        "controller_peak_rss_mib": peak_rss_mib,
+        "resync_seconds": resync_seconds,
+        "resync_reconnects": reconnects,
+    });
+    println!("{summary}");
+    simulation.shutdown().await;
+    Ok(())
+}

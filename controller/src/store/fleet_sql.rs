@@ -9,23 +9,29 @@
 /// Expands the shared fleet queries for one backend. `$conn` is its
 /// connection type; `$lock` locks the generation row for the rest of the
 /// transaction (`FOR UPDATE` on Postgres; SQLite's `BEGIN IMMEDIATE`
-/// already holds the write lock, so it passes an empty string).
+/// already holds the write lock, so it passes an empty string);
+/// `$names_in` is a subquery yielding the strings of the JSON array bound
+/// as `$3`, and `$reports_from` a subquery turning the JSON array bound as
+/// `$1` into rows of (name, observed, health, heartbeat): the pieces of SQL
+/// the two backends spell differently.
 macro_rules! fleet_queries {
-    ($conn:ty, $lock:literal) => {
+    ($conn:ty, $lock:literal, $names_in:literal, $reports_from:literal) => {
         use std::collections::BTreeMap;
 
         use sqlx::types::Json;
 
         use crate::store::rows::{
-            AssignmentRow, HealthMinuteRow, NodeRow, SELECT_ASSIGNMENTS,
-            SELECT_NODES, convert_all, map_sqlx_error, to_i64, to_u64,
+            AssignmentRow, HealthMinuteRow, NodeRow, PlacementRow, SELECT_ASSIGNMENTS,
+            SELECT_NODES, SELECT_PLACEMENT, convert_all, map_sqlx_error, to_i64, to_u64,
         };
         use crate::store::{Enrolment, NodeReport, StoreError, StoreResult};
         use crate::domain::{
             Assignment, AssignmentTarget, DesiredAssignment, HealthPoint, Labels, NewAssignment,
             Node, NodeChange, NodeDesired, NodeName, NodeStatus, Placement, place,
-            source_generation,
         };
+
+        /// Reports written by one statement.
+        const REPORTS_PER_STATEMENT: usize = 2000;
 
         /// Inserts (or, with `replace_existing`, overwrites in place) an
         /// enrolling node, then places it: a selector may already match.
@@ -33,6 +39,8 @@ macro_rules! fleet_queries {
             conn: &mut $conn,
             enrolment: &Enrolment,
         ) -> StoreResult<Node> {
+            // Every writer of node rows takes the generation lock first.
+            lock_generation(conn).await?;
             let node = &enrolment.node;
             // Overwriting keeps the row's id and desired generation, so the
             // node's generations keep growing across re-enrolments.
@@ -118,7 +126,9 @@ macro_rules! fleet_queries {
         /// Re-places every node (or just `only`) under the current
         /// assignments and writes the desired state of those that change,
         /// all with one new generation (taken into `generation` on first
-        /// need, or reused when the caller already took one).
+        /// need, or reused when the caller already took one). Reads only
+        /// what placement needs and writes one statement per distinct
+        /// outcome, so re-placing a large fleet stays a handful of queries.
         async fn replan(
             conn: &mut $conn,
             only: Option<&NodeName>,
@@ -126,45 +136,64 @@ macro_rules! fleet_queries {
         ) -> StoreResult<Vec<NodeDesired>> {
             lock_generation(conn).await?;
             let assignments = load_assignments(conn).await?;
-            let rows: Vec<NodeRow> = match only {
+            let rows: Vec<PlacementRow> = match only {
                 Some(name) => {
-                    sqlx::query_as(&format!("{SELECT_NODES} WHERE name = $1"))
+                    sqlx::query_as(&format!("{SELECT_PLACEMENT} WHERE name = $1"))
                         .bind(name.as_str())
                         .fetch_all(&mut *conn)
                         .await?
                 }
-                None => sqlx::query_as(SELECT_NODES).fetch_all(&mut *conn).await?,
+                None => sqlx::query_as(SELECT_PLACEMENT).fetch_all(&mut *conn).await?,
             };
-            let nodes: Vec<Node> = convert_all(rows)?;
-            let mut changed = Vec::new();
-            for node in nodes {
-                let Placement::Serve(chosen) =
-                    place(&node.name, &node.labels, node.status, &assignments)
-                else {
+            // Nodes to rewrite, grouped by the assignment they now get
+            // (0: nothing).
+            let mut groups: BTreeMap<u64, Vec<(NodeName, NodeStatus)>> = BTreeMap::new();
+            for row in rows {
+                let (name, labels, status, current) = row.into_parts()?;
+                let Placement::Serve(chosen) = place(&name, &labels, status, &assignments) else {
                     continue;
                 };
                 let wanted = chosen.map_or(0, |assignment| assignment.generation);
-                if wanted == source_generation(&node.desired) {
-                    continue;
+                if wanted != current {
+                    groups.entry(wanted).or_default().push((name, status));
                 }
-                let value = match *generation {
-                    Some(value) => value,
-                    None => {
-                        let value = next_generation(conn).await?;
-                        *generation = Some(value);
-                        value
-                    }
-                };
-                let desired = chosen.map(|assignment| assignment.desired.clone());
-                write_desired(conn, &node.name, desired.as_ref(), value).await?;
-                changed.push(NodeDesired {
-                    name: node.name,
-                    status: node.status,
+            }
+            if groups.is_empty() {
+                return Ok(Vec::new());
+            }
+            let value = match *generation {
+                Some(value) => value,
+                None => {
+                    let value = next_generation(conn).await?;
+                    *generation = Some(value);
+                    value
+                }
+            };
+            let mut changed = Vec::new();
+            for (wanted, nodes) in groups {
+                let desired = assignments
+                    .iter()
+                    .find(|assignment| assignment.generation == wanted)
+                    .map(|assignment| assignment.desired.clone());
+                let names: Vec<&str> = nodes.iter().map(|(name, _)| name.as_str()).collect();
+                sqlx::query(concat!(
+                    "UPDATE nodes SET desired = $1, desired_generation = $2 WHERE name IN (",
+                    $names_in,
+                    ")"
+                ))
+                .bind(desired.as_ref().map(Json))
+                .bind(to_i64("generation", value)?)
+                .bind(Json(&names))
+                .execute(&mut *conn)
+                .await?;
+                changed.extend(nodes.into_iter().map(|(name, status)| NodeDesired {
+                    name,
+                    status,
                     desired: crate::domain::DesiredState {
                         generation: value,
-                        assignment: desired,
+                        assignment: desired.clone(),
                     },
-                });
+                }));
             }
             Ok(changed)
         }
@@ -362,22 +391,43 @@ macro_rules! fleet_queries {
         }
 
         /// Writes what agents reported, each column only where the report
-        /// has it.
+        /// has it: one statement per chunk, the rows passed as one JSON
+        /// array. Takes the generation lock first, like every writer of node
+        /// rows, so a flush and a re-placement never deadlock.
         pub(super) async fn write_reports(
             conn: &mut $conn,
             reports: &[NodeReport],
         ) -> StoreResult<()> {
-            for report in reports {
-                sqlx::query(
-                    "UPDATE nodes SET observed = COALESCE($2, observed), \
-                     health = COALESCE($3, health), \
-                     last_heartbeat_unix_ms = COALESCE($4, last_heartbeat_unix_ms) \
-                     WHERE name = $1",
-                )
-                .bind(report.name.as_str())
-                .bind(report.observed.as_ref().map(Json))
-                .bind(report.health.as_ref().map(Json))
-                .bind(report.last_heartbeat_unix_ms)
+            #[derive(serde::Serialize)]
+            struct ReportRow<'a> {
+                name: &'a str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                observed: Option<&'a crate::domain::ObservedState>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                health: Option<&'a crate::domain::HealthSample>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                heartbeat: Option<i64>,
+            }
+            lock_generation(conn).await?;
+            for chunk in reports.chunks(REPORTS_PER_STATEMENT) {
+                let rows: Vec<ReportRow<'_>> = chunk
+                    .iter()
+                    .map(|report| ReportRow {
+                        name: report.name.as_str(),
+                        observed: report.observed.as_ref(),
+                        health: report.health.as_ref(),
+                        heartbeat: report.last_heartbeat_unix_ms,
+                    })
+                    .collect();
+                sqlx::query(concat!(
+                    "UPDATE nodes AS n SET observed = COALESCE(r.observed, n.observed), \
+                     health = COALESCE(r.health, n.health), \
+                     last_heartbeat_unix_ms = COALESCE(r.heartbeat, n.last_heartbeat_unix_ms) \
+                     FROM (",
+                    $reports_from,
+                    ") AS r WHERE n.name = r.name"
+                ))
+                .bind(Json(&rows))
                 .execute(&mut *conn)
                 .await?;
             }

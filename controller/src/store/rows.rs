@@ -47,6 +47,9 @@ pub(super) const SELECT_PROMPTS: &str =
 pub(super) const SELECT_NODES: &str = "SELECT name, labels, inventory, agent_version, status, \
     enrolled_at, desired_generation, desired, observed, health, last_heartbeat_unix_ms FROM nodes";
 
+/// Columns of [`PlacementRow`]: only what placement reads.
+pub(super) const SELECT_PLACEMENT: &str = "SELECT name, labels, status, desired FROM nodes";
+
 /// Columns of [`AssignmentRow`].
 pub(super) const SELECT_ASSIGNMENTS: &str =
     "SELECT generation, node_name, selector, desired, created_by, created_at FROM assignments";
@@ -155,6 +158,33 @@ impl TryFrom<NodeRow> for Node {
                 })
                 .transpose()?,
         })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct PlacementRow {
+    pub name: String,
+    pub labels: sqlx::types::Json<BTreeMap<String, String>>,
+    pub status: String,
+    pub desired: Option<sqlx::types::Json<DesiredAssignment>>,
+}
+
+impl PlacementRow {
+    /// Name, labels, status and the assignment generation the node's
+    /// desired state comes from (0: none).
+    pub(super) fn into_parts(self) -> Result<(NodeName, Labels, NodeStatus, u64), StoreError> {
+        Ok((
+            self.name
+                .parse::<NodeName>()
+                .map_err(|error| corrupt("nodes.name", &self.name, error))?,
+            Labels::new(self.labels.0)
+                .map_err(|error| corrupt("nodes.labels", "a label", error))?,
+            self.status
+                .parse::<NodeStatus>()
+                .map_err(|error| corrupt("nodes.status", &self.status, error))?,
+            self.desired
+                .map_or(0, |desired| desired.0.assignment_generation),
+        ))
     }
 }
 

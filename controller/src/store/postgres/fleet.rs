@@ -193,5 +193,10 @@ impl PostgresStore {
 
 /// The SQL shared with the other backend (`store/fleet_sql.rs`).
 mod queries {
-    crate::store::fleet_sql::fleet_queries!(sqlx::PgConnection, " FOR UPDATE");
+    crate::store::fleet_sql::fleet_queries!(
+        sqlx::PgConnection,
+        " FOR UPDATE",
+        "SELECT jsonb_array_elements_text($3)",
+        "SELECT * FROM jsonb_to_recordset($1) AS x(name text, observed jsonb, health jsonb, heartbeat bigint)"
+    );
 }

@@ -193,5 +193,10 @@ impl SqliteStore {
 
 /// The SQL shared with the other backend (`store/fleet_sql.rs`).
 mod queries {
-    crate::store::fleet_sql::fleet_queries!(sqlx::SqliteConnection, "");
+    crate::store::fleet_sql::fleet_queries!(
+        sqlx::SqliteConnection,
+        "",
+        "SELECT value FROM json_each($3)",
+        "SELECT value ->> '$.name' AS name, value -> '$.observed' AS observed, value -> '$.health' AS health, value ->> '$.heartbeat' AS heartbeat FROM json_each($1)"
+    );
 }

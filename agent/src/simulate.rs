@@ -100,7 +100,8 @@ pub struct SimulatedNode {
 }
 
 impl SimulatedNode {
-    /// The newest desired generation it received, and when.
+    /// The newest desired generation it received, and when it last
+    /// received a desired state (a repeat after a reconnect counts).
     pub fn latest_desired(&self) -> Option<ReceivedGeneration> {
         self.telemetry.latest_desired()
     }

@@ -457,6 +457,18 @@ impl SyncAgent {
     /// Hands a desired state to the reconciler unless it is stale or a
     /// repeat; true when it was handed over.
     fn accept_desired(&mut self, desired: DesiredState) -> bool {
+        // Every receipt counts for telemetry (a resync after a reconnect
+        // repeats the generation), with the newest generation seen.
+        let newest = self
+            .last_seen_generation
+            .map_or(desired.generation, |seen| seen.max(desired.generation));
+        self.config
+            .node_telemetry
+            .record_desired(newest, Instant::now());
+        self.config
+            .fleet_telemetry
+            .desired_received
+            .notify_waiters();
         let stale = match self.last_seen_generation {
             Some(seen) => desired.generation <= seen,
             None => desired.generation < self.generation_floor,
@@ -477,13 +489,6 @@ impl SyncAgent {
         }
         self.last_seen_generation = Some(desired.generation);
         self.heartbeat_interval = desired.heartbeat_interval;
-        self.config
-            .node_telemetry
-            .record_desired(desired.generation, Instant::now());
-        self.config
-            .fleet_telemetry
-            .desired_received
-            .notify_waiters();
         self.config.reconciler.desired.send_replace(Some(desired));
         true
     }

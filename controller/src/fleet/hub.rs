@@ -268,10 +268,12 @@ impl SyncHub {
     }
 
     /// Takes what changed since the last take: observed states always;
-    /// heartbeats, health and finished minutes when `with_health`.
-    fn take_dirty(&self, with_health: bool) -> Batch {
+    /// heartbeats, health and finished minutes of the shards `health_of`
+    /// selects (by index).
+    fn take_dirty(&self, health_of: impl Fn(usize) -> bool) -> Batch {
         let mut batch = Batch::default();
-        for shard in &self.shards {
+        for (index, shard) in self.shards.iter().enumerate() {
+            let with_health = health_of(index);
             let mut shard = shard
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -386,18 +388,24 @@ impl Flusher {
                 () = shutdown.cancelled() => break,
             }
             tick += 1;
-            self.flush(tick.is_multiple_of(health_every)).await;
+            // Each round writes the health of one slice of the shards, so
+            // every node's is written once per HEALTH_FLUSH_EVERY without a
+            // burst of the whole fleet at once.
+            let phase = tick % health_every;
+            self.flush(|shard| (shard as u128) % health_every == phase)
+                .await;
             if tick.is_multiple_of(prune_every.max(1)) {
                 self.prune().await;
             }
             metrics::gauge!("flotilla_fleet_streams_open").set(self.hub.stream_count() as f64);
         }
-        self.flush(true).await;
+        self.flush(|_| true).await;
     }
 
-    /// Writes what changed; on failure keeps it for the next round.
-    pub async fn flush(&self, with_health: bool) {
-        let batch = self.hub.take_dirty(with_health);
+    /// Writes what changed (health only for the shards `health_of`
+    /// selects); on failure keeps it for the next round.
+    pub async fn flush(&self, health_of: impl Fn(usize) -> bool) {
+        let batch = self.hub.take_dirty(health_of);
         if batch.reports.is_empty() && batch.minutes.is_empty() {
             return;
         }
@@ -497,15 +505,15 @@ mod tests {
             now,
         );
         assert!(hub.is_ready(&node, None));
-        let batch = hub.take_dirty(false);
+        let batch = hub.take_dirty(|_| false);
         assert!(
             batch.reports.is_empty(),
-            "health waits for the health round"
+            "health waits for its shard's round"
         );
-        let batch = hub.take_dirty(true);
+        let batch = hub.take_dirty(|_| true);
         assert_eq!(batch.reports.len(), 1);
-        assert!(hub.take_dirty(true).reports.is_empty());
+        assert!(hub.take_dirty(|_| true).reports.is_empty());
         hub.restore(batch);
-        assert_eq!(hub.take_dirty(true).reports.len(), 1);
+        assert_eq!(hub.take_dirty(|_| true).reports.len(), 1);
     }
 }

@@ -8,8 +8,8 @@ mod fleet;
 
 use flotilla_proto::controller::v1 as pb;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::fleet::Fleet;
@@ -66,7 +66,14 @@ pub async fn serve(
             fleet,
             shutdown: shutdown.clone(),
         }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY a heartbeat ack waits for the agent's
+            // delayed ACK (~40 ms on Linux) behind Nagle's algorithm.
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(std::time::Duration::from_secs(60))),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     Ok(())
 }

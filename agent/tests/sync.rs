@@ -14,7 +14,7 @@ use flotilla_agent::sync::{LocalNode, SyncAgent, SyncConfig};
 use flotilla_agent::{cache, health};
 use flotilla_api_types as dto;
 use flotilla_controller::testing::{TestController, TestStore};
-use flotilla_gguf::{GgmlType, GgufBuilder};
+use flotilla_gguf::GgufBuilder;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -66,16 +66,7 @@ async fn agent_converges_on_its_assignment_and_heartbeats(store: TestStore) -> a
         json!({"version": "1.0.0"}),
     )
     .await?;
-    let tensor: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(7)).collect();
-    let file = GgufBuilder::new()
-        .metadata_str("general.architecture", "llama")
-        .metadata_u32("general.file_type", 3)
-        .metadata_u32("llama.context_length", 2048)
-        .metadata_u32("llama.block_count", 2)
-        .metadata_u32("llama.embedding_length", 64)
-        .metadata_u32("llama.attention.head_count", 4)
-        .tensor("blk.0.attn_q.weight", &[32, 2], GgmlType::Q4_1, &tensor)
-        .build();
+    let file = GgufBuilder::tiny_llama(3, 7);
     let digest = blake3::hash(&file).to_hex().to_string();
     let response = http
         .post(format!(

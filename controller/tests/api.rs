@@ -7,7 +7,7 @@ use flotilla_api_types as dto;
 use flotilla_controller::auth::{Authenticator, KeyFile, Role};
 use flotilla_controller::objects::BlobStore;
 use flotilla_controller::testing::{TestController, TestStore};
-use flotilla_gguf::{GgmlType, GgufBuilder};
+use flotilla_gguf::GgufBuilder;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -178,23 +178,7 @@ impl Api {
 /// A tiny but valid GGUF file: a Llama-style header and one Q4_1 tensor whose
 /// bytes depend on `seed`, so different seeds give different digests.
 fn gguf_fixture(file_type: u32, seed: u8) -> Vec<u8> {
-    let tensor_bytes: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(seed)).collect();
-    GgufBuilder::new()
-        .metadata_str("general.architecture", "llama")
-        .metadata_str("general.name", "fixture")
-        .metadata_u32("general.file_type", file_type)
-        .metadata_u32("llama.context_length", 2048)
-        .metadata_u32("llama.block_count", 2)
-        .metadata_u32("llama.embedding_length", 64)
-        .metadata_u32("llama.attention.head_count", 4)
-        .metadata_u32("llama.attention.head_count_kv", 2)
-        .tensor(
-            "blk.0.attn_q.weight",
-            &[32, 2],
-            GgmlType::Q4_1,
-            &tensor_bytes,
-        )
-        .build()
+    GgufBuilder::tiny_llama(file_type, seed)
 }
 
 const Q4_1: u32 = 3;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use flotilla_api_types as dto;
 use flotilla_controller::auth::{Authenticator, KeyFile, Role};
 use flotilla_controller::testing::{TestController, TestStore};
-use flotilla_gguf::{GgmlType, GgufBuilder};
+use flotilla_gguf::GgufBuilder;
 use flotilla_proto::fleet::v1 as pb;
 use flotilla_proto::fleet::v1::fleet_client::FleetClient;
 use reqwest::StatusCode;
@@ -27,6 +27,7 @@ flotilla_controller::on_both_stores!(
     refused_credentials_read_and_write_nothing,
     newer_stream_replaces_older_and_credentials_renew,
     node_credentials_download_only_their_artifact,
+    hello_updates_inventory_and_agent_version,
 );
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -174,14 +175,23 @@ impl Harness {
 
     /// Opens a stream with `credential`, saying hello as `name`.
     async fn open(&self, credential: &str, name: &str) -> Result<Stream, tonic::Status> {
+        self.open_with(
+            credential,
+            pb::Hello {
+                node_name: name.to_owned(),
+                agent_version: "test".to_owned(),
+                ..pb::Hello::default()
+            },
+        )
+        .await
+    }
+
+    /// Opens a stream with `credential`, sending `hello` first.
+    async fn open_with(&self, credential: &str, hello: pb::Hello) -> Result<Stream, tonic::Status> {
         let (outbound, receiver) = mpsc::channel(16);
         outbound
             .send(pb::AgentMessage {
-                body: Some(pb::agent_message::Body::Hello(pb::Hello {
-                    node_name: name.to_owned(),
-                    agent_version: "test".to_owned(),
-                    ..pb::Hello::default()
-                })),
+                body: Some(pb::agent_message::Body::Hello(hello)),
             })
             .await
             .map_err(|_| tonic::Status::internal("queue closed"))?;
@@ -213,16 +223,7 @@ impl Harness {
             "{}",
             response.status()
         );
-        let tensor: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(seed)).collect();
-        let file = GgufBuilder::new()
-            .metadata_str("general.architecture", "llama")
-            .metadata_u32("general.file_type", 3)
-            .metadata_u32("llama.context_length", 2048)
-            .metadata_u32("llama.block_count", 2)
-            .metadata_u32("llama.embedding_length", 64)
-            .metadata_u32("llama.attention.head_count", 4)
-            .tensor("blk.0.attn_q.weight", &[32, 2], GgmlType::Q4_1, &tensor)
-            .build();
+        let file = GgufBuilder::tiny_llama(3, seed);
         let response = self
             .http
             .post(self.url(&format!("/api/v1/models/tiny/versions/{version}/artifacts")))
@@ -554,5 +555,57 @@ async fn node_credentials_download_only_their_artifact(store: TestStore) -> anyh
         StatusCode::FORBIDDEN
     );
     assert_eq!(get(&other, harness.admin()).await?.status(), StatusCode::OK);
+    Ok(())
+}
+
+async fn hello_updates_inventory_and_agent_version(store: TestStore) -> anyhow::Result<()> {
+    let harness = Harness::start(store).await?;
+    let enrolled = harness.enrol(&["edge-1"]).await?;
+    assert!(harness.node("edge-1").await?.inventory.gpus.is_empty());
+    let mut stream = harness
+        .open_with(
+            &enrolled[0].credential,
+            pb::Hello {
+                node_name: "edge-1".to_owned(),
+                agent_version: "2.0.0".to_owned(),
+                inventory: Some(pb::Inventory {
+                    cpu_model: "test cpu".to_owned(),
+                    cpu_cores: 8,
+                    memory_total_bytes: 32 << 30,
+                    gpus: vec![pb::Gpu {
+                        index: 0,
+                        name: "NVIDIA L4".to_owned(),
+                        memory_total_bytes: 24 << 30,
+                        driver_version: "550.54".to_owned(),
+                    }],
+                    ..pb::Inventory::default()
+                }),
+                ..pb::Hello::default()
+            },
+        )
+        .await?;
+    stream.desired_at_least(0).await?;
+    let node = harness.node("edge-1").await?;
+    assert_eq!(node.agent_version, "2.0.0");
+    assert_eq!(node.inventory.cpu_cores, 8);
+    assert_eq!(
+        node.inventory.gpus.first().map(|gpu| gpu.name.as_str()),
+        Some("NVIDIA L4")
+    );
+
+    // An agent version no one could print is refused.
+    let refused = refused(
+        harness
+            .open_with(
+                &enrolled[0].credential,
+                pb::Hello {
+                    node_name: "edge-1".to_owned(),
+                    agent_version: "x".repeat(500),
+                    ..pb::Hello::default()
+                },
+            )
+            .await,
+    );
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     Ok(())
 }

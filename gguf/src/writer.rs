@@ -128,6 +128,26 @@ impl GgufBuilder {
         self
     }
 
+    /// A tiny but valid Llama-style file for registry and fleet tests: the
+    /// metadata the controller records (architecture, `general.file_type`,
+    /// context length 2048, 2 blocks, 64 wide) and one 32×2 Q4_1 tensor
+    /// (64 parameters) whose bytes come from `seed`, so different seeds give
+    /// different digests.
+    pub fn tiny_llama(file_type: u32, seed: u8) -> Vec<u8> {
+        let tensor: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(seed)).collect();
+        GgufBuilder::new()
+            .metadata_str("general.architecture", "llama")
+            .metadata_str("general.name", "fixture")
+            .metadata_u32("general.file_type", file_type)
+            .metadata_u32("llama.context_length", 2048)
+            .metadata_u32("llama.block_count", 2)
+            .metadata_u32("llama.embedding_length", 64)
+            .metadata_u32("llama.attention.head_count", 4)
+            .metadata_u32("llama.attention.head_count_kv", 2)
+            .tensor("blk.0.attn_q.weight", &[32, 2], GgmlType::Q4_1, &tensor)
+            .build()
+    }
+
     /// Writes the file: header, padding, tensor data (each tensor aligned).
     pub fn build(&self) -> Vec<u8> {
         let (mut out, offsets) = self.header_bytes();

@@ -23,8 +23,8 @@ use crate::auth::{AuthError, Authenticator};
 use crate::domain::{
     Assignment, AssignmentTarget, BootstrapSecret, BootstrapToken, DesiredAssignment,
     DesiredPrompt, HealthPoint, ModelName, NewAssignment, NewNode, Node, NodeChange, NodeDesired,
-    NodeName, NodeStatus, Page, PageRequest, PromptRef, Quantization, QuantizationPolicy,
-    SecretHash, TokenRejection, resolve,
+    NodeInventory, NodeName, NodeStatus, Page, PageRequest, PromptRef, Quantization,
+    QuantizationPolicy, SecretHash, TokenRejection, resolve,
 };
 use crate::store::{EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreError};
 pub use hub::{Flusher, NodeRuntime, PushedState, Session, SyncHub};
@@ -258,6 +258,40 @@ impl Fleet {
         let (credential, expires_at) = self.auth.mint_node_credential(name)?;
         tracing::info!(node = %name, "node credential renewed with the refresh secret");
         Ok((node, credential, expires_at))
+    }
+
+    /// Records the inventory and agent version a node's agent sent in its
+    /// hello when they differ from what is stored (new hardware, an
+    /// upgraded agent). Returns the node as it now stands.
+    pub async fn record_hello(
+        &self,
+        mut node: Node,
+        inventory: Option<NodeInventory>,
+        agent_version: &str,
+    ) -> Result<Node, FleetError> {
+        if agent_version.len() > MAX_AGENT_VERSION_LEN
+            || agent_version.chars().any(char::is_control)
+        {
+            return Err(FleetError::InvalidArgument(format!(
+                "agent version must be at most {MAX_AGENT_VERSION_LEN} printable characters"
+            )));
+        }
+        let inventory = inventory.unwrap_or_else(|| node.inventory.clone());
+        let agent_version = if agent_version.is_empty() {
+            node.agent_version.clone()
+        } else {
+            agent_version.to_owned()
+        };
+        if inventory != node.inventory || agent_version != node.agent_version {
+            self.store
+                .update_node_inventory(&node.name, &inventory, &agent_version)
+                .await?;
+            tracing::info!(node = %node.name, %agent_version, gpus = inventory.gpus.len(),
+                "node inventory or agent version changed");
+            node.inventory = inventory;
+            node.agent_version = agent_version;
+        }
+        Ok(node)
     }
 
     /// Resolves what an operator asked for to one artifact (and prompt

@@ -237,7 +237,16 @@ impl pb::fleet_server::Fleet for FleetService {
                 desired: DesiredState::default(),
             },
         );
+        let inventory = hello.inventory.map(inventory_from_wire);
         let node = match self.fleet.get_node(&name).await {
+            Ok(node) => {
+                self.fleet
+                    .record_hello(node, inventory, &hello.agent_version)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        let node = match node {
             Ok(node) => node,
             Err(error) => {
                 hub.disconnect(&session);

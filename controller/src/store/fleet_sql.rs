@@ -378,6 +378,24 @@ macro_rules! fleet_queries {
             Ok(())
         }
 
+        pub(super) async fn update_inventory(
+            conn: &mut $conn,
+            name: &NodeName,
+            inventory: &crate::domain::NodeInventory,
+            agent_version: &str,
+        ) -> StoreResult<()> {
+            let done = sqlx::query("UPDATE nodes SET inventory = $2, agent_version = $3 WHERE name = $1")
+                .bind(name.as_str())
+                .bind(Json(inventory))
+                .bind(agent_version)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("node {name} not found")));
+            }
+            Ok(())
+        }
+
         pub(super) async fn refresh_secret_hash(
             conn: &mut $conn,
             name: &NodeName,

@@ -26,8 +26,8 @@ use futures::future::BoxFuture;
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, HealthPoint, HealthSample,
     Model, ModelName, ModelVersion, NewArtifact, NewAssignment, NewNode, Node, NodeChange,
-    NodeDesired, NodeName, NodeStatus, ObservedState, Page, PageRequest, PromptName, PromptSummary,
-    SecretHash, SystemPrompt, TokenRejection, VersionState,
+    NodeDesired, NodeInventory, NodeName, NodeStatus, ObservedState, Page, PageRequest, PromptName,
+    PromptSummary, SecretHash, SystemPrompt, TokenRejection, VersionState,
 };
 
 pub use postgres::PostgresStore;
@@ -264,6 +264,15 @@ pub trait Store: Send + Sync + 'static {
         name: &NodeName,
         change: &NodeChange,
     ) -> StoreResult<(Node, Option<NodeDesired>)>;
+    /// Records what a node's agent reports about itself at hello (its
+    /// hardware may have changed since enrolment). `NotFound` if no such
+    /// node.
+    async fn update_node_inventory(
+        &self,
+        name: &NodeName,
+        inventory: &NodeInventory,
+        agent_version: &str,
+    ) -> StoreResult<()>;
     /// The hash of a node's refresh secret: `None` if no such node,
     /// `Some(None)` if it enrolled before refresh secrets existed.
     async fn refresh_secret_hash(&self, name: &NodeName) -> StoreResult<Option<Option<Vec<u8>>>>;

@@ -800,6 +800,16 @@ impl Store for SqliteStore {
         self.fleet_change_node(name, change).await
     }
 
+    async fn update_node_inventory(
+        &self,
+        name: &NodeName,
+        inventory: &crate::domain::NodeInventory,
+        agent_version: &str,
+    ) -> StoreResult<()> {
+        self.fleet_update_node_inventory(name, inventory, agent_version)
+            .await
+    }
+
     async fn refresh_secret_hash(&self, name: &NodeName) -> StoreResult<Option<Option<Vec<u8>>>> {
         self.fleet_refresh_secret_hash(name).await
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use flotilla_agent::simulate::{Simulation, SimulationConfig};
 use flotilla_controller::testing::TestDatabase;
-use flotilla_gguf::{GgmlType, GgufBuilder};
+use flotilla_gguf::GgufBuilder;
 use flotilla_tests::ControllerProcess;
 use serde_json::json;
 
@@ -115,16 +115,7 @@ async fn publish_model(http: &reqwest::Client, url: &str, admin: &str) -> anyhow
                 .json(&json!({"version": version})),
         )
         .await?;
-        let tensor: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(seed)).collect();
-        let file = GgufBuilder::new()
-            .metadata_str("general.architecture", "llama")
-            .metadata_u32("general.file_type", 3)
-            .metadata_u32("llama.context_length", 2048)
-            .metadata_u32("llama.block_count", 2)
-            .metadata_u32("llama.embedding_length", 64)
-            .metadata_u32("llama.attention.head_count", 4)
-            .tensor("blk.0.attn_q.weight", &[32, 2], GgmlType::Q4_1, &tensor)
-            .build();
+        let file = GgufBuilder::tiny_llama(3, seed);
         send(
             http.post(format!(
                 "{url}/api/v1/models/bench/versions/{version}/artifacts"

@@ -76,12 +76,7 @@ impl SqliteStore {
 
     pub(super) async fn fleet_get_node(&self, name: &NodeName) -> StoreResult<Option<Node>> {
         in_transaction!(self, "get_node", Access::Read, |conn| {
-            sqlx::query_as::<_, NodeRow>(&format!("{SELECT_NODES} WHERE name = $1"))
-                .bind(name.as_str())
-                .fetch_optional(&mut *conn)
-                .await?
-                .map(Node::try_from)
-                .transpose()
+            queries::select_node(conn, name).await
         })
     }
 
@@ -147,6 +142,17 @@ impl SqliteStore {
     ) -> StoreResult<(Node, Option<NodeDesired>)> {
         in_transaction!(self, "change_node", Access::Write, |conn| {
             queries::change_node(conn, name, change).await
+        })
+    }
+
+    pub(super) async fn fleet_update_node_inventory(
+        &self,
+        name: &NodeName,
+        inventory: &crate::domain::NodeInventory,
+        agent_version: &str,
+    ) -> StoreResult<()> {
+        in_transaction!(self, "update_node_inventory", Access::Write, |conn| {
+            queries::update_inventory(conn, name, inventory, agent_version).await
         })
     }
 

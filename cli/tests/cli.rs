@@ -22,6 +22,8 @@ const RUN_DEADLINE: Duration = Duration::from_secs(180);
 /// A controller serving on loopback, and a home directory for the CLI.
 struct TestController {
     url: String,
+    /// The gRPC address agents enrol and sync with.
+    grpc: std::net::SocketAddr,
     admin_token: String,
     shutdown: CancellationToken,
     home: TempDir,
@@ -36,6 +38,7 @@ impl TestController {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", http.local_addr()?);
+        let grpc_addr = grpc.local_addr()?;
         let shutdown = CancellationToken::new();
         // The listeners are bound already, so the controller accepts
         // connections as soon as this task runs: no readiness wait needed.
@@ -45,6 +48,7 @@ impl TestController {
             .to_owned();
         Ok(Self {
             url,
+            grpc: grpc_addr,
             admin_token,
             shutdown,
             home: tempfile::tempdir()?,
@@ -1102,5 +1106,225 @@ async fn node_tokens_print_alone_and_nodes_list_as_json() -> TestResult {
         .run()
         .await?
         .failure(2)?;
+    Ok(())
+}
+
+/// Enrols `name` (labels site=lab) over gRPC, as an agent would.
+async fn enrol(controller: &TestController, token: &str, name: &str) -> TestResult {
+    use flotilla_proto::fleet::v1 as pb;
+    let mut client =
+        pb::fleet_client::FleetClient::connect(format!("http://{}", controller.grpc)).await?;
+    client
+        .enroll(pb::EnrollRequest {
+            bootstrap_token: token.to_owned(),
+            node_name: name.to_owned(),
+            labels: [("site".to_owned(), "lab".to_owned())].into(),
+            inventory: None,
+            agent_version: "test".to_owned(),
+            replace_existing: false,
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn fleet_commands_assign_label_cordon_drain_and_show() -> TestResult {
+    let controller = TestController::start().await?;
+    let file = controller.scratch("tiny.gguf");
+    std::fs::write(&file, tiny_gguf(2))?;
+    controller
+        .cli()
+        .args(["model", "push"])
+        .arg_path(&file)
+        .args(["--name", "tiny", "--version", "1.0.0"])
+        .run()
+        .await?
+        .success()?;
+    let token = controller
+        .cli()
+        .args(["node", "token", "create", "--uses", "2"])
+        .run()
+        .await?
+        .success()?;
+    let token = token.stdout.trim().to_owned();
+    enrol(&controller, &token, "edge-1").await?;
+    enrol(&controller, &token, "edge-2").await?;
+
+    // A selector reaches both nodes; a node's own assignment wins.
+    let change = controller
+        .cli()
+        .args([
+            "assign",
+            "--selector",
+            "site=lab",
+            "--model",
+            "tiny",
+            "--version",
+            "1.0.0",
+            "-o",
+            "json",
+        ])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    let first = number_field(&change, "/assignment/generation")?;
+    assert_eq!(
+        field(&change, "/nodes_changed")?.as_array().map(Vec::len),
+        Some(2)
+    );
+    controller
+        .cli()
+        .args([
+            "assign",
+            "--node",
+            "edge-1",
+            "--model",
+            "tiny",
+            "--version",
+            "^1",
+        ])
+        .run()
+        .await?
+        .success()?
+        .stdout_has("edge-1")?;
+    let assignments = controller
+        .cli()
+        .args(["assignment", "ls", "-o", "json"])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    assert_eq!(
+        field(&assignments, "/items")?.as_array().map(Vec::len),
+        Some(2)
+    );
+    controller
+        .cli()
+        .args(["node", "ls"])
+        .run()
+        .await?
+        .success()?
+        .stdout_has("READY")?
+        .stdout_has("tiny")?;
+
+    // Relabelled out of the selector: nothing to serve, a newer generation.
+    let relabelled = controller
+        .cli()
+        .args([
+            "node",
+            "label",
+            "edge-2",
+            "site=paris",
+            "gpu=l4",
+            "-o",
+            "json",
+        ])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    assert_eq!(text_field(&relabelled, "/labels/site")?, "paris");
+    assert!(field(&relabelled, "/assignment")?.is_null());
+    assert!(number_field(&relabelled, "/desired_generation")? > first);
+    let unlabelled = controller
+        .cli()
+        .args(["node", "label", "edge-2", "gpu-", "-o", "json"])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    assert!(field(&unlabelled, "/labels/gpu").is_err());
+
+    // Cordon, uncordon, drain.
+    let cordoned = controller
+        .cli()
+        .args(["node", "cordon", "edge-1", "-o", "json"])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    assert_eq!(text_field(&cordoned, "/status")?, "cordoned");
+    assert!(
+        !field(&cordoned, "/assignment")?.is_null(),
+        "cordoning keeps it"
+    );
+    let back = controller
+        .cli()
+        .args(["node", "uncordon", "edge-1", "-o", "json"])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    assert_eq!(text_field(&back, "/status")?, "active");
+    let drained = controller
+        .cli()
+        .args(["node", "drain", "edge-1", "-o", "json"])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    assert_eq!(text_field(&drained, "/status")?, "cordoned");
+    assert!(field(&drained, "/assignment")?.is_null());
+    controller
+        .cli()
+        .args(["node", "show", "edge-1"])
+        .run()
+        .await?
+        .success()?
+        .stdout_has("cordoned")?;
+
+    // Removing, and the mistakes an operator can make.
+    controller
+        .cli()
+        .args(["unassign", "--selector", "site=lab"])
+        .run()
+        .await?
+        .success()?;
+    controller
+        .cli()
+        .args(["unassign", "--selector", "site=lab"])
+        .run()
+        .await?
+        .failure(1)?
+        .stderr_has("no assignment")?;
+    controller
+        .cli()
+        .args([
+            "assign",
+            "--node",
+            "edge-1",
+            "--model",
+            "nope",
+            "--version",
+            "1.0.0",
+        ])
+        .run()
+        .await?
+        .failure(1)?
+        .stderr_has("model nope not found")?;
+    controller
+        .cli()
+        .args([
+            "assign",
+            "--node",
+            "edge-1",
+            "--selector",
+            "a=b",
+            "--model",
+            "tiny",
+            "--version",
+            "1.0.0",
+        ])
+        .run()
+        .await?
+        .failure(2)?;
+    controller
+        .cli()
+        .args(["node", "label", "edge-404", "a=b"])
+        .run()
+        .await?
+        .failure(1)?
+        .stderr_has("node edge-404 not found")?;
     Ok(())
 }

@@ -12,10 +12,17 @@
 /// already holds the write lock, so it passes an empty string);
 /// `$names_in` is a subquery yielding the strings of the JSON array bound
 /// as `$3`, and `$reports_from` a subquery turning the JSON array bound as
-/// `$1` into rows of (name, observed, health, heartbeat): the pieces of SQL
-/// the two backends spell differently.
+/// `$1` into rows of (name, observed, health, heartbeat), and
+/// `$minutes_from` the same for minutes of health history: the pieces of
+/// SQL the two backends spell differently.
 macro_rules! fleet_queries {
-    ($conn:ty, $lock:literal, $names_in:literal, $reports_from:literal) => {
+    (
+        $conn:ty,
+        $lock:literal,
+        $names_in:literal,
+        $reports_from:literal,
+        $minutes_from:literal
+    ) => {
         use std::collections::BTreeMap;
 
         use sqlx::types::Json;
@@ -452,32 +459,60 @@ macro_rules! fleet_queries {
             Ok(())
         }
 
+        /// Writes (or overwrites) minutes of health history, one statement
+        /// per chunk with the rows passed as one JSON array.
         pub(super) async fn write_health_minutes(
             conn: &mut $conn,
             points: &[(NodeName, HealthPoint)],
         ) -> StoreResult<()> {
-            for (name, point) in points {
-                sqlx::query(
+            #[derive(serde::Serialize)]
+            struct MinuteRow<'a> {
+                node_name: &'a str,
+                minute_unix: i64,
+                samples: u32,
+                cpu: f64,
+                memory: i64,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                gpu_util: Option<f64>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                gpu_temp: Option<f64>,
+                throttled: bool,
+            }
+            for chunk in points.chunks(REPORTS_PER_STATEMENT) {
+                let rows = chunk
+                    .iter()
+                    .map(|(name, point)| {
+                        Ok(MinuteRow {
+                            node_name: name.as_str(),
+                            minute_unix: point.at.unix_timestamp(),
+                            samples: point.samples,
+                            cpu: f64::from(point.cpu_utilisation_percent),
+                            memory: to_i64("memory_used_bytes_max", point.memory_used_bytes_max)?,
+                            gpu_util: point.gpu_utilisation_percent.map(f64::from),
+                            gpu_temp: point.gpu_temperature_celsius_max.map(f64::from),
+                            throttled: point.throttled,
+                        })
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?;
+                // `WHERE true` keeps SQLite from reading ON CONFLICT as a join
+                // constraint of the SELECT.
+                sqlx::query(concat!(
                     "INSERT INTO node_health_minutes (node_name, minute_unix, samples, \
                      cpu_utilisation_percent, memory_used_bytes_max, gpu_utilisation_percent, \
                      gpu_temperature_celsius_max, throttled) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     SELECT r.node_name, r.minute_unix, r.samples, r.cpu, r.memory, r.gpu_util, \
+                     r.gpu_temp, r.throttled FROM (",
+                    $minutes_from,
+                    ") AS r WHERE true \
                      ON CONFLICT (node_name, minute_unix) DO UPDATE SET \
                      samples = excluded.samples, \
                      cpu_utilisation_percent = excluded.cpu_utilisation_percent, \
                      memory_used_bytes_max = excluded.memory_used_bytes_max, \
                      gpu_utilisation_percent = excluded.gpu_utilisation_percent, \
                      gpu_temperature_celsius_max = excluded.gpu_temperature_celsius_max, \
-                     throttled = excluded.throttled",
-                )
-                .bind(name.as_str())
-                .bind(point.at.unix_timestamp())
-                .bind(i64::from(point.samples))
-                .bind(f64::from(point.cpu_utilisation_percent))
-                .bind(to_i64("memory_used_bytes_max", point.memory_used_bytes_max)?)
-                .bind(point.gpu_utilisation_percent.map(f64::from))
-                .bind(point.gpu_temperature_celsius_max.map(f64::from))
-                .bind(point.throttled)
+                     throttled = excluded.throttled"
+                ))
+                .bind(Json(&rows))
                 .execute(&mut *conn)
                 .await?;
             }

@@ -110,10 +110,6 @@ impl Fleet {
         &self.hub
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     pub fn auth(&self) -> &Arc<Authenticator> {
         &self.auth
     }
@@ -189,13 +185,7 @@ impl Fleet {
                 "node name {RESERVED_NODE_NAME} is reserved: /api/v1/nodes/{RESERVED_NODE_NAME} is the bootstrap token endpoint"
             )));
         }
-        if node.agent_version.len() > MAX_AGENT_VERSION_LEN
-            || node.agent_version.chars().any(char::is_control)
-        {
-            return Err(FleetError::InvalidArgument(format!(
-                "agent version must be at most {MAX_AGENT_VERSION_LEN} printable characters"
-            )));
-        }
+        check_agent_version(&node.agent_version)?;
         let initial_status = if self.require_approval {
             NodeStatus::Pending
         } else {
@@ -269,13 +259,7 @@ impl Fleet {
         inventory: Option<NodeInventory>,
         agent_version: &str,
     ) -> Result<Node, FleetError> {
-        if agent_version.len() > MAX_AGENT_VERSION_LEN
-            || agent_version.chars().any(char::is_control)
-        {
-            return Err(FleetError::InvalidArgument(format!(
-                "agent version must be at most {MAX_AGENT_VERSION_LEN} printable characters"
-            )));
-        }
+        check_agent_version(agent_version)?;
         let inventory = inventory.unwrap_or_else(|| node.inventory.clone());
         let agent_version = if agent_version.is_empty() {
             node.agent_version.clone()
@@ -481,6 +465,16 @@ impl Fleet {
         self.change_node(name, NodeChange::Status(NodeStatus::Active), by)
             .await
     }
+}
+
+/// Agent versions are shown in views and logs: short and printable.
+fn check_agent_version(version: &str) -> Result<(), FleetError> {
+    if version.len() > MAX_AGENT_VERSION_LEN || version.chars().any(char::is_control) {
+        return Err(FleetError::InvalidArgument(format!(
+            "agent version must be at most {MAX_AGENT_VERSION_LEN} printable characters"
+        )));
+    }
+    Ok(())
 }
 
 /// What the store keeps of a refresh secret.

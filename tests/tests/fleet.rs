@@ -351,6 +351,11 @@ async fn fleet_scenario(store_args: &[&str]) -> anyhow::Result<()> {
         dirs[4].path(),
         &as_refs(&enrol_args("edge-5", "site=quarantine")),
     )?;
+    // Assign only once it has enrolled: the agent process enrols first.
+    wait_until("edge-5 to enrol", WAIT, || async {
+        cli.node("edge-5").ok().flatten().is_some()
+    })
+    .await?;
     cli.run(&[
         "assign",
         "--node",

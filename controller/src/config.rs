@@ -89,6 +89,10 @@ pub struct ControllerConfig {
     pub require_node_approval: bool,
     pub heartbeat_interval: std::time::Duration,
     pub public_url: Option<String>,
+    /// How often a replica re-reads changed desired states even without a
+    /// change announcement (which makes it prompt). Not a flag: tests set
+    /// it to prove that announcements alone deliver changes.
+    pub change_rescan_interval: std::time::Duration,
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -108,6 +112,7 @@ impl std::fmt::Debug for ControllerConfig {
             .field("require_node_approval", &self.require_node_approval)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("public_url", &self.public_url)
+            .field("change_rescan_interval", &self.change_rescan_interval)
             .finish()
     }
 }
@@ -171,6 +176,7 @@ impl ControllerConfig {
                     .clamp(100, 600_000),
             ),
             public_url: args.public_url.clone().or(file.public_url),
+            change_rescan_interval: crate::fleet::follow::RESCAN_EVERY,
             data_dir,
         })
     }
@@ -190,6 +196,7 @@ impl ControllerConfig {
             require_node_approval: false,
             heartbeat_interval: crate::fleet::DEFAULT_HEARTBEAT_INTERVAL,
             public_url: None,
+            change_rescan_interval: crate::fleet::follow::RESCAN_EVERY,
         }
     }
 

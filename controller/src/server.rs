@@ -127,6 +127,10 @@ impl Controller {
         };
         fleet.set_blob_base_url(public_url);
         let flusher = tokio::spawn(fleet.flusher().run(shutdown.clone()));
+        let follower = fleet
+            .follower()
+            .rescan_every(self.config.change_rescan_interval);
+        let follower = tokio::spawn(follower.run(shutdown.clone()));
         let router = api::router(self.state);
         let http_shutdown = shutdown.clone();
         let http_server = async move {
@@ -151,6 +155,9 @@ impl Controller {
         // The flusher writes what agents reported last; wait for it.
         if let Err(error) = flusher.await {
             tracing::warn!(%error, "report flusher failed");
+        }
+        if let Err(error) = follower.await {
+            tracing::warn!(%error, "change follower failed");
         }
         result.map(|_| ())
     }

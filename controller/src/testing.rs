@@ -137,6 +137,36 @@ impl TestController {
             database.as_ref().map(|db| db.url.clone()),
         );
         adjust(&mut config);
+        Self::serve(config, data_dir, database).await
+    }
+
+    /// Starts another replica of this controller: the same Postgres
+    /// database, signing keys and object store, its own ports and data
+    /// directory, as several pods behind one Kubernetes Service.
+    pub async fn start_replica(
+        &self,
+        adjust: impl FnOnce(&mut ControllerConfig),
+    ) -> anyhow::Result<Self> {
+        let database_url = self
+            .database_url()
+            .ok_or_else(|| anyhow::anyhow!("replicas share a Postgres database"))?
+            .to_owned();
+        let data_dir = tempfile::tempdir()?;
+        let mut config = ControllerConfig::for_tests(data_dir.path(), Some(database_url));
+        config.jwt_keys = self.data_dir.path().join("auth-keys.toml");
+        config.object_store = Some(format!(
+            "file://{}",
+            self.data_dir.path().join("objects").display()
+        ));
+        adjust(&mut config);
+        Self::serve(config, data_dir, None).await
+    }
+
+    async fn serve(
+        config: ControllerConfig,
+        data_dir: tempfile::TempDir,
+        database: Option<TestDatabase>,
+    ) -> anyhow::Result<Self> {
         let controller = Controller::open(config).await?;
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

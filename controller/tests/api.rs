@@ -196,10 +196,20 @@ async fn health_and_openapi(store: TestStore) -> anyhow::Result<()> {
         api.client.get(api.url("/healthz")).send().await?.status(),
         StatusCode::OK
     );
-    assert_eq!(
-        api.client.get(api.url("/readyz")).send().await?.status(),
-        StatusCode::OK
-    );
+    // On Postgres the controller is ready once it also follows other
+    // replicas' changes, which it starts doing just after it serves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let status = api.client.get(api.url("/readyz")).send().await?.status();
+        if status == StatusCode::OK {
+            break;
+        }
+        anyhow::ensure!(
+            status == StatusCode::SERVICE_UNAVAILABLE && std::time::Instant::now() < deadline,
+            "not ready: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let doc: serde_json::Value = api
         .client
         .get(api.url("/api/v1/openapi.json"))

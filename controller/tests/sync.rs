@@ -114,6 +114,32 @@ impl Harness {
         })
     }
 
+    /// Another replica of this harness's controller (Postgres only). Its
+    /// periodic re-read is an hour away, so only change announcements can
+    /// bring it what the other replica commits.
+    async fn replica(&self) -> anyhow::Result<Self> {
+        let controller = self
+            .controller
+            .start_replica(|config| {
+                config.heartbeat_interval = Duration::from_millis(500);
+                config.change_rescan_interval = Duration::from_secs(3600);
+            })
+            .await?;
+        let grpc = FleetClient::connect(format!("http://{}", controller.grpc_addr)).await?;
+        let replica = Self {
+            controller,
+            http: reqwest::Client::new(),
+            grpc,
+        };
+        let ready = replica.url("/readyz");
+        eventually("the replica to follow changes", || {
+            let request = replica.http.get(&ready);
+            async move { Ok(request.send().await?.status() == StatusCode::OK) }
+        })
+        .await?;
+        Ok(replica)
+    }
+
     fn admin(&self) -> &str {
         &self.controller.admin_token
     }
@@ -607,5 +633,42 @@ async fn hello_updates_inventory_and_agent_version(store: TestStore) -> anyhow::
             .await,
     );
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    Ok(())
+}
+
+/// Two controller replicas share one Postgres: a stream held by one gets
+/// what an operator changes through the other (an assignment, a cordon),
+/// by the change announcement alone.
+#[tokio::test]
+async fn changes_reach_streams_held_by_another_replica() -> anyhow::Result<()> {
+    let first = Harness::start(TestStore::Postgres).await?;
+    let second = first.replica().await?;
+    let digest = first.publish_model(1).await?;
+    let enrolled = first.enrol(&["edge-1"]).await?;
+    let mut stream = second.open(&enrolled[0].credential, "edge-1").await?;
+    let initial = stream.desired_at_least(0).await?;
+    assert!(initial.assignment.is_none());
+
+    let change = first
+        .assign(json!({"node": "edge-1", "model": "tiny", "version": "1.0.1"}))
+        .await?;
+    let generation = change.assignment.as_ref().expect("recorded").generation;
+    let desired = stream.desired_at_least(generation).await?;
+    assert_eq!(desired.generation, generation);
+    assert_eq!(
+        desired.assignment.as_ref().map(|a| a.digest.as_str()),
+        Some(digest.as_str())
+    );
+
+    // A status change alone takes a generation too, so it travels as well.
+    let response = first.post("/api/v1/nodes/edge-1/cordon", json!({})).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let cordoned = stream.desired_at_least(generation + 1).await?;
+    assert_eq!(cordoned.status, pb::NodeStatus::Cordoned as i32);
+    assert_eq!(
+        cordoned.assignment.as_ref().map(|a| a.digest.as_str()),
+        Some(digest.as_str()),
+        "cordoning keeps the assignment"
+    );
     Ok(())
 }

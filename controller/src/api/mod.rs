@@ -162,8 +162,16 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the database and the object store answer.
+/// Readiness: the database and the object store answer, and changes
+/// committed by other replicas reach this one.
 async fn readyz(State(state): State<AppState>) -> Response {
+    if !state.fleet.hub().following_changes() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not yet following changes of other replicas\n",
+        )
+            .into_response();
+    }
     if let Err(error) = state.registry.store().ping().await {
         tracing::warn!(%error, "readiness: database unavailable");
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();

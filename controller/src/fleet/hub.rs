@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -97,6 +97,10 @@ pub struct SyncHub {
     hasher: RandomState,
     next_session: AtomicU64,
     heartbeat_interval: Duration,
+    /// False while other replicas may commit changes this one would not
+    /// hear of (its change follower is not listening yet, or lost the
+    /// connection). Always true where no other replica can exist.
+    following_changes: AtomicBool,
 }
 
 impl SyncHub {
@@ -106,7 +110,18 @@ impl SyncHub {
             hasher: RandomState::new(),
             next_session: AtomicU64::new(1),
             heartbeat_interval,
+            following_changes: AtomicBool::new(true),
         }
+    }
+
+    /// Whether changes committed by other replicas reach this one's
+    /// streams promptly (part of the controller's readiness).
+    pub fn following_changes(&self) -> bool {
+        self.following_changes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_following_changes(&self, following: bool) {
+        self.following_changes.store(following, Ordering::Relaxed);
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

@@ -12,6 +12,7 @@
 //! a generation) and then pushed through the [`SyncHub`] to the streams
 //! open on this controller.
 
+pub mod follow;
 pub mod hub;
 
 use std::sync::{Arc, RwLock};
@@ -26,7 +27,8 @@ use crate::domain::{
     NodeInventory, NodeName, NodeStatus, Page, PageRequest, PromptRef, Quantization,
     QuantizationPolicy, SecretHash, TokenRejection, resolve,
 };
-use crate::store::{EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreError};
+use crate::store::{EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend, StoreError};
+pub use follow::ChangeFollower;
 pub use hub::{Flusher, NodeRuntime, PushedState, Session, SyncHub};
 
 /// Default heartbeat interval agents are told to keep.
@@ -97,11 +99,15 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(store: Arc<dyn Store>, auth: Arc<Authenticator>, config: FleetConfig) -> Self {
+        let hub = SyncHub::new(config.heartbeat_interval);
+        // Other replicas can share a Postgres database: not ready until the
+        // change follower listens.
+        hub.set_following_changes(store.backend() != StoreBackend::Postgres);
         Self {
             store,
             auth,
             require_approval: config.require_approval,
-            hub: Arc::new(SyncHub::new(config.heartbeat_interval)),
+            hub: Arc::new(hub),
             blob_base_url: Arc::new(RwLock::new(String::new())),
         }
     }
@@ -117,6 +123,11 @@ impl Fleet {
     /// The flusher writing this fleet's agent reports; run it once.
     pub fn flusher(&self) -> Flusher {
         Flusher::new(self.hub.clone(), self.store.clone())
+    }
+
+    /// The follower of other replicas' changes; run it once.
+    pub fn follower(&self) -> ChangeFollower {
+        ChangeFollower::new(self.hub.clone(), self.store.clone())
     }
 
     pub fn set_blob_base_url(&self, url: String) {

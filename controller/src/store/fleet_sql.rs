@@ -13,15 +13,18 @@
 /// `$names_in` is a subquery yielding the strings of the JSON array bound
 /// as `$3`, and `$reports_from` a subquery turning the JSON array bound as
 /// `$1` into rows of (name, observed, health, heartbeat), and
-/// `$minutes_from` the same for minutes of health history: the pieces of
-/// SQL the two backends spell differently.
+/// `$minutes_from` the same for minutes of health history, and
+/// `$announce` a statement run whenever a generation is taken (Postgres
+/// notifies the other replicas with it; SQLite, one process, passes an
+/// empty string): the pieces of SQL the two backends spell differently.
 macro_rules! fleet_queries {
     (
         $conn:ty,
         $lock:literal,
         $names_in:literal,
         $reports_from:literal,
-        $minutes_from:literal
+        $minutes_from:literal,
+        $announce:literal
     ) => {
         use std::collections::BTreeMap;
 
@@ -102,14 +105,43 @@ macro_rules! fleet_queries {
         }
 
         /// Takes the next generation. The row stays locked until the
-        /// transaction ends, which serialises every change of desired state.
+        /// transaction ends, which serialises every change of desired state
+        /// (so generations also commit in order). Announces the change to
+        /// other replicas; the announcement is delivered at commit.
         async fn next_generation(conn: &mut $conn) -> StoreResult<u64> {
             let value: i64 = sqlx::query_scalar(
                 "UPDATE fleet_generation SET value = value + 1 RETURNING value",
             )
             .fetch_one(&mut *conn)
             .await?;
+            if !$announce.is_empty() {
+                sqlx::query($announce).execute(&mut *conn).await?;
+            }
             to_u64("fleet_generation.value", value)
+        }
+
+        /// The desired state of every node whose generation is above
+        /// `after`, oldest change first: what replicas that did not make a
+        /// change push to the streams they hold.
+        pub(super) async fn desired_changed_since(
+            conn: &mut $conn,
+            after: u64,
+        ) -> StoreResult<Vec<NodeDesired>> {
+            let rows = sqlx::query_as::<_, NodeRow>(&format!(
+                "{SELECT_NODES} WHERE desired_generation > $1 ORDER BY desired_generation"
+            ))
+            .bind(to_i64("generation", after)?)
+            .fetch_all(&mut *conn)
+            .await?;
+            let nodes: Vec<Node> = convert_all(rows)?;
+            Ok(nodes
+                .into_iter()
+                .map(|node| NodeDesired {
+                    name: node.name,
+                    status: node.status,
+                    desired: node.desired,
+                })
+                .collect())
         }
 
         /// Locks the generation row, so that placement reads assignments
@@ -322,6 +354,7 @@ macro_rules! fleet_queries {
             let node = select_node(conn, name)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("node {name} not found")))?;
+            let status_before = node.status;
             let mut drained = None;
             match change {
                 NodeChange::Status(status) => {
@@ -358,21 +391,29 @@ macro_rules! fleet_queries {
                 }
             }
             let mut changed = replan(conn, Some(name), &mut None).await?;
-            let node = select_node(conn, name)
+            let mut node = select_node(conn, name)
                 .await?
                 .ok_or_else(|| StoreError::Corrupt(format!("node {name} vanished")))?;
-            let pushed = changed.pop().or(drained).map(|mut desired| {
-                desired.status = node.status;
-                desired
-            });
-            // A status change alone (cordon) is pushed too: agents show it.
-            let pushed = pushed.or_else(|| {
-                matches!(change, NodeChange::Status(_)).then(|| NodeDesired {
-                    name: node.name.clone(),
-                    status: node.status,
-                    desired: node.desired.clone(),
-                })
-            });
+            let pushed = match changed.pop().or(drained) {
+                Some(mut desired) => {
+                    desired.status = node.status;
+                    Some(desired)
+                }
+                // A status change alone (cordon, approval) is pushed too,
+                // under a new generation: agents show it, and replicas
+                // holding the node's stream find it by generation.
+                None if node.status != status_before => {
+                    let generation = next_generation(conn).await?;
+                    write_desired(conn, name, node.desired.assignment.as_ref(), generation).await?;
+                    node.desired.generation = generation;
+                    Some(NodeDesired {
+                        name: node.name.clone(),
+                        status: node.status,
+                        desired: node.desired.clone(),
+                    })
+                }
+                None => None,
+            };
             Ok((node, pushed))
         }
 

@@ -304,6 +304,28 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<HealthPoint>>;
     /// Deletes health history older than `before_unix`; returns rows removed.
     async fn prune_health_minutes(&self, before_unix: i64) -> StoreResult<u64>;
+
+    // ---- change notification between replicas ----
+
+    /// The desired state (and status) of every node whose desired
+    /// generation is above `after`, oldest first.
+    async fn desired_changed_since(&self, after: u64) -> StoreResult<Vec<NodeDesired>>;
+    /// Announcements of changes of desired state committed by any
+    /// controller sharing this database, or `None` where one process owns
+    /// the database (SQLite) and every change is made by this one.
+    async fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>>;
+}
+
+/// Wakes a controller replica when some replica commits a change of
+/// desired state (Postgres `LISTEN`/`NOTIFY`). An announcement carries no
+/// data: the listener re-reads what changed by generation, so a lost
+/// announcement costs latency, never correctness.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// Waits for the next announcement. Also returns when announcements may
+    /// have been missed (the listening connection was lost and will be
+    /// re-opened): the caller re-reads either way.
+    async fn next(&mut self) -> StoreResult<()>;
 }
 
 /// Opens the store named by a database URL (`postgres://…` or `sqlite:…`) and

@@ -790,4 +790,30 @@ impl Store for PostgresStore {
     async fn prune_health_minutes(&self, before_unix: i64) -> StoreResult<u64> {
         self.fleet_prune_health_minutes(before_unix).await
     }
+
+    async fn desired_changed_since(&self, after: u64) -> StoreResult<Vec<NodeDesired>> {
+        self.fleet_desired_changed_since(after).await
+    }
+
+    async fn change_feed(&self) -> StoreResult<Option<Box<dyn super::ChangeFeed>>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(FLEET_CHANNEL).await?;
+        Ok(Some(Box::new(PgChangeFeed(listener))))
+    }
+}
+
+/// The channel every transaction that takes a fleet generation notifies
+/// (see `next_generation` in `store/fleet_sql.rs`).
+const FLEET_CHANNEL: &str = "flotilla_fleet";
+
+struct PgChangeFeed(sqlx::postgres::PgListener);
+
+#[async_trait]
+impl super::ChangeFeed for PgChangeFeed {
+    async fn next(&mut self) -> StoreResult<()> {
+        // `Ok(None)`: the connection was lost (the next call re-opens it)
+        // and notifications sent meanwhile are gone; the caller re-reads.
+        self.0.try_recv().await?;
+        Ok(())
+    }
 }

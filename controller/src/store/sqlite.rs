@@ -848,4 +848,13 @@ impl Store for SqliteStore {
     async fn prune_health_minutes(&self, before_unix: i64) -> StoreResult<u64> {
         self.fleet_prune_health_minutes(before_unix).await
     }
+
+    async fn desired_changed_since(&self, after: u64) -> StoreResult<Vec<NodeDesired>> {
+        self.fleet_desired_changed_since(after).await
+    }
+
+    /// One process owns a SQLite database: no other replica to hear from.
+    async fn change_feed(&self) -> StoreResult<Option<Box<dyn super::ChangeFeed>>> {
+        Ok(None)
+    }
 }

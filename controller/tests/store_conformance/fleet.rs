@@ -368,8 +368,8 @@ pub(crate) async fn assignments_place_nodes_and_generations_only_grow(database: 
         Some("small-v2")
     );
     assert!(pushed.is_some());
-    let before = desired_of(&*store, "berlin-1").await;
-    let (cordoned, _) = store
+    let uncordoned = desired_of(&*store, "berlin-1").await;
+    let (cordoned, pushed) = store
         .change_node(
             &node_name("berlin-1"),
             &NodeChange::Status(NodeStatus::Cordoned),
@@ -377,6 +377,34 @@ pub(crate) async fn assignments_place_nodes_and_generations_only_grow(database: 
         .await
         .expect("cordon");
     assert_eq!(cordoned.status, NodeStatus::Cordoned);
+    // A status change alone keeps the assignment under a new generation,
+    // which is how other replicas find it.
+    let before = desired_of(&*store, "berlin-1").await;
+    assert_eq!(before.1, uncordoned.1);
+    assert!(before.0 > uncordoned.0);
+    let pushed = pushed.expect("a status change is pushed");
+    assert_eq!(
+        (pushed.status, pushed.desired.generation),
+        (NodeStatus::Cordoned, before.0)
+    );
+    let changed = store
+        .desired_changed_since(uncordoned.0)
+        .await
+        .expect("changes since");
+    assert!(
+        changed
+            .iter()
+            .any(|c| c.name.as_str() == "berlin-1" && c.status == NodeStatus::Cordoned),
+        "{changed:?}"
+    );
+    assert!(changed.iter().all(|c| c.desired.generation > uncordoned.0));
+    assert!(
+        store
+            .desired_changed_since(before.0)
+            .await
+            .expect("nothing newer")
+            .is_empty()
+    );
     store
         .create_assignment(&NewAssignment {
             target: selector("site=berlin"),

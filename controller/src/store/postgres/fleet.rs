@@ -190,6 +190,15 @@ impl PostgresStore {
         })
     }
 
+    pub(super) async fn fleet_desired_changed_since(
+        &self,
+        after: u64,
+    ) -> StoreResult<Vec<NodeDesired>> {
+        in_transaction!(self, "desired_changed_since", |conn| {
+            queries::desired_changed_since(conn, after).await
+        })
+    }
+
     pub(super) async fn fleet_prune_health_minutes(&self, before_unix: i64) -> StoreResult<u64> {
         in_transaction!(self, "prune_health_minutes", |conn| {
             queries::prune_health_minutes(conn, before_unix).await
@@ -204,6 +213,7 @@ mod queries {
         " FOR UPDATE",
         "SELECT jsonb_array_elements_text($3)",
         "SELECT * FROM jsonb_to_recordset($1) AS x(name text, observed jsonb, health jsonb, heartbeat bigint)",
-        "SELECT * FROM jsonb_to_recordset($1) AS x(node_name text, minute_unix bigint, samples bigint, cpu double precision, memory bigint, gpu_util double precision, gpu_temp double precision, throttled boolean)"
+        "SELECT * FROM jsonb_to_recordset($1) AS x(node_name text, minute_unix bigint, samples bigint, cpu double precision, memory bigint, gpu_util double precision, gpu_temp double precision, throttled boolean)",
+        "SELECT pg_notify('flotilla_fleet', '')"
     );
 }

@@ -190,6 +190,15 @@ impl SqliteStore {
         })
     }
 
+    pub(super) async fn fleet_desired_changed_since(
+        &self,
+        after: u64,
+    ) -> StoreResult<Vec<NodeDesired>> {
+        in_transaction!(self, "desired_changed_since", Access::Read, |conn| {
+            queries::desired_changed_since(conn, after).await
+        })
+    }
+
     pub(super) async fn fleet_prune_health_minutes(&self, before_unix: i64) -> StoreResult<u64> {
         in_transaction!(self, "prune_health_minutes", Access::Write, |conn| {
             queries::prune_health_minutes(conn, before_unix).await
@@ -204,6 +213,7 @@ mod queries {
         "",
         "SELECT value FROM json_each($3)",
         "SELECT value ->> '$.name' AS name, value -> '$.observed' AS observed, value -> '$.health' AS health, value ->> '$.heartbeat' AS heartbeat FROM json_each($1)",
-        "SELECT value ->> '$.node_name' AS node_name, value ->> '$.minute_unix' AS minute_unix, value ->> '$.samples' AS samples, value ->> '$.cpu' AS cpu, value ->> '$.memory' AS memory, value ->> '$.gpu_util' AS gpu_util, value ->> '$.gpu_temp' AS gpu_temp, value ->> '$.throttled' AS throttled FROM json_each($1)"
+        "SELECT value ->> '$.node_name' AS node_name, value ->> '$.minute_unix' AS minute_unix, value ->> '$.samples' AS samples, value ->> '$.cpu' AS cpu, value ->> '$.memory' AS memory, value ->> '$.gpu_util' AS gpu_util, value ->> '$.gpu_temp' AS gpu_temp, value ->> '$.throttled' AS throttled FROM json_each($1)",
+        ""
     );
 }

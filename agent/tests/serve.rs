@@ -1007,3 +1007,75 @@ async fn a_swap_keeps_streams_alive_and_new_requests_see_the_new_version() -> an
     assert_eq!(response.status(), 404);
     Ok(())
 }
+
+#[tokio::test]
+async fn requests_streaming_continuously_through_a_swap_all_succeed() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let harness = Harness::with_model("continuous", ServeConfig::default()).await?;
+    let completed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (client, url) = (
+            harness.client.clone(),
+            format!("{}/v1/chat/completions", harness.http),
+        );
+        let (completed, stop) = (completed.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let mut request = greedy_chat("continuous", 32);
+                request["stream"] = json!(true);
+                let outcome = async {
+                    let response = client
+                        .post(&url)
+                        .json(&request)
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                    anyhow::Ok(response.text().await?)
+                }
+                .await;
+                match outcome {
+                    Ok(body) => {
+                        let (payloads, done) = sse_payloads(&body);
+                        if !done
+                            || payloads
+                                .iter()
+                                .any(|payload| payload.get("error").is_some())
+                        {
+                            failures.push(body);
+                        }
+                    }
+                    Err(error) => failures.push(error.to_string()),
+                }
+                completed.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    wait_until("requests before the swap", Duration::from_secs(30), || {
+        completed.load(Ordering::Relaxed) >= 6
+    })
+    .await;
+    harness
+        .activate(assignment("continuous", "2.0.0", &tiny_model()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let at_swap = completed.load(Ordering::Relaxed);
+    wait_until("requests after the swap", Duration::from_secs(30), || {
+        completed.load(Ordering::Relaxed) >= at_swap + 6
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let failures = client.await?;
+        assert!(
+            failures.is_empty(),
+            "requests failed across the swap: {failures:?}"
+        );
+    }
+    assert_eq!(harness.served()?.info().version, "2.0.0");
+    Ok(())
+}

@@ -9,6 +9,7 @@ use prost::Message;
 const PROTO_FILES: &[&str] = &[
     "flotilla/controller/v1/controller.proto",
     "flotilla/fleet/v1/fleet.proto",
+    "flotilla/inference/v1/inference.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

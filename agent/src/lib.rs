@@ -10,11 +10,14 @@
 //!   state and heartbeats out, reconnect with [`backoff`].
 //! - [`reconcile`]: drives the node towards the desired state through two
 //!   seams, an [`reconcile::ArtifactFetcher`] (the cache) and an
-//!   [`reconcile::Activator`] (the inference engine, later); persists
-//!   `DATA_DIR/state.json`.
+//!   [`reconcile::Activator`] ([`serve::EngineActivator`] in the binary);
+//!   persists `DATA_DIR/state.json`.
 //! - [`cache`]: content-addressed artifact cache, filled from the controller's
 //!   blob endpoint with resumable, verified, optionally rate-limited downloads.
 //! - [`health`]: hardware inventory and periodic health samples.
+//! - [`serve`]: inference serving: the served model (loaded, warmed up and
+//!   swapped in by [`serve::EngineActivator`]) behind gRPC, OpenAI- and
+//!   Ollama-compatible HTTP APIs.
 //! - [`simulate`]: N simulated agents in one process over real gRPC.
 //!
 //! # Entry points for tests and benchmarks
@@ -22,7 +25,9 @@
 //!   [`reconcile::CacheFetcher`] and [`reconcile::AcceptVerifiedBlob`]),
 //!   spawn `reconciler.run(shutdown.clone())`, and run
 //!   [`sync::SyncAgent::run`]`(`[`sync::SyncConfig::new`]`(channel,
-//!   credentials, node, link), shutdown)`. Cancelling the
+//!   credentials, node, link), shutdown)`; to serve inference, pass
+//!   [`serve::Serving::activator`] instead and run [`serve::serve_http`] and
+//!   [`serve::serve_grpc`] on pre-bound listeners. Cancelling the
 //!   `CancellationToken` closes the stream and returns. The binary's
 //!   `main.rs` does exactly this.
 //! - Many simulated agents: [`simulate::Simulation::start`] with a
@@ -37,5 +42,6 @@ pub mod credentials;
 pub mod enrol;
 pub mod health;
 pub mod reconcile;
+pub mod serve;
 pub mod simulate;
 pub mod sync;

@@ -23,9 +23,8 @@ use flotilla_agent::cache::{ArtifactCache, BlobSource, CacheConfig};
 use flotilla_agent::credentials::Credentials;
 use flotilla_agent::enrol::{self, EnrolRequest, NodeIdentity};
 use flotilla_agent::health::HealthProbe;
-use flotilla_agent::reconcile::{
-    AcceptVerifiedBlob, CacheFetcher, Reconciler, ReconcilerConfig, persist,
-};
+use flotilla_agent::reconcile::{CacheFetcher, Reconciler, ReconcilerConfig, persist};
+use flotilla_agent::serve::{self, ServeConfig, Serving};
 use flotilla_agent::simulate::{Simulation, SimulationConfig};
 use flotilla_agent::sync::{LocalNode, SyncAgent, SyncConfig};
 use tokio_util::sync::CancellationToken;
@@ -65,12 +64,25 @@ struct Cli {
     /// Re-enrol, replacing a node of the same name (needs --bootstrap-token).
     #[arg(long)]
     replace: bool,
-    /// Address for the OpenAI/Ollama-compatible HTTP API (not served yet).
-    #[arg(long, value_name = "ADDR")]
-    http: Option<SocketAddr>,
-    /// Address for the gRPC inference API (not served yet).
-    #[arg(long, value_name = "ADDR")]
-    grpc: Option<SocketAddr>,
+    /// Address for the OpenAI/Ollama-compatible HTTP API (and /metrics).
+    #[arg(long, value_name = "ADDR", default_value_t = serve::DEFAULT_HTTP_ADDR)]
+    http: SocketAddr,
+    /// Address for the gRPC inference API (with health and reflection).
+    #[arg(long, value_name = "ADDR", default_value_t = serve::DEFAULT_GRPC_ADDR)]
+    grpc: SocketAddr,
+    /// Inference requests per model that may wait for a decoding slot;
+    /// beyond them (plus the batch) requests get 429 / RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = ServeConfig::default().queue_capacity)]
+    inference_queue: usize,
+    /// Requests decoded together in one batched forward pass.
+    #[arg(long, value_name = "N", default_value_t = ServeConfig::default().max_batch)]
+    inference_batch: usize,
+    /// Seconds after which a running inference request is cancelled.
+    #[arg(long, value_name = "SECONDS", default_value_t = ServeConfig::default().request_timeout.as_secs())]
+    inference_timeout: u64,
+    /// Kernel threads of the inference engine (default: all cores).
+    #[arg(long, value_name = "N")]
+    engine_threads: Option<usize>,
     /// Keep the artifact cache under this size (e.g. 50G), evicting the
     /// least recently used blobs that are not assigned or served.
     #[arg(long, value_name = "BYTES", value_parser = parse_byte_count)]
@@ -231,9 +243,21 @@ async fn identity(cli: &Cli, data_dir: &Path) -> anyhow::Result<NodeIdentity> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.clone().context("--data-dir is required")?;
     let identity = identity(&cli, &data_dir).await?;
-    if cli.http.is_some() || cli.grpc.is_some() {
-        tracing::warn!("--http and --grpc are accepted but inference is not served yet");
-    }
+    // Bound before anything else starts, so that a taken port fails the
+    // start with a clear message instead of a half-running agent.
+    let http_listener = tokio::net::TcpListener::bind(cli.http)
+        .await
+        .with_context(|| format!("cannot listen for HTTP inference on {} (--http)", cli.http))?;
+    let grpc_listener = tokio::net::TcpListener::bind(cli.grpc)
+        .await
+        .with_context(|| format!("cannot listen for gRPC inference on {} (--grpc)", cli.grpc))?;
+    let serving = Serving::new(ServeConfig {
+        queue_capacity: cli.inference_queue.max(1),
+        max_batch: cli.inference_batch.max(1),
+        request_timeout: Duration::from_secs(cli.inference_timeout.max(1)),
+        engine_threads: cli.engine_threads,
+        ..ServeConfig::default()
+    });
     let controller = cli
         .controller
         .clone()
@@ -274,7 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             credentials.token(),
             cli.cache_budget,
         )),
-        Arc::new(AcceptVerifiedBlob),
+        Arc::new(serving.activator()),
         ReconcilerConfig::new(Some(data_dir.clone())),
         restored,
     );
@@ -285,11 +309,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         link,
     );
     let shutdown = shutdown_on_signal();
+    tracing::info!(http = %cli.http, grpc = %cli.grpc, "serving inference (OpenAI and Ollama over HTTP, gRPC)");
+    let http = tokio::spawn(serve::serve_http(
+        http_listener,
+        serving.clone(),
+        Some(serve::metrics::metrics_handle()),
+        shutdown.clone(),
+    ));
+    let grpc = tokio::spawn(serve::serve_grpc(
+        grpc_listener,
+        serving.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(%controller, "syncing with the controller");
     let reconciling = tokio::spawn(reconciler.run(shutdown.clone()));
     SyncAgent::run(sync, shutdown.clone()).await;
     shutdown.cancel();
     reconciling.await?;
+    // Unload the model before the servers' last requests are awaited.
+    serving.slot.replace(None);
+    if let Err(error) = http.await? {
+        tracing::warn!(%error, "the HTTP inference server failed");
+    }
+    if let Err(error) = grpc.await? {
+        tracing::warn!(%error, "the gRPC inference server failed");
+    }
     Ok(())
 }
 

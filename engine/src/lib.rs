@@ -53,6 +53,8 @@ pub mod kernels;
 pub mod model;
 pub mod sampling;
 mod scheduler;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tokenizer;
 
 pub use error::EngineError;

@@ -20,3 +20,9 @@ pub mod fleet {
         tonic::include_proto!("flotilla.fleet.v1");
     }
 }
+
+pub mod inference {
+    pub mod v1 {
+        tonic::include_proto!("flotilla.inference.v1");
+    }
+}

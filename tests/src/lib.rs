@@ -272,10 +272,12 @@ impl ChildGuard {
 /// agent fails the test instead of stalling it.
 pub async fn run_agent(data_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
     let mut command = tokio::process::Command::new(binary("flotilla-agent")?);
+    let (serving, _, _) = serving_args(args)?;
     command
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
+        .args(serving)
         .env_remove("FLOTILLA_BOOTSTRAP_TOKEN")
         .env_remove("FLOTILLA_CONTROLLER")
         .env_remove("FLOTILLA_NODE_NAME")
@@ -289,24 +291,54 @@ pub async fn run_agent(data_dir: &Path, args: &[&str]) -> anyhow::Result<Output>
         .map_err(|e| anyhow::anyhow!("cannot run flotilla-agent: {e}"))
 }
 
+/// `--http` and `--grpc` on free loopback ports unless `args` name them
+/// (agents default to fixed ports, which several agents on one machine, or
+/// tests running in parallel, cannot share); and the addresses in use.
+fn serving_args(
+    args: &[&str],
+) -> anyhow::Result<(Vec<String>, Option<SocketAddr>, Option<SocketAddr>)> {
+    let mut extra = Vec::new();
+    let mut addresses = [None, None];
+    for (index, flag) in ["--http", "--grpc"].into_iter().enumerate() {
+        match args.iter().position(|arg| *arg == flag) {
+            Some(at) => {
+                addresses[index] = args.get(at + 1).and_then(|addr| addr.parse().ok());
+            }
+            None => {
+                let addr = free_addr()?;
+                extra.extend([flag.to_owned(), addr.to_string()]);
+                addresses[index] = Some(addr);
+            }
+        }
+    }
+    Ok((extra, addresses[0], addresses[1]))
+}
+
 /// A running `flotilla-agent` process, its logs in `DATA_DIR/agent.log`.
 pub struct AgentProcess {
     pub process: ChildGuard,
     pub data_dir: PathBuf,
+    /// The OpenAI/Ollama-compatible HTTP API (`--http`).
+    pub http_addr: Option<SocketAddr>,
+    /// The gRPC inference API (`--grpc`).
+    pub grpc_addr: Option<SocketAddr>,
 }
 
 impl AgentProcess {
-    /// Starts `flotilla-agent --data-dir data_dir args…` in the background.
+    /// Starts `flotilla-agent --data-dir data_dir args…` in the background,
+    /// serving inference on free loopback ports unless `args` say where.
     pub fn start(data_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data_dir.join("agent.log"))?;
+        let (serving, http_addr, grpc_addr) = serving_args(args)?;
         let mut command = Command::new(binary("flotilla-agent")?);
         command
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
+            .args(&serving)
             .env_remove("FLOTILLA_BOOTSTRAP_TOKEN")
             .env_remove("FLOTILLA_CONTROLLER")
             .env_remove("FLOTILLA_NODE_NAME")
@@ -316,6 +348,8 @@ impl AgentProcess {
         Ok(Self {
             process: ChildGuard::spawn("flotilla-agent", &mut command)?,
             data_dir: data_dir.to_path_buf(),
+            http_addr,
+            grpc_addr,
         })
     }
 

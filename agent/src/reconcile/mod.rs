@@ -12,8 +12,9 @@
 //! The two seams, so that the pieces can be swapped without touching the
 //! state machine: an [`ArtifactFetcher`] brings the verified blob (the
 //! artifact cache in production; an instant fake in the simulator and the
-//! tests) and an [`Activator`] makes it served (the inference engine, in a
-//! later change; [`AcceptVerifiedBlob`] until then).
+//! tests) and an [`Activator`] makes it served (the inference engine's
+//! `crate::serve::EngineActivator` in the agent binary; [`AcceptVerifiedBlob`]
+//! in the simulator and the tests).
 //!
 //! What is persisted: `DATA_DIR/state.json` (see [`persist`]) after each
 //! settled transition and each newly applied generation. Download progress
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{ArtifactCache, BlobSource, Digest, Progress, SharedToken};
 pub use model::{
     Assignment, DEFAULT_HEARTBEAT_INTERVAL, DesiredState, NodeStatus, ObservedState, Phase,
-    SystemPrompt,
+    SystemPrompt, SystemPromptPolicy,
 };
 pub use persist::PersistedState;
 
@@ -74,8 +75,8 @@ pub trait Activator: Send + Sync + 'static {
     fn deactivate(&self) -> BoxFuture<'static, ()>;
 }
 
-/// The activator until the engine is wired in: accepts every verified blob
-/// and serves nothing.
+/// Accepts every verified blob and serves nothing: the simulator's and the
+/// tests' activator, where no model needs to run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AcceptVerifiedBlob;
 
@@ -86,7 +87,7 @@ impl Activator for AcceptVerifiedBlob {
             version = %activation.assignment.version,
             digest = %activation.assignment.digest.short(),
             path = %activation.blob_path.display(),
-            "artifact verified; serving it is not implemented yet"
+            "artifact verified (this activator serves nothing)"
         );
         Box::pin(async { Ok(()) })
     }

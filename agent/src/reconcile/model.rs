@@ -38,8 +38,23 @@ pub struct Assignment {
     /// The controller's REST root that serves the blob.
     pub blob_base_url: String,
     pub system_prompt: Option<SystemPrompt>,
+    /// What a chat request's own system message does to `system_prompt`.
+    pub system_prompt_policy: SystemPromptPolicy,
     /// The generation of the operator's assignment this came from.
     pub assignment_generation: u64,
+}
+
+/// How the assigned system prompt combines with a chat request's own system
+/// message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SystemPromptPolicy {
+    /// The assigned prompt first, then the request's system message.
+    #[default]
+    Prepend,
+    /// The request's system message replaces the assigned prompt.
+    Replace,
+    /// Requests that carry a system message are refused.
+    Forbid,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

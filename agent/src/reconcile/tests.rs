@@ -102,6 +102,7 @@ fn assignment(name: &str) -> Assignment {
         size_bytes: 1000,
         blob_base_url: "http://127.0.0.1:1".to_owned(),
         system_prompt: None,
+        system_prompt_policy: SystemPromptPolicy::Prepend,
         assignment_generation: 1,
     }
 }

@@ -8,7 +8,9 @@ use flotilla_proto::fleet::v1 as pb;
 
 use crate::cache::{CachedBlob, Digest};
 use crate::health::HealthSample;
-use crate::reconcile::{Assignment, DesiredState, NodeStatus, ObservedState, Phase, SystemPrompt};
+use crate::reconcile::{
+    Assignment, DesiredState, NodeStatus, ObservedState, Phase, SystemPrompt, SystemPromptPolicy,
+};
 
 /// Heartbeats are never sent more often than this, whatever the controller says.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -58,6 +60,22 @@ impl TryFrom<pb::Assignment> for Assignment {
         if wire.blob_base_url.is_empty() {
             return Err(ProtocolError::Missing("assignment.blob_base_url"));
         }
+        // An unknown policy (from a newer controller) fails closed rather
+        // than silently applying another one.
+        let system_prompt_policy = match pb::SystemPromptPolicy::try_from(wire.system_prompt_policy)
+        {
+            Ok(pb::SystemPromptPolicy::Unspecified | pb::SystemPromptPolicy::Prepend) => {
+                SystemPromptPolicy::Prepend
+            }
+            Ok(pb::SystemPromptPolicy::Replace) => SystemPromptPolicy::Replace,
+            Ok(pb::SystemPromptPolicy::Forbid) => SystemPromptPolicy::Forbid,
+            Err(_) => {
+                return Err(ProtocolError::Invalid {
+                    field: "assignment.system_prompt_policy",
+                    reason: format!("unknown policy {}", wire.system_prompt_policy),
+                });
+            }
+        };
         Ok(Assignment {
             model: wire.model,
             version: wire.version,
@@ -71,6 +89,7 @@ impl TryFrom<pb::Assignment> for Assignment {
                 text: prompt.text,
                 chat_template: Some(prompt.chat_template).filter(|text| !text.is_empty()),
             }),
+            system_prompt_policy,
             assignment_generation: wire.assignment_generation,
         })
     }
@@ -171,6 +190,7 @@ mod tests {
                 blob_base_url: "http://127.0.0.1:8080".to_owned(),
                 system_prompt: None,
                 assignment_generation: 2,
+                system_prompt_policy: pb::SystemPromptPolicy::Unspecified.into(),
             }),
             heartbeat_interval_ms: 0,
         }

@@ -448,6 +448,8 @@ fn desired_to_wire(
                     chat_template: prompt.chat_template.clone().unwrap_or_default(),
                 }),
                 assignment_generation: assignment.assignment_generation,
+                // The controller has no policy setting yet: agents prepend.
+                system_prompt_policy: pb::SystemPromptPolicy::Unspecified.into(),
             }),
         heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
     }

@@ -77,7 +77,7 @@ fn string_array<'h>(header: &'h GgufHeader, key: &str) -> Result<Vec<&'h str>, E
 }
 
 /// GPT-2's reversible mapping of bytes to printable characters.
-fn byte_to_char_table() -> [char; 256] {
+pub(crate) fn byte_to_char_table() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut next_extra = 256u32;
     for byte in 0..=255u8 {

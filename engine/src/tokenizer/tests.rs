@@ -4,36 +4,7 @@ use flotilla_gguf::{GgufBuilder, read_header};
 
 use super::*;
 
-pub(crate) fn tiny_tokenizer_builder(builder: GgufBuilder) -> GgufBuilder {
-    let table = byte_to_char_table();
-    let mut tokens: Vec<String> = vec![
-        "<|endoftext|>".into(),
-        "<|im_start|>".into(),
-        "<|im_end|>".into(),
-    ];
-    tokens.extend(table.iter().map(|c| c.to_string()));
-    tokens.extend(
-        [
-            "he", "ll", "hell", "hello", "Ġw", "Ġwo", "Ġworld", "or", "ld", "Ġ",
-        ]
-        .map(String::from),
-    );
-    let mut kinds = vec![3, 3, 3];
-    kinds.extend(std::iter::repeat_n(1, tokens.len() - 3));
-    builder
-        .metadata_str("tokenizer.ggml.model", "gpt2")
-        .metadata_str("tokenizer.ggml.pre", "smollm")
-        .metadata_str_array("tokenizer.ggml.tokens", &tokens)
-        .metadata_i32_array("tokenizer.ggml.token_type", &kinds)
-        .metadata_str_array(
-            "tokenizer.ggml.merges",
-            &[
-                "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld",
-            ],
-        )
-        .metadata_u32("tokenizer.ggml.bos_token_id", 1)
-        .metadata_u32("tokenizer.ggml.eos_token_id", 2)
-}
+pub(crate) use crate::testing::tiny_tokenizer_builder;
 
 fn tiny() -> Tokenizer {
     let bytes = tiny_tokenizer_builder(GgufBuilder::new()).build();

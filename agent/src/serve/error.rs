@@ -1,0 +1,164 @@
+//! The one error type of the inference APIs, and the single place where each
+//! kind of failure maps to an HTTP status and a gRPC code. The OpenAI and
+//! Ollama surfaces only choose the shape of the body around the message.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use flotilla_engine::EngineError;
+
+/// Why an inference request was not answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    /// The request is malformed or a parameter is out of range.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// This node serves another model, or none.
+    #[error("model {requested:?} is not served by this node{}", served_hint(.served))]
+    ModelNotFound {
+        requested: String,
+        /// What this node serves instead (`None`: nothing loaded yet).
+        served: Option<String>,
+    },
+    /// The model's request queue is full.
+    #[error(
+        "model {model:?} is busy: {in_flight} requests are already queued or running; retry later"
+    )]
+    Overloaded {
+        model: String,
+        in_flight: usize,
+        retry_after: Duration,
+    },
+    /// The per-request timeout passed before the generation finished.
+    #[error("the request did not finish within {0:?}")]
+    Timeout(Duration),
+    /// The model is going away (being replaced or unloaded).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an engine failure; the message is safe to show.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn served_hint(served: &Option<String>) -> String {
+    match served {
+        Some(model) => format!(" (it serves {model:?})"),
+        None => " (no model is loaded yet)".to_owned(),
+    }
+}
+
+/// Machine-readable kinds, used as the OpenAI error `code` and in metrics.
+impl ServeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServeError::InvalidRequest(_) => "invalid_request",
+            ServeError::ModelNotFound { .. } => "model_not_found",
+            ServeError::Overloaded { .. } => "overloaded",
+            ServeError::Timeout(_) => "timeout",
+            ServeError::Unavailable(_) => "unavailable",
+            ServeError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            ServeError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ServeError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
+            ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            ServeError::InvalidRequest(_) => tonic::Code::InvalidArgument,
+            ServeError::ModelNotFound { .. } => tonic::Code::NotFound,
+            ServeError::Overloaded { .. } => tonic::Code::ResourceExhausted,
+            ServeError::Timeout(_) => tonic::Code::DeadlineExceeded,
+            ServeError::Unavailable(_) => tonic::Code::Unavailable,
+            ServeError::Internal(_) => tonic::Code::Internal,
+        }
+    }
+
+    /// How long a client should wait before retrying, when that is the advice.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ServeError::Overloaded { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The `Retry-After` header value: whole seconds, at least one.
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        self.retry_after()
+            .map(|after| (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1))
+    }
+
+    pub fn to_grpc_status(&self) -> tonic::Status {
+        let mut status = tonic::Status::new(self.grpc_code(), self.to_string());
+        if let Some(seconds) = self.retry_after_seconds()
+            && let Ok(value) = seconds.to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", value);
+        }
+        status
+    }
+
+    /// Maps an engine failure of one request.
+    pub fn from_engine(error: EngineError) -> ServeError {
+        match error {
+            EngineError::InvalidRequest(_)
+            | EngineError::ContextOverflow { .. }
+            | EngineError::Template(_)
+            | EngineError::Tokenizer(_) => ServeError::InvalidRequest(error.to_string()),
+            EngineError::QueueFull { .. } => ServeError::Internal(error.to_string()),
+            EngineError::ShutDown => {
+                ServeError::Unavailable("the model is being unloaded; retry".to_owned())
+            }
+            other => ServeError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ServeError> for tonic::Status {
+    fn from(error: ServeError) -> Self {
+        error.to_grpc_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_model_and_statuses_agree() {
+        let missing = ServeError::ModelNotFound {
+            requested: "llama".to_owned(),
+            served: Some("smollm2".to_owned()),
+        };
+        assert_eq!(
+            missing.to_string(),
+            "model \"llama\" is not served by this node (it serves \"smollm2\")"
+        );
+        assert_eq!(missing.http_status(), StatusCode::NOT_FOUND);
+        assert_eq!(missing.grpc_code(), tonic::Code::NotFound);
+        let busy = ServeError::Overloaded {
+            model: "smollm2".to_owned(),
+            in_flight: 3,
+            retry_after: Duration::from_millis(1500),
+        };
+        assert_eq!(busy.http_status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(busy.retry_after_seconds(), Some(2));
+        let status = busy.to_grpc_status();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("2")
+        );
+    }
+}

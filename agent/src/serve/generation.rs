@@ -1,0 +1,281 @@
+//! One running generation, shared by every API surface: admission into the
+//! model's queue, submission to the engine's scheduler, and a bridge thread
+//! that carries the engine's blocking event channel into an async one.
+//!
+//! The bridge is also where the per-request rules live: it cancels the
+//! generation when the client goes away (the async receiver is dropped) or
+//! when the per-request timeout passes, and it records the metrics (queue
+//! depth, tokens, time to first token).
+
+use std::sync::Arc;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use flotilla_engine::{EngineError, GenerationEvent, GenerationRequest, RequestHandle};
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use super::ServeConfig;
+use super::error::ServeError;
+use super::metrics;
+use super::models::{Admission, ModelInfo, ModelSlot, ServedModel};
+use super::request::InferenceRequest;
+
+/// How often the bridge looks for a departed client while the engine is
+/// silent (queued, or prefilling a long prompt).
+const DISCONNECT_POLL: Duration = Duration::from_millis(100);
+
+/// Chunks buffered between the bridge and a slow client.
+const CHANNEL_CAPACITY: usize = 64;
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended its turn.
+    Stop,
+    /// A stop sequence appeared (it is not part of the text).
+    StopSequence,
+    /// `max_tokens` or the context window was reached.
+    Length,
+    Cancelled,
+}
+
+impl From<flotilla_engine::FinishReason> for FinishReason {
+    fn from(reason: flotilla_engine::FinishReason) -> Self {
+        match reason {
+            flotilla_engine::FinishReason::EndOfSequence => FinishReason::Stop,
+            flotilla_engine::FinishReason::StopSequence => FinishReason::StopSequence,
+            flotilla_engine::FinishReason::Length => FinishReason::Length,
+            flotilla_engine::FinishReason::Cancelled => FinishReason::Cancelled,
+        }
+    }
+}
+
+/// The end of a generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// From admission (queue wait included) to the first generated token.
+    pub time_to_first_token: Duration,
+    pub total_time: Duration,
+}
+
+/// A piece of a generation's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// Text that became final (never empty).
+    Text(String),
+    /// The last chunk.
+    Finished(Finished),
+}
+
+/// A whole answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub text: String,
+    pub finished: Finished,
+}
+
+/// A generation that the engine accepted and started: its first chunk (or
+/// error) is already known, so a surface can still choose its status code.
+#[derive(Debug)]
+pub struct Generation {
+    pub model: ModelInfo,
+    first: Option<Result<Chunk, ServeError>>,
+    events: mpsc::Receiver<Result<Chunk, ServeError>>,
+}
+
+impl Generation {
+    /// Validates `request`, admits it into its model's queue and waits for
+    /// its first output. Errors before any output (unknown model, bad
+    /// parameters, full queue, prompt too long) come back here.
+    pub async fn start(
+        slot: &ModelSlot,
+        config: &ServeConfig,
+        request: InferenceRequest,
+    ) -> Result<Generation, ServeError> {
+        let served = slot.get(&request.model)?;
+        let (handle, admission) = Self::submit(&served, config, request).inspect_err(|error| {
+            // Failures after this point are counted by the bridge.
+            metrics::request_finished(&served.info().name, error.code());
+        })?;
+        let model = served.info().clone();
+        metrics::queue_depth(&model.name, served.in_flight());
+        let (sender, mut events) = mpsc::channel(CHANNEL_CAPACITY);
+        let bridge = Bridge {
+            served,
+            handle,
+            sender,
+            deadline: Instant::now() + config.request_timeout,
+            timeout: config.request_timeout,
+            started: Instant::now(),
+            admission: Some(admission),
+        };
+        tokio::task::spawn_blocking(move || bridge.run());
+        let first = events.recv().await.unwrap_or_else(|| {
+            Err(ServeError::Internal(
+                "the generation ended without output".to_owned(),
+            ))
+        })?;
+        Ok(Generation {
+            model,
+            first: Some(Ok(first)),
+            events,
+        })
+    }
+
+    /// Checks the request, takes a place in the queue and hands the request
+    /// to the engine.
+    fn submit(
+        served: &ServedModel,
+        config: &ServeConfig,
+        request: InferenceRequest,
+    ) -> Result<(RequestHandle, Admission), ServeError> {
+        request.params.validate()?;
+        let mut engine_request = GenerationRequest::new(served.prompt(request.input)?);
+        engine_request.sampling = request.params.sampling();
+        engine_request.max_tokens = request
+            .params
+            .max_tokens
+            .map_or(config.default_max_tokens, |max| max as usize);
+        engine_request.stop = request.params.stop;
+        let admission = served.admit(config.retry_after)?;
+        let handle = match served.scheduler()?.submit(engine_request) {
+            Ok(handle) => handle,
+            Err(EngineError::QueueFull { .. }) => {
+                return Err(ServeError::Overloaded {
+                    model: served.info().name.clone(),
+                    in_flight: served.in_flight(),
+                    retry_after: config.retry_after,
+                });
+            }
+            Err(error) => return Err(ServeError::from_engine(error)),
+        };
+        Ok((handle, admission))
+    }
+
+    /// The next chunk; `None` after the `Finished` chunk or an error.
+    pub async fn next(&mut self) -> Option<Result<Chunk, ServeError>> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        self.events.recv().await
+    }
+
+    /// Collects the whole answer.
+    pub async fn complete(mut self) -> Result<Completion, ServeError> {
+        let mut text = String::new();
+        while let Some(chunk) = self.next().await {
+            match chunk? {
+                Chunk::Text(piece) => text.push_str(&piece),
+                Chunk::Finished(finished) => return Ok(Completion { text, finished }),
+            }
+        }
+        Err(ServeError::Internal(
+            "the generation ended without a result".to_owned(),
+        ))
+    }
+
+    /// The remaining chunks as a stream; dropping it cancels the generation.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Chunk, ServeError>> + Send + 'static {
+        futures::stream::unfold(self, |mut generation| async move {
+            generation.next().await.map(|chunk| (chunk, generation))
+        })
+    }
+}
+
+/// Carries one request's engine events to its async receiver.
+struct Bridge {
+    served: Arc<ServedModel>,
+    handle: RequestHandle,
+    sender: mpsc::Sender<Result<Chunk, ServeError>>,
+    deadline: Instant,
+    timeout: Duration,
+    started: Instant,
+    /// Released as soon as the engine is done with the request.
+    admission: Option<Admission>,
+}
+
+impl Bridge {
+    fn run(mut self) {
+        let model = self.served.info().name.clone();
+        let outcome = self.forward(&model);
+        // The request left the engine: free its place before telling anyone.
+        self.admission.take();
+        metrics::queue_depth(&model, self.served.in_flight());
+        let code = match &outcome {
+            Ok(Some(_)) => "ok",
+            Ok(None) => "cancelled",
+            Err(error) => error.code(),
+        };
+        metrics::request_finished(&model, code);
+        match outcome {
+            Ok(Some(finished)) => {
+                let _ = self.sender.blocking_send(Ok(Chunk::Finished(finished)));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                let _ = self.sender.blocking_send(Err(error));
+            }
+        }
+    }
+
+    /// Forwards text until the end; `Ok(None)` when the client went away.
+    fn forward(&mut self, model: &str) -> Result<Option<Finished>, ServeError> {
+        let mut first_token_at: Option<Instant> = None;
+        loop {
+            if self.sender.is_closed() {
+                self.handle.cancel.cancel();
+                return Ok(None);
+            }
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                self.handle.cancel.cancel();
+                return Err(ServeError::Timeout(self.timeout));
+            }
+            match self
+                .handle
+                .events
+                .recv_timeout(remaining.min(DISCONNECT_POLL))
+            {
+                Ok(GenerationEvent::Token(token)) => {
+                    if first_token_at.is_none() {
+                        let now = Instant::now();
+                        first_token_at = Some(now);
+                        metrics::time_to_first_token(model, now - self.started);
+                    }
+                    metrics::tokens_generated(model, 1);
+                    if !token.text.is_empty()
+                        && self
+                            .sender
+                            .blocking_send(Ok(Chunk::Text(token.text)))
+                            .is_err()
+                    {
+                        self.handle.cancel.cancel();
+                        return Ok(None);
+                    }
+                }
+                Ok(GenerationEvent::Finished(output)) => {
+                    metrics::prompt_tokens(model, output.prompt_tokens);
+                    return Ok(Some(Finished {
+                        reason: output.finish_reason.into(),
+                        prompt_tokens: output.prompt_tokens,
+                        completion_tokens: output.tokens.len(),
+                        time_to_first_token: first_token_at
+                            .map_or(output.time_to_first_token, |at| at - self.started),
+                        total_time: self.started.elapsed(),
+                    }));
+                }
+                Ok(GenerationEvent::Failed(error)) => return Err(ServeError::from_engine(error)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(ServeError::Unavailable(
+                        "the model was unloaded during the request; retry".to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The gRPC edge: `flotilla.inference.v1.Inference`, the standard
+//! `grpc.health.v1` service and server reflection (so `grpcurl` works without
+//! the .proto files). Wire messages are converted to domain requests here,
+//! once, on the way in.
+
+use std::pin::Pin;
+
+use flotilla_proto::inference::v1 as pb;
+use futures::{Stream, StreamExt};
+use pb::inference_server::{Inference, InferenceServer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use super::{
+    Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Role,
+    ServeError, Serving,
+};
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateResponse, Status>> + Send>>;
+
+struct InferenceService {
+    serving: Serving,
+}
+
+fn params(options: Option<pb::SamplingOptions>) -> Params {
+    let options = options.unwrap_or_default();
+    Params {
+        max_tokens: options.max_tokens,
+        temperature: options.temperature,
+        top_p: options.top_p,
+        top_k: options.top_k,
+        repetition_penalty: options.repetition_penalty,
+        seed: options.seed,
+        stop: options.stop,
+    }
+}
+
+impl TryFrom<pb::GenerateRequest> for InferenceRequest {
+    type Error = ServeError;
+
+    fn try_from(wire: pb::GenerateRequest) -> Result<Self, ServeError> {
+        if wire.prompt.is_empty() {
+            return Err(ServeError::InvalidRequest(
+                "prompt must not be empty".to_owned(),
+            ));
+        }
+        Ok(InferenceRequest {
+            model: wire.model,
+            input: Input::Text(wire.prompt),
+            params: params(wire.options),
+        })
+    }
+}
+
+impl TryFrom<pb::ChatRequest> for InferenceRequest {
+    type Error = ServeError;
+
+    fn try_from(wire: pb::ChatRequest) -> Result<Self, ServeError> {
+        if wire.messages.is_empty() {
+            return Err(ServeError::InvalidRequest(
+                "messages must not be empty".to_owned(),
+            ));
+        }
+        let messages = wire
+            .messages
+            .into_iter()
+            .map(|message| Ok(Message::new(Role::parse(&message.role)?, message.content)))
+            .collect::<Result<Vec<_>, ServeError>>()?;
+        Ok(InferenceRequest {
+            model: wire.model,
+            input: Input::Chat(messages),
+            params: params(wire.options),
+        })
+    }
+}
+
+fn finish_reason(reason: FinishReason) -> pb::FinishReason {
+    match reason {
+        FinishReason::Stop => pb::FinishReason::Stop,
+        FinishReason::StopSequence => pb::FinishReason::StopSequence,
+        FinishReason::Length => pb::FinishReason::Length,
+        FinishReason::Cancelled => pb::FinishReason::Cancelled,
+    }
+}
+
+fn saturating_u32(value: u128) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+fn usage(finished: &Finished) -> pb::Usage {
+    pb::Usage {
+        prompt_tokens: saturating_u32(finished.prompt_tokens as u128),
+        completion_tokens: saturating_u32(finished.completion_tokens as u128),
+        total_tokens: saturating_u32((finished.prompt_tokens + finished.completion_tokens) as u128),
+        time_to_first_token_ms: saturating_u32(finished.time_to_first_token.as_millis()),
+        total_time_ms: saturating_u32(finished.total_time.as_millis()),
+    }
+}
+
+impl InferenceService {
+    async fn stream(&self, request: InferenceRequest) -> Result<ResponseStream, Status> {
+        let generation =
+            Generation::start(&self.serving.slot, &self.serving.config, request).await?;
+        let model = generation.model.name.clone();
+        let stream = generation.into_stream().map(move |item| match item {
+            Ok(Chunk::Text(text)) => Ok(pb::GenerateResponse {
+                model: model.clone(),
+                text,
+                done: false,
+                finish_reason: pb::FinishReason::Unspecified.into(),
+                usage: None,
+            }),
+            Ok(Chunk::Finished(finished)) => Ok(pb::GenerateResponse {
+                model: model.clone(),
+                text: String::new(),
+                done: true,
+                finish_reason: finish_reason(finished.reason).into(),
+                usage: Some(usage(&finished)),
+            }),
+            Err(error) => Err(error.to_grpc_status()),
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+#[tonic::async_trait]
+impl Inference for InferenceService {
+    type GenerateStream = ResponseStream;
+    type ChatStream = ResponseStream;
+
+    async fn generate(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let request = InferenceRequest::try_from(request.into_inner())?;
+        Ok(Response::new(self.stream(request).await?))
+    }
+
+    async fn chat(
+        &self,
+        request: Request<pb::ChatRequest>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        let request = InferenceRequest::try_from(request.into_inner())?;
+        Ok(Response::new(self.stream(request).await?))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let models = self
+            .serving
+            .slot
+            .current()
+            .map(|model| {
+                let info = model.info();
+                pb::Model {
+                    name: info.name.clone(),
+                    version: info.version.clone(),
+                    quantization: info.quantization.clone(),
+                    digest: info.digest.to_hex(),
+                    size_bytes: info.size_bytes,
+                    local: true,
+                    context_length: saturating_u32(info.context_length as u128),
+                }
+            })
+            .into_iter()
+            .collect();
+        Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+}
+
+pub(super) async fn serve(
+    listener: TcpListener,
+    serving: Serving,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<InferenceServer<InferenceService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InferenceServer::new(InferenceService { serving }))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
+        .await?;
+    Ok(())
+}

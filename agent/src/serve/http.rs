@@ -1,0 +1,102 @@
+//! The HTTP server: one axum router with the OpenAI-compatible routes under
+//! `/v1`, the Ollama-compatible ones under `/api`, and `/metrics`. Bodies are
+//! read as bytes and parsed here, so a malformed body gets a 400 in the
+//! surface's own error shape rather than axum's plain-text rejection.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
+
+use super::{ServeError, Serving, ollama, openai};
+
+#[derive(Clone)]
+pub(super) struct HttpState {
+    pub serving: Serving,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/version", get(ollama::version))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/chat", post(ollama::chat))
+        .route("/metrics", get(prometheus_metrics))
+        // Ollama answers its root so that clients can probe it.
+        .route(
+            "/",
+            get(|| async { "Ollama-compatible Flotilla agent is running" }),
+        )
+        .fallback(not_found)
+        .with_state(HttpState { serving, metrics })
+}
+
+/// Parses a JSON body; the error names what was wrong.
+pub(super) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServeError> {
+    if body.is_empty() {
+        return Err(ServeError::InvalidRequest(
+            "the request body is empty; expected a JSON object".to_owned(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|error| ServeError::InvalidRequest(format!("invalid JSON body: {error}")))
+}
+
+/// Seconds since the Unix epoch.
+pub(super) fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Adds `Retry-After` when the error advises one.
+pub(super) fn with_retry_after(error: &ServeError, mut response: Response) -> Response {
+    if let Some(seconds) = error.retry_after_seconds()
+        && let Ok(value) = seconds.to_string().parse()
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+async fn prometheus_metrics(State(state): State<HttpState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+    }
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let message = format!("no route for {}", uri.path());
+    if uri.path().starts_with("/v1/") {
+        openai::error_response(&ServeError::InvalidRequest(message))
+            .map_status(StatusCode::NOT_FOUND)
+    } else {
+        ollama::error_response(&ServeError::InvalidRequest(message))
+            .map_status(StatusCode::NOT_FOUND)
+    }
+}
+
+/// Overrides a response's status.
+pub(super) trait MapStatus {
+    fn map_status(self, status: StatusCode) -> Response;
+}
+
+impl MapStatus for Response {
+    fn map_status(mut self, status: StatusCode) -> Response {
+        *self.status_mut() = status;
+        self
+    }
+}

@@ -1,0 +1,128 @@
+//! Inference serving on this node: the model it serves and the APIs clients
+//! reach it through (DESIGN.md §5 and §7).
+//!
+//! - [`models`]: [`ModelSlot`] (the served model, swapped in one step) and
+//!   [`EngineActivator`] (the reconciler's activator: load, warm up, swap).
+//! - [`request`]: requests as plain domain types, validated once.
+//! - [`generation`]: one running generation: admission into the bounded
+//!   queue, cancellation when the client goes away, the per-request timeout,
+//!   metrics.
+//! - [`error`]: [`ServeError`], mapped to HTTP and gRPC statuses in one place.
+//! - `http` (axum): the OpenAI-compatible `/v1/*` (`openai`) and the
+//!   Ollama-compatible `/api/*` (`ollama`) on one port, plus `/metrics`.
+//! - `grpc` (tonic): `flotilla.inference.v1.Inference`, `grpc.health.v1`
+//!   and server reflection.
+//!
+//! The servers take pre-bound listeners and a shutdown token, so tests bind
+//! port 0. Nothing here is persisted. Routing to peers (for models this node
+//! does not serve) is not built yet: such requests get a not-found that names
+//! the model.
+
+pub mod error;
+pub mod generation;
+mod grpc;
+mod http;
+pub mod metrics;
+pub mod models;
+mod ollama;
+mod openai;
+pub mod request;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ServeError;
+pub use generation::{Chunk, Completion, FinishReason, Finished, Generation};
+pub use models::{EngineActivator, ModelInfo, ModelSlot, ServedModel};
+pub use request::{InferenceRequest, Input, Message, Params, Role};
+
+/// Where the OpenAI/Ollama-compatible HTTP API listens unless told otherwise
+/// (Ollama's port, so tools written for Ollama work unchanged).
+pub const DEFAULT_HTTP_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 11434);
+/// Where the gRPC inference API listens unless told otherwise.
+pub const DEFAULT_GRPC_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50052);
+
+/// Limits and defaults of inference serving.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Requests that may wait for a decoding slot, per model.
+    pub queue_capacity: usize,
+    /// Sequences decoded together in one forward pass.
+    pub max_batch: usize,
+    /// A request still running after this long is cancelled.
+    pub request_timeout: Duration,
+    /// New tokens when a request does not say.
+    pub default_max_tokens: usize,
+    /// What a refused request is told to wait (`Retry-After`).
+    pub retry_after: Duration,
+    /// Kernel threads per loaded model (`None`: all cores).
+    pub engine_threads: Option<usize>,
+    /// How long the warm-up generation of a new model may take.
+    pub warm_up_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            queue_capacity: 16,
+            max_batch: 4,
+            request_timeout: Duration::from_secs(300),
+            default_max_tokens: 512,
+            retry_after: Duration::from_secs(1),
+            engine_threads: None,
+            warm_up_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What both servers share.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    pub slot: Arc<ModelSlot>,
+    pub config: Arc<ServeConfig>,
+}
+
+impl Serving {
+    pub fn new(config: ServeConfig) -> Serving {
+        Serving {
+            slot: Arc::new(ModelSlot::new()),
+            config: Arc::new(config),
+        }
+    }
+
+    /// The reconciler's activator that fills this slot.
+    pub fn activator(&self) -> EngineActivator {
+        EngineActivator::new(self.slot.clone(), self.config.clone())
+    }
+}
+
+/// Serves the OpenAI- and Ollama-compatible HTTP API on `listener` until
+/// `shutdown`; `/metrics` renders `metrics` when given.
+pub async fn serve_http(
+    listener: TcpListener,
+    serving: Serving,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = http::router(serving, metrics);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Serves `flotilla.inference.v1.Inference`, health and reflection on
+/// `listener` until `shutdown`.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    serving: Serving,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    grpc::serve(listener, serving, shutdown).await
+}

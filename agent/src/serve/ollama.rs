@@ -1,0 +1,325 @@
+//! Ollama-compatible routes: `/api/generate`, `/api/chat` (NDJSON streaming
+//! by default, one JSON object with `"stream": false`), `/api/tags` and
+//! `/api/version`. The DTOs are Ollama's wire shapes, converted to
+//! [`InferenceRequest`] on the way in. Errors are `{"error": "..."}`.
+//!
+//! As in Ollama, `/api/generate` renders the prompt with the chat template
+//! (as a user turn, after `system`) unless `"raw": true`.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
+
+use super::http::{HttpState, parse_json, with_retry_after};
+use super::{
+    Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Role,
+    ServeError,
+};
+
+#[derive(Debug, Default, Deserialize)]
+struct Options {
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    seed: Option<i64>,
+    num_predict: Option<i64>,
+    stop: Option<Vec<String>>,
+    repeat_penalty: Option<f32>,
+}
+
+impl Options {
+    fn params(self) -> Result<Params, ServeError> {
+        let max_tokens = match self.num_predict {
+            None => None,
+            // Ollama: -1 is unbounded, -2 fills the context; both end when
+            // the context is full here.
+            Some(-1 | -2) => Some(u32::MAX),
+            Some(n) if n > 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            Some(n) => {
+                return Err(ServeError::InvalidRequest(format!(
+                    "num_predict {n} must be positive, -1 or -2"
+                )));
+            }
+        };
+        Ok(Params {
+            max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repeat_penalty,
+            // Ollama's seed is an int; a negative one means random.
+            seed: self.seed.and_then(|seed| u64::try_from(seed).ok()),
+            stop: self.stop.unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct GenerateRequest {
+    model: String,
+    #[serde(default)]
+    prompt: String,
+    system: Option<String>,
+    #[serde(default)]
+    raw: bool,
+    stream: Option<bool>,
+    #[serde(default)]
+    options: Options,
+    #[serde(default)]
+    images: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessageIn {
+    role: String,
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    images: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    model: String,
+    #[serde(default)]
+    messages: Vec<ChatMessageIn>,
+    stream: Option<bool>,
+    #[serde(default)]
+    options: Options,
+}
+
+/// `{"error": "..."}` with the status and `Retry-After` the error maps to.
+pub(super) fn error_response(error: &ServeError) -> Response {
+    with_retry_after(
+        error,
+        (
+            error.http_status(),
+            Json(json!({"error": error.to_string()})),
+        )
+            .into_response(),
+    )
+}
+
+fn no_images(images: &[Value]) -> Result<(), ServeError> {
+    if images.is_empty() {
+        Ok(())
+    } else {
+        Err(ServeError::InvalidRequest(
+            "images are not supported: the served models are text-only".to_owned(),
+        ))
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Generate,
+    Chat,
+}
+
+pub(super) async fn generate(State(state): State<HttpState>, body: Bytes) -> Response {
+    let parsed = parse_json::<GenerateRequest>(&body).and_then(|request| {
+        no_images(&request.images)?;
+        let stream = request.stream.unwrap_or(true);
+        let input = if request.raw {
+            Input::Text(request.prompt.clone())
+        } else {
+            let mut messages = Vec::new();
+            if let Some(system) = request.system.filter(|system| !system.is_empty()) {
+                messages.push(Message::new(Role::System, system));
+            }
+            messages.push(Message::new(Role::User, request.prompt.clone()));
+            Input::Chat(messages)
+        };
+        Ok((
+            request.prompt.is_empty(),
+            InferenceRequest {
+                model: request.model,
+                input,
+                params: request.options.params()?,
+            },
+            stream,
+        ))
+    });
+    let (empty_prompt, request, stream) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return error_response(&error),
+    };
+    if empty_prompt {
+        // Ollama's way to preload a model: answer that it is loaded.
+        return match state.serving.slot.get(&request.model) {
+            Ok(model) => Json(json!({
+                "model": model.info().name,
+                "created_at": now_rfc3339(),
+                "response": "",
+                "done": true,
+                "done_reason": "load",
+            }))
+            .into_response(),
+            Err(error) => error_response(&error),
+        };
+    }
+    respond(state, Kind::Generate, request, stream).await
+}
+
+pub(super) async fn chat(State(state): State<HttpState>, body: Bytes) -> Response {
+    let parsed = parse_json::<ChatRequest>(&body).and_then(|request| {
+        if request.messages.is_empty() {
+            return Err(ServeError::InvalidRequest(
+                "messages must not be empty".to_owned(),
+            ));
+        }
+        let messages = request
+            .messages
+            .into_iter()
+            .map(|message| {
+                no_images(&message.images)?;
+                Ok(Message::new(Role::parse(&message.role)?, message.content))
+            })
+            .collect::<Result<Vec<_>, ServeError>>()?;
+        Ok((
+            InferenceRequest {
+                model: request.model,
+                input: Input::Chat(messages),
+                params: request.options.params()?,
+            },
+            request.stream.unwrap_or(true),
+        ))
+    });
+    let (request, stream) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return error_response(&error),
+    };
+    respond(state, Kind::Chat, request, stream).await
+}
+
+async fn respond(
+    state: HttpState,
+    kind: Kind,
+    request: InferenceRequest,
+    stream: bool,
+) -> Response {
+    let generation =
+        match Generation::start(&state.serving.slot, &state.serving.config, request).await {
+            Ok(generation) => generation,
+            Err(error) => return error_response(&error),
+        };
+    let model = generation.model.name.clone();
+    if !stream {
+        return match generation.complete().await {
+            Ok(completion) => Json(final_object(
+                kind,
+                &model,
+                &completion.text,
+                &completion.finished,
+            ))
+            .into_response(),
+            Err(error) => error_response(&error),
+        };
+    }
+    let lines = generation.into_stream().map(move |item| {
+        let value = match item {
+            Ok(Chunk::Text(text)) => piece(kind, &model, &text),
+            Ok(Chunk::Finished(finished)) => final_object(kind, &model, "", &finished),
+            Err(error) => json!({"error": error.to_string()}),
+        };
+        let mut line = value.to_string();
+        line.push('\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+fn piece(kind: Kind, model: &str, text: &str) -> Value {
+    match kind {
+        Kind::Generate => json!({
+            "model": model,
+            "created_at": now_rfc3339(),
+            "response": text,
+            "done": false,
+        }),
+        Kind::Chat => json!({
+            "model": model,
+            "created_at": now_rfc3339(),
+            "message": {"role": "assistant", "content": text},
+            "done": false,
+        }),
+    }
+}
+
+/// The last object: `done`, the reason, Ollama's counts and durations (ns).
+fn final_object(kind: Kind, model: &str, text: &str, finished: &Finished) -> Value {
+    let mut value = piece(kind, model, text);
+    let nanos =
+        |duration: std::time::Duration| u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    value["done"] = json!(true);
+    value["done_reason"] = json!(match finished.reason {
+        FinishReason::Stop | FinishReason::StopSequence | FinishReason::Cancelled => "stop",
+        FinishReason::Length => "length",
+    });
+    value["total_duration"] = json!(nanos(finished.total_time));
+    value["load_duration"] = json!(0);
+    value["prompt_eval_count"] = json!(finished.prompt_tokens);
+    value["prompt_eval_duration"] = json!(nanos(finished.time_to_first_token));
+    value["eval_count"] = json!(finished.completion_tokens);
+    value["eval_duration"] = json!(nanos(
+        finished
+            .total_time
+            .saturating_sub(finished.time_to_first_token)
+    ));
+    value
+}
+
+pub(super) async fn tags(State(state): State<HttpState>) -> Response {
+    let models: Vec<Value> = state
+        .serving
+        .slot
+        .current()
+        .map(|model| {
+            let info = model.info();
+            let modified_at = time::OffsetDateTime::from(info.loaded_at)
+                .format(&Rfc3339)
+                .unwrap_or_default();
+            json!({
+                "name": info.name,
+                "model": info.name,
+                "modified_at": modified_at,
+                "size": info.size_bytes,
+                "digest": info.digest.to_hex(),
+                "details": {
+                    "parent_model": "",
+                    "format": "gguf",
+                    "family": "llama",
+                    "families": ["llama"],
+                    "parameter_size": "",
+                    "quantization_level": info.quantization,
+                },
+                "version": info.version,
+                "local": true,
+            })
+        })
+        .into_iter()
+        .collect();
+    Json(json!({ "models": models })).into_response()
+}
+
+pub(super) async fn version() -> Response {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")})).into_response()
+}

@@ -1,0 +1,442 @@
+//! OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions` and
+//! `/v1/models`, non-streaming and streaming (server-sent events ending with
+//! `data: [DONE]`). The DTOs here are the OpenAI wire shapes; they are
+//! converted to [`InferenceRequest`] on the way in. Errors use OpenAI's
+//! `{"error": {"message", "type", "param", "code"}}` body.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::http::{HttpState, parse_json, unix_seconds, with_retry_after};
+use super::{
+    Chunk, Completion, FinishReason, Finished, Generation, InferenceRequest, Input, Message,
+    Params, Role, ServeError,
+};
+
+/// `stop`: one string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopField {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            StopField::One(stop) => vec![stop],
+            StopField::Many(stops) => stops,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// What both endpoints accept besides their prompt.
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: String,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<StopField>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    n: Option<u32>,
+}
+
+impl Common {
+    fn params(self) -> Result<(String, Params, bool, bool), ServeError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ServeError::InvalidRequest(
+                "n must be 1: one choice per request is supported".to_owned(),
+            ));
+        }
+        let params = Params {
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop: self.stop.map(StopField::into_vec).unwrap_or_default(),
+            ..Params::default()
+        };
+        let include_usage = self
+            .stream_options
+            .is_some_and(|options| options.include_usage);
+        Ok((self.model, params, self.stream, include_usage))
+    }
+}
+
+/// Message content: a string, or a list of parts of which the text ones count.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessageIn {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatCompletionRequest {
+    messages: Vec<ChatMessageIn>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PromptField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    prompt: PromptField,
+    #[serde(flatten)]
+    common: Common,
+}
+
+fn chat_messages(messages: Vec<ChatMessageIn>) -> Result<Vec<Message>, ServeError> {
+    if messages.is_empty() {
+        return Err(ServeError::InvalidRequest(
+            "messages must not be empty".to_owned(),
+        ));
+    }
+    messages
+        .into_iter()
+        .map(|message| {
+            let role = Role::parse(&message.role)?;
+            let content = match message.content {
+                None => String::new(),
+                Some(Content::Text(text)) => text,
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for part in parts {
+                        if part.kind != "text" {
+                            return Err(ServeError::InvalidRequest(format!(
+                                "content parts of type {:?} are not supported; only text",
+                                part.kind
+                            )));
+                        }
+                        text.push_str(part.text.as_deref().unwrap_or(""));
+                    }
+                    text
+                }
+            };
+            Ok(Message { role, content })
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    total_tokens: usize,
+}
+
+impl From<&Finished> for Usage {
+    fn from(finished: &Finished) -> Self {
+        Usage {
+            prompt_tokens: finished.prompt_tokens,
+            completion_tokens: finished.completion_tokens,
+            total_tokens: finished.prompt_tokens + finished.completion_tokens,
+        }
+    }
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop | FinishReason::StopSequence | FinishReason::Cancelled => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+/// `{"error": {...}}` with the status and `Retry-After` the error maps to.
+pub(super) fn error_response(error: &ServeError) -> Response {
+    let kind = match error {
+        ServeError::InvalidRequest(_) | ServeError::ModelNotFound { .. } => "invalid_request_error",
+        ServeError::Overloaded { .. } => "rate_limit_error",
+        ServeError::Timeout(_) | ServeError::Unavailable(_) | ServeError::Internal(_) => {
+            "server_error"
+        }
+    };
+    let param = match error {
+        ServeError::ModelNotFound { .. } => Value::from("model"),
+        _ => Value::Null,
+    };
+    let body = json!({
+        "error": {
+            "message": error.to_string(),
+            "type": kind,
+            "param": param,
+            "code": error.code(),
+        }
+    });
+    with_retry_after(error, (error.http_status(), Json(body)).into_response())
+}
+
+/// What differs between the chat and the text completion endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+impl Kind {
+    fn id(self) -> String {
+        let prefix = match self {
+            Kind::Chat => "chatcmpl",
+            Kind::Text => "cmpl",
+        };
+        format!("{prefix}-{:016x}", rand::random::<u64>())
+    }
+}
+
+pub(super) async fn chat_completions(State(state): State<HttpState>, body: Bytes) -> Response {
+    let parsed = parse_json::<ChatCompletionRequest>(&body).and_then(|request| {
+        let messages = chat_messages(request.messages)?;
+        let (model, params, stream, include_usage) = request.common.params()?;
+        Ok((
+            InferenceRequest {
+                model,
+                input: Input::Chat(messages),
+                params,
+            },
+            stream,
+            include_usage,
+        ))
+    });
+    respond(state, Kind::Chat, parsed).await
+}
+
+pub(super) async fn completions(State(state): State<HttpState>, body: Bytes) -> Response {
+    let parsed = parse_json::<CompletionRequest>(&body).and_then(|request| {
+        let prompt = match request.prompt {
+            PromptField::One(prompt) => prompt,
+            PromptField::Many(mut prompts) if prompts.len() == 1 => prompts.remove(0),
+            PromptField::Many(_) => {
+                return Err(ServeError::InvalidRequest(
+                    "prompt must be one string: batches of prompts are not supported".to_owned(),
+                ));
+            }
+        };
+        if prompt.is_empty() {
+            return Err(ServeError::InvalidRequest(
+                "prompt must not be empty".to_owned(),
+            ));
+        }
+        let (model, params, stream, include_usage) = request.common.params()?;
+        Ok((
+            InferenceRequest {
+                model,
+                input: Input::Text(prompt),
+                params,
+            },
+            stream,
+            include_usage,
+        ))
+    });
+    respond(state, Kind::Text, parsed).await
+}
+
+async fn respond(
+    state: HttpState,
+    kind: Kind,
+    parsed: Result<(InferenceRequest, bool, bool), ServeError>,
+) -> Response {
+    let (request, stream, include_usage) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return error_response(&error),
+    };
+    let generation =
+        match Generation::start(&state.serving.slot, &state.serving.config, request).await {
+            Ok(generation) => generation,
+            Err(error) => return error_response(&error),
+        };
+    let id = kind.id();
+    let model = generation.model.name.clone();
+    let created = unix_seconds(std::time::SystemTime::now());
+    if stream {
+        let events = sse_events(generation, kind, id, model, created, include_usage);
+        return Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response();
+    }
+    match generation.complete().await {
+        Ok(completion) => Json(whole(kind, &id, &model, created, &completion)).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+fn whole(kind: Kind, id: &str, model: &str, created: u64, completion: &Completion) -> Value {
+    let reason = finish_reason(completion.finished.reason);
+    let usage = Usage::from(&completion.finished);
+    match kind {
+        Kind::Chat => json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "logprobs": null,
+                "finish_reason": reason,
+            }],
+            "usage": usage,
+        }),
+        Kind::Text => json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "text": completion.text,
+                "logprobs": null,
+                "finish_reason": reason,
+            }],
+            "usage": usage,
+        }),
+    }
+}
+
+/// One streamed chunk object.
+fn chunk(
+    kind: Kind,
+    id: &str,
+    model: &str,
+    created: u64,
+    text: Option<&str>,
+    reason: Option<&str>,
+) -> Value {
+    match kind {
+        Kind::Chat => {
+            let delta = match text {
+                Some(text) => json!({"role": "assistant", "content": text}),
+                None => json!({}),
+            };
+            json!({
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}],
+            })
+        }
+        Kind::Text => json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": reason}],
+        }),
+    }
+}
+
+fn data(value: &Value) -> Result<Event, Infallible> {
+    Ok(Event::default().data(value.to_string()))
+}
+
+/// The SSE body: text chunks, a final chunk with the finish reason (and the
+/// usage, as llama.cpp's server also sends it), an optional usage-only chunk
+/// when `stream_options.include_usage` asked for it, then `[DONE]`. A
+/// failure after the first byte becomes an `error` object, then `[DONE]`.
+fn sse_events(
+    generation: Generation,
+    kind: Kind,
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let opening = match kind {
+        // The first chat chunk names the role, as OpenAI's does.
+        Kind::Chat => Some(data(&chunk(kind, &id, &model, created, Some(""), None))),
+        Kind::Text => None,
+    };
+    let body = generation.into_stream().flat_map(move |item| {
+        let events: Vec<Result<Event, Infallible>> = match item {
+            Ok(Chunk::Text(text)) => {
+                vec![data(&chunk(kind, &id, &model, created, Some(&text), None))]
+            }
+            Ok(Chunk::Finished(finished)) => {
+                let mut last = chunk(
+                    kind,
+                    &id,
+                    &model,
+                    created,
+                    None,
+                    Some(finish_reason(finished.reason)),
+                );
+                last["usage"] = json!(Usage::from(&finished));
+                let mut events = vec![data(&last)];
+                if include_usage {
+                    let mut usage = chunk(kind, &id, &model, created, None, None);
+                    usage["choices"] = json!([]);
+                    usage["usage"] = json!(Usage::from(&finished));
+                    events.push(data(&usage));
+                }
+                events.push(Ok(Event::default().data("[DONE]")));
+                events
+            }
+            Err(error) => vec![
+                data(&json!({"error": {"message": error.to_string(), "type": "server_error", "code": error.code()}})),
+                Ok(Event::default().data("[DONE]")),
+            ],
+        };
+        futures::stream::iter(events)
+    });
+    futures::stream::iter(opening).chain(body)
+}
+
+pub(super) async fn list_models(State(state): State<HttpState>) -> Response {
+    let data: Vec<Value> = state
+        .serving
+        .slot
+        .current()
+        .map(|model| {
+            let info = model.info();
+            json!({
+                "id": info.name,
+                "object": "model",
+                "created": unix_seconds(info.loaded_at),
+                "owned_by": "flotilla",
+                "version": info.version,
+                "quantization": info.quantization,
+                "local": true,
+            })
+        })
+        .into_iter()
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}

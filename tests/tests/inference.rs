@@ -1,0 +1,310 @@
+//! Inference end to end with real processes: a controller, the real SmolLM2
+//! GGUF pushed with the CLI and assigned to one agent, which loads it, warms
+//! it up and serves it. The same chat question then goes over gRPC, the
+//! OpenAI-compatible HTTP API and the Ollama-compatible one, streamed and
+//! whole, and each answer must be coherent; a model the node does not serve
+//! gets a not-found that names it.
+//!
+//! (Routing to peers, the rollout engine and third-party clients come later;
+//! the HTTP and gRPC surfaces are tested in detail in `agent/tests/serve.rs`.)
+
+use std::time::Duration;
+
+use flotilla_proto::inference::v1 as pb;
+use flotilla_tests::{AgentProcess, ControllerProcess, flotilla, test_model, wait_until};
+use serde_json::{Value, json};
+
+const MODEL: &str = "smollm2-135m-instruct";
+/// Upload, download and load of 100 MB on loopback, in a debug build.
+const WAIT: Duration = Duration::from_secs(180);
+/// The engine's own real-model test asks the same (135M parameters know Berlin;
+/// their French geography is shakier).
+const QUESTION: &str = "What is the capital of Germany?";
+
+fn cli(
+    controller: &ControllerProcess,
+    home: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let output = flotilla(&controller.rest_url, &controller.admin_token()?, home, args)?;
+    anyhow::ensure!(
+        output.status.success(),
+        "flotilla {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+fn node_phase(
+    controller: &ControllerProcess,
+    home: &std::path::Path,
+    name: &str,
+) -> Option<String> {
+    let listed: Value =
+        serde_json::from_str(&cli(controller, home, &["node", "ls", "--output", "json"]).ok()?)
+            .ok()?;
+    listed["items"]
+        .as_array()?
+        .iter()
+        .find(|node| node["name"] == name)
+        .map(|node| node["observed"]["phase"].as_str().unwrap_or("").to_owned())
+}
+
+/// A coherent answer to [`QUESTION`] from a 135M model: it names the city.
+fn assert_coherent(api: &str, answer: &str) {
+    assert!(answer.contains("Berlin"), "{api} answered {answer:?}");
+}
+
+fn sse_text(body: &str) -> (String, bool) {
+    let mut text = String::new();
+    let mut done = false;
+    for data in body.lines().filter_map(|line| line.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap_or_default();
+        text.push_str(
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or(""),
+        );
+    }
+    (text, done)
+}
+
+#[tokio::test]
+async fn one_agent_serves_the_assigned_model_over_grpc_openai_and_ollama() -> anyhow::Result<()> {
+    let Some(model) = test_model() else {
+        eprintln!("SKIP: SmolLM2 GGUF not found; run scripts/test.sh (it fetches the model)");
+        return Ok(());
+    };
+    let data = tempfile::tempdir()?;
+    let home = tempfile::tempdir()?;
+    let agent_dir = tempfile::tempdir()?;
+    let controller =
+        ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
+    let model_path = model.to_string_lossy().into_owned();
+    cli(
+        &controller,
+        home.path(),
+        &[
+            "model",
+            "push",
+            &model_path,
+            "--name",
+            MODEL,
+            "--version",
+            "1.0.0",
+            "--output",
+            "json",
+        ],
+    )?;
+    let token = cli(
+        &controller,
+        home.path(),
+        &["node", "token", "create", "--ttl", "10m", "--uses", "1"],
+    )?;
+    let grpc_url = format!("http://{}", controller.grpc_addr);
+    let agent = AgentProcess::start(
+        agent_dir.path(),
+        &[
+            "--controller",
+            &grpc_url,
+            "--bootstrap-token",
+            token.trim(),
+            "--name",
+            "edge-a",
+            "--engine-threads",
+            "2",
+        ],
+    )?;
+    let http = format!(
+        "http://{}",
+        agent
+            .http_addr
+            .ok_or_else(|| anyhow::anyhow!("no --http address"))?
+    );
+    let grpc = format!(
+        "http://{}",
+        agent
+            .grpc_addr
+            .ok_or_else(|| anyhow::anyhow!("no --grpc address"))?
+    );
+    wait_until("edge-a to enrol", WAIT, || async {
+        node_phase(&controller, home.path(), "edge-a").is_some()
+    })
+    .await?;
+    cli(
+        &controller,
+        home.path(),
+        &[
+            "assign",
+            "--node",
+            "edge-a",
+            "--model",
+            MODEL,
+            "--version",
+            "1.0.0",
+        ],
+    )?;
+    let client = reqwest::Client::new();
+    let ready = wait_until("edge-a to serve the model", WAIT, || async {
+        node_phase(&controller, home.path(), "edge-a").as_deref() == Some("ready")
+    })
+    .await;
+    if let Err(error) = ready {
+        eprintln!("--- agent log ---\n{}", agent.log());
+        return Err(error);
+    }
+    let tags: Value = client
+        .get(format!("{http}/api/tags"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(tags["models"][0]["name"], MODEL, "{tags}");
+    let models: Value = client
+        .get(format!("{http}/v1/models"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(models["data"][0]["id"], MODEL, "{models}");
+
+    // gRPC, streamed.
+    let mut inference = pb::inference_client::InferenceClient::connect(grpc.clone()).await?;
+    let mut stream = inference
+        .chat(pb::ChatRequest {
+            model: MODEL.to_owned(),
+            messages: vec![pb::ChatMessage {
+                role: "user".to_owned(),
+                content: QUESTION.to_owned(),
+            }],
+            options: Some(pb::SamplingOptions {
+                temperature: Some(0.0),
+                max_tokens: Some(48),
+                ..pb::SamplingOptions::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let mut answer = String::new();
+    let mut last = None;
+    while let Some(message) = stream.message().await? {
+        answer.push_str(&message.text);
+        last = Some(message);
+    }
+    assert_coherent("gRPC Chat", &answer);
+    let last = last.ok_or_else(|| anyhow::anyhow!("empty gRPC stream"))?;
+    assert!(last.done && last.usage.is_some_and(|usage| usage.completion_tokens > 0));
+    let listed = inference
+        .list_models(pb::ListModelsRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(listed.models[0].name, MODEL);
+
+    // OpenAI, whole and streamed.
+    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0, "max_tokens": 48});
+    let whole: Value = client
+        .post(format!("{http}/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let openai_answer = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("");
+    assert_coherent("OpenAI chat", openai_answer);
+    assert_eq!(openai_answer, answer, "greedy answers agree across APIs");
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let body = client
+        .post(format!("{http}/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let (text, done) = sse_text(&body);
+    assert!(done, "the SSE stream ends with [DONE]");
+    assert_coherent("OpenAI chat, streamed", &text);
+
+    // Ollama, streamed (its default) and whole.
+    let ollama = json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
+        "options": {"temperature": 0, "num_predict": 48}});
+    let body = client
+        .post(format!("{http}/api/chat"))
+        .json(&ollama)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let lines: Vec<Value> = body
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let text: String = lines
+        .iter()
+        .filter_map(|line| line["message"]["content"].as_str())
+        .collect();
+    assert_coherent("Ollama chat, streamed", &text);
+    assert_eq!(
+        lines.last().map(|line| line["done"].clone()),
+        Some(json!(true))
+    );
+    let mut whole_request = ollama;
+    whole_request["stream"] = json!(false);
+    let whole: Value = client
+        .post(format!("{http}/api/chat"))
+        .json(&whole_request)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_coherent(
+        "Ollama chat",
+        whole["message"]["content"].as_str().unwrap_or(""),
+    );
+
+    // A model this node does not serve.
+    let response = client
+        .post(format!("{http}/v1/chat/completions"))
+        .json(&json!({"model": "llama-3-70b", "messages": [{"role": "user", "content": QUESTION}]}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 404);
+    let error: Value = response.json().await?;
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("llama-3-70b"),
+        "{error}"
+    );
+    let response = client
+        .post(format!("{http}/api/generate"))
+        .json(&json!({"model": "llama-3-70b", "prompt": QUESTION}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 404);
+    let status = inference
+        .generate(pb::GenerateRequest {
+            model: "llama-3-70b".to_owned(),
+            prompt: QUESTION.to_owned(),
+            options: None,
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("an unknown model was answered over gRPC"))?;
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(status.message().contains("llama-3-70b"));
+    Ok(())
+}

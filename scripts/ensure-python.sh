@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with the independent reference tools the tests compare
-# against: the `blake3` package (digests) and, unless FLOTILLA_SKIP_LLAMA_CPP=1,
+# against: the `blake3` package (digests), the OpenAI, Ollama and gRPC
+# client libraries (third-party clients of the inference APIs) and, unless
+# FLOTILLA_SKIP_LLAMA_CPP=1,
 # `llama-cpp-python` (llama.cpp, built from source: ~10 minutes the first
 # time, cached in .venv afterwards). Idempotent.
 set -euo pipefail
@@ -14,6 +16,13 @@ fi
 if ! .venv/bin/python -c 'import blake3' 2>/dev/null; then
   log "installing blake3"
   .venv/bin/pip install --quiet --disable-pip-version-check blake3
+fi
+# The third-party clients the inference APIs must work with, unchanged:
+# OpenAI's and Ollama's Python libraries, and gRPC code generated from
+# proto/ by another language's toolchain (grpcio-tools).
+if ! .venv/bin/python -c 'import openai, ollama, grpc_tools' 2>/dev/null; then
+  log "installing openai, ollama, grpcio-tools"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'openai>=1.40' 'ollama>=0.4' 'grpcio-tools>=1.60'
 fi
 if [ "${FLOTILLA_SKIP_LLAMA_CPP:-0}" != 1 ] && ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
   log "installing llama-cpp-python (builds llama.cpp from source; takes a while)"

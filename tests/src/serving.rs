@@ -1,0 +1,136 @@
+//! A controller with the real SmolLM2 pushed through the CLI and one agent
+//! serving it: the setup every inference end-to-end test starts from.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{AgentProcess, ControllerProcess, flotilla, wait_until};
+
+/// Upload, download and load of 100 MB on loopback, in a debug build.
+pub const SERVE_WAIT: Duration = Duration::from_secs(180);
+
+/// A running controller and an agent that serves `model` 1.0.0.
+pub struct ServedModel {
+    pub controller: ControllerProcess,
+    pub agent: AgentProcess,
+    /// `http://addr` of the agent's OpenAI/Ollama API.
+    pub http_url: String,
+    /// `http://addr` of the agent's gRPC inference API.
+    pub grpc_url: String,
+    /// The CLI's home (its config) and the processes' data directories.
+    pub home: tempfile::TempDir,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+impl ServedModel {
+    /// Starts a controller, pushes `gguf` as `model` 1.0.0, enrols agent
+    /// `node`, assigns the model to it and waits until it reports ready.
+    pub async fn start(gguf: &Path, model: &str, node: &str) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let home = tempfile::tempdir()?;
+        let agent_dir = tempfile::tempdir()?;
+        let controller =
+            ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
+        let gguf = gguf.to_string_lossy().into_owned();
+        let push = [
+            "model",
+            "push",
+            &gguf,
+            "--name",
+            model,
+            "--version",
+            "1.0.0",
+            "--output",
+            "json",
+        ];
+        cli(&controller, home.path(), &push)?;
+        let token = cli(
+            &controller,
+            home.path(),
+            &["node", "token", "create", "--ttl", "10m", "--uses", "1"],
+        )?;
+        let controller_url = format!("http://{}", controller.grpc_addr);
+        let agent = AgentProcess::start(
+            agent_dir.path(),
+            &[
+                "--controller",
+                &controller_url,
+                "--bootstrap-token",
+                token.trim(),
+                "--name",
+                node,
+                "--engine-threads",
+                "2",
+            ],
+        )?;
+        let http_url = format!(
+            "http://{}",
+            agent
+                .http_addr
+                .ok_or_else(|| anyhow::anyhow!("no --http address"))?
+        );
+        let grpc_url = format!(
+            "http://{}",
+            agent
+                .grpc_addr
+                .ok_or_else(|| anyhow::anyhow!("no --grpc address"))?
+        );
+        wait_until("the agent to enrol", SERVE_WAIT, || async {
+            node_phase(&controller, home.path(), node).is_some()
+        })
+        .await?;
+        let assign = [
+            "assign",
+            "--node",
+            node,
+            "--model",
+            model,
+            "--version",
+            "1.0.0",
+        ];
+        cli(&controller, home.path(), &assign)?;
+        let ready = wait_until("the agent to serve the model", SERVE_WAIT, || async {
+            node_phase(&controller, home.path(), node).as_deref() == Some("ready")
+        })
+        .await;
+        if let Err(error) = ready {
+            eprintln!("--- agent log ---\n{}", agent.log());
+            return Err(error);
+        }
+        Ok(Self {
+            controller,
+            agent,
+            http_url,
+            grpc_url,
+            home,
+            _dirs: [data, agent_dir],
+        })
+    }
+}
+
+/// Runs the CLI against `controller` as admin; its stdout, or an error with
+/// its stderr.
+pub fn cli(controller: &ControllerProcess, home: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = flotilla(&controller.rest_url, &controller.admin_token()?, home, args)?;
+    anyhow::ensure!(
+        output.status.success(),
+        "flotilla {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// The observed phase of node `name` per `flotilla node ls`, if it is listed.
+pub fn node_phase(controller: &ControllerProcess, home: &Path, name: &str) -> Option<String> {
+    let listed: Value =
+        serde_json::from_str(&cli(controller, home, &["node", "ls", "--output", "json"]).ok()?)
+            .ok()?;
+    listed["items"]
+        .as_array()?
+        .iter()
+        .find(|node| node["name"] == name)
+        .map(|node| node["observed"]["phase"].as_str().unwrap_or("").to_owned())
+}

@@ -201,13 +201,18 @@ struct Attempt {
 impl Reconciler {
     /// A reconciler starting from `restored` (what `state.json` held). A
     /// restored state is reported as it was, except that nothing is served
-    /// yet and unfinished work shows as pending until the next desired state.
+    /// yet and unfinished work shows as pending. The restored desired state
+    /// is reconciled towards at once, so that a restarted agent serves its
+    /// cached assignment again without waiting for the controller.
     pub fn new(
         fetcher: Arc<dyn ArtifactFetcher>,
         activator: Arc<dyn Activator>,
         config: ReconcilerConfig,
         restored: Option<PersistedState>,
     ) -> (Self, ReconcilerLink) {
+        let restored_desired = restored
+            .as_ref()
+            .and_then(|restored| restored.desired.clone());
         let observed = restored
             .map(|restored| {
                 let observed = restored.observed;
@@ -225,7 +230,7 @@ impl Reconciler {
                 }
             })
             .unwrap_or_default();
-        let (desired_sender, desired_receiver) = watch::channel(None);
+        let (desired_sender, desired_receiver) = watch::channel(restored_desired);
         let (observed_sender, observed_receiver) = watch::channel(observed);
         let reconciler = Self {
             fetcher,
@@ -391,6 +396,7 @@ impl Reconciler {
         let state = PersistedState {
             applied_generation: observed.generation,
             observed,
+            desired: self.wanted.clone(),
         };
         let saved = tokio::task::spawn_blocking(move || persist::save(&state_dir, &state)).await;
         match saved {

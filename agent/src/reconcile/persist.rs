@@ -1,6 +1,8 @@
-//! `DATA_DIR/state.json`: the applied generation and the last observed
-//! state, so that a restarted agent reports the right generation in its
-//! hello and never regresses below it. Written to a temporary file, synced,
+//! `DATA_DIR/state.json`: the applied generation, the last observed state
+//! and the last desired state, so that a restarted agent reports the right
+//! generation in its hello, never regresses below it, and serves its
+//! assignment again from the cache even while the controller is away
+//! (DESIGN.md §3: disconnects are normal, the agent keeps serving). Written to a temporary file, synced,
 //! and renamed over the old one, so a crash leaves the old or the new file,
 //! never half of one. The row types here are the file's shape; the domain
 //! types stay free of serde.
@@ -10,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{ObservedState, Phase};
+use super::model::{
+    Assignment, DesiredState, NodeStatus, ObservedState, Phase, SystemPrompt, SystemPromptPolicy,
+};
 use crate::cache::Digest;
 
 pub const STATE_FILE: &str = "state.json";
@@ -22,6 +26,9 @@ pub struct PersistedState {
     /// reconciling towards.
     pub applied_generation: u64,
     pub observed: ObservedState,
+    /// The desired state being reconciled towards (`None` in files written
+    /// before it was kept, or before any arrived).
+    pub desired: Option<DesiredState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +50,127 @@ pub fn state_path(data_dir: &Path) -> PathBuf {
 struct StateRow {
     applied_generation: u64,
     observed: ObservedRow,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    desired: Option<DesiredRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DesiredRow {
+    generation: u64,
+    /// `pending`, `active`, `cordoned`.
+    status: String,
+    heartbeat_interval_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    assignment: Option<AssignmentRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AssignmentRow {
+    model: String,
+    version: String,
+    quantization: String,
+    digest: String,
+    size_bytes: u64,
+    blob_base_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    system_prompt: Option<PromptRow>,
+    /// `prepend`, `replace`, `forbid`.
+    system_prompt_policy: String,
+    assignment_generation: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PromptRow {
+    name: String,
+    version: u32,
+    text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chat_template: Option<String>,
+}
+
+impl From<&DesiredState> for DesiredRow {
+    fn from(desired: &DesiredState) -> Self {
+        DesiredRow {
+            generation: desired.generation,
+            status: match desired.status {
+                NodeStatus::Pending => "pending",
+                NodeStatus::Active => "active",
+                NodeStatus::Cordoned => "cordoned",
+            }
+            .to_owned(),
+            heartbeat_interval_ms: u64::try_from(desired.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            assignment: desired.assignment.as_ref().map(|assignment| AssignmentRow {
+                model: assignment.model.clone(),
+                version: assignment.version.clone(),
+                quantization: assignment.quantization.clone(),
+                digest: assignment.digest.to_hex(),
+                size_bytes: assignment.size_bytes,
+                blob_base_url: assignment.blob_base_url.clone(),
+                system_prompt: assignment.system_prompt.as_ref().map(|prompt| PromptRow {
+                    name: prompt.name.clone(),
+                    version: prompt.version,
+                    text: prompt.text.clone(),
+                    chat_template: prompt.chat_template.clone(),
+                }),
+                system_prompt_policy: match assignment.system_prompt_policy {
+                    SystemPromptPolicy::Prepend => "prepend",
+                    SystemPromptPolicy::Replace => "replace",
+                    SystemPromptPolicy::Forbid => "forbid",
+                }
+                .to_owned(),
+                assignment_generation: assignment.assignment_generation,
+            }),
+        }
+    }
+}
+
+impl TryFrom<DesiredRow> for DesiredState {
+    type Error = String;
+
+    fn try_from(row: DesiredRow) -> Result<Self, String> {
+        let status = match row.status.as_str() {
+            "pending" => NodeStatus::Pending,
+            "active" => NodeStatus::Active,
+            "cordoned" => NodeStatus::Cordoned,
+            other => return Err(format!("unknown node status {other:?}")),
+        };
+        let assignment =
+            row.assignment
+                .map(|assignment| -> Result<Assignment, String> {
+                    let system_prompt_policy = match assignment.system_prompt_policy.as_str() {
+                        "prepend" => SystemPromptPolicy::Prepend,
+                        "replace" => SystemPromptPolicy::Replace,
+                        "forbid" => SystemPromptPolicy::Forbid,
+                        other => return Err(format!("unknown system prompt policy {other:?}")),
+                    };
+                    Ok(Assignment {
+                        model: assignment.model,
+                        version: assignment.version,
+                        quantization: assignment.quantization,
+                        digest: assignment.digest.parse::<Digest>().map_err(|error| {
+                            format!("bad digest {:?}: {error}", assignment.digest)
+                        })?,
+                        size_bytes: assignment.size_bytes,
+                        blob_base_url: assignment.blob_base_url,
+                        system_prompt: assignment.system_prompt.map(|prompt| SystemPrompt {
+                            name: prompt.name,
+                            version: prompt.version,
+                            text: prompt.text,
+                            chat_template: prompt.chat_template,
+                        }),
+                        system_prompt_policy,
+                        assignment_generation: assignment.assignment_generation,
+                    })
+                })
+                .transpose()?;
+        Ok(DesiredState {
+            generation: row.generation,
+            status,
+            assignment,
+            heartbeat_interval: std::time::Duration::from_millis(row.heartbeat_interval_ms),
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,6 +216,7 @@ impl From<&PersistedState> for StateRow {
                 reason,
                 serving_digest: observed.serving_digest.map(|digest| digest.to_hex()),
             },
+            desired: state.desired.as_ref().map(DesiredRow::from),
         }
     }
 }
@@ -120,6 +249,7 @@ impl TryFrom<StateRow> for PersistedState {
             other => return Err(format!("unknown phase {other:?}")),
         };
         Ok(PersistedState {
+            desired: row.desired.map(DesiredState::try_from).transpose()?,
             applied_generation: row.applied_generation,
             observed: ObservedState {
                 generation: observed.generation,
@@ -188,6 +318,27 @@ mod tests {
                     },
                     serving_digest: Some(Digest::of(b"old model")),
                 },
+                desired: Some(DesiredState {
+                    generation: 7,
+                    status: NodeStatus::Cordoned,
+                    heartbeat_interval: std::time::Duration::from_millis(1500),
+                    assignment: Some(Assignment {
+                        model: "smollm2".to_owned(),
+                        version: "1.2.3".to_owned(),
+                        quantization: "Q4_1".to_owned(),
+                        digest,
+                        size_bytes: 100,
+                        blob_base_url: "http://controller:8080".to_owned(),
+                        system_prompt: Some(SystemPrompt {
+                            name: "support".to_owned(),
+                            version: 2,
+                            text: "Be brief.".to_owned(),
+                            chat_template: Some("{{ messages }}".to_owned()),
+                        }),
+                        system_prompt_policy: SystemPromptPolicy::Forbid,
+                        assignment_generation: 6,
+                    }),
+                }),
             },
             PersistedState {
                 applied_generation: 8,
@@ -199,6 +350,7 @@ mod tests {
                     },
                     serving_digest: None,
                 },
+                desired: None,
             },
             PersistedState {
                 applied_generation: 9,
@@ -206,6 +358,12 @@ mod tests {
                     generation: 9,
                     ..ObservedState::default()
                 },
+                desired: Some(DesiredState {
+                    generation: 9,
+                    status: NodeStatus::Active,
+                    heartbeat_interval: std::time::Duration::from_secs(5),
+                    assignment: None,
+                }),
             },
         ];
         for state in states {

@@ -382,6 +382,7 @@ async fn a_restart_keeps_the_applied_generation_and_refuses_older_ones() {
             phase: Phase::Ready,
             serving_digest: Some(Digest::of(b"alpha")),
         },
+        desired: None,
     };
     let harness = Harness::start(Some(restored));
     let observed = harness.link.observed.borrow().clone();
@@ -398,4 +399,33 @@ async fn a_restart_keeps_the_applied_generation_and_refuses_older_ones() {
     harness.want(desired(7, Some(assignment("alpha"))));
     harness.fetcher.wait_for_fetch(Digest::of(b"alpha")).await;
     assert_eq!(harness.link.observed.borrow().generation, 7);
+}
+
+#[tokio::test]
+async fn a_restart_serves_the_restored_assignment_without_the_controller() {
+    let alpha = assignment("alpha");
+    let restored = PersistedState {
+        applied_generation: 7,
+        observed: ObservedState {
+            generation: 7,
+            digest: Some(alpha.digest),
+            phase: Phase::Ready,
+            serving_digest: Some(alpha.digest),
+        },
+        desired: Some(desired(7, Some(alpha.clone()))),
+    };
+    let harness = Harness::start(Some(restored));
+    // No desired state arrives: the restored one is reconciled towards.
+    harness.fetcher.wait_for_fetch(alpha.digest).await;
+    harness
+        .fetcher
+        .finish(alpha.digest, Ok(PathBuf::from("/blobs/alpha")));
+    let ready = harness.wait_for("ready", |s| s.phase == Phase::Ready).await;
+    assert_eq!(
+        (ready.generation, ready.serving_digest),
+        (7, Some(alpha.digest))
+    );
+    // The controller's copy of the same state, once it is back, is a no-op.
+    harness.want(desired(7, Some(alpha.clone())));
+    assert_eq!(harness.link.observed.borrow().phase, Phase::Ready);
 }

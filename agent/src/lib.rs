@@ -18,6 +18,8 @@
 //! - [`serve`]: inference serving: the served model (loaded, warmed up and
 //!   swapped in by [`serve::EngineActivator`]) behind gRPC, OpenAI- and
 //!   Ollama-compatible HTTP APIs.
+//! - [`routing`]: the directory of peers the controller pushes, the choice
+//!   of peer for a model this node does not serve, the hop rule.
 //! - [`simulate`]: N simulated agents in one process over real gRPC.
 //!
 //! # Entry points for tests and benchmarks
@@ -42,6 +44,7 @@ pub mod credentials;
 pub mod enrol;
 pub mod health;
 pub mod reconcile;
+pub mod routing;
 pub mod serve;
 pub mod simulate;
 pub mod sync;

@@ -26,7 +26,7 @@ use flotilla_agent::health::HealthProbe;
 use flotilla_agent::reconcile::{CacheFetcher, Reconciler, ReconcilerConfig, persist};
 use flotilla_agent::serve::{self, ServeConfig, Serving};
 use flotilla_agent::simulate::{Simulation, SimulationConfig};
-use flotilla_agent::sync::{LocalNode, SyncAgent, SyncConfig};
+use flotilla_agent::sync::{AdvertisedUrls, LocalNode, SyncAgent, SyncConfig};
 use tokio_util::sync::CancellationToken;
 
 /// How often `--simulate` prints its summary line.
@@ -70,6 +70,15 @@ struct Cli {
     /// Address for the gRPC inference API (with health and reflection).
     #[arg(long, value_name = "ADDR", default_value_t = serve::DEFAULT_GRPC_ADDR)]
     grpc: SocketAddr,
+    /// URL peers use to reach the HTTP API, told to the controller for
+    /// routing (default: http://<bound --http address>; set it when binding
+    /// 0.0.0.0 or behind NAT).
+    #[arg(long, value_name = "URL")]
+    advertise_http: Option<String>,
+    /// URL peers use to reach the gRPC API (default: http://<bound --grpc
+    /// address>).
+    #[arg(long, value_name = "URL")]
+    advertise_grpc: Option<String>,
     /// Inference requests per model that may wait for a decoding slot;
     /// beyond them (plus the batch) requests get 429 / RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "N", default_value_t = ServeConfig::default().queue_capacity)]
@@ -240,6 +249,27 @@ async fn identity(cli: &Cli, data_dir: &Path) -> anyhow::Result<NodeIdentity> {
     }
 }
 
+/// The URL to advertise for a listener: the flag's, checked, or
+/// `http://<bound address>`.
+fn advertised_url(
+    flag: &str,
+    given: Option<String>,
+    listener: &tokio::net::TcpListener,
+) -> anyhow::Result<String> {
+    if let Some(url) = given {
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "{flag} {url:?} must be an http:// or https:// URL"
+        );
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
+    let bound = listener.local_addr()?;
+    if bound.ip().is_unspecified() {
+        tracing::warn!(%bound, "{flag} is not set and the listener is bound to all interfaces; peers are told http://{bound}, which they cannot reach: set {flag}");
+    }
+    Ok(format!("http://{bound}"))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.clone().context("--data-dir is required")?;
     let identity = identity(&cli, &data_dir).await?;
@@ -302,12 +332,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ReconcilerConfig::new(Some(data_dir.clone())),
         restored,
     );
-    let sync = SyncConfig::new(
-        channel,
-        credentials,
-        Arc::new(LocalNode::new(probe, cache)),
-        link,
-    );
+    let advertised = AdvertisedUrls {
+        http: advertised_url(
+            "--advertise-http",
+            cli.advertise_http.clone(),
+            &http_listener,
+        )?,
+        grpc: advertised_url(
+            "--advertise-grpc",
+            cli.advertise_grpc.clone(),
+            &grpc_listener,
+        )?,
+    };
+    tracing::info!(http = %advertised.http, grpc = %advertised.grpc, "advertising inference URLs to peers");
+    let sync = SyncConfig {
+        advertised,
+        routes: serving.routes.clone(),
+        ..SyncConfig::new(
+            channel,
+            credentials,
+            Arc::new(LocalNode::new(probe, cache)),
+            link,
+        )
+    };
     let shutdown = shutdown_on_signal();
     tracing::info!(http = %cli.http, grpc = %cli.grpc, "serving inference (OpenAI and Ollama over HTTP, gRPC)");
     let http = tokio::spawn(serve::serve_http(

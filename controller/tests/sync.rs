@@ -28,6 +28,7 @@ flotilla_controller::on_both_stores!(
     newer_stream_replaces_older_and_credentials_renew,
     node_credentials_download_only_their_artifact,
     hello_updates_inventory_and_agent_version,
+    ready_nodes_reach_every_stream_in_the_routing_directory,
 );
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -633,6 +634,98 @@ async fn hello_updates_inventory_and_agent_version(store: TestStore) -> anyhow::
             .await,
     );
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    Ok(())
+}
+
+async fn ready_nodes_reach_every_stream_in_the_routing_directory(
+    store: TestStore,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(store).await?;
+    let enrolled = harness.enrol(&["edge-1", "edge-2"]).await?;
+    let digest = harness.publish_model(1).await?;
+    let change = harness
+        .assign(json!({"node": "edge-1", "model": "tiny", "version": "1.0.1"}))
+        .await?;
+    let generation = change.assignment.as_ref().expect("recorded").generation;
+    let advertising = pb::Hello {
+        node_name: "edge-1".to_owned(),
+        agent_version: "test".to_owned(),
+        inference_http_url: "http://10.0.0.1:11434".to_owned(),
+        inference_grpc_url: "http://10.0.0.1:50052".to_owned(),
+        ..pb::Hello::default()
+    };
+    // An advertised URL that is not one is refused.
+    let refused = refused(
+        harness
+            .open_with(
+                &enrolled[0].credential,
+                pb::Hello {
+                    inference_http_url: "ftp://10.0.0.1".to_owned(),
+                    ..advertising.clone()
+                },
+            )
+            .await,
+    );
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("inference_http_url"),
+        "{refused:?}"
+    );
+
+    let mut one = harness
+        .open_with(&enrolled[0].credential, advertising)
+        .await?;
+    let mut two = harness.open(&enrolled[1].credential, "edge-2").await?;
+    let desired = one.desired_at_least(generation).await?;
+    assert!(desired.assignment.is_some());
+    // Not ready yet: the directory every stream starts with is empty.
+    let first = loop {
+        if let pb::controller_message::Body::Directory(directory) = two.next().await? {
+            break directory;
+        }
+    };
+    assert!(first.entries.is_empty(), "{first:?}");
+
+    one.send(pb::agent_message::Body::Observed(pb::ObservedState {
+        generation,
+        digest: digest.clone(),
+        phase: pb::AssignmentPhase::Ready as i32,
+        serving_digest: digest.clone(),
+        ..pb::ObservedState::default()
+    }))
+    .await?;
+    // Heartbeat until the next directory lists edge-1 (rebuilt each second).
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut sequence = 0;
+    let listed = loop {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "edge-1 never reached the directory"
+        );
+        sequence += 1;
+        one.heartbeat(sequence, 12.5).await?;
+        match tokio::time::timeout(Duration::from_millis(300), two.next()).await {
+            Ok(message) => {
+                if let pb::controller_message::Body::Directory(directory) = message?
+                    && !directory.entries.is_empty()
+                {
+                    break directory;
+                }
+            }
+            Err(_) => continue,
+        }
+    };
+    assert_eq!(
+        listed.entries,
+        vec![pb::DirectoryEntry {
+            model: "tiny".to_owned(),
+            version: "1.0.1".to_owned(),
+            node: "edge-1".to_owned(),
+            http_url: "http://10.0.0.1:11434".to_owned(),
+            grpc_url: "http://10.0.0.1:50052".to_owned(),
+            load: 10,
+        }]
+    );
     Ok(())
 }
 

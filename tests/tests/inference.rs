@@ -5,8 +5,9 @@
 //! whole, and each answer must be coherent; a model the node does not serve
 //! gets a not-found that names it.
 //!
-//! (Routing to peers, the rollout engine and third-party clients come later;
-//! the HTTP and gRPC surfaces are tested in detail in `agent/tests/serve.rs`.)
+//! (Routing to peers is tested in `routing.rs`; the rollout engine and
+//! third-party clients come later; the HTTP and gRPC surfaces are tested in
+//! detail in `agent/tests/serve/`.)
 
 use std::time::Duration;
 

@@ -35,6 +35,10 @@ pub enum ServeError {
     /// The model is going away (being replaced or unloaded).
     #[error("{0}")]
     Unavailable(String),
+    /// This node does not serve the model and no peer that does could be
+    /// reached (the message says which were tried).
+    #[error("{0}")]
+    PeerUnavailable(String),
     /// A bug or an engine failure; the message is safe to show.
     #[error("internal error: {0}")]
     Internal(String),
@@ -56,6 +60,7 @@ impl ServeError {
             ServeError::Overloaded { .. } => "overloaded",
             ServeError::Timeout(_) => "timeout",
             ServeError::Unavailable(_) => "unavailable",
+            ServeError::PeerUnavailable(_) => "peer_unavailable",
             ServeError::Internal(_) => "internal",
         }
     }
@@ -67,6 +72,7 @@ impl ServeError {
             ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::PeerUnavailable(_) => StatusCode::BAD_GATEWAY,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,7 +83,7 @@ impl ServeError {
             ServeError::ModelNotFound { .. } => tonic::Code::NotFound,
             ServeError::Overloaded { .. } => tonic::Code::ResourceExhausted,
             ServeError::Timeout(_) => tonic::Code::DeadlineExceeded,
-            ServeError::Unavailable(_) => tonic::Code::Unavailable,
+            ServeError::Unavailable(_) | ServeError::PeerUnavailable(_) => tonic::Code::Unavailable,
             ServeError::Internal(_) => tonic::Code::Internal,
         }
     }

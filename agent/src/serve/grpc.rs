@@ -1,7 +1,8 @@
 //! The gRPC edge: `flotilla.inference.v1.Inference`, the standard
 //! `grpc.health.v1` service and server reflection (so `grpcurl` works without
 //! the .proto files). Wire messages are converted to domain requests here,
-//! once, on the way in.
+//! once, on the way in. A call for a model this node does not serve is
+//! forwarded to a peer ([`forward::grpc`]).
 
 use std::pin::Pin;
 
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use super::forward::{self, GrpcCall};
 use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Role,
     ServeError, Serving,
@@ -100,9 +102,26 @@ fn usage(finished: &Finished) -> pb::Usage {
 }
 
 impl InferenceService {
-    async fn stream(&self, request: InferenceRequest) -> Result<ResponseStream, Status> {
-        let generation =
-            Generation::start(&self.serving.slot, &self.serving.config, request).await?;
+    /// Answers locally, or forwards `call` when this node does not serve
+    /// the model.
+    async fn answer(
+        &self,
+        request: InferenceRequest,
+        hops: u32,
+        call: GrpcCall,
+    ) -> Result<ResponseStream, Status> {
+        let model = request.model.clone();
+        match Generation::start(&self.serving.slot, &self.serving.config, request).await {
+            Ok(generation) => Ok(Self::stream(generation)),
+            Err(local) => {
+                let relayed =
+                    forward::grpc(&self.serving.routes, &model, hops, call, local).await?;
+                Ok(Box::pin(relayed))
+            }
+        }
+    }
+
+    fn stream(generation: Generation) -> ResponseStream {
         let model = generation.model.name.clone();
         let stream = generation.into_stream().map(move |item| match item {
             Ok(Chunk::Text(text)) => Ok(pb::GenerateResponse {
@@ -121,7 +140,7 @@ impl InferenceService {
             }),
             Err(error) => Err(error.to_grpc_status()),
         });
-        Ok(Box::pin(stream))
+        Box::pin(stream)
     }
 }
 
@@ -134,26 +153,33 @@ impl Inference for InferenceService {
         &self,
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        let request = InferenceRequest::try_from(request.into_inner())?;
-        Ok(Response::new(self.stream(request).await?))
+        let hops = forward::grpc_hops(request.metadata())?;
+        let wire = request.into_inner();
+        let parsed = InferenceRequest::try_from(wire.clone())?;
+        Ok(Response::new(
+            self.answer(parsed, hops, GrpcCall::Generate(wire)).await?,
+        ))
     }
 
     async fn chat(
         &self,
         request: Request<pb::ChatRequest>,
     ) -> Result<Response<Self::ChatStream>, Status> {
-        let request = InferenceRequest::try_from(request.into_inner())?;
-        Ok(Response::new(self.stream(request).await?))
+        let hops = forward::grpc_hops(request.metadata())?;
+        let wire = request.into_inner();
+        let parsed = InferenceRequest::try_from(wire.clone())?;
+        Ok(Response::new(
+            self.answer(parsed, hops, GrpcCall::Chat(wire)).await?,
+        ))
     }
 
     async fn list_models(
         &self,
         _request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let models = self
-            .serving
-            .slot
-            .current()
+        let local = self.serving.slot.current();
+        let mut models: Vec<pb::Model> = local
+            .iter()
             .map(|model| {
                 let info = model.info();
                 pb::Model {
@@ -166,8 +192,19 @@ impl Inference for InferenceService {
                     context_length: saturating_u32(info.context_length as u128),
                 }
             })
-            .into_iter()
             .collect();
+        // Then every model reachable through a peer, once each.
+        for peer in self.serving.routes.peers().iter() {
+            if models.iter().any(|listed| listed.name == peer.model) {
+                continue;
+            }
+            models.push(pb::Model {
+                name: peer.model.clone(),
+                version: peer.version.clone(),
+                local: false,
+                ..pb::Model::default()
+            });
+        }
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
 }

@@ -2,6 +2,8 @@
 //! `/v1`, the Ollama-compatible ones under `/api`, and `/metrics`. Bodies are
 //! read as bytes and parsed here, so a malformed body gets a 400 in the
 //! surface's own error shape rather than axum's plain-text rejection.
+//! Requests for models this node does not serve go to a peer through
+//! [`forward::http`] with the same path and body.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,12 +15,68 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 
+use super::forward::{self, HttpIncoming};
 use super::{ServeError, Serving, ollama, openai};
+use crate::routing::Peer;
 
 #[derive(Clone)]
 pub(super) struct HttpState {
     pub serving: Serving,
     pub metrics: Option<PrometheusHandle>,
+    /// Forwards requests to peers (pools their connections).
+    pub client: reqwest::Client,
+}
+
+impl HttpState {
+    /// Answers with `local`'s error unless the request can go to a peer;
+    /// `error_response` gives the error its surface's shape.
+    pub async fn forward_or(
+        &self,
+        model: &str,
+        incoming: &HttpIncoming,
+        local: ServeError,
+        error_response: fn(&ServeError) -> Response,
+    ) -> Response {
+        match forward::http(&self.client, &self.serving.routes, model, incoming, local).await {
+            Ok(response) => response,
+            Err(error) => error_response(&error),
+        }
+    }
+
+    /// Models reachable through peers and not served here, one peer each
+    /// (the least loaded).
+    pub fn routed_models(&self) -> Vec<Peer> {
+        let local = self.serving.slot.current();
+        let mut routed: Vec<Peer> = Vec::new();
+        let peers = self.serving.routes.peers();
+        for peer in peers.iter() {
+            if local
+                .as_ref()
+                .is_some_and(|model| model.answers_to(&peer.model))
+            {
+                continue;
+            }
+            match routed.iter_mut().find(|listed| listed.model == peer.model) {
+                Some(listed) if listed.load > peer.load => *listed = peer.clone(),
+                Some(_) => {}
+                None => routed.push(peer.clone()),
+            }
+        }
+        routed
+    }
+}
+
+/// The hop count, path and body of a request that may be forwarded.
+pub(super) fn incoming(
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+    body: &axum::body::Bytes,
+) -> Result<HttpIncoming, ServeError> {
+    Ok(HttpIncoming {
+        path: uri.path().to_owned(),
+        hops: forward::http_hops(headers)?,
+        body: body.clone(),
+    })
 }
 
 pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Router {
@@ -37,7 +95,14 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
             get(|| async { "Ollama-compatible Flotilla agent is running" }),
         )
         .fallback(not_found)
-        .with_state(HttpState { serving, metrics })
+        .with_state(HttpState {
+            serving,
+            metrics,
+            client: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        })
 }
 
 /// Parses a JSON body; the error names what was wrong.

@@ -14,11 +14,15 @@
 //!   and server reflection.
 //!
 //! The servers take pre-bound listeners and a shutdown token, so tests bind
-//! port 0. Nothing here is persisted. Routing to peers (for models this node
-//! does not serve) is not built yet: such requests get a not-found that names
-//! the model.
+//! port 0. Nothing here is persisted.
+//!
+//! Routing: a request for a model this node does not serve is forwarded
+//! ([`forward`]) to a ready peer from the directory ([`crate::routing`]),
+//! unless it was forwarded already; with no peer it gets the not-found that
+//! names the model.
 
 pub mod error;
+mod forward;
 pub mod generation;
 mod grpc;
 mod http;
@@ -33,6 +37,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::routing::Routes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +93,8 @@ impl Default for ServeConfig {
 pub struct Serving {
     pub slot: Arc<ModelSlot>,
     pub config: Arc<ServeConfig>,
+    /// Peers serving other models (the sync loop fills it).
+    pub routes: Arc<Routes>,
 }
 
 impl Serving {
@@ -94,6 +102,7 @@ impl Serving {
         Serving {
             slot: Arc::new(ModelSlot::new()),
             config: Arc::new(config),
+            routes: Arc::default(),
         }
     }
 

@@ -11,14 +11,15 @@ use std::convert::Infallible;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
-use super::http::{HttpState, parse_json, with_retry_after};
+use super::forward::HttpIncoming;
+use super::http::{HttpState, incoming, parse_json, with_retry_after};
 use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Role,
     ServeError,
@@ -130,7 +131,16 @@ enum Kind {
     Chat,
 }
 
-pub(super) async fn generate(State(state): State<HttpState>, body: Bytes) -> Response {
+pub(super) async fn generate(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let forwarded = match incoming(&headers, &uri, &body) {
+        Ok(forwarded) => forwarded,
+        Err(error) => return error_response(&error),
+    };
     let parsed = parse_json::<GenerateRequest>(&body).and_then(|request| {
         no_images(&request.images)?;
         let stream = request.stream.unwrap_or(true);
@@ -169,13 +179,26 @@ pub(super) async fn generate(State(state): State<HttpState>, body: Bytes) -> Res
                 "done_reason": "load",
             }))
             .into_response(),
-            Err(error) => error_response(&error),
+            Err(local) => {
+                state
+                    .forward_or(&request.model, &forwarded, local, error_response)
+                    .await
+            }
         };
     }
-    respond(state, Kind::Generate, request, stream).await
+    respond(state, Kind::Generate, request, stream, forwarded).await
 }
 
-pub(super) async fn chat(State(state): State<HttpState>, body: Bytes) -> Response {
+pub(super) async fn chat(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let forwarded = match incoming(&headers, &uri, &body) {
+        Ok(forwarded) => forwarded,
+        Err(error) => return error_response(&error),
+    };
     let parsed = parse_json::<ChatRequest>(&body).and_then(|request| {
         if request.messages.is_empty() {
             return Err(ServeError::InvalidRequest(
@@ -203,7 +226,7 @@ pub(super) async fn chat(State(state): State<HttpState>, body: Bytes) -> Respons
         Ok(parsed) => parsed,
         Err(error) => return error_response(&error),
     };
-    respond(state, Kind::Chat, request, stream).await
+    respond(state, Kind::Chat, request, stream, forwarded).await
 }
 
 async fn respond(
@@ -211,11 +234,17 @@ async fn respond(
     kind: Kind,
     request: InferenceRequest,
     stream: bool,
+    forwarded: HttpIncoming,
 ) -> Response {
+    let requested = request.model.clone();
     let generation =
         match Generation::start(&state.serving.slot, &state.serving.config, request).await {
             Ok(generation) => generation,
-            Err(error) => return error_response(&error),
+            Err(local) => {
+                return state
+                    .forward_or(&requested, &forwarded, local, error_response)
+                    .await;
+            }
         };
     let model = generation.model.name.clone();
     if !stream {
@@ -287,8 +316,10 @@ fn final_object(kind: Kind, model: &str, text: &str, finished: &Finished) -> Val
     value
 }
 
+/// The node's own model (`"local": true`) and every model it can route to
+/// (`"local": false`, with the `"node"` it would ask first).
 pub(super) async fn tags(State(state): State<HttpState>) -> Response {
-    let models: Vec<Value> = state
+    let mut models: Vec<Value> = state
         .serving
         .slot
         .current()
@@ -317,6 +348,26 @@ pub(super) async fn tags(State(state): State<HttpState>) -> Response {
         })
         .into_iter()
         .collect();
+    models.extend(state.routed_models().into_iter().map(|peer| {
+        json!({
+            "name": peer.model,
+            "model": peer.model,
+            "modified_at": now_rfc3339(),
+            "size": 0,
+            "digest": "",
+            "details": {
+                "parent_model": "",
+                "format": "gguf",
+                "family": "",
+                "families": [],
+                "parameter_size": "",
+                "quantization_level": "",
+            },
+            "version": peer.version,
+            "local": false,
+            "node": peer.node,
+        })
+    }));
     Json(json!({ "models": models })).into_response()
 }
 

@@ -9,13 +9,15 @@ use std::convert::Infallible;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::http::{HttpState, parse_json, unix_seconds, with_retry_after};
+use super::forward::HttpIncoming;
+use super::http::{HttpState, incoming, parse_json, unix_seconds, with_retry_after};
 use super::{
     Chunk, Completion, FinishReason, Finished, Generation, InferenceRequest, Input, Message,
     Params, Role, ServeError,
@@ -185,9 +187,10 @@ pub(super) fn error_response(error: &ServeError) -> Response {
     let kind = match error {
         ServeError::InvalidRequest(_) | ServeError::ModelNotFound { .. } => "invalid_request_error",
         ServeError::Overloaded { .. } => "rate_limit_error",
-        ServeError::Timeout(_) | ServeError::Unavailable(_) | ServeError::Internal(_) => {
-            "server_error"
-        }
+        ServeError::Timeout(_)
+        | ServeError::Unavailable(_)
+        | ServeError::PeerUnavailable(_)
+        | ServeError::Internal(_) => "server_error",
     };
     let param = match error {
         ServeError::ModelNotFound { .. } => Value::from("model"),
@@ -221,7 +224,16 @@ impl Kind {
     }
 }
 
-pub(super) async fn chat_completions(State(state): State<HttpState>, body: Bytes) -> Response {
+pub(super) async fn chat_completions(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let forwarded = match incoming(&headers, &uri, &body) {
+        Ok(forwarded) => forwarded,
+        Err(error) => return error_response(&error),
+    };
     let parsed = parse_json::<ChatCompletionRequest>(&body).and_then(|request| {
         let messages = chat_messages(request.messages)?;
         let (model, params, stream, include_usage) = request.common.params()?;
@@ -235,10 +247,19 @@ pub(super) async fn chat_completions(State(state): State<HttpState>, body: Bytes
             include_usage,
         ))
     });
-    respond(state, Kind::Chat, parsed).await
+    respond(state, Kind::Chat, parsed, forwarded).await
 }
 
-pub(super) async fn completions(State(state): State<HttpState>, body: Bytes) -> Response {
+pub(super) async fn completions(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let forwarded = match incoming(&headers, &uri, &body) {
+        Ok(forwarded) => forwarded,
+        Err(error) => return error_response(&error),
+    };
     let parsed = parse_json::<CompletionRequest>(&body).and_then(|request| {
         let prompt = match request.prompt {
             PromptField::One(prompt) => prompt,
@@ -265,22 +286,28 @@ pub(super) async fn completions(State(state): State<HttpState>, body: Bytes) -> 
             include_usage,
         ))
     });
-    respond(state, Kind::Text, parsed).await
+    respond(state, Kind::Text, parsed, forwarded).await
 }
 
 async fn respond(
     state: HttpState,
     kind: Kind,
     parsed: Result<(InferenceRequest, bool, bool), ServeError>,
+    forwarded: HttpIncoming,
 ) -> Response {
     let (request, stream, include_usage) = match parsed {
         Ok(parsed) => parsed,
         Err(error) => return error_response(&error),
     };
+    let requested = request.model.clone();
     let generation =
         match Generation::start(&state.serving.slot, &state.serving.config, request).await {
             Ok(generation) => generation,
-            Err(error) => return error_response(&error),
+            Err(local) => {
+                return state
+                    .forward_or(&requested, &forwarded, local, error_response)
+                    .await;
+            }
         };
     let id = kind.id();
     let model = generation.model.name.clone();
@@ -419,8 +446,11 @@ fn sse_events(
     futures::stream::iter(opening).chain(body)
 }
 
+/// The node's own model (`"owned_by": "flotilla:local"`) and every model
+/// it can route to (`"owned_by": "flotilla:<node>"`, the peer it would ask
+/// first), with `"local"` saying which is which.
 pub(super) async fn list_models(State(state): State<HttpState>) -> Response {
-    let data: Vec<Value> = state
+    let mut data: Vec<Value> = state
         .serving
         .slot
         .current()
@@ -430,7 +460,7 @@ pub(super) async fn list_models(State(state): State<HttpState>) -> Response {
                 "id": info.name,
                 "object": "model",
                 "created": unix_seconds(info.loaded_at),
-                "owned_by": "flotilla",
+                "owned_by": "flotilla:local",
                 "version": info.version,
                 "quantization": info.quantization,
                 "local": true,
@@ -438,5 +468,15 @@ pub(super) async fn list_models(State(state): State<HttpState>) -> Response {
         })
         .into_iter()
         .collect();
+    data.extend(state.routed_models().into_iter().map(|peer| {
+        json!({
+            "id": peer.model,
+            "object": "model",
+            "created": 0,
+            "owned_by": format!("flotilla:{}", peer.node),
+            "version": peer.version,
+            "local": false,
+        })
+    }));
     Json(json!({"object": "list", "data": data})).into_response()
 }

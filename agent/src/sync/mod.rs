@@ -6,7 +6,9 @@
 //! - controller messages: a `DesiredState` goes to the reconciler's watch
 //!   (latest wins; a generation lower than one already seen is dropped, a
 //!   repeated one is a no-op), a `HeartbeatAck` becomes a latency sample, a
-//!   `Credential` replaces the node credential in memory and in `node.toml`;
+//!   `Credential` replaces the node credential in memory and in `node.toml`,
+//!   a `Directory` replaces the routing directory ([`Routes`]; this node's
+//!   own entries left out);
 //! - a `Heartbeat` every interval the latest desired state asks for (first
 //!   one at a random phase, so agents started together do not beat
 //!   together);
@@ -45,6 +47,7 @@ use crate::cache::{ArtifactCache, CachedBlob};
 use crate::credentials::Credentials;
 use crate::health::{HealthProbe, HealthSample, Inventory};
 use crate::reconcile::{DEFAULT_HEARTBEAT_INTERVAL, DesiredState, ObservedState, ReconcilerLink};
+use crate::routing::{Peer, Routes};
 pub use telemetry::{FleetTelemetry, LatencySummary, NodeTelemetry, ReceivedGeneration};
 
 /// Heartbeats whose ack has not come back, per stream; older ones are
@@ -109,6 +112,17 @@ pub struct SyncConfig {
     pub renew_margin: Duration,
     pub fleet_telemetry: Arc<FleetTelemetry>,
     pub node_telemetry: Arc<NodeTelemetry>,
+    /// Where peers reach this node's inference APIs, said in the hello.
+    pub advertised: AdvertisedUrls,
+    /// Filled from the controller's directory messages.
+    pub routes: Arc<Routes>,
+}
+
+/// `http://host:port` of this node's inference APIs (empty: not reachable).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdvertisedUrls {
+    pub http: String,
+    pub grpc: String,
 }
 
 impl SyncConfig {
@@ -129,6 +143,8 @@ impl SyncConfig {
             renew_margin: Duration::from_secs(60),
             fleet_telemetry: Arc::default(),
             node_telemetry: Arc::default(),
+            advertised: AdvertisedUrls::default(),
+            routes: Arc::default(),
         }
     }
 }
@@ -284,6 +300,8 @@ impl SyncAgent {
                 observed: Some(pb::ObservedState::from(&observed)),
                 inventory: Some(crate::enrol::inventory_to_wire(&inventory)),
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                inference_http_url: self.config.advertised.http.clone(),
+                inference_grpc_url: self.config.advertised.grpc.clone(),
             })),
         }
     }
@@ -445,6 +463,24 @@ impl SyncAgent {
                 } else {
                     tracing::debug!(node, "node credential replaced by the controller");
                 }
+                false
+            }
+            Some(pb::controller_message::Body::Directory(directory)) => {
+                let peers: Vec<Peer> = directory
+                    .entries
+                    .into_iter()
+                    .filter(|entry| entry.node != node)
+                    .map(|entry| Peer {
+                        model: entry.model,
+                        version: entry.version,
+                        node: entry.node,
+                        http_url: entry.http_url,
+                        grpc_url: entry.grpc_url,
+                        load: entry.load,
+                    })
+                    .collect();
+                tracing::debug!(node, peers = peers.len(), "routing directory replaced");
+                self.config.routes.replace(peers);
                 false
             }
             None => {

@@ -13,10 +13,12 @@
 //!   not-found, health and reflection.
 //! - `load`: the bounded queue, the timeout, disconnects, metrics.
 //! - `activation`: blue/green swaps and the system-prompt policies.
+//! - `routing`: forwarding to a peer, the hop rule, unreachable peers.
 
 mod activation;
 mod api;
 mod load;
+mod routing;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -12,6 +12,14 @@
 //! that has a stream here; each stream's task wakes and sends the complete
 //! state. A `watch` keeps only the latest value, so a slow agent skips
 //! intermediate states instead of queueing them (level-triggered).
+//!
+//! The routing [`Directory`] (which ready node serves which model, and where
+//! peers reach it) is rebuilt from the hub once per flusher tick, never per
+//! heartbeat, and published through one shared `watch` that every stream
+//! selects on: publishing is O(1), a stream that lags skips to the latest.
+//! Each node's advertised inference URLs come from its hello and live only
+//! in memory (a reconnect re-sends them), so with several controller
+//! replicas each replica's directory lists the nodes streaming to it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -24,8 +32,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
-    DesiredState, HealthPoint, HealthSample, MinuteAccumulator, NodeDesired, NodeName, NodeStatus,
-    ObservedState,
+    AssignmentPhase, DesiredState, HealthPoint, HealthSample, MinuteAccumulator, NodeDesired,
+    NodeName, NodeStatus, ObservedState,
 };
 use crate::store::{NodeReport, Store};
 
@@ -60,6 +68,37 @@ impl PushedState {
     }
 }
 
+/// Where peers reach a node's inference APIs, from its hello.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `http://host:port` of the OpenAI/Ollama HTTP API (empty: none).
+    pub http_url: String,
+    /// `http://host:port` of the gRPC inference API (empty: none).
+    pub grpc_url: String,
+}
+
+/// One ready node serving one model.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DirectoryEntry {
+    pub model: String,
+    pub version: String,
+    pub node: NodeName,
+    pub http_url: String,
+    pub grpc_url: String,
+    /// CPU utilisation in percent, rounded down to a multiple of
+    /// [`LOAD_STEP`] so that small wobbles do not republish the directory.
+    pub load: u32,
+}
+
+/// Which ready nodes serve which model, sorted by model then node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directory {
+    pub entries: Vec<DirectoryEntry>,
+}
+
+/// Granularity of [`DirectoryEntry::load`], in percent.
+pub const LOAD_STEP: u32 = 10;
+
 /// An open stream's link to the hub.
 pub struct Session {
     pub id: u64,
@@ -71,6 +110,8 @@ pub struct Session {
 #[derive(Debug, Clone, Default)]
 pub struct NodeRuntime {
     pub connected: bool,
+    /// Advertised in the node's latest hello (in memory only).
+    pub endpoints: Option<Endpoints>,
     pub last_heartbeat_at: Option<OffsetDateTime>,
     pub observed: Option<ObservedState>,
     pub health: Option<HealthSample>,
@@ -81,6 +122,7 @@ pub struct NodeRuntime {
 #[derive(Default)]
 struct Entry {
     session: Option<(u64, watch::Sender<Arc<PushedState>>)>,
+    endpoints: Option<Endpoints>,
     last_heartbeat_at: Option<OffsetDateTime>,
     observed: Option<ObservedState>,
     health: Option<HealthSample>,
@@ -101,6 +143,8 @@ pub struct SyncHub {
     /// hear of (its change follower is not listening yet, or lost the
     /// connection). Always true where no other replica can exist.
     following_changes: AtomicBool,
+    /// The latest routing directory; every stream holds a receiver.
+    directory: watch::Sender<Arc<Directory>>,
 }
 
 impl SyncHub {
@@ -111,6 +155,7 @@ impl SyncHub {
             next_session: AtomicU64::new(1),
             heartbeat_interval,
             following_changes: AtomicBool::new(true),
+            directory: watch::Sender::new(Arc::new(Directory::default())),
         }
     }
 
@@ -157,6 +202,49 @@ impl SyncHub {
             node: node.clone(),
             desired: receiver,
         }
+    }
+
+    /// Records where peers reach `node`'s inference APIs (from its hello).
+    pub fn advertise(&self, node: &NodeName, endpoints: Endpoints) {
+        let mut shard = self.shard(node);
+        shard.entry(node.clone()).or_default().endpoints = Some(endpoints);
+    }
+
+    /// A receiver of the routing directory, marked changed so that the
+    /// first `changed()` returns at once.
+    pub fn subscribe_directory(&self) -> watch::Receiver<Arc<Directory>> {
+        let mut receiver = self.directory.subscribe();
+        receiver.mark_changed();
+        receiver
+    }
+
+    /// Rebuilds the directory from what the hub knows and publishes it when
+    /// it changed. Cost: one pass over the nodes, once per call.
+    pub fn refresh_directory(&self) {
+        let now = OffsetDateTime::now_utc();
+        let window = time::Duration::try_from(self.heartbeat_interval * MISSED_HEARTBEATS)
+            .unwrap_or(time::Duration::MAX);
+        let mut entries = Vec::new();
+        for shard in &self.shards {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            entries.extend(
+                shard
+                    .iter()
+                    .filter_map(|(name, entry)| directory_entry(name, entry, now, window)),
+            );
+        }
+        entries.sort();
+        let fresh = Directory { entries };
+        self.directory.send_if_modified(|current| {
+            if **current == fresh {
+                false
+            } else {
+                *current = Arc::new(fresh);
+                true
+            }
+        });
     }
 
     /// Offers a state read from the store after [`SyncHub::connect`]; kept
@@ -242,6 +330,7 @@ impl SyncHub {
         let shard = self.shard(node);
         shard.get(node).map(|entry| NodeRuntime {
             connected: entry.session.is_some(),
+            endpoints: entry.endpoints.clone(),
             last_heartbeat_at: entry.last_heartbeat_at,
             observed: entry.observed.clone(),
             health: entry.health.clone(),
@@ -361,6 +450,47 @@ impl SyncHub {
     }
 }
 
+/// `entry` as a directory entry when the node can take routed requests: a
+/// stream open here, a heartbeat within `window`, its assignment READY and
+/// serving, and an advertised URL.
+fn directory_entry(
+    name: &NodeName,
+    entry: &Entry,
+    now: OffsetDateTime,
+    window: time::Duration,
+) -> Option<DirectoryEntry> {
+    let (_, sender) = entry.session.as_ref()?;
+    let recent = entry.last_heartbeat_at.is_some_and(|at| now - at <= window);
+    let observed = entry.observed.as_ref()?;
+    let endpoints = entry.endpoints.as_ref()?;
+    if !recent
+        || observed.phase != AssignmentPhase::Ready
+        || observed.serving_digest.is_none()
+        || (endpoints.http_url.is_empty() && endpoints.grpc_url.is_empty())
+    {
+        return None;
+    }
+    let pushed = sender.borrow();
+    let assignment = pushed.desired.assignment.as_ref()?;
+    // A report about an older desired state may describe another model.
+    if observed.digest.as_deref() != Some(assignment.digest.as_str()) {
+        return None;
+    }
+    let load = entry.health.as_ref().map_or(0, |health| {
+        // Finite and within 0..=100 once converted from the wire.
+        let percent = health.cpu_utilisation_percent.clamp(0.0, 100.0) as u32;
+        percent - percent % LOAD_STEP
+    });
+    Some(DirectoryEntry {
+        model: assignment.model.clone(),
+        version: assignment.version.clone(),
+        node: name.clone(),
+        http_url: endpoints.http_url.clone(),
+        grpc_url: endpoints.grpc_url.clone(),
+        load,
+    })
+}
+
 fn send_if_newer(sender: &watch::Sender<Arc<PushedState>>, state: PushedState) {
     sender.send_if_modified(|current| {
         if state.supersedes(current) {
@@ -403,6 +533,7 @@ impl Flusher {
                 () = shutdown.cancelled() => break,
             }
             tick += 1;
+            self.hub.refresh_directory();
             // Each round writes the health of one slice of the shards, so
             // every node's is written once per HEALTH_FLUSH_EVERY without a
             // burst of the whole fleet at once.
@@ -498,6 +629,119 @@ mod tests {
         assert!(hub.runtime(&node).expect("known").connected);
         hub.disconnect(&newer);
         assert!(!hub.runtime(&node).expect("known").connected);
+    }
+
+    fn sample(now: OffsetDateTime, cpu: f32) -> HealthSample {
+        HealthSample {
+            taken_at: now,
+            cpu_utilisation_percent: cpu,
+            memory_used_bytes: 1,
+            memory_total_bytes: 2,
+            disk_available_bytes: None,
+            cpu_temperature_celsius: None,
+            gpus: Vec::new(),
+        }
+    }
+
+    fn assigned(generation: u64, model: &str, digest: &str) -> PushedState {
+        PushedState {
+            status: NodeStatus::Active,
+            desired: DesiredState {
+                generation,
+                assignment: Some(crate::domain::DesiredAssignment {
+                    model: model.to_owned(),
+                    version: "v1".to_owned(),
+                    quantization: "Q4_1".to_owned(),
+                    digest: digest.to_owned(),
+                    size_bytes: 1,
+                    prompt: None,
+                    assignment_generation: 1,
+                    target: "node=a".to_owned(),
+                }),
+            },
+        }
+    }
+
+    fn observed(digest: &str, phase: AssignmentPhase) -> ObservedState {
+        ObservedState {
+            generation: 1,
+            digest: Some(digest.to_owned()),
+            phase,
+            bytes_done: 0,
+            bytes_total: 0,
+            reason: None,
+            serving_digest: (phase == AssignmentPhase::Ready).then(|| digest.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_directory_lists_ready_streaming_nodes_and_publishes_only_changes() {
+        let hub = SyncHub::new(Duration::from_secs(5));
+        let mut directory = hub.subscribe_directory();
+        assert!(directory.has_changed().expect("open"));
+        directory.borrow_and_update();
+        let now = OffsetDateTime::now_utc();
+        let endpoints = |port: u16| Endpoints {
+            http_url: format!("http://127.0.0.1:{port}"),
+            grpc_url: format!("http://127.0.0.1:{}", port + 1),
+        };
+        let a: NodeName = "a".parse().expect("valid");
+        let b: NodeName = "b".parse().expect("valid");
+        let c: NodeName = "c".parse().expect("valid");
+        let _a = hub.connect(&a, assigned(1, "smollm2", "aa"));
+        hub.advertise(&a, endpoints(1000));
+        hub.observe(&a, observed("aa", AssignmentPhase::Ready));
+        hub.heartbeat(&a, sample(now, 37.5), now);
+        // Still loading: not listed.
+        let _b = hub.connect(&b, assigned(1, "smollm2", "bb"));
+        hub.advertise(&b, endpoints(2000));
+        hub.observe(&b, observed("bb", AssignmentPhase::Loading));
+        hub.heartbeat(&b, sample(now, 1.0), now);
+        // Ready but never heartbeated: not listed.
+        let _c = hub.connect(&c, assigned(1, "smollm2", "cc"));
+        hub.advertise(&c, endpoints(3000));
+        hub.observe(&c, observed("cc", AssignmentPhase::Ready));
+
+        hub.refresh_directory();
+        assert!(directory.has_changed().expect("open"));
+        let listed = directory.borrow_and_update().clone();
+        assert_eq!(
+            listed.entries,
+            vec![DirectoryEntry {
+                model: "smollm2".to_owned(),
+                version: "v1".to_owned(),
+                node: a.clone(),
+                http_url: "http://127.0.0.1:1000".to_owned(),
+                grpc_url: "http://127.0.0.1:1001".to_owned(),
+                load: 30,
+            }]
+        );
+        // Nothing changed (a load wobble within one step): nothing is sent.
+        hub.heartbeat(&a, sample(now, 39.0), now);
+        hub.refresh_directory();
+        assert!(!directory.has_changed().expect("open"));
+
+        hub.observe(&b, observed("bb", AssignmentPhase::Ready));
+        hub.refresh_directory();
+        assert!(directory.has_changed().expect("open"));
+        let nodes: Vec<_> = directory
+            .borrow_and_update()
+            .entries
+            .iter()
+            .map(|entry| entry.node.to_string())
+            .collect();
+        assert_eq!(nodes, ["a", "b"]);
+
+        // A closed stream drops the node.
+        hub.disconnect(&_a);
+        hub.refresh_directory();
+        let nodes: Vec<_> = directory
+            .borrow_and_update()
+            .entries
+            .iter()
+            .map(|entry| entry.node.to_string())
+            .collect();
+        assert_eq!(nodes, ["b"]);
     }
 
     #[test]

@@ -29,7 +29,9 @@ use crate::domain::{
 };
 use crate::store::{EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend, StoreError};
 pub use follow::ChangeFollower;
-pub use hub::{Flusher, NodeRuntime, PushedState, Session, SyncHub};
+pub use hub::{
+    Directory, DirectoryEntry, Endpoints, Flusher, NodeRuntime, PushedState, Session, SyncHub,
+};
 
 /// Default heartbeat interval agents are told to keep.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);

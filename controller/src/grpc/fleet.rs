@@ -7,8 +7,9 @@
 //! Each `Sync` stream is one tokio task (no OS thread): it authenticates the
 //! node credential, waits for the hello, registers with the [`SyncHub`] and
 //! then sends the complete desired state whenever the hub's `watch` changes,
-//! acks heartbeats, and sends a fresh credential when the one in use is past
-//! half its life. What it hears goes to the hub in memory; the hub's flusher
+//! acks heartbeats, sends the routing directory whenever the hub's shared
+//! directory `watch` changes, and sends a fresh credential when the one in
+//! use is past half its life. What it hears goes to the hub in memory; the hub's flusher
 //! writes it to the store in batches.
 
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ use crate::domain::{
     NodeInventory, NodeName, NodeStatus, ObservedState,
 };
 use crate::error::ApiError;
-use crate::fleet::{Fleet, PushedState, Session};
+use crate::fleet::{Directory, Endpoints, Fleet, PushedState, Session};
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +38,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOUND_QUEUE: usize = 16;
 /// Longest text kept from an agent's report (failure reasons).
 const MAX_REASON_LEN: usize = 2000;
+/// Longest advertised inference URL accepted.
+const MAX_URL_LEN: usize = 512;
 /// Most GPUs accepted in one health sample.
 const MAX_GPUS: usize = 64;
 
@@ -222,6 +225,10 @@ impl pb::fleet_server::Fleet for FleetService {
             }
         };
         let name = parse_node_name(&hello.node_name)?;
+        let endpoints = Endpoints {
+            http_url: advertised_url("inference_http_url", &hello.inference_http_url)?,
+            grpc_url: advertised_url("inference_grpc_url", &hello.inference_grpc_url)?,
+        };
         principal.require_node(&name).map_err(|error| {
             tracing::warn!(credential_of = %principal.subject, claimed = %name,
                 "sync refused: credential of another node");
@@ -263,6 +270,7 @@ impl pb::fleet_server::Fleet for FleetService {
         if let Some(observed) = hello.observed.map(observed_from_wire).transpose()? {
             hub.observe(&name, observed);
         }
+        hub.advertise(&name, endpoints);
         tracing::info!(node = %name, applied_generation = hello.applied_generation,
             desired_generation = node.desired.generation, cached_blobs = hello.cache.len(),
             "sync stream opened");
@@ -270,6 +278,7 @@ impl pb::fleet_server::Fleet for FleetService {
         let stream = StreamTask {
             fleet: self.fleet.clone(),
             session,
+            directory: hub.subscribe_directory(),
             inbound,
             outbound,
             credential_renew_at: renew_time(principal.expires_at),
@@ -289,6 +298,8 @@ fn renew_time(expires_at: OffsetDateTime) -> OffsetDateTime {
 struct StreamTask {
     fleet: Fleet,
     session: Session,
+    /// The hub's shared routing directory (starts marked changed).
+    directory: tokio::sync::watch::Receiver<Arc<Directory>>,
     inbound: tonic::Streaming<pb::AgentMessage>,
     outbound: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
     credential_renew_at: OffsetDateTime,
@@ -324,6 +335,15 @@ impl StreamTask {
                     }
                     let state = self.session.desired.borrow_and_update().clone();
                     self.send_desired(&state).await?;
+                }
+                changed = self.directory.changed() => {
+                    if changed.is_ok() {
+                        let directory = self.directory.borrow_and_update().clone();
+                        self.send(pb::controller_message::Body::Directory(directory_to_wire(
+                            &directory,
+                        )))
+                        .await?;
+                    }
                 }
                 message = self.inbound.message() => {
                     match message {
@@ -420,6 +440,40 @@ fn parse_node_name(raw: &str) -> Result<NodeName, ProtocolError> {
             field: "node_name",
             message: error.to_string(),
         })
+}
+
+/// An advertised URL: empty, or `http(s)://…` of reasonable length.
+fn advertised_url(field: &'static str, raw: &str) -> Result<String, ProtocolError> {
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
+    let scheme_ok = raw.starts_with("http://") || raw.starts_with("https://");
+    if !scheme_ok || raw.len() > MAX_URL_LEN || raw.chars().any(char::is_whitespace) {
+        return Err(ProtocolError::Invalid {
+            field,
+            message: format!(
+                "expected an http:// or https:// URL of at most {MAX_URL_LEN} characters"
+            ),
+        });
+    }
+    Ok(raw.to_owned())
+}
+
+fn directory_to_wire(directory: &Directory) -> pb::Directory {
+    pb::Directory {
+        entries: directory
+            .entries
+            .iter()
+            .map(|entry| pb::DirectoryEntry {
+                model: entry.model.clone(),
+                version: entry.version.clone(),
+                node: entry.node.to_string(),
+                http_url: entry.http_url.clone(),
+                grpc_url: entry.grpc_url.clone(),
+                load: entry.load,
+            })
+            .collect(),
+    }
 }
 
 fn desired_to_wire(

@@ -1,0 +1,215 @@
+//! Routing between agents: the directory of which ready peers serve which
+//! model (pushed by the controller on the sync stream, DESIGN.md §7), the
+//! choice of peer for a model this node does not serve, and the hop rule
+//! that keeps forwarded requests from looping.
+//!
+//! The sync loop replaces the directory whenever the controller sends one
+//! (this node's own entries left out); the inference servers read it per
+//! request. In memory only: after a restart the agent routes nothing until
+//! its first sync stream brings a directory.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// The HTTP header (and gRPC metadata key) counting how many times a request
+/// was forwarded. A request that arrives with one or more hops is answered
+/// locally or refused, never forwarded again.
+pub const HOPS_HEADER: &str = "x-flotilla-hops";
+
+/// How many times a request may be forwarded in all: once, from the node
+/// a client asked to one that serves the model.
+pub const MAX_HOPS: u32 = 1;
+
+/// One ready peer serving one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub model: String,
+    pub version: String,
+    pub node: String,
+    /// `http://host:port` of its OpenAI/Ollama HTTP API (empty: none).
+    pub http_url: String,
+    /// `http://host:port` of its gRPC inference API (empty: none).
+    pub grpc_url: String,
+    /// Lower is less busy.
+    pub load: u32,
+}
+
+/// Which API a forwarded request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Http,
+    Grpc,
+}
+
+impl Peer {
+    /// Whether a client asking for `requested` means this peer's model: the
+    /// name, optionally with Ollama's `:latest` or `:<version>` tag (as the
+    /// node itself matches it).
+    pub fn answers_to(&self, requested: &str) -> bool {
+        match requested.split_once(':') {
+            None => requested == self.model,
+            Some((name, tag)) => name == self.model && (tag == "latest" || tag == self.version),
+        }
+    }
+
+    pub fn url(&self, surface: Surface) -> &str {
+        match surface {
+            Surface::Http => &self.http_url,
+            Surface::Grpc => &self.grpc_url,
+        }
+    }
+}
+
+/// Why a hop count was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{HOPS_HEADER} must be a small non-negative integer, got {0:?}")]
+pub struct InvalidHops(pub String);
+
+/// Reads the hop count a request arrived with (absent: 0).
+pub fn parse_hops(raw: Option<&[u8]>) -> Result<u32, InvalidHops> {
+    let Some(raw) = raw else { return Ok(0) };
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .ok_or_else(|| InvalidHops(String::from_utf8_lossy(raw).into_owned()))
+}
+
+/// Whether a request that arrived with `hops` may be forwarded.
+pub fn may_forward(hops: u32) -> bool {
+    hops < MAX_HOPS
+}
+
+/// The peers to try for `model` over `surface`, best first: lowest load
+/// first; among equally loaded peers the order rotates with `turn`
+/// (round-robin), so that ties share the traffic.
+pub fn candidates(peers: &[Peer], model: &str, surface: Surface, turn: usize) -> Vec<Peer> {
+    let mut matching: Vec<&Peer> = peers
+        .iter()
+        .filter(|peer| peer.answers_to(model) && !peer.url(surface).is_empty())
+        .collect();
+    // Stable order first, so that the rotation is meaningful.
+    matching.sort_by(|a, b| a.load.cmp(&b.load).then_with(|| a.node.cmp(&b.node)));
+    let mut ordered = Vec::with_capacity(matching.len());
+    let mut start = 0;
+    while start < matching.len() {
+        let load = matching[start].load;
+        let end = matching[start..]
+            .iter()
+            .position(|peer| peer.load != load)
+            .map_or(matching.len(), |offset| start + offset);
+        let group = &matching[start..end];
+        let shift = turn % group.len();
+        ordered.extend(
+            group[shift..]
+                .iter()
+                .chain(&group[..shift])
+                .map(|peer| (*peer).clone()),
+        );
+        start = end;
+    }
+    ordered
+}
+
+/// The directory this node routes by, shared by the sync loop (writer) and
+/// the inference servers (readers).
+#[derive(Debug, Default)]
+pub struct Routes {
+    peers: RwLock<Arc<Vec<Peer>>>,
+    turn: AtomicUsize,
+}
+
+impl Routes {
+    /// Replaces the directory.
+    pub fn replace(&self, peers: Vec<Peer>) {
+        *self
+            .peers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(peers);
+    }
+
+    /// The directory as it is now.
+    pub fn peers(&self) -> Arc<Vec<Peer>> {
+        self.peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The peers to try for `model`, best first (see [`candidates`]).
+    pub fn candidates(&self, model: &str, surface: Surface) -> Vec<Peer> {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        candidates(&self.peers(), model, surface, turn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(node: &str, model: &str, load: u32) -> Peer {
+        Peer {
+            model: model.to_owned(),
+            version: "1".to_owned(),
+            node: node.to_owned(),
+            http_url: format!("http://{node}:11434"),
+            grpc_url: format!("http://{node}:50052"),
+            load,
+        }
+    }
+
+    fn nodes(peers: &[Peer]) -> Vec<&str> {
+        peers.iter().map(|peer| peer.node.as_str()).collect()
+    }
+
+    #[test]
+    fn the_least_loaded_peer_serving_the_model_comes_first() {
+        let peers = [
+            peer("a", "smollm2", 50),
+            peer("b", "smollm2", 10),
+            peer("c", "llama", 0),
+            peer("d", "smollm2", 90),
+        ];
+        assert_eq!(
+            nodes(&candidates(&peers, "smollm2", Surface::Http, 0)),
+            ["b", "a", "d"]
+        );
+        assert!(candidates(&peers, "mistral", Surface::Grpc, 0).is_empty());
+        assert_eq!(
+            nodes(&candidates(&peers, "llama:latest", Surface::Grpc, 0)),
+            ["c"]
+        );
+    }
+
+    #[test]
+    fn ties_rotate_and_peers_without_the_surface_are_skipped() {
+        let mut peers = vec![
+            peer("a", "smollm2", 10),
+            peer("b", "smollm2", 10),
+            peer("c", "smollm2", 20),
+        ];
+        assert_eq!(
+            nodes(&candidates(&peers, "smollm2", Surface::Http, 0)),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            nodes(&candidates(&peers, "smollm2", Surface::Http, 1)),
+            ["b", "a", "c"]
+        );
+        peers[0].grpc_url.clear();
+        assert_eq!(
+            nodes(&candidates(&peers, "smollm2", Surface::Grpc, 1)),
+            ["b", "c"]
+        );
+    }
+
+    #[test]
+    fn a_forwarded_request_is_never_forwarded_again() {
+        assert_eq!(parse_hops(None), Ok(0));
+        assert!(may_forward(parse_hops(None).expect("absent is zero")));
+        assert_eq!(parse_hops(Some(b"1")), Ok(1));
+        assert!(!may_forward(1));
+        assert!(!may_forward(7));
+        assert!(parse_hops(Some(b"-1")).is_err());
+        assert!(parse_hops(Some(b"many")).is_err());
+    }
+}

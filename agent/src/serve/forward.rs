@@ -1,0 +1,212 @@
+//! Forwarding a request for a model this node does not serve to a peer that
+//! does (DESIGN.md §7), over the surface it came in on: HTTP requests are
+//! replayed with the same path and body on the peer's HTTP API and its
+//! response is relayed unchanged (streamed as it arrives); gRPC calls are
+//! made again on the peer's gRPC API and its stream is relayed.
+//!
+//! Peers are tried best first ([`Routes::candidates`]); one that cannot be
+//! reached is skipped for the next. A forwarded request carries
+//! [`HOPS_HEADER`] one higher than it arrived with, and a request that
+//! arrived forwarded is not forwarded again ([`may_forward`]), so requests
+//! cannot loop between nodes whose directories disagree.
+//!
+//! gRPC channels to peers are opened per forwarded call (HTTP reuses
+//! reqwest's pool); caching them is left for when forwarding is hot.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use flotilla_proto::inference::v1 as pb;
+use pb::inference_client::InferenceClient;
+
+use super::ServeError;
+use crate::routing::{HOPS_HEADER, Routes, Surface, may_forward, parse_hops};
+
+/// How long connecting to a peer may take before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The response header naming the node that answered a forwarded request.
+pub(super) const SERVED_BY_HEADER: &str = "x-flotilla-served-by";
+
+/// What a forwarded HTTP request needs besides the model.
+pub(super) struct HttpIncoming {
+    pub path: String,
+    pub hops: u32,
+    pub body: Bytes,
+}
+
+/// The hop count of an HTTP request; a malformed one is a 400.
+pub(super) fn http_hops(headers: &HeaderMap) -> Result<u32, ServeError> {
+    parse_hops(headers.get(HOPS_HEADER).map(HeaderValue::as_bytes))
+        .map_err(|error| ServeError::InvalidRequest(error.to_string()))
+}
+
+/// The hop count of a gRPC call; a malformed one is INVALID_ARGUMENT.
+pub(super) fn grpc_hops(metadata: &tonic::metadata::MetadataMap) -> Result<u32, ServeError> {
+    parse_hops(
+        metadata
+            .get(HOPS_HEADER)
+            .map(tonic::metadata::MetadataValue::as_encoded_bytes),
+    )
+    .map_err(|error| ServeError::InvalidRequest(error.to_string()))
+}
+
+/// Whether `local` (why this node could not answer) allows forwarding.
+fn forwardable(local: &ServeError, hops: u32) -> bool {
+    matches!(local, ServeError::ModelNotFound { .. }) && may_forward(hops)
+}
+
+fn no_peer_reachable(model: &str, failures: &[String]) -> ServeError {
+    ServeError::PeerUnavailable(format!(
+        "model {model:?} is not served by this node and no peer serving it could be reached: {}",
+        failures.join("; ")
+    ))
+}
+
+/// Forwards an HTTP request that this node answered with `local`; returns
+/// the peer's response, or the error to answer with (`local` itself when
+/// forwarding is not allowed or no peer serves the model).
+pub(super) async fn http(
+    client: &reqwest::Client,
+    routes: &Routes,
+    model: &str,
+    incoming: &HttpIncoming,
+    local: ServeError,
+) -> Result<Response, ServeError> {
+    if !forwardable(&local, incoming.hops) {
+        return Err(local);
+    }
+    let peers = routes.candidates(model, Surface::Http);
+    if peers.is_empty() {
+        return Err(local);
+    }
+    let mut failures = Vec::new();
+    for peer in &peers {
+        let url = format!("{}{}", peer.http_url.trim_end_matches('/'), incoming.path);
+        let sent = client
+            .post(&url)
+            .header(header::CONTENT_TYPE.as_str(), "application/json")
+            .header(HOPS_HEADER, (incoming.hops + 1).to_string())
+            .body(incoming.body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                metrics::counter!("flotilla_inference_forwarded_total", "surface" => "http")
+                    .increment(1);
+                tracing::debug!(model, peer = %peer.node, %url, "forwarded an HTTP request");
+                return Ok(relay(response, &peer.node));
+            }
+            Err(error) => {
+                tracing::warn!(model, peer = %peer.node, %url, %error, "cannot forward to peer; trying the next");
+                failures.push(format!("{} ({error})", peer.node));
+            }
+        }
+    }
+    Err(no_peer_reachable(model, &failures))
+}
+
+/// The peer's response as this node's: status, content type, retry advice
+/// and the body, streamed through unchanged.
+fn relay(response: reqwest::Response, node: &str) -> Response {
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for name in [
+        header::CONTENT_TYPE,
+        header::RETRY_AFTER,
+        header::CACHE_CONTROL,
+    ] {
+        if let Some(value) = response.headers().get(name.as_str())
+            && let Ok(value) = HeaderValue::from_bytes(value.as_bytes())
+        {
+            headers.insert(name, value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(node) {
+        headers.insert(SERVED_BY_HEADER, value);
+    }
+    let mut relayed = Response::new(Body::from_stream(response.bytes_stream()));
+    *relayed.status_mut() = status;
+    *relayed.headers_mut() = headers;
+    relayed
+}
+
+/// A gRPC call to replay on a peer.
+#[derive(Debug, Clone)]
+pub(super) enum GrpcCall {
+    Generate(pb::GenerateRequest),
+    Chat(pb::ChatRequest),
+}
+
+/// Forwards a gRPC call that this node answered with `local`; returns the
+/// peer's stream, or the status to answer with.
+pub(super) async fn grpc(
+    routes: &Routes,
+    model: &str,
+    hops: u32,
+    call: GrpcCall,
+    local: ServeError,
+) -> Result<tonic::Streaming<pb::GenerateResponse>, tonic::Status> {
+    if !forwardable(&local, hops) {
+        return Err(local.into());
+    }
+    let peers = routes.candidates(model, Surface::Grpc);
+    if peers.is_empty() {
+        return Err(local.into());
+    }
+    let mut failures = Vec::new();
+    for peer in &peers {
+        let channel = match tonic::transport::Endpoint::from_shared(peer.grpc_url.clone()) {
+            Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await,
+            Err(error) => {
+                failures.push(format!(
+                    "{} (invalid URL {:?}: {error})",
+                    peer.node, peer.grpc_url
+                ));
+                continue;
+            }
+        };
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::warn!(model, peer = %peer.node, url = %peer.grpc_url, %error, "cannot forward to peer; trying the next");
+                failures.push(format!("{} ({error})", peer.node));
+                continue;
+            }
+        };
+        let mut client = InferenceClient::new(channel);
+        let hops_value = (hops + 1).to_string();
+        let answered = match call.clone() {
+            GrpcCall::Generate(request) => {
+                let mut request = tonic::Request::new(request);
+                if let Ok(value) = hops_value.parse() {
+                    request.metadata_mut().insert(HOPS_HEADER, value);
+                }
+                client.generate(request).await
+            }
+            GrpcCall::Chat(request) => {
+                let mut request = tonic::Request::new(request);
+                if let Ok(value) = hops_value.parse() {
+                    request.metadata_mut().insert(HOPS_HEADER, value);
+                }
+                client.chat(request).await
+            }
+        };
+        match answered {
+            Ok(response) => {
+                metrics::counter!("flotilla_inference_forwarded_total", "surface" => "grpc")
+                    .increment(1);
+                tracing::debug!(model, peer = %peer.node, "forwarded a gRPC call");
+                return Ok(response.into_inner());
+            }
+            // The connection broke under the call: the next peer may do.
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                failures.push(format!("{} ({})", peer.node, status.message()));
+            }
+            Err(status) => return Err(status),
+        }
+    }
+    Err(no_peer_reachable(model, &failures).into())
+}

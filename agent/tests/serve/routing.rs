@@ -1,0 +1,170 @@
+//! Forwarding to peers in-process: two servers on loopback, the routing
+//! directory filled by hand (the sync loop fills it in production).
+
+use flotilla_agent::routing::Peer;
+
+use super::*;
+
+fn peer(node: &str, model: &str, http_url: String, grpc_url: String) -> Peer {
+    Peer {
+        model: model.to_owned(),
+        version: "1.0.0".to_owned(),
+        node: node.to_owned(),
+        http_url,
+        grpc_url,
+        load: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_node_forwards_to_the_peer_serving_the_model_once() -> anyhow::Result<()> {
+    let owner = Harness::with_model("routed", ServeConfig::default()).await?;
+    let asked = Harness::start(ServeConfig::default()).await?;
+    asked.serving.routes.replace(vec![peer(
+        "owner",
+        "routed",
+        owner.http.clone(),
+        format!("http://{}", owner.grpc),
+    )]);
+
+    // HTTP: the peer's answer, relayed unchanged.
+    let direct: Value = owner
+        .post("/v1/chat/completions", greedy_chat("routed", 6))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let response = asked
+        .post("/v1/chat/completions", greedy_chat("routed", 6))
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-flotilla-served-by")
+            .and_then(|value| value.to_str().ok()),
+        Some("owner")
+    );
+    let forwarded: Value = response.json().await?;
+    assert_eq!(
+        forwarded["choices"][0]["message"]["content"],
+        direct["choices"][0]["message"]["content"]
+    );
+    let body = asked
+        .post(
+            "/api/chat",
+            json!({"model": "routed:latest", "messages": [{"role": "user", "content": "hi"}],
+                "options": {"temperature": 0, "num_predict": 4}}),
+        )
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    assert!(body.lines().count() >= 2, "{body}");
+
+    // gRPC: the call is made again on the peer.
+    let mut client = asked.grpc().await?;
+    let mut stream = client
+        .generate(pb::GenerateRequest {
+            model: "routed".to_owned(),
+            prompt: "hello".to_owned(),
+            options: Some(pb::SamplingOptions {
+                max_tokens: Some(4),
+                temperature: Some(0.0),
+                ..pb::SamplingOptions::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let mut done = false;
+    while let Some(message) = stream.message().await? {
+        assert_eq!(message.model, "routed");
+        done |= message.done;
+    }
+    assert!(done);
+
+    // Listing: the routed model, not local.
+    let models = asked.get("/v1/models").await?;
+    assert_eq!(models["data"][0]["id"], "routed", "{models}");
+    assert_eq!(models["data"][0]["local"], false, "{models}");
+    assert_eq!(models["data"][0]["owned_by"], "flotilla:owner", "{models}");
+    let listed = client
+        .list_models(pb::ListModelsRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(listed.models.len(), 1);
+    assert!(!listed.models[0].local);
+
+    // Already forwarded once: not forwarded again.
+    let response = asked
+        .client
+        .post(format!("{}/v1/chat/completions", asked.http))
+        .header("x-flotilla-hops", "1")
+        .json(&greedy_chat("routed", 4))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 404);
+    let mut request = tonic::Request::new(pb::GenerateRequest {
+        model: "routed".to_owned(),
+        prompt: "hello".to_owned(),
+        options: None,
+    });
+    request
+        .metadata_mut()
+        .insert("x-flotilla-hops", "1".parse()?);
+    let status = client
+        .generate(request)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a second hop was forwarded"))?;
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreachable_peers_are_a_bad_gateway_naming_the_model() -> anyhow::Result<()> {
+    let asked = Harness::start(ServeConfig::default()).await?;
+    // A port that was free a moment ago: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    asked.serving.routes.replace(vec![peer(
+        "gone",
+        "vanished",
+        format!("http://{closed}"),
+        format!("http://{closed}"),
+    )]);
+    let response = asked
+        .post("/v1/chat/completions", greedy_chat("vanished", 4))
+        .await?;
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await?;
+    assert_eq!(body["error"]["code"], "peer_unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("vanished") && message.contains("gone"),
+        "{body}"
+    );
+    let response = asked
+        .post(
+            "/api/generate",
+            json!({"model": "vanished", "prompt": "hi"}),
+        )
+        .await?;
+    assert_eq!(response.status(), 502);
+    let status = asked
+        .grpc()
+        .await?
+        .chat(pb::ChatRequest {
+            model: "vanished".to_owned(),
+            messages: vec![pb::ChatMessage {
+                role: "user".to_owned(),
+                content: "hi".to_owned(),
+            }],
+            options: None,
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("an unreachable peer answered"))?;
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("vanished"), "{status:?}");
+    Ok(())
+}

@@ -1,0 +1,391 @@
+//! Routing between agents with real processes: a controller and two agents,
+//! the real SmolLM2 assigned to edge-a only. edge-b learns from the
+//! controller's directory that edge-a serves it, lists it as not local, and
+//! forwards the same chat over gRPC, OpenAI HTTP and Ollama HTTP (streamed
+//! and whole): greedy decoding makes its answers identical to edge-a's own.
+//! A model nobody serves gets a not-found from edge-b, and a request that
+//! was already forwarded once is not forwarded again.
+
+use std::time::Duration;
+
+use flotilla_proto::inference::v1 as pb;
+use flotilla_tests::{AgentProcess, ControllerProcess, flotilla, test_model, wait_until};
+use serde_json::{Value, json};
+
+const MODEL: &str = "smollm2-135m-instruct";
+/// Upload, download and load of 100 MB on loopback, in a debug build.
+const WAIT: Duration = Duration::from_secs(180);
+const QUESTION: &str = "What is the capital of Germany?";
+
+fn cli(
+    controller: &ControllerProcess,
+    home: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let output = flotilla(&controller.rest_url, &controller.admin_token()?, home, args)?;
+    anyhow::ensure!(
+        output.status.success(),
+        "flotilla {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+fn node_phase(
+    controller: &ControllerProcess,
+    home: &std::path::Path,
+    name: &str,
+) -> Option<String> {
+    let listed: Value =
+        serde_json::from_str(&cli(controller, home, &["node", "ls", "--output", "json"]).ok()?)
+            .ok()?;
+    listed["items"]
+        .as_array()?
+        .iter()
+        .find(|node| node["name"] == name)
+        .map(|node| node["observed"]["phase"].as_str().unwrap_or("").to_owned())
+}
+
+fn urls(agent: &AgentProcess) -> anyhow::Result<(String, String)> {
+    let http = agent
+        .http_addr
+        .ok_or_else(|| anyhow::anyhow!("no --http address"))?;
+    let grpc = agent
+        .grpc_addr
+        .ok_or_else(|| anyhow::anyhow!("no --grpc address"))?;
+    Ok((format!("http://{http}"), format!("http://{grpc}")))
+}
+
+fn sse_text(body: &str) -> (String, bool) {
+    let mut text = String::new();
+    let mut done = false;
+    for data in body.lines().filter_map(|line| line.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap_or_default();
+        text.push_str(
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or(""),
+        );
+    }
+    (text, done)
+}
+
+async fn grpc_chat(url: &str) -> anyhow::Result<String> {
+    let mut inference = pb::inference_client::InferenceClient::connect(url.to_owned()).await?;
+    let mut stream = inference
+        .chat(pb::ChatRequest {
+            model: MODEL.to_owned(),
+            messages: vec![pb::ChatMessage {
+                role: "user".to_owned(),
+                content: QUESTION.to_owned(),
+            }],
+            options: Some(pb::SamplingOptions {
+                temperature: Some(0.0),
+                max_tokens: Some(32),
+                ..pb::SamplingOptions::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let mut answer = String::new();
+    let mut done = false;
+    while let Some(message) = stream.message().await? {
+        answer.push_str(&message.text);
+        done |= message.done;
+    }
+    anyhow::ensure!(done, "the gRPC stream from {url} ended without done");
+    Ok(answer)
+}
+
+/// The OpenAI chat answer from `base`: (whole, streamed).
+async fn openai_chat(client: &reqwest::Client, base: &str) -> anyhow::Result<(String, String)> {
+    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0, "max_tokens": 32});
+    let whole: Value = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let whole = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let mut streamed = chat;
+    streamed["stream"] = json!(true);
+    let response = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await?
+        .error_for_status()?;
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    anyhow::ensure!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let (text, done) = sse_text(&response.text().await?);
+    anyhow::ensure!(done, "the SSE stream from {base} ends with [DONE]");
+    Ok((whole, text))
+}
+
+/// The Ollama chat answer from `base`: (whole, streamed).
+async fn ollama_chat(client: &reqwest::Client, base: &str) -> anyhow::Result<(String, String)> {
+    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
+        "options": {"temperature": 0, "num_predict": 32}});
+    let body = client
+        .post(format!("{base}/api/chat"))
+        .json(&chat)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let lines: Vec<Value> = body
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        lines.last().map(|line| line["done"].clone()) == Some(json!(true)),
+        "the NDJSON stream from {base} ends with done: {body}"
+    );
+    let streamed: String = lines
+        .iter()
+        .filter_map(|line| line["message"]["content"].as_str())
+        .collect();
+    let mut whole_request = chat;
+    whole_request["stream"] = json!(false);
+    let whole: Value = client
+        .post(format!("{base}/api/chat"))
+        .json(&whole_request)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let whole = whole["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    Ok((whole, streamed))
+}
+
+#[tokio::test]
+async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyhow::Result<()> {
+    let Some(model) = test_model() else {
+        eprintln!("SKIP: SmolLM2 GGUF not found; run scripts/test.sh (it fetches the model)");
+        return Ok(());
+    };
+    let data = tempfile::tempdir()?;
+    let home = tempfile::tempdir()?;
+    let a_dir = tempfile::tempdir()?;
+    let b_dir = tempfile::tempdir()?;
+    let controller =
+        ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
+    let model_path = model.to_string_lossy().into_owned();
+    cli(
+        &controller,
+        home.path(),
+        &[
+            "model",
+            "push",
+            &model_path,
+            "--name",
+            MODEL,
+            "--version",
+            "1.0.0",
+            "--output",
+            "json",
+        ],
+    )?;
+    let token = cli(
+        &controller,
+        home.path(),
+        &["node", "token", "create", "--ttl", "10m", "--uses", "2"],
+    )?;
+    let controller_url = format!("http://{}", controller.grpc_addr);
+    let start = |dir: &std::path::Path, name: &str| {
+        AgentProcess::start(
+            dir,
+            &[
+                "--controller",
+                &controller_url,
+                "--bootstrap-token",
+                token.trim(),
+                "--name",
+                name,
+                "--engine-threads",
+                "2",
+            ],
+        )
+    };
+    let agent_a = start(a_dir.path(), "edge-a")?;
+    let agent_b = start(b_dir.path(), "edge-b")?;
+    let (a_http, a_grpc) = urls(&agent_a)?;
+    let (b_http, b_grpc) = urls(&agent_b)?;
+    wait_until("both agents to enrol", WAIT, || async {
+        node_phase(&controller, home.path(), "edge-a").is_some()
+            && node_phase(&controller, home.path(), "edge-b").is_some()
+    })
+    .await?;
+    cli(
+        &controller,
+        home.path(),
+        &[
+            "assign",
+            "--node",
+            "edge-a",
+            "--model",
+            MODEL,
+            "--version",
+            "1.0.0",
+        ],
+    )?;
+    let client = reqwest::Client::new();
+    let listed_on_b = |client: reqwest::Client| {
+        let url = format!("{b_http}/v1/models");
+        async move {
+            let Ok(response) = client.get(&url).send().await else {
+                return false;
+            };
+            let Ok(models) = response.json::<Value>().await else {
+                return false;
+            };
+            models["data"]
+                .as_array()
+                .is_some_and(|data| data.iter().any(|model| model["id"] == MODEL))
+        }
+    };
+    let routed = wait_until("edge-b to list the model served by edge-a", WAIT, || {
+        listed_on_b(client.clone())
+    })
+    .await;
+    if let Err(error) = routed {
+        eprintln!(
+            "--- edge-a log ---\n{}\n--- edge-b log ---\n{}",
+            agent_a.log(),
+            agent_b.log()
+        );
+        return Err(error);
+    }
+
+    // Listing: on edge-b the model is reachable, not local.
+    let models: Value = client
+        .get(format!("{b_http}/v1/models"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(models["data"].as_array().map(Vec::len), Some(1), "{models}");
+    assert_eq!(models["data"][0]["id"], MODEL, "{models}");
+    assert_eq!(models["data"][0]["local"], false, "{models}");
+    assert_eq!(models["data"][0]["owned_by"], "flotilla:edge-a", "{models}");
+    let models: Value = client
+        .get(format!("{a_http}/v1/models"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(models["data"][0]["local"], true, "{models}");
+    assert_eq!(models["data"][0]["owned_by"], "flotilla:local", "{models}");
+    let tags: Value = client
+        .get(format!("{b_http}/api/tags"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(tags["models"][0]["name"], MODEL, "{tags}");
+    assert_eq!(tags["models"][0]["local"], false, "{tags}");
+    let mut inference_b = pb::inference_client::InferenceClient::connect(b_grpc.clone()).await?;
+    let listed = inference_b
+        .list_models(pb::ListModelsRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(listed.models.len(), 1, "{listed:?}");
+    assert_eq!(listed.models[0].name, MODEL);
+    assert!(!listed.models[0].local);
+
+    // The same chat asked of edge-b is answered by edge-a, identically.
+    let from_a = grpc_chat(&a_grpc).await?;
+    assert!(from_a.contains("Berlin"), "edge-a answered {from_a:?}");
+    let from_b = grpc_chat(&b_grpc).await?;
+    assert_eq!(from_b, from_a, "gRPC through edge-b");
+
+    let (a_whole, a_streamed) = openai_chat(&client, &a_http).await?;
+    let (b_whole, b_streamed) = openai_chat(&client, &b_http).await?;
+    assert!(a_whole.contains("Berlin"), "edge-a answered {a_whole:?}");
+    assert_eq!(b_whole, a_whole, "OpenAI through edge-b");
+    assert_eq!(b_streamed, a_streamed, "OpenAI streamed through edge-b");
+    assert_eq!(b_whole, from_a, "greedy answers agree across APIs");
+
+    let (a_whole, a_streamed) = ollama_chat(&client, &a_http).await?;
+    let (b_whole, b_streamed) = ollama_chat(&client, &b_http).await?;
+    assert!(a_whole.contains("Berlin"), "edge-a answered {a_whole:?}");
+    assert_eq!(b_whole, a_whole, "Ollama through edge-b");
+    assert_eq!(b_streamed, a_streamed, "Ollama streamed through edge-b");
+
+    // A model no node serves: edge-b says so, naming it.
+    let response = client
+        .post(format!("{b_http}/v1/chat/completions"))
+        .json(&json!({"model": "llama-3-70b", "messages": [{"role": "user", "content": QUESTION}]}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 404);
+    let error: Value = response.json().await?;
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("llama-3-70b"),
+        "{error}"
+    );
+    let response = client
+        .post(format!("{b_http}/api/chat"))
+        .json(&json!({"model": "llama-3-70b", "messages": [{"role": "user", "content": QUESTION}]}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 404);
+    let status = inference_b
+        .generate(pb::GenerateRequest {
+            model: "llama-3-70b".to_owned(),
+            prompt: QUESTION.to_owned(),
+            options: None,
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("an unknown model was answered over gRPC"))?;
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(status.message().contains("llama-3-70b"), "{status:?}");
+
+    // A request that was forwarded already is answered locally or refused.
+    let response = client
+        .post(format!("{b_http}/v1/chat/completions"))
+        .header("x-flotilla-hops", "1")
+        .json(
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
+            "max_tokens": 4}),
+        )
+        .send()
+        .await?;
+    assert_eq!(response.status(), 404);
+    let response = client
+        .post(format!("{b_http}/v1/chat/completions"))
+        .header("x-flotilla-hops", "lots")
+        .json(&json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}]}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 400);
+    Ok(())
+}

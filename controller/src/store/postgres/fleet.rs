@@ -198,7 +198,7 @@ impl PostgresStore {
 }
 
 /// The SQL shared with the other backend (`store/fleet_sql.rs`).
-mod queries {
+pub(super) mod queries {
     crate::store::fleet_sql::fleet_queries!(
         sqlx::PgConnection,
         " FOR UPDATE",
@@ -206,4 +206,5 @@ mod queries {
         "SELECT * FROM jsonb_to_recordset($1) AS x(name text, observed jsonb, health jsonb, heartbeat bigint)",
         "SELECT * FROM jsonb_to_recordset($1) AS x(node_name text, minute_unix bigint, samples bigint, cpu double precision, memory bigint, gpu_util double precision, gpu_temp double precision, throttled boolean)"
     );
+    crate::store::rollout_sql::rollout_queries!(sqlx::PgConnection);
 }

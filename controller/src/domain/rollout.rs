@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 
 use super::{
     Artifact, AssignmentPhase, DesiredAssignment, HealthSample, Labels, ModelName, ModelVersion,
-    NodeInventory, NodeName, PromptRef, QuantizationPolicy, RolloutName, resolve,
+    NodeInventory, NodeName, PromptRef, QuantizationPolicy, Resolution, RolloutName, resolve,
 };
 
 /// Most waves a rollout may have.
@@ -579,10 +579,7 @@ pub fn memory_budget(
 /// What a rollout gives one node: the artifact that fits, or why none does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fit {
-    Fits {
-        version: ModelVersion,
-        artifact: Artifact,
-    },
+    Fits(Box<Resolution>),
     Unschedulable(String),
 }
 
@@ -603,10 +600,7 @@ pub fn fit_node(
         policy,
         Some(budget_bytes),
     ) {
-        Ok(resolution) => Fit::Fits {
-            version: resolution.version,
-            artifact: resolution.artifact,
-        },
+        Ok(resolution) => Fit::Fits(Box::new(resolution)),
         Err(error) => Fit::Unschedulable(error.to_string()),
     }
 }

@@ -197,14 +197,14 @@ fn auto_fits_q8_on_big_nodes_and_q4_on_small_ones() {
             memory_budget(&cpu_node(memory), None, DEFAULT_SAFETY_MARGIN_PERCENT),
         )
     };
-    let Fit::Fits { artifact, .. } = fit(10_000) else {
+    let Fit::Fits(fits) = fit(10_000) else {
         panic!("big node fits");
     };
-    assert_eq!(artifact.quantization, Quantization::Q8_0);
-    let Fit::Fits { artifact, .. } = fit(1_500) else {
+    assert_eq!(fits.artifact.quantization, Quantization::Q8_0);
+    let Fit::Fits(fits) = fit(1_500) else {
         panic!("small node fits");
     };
-    assert_eq!(artifact.quantization, Quantization::Q4_1);
+    assert_eq!(fits.artifact.quantization, Quantization::Q4_1);
     // 1 000 bytes less 10% is too little for the smallest artifact.
     let Fit::Unschedulable(reason) = fit(1_000) else {
         panic!("tiny node does not fit");

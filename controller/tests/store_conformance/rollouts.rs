@@ -253,3 +253,42 @@ pub(crate) async fn rollouts_write_assignments_conflict_and_roll_back(database: 
         &["rollout nope not found"],
     );
 }
+
+/// One leader at a time: on Postgres a second store on the same database
+/// does not get the lock while the first holds it, and gets it once the
+/// holder's session ends; SQLite, one box, always leads.
+pub(crate) async fn one_engine_leader_at_a_time(database: &TestDatabase) {
+    let store = database.store();
+    let mut first = store
+        .try_lead()
+        .await
+        .expect("try to lead")
+        .expect("the first store leads");
+    assert!(first.still_leader().await);
+    let other = flotilla_controller::store::connect(&database.url)
+        .await
+        .expect("a second store on the same database");
+    let second = other.try_lead().await.expect("try to lead");
+    match other.backend() {
+        flotilla_controller::store::StoreBackend::Sqlite => {
+            assert!(second.is_some(), "sqlite always leads");
+        }
+        flotilla_controller::store::StoreBackend::Postgres => {
+            assert!(second.is_none(), "two leaders at once");
+            drop(first);
+            // The lock goes with the session; the server notices the
+            // closed connection at once or shortly after.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if other.try_lead().await.expect("try to lead").is_some() {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the lock was not released with its session"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -647,3 +647,93 @@ async fn scenario(store_args: &[&str]) -> anyhow::Result<()> {
     hw.shutdown().await;
     Ok(())
 }
+
+/// The real SmolLM2 GGUF rolled out from the CLI across three real agent
+/// processes (SQLite): every agent ends up serving it, and the status view
+/// shows each wave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn smollm2_rollout_across_three_real_agents() -> anyhow::Result<()> {
+    let Some(model) = flotilla_tests::test_model() else {
+        eprintln!("SKIP: SmolLM2 GGUF not found; run scripts/test.sh (it fetches the model)");
+        return Ok(());
+    };
+    let data = tempfile::tempdir()?;
+    let home = tempfile::tempdir()?;
+    let controller =
+        ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "1000"]).await?;
+    let cli = Cli {
+        rest_url: controller.rest_url.clone(),
+        admin: controller.admin_token()?,
+        home: home.path(),
+    };
+    let pushed = cli.run(&[
+        "model",
+        "push",
+        &model.to_string_lossy(),
+        "--name",
+        "smollm2-135m-instruct",
+        "--version",
+        "1.0.0",
+    ])?;
+    let digest = pushed["digest"].as_str().unwrap_or_default().to_owned();
+    anyhow::ensure!(digest.len() == 64, "push answered {pushed}");
+    let token = cli.text(&["node", "token", "create", "--ttl", "10m", "--uses", "3"])?;
+    let grpc = format!("http://{}", controller.grpc_addr);
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let names: Vec<String> = names("smol", 3);
+    let mut agents = Vec::new();
+    for (dir, name) in dirs.iter().zip(&names) {
+        agents.push(flotilla_tests::AgentProcess::start(
+            dir.path(),
+            &[
+                "--controller",
+                &grpc,
+                "--bootstrap-token",
+                &token,
+                "--name",
+                name,
+                "--labels",
+                "site=lab",
+            ],
+        )?);
+    }
+    wait_until("three agents to connect", WAIT, || {
+        let nodes = cli.nodes().unwrap_or_default();
+        let ready = nodes.values().filter(|n| n["ready"] == true).count();
+        async move { ready == 3 }
+    })
+    .await?;
+    cli.text(&[
+        "rollout",
+        "create",
+        "smol",
+        "--model",
+        "smollm2-135m-instruct",
+        "--version",
+        "1.0.0",
+        "--selector",
+        "site=lab",
+        "--waves",
+        "1,100%",
+        "--bake",
+        "200ms",
+        "--max-unavailable",
+        "2",
+    ])?;
+    let result = cli.wait_state("smol", &["succeeded"]).await;
+    if let Err(error) = result {
+        for agent in &agents {
+            eprintln!("--- {} ---\n{}", agent.data_dir.display(), agent.log());
+        }
+        return Err(error);
+    }
+    cli.wait_serving(&names, &digest).await?;
+    let status = cli.text(&["rollout", "status", "smol"])?;
+    anyhow::ensure!(
+        status.contains("wave 1/2") && status.contains("wave 2/2") && status.contains("succeeded"),
+        "{status}"
+    );
+    Ok(())
+}

@@ -47,6 +47,9 @@ pub struct SimulationConfig {
     pub labels: HashMap<String, String>,
     /// Nodes that report FAILED for every assignment.
     pub failing_nodes: HashSet<String>,
+    /// RAM of named nodes, in bytes (others have 16 GiB); a quarter of it
+    /// reads as used in their health samples. Rollouts size artifacts by it.
+    pub node_memory_bytes: HashMap<String, u64>,
     /// Simulated agents per HTTP/2 connection.
     pub agents_per_channel: usize,
     /// Enrolments in flight at once.
@@ -67,6 +70,7 @@ impl SimulationConfig {
             name_prefix: "sim".to_owned(),
             labels: HashMap::new(),
             failing_nodes: HashSet::new(),
+            node_memory_bytes: HashMap::new(),
             agents_per_channel: 50,
             enrol_concurrency: 64,
             backoff: BackoffPolicy::default(),
@@ -139,7 +143,11 @@ impl Simulation {
                     labels: config.labels.clone(),
                     replace_existing: true,
                 };
-                let (channel, inventory) = (channel_for(index), inventory.clone());
+                let mut inventory = inventory.clone();
+                if let Some(memory) = config.node_memory_bytes.get(&config.node_name(index)) {
+                    inventory.memory_total_bytes = *memory;
+                }
+                let channel = channel_for(index);
                 async move { enrol::enrol_over(channel, request, &inventory).await }
             })
             .buffered(config.enrol_concurrency.max(1))
@@ -150,9 +158,19 @@ impl Simulation {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut nodes = Vec::with_capacity(identities.len());
-        let reporter: Arc<dyn NodeReporter> = Arc::new(SyntheticNode { inventory });
+        let reporter: Arc<dyn NodeReporter> = Arc::new(SyntheticNode {
+            inventory: inventory.clone(),
+        });
         for (index, identity) in identities.into_iter().enumerate() {
             let name = identity.name.clone();
+            let reporter = match config.node_memory_bytes.get(&name) {
+                Some(memory) => {
+                    let mut inventory = inventory.clone();
+                    inventory.memory_total_bytes = *memory;
+                    Arc::new(SyntheticNode { inventory }) as Arc<dyn NodeReporter>
+                }
+                None => reporter.clone(),
+            };
             let fetcher = Arc::new(InstantFetcher {
                 fail: config.failing_nodes.contains(&name),
             });
@@ -170,7 +188,7 @@ impl Simulation {
                 ..SyncConfig::new(
                     channel_for(index),
                     Arc::new(Credentials::new(identity, None)),
-                    reporter.clone(),
+                    reporter,
                     link.clone(),
                 )
             };
@@ -320,12 +338,13 @@ impl NodeReporter for SyntheticNode {
     }
 
     fn sample(&self) -> BoxFuture<'static, HealthSample> {
-        Box::pin(async {
+        let memory_total_bytes = self.inventory.memory_total_bytes;
+        Box::pin(async move {
             HealthSample {
                 taken_at: SystemTime::now(),
                 cpu_utilisation_percent: 12.5,
-                memory_used_bytes: 4 << 30,
-                memory_total_bytes: 16 << 30,
+                memory_used_bytes: memory_total_bytes / 4,
+                memory_total_bytes,
                 disk_available_bytes: Some(200 << 30),
                 cpu_temperature_celsius: Some(45.0),
                 gpus: Vec::new(),

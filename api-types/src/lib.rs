@@ -489,3 +489,140 @@ pub struct RemoveAssignmentQuery {
     /// `k=v,k2=v2`
     pub selector: Option<String>,
 }
+
+/// `POST /api/v1/rollouts`: a staged rollout of a model version to the
+/// active nodes matching `selector`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateRolloutRequest {
+    pub name: String,
+    pub model: String,
+    /// An exact version or a semver requirement such as `^1.2`.
+    pub version: String,
+    pub selector: std::collections::BTreeMap<String, String>,
+    /// `auto` (default: the highest precision that fits each node) or a
+    /// preference list such as `Q8_0,Q4_1`.
+    pub quantization: Option<String>,
+    /// `name@version` of a system prompt.
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Cumulative waves such as `1,10%,50%,100%` (default `1,100%`).
+    pub waves: Option<String>,
+    /// How long every node of a wave must stay ready before the next
+    /// (default 30 000).
+    pub bake_ms: Option<u64>,
+    /// Nodes of a wave changing at once (default 1).
+    pub max_unavailable: Option<u32>,
+    /// Restore every touched node when a gate trips (default false: halt).
+    #[serde(default)]
+    pub auto_rollback: bool,
+    /// Failed activations tolerated before the rollout halts (default 0).
+    pub max_failed_activations: Option<u32>,
+    /// Plan only: report which node would get which artifact.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One node of a rollout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RolloutNodeInfo {
+    pub node: String,
+    /// 1-based.
+    pub wave: u32,
+    /// `waiting`, `updating`, `ready`, `failed`, `unschedulable`, `pinned`
+    /// or `rolled_back`.
+    pub state: String,
+    pub version: Option<String>,
+    pub quantization: Option<String>,
+    pub digest: Option<String>,
+    /// Why the node is unschedulable, failed or pinned.
+    pub reason: Option<String>,
+    /// What its agent reports now (`downloading`, `ready`, …).
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// Connected and heartbeating.
+    #[serde(default)]
+    pub ready: bool,
+}
+
+/// A rollout and its nodes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RolloutInfo {
+    pub name: String,
+    /// `pending`, `progressing`, `baking`, `paused`, `halted`,
+    /// `rolling_back`, `rolled_back`, `aborted` or `succeeded`; `dry_run`
+    /// for a plan that was not recorded.
+    pub state: String,
+    pub model: String,
+    pub version: String,
+    pub quantization: String,
+    pub prompt: Option<String>,
+    pub selector: std::collections::BTreeMap<String, String>,
+    pub waves: String,
+    pub wave_count: u32,
+    /// 1-based; the wave being worked on.
+    pub current_wave: u32,
+    pub bake_ms: u64,
+    pub max_unavailable: u32,
+    pub auto_rollback: bool,
+    pub reason: Option<String>,
+    pub generation: u64,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub bake_started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub updated_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub nodes: Vec<RolloutNodeInfo>,
+}
+
+/// `GET /api/v1/rollouts`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RolloutList {
+    pub items: Vec<RolloutInfo>,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EventInfo {
+    pub id: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: OffsetDateTime,
+    /// Who: an operator's subject, or `controller`.
+    pub actor: String,
+    pub rollout: Option<String>,
+    pub node: Option<String>,
+    /// What: `rollout.created`, `wave.started`, `node.failed`, …
+    pub action: String,
+    /// Why, in a sentence.
+    pub message: String,
+}
+
+/// Query of `GET /api/v1/events`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(IntoParams))]
+pub struct EventsQuery {
+    pub rollout: Option<String>,
+    /// Events with ids after this one.
+    pub after: Option<u64>,
+    /// At most this many (1–1000, default 1000).
+    pub limit: Option<u32>,
+}
+
+/// `GET /api/v1/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct EventList {
+    pub items: Vec<EventInfo>,
+}

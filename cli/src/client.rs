@@ -12,10 +12,10 @@ use std::time::Duration;
 use flotilla_api_types::{
     ArtifactInfo, AssignmentChange, AssignmentRecord, BootstrapTokenInfo, CreateAssignmentRequest,
     CreateBootstrapTokenRequest, CreateModelRequest, CreatePromptVersionRequest,
-    CreateTokenRequest, CreateVersionRequest, DIGEST_HEADER, ErrorBody, HealthHistory, ModelDetail,
-    ModelInfo, NodeInfo, Page, PromptInfo, PromptSummaryInfo, RemoveAssignmentQuery,
-    ResolutionInfo, ResolveQuery, TokenInfo, UpdateLabelsRequest, UpdateVersionRequest,
-    VersionInfo, WhoAmI,
+    CreateRolloutRequest, CreateTokenRequest, CreateVersionRequest, DIGEST_HEADER, ErrorBody,
+    EventList, HealthHistory, ModelDetail, ModelInfo, NodeInfo, Page, PromptInfo,
+    PromptSummaryInfo, RemoveAssignmentQuery, ResolutionInfo, ResolveQuery, RolloutInfo,
+    RolloutList, TokenInfo, UpdateLabelsRequest, UpdateVersionRequest, VersionInfo, WhoAmI,
 };
 use futures::TryStreamExt;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -405,6 +405,44 @@ impl ApiClient {
         );
         self.send_query(Method::DELETE, &["assignments"], &pairs)
             .await
+    }
+
+    // ---- rollouts ----
+
+    pub async fn create_rollout(
+        &self,
+        request: &CreateRolloutRequest,
+    ) -> ClientResult<RolloutInfo> {
+        self.send_json(Method::POST, &["rollouts"], request).await
+    }
+
+    pub async fn list_rollouts(&self) -> ClientResult<RolloutList> {
+        self.get(&["rollouts"], &[]).await
+    }
+
+    pub async fn rollout(&self, name: &str) -> ClientResult<RolloutInfo> {
+        self.get(&["rollouts", name], &[]).await
+    }
+
+    /// `pause`, `resume`, `promote`, `abort` or `rollback`.
+    pub async fn rollout_command(&self, name: &str, command: &str) -> ClientResult<RolloutInfo> {
+        self.send_json(
+            Method::POST,
+            &["rollouts", name, command],
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    pub async fn events(
+        &self,
+        rollout: Option<&str>,
+        after: Option<u64>,
+    ) -> ClientResult<EventList> {
+        let mut query = Vec::new();
+        query.extend(rollout.map(|name| ("rollout", name.to_owned())));
+        query.extend(after.map(|id| ("after", id.to_string())));
+        self.get(&["events"], &query).await
     }
 
     // ---- auth ----

@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod objects;
 pub mod registry;
+pub mod rollout;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -15,10 +15,14 @@ use crate::config::ControllerConfig;
 use crate::fleet::{Fleet, FleetConfig};
 use crate::objects::BlobStore;
 use crate::registry::Registry;
+use crate::rollout::Rollouts;
 use crate::store;
 
 /// Lifetime of the admin token written on first start.
 const FIRST_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How often the rollout engine looks at unfinished rollouts (it also
+/// wakes when one changes).
+const ROLLOUT_TICK: Duration = Duration::from_secs(1);
 /// Uploads in `tmp/` older than this at start-up were abandoned by a crash.
 const STALE_UPLOAD_AGE: Duration = Duration::from_secs(3600);
 
@@ -74,10 +78,12 @@ impl Controller {
                 heartbeat_interval: config.heartbeat_interval,
             },
         );
+        let rollouts = Rollouts::new(store.clone(), fleet.clone());
         let registry = Registry::new(store, blobs, config.max_upload_bytes);
         let state = AppState {
             registry,
             fleet,
+            rollouts,
             auth,
             metrics: crate::telemetry::metrics_handle(),
         };
@@ -131,6 +137,12 @@ impl Controller {
             .follower()
             .rescan_every(self.config.change_rescan_interval);
         let follower = tokio::spawn(follower.run(shutdown.clone()));
+        let engine = tokio::spawn(
+            self.state
+                .rollouts
+                .engine(ROLLOUT_TICK)
+                .run(shutdown.clone()),
+        );
         let router = api::router(self.state);
         let http_shutdown = shutdown.clone();
         let http_server = async move {
@@ -152,6 +164,9 @@ impl Controller {
                 result
             }
         );
+        if let Err(error) = engine.await {
+            tracing::warn!(%error, "rollout engine failed");
+        }
         // The flusher writes what agents reported last; wait for it.
         if let Err(error) = flusher.await {
             tracing::warn!(%error, "report flusher failed");

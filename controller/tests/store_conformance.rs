@@ -126,6 +126,8 @@ mod migrations;
 mod models;
 #[path = "store_conformance/prompts.rs"]
 mod prompts;
+#[path = "store_conformance/rollouts.rs"]
+mod rollouts;
 #[path = "store_conformance/versions.rs"]
 mod versions;
 
@@ -152,6 +154,8 @@ conformance_suite!(
     fleet::nodes_are_listed_in_pages_and_approved,
     fleet::assignments_place_nodes_and_generations_only_grow,
     fleet::reports_and_health_history_are_written_in_batches,
+    rollouts::rollouts_write_assignments_conflict_and_roll_back,
+    rollouts::one_engine_leader_at_a_time,
 );
 
 // ---- fixtures ----

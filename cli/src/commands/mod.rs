@@ -5,6 +5,7 @@ pub mod assignment;
 pub mod model;
 pub mod node;
 pub mod prompt;
+pub mod rollout;
 pub mod token;
 
 use std::future::Future;
@@ -33,6 +34,11 @@ pub enum Command {
     /// Versioned system prompts.
     #[command(subcommand)]
     Prompt(prompt::PromptCommand),
+    /// Staged, health-gated rollouts of a model version to many nodes.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// The audit log: who did what to which rollout and node, when and why.
+    Events(rollout::EventsArgs),
     /// API tokens (creating them needs an admin token).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -49,6 +55,8 @@ pub async fn run(command: Command, settings: &Settings, printer: Printer) -> any
         Command::Model(command) => model::run(command, &client, &printer).await,
         Command::Node(command) => node::run(command, &client, &printer).await,
         Command::Prompt(command) => prompt::run(command, &client, &printer).await,
+        Command::Rollout(command) => rollout::run(command, &client, &printer).await,
+        Command::Events(args) => rollout::events(args, &client, &printer).await,
         Command::Token(command) => token::run(command, &client, &printer).await,
         Command::Whoami => token::whoami(&client, &printer).await,
     }

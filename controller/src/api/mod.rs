@@ -9,6 +9,7 @@ mod extract;
 mod models;
 mod nodes;
 mod prompts;
+mod rollouts;
 mod tokens;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::registry::Registry;
 pub struct AppState {
     pub registry: Registry,
     pub fleet: Fleet,
+    pub rollouts: crate::rollout::Rollouts,
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
 }
@@ -49,10 +51,12 @@ pub struct AppState {
         tokens::create_token, tokens::whoami, nodes::create_bootstrap_token, nodes::list_nodes,
         nodes::get_node, nodes::approve_node, nodes::cordon_node, nodes::uncordon_node,
         nodes::drain_node, nodes::update_labels, nodes::health_history, nodes::create_assignment,
-        nodes::list_assignments, nodes::remove_assignment,
+        nodes::list_assignments, nodes::remove_assignment, rollouts::create_rollout,
+        rollouts::list_rollouts, rollouts::get_rollout, rollouts::command_rollout,
+        rollouts::list_events,
     ),
     modifiers(&BearerAuth),
-    tags((name = "models"), (name = "prompts"), (name = "blobs"), (name = "auth"), (name = "nodes"), (name = "assignments"))
+    tags((name = "models"), (name = "prompts"), (name = "blobs"), (name = "auth"), (name = "nodes"), (name = "assignments"), (name = "rollouts"))
 )]
 struct ApiDoc;
 
@@ -126,6 +130,16 @@ pub fn router(state: AppState) -> Router {
                 .post(nodes::create_assignment)
                 .delete(nodes::remove_assignment),
         )
+        .route(
+            "/rollouts",
+            get(rollouts::list_rollouts).post(rollouts::create_rollout),
+        )
+        .route("/rollouts/{name}", get(rollouts::get_rollout))
+        .route(
+            "/rollouts/{name}/{command}",
+            post(rollouts::command_rollout),
+        )
+        .route("/events", get(rollouts::list_events))
         .route("/tokens", post(tokens::create_token))
         .route("/whoami", get(tokens::whoami))
         .route("/openapi.json", get(openapi))

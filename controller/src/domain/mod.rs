@@ -11,6 +11,7 @@ mod page;
 mod prompt;
 mod quantization;
 mod resolve;
+mod rollout;
 
 pub use assignment::{
     Assignment, AssignmentPhase, AssignmentTarget, DesiredAssignment, DesiredPrompt, DesiredState,
@@ -19,7 +20,7 @@ pub use assignment::{
 };
 pub use flotilla_digest::{Digest, DigestParseError};
 pub use model::{Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, VersionState};
-pub use names::{InvalidName, ModelName, NodeName, PromptName};
+pub use names::{InvalidName, ModelName, NodeName, PromptName, RolloutName};
 pub use node::{
     BootstrapSecret, BootstrapToken, InvalidLabels, InvalidNodeStatus, Labels,
     MalformedBootstrapToken, NewNode, Node, NodeChange, NodeGpu, NodeInventory, NodeStatus,
@@ -27,5 +28,12 @@ pub use node::{
 };
 pub use page::{Page, PageRequest};
 pub use prompt::{PromptRef, PromptSummary, SystemPrompt};
-pub use quantization::{Quantization, QuantizationPolicy};
+pub use quantization::{InvalidQuantization, Quantization, QuantizationPolicy};
 pub use resolve::{Resolution, ResolveError, resolve};
+pub use rollout::{
+    CommandOutcome, DEFAULT_SAFETY_MARGIN_PERCENT, Decision, Event, Fit, GateThresholds, GateTrip,
+    InvalidRolloutState, InvalidWaves, MAX_BAKE, MAX_WAVES, NewEvent, NodeObservation,
+    NodeProgress, Rollout, RolloutCommand, RolloutNode, RolloutNodeState, RolloutSpec,
+    RolloutState, Transition, WaveSize, Waves, apply_command, decide, evaluate_gates, fit_node,
+    memory_budget, plan_waves,
+};

@@ -91,6 +91,11 @@ name_type!(
     PromptName,
     "prompt"
 );
+name_type!(
+    /// A rollout's name, e.g. `smollm2-1.3-berlin`.
+    RolloutName,
+    "rollout"
+);
 
 #[cfg(test)]
 mod tests {

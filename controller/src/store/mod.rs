@@ -13,6 +13,8 @@
 
 mod fleet_sql;
 mod postgres;
+mod rollout_rows;
+mod rollout_sql;
 mod rows;
 mod sqlite;
 mod transaction;
@@ -28,6 +30,9 @@ use crate::domain::{
     Model, ModelName, ModelVersion, NewArtifact, NewAssignment, NewNode, Node, NodeChange,
     NodeDesired, NodeInventory, NodeName, NodeStatus, ObservedState, Page, PageRequest, PromptName,
     PromptSummary, SecretHash, SystemPrompt, TokenRejection, VersionState,
+};
+use crate::domain::{
+    Event, NewEvent, Rollout, RolloutName, RolloutNode, RolloutNodeState, RolloutSpec, RolloutState,
 };
 
 pub use postgres::PostgresStore;
@@ -118,6 +123,60 @@ pub enum EnrollOutcome {
     Enrolled(Box<Node>),
     /// The token did not allow it; nothing was written.
     Rejected(TokenRejection),
+}
+
+/// A rollout to record, with its nodes planned into waves and the
+/// artifact chosen for each. The store gives it its generation.
+#[derive(Debug, Clone)]
+pub struct NewRollout {
+    pub name: RolloutName,
+    pub spec: RolloutSpec,
+    pub wave_count: u32,
+    /// `Waiting` or `Unschedulable`; the store marks pinned nodes.
+    pub nodes: Vec<RolloutNode>,
+    pub created_by: String,
+    pub events: Vec<NewEvent>,
+}
+
+/// One change of a rollout, applied atomically with a new generation.
+/// `None` fields stay as they are.
+#[derive(Debug, Clone)]
+pub struct RolloutUpdate {
+    pub name: RolloutName,
+    /// Refuse the change unless the rollout is still at this generation.
+    pub expected_generation: Option<u64>,
+    pub state: Option<RolloutState>,
+    pub current_wave: Option<u32>,
+    pub bake_started_at: Option<Option<time::OffsetDateTime>>,
+    pub skip_bake: Option<bool>,
+    pub reason: Option<Option<String>>,
+    /// State changes that leave desired state alone.
+    pub node_states: Vec<(NodeName, RolloutNodeState, Option<String>)>,
+    /// Nodes to give the rollout's artifact (pinned ones become `Pinned`).
+    pub start: Vec<NodeName>,
+    /// Restore every touched node's previous node-level assignment.
+    pub restore: bool,
+    pub events: Vec<NewEvent>,
+}
+
+impl RolloutUpdate {
+    /// A change of nothing yet, refused unless the rollout is still at
+    /// `expected_generation` (when given).
+    pub fn new(name: RolloutName, expected_generation: Option<u64>) -> Self {
+        Self {
+            name,
+            expected_generation,
+            state: None,
+            current_wave: None,
+            bake_started_at: None,
+            skip_bake: None,
+            reason: None,
+            node_states: Vec::new(),
+            start: Vec::new(),
+            restore: false,
+            events: Vec::new(),
+        }
+    }
 }
 
 /// Which backend a store runs on, for `/readyz`, metrics and logs.
@@ -314,6 +373,61 @@ pub trait Store: Send + Sync + 'static {
     /// controller sharing this database, or `None` where one process owns
     /// the database (SQLite) and every change is made by this one.
     async fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>>;
+
+    // ---- rollouts and events ----
+
+    /// Records a rollout, its nodes and events with a new generation.
+    /// `AlreadyExists` if the name is taken or a node is in another active
+    /// rollout (the message names both).
+    async fn create_rollout(&self, new: &NewRollout) -> StoreResult<(Rollout, Vec<RolloutNode>)>;
+    async fn get_rollout(
+        &self,
+        name: &RolloutName,
+    ) -> StoreResult<Option<(Rollout, Vec<RolloutNode>)>>;
+    /// Every rollout, oldest first.
+    async fn list_rollouts(&self) -> StoreResult<Vec<Rollout>>;
+    /// Applies one change of a rollout in one transaction (see
+    /// [`RolloutUpdate`]). `NotFound` if no such rollout,
+    /// `FailedPrecondition` if it moved past `expected_generation`.
+    async fn update_rollout(
+        &self,
+        update: &RolloutUpdate,
+    ) -> StoreResult<(Rollout, Vec<NodeDesired>)>;
+    /// Nodes an operator pinned with a node-level assignment.
+    async fn pinned_nodes(&self) -> StoreResult<Vec<NodeName>>;
+    /// Events in id order after `after`, of one rollout or all.
+    async fn list_events(
+        &self,
+        rollout: Option<&RolloutName>,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>>;
+
+    /// Tries to become the one controller that runs the rollout engine.
+    /// Postgres: a session advisory lock on a dedicated connection, held
+    /// until that connection closes (so a crashed leader releases it);
+    /// SQLite: one box, always the leader. `None`: another replica leads.
+    async fn try_lead(&self) -> StoreResult<Option<Box<dyn Leadership>>>;
+}
+
+/// Held by the controller that runs the rollout engine.
+#[async_trait]
+pub trait Leadership: Send {
+    /// Whether the lock is still held (its connection still answers).
+    async fn still_leader(&mut self) -> bool;
+}
+
+/// The advisory lock key of the rollout engine's leader ("flotilla").
+pub const LEADER_LOCK_KEY: i64 = 0x666c_6f74_696c_6c61;
+
+/// SQLite's leadership: one process owns the database file.
+pub struct SoleLeader;
+
+#[async_trait]
+impl Leadership for SoleLeader {
+    async fn still_leader(&mut self) -> bool {
+        true
+    }
 }
 
 /// Wakes a controller replica when some replica commits a change of

@@ -23,11 +23,13 @@ use super::{
     ArtifactInsert, BeforeCommit, EnrollOutcome, Enrolment, NewBootstrapToken, NodeReport, Store,
     StoreBackend, StoreError, StoreResult, transaction,
 };
+use super::{NewRollout, RolloutUpdate};
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, HealthPoint, Model, ModelName,
     ModelVersion, NewArtifact, NewAssignment, Node, NodeChange, NodeDesired, NodeName, Page,
     PageRequest, PromptName, PromptSummary, SystemPrompt, VersionState,
 };
+use crate::domain::{Event, Rollout, RolloutName, RolloutNode};
 
 /// Runs `$body` as one transaction on the store's pool, with `$conn` bound
 /// to the transaction's connection, committing when the body returns `Ok` and
@@ -56,6 +58,7 @@ macro_rules! in_transaction {
 }
 
 mod fleet;
+mod rollouts;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -799,6 +802,73 @@ impl Store for PostgresStore {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener.listen(FLEET_CHANNEL).await?;
         Ok(Some(Box::new(PgChangeFeed(listener))))
+    }
+
+    async fn create_rollout(&self, new: &NewRollout) -> StoreResult<(Rollout, Vec<RolloutNode>)> {
+        self.rollouts_create(new).await
+    }
+
+    async fn get_rollout(
+        &self,
+        name: &RolloutName,
+    ) -> StoreResult<Option<(Rollout, Vec<RolloutNode>)>> {
+        self.rollouts_get(name).await
+    }
+
+    async fn list_rollouts(&self) -> StoreResult<Vec<Rollout>> {
+        self.rollouts_list().await
+    }
+
+    async fn update_rollout(
+        &self,
+        update: &RolloutUpdate,
+    ) -> StoreResult<(Rollout, Vec<NodeDesired>)> {
+        self.rollouts_update(update).await
+    }
+
+    async fn pinned_nodes(&self) -> StoreResult<Vec<NodeName>> {
+        self.rollouts_pinned_nodes().await
+    }
+
+    async fn list_events(
+        &self,
+        rollout: Option<&RolloutName>,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        self.rollouts_list_events(rollout, after, limit).await
+    }
+
+    async fn try_lead(&self) -> StoreResult<Option<Box<dyn super::Leadership>>> {
+        // A connection of its own, out of the pool: the lock lives as long
+        // as this session.
+        let mut conn = self.pool.acquire().await?.detach();
+        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(super::LEADER_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+        if acquired {
+            Ok(Some(Box::new(PostgresLeadership { conn })))
+        } else {
+            use sqlx::Connection;
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+}
+
+/// The session holding the rollout engine's advisory lock.
+struct PostgresLeadership {
+    conn: PgConnection,
+}
+
+#[async_trait]
+impl super::Leadership for PostgresLeadership {
+    async fn still_leader(&mut self) -> bool {
+        sqlx::query("SELECT 1")
+            .execute(&mut self.conn)
+            .await
+            .is_ok()
     }
 }
 

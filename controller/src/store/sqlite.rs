@@ -32,11 +32,13 @@ use super::{
     ArtifactInsert, BeforeCommit, EnrollOutcome, Enrolment, NewBootstrapToken, NodeReport, Store,
     StoreBackend, StoreError, StoreResult, transaction,
 };
+use super::{NewRollout, RolloutUpdate};
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, HealthPoint, Model, ModelName,
     ModelVersion, NewArtifact, NewAssignment, Node, NodeChange, NodeDesired, NodeName, Page,
     PageRequest, PromptName, PromptSummary, SystemPrompt, VersionState,
 };
+use crate::domain::{Event, Rollout, RolloutName, RolloutNode};
 
 /// Runs `$body` as one transaction on the store's pool, with `$conn` bound
 /// to the transaction's connection, committing when the body returns `Ok` and
@@ -69,6 +71,7 @@ macro_rules! in_transaction {
 }
 
 mod fleet;
+mod rollouts;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -856,5 +859,44 @@ impl Store for SqliteStore {
     /// One process owns a SQLite database: no other replica to hear from.
     async fn change_feed(&self) -> StoreResult<Option<Box<dyn super::ChangeFeed>>> {
         Ok(None)
+    }
+
+    async fn create_rollout(&self, new: &NewRollout) -> StoreResult<(Rollout, Vec<RolloutNode>)> {
+        self.rollouts_create(new).await
+    }
+
+    async fn get_rollout(
+        &self,
+        name: &RolloutName,
+    ) -> StoreResult<Option<(Rollout, Vec<RolloutNode>)>> {
+        self.rollouts_get(name).await
+    }
+
+    async fn list_rollouts(&self) -> StoreResult<Vec<Rollout>> {
+        self.rollouts_list().await
+    }
+
+    async fn update_rollout(
+        &self,
+        update: &RolloutUpdate,
+    ) -> StoreResult<(Rollout, Vec<NodeDesired>)> {
+        self.rollouts_update(update).await
+    }
+
+    async fn pinned_nodes(&self) -> StoreResult<Vec<NodeName>> {
+        self.rollouts_pinned_nodes().await
+    }
+
+    async fn list_events(
+        &self,
+        rollout: Option<&RolloutName>,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        self.rollouts_list_events(rollout, after, limit).await
+    }
+
+    async fn try_lead(&self) -> StoreResult<Option<Box<dyn super::Leadership>>> {
+        Ok(Some(Box::new(super::SoleLeader)))
     }
 }

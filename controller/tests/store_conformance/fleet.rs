@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::*;
 
-fn node_name(name: &str) -> NodeName {
+pub(crate) fn node_name(name: &str) -> NodeName {
     name.parse().expect("valid node name")
 }
 
@@ -32,7 +32,7 @@ fn new_node(name: &str, labels: &str) -> NewNode {
     }
 }
 
-async fn create_token(store: &dyn Store, ttl: Duration, uses: u32) -> BootstrapSecret {
+pub(crate) async fn create_token(store: &dyn Store, ttl: Duration, uses: u32) -> BootstrapSecret {
     let secret = BootstrapSecret::generate();
     let token = store
         .create_bootstrap_token(&NewBootstrapToken {
@@ -60,7 +60,7 @@ fn enrolment(secret: &BootstrapSecret, node: NewNode, replace: bool) -> Enrolmen
     }
 }
 
-const HOUR: Duration = Duration::from_secs(3600);
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
 
 pub(crate) async fn enrolment_checks_and_uses_up_the_token(database: &TestDatabase) {
     let store = database.store();
@@ -227,7 +227,7 @@ pub(crate) async fn nodes_are_listed_in_pages_and_approved(database: &TestDataba
     assert!(matches!(error, StoreError::NotFound(_)), "{error:?}");
 }
 
-fn desired(model: &str) -> DesiredAssignment {
+pub(crate) fn desired(model: &str) -> DesiredAssignment {
     DesiredAssignment {
         model: model.to_owned(),
         version: "1.0.0".to_owned(),
@@ -240,11 +240,11 @@ fn desired(model: &str) -> DesiredAssignment {
     }
 }
 
-fn selector(text: &str) -> AssignmentTarget {
+pub(crate) fn selector(text: &str) -> AssignmentTarget {
     AssignmentTarget::Selector(text.parse().expect("valid selector"))
 }
 
-async fn enrol(store: &dyn Store, token: &BootstrapSecret, name: &str, labels: &str) {
+pub(crate) async fn enrol(store: &dyn Store, token: &BootstrapSecret, name: &str, labels: &str) {
     assert!(matches!(
         store
             .enroll_node(&enrolment(token, new_node(name, labels), false))
@@ -254,7 +254,7 @@ async fn enrol(store: &dyn Store, token: &BootstrapSecret, name: &str, labels: &
     ));
 }
 
-async fn desired_of(store: &dyn Store, name: &str) -> (u64, Option<String>) {
+pub(crate) async fn desired_of(store: &dyn Store, name: &str) -> (u64, Option<String>) {
     let node = store
         .get_node(&node_name(name))
         .await

@@ -207,7 +207,7 @@ impl PostgresStore {
 }
 
 /// The SQL shared with the other backend (`store/fleet_sql.rs`).
-mod queries {
+pub(super) mod queries {
     crate::store::fleet_sql::fleet_queries!(
         sqlx::PgConnection,
         " FOR UPDATE",
@@ -216,4 +216,5 @@ mod queries {
         "SELECT * FROM jsonb_to_recordset($1) AS x(node_name text, minute_unix bigint, samples bigint, cpu double precision, memory bigint, gpu_util double precision, gpu_temp double precision, throttled boolean)",
         "SELECT pg_notify('flotilla_fleet', '')"
     );
+    crate::store::rollout_sql::rollout_queries!(sqlx::PgConnection);
 }

@@ -207,7 +207,7 @@ impl SqliteStore {
 }
 
 /// The SQL shared with the other backend (`store/fleet_sql.rs`).
-mod queries {
+pub(super) mod queries {
     crate::store::fleet_sql::fleet_queries!(
         sqlx::SqliteConnection,
         "",
@@ -216,4 +216,5 @@ mod queries {
         "SELECT value ->> '$.node_name' AS node_name, value ->> '$.minute_unix' AS minute_unix, value ->> '$.samples' AS samples, value ->> '$.cpu' AS cpu, value ->> '$.memory' AS memory, value ->> '$.gpu_util' AS gpu_util, value ->> '$.gpu_temp' AS gpu_temp, value ->> '$.throttled' AS throttled FROM json_each($1)",
         ""
     );
+    crate::store::rollout_sql::rollout_queries!(sqlx::SqliteConnection);
 }

@@ -1,0 +1,422 @@
+//! `flotilla rollout create|status|ls|pause|resume|promote|abort|rollback`
+//! and `flotilla events`: staged, health-gated rollouts and the audit log.
+//!
+//! The controller owns the meaning (waves, hardware fit, gates); this module
+//! checks the operator's arguments, sends them and shows the outcome.
+
+use std::time::Duration;
+
+use flotilla_api_types::{CreateRolloutRequest, EventInfo, RolloutInfo, RolloutNodeInfo};
+
+use super::assignment::{Selector, parse_selector};
+use super::prompt::parse_prompt_ref;
+use crate::client::ApiClient;
+use crate::output::{Printer, Table, human_bytes, human_time, label_list, short_digest};
+
+/// How often `status --watch` refreshes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+const BAR_WIDTH: usize = 20;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RolloutCommand {
+    /// Starts a staged rollout of a model version to the nodes matching a selector.
+    Create(CreateArgs),
+    /// Shows a rollout's waves and each node's state, with download progress.
+    Status(StatusArgs),
+    /// Lists rollouts.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Stops a rollout where it is; `resume` continues it.
+    Pause(NameArg),
+    /// Continues a paused or halted rollout.
+    Resume(NameArg),
+    /// Skips the rest of the current wave's bake time.
+    Promote(NameArg),
+    /// Stops a rollout for good; nodes keep what they have.
+    Abort(NameArg),
+    /// Restores every node the rollout touched to what it had before.
+    Rollback(NameArg),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NameArg {
+    pub name: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// The model's name.
+    #[arg(long)]
+    pub model: String,
+    /// A version such as 1.2.0, or a requirement such as ^1.2.
+    #[arg(long, value_name = "REQ")]
+    pub version: String,
+    /// The nodes: every active node carrying all these labels, e.g. site=berlin.
+    #[arg(long, value_name = "K=V[,K2=V2]", value_parser = parse_selector)]
+    pub selector: Selector,
+    /// `auto` (the highest precision that fits each node's memory) or a
+    /// preference list such as Q8_0,Q4_1.
+    #[arg(long, value_name = "auto|Q8_0,Q4_1", default_value = "auto")]
+    pub quant: String,
+    /// A system prompt version to serve with the model.
+    #[arg(long, value_name = "NAME@VERSION", value_parser = parse_prompt)]
+    pub prompt: Option<String>,
+    /// Cumulative waves: counts or percentages of the selected nodes.
+    #[arg(long, value_name = "1,10%,50%,100%", default_value = "1,100%")]
+    pub waves: String,
+    /// How long every node of a wave must stay ready before the next (e.g. 30s, 200ms, 5m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub bake: Duration,
+    /// Nodes of a wave changing at once.
+    #[arg(long, value_name = "N", default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_unavailable: u32,
+    /// Restore every touched node automatically when a health gate trips.
+    #[arg(long)]
+    pub auto_rollback: bool,
+    /// Failed activations tolerated before the rollout halts.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_failed: u32,
+    /// Another name the model answers to on the nodes (repeatable).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// Print which node would get which artifact, and which are
+    /// unschedulable, without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    pub name: String,
+    /// Refresh every second until the rollout ends.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only the events of this rollout.
+    #[arg(long, value_name = "NAME")]
+    pub rollout: Option<String>,
+}
+
+fn parse_prompt(text: &str) -> Result<String, String> {
+    let prompt = parse_prompt_ref(text)?;
+    match prompt.version {
+        Some(_) => Ok(text.to_owned()),
+        None => Err(format!(
+            "{text:?} names no version: a rollout pins one, e.g. {text}@3"
+        )),
+    }
+}
+
+/// `200ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 200ms, 30s, 5m or 1h"))?;
+    let millis = match unit {
+        "ms" => Some(number),
+        "" | "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{text:?} is not a duration such as 200ms, 30s, 5m or 1h"))?;
+    Ok(Duration::from_millis(millis))
+}
+
+pub async fn run(
+    command: RolloutCommand,
+    client: &ApiClient,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    match command {
+        RolloutCommand::Create(args) => create(args, client, printer).await,
+        RolloutCommand::Status(args) => status(args, client, printer).await,
+        RolloutCommand::Ls => {
+            let list = client.list_rollouts().await?;
+            if printer.is_json() {
+                return printer.json(&list);
+            }
+            let mut table = Table::new(&["NAME", "STATE", "MODEL", "VERSION", "WAVE", "SELECTOR"]);
+            for rollout in list.items {
+                table.row(vec![
+                    rollout.name,
+                    rollout.state,
+                    rollout.model,
+                    rollout.version,
+                    format!("{}/{}", rollout.current_wave, rollout.wave_count),
+                    label_list(&rollout.selector),
+                ]);
+            }
+            printer.table(&table)
+        }
+        RolloutCommand::Pause(NameArg { name }) => command_(client, printer, &name, "pause").await,
+        RolloutCommand::Resume(NameArg { name }) => {
+            command_(client, printer, &name, "resume").await
+        }
+        RolloutCommand::Promote(NameArg { name }) => {
+            command_(client, printer, &name, "promote").await
+        }
+        RolloutCommand::Abort(NameArg { name }) => command_(client, printer, &name, "abort").await,
+        RolloutCommand::Rollback(NameArg { name }) => {
+            command_(client, printer, &name, "rollback").await
+        }
+    }
+}
+
+async fn command_(
+    client: &ApiClient,
+    printer: &Printer,
+    name: &str,
+    command: &str,
+) -> anyhow::Result<()> {
+    let rollout = client.rollout_command(name, command).await?;
+    if printer.is_json() {
+        return printer.json(&rollout);
+    }
+    printer.line(&format!("rollout {}: {}", rollout.name, rollout.state))
+}
+
+async fn create(args: CreateArgs, client: &ApiClient, printer: &Printer) -> anyhow::Result<()> {
+    let request = CreateRolloutRequest {
+        name: args.name,
+        model: args.model,
+        version: args.version,
+        selector: args.selector.into_labels(),
+        quantization: Some(args.quant),
+        prompt: args.prompt,
+        aliases: args.aliases,
+        waves: Some(args.waves),
+        bake_ms: Some(u64::try_from(args.bake.as_millis()).unwrap_or(u64::MAX)),
+        max_unavailable: Some(args.max_unavailable),
+        auto_rollback: args.auto_rollback,
+        max_failed_activations: Some(args.max_failed),
+        dry_run: args.dry_run,
+    };
+    let rollout = client.create_rollout(&request).await?;
+    if printer.is_json() {
+        return printer.json(&rollout);
+    }
+    if args.dry_run {
+        printer.line(&format!(
+            "dry run of rollout {}: {} {} ({}) over {} nodes in {} waves; nothing changed",
+            rollout.name,
+            rollout.model,
+            rollout.version,
+            rollout.quantization,
+            rollout.nodes.len(),
+            rollout.wave_count
+        ))?;
+        let mut table = Table::new(&["WAVE", "NODE", "VERSION", "QUANT", "DIGEST", "NOTE"]);
+        for node in &rollout.nodes {
+            table.row(vec![
+                node.wave.to_string(),
+                node.node.clone(),
+                node.version.clone().unwrap_or_else(|| "-".into()),
+                node.quantization.clone().unwrap_or_else(|| "-".into()),
+                node.digest
+                    .as_deref()
+                    .map_or_else(|| "-".into(), short_digest),
+                if node.state == "unschedulable" {
+                    format!("unschedulable: {}", node.reason.clone().unwrap_or_default())
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+        return printer.table(&table);
+    }
+    printer.line(&format!(
+        "rollout {} created: {} nodes in {} waves (see `flotilla rollout status {}`)",
+        rollout.name,
+        rollout.nodes.len(),
+        rollout.wave_count,
+        rollout.name
+    ))
+}
+
+async fn status(args: StatusArgs, client: &ApiClient, printer: &Printer) -> anyhow::Result<()> {
+    loop {
+        let rollout = client.rollout(&args.name).await?;
+        let done = matches!(
+            rollout.state.as_str(),
+            "succeeded" | "aborted" | "rolled_back" | "halted"
+        );
+        if printer.is_json() {
+            printer.json(&rollout)?;
+        } else {
+            if args.watch {
+                // Clear the screen and go home, like `watch`.
+                printer.raw("\x1b[2J\x1b[H")?;
+            }
+            printer.raw(&render_status(&rollout))?;
+        }
+        if !args.watch || done {
+            return Ok(());
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
+/// The status view: a summary, one line per wave, one row per node.
+pub fn render_status(rollout: &RolloutInfo) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "rollout {}  {}  generation {}\n",
+        rollout.name, rollout.state, rollout.generation
+    ));
+    out.push_str(&format!(
+        "  {} {} ({}){}  selector {}\n",
+        rollout.model,
+        rollout.version,
+        rollout.quantization,
+        rollout
+            .prompt
+            .as_deref()
+            .map_or_else(String::new, |p| format!(" prompt {p}")),
+        label_list(&rollout.selector)
+    ));
+    out.push_str(&format!(
+        "  waves {}  bake {}ms  max unavailable {}  auto rollback {}\n",
+        rollout.waves, rollout.bake_ms, rollout.max_unavailable, rollout.auto_rollback
+    ));
+    if let Some(reason) = &rollout.reason {
+        out.push_str(&format!("  reason: {reason}\n"));
+    }
+    if let Some(at) = rollout.bake_started_at {
+        out.push_str(&format!("  baking since {}\n", human_time(at)));
+    }
+    for wave in 1..=rollout.wave_count {
+        let nodes: Vec<&RolloutNodeInfo> =
+            rollout.nodes.iter().filter(|n| n.wave == wave).collect();
+        let ready = nodes.iter().filter(|n| n.state == "ready").count();
+        let marker = if wave < rollout.current_wave
+            || (wave == rollout.current_wave && rollout.state == "succeeded")
+        {
+            "done"
+        } else if wave == rollout.current_wave {
+            "current"
+        } else {
+            "next"
+        };
+        out.push_str(&format!(
+            "wave {wave}/{}  {marker}  {ready}/{} ready\n",
+            rollout.wave_count,
+            nodes.len()
+        ));
+    }
+    let mut table = Table::new(&[
+        "WAVE", "NODE", "STATE", "QUANT", "AGENT", "PROGRESS", "NOTE",
+    ]);
+    for node in &rollout.nodes {
+        table.row(vec![
+            node.wave.to_string(),
+            node.node.clone(),
+            node.state.clone(),
+            node.quantization.clone().unwrap_or_else(|| "-".into()),
+            match (&node.phase, node.ready) {
+                (Some(phase), true) => phase.clone(),
+                (Some(phase), false) => format!("{phase} (not ready)"),
+                (None, _) => "-".into(),
+            },
+            progress_bar(node),
+            node.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
+/// `[#########-----------] 45% 12 MiB/27 MiB` while a node downloads.
+fn progress_bar(node: &RolloutNodeInfo) -> String {
+    if node.bytes_total == 0 {
+        return String::new();
+    }
+    let done = node.bytes_done.min(node.bytes_total);
+    let filled = usize::try_from(done.saturating_mul(BAR_WIDTH as u64) / node.bytes_total)
+        .unwrap_or(BAR_WIDTH);
+    format!(
+        "[{}{}] {}% {}/{}",
+        "#".repeat(filled),
+        "-".repeat(BAR_WIDTH - filled),
+        done.saturating_mul(100) / node.bytes_total,
+        human_bytes(done),
+        human_bytes(node.bytes_total)
+    )
+}
+
+pub async fn events(args: EventsArgs, client: &ApiClient, printer: &Printer) -> anyhow::Result<()> {
+    let mut all: Vec<EventInfo> = Vec::new();
+    let mut after = None;
+    loop {
+        let page = client.events(args.rollout.as_deref(), after).await?;
+        let last = page.items.last().map(|e| e.id);
+        let full = page.items.len() >= 1000;
+        all.extend(page.items);
+        match last {
+            Some(id) if full => after = Some(id),
+            _ => break,
+        }
+    }
+    if printer.is_json() {
+        return printer.json(&flotilla_api_types::EventList { items: all });
+    }
+    let mut table = Table::new(&["TIME", "ACTOR", "ROLLOUT", "NODE", "ACTION", "MESSAGE"]);
+    for event in all {
+        table.row(vec![
+            human_time(event.at),
+            event.actor,
+            event.rollout.unwrap_or_else(|| "-".into()),
+            event.node.unwrap_or_else(|| "-".into()),
+            event.action,
+            event.message,
+        ]);
+    }
+    printer.table(&table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "1d", "-1s", "1.5s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn progress_bars_fill_with_the_download() {
+        let mut node = RolloutNodeInfo {
+            node: "a".into(),
+            wave: 1,
+            state: "updating".into(),
+            version: None,
+            quantization: None,
+            digest: None,
+            reason: None,
+            phase: Some("downloading".into()),
+            bytes_done: 50,
+            bytes_total: 100,
+            ready: true,
+        };
+        assert!(progress_bar(&node).starts_with("[##########----------] 50%"));
+        node.bytes_total = 0;
+        assert_eq!(progress_bar(&node), "");
+    }
+}

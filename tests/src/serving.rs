@@ -134,3 +134,23 @@ pub fn node_phase(controller: &ControllerProcess, home: &Path, name: &str) -> Op
         .find(|node| node["name"] == name)
         .map(|node| node["observed"]["phase"].as_str().unwrap_or("").to_owned())
 }
+
+/// The text of an OpenAI chat-completion SSE stream, and whether it ended
+/// with `data: [DONE]`.
+pub fn sse_text(body: &str) -> (String, bool) {
+    let mut text = String::new();
+    let mut done = false;
+    for data in body.lines().filter_map(|line| line.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap_or_default();
+        text.push_str(
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or(""),
+        );
+    }
+    (text, done)
+}

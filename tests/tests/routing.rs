@@ -9,43 +9,14 @@
 use std::time::Duration;
 
 use flotilla_proto::inference::v1 as pb;
-use flotilla_tests::{AgentProcess, ControllerProcess, flotilla, test_model, wait_until};
+use flotilla_tests::serving::{cli, node_phase, sse_text};
+use flotilla_tests::{AgentProcess, ControllerProcess, test_model, wait_until};
 use serde_json::{Value, json};
 
 const MODEL: &str = "smollm2-135m-instruct";
 /// Upload, download and load of 100 MB on loopback, in a debug build.
 const WAIT: Duration = Duration::from_secs(180);
 const QUESTION: &str = "What is the capital of Germany?";
-
-fn cli(
-    controller: &ControllerProcess,
-    home: &std::path::Path,
-    args: &[&str],
-) -> anyhow::Result<String> {
-    let output = flotilla(&controller.rest_url, &controller.admin_token()?, home, args)?;
-    anyhow::ensure!(
-        output.status.success(),
-        "flotilla {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
-}
-
-fn node_phase(
-    controller: &ControllerProcess,
-    home: &std::path::Path,
-    name: &str,
-) -> Option<String> {
-    let listed: Value =
-        serde_json::from_str(&cli(controller, home, &["node", "ls", "--output", "json"]).ok()?)
-            .ok()?;
-    listed["items"]
-        .as_array()?
-        .iter()
-        .find(|node| node["name"] == name)
-        .map(|node| node["observed"]["phase"].as_str().unwrap_or("").to_owned())
-}
 
 fn urls(agent: &AgentProcess) -> anyhow::Result<(String, String)> {
     let http = agent
@@ -55,24 +26,6 @@ fn urls(agent: &AgentProcess) -> anyhow::Result<(String, String)> {
         .grpc_addr
         .ok_or_else(|| anyhow::anyhow!("no --grpc address"))?;
     Ok((format!("http://{http}"), format!("http://{grpc}")))
-}
-
-fn sse_text(body: &str) -> (String, bool) {
-    let mut text = String::new();
-    let mut done = false;
-    for data in body.lines().filter_map(|line| line.strip_prefix("data: ")) {
-        if data == "[DONE]" {
-            done = true;
-            continue;
-        }
-        let chunk: Value = serde_json::from_str(data).unwrap_or_default();
-        text.push_str(
-            chunk["choices"][0]["delta"]["content"]
-                .as_str()
-                .unwrap_or(""),
-        );
-    }
-    (text, done)
 }
 
 async fn grpc_chat(url: &str) -> anyhow::Result<String> {

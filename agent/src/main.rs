@@ -89,6 +89,13 @@ struct Cli {
     /// Seconds after which a running inference request is cancelled.
     #[arg(long, value_name = "SECONDS", default_value_t = ServeConfig::default().request_timeout.as_secs())]
     inference_timeout: u64,
+    /// API keys the inference APIs require, one per line (`Authorization:
+    /// Bearer KEY`). Needed when --http or --grpc listens beyond loopback.
+    #[arg(long, value_name = "PATH", env = "FLOTILLA_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// Serve inference beyond loopback without authentication.
+    #[arg(long)]
+    allow_unauthenticated_inference: bool,
     /// Kernel threads of the inference engine (default: all cores).
     #[arg(long, value_name = "N")]
     engine_threads: Option<usize>,
@@ -281,7 +288,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(cli.grpc)
         .await
         .with_context(|| format!("cannot listen for gRPC inference on {} (--grpc)", cli.grpc))?;
+    let api_keys = cli
+        .api_keys_file
+        .as_deref()
+        .map(serve::ApiKeys::load)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    serve::auth::check_exposure(
+        api_keys.as_ref(),
+        cli.allow_unauthenticated_inference,
+        &[("--http", cli.http), ("--grpc", cli.grpc)],
+    )
+    .map_err(anyhow::Error::msg)?;
     let serving = Serving::new(ServeConfig {
+        api_keys: api_keys.map(std::sync::Arc::new),
         queue_capacity: cli.inference_queue.max(1),
         max_batch: cli.inference_batch.max(1),
         request_timeout: Duration::from_secs(cli.inference_timeout.max(1)),

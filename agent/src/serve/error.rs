@@ -13,6 +13,9 @@ pub enum ServeError {
     /// The request is malformed or a parameter is out of range.
     #[error("{0}")]
     InvalidRequest(String),
+    /// API keys are required and the request carries none that is valid.
+    #[error("a valid API key is required: send Authorization: Bearer KEY")]
+    Unauthenticated,
     /// This node serves another model, or none.
     #[error("model {requested:?} is not served by this node{}", served_hint(.served))]
     ModelNotFound {
@@ -56,6 +59,7 @@ impl ServeError {
     pub fn code(&self) -> &'static str {
         match self {
             ServeError::InvalidRequest(_) => "invalid_request",
+            ServeError::Unauthenticated => "invalid_api_key",
             ServeError::ModelNotFound { .. } => "model_not_found",
             ServeError::Overloaded { .. } => "overloaded",
             ServeError::Timeout(_) => "timeout",
@@ -68,6 +72,7 @@ impl ServeError {
     pub fn http_status(&self) -> StatusCode {
         match self {
             ServeError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ServeError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ServeError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -80,6 +85,7 @@ impl ServeError {
     pub fn grpc_code(&self) -> tonic::Code {
         match self {
             ServeError::InvalidRequest(_) => tonic::Code::InvalidArgument,
+            ServeError::Unauthenticated => tonic::Code::Unauthenticated,
             ServeError::ModelNotFound { .. } => tonic::Code::NotFound,
             ServeError::Overloaded { .. } => tonic::Code::ResourceExhausted,
             ServeError::Timeout(_) => tonic::Code::DeadlineExceeded,

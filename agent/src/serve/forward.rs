@@ -34,6 +34,9 @@ pub(super) struct HttpIncoming {
     pub path: String,
     pub hops: u32,
     pub body: Bytes,
+    /// The client's credential, passed on: peers check it too (one key
+    /// file per fleet).
+    pub authorization: Option<HeaderValue>,
 }
 
 /// The hop count of an HTTP request; a malformed one is a 400.
@@ -84,13 +87,14 @@ pub(super) async fn http(
     let mut failures = Vec::new();
     for peer in &peers {
         let url = format!("{}{}", peer.http_url.trim_end_matches('/'), incoming.path);
-        let sent = client
+        let mut forwarded = client
             .post(&url)
             .header(header::CONTENT_TYPE.as_str(), "application/json")
-            .header(HOPS_HEADER, (incoming.hops + 1).to_string())
-            .body(incoming.body.clone())
-            .send()
-            .await;
+            .header(HOPS_HEADER, (incoming.hops + 1).to_string());
+        if let Some(authorization) = &incoming.authorization {
+            forwarded = forwarded.header(header::AUTHORIZATION.as_str(), authorization.as_bytes());
+        }
+        let sent = forwarded.body(incoming.body.clone()).send().await;
         match sent {
             Ok(response) => {
                 metrics::counter!("flotilla_inference_forwarded_total", "surface" => "http")
@@ -145,10 +149,13 @@ pub(super) enum GrpcCall {
 pub(super) async fn grpc(
     routes: &Routes,
     model: &str,
+    incoming: &tonic::metadata::MetadataMap,
     hops: u32,
     call: GrpcCall,
     local: ServeError,
 ) -> Result<tonic::Streaming<pb::GenerateResponse>, tonic::Status> {
+    // The client's credential goes with the call: peers check it too.
+    let authorization = incoming.get("authorization").cloned();
     if !forwardable(&local, hops) {
         return Err(local.into());
     }
@@ -184,12 +191,18 @@ pub(super) async fn grpc(
                 if let Ok(value) = hops_value.parse() {
                     request.metadata_mut().insert(HOPS_HEADER, value);
                 }
+                if let Some(value) = authorization.clone() {
+                    request.metadata_mut().insert("authorization", value);
+                }
                 client.generate(request).await
             }
             GrpcCall::Chat(request) => {
                 let mut request = tonic::Request::new(request);
                 if let Ok(value) = hops_value.parse() {
                     request.metadata_mut().insert(HOPS_HEADER, value);
+                }
+                if let Some(value) = authorization.clone() {
+                    request.metadata_mut().insert("authorization", value);
                 }
                 client.chat(request).await
             }

@@ -107,6 +107,7 @@ impl InferenceService {
     async fn answer(
         &self,
         request: InferenceRequest,
+        metadata: &tonic::metadata::MetadataMap,
         hops: u32,
         call: GrpcCall,
     ) -> Result<ResponseStream, Status> {
@@ -115,7 +116,8 @@ impl InferenceService {
             Ok(generation) => Ok(Self::stream(generation)),
             Err(local) => {
                 let relayed =
-                    forward::grpc(&self.serving.routes, &model, hops, call, local).await?;
+                    forward::grpc(&self.serving.routes, &model, metadata, hops, call, local)
+                        .await?;
                 Ok(Box::pin(relayed))
             }
         }
@@ -154,10 +156,12 @@ impl Inference for InferenceService {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let hops = forward::grpc_hops(request.metadata())?;
+        let metadata = request.metadata().clone();
         let wire = request.into_inner();
         let parsed = InferenceRequest::try_from(wire.clone())?;
         Ok(Response::new(
-            self.answer(parsed, hops, GrpcCall::Generate(wire)).await?,
+            self.answer(parsed, &metadata, hops, GrpcCall::Generate(wire))
+                .await?,
         ))
     }
 
@@ -166,10 +170,12 @@ impl Inference for InferenceService {
         request: Request<pb::ChatRequest>,
     ) -> Result<Response<Self::ChatStream>, Status> {
         let hops = forward::grpc_hops(request.metadata())?;
+        let metadata = request.metadata().clone();
         let wire = request.into_inner();
         let parsed = InferenceRequest::try_from(wire.clone())?;
         Ok(Response::new(
-            self.answer(parsed, hops, GrpcCall::Chat(wire)).await?,
+            self.answer(parsed, &metadata, hops, GrpcCall::Chat(wire))
+                .await?,
         ))
     }
 
@@ -225,7 +231,28 @@ pub(super) async fn serve(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(InferenceServer::new(InferenceService { serving }))
+        .add_service(InferenceServer::with_interceptor(
+            InferenceService {
+                serving: serving.clone(),
+            },
+            move |request: Request<()>| {
+                let keys = serving.config.api_keys.as_ref();
+                match keys {
+                    Some(keys)
+                        if !keys.allows(
+                            request
+                                .metadata()
+                                .get("authorization")
+                                .map(tonic::metadata::MetadataValue::as_encoded_bytes),
+                        ) =>
+                    {
+                        metrics::counter!("flotilla_inference_unauthenticated_total").increment(1);
+                        Err(ServeError::Unauthenticated.into())
+                    }
+                    _ => Ok(request),
+                }
+            },
+        ))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.cancelled_owned(),

@@ -66,6 +66,35 @@ impl HttpState {
     }
 }
 
+/// Refuses requests without a valid API key when keys are configured, in
+/// the error shape of the surface asked (OpenAI under `/v1`, else Ollama).
+async fn authorize(
+    State(keys): State<Option<std::sync::Arc<super::ApiKeys>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(keys) = keys {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(axum::http::HeaderValue::as_bytes);
+        if !keys.allows(authorization) {
+            metrics::counter!("flotilla_inference_unauthenticated_total").increment(1);
+            let mut response = if request.uri().path().starts_with("/v1/") {
+                openai::error_response(&ServeError::Unauthenticated)
+            } else {
+                ollama::error_response(&ServeError::Unauthenticated)
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
 /// The hop count, path and body of a request that may be forwarded.
 pub(super) fn incoming(
     headers: &axum::http::HeaderMap,
@@ -76,6 +105,7 @@ pub(super) fn incoming(
         path: uri.path().to_owned(),
         hops: forward::http_hops(headers)?,
         body: body.clone(),
+        authorization: headers.get(header::AUTHORIZATION).cloned(),
     })
 }
 
@@ -88,6 +118,11 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
         .route("/api/version", get(ollama::version))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
+        // Only the routes above need a key; probes and metrics stay open.
+        .route_layer(axum::middleware::from_fn_with_state(
+            serving.config.api_keys.clone(),
+            authorize,
+        ))
         .route("/metrics", get(prometheus_metrics))
         // Ollama answers its root so that clients can probe it.
         .route(

@@ -21,6 +21,7 @@
 //! unless it was forwarded already; with no peer it gets the not-found that
 //! names the model.
 
+pub mod auth;
 pub mod error;
 mod forward;
 pub mod generation;
@@ -42,6 +43,7 @@ use crate::routing::Routes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::ApiKeys;
 pub use error::ServeError;
 pub use generation::{Chunk, Completion, FinishReason, Finished, Generation};
 pub use models::{EngineActivator, ModelInfo, ModelSlot, ServedModel};
@@ -72,6 +74,8 @@ pub struct ServeConfig {
     pub engine_threads: Option<usize>,
     /// How long the warm-up generation of a new model may take.
     pub warm_up_timeout: Duration,
+    /// Keys the inference APIs require (`None`: open, see [`auth`]).
+    pub api_keys: Option<Arc<ApiKeys>>,
 }
 
 impl Default for ServeConfig {
@@ -84,6 +88,7 @@ impl Default for ServeConfig {
             retry_after: Duration::from_secs(1),
             engine_threads: None,
             warm_up_timeout: Duration::from_secs(120),
+            api_keys: None,
         }
     }
 }

@@ -187,6 +187,7 @@ pub(super) fn error_response(error: &ServeError) -> Response {
     let kind = match error {
         ServeError::InvalidRequest(_) | ServeError::ModelNotFound { .. } => "invalid_request_error",
         ServeError::Overloaded { .. } => "rate_limit_error",
+        ServeError::Unauthenticated => "authentication_error",
         ServeError::Timeout(_)
         | ServeError::Unavailable(_)
         | ServeError::PeerUnavailable(_)

@@ -14,9 +14,11 @@
 //! - `load`: the bounded queue, the timeout, disconnects, metrics.
 //! - `activation`: blue/green swaps and the system-prompt policies.
 //! - `routing`: forwarding to a peer, the hop rule, unreachable peers.
+//! - `auth`: API keys on every inference route; probes stay open.
 
 mod activation;
 mod api;
+mod auth;
 mod load;
 mod routing;
 

@@ -5,20 +5,16 @@
 //! whole, and each answer must be coherent; a model the node does not serve
 //! gets a not-found that names it.
 //!
-//! (Routing to peers is tested in `routing.rs`; the rollout engine and
-//! third-party clients come later; the HTTP and gRPC surfaces are tested in
-//! detail in `agent/tests/serve/`.)
-
-use std::time::Duration;
+//! (Routing to peers is tested in `routing.rs`, third-party clients in
+//! `clients.rs`; the HTTP and gRPC surfaces in detail in
+//! `agent/tests/serve/`.)
 
 use flotilla_proto::inference::v1 as pb;
-use flotilla_tests::serving::{cli, node_phase, sse_text};
-use flotilla_tests::{AgentProcess, ControllerProcess, test_model, wait_until};
+use flotilla_tests::serving::{ServedModel, sse_text};
+use flotilla_tests::test_model;
 use serde_json::{Value, json};
 
 const MODEL: &str = "smollm2-135m-instruct";
-/// Upload, download and load of 100 MB on loopback, in a debug build.
-const WAIT: Duration = Duration::from_secs(180);
 /// The engine's own real-model test asks the same (135M parameters know Berlin;
 /// their French geography is shakier).
 const QUESTION: &str = "What is the capital of Germany?";
@@ -34,84 +30,9 @@ async fn one_agent_serves_the_assigned_model_over_grpc_openai_and_ollama() -> an
         eprintln!("SKIP: SmolLM2 GGUF not found; run scripts/test.sh (it fetches the model)");
         return Ok(());
     };
-    let data = tempfile::tempdir()?;
-    let home = tempfile::tempdir()?;
-    let agent_dir = tempfile::tempdir()?;
-    let controller =
-        ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
-    let model_path = model.to_string_lossy().into_owned();
-    cli(
-        &controller,
-        home.path(),
-        &[
-            "model",
-            "push",
-            &model_path,
-            "--name",
-            MODEL,
-            "--version",
-            "1.0.0",
-            "--output",
-            "json",
-        ],
-    )?;
-    let token = cli(
-        &controller,
-        home.path(),
-        &["node", "token", "create", "--ttl", "10m", "--uses", "1"],
-    )?;
-    let grpc_url = format!("http://{}", controller.grpc_addr);
-    let agent = AgentProcess::start(
-        agent_dir.path(),
-        &[
-            "--controller",
-            &grpc_url,
-            "--bootstrap-token",
-            token.trim(),
-            "--name",
-            "edge-a",
-            "--engine-threads",
-            "2",
-        ],
-    )?;
-    let http = format!(
-        "http://{}",
-        agent
-            .http_addr
-            .ok_or_else(|| anyhow::anyhow!("no --http address"))?
-    );
-    let grpc = format!(
-        "http://{}",
-        agent
-            .grpc_addr
-            .ok_or_else(|| anyhow::anyhow!("no --grpc address"))?
-    );
-    wait_until("edge-a to enrol", WAIT, || async {
-        node_phase(&controller, home.path(), "edge-a").is_some()
-    })
-    .await?;
-    cli(
-        &controller,
-        home.path(),
-        &[
-            "assign",
-            "--node",
-            "edge-a",
-            "--model",
-            MODEL,
-            "--version",
-            "1.0.0",
-        ],
-    )?;
+    let served = ServedModel::start(&model, MODEL, "edge-a").await?;
+    let (http, grpc) = (served.http_url.clone(), served.grpc_url.clone());
     let client = reqwest::Client::new();
-    let ready = wait_until("edge-a to serve the model", WAIT, || async {
-        node_phase(&controller, home.path(), "edge-a").as_deref() == Some("ready")
-    })
-    .await;
-    if let Err(error) = ready {
-        eprintln!("--- agent log ---\n{}", agent.log());
-        return Err(error);
-    }
     let tags: Value = client
         .get(format!("{http}/api/tags"))
         .send()

@@ -154,3 +154,39 @@ pub fn sse_text(body: &str) -> (String, bool) {
     }
     (text, done)
 }
+
+/// Streams one greedy gRPC chat (`question` to `model` at `url`); returns
+/// the text and the stream's last message (which carries `done`, usage and
+/// the finish reason).
+pub async fn grpc_chat(
+    url: &str,
+    model: &str,
+    question: &str,
+    max_tokens: u32,
+) -> anyhow::Result<(String, flotilla_proto::inference::v1::GenerateResponse)> {
+    use flotilla_proto::inference::v1 as pb;
+    let mut client = pb::inference_client::InferenceClient::connect(url.to_owned()).await?;
+    let mut stream = client
+        .chat(pb::ChatRequest {
+            model: model.to_owned(),
+            messages: vec![pb::ChatMessage {
+                role: "user".to_owned(),
+                content: question.to_owned(),
+            }],
+            options: Some(pb::SamplingOptions {
+                temperature: Some(0.0),
+                max_tokens: Some(max_tokens),
+                ..pb::SamplingOptions::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let mut text = String::new();
+    let mut last = None;
+    while let Some(message) = stream.message().await? {
+        text.push_str(&message.text);
+        last = Some(message);
+    }
+    let last = last.ok_or_else(|| anyhow::anyhow!("empty gRPC stream from {url}"))?;
+    Ok((text, last))
+}

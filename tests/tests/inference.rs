@@ -10,7 +10,7 @@
 //! `agent/tests/serve/`.)
 
 use flotilla_proto::inference::v1 as pb;
-use flotilla_tests::serving::{ServedModel, sse_text};
+use flotilla_tests::serving::{ServedModel, grpc_chat, sse_text};
 use flotilla_tests::test_model;
 use serde_json::{Value, json};
 
@@ -49,31 +49,10 @@ async fn one_agent_serves_the_assigned_model_over_grpc_openai_and_ollama() -> an
     assert_eq!(models["data"][0]["id"], MODEL, "{models}");
 
     // gRPC, streamed.
-    let mut inference = pb::inference_client::InferenceClient::connect(grpc.clone()).await?;
-    let mut stream = inference
-        .chat(pb::ChatRequest {
-            model: MODEL.to_owned(),
-            messages: vec![pb::ChatMessage {
-                role: "user".to_owned(),
-                content: QUESTION.to_owned(),
-            }],
-            options: Some(pb::SamplingOptions {
-                temperature: Some(0.0),
-                max_tokens: Some(48),
-                ..pb::SamplingOptions::default()
-            }),
-        })
-        .await?
-        .into_inner();
-    let mut answer = String::new();
-    let mut last = None;
-    while let Some(message) = stream.message().await? {
-        answer.push_str(&message.text);
-        last = Some(message);
-    }
+    let (answer, last) = grpc_chat(&grpc, MODEL, QUESTION, 48).await?;
     assert_coherent("gRPC Chat", &answer);
-    let last = last.ok_or_else(|| anyhow::anyhow!("empty gRPC stream"))?;
     assert!(last.done && last.usage.is_some_and(|usage| usage.completion_tokens > 0));
+    let mut inference = pb::inference_client::InferenceClient::connect(grpc.clone()).await?;
     let listed = inference
         .list_models(pb::ListModelsRequest {})
         .await?

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use flotilla_proto::inference::v1 as pb;
-use flotilla_tests::serving::{cli, node_phase, sse_text};
+use flotilla_tests::serving::{cli, grpc_chat, node_phase, sse_text};
 use flotilla_tests::{AgentProcess, ControllerProcess, test_model, wait_until};
 use serde_json::{Value, json};
 
@@ -28,30 +28,10 @@ fn urls(agent: &AgentProcess) -> anyhow::Result<(String, String)> {
     Ok((format!("http://{http}"), format!("http://{grpc}")))
 }
 
-async fn grpc_chat(url: &str) -> anyhow::Result<String> {
-    let mut inference = pb::inference_client::InferenceClient::connect(url.to_owned()).await?;
-    let mut stream = inference
-        .chat(pb::ChatRequest {
-            model: MODEL.to_owned(),
-            messages: vec![pb::ChatMessage {
-                role: "user".to_owned(),
-                content: QUESTION.to_owned(),
-            }],
-            options: Some(pb::SamplingOptions {
-                temperature: Some(0.0),
-                max_tokens: Some(32),
-                ..pb::SamplingOptions::default()
-            }),
-        })
-        .await?
-        .into_inner();
-    let mut answer = String::new();
-    let mut done = false;
-    while let Some(message) = stream.message().await? {
-        answer.push_str(&message.text);
-        done |= message.done;
-    }
-    anyhow::ensure!(done, "the gRPC stream from {url} ended without done");
+/// A greedy gRPC chat that must end with a final `done` message.
+async fn grpc_answer(url: &str) -> anyhow::Result<String> {
+    let (answer, last) = grpc_chat(url, MODEL, QUESTION, 32).await?;
+    anyhow::ensure!(last.done, "the gRPC stream from {url} ended without done");
     Ok(answer)
 }
 
@@ -271,9 +251,9 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
     assert!(!listed.models[0].local);
 
     // The same chat asked of edge-b is answered by edge-a, identically.
-    let from_a = grpc_chat(&a_grpc).await?;
+    let from_a = grpc_answer(&a_grpc).await?;
     assert!(from_a.contains("Berlin"), "edge-a answered {from_a:?}");
-    let from_b = grpc_chat(&b_grpc).await?;
+    let from_b = grpc_answer(&b_grpc).await?;
     assert_eq!(from_b, from_a, "gRPC through edge-b");
 
     let (a_whole, a_streamed) = openai_chat(&client, &a_http).await?;

@@ -67,6 +67,7 @@ fn assignment(model: &str, version: &str, bytes: &[u8]) -> Assignment {
         blob_base_url: "http://127.0.0.1:1".to_owned(),
         system_prompt: None,
         system_prompt_policy: SystemPromptPolicy::Prepend,
+        aliases: Vec::new(),
         assignment_generation: 1,
     }
 }
@@ -110,9 +111,16 @@ impl Harness {
         Ok(harness)
     }
 
+    /// Stores `bytes` under their digest, as the cache does: written beside
+    /// and renamed into place, never rewritten where a loaded model may map
+    /// the file (truncating a mapped file is a SIGBUS for its reader).
     fn blob(&self, bytes: &[u8]) -> anyhow::Result<PathBuf> {
         let path = self.dir.path().join(Digest::of(bytes).to_hex());
-        std::fs::write(&path, bytes)?;
+        if !path.exists() {
+            let part = tempfile::NamedTempFile::new_in(self.dir.path())?;
+            std::fs::write(part.path(), bytes)?;
+            part.persist(&path)?;
+        }
         Ok(path)
     }
 

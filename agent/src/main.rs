@@ -93,6 +93,19 @@ struct Cli {
     /// Bearer KEY`). Needed when --http or --grpc listens beyond loopback.
     #[arg(long, value_name = "PATH", env = "FLOTILLA_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
+    /// Also accept JWTs on the inference APIs, verified with this key: the
+    /// identity provider's public key (RSA, EC or Ed25519 PEM) or an HMAC
+    /// secret of at least 32 bytes made for inference alone (never the
+    /// controller's signing key).
+    #[arg(long, value_name = "PATH", env = "FLOTILLA_INFERENCE_JWT_KEY")]
+    inference_jwt_key: Option<PathBuf>,
+    /// The `aud` claim inference JWTs must carry.
+    #[arg(long, value_name = "AUDIENCE", default_value = serve::auth::DEFAULT_JWT_AUDIENCE,
+        requires = "inference_jwt_key")]
+    inference_jwt_audience: String,
+    /// The `iss` claim inference JWTs must carry (default: any).
+    #[arg(long, value_name = "ISSUER", requires = "inference_jwt_key")]
+    inference_jwt_issuer: Option<String>,
     /// Serve inference beyond loopback without authentication.
     #[arg(long)]
     allow_unauthenticated_inference: bool,
@@ -294,14 +307,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map(serve::ApiKeys::load)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    let jwt = cli
+        .inference_jwt_key
+        .as_deref()
+        .map(|path| {
+            serve::JwtVerifier::load(
+                path,
+                &cli.inference_jwt_audience,
+                cli.inference_jwt_issuer.as_deref(),
+            )
+        })
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let auth = serve::InferenceAuth::new(api_keys, jwt);
     serve::auth::check_exposure(
-        api_keys.as_ref(),
+        auth.as_ref(),
         cli.allow_unauthenticated_inference,
         &[("--http", cli.http), ("--grpc", cli.grpc)],
     )
     .map_err(anyhow::Error::msg)?;
     let serving = Serving::new(ServeConfig {
-        api_keys: api_keys.map(std::sync::Arc::new),
+        auth: auth.map(std::sync::Arc::new),
         queue_capacity: cli.inference_queue.max(1),
         max_batch: cli.inference_batch.max(1),
         request_timeout: Duration::from_secs(cli.inference_timeout.max(1)),
@@ -371,7 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ..SyncConfig::new(
             channel,
             credentials,
-            Arc::new(LocalNode::new(probe, cache)),
+            Arc::new(LocalNode::new(probe, cache).with_inference(serve::stats::global())),
             link,
         )
     };

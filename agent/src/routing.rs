@@ -30,8 +30,25 @@ pub struct Peer {
     pub http_url: String,
     /// `http://host:port` of its gRPC inference API (empty: none).
     pub grpc_url: String,
-    /// Lower is less busy.
+    /// Lower is less busy (CPU utilisation); compared after `queue_depth`.
     pub load: u32,
+    /// Requests queued or decoding on the peer at its latest heartbeat.
+    pub queue_depth: u32,
+    /// Other names the peer answers to for the model.
+    pub aliases: Vec<String>,
+}
+
+/// Whether a client asking for `requested` means the model `name` (with
+/// `aliases`) at `version`: any of the names, optionally with Ollama's
+/// `:latest` or `:<version>` tag. The one rule both the node's own model
+/// and its peers are matched by.
+pub fn names_match(requested: &str, name: &str, aliases: &[String], version: &str) -> bool {
+    let (base, tag) = match requested.split_once(':') {
+        None => (requested, None),
+        Some((base, tag)) => (base, Some(tag)),
+    };
+    let named = base == name || aliases.iter().any(|alias| alias == base);
+    named && tag.is_none_or(|tag| tag == "latest" || tag == version)
 }
 
 /// Which API a forwarded request goes to.
@@ -46,10 +63,12 @@ impl Peer {
     /// name, optionally with Ollama's `:latest` or `:<version>` tag (as the
     /// node itself matches it).
     pub fn answers_to(&self, requested: &str) -> bool {
-        match requested.split_once(':') {
-            None => requested == self.model,
-            Some((name, tag)) => name == self.model && (tag == "latest" || tag == self.version),
-        }
+        names_match(requested, &self.model, &self.aliases, &self.version)
+    }
+
+    /// What peers are ranked by: queue first, then CPU.
+    pub fn busyness(&self) -> (u32, u32) {
+        (self.queue_depth, self.load)
     }
 
     pub fn url(&self, surface: Surface) -> &str {
@@ -79,23 +98,27 @@ pub fn may_forward(hops: u32) -> bool {
     hops < MAX_HOPS
 }
 
-/// The peers to try for `model` over `surface`, best first: lowest load
-/// first; among equally loaded peers the order rotates with `turn`
-/// (round-robin), so that ties share the traffic.
+/// The peers to try for `model` over `surface`, best first: shortest queue
+/// first, then lowest CPU load; among equally busy peers the order rotates
+/// with `turn` (round-robin), so that ties share the traffic.
 pub fn candidates(peers: &[Peer], model: &str, surface: Surface, turn: usize) -> Vec<Peer> {
     let mut matching: Vec<&Peer> = peers
         .iter()
         .filter(|peer| peer.answers_to(model) && !peer.url(surface).is_empty())
         .collect();
     // Stable order first, so that the rotation is meaningful.
-    matching.sort_by(|a, b| a.load.cmp(&b.load).then_with(|| a.node.cmp(&b.node)));
+    matching.sort_by(|a, b| {
+        a.busyness()
+            .cmp(&b.busyness())
+            .then_with(|| a.node.cmp(&b.node))
+    });
     let mut ordered = Vec::with_capacity(matching.len());
     let mut start = 0;
     while start < matching.len() {
-        let load = matching[start].load;
+        let busyness = matching[start].busyness();
         let end = matching[start..]
             .iter()
-            .position(|peer| peer.load != load)
+            .position(|peer| peer.busyness() != busyness)
             .map_or(matching.len(), |offset| start + offset);
         let group = &matching[start..end];
         let shift = turn % group.len();
@@ -154,6 +177,8 @@ mod tests {
             http_url: format!("http://{node}:11434"),
             grpc_url: format!("http://{node}:50052"),
             load,
+            queue_depth: 0,
+            aliases: Vec::new(),
         }
     }
 
@@ -178,6 +203,26 @@ mod tests {
             nodes(&candidates(&peers, "llama:latest", Surface::Grpc, 0)),
             ["c"]
         );
+    }
+
+    #[test]
+    fn a_shorter_queue_beats_a_lower_cpu_load_and_aliases_match() {
+        let mut peers = [peer("a", "smollm2", 10), peer("b", "smollm2", 80)];
+        peers[0].queue_depth = 4;
+        peers[1].queue_depth = 1;
+        peers[1].aliases = vec!["chat".to_owned()];
+        assert_eq!(
+            nodes(&candidates(&peers, "smollm2", Surface::Http, 0)),
+            ["b", "a"]
+        );
+        assert_eq!(nodes(&candidates(&peers, "chat", Surface::Http, 0)), ["b"]);
+        assert_eq!(
+            nodes(&candidates(&peers, "chat:1", Surface::Http, 0)),
+            ["b"]
+        );
+        assert!(candidates(&peers, "chat:2", Surface::Http, 0).is_empty());
+        assert!(names_match("smollm2:latest", "smollm2", &[], "1"));
+        assert!(!names_match("smollm", "smollm2", &[], "1"));
     }
 
     #[test]

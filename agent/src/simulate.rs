@@ -348,6 +348,7 @@ impl NodeReporter for SyntheticNode {
                 disk_available_bytes: Some(200 << 30),
                 cpu_temperature_celsius: Some(45.0),
                 gpus: Vec::new(),
+                inference: None,
             }
         })
     }

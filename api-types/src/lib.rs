@@ -326,6 +326,11 @@ pub struct AssignmentInfo {
     pub size_bytes: u64,
     /// `name@version`, or null for none.
     pub prompt: Option<String>,
+    /// `prepend`, `replace` or `forbid`.
+    #[serde(default)]
+    pub prompt_policy: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// The generation of the operator's assignment this comes from.
     pub generation: u64,
     /// What the assignment targeted: `node=NAME` or `selector k=v,...`.
@@ -363,6 +368,34 @@ pub struct HealthInfo {
     pub disk_available_bytes: Option<u64>,
     pub cpu_temperature_celsius: Option<f32>,
     pub gpus: Vec<GpuHealthInfo>,
+    /// The node's inference serving; null for agents that do not serve.
+    #[serde(default)]
+    pub inference: Option<InferenceHealthInfo>,
+}
+
+/// How inference on a node is doing, from its latest heartbeat. Counters
+/// run since the agent started; the rate and the latencies cover the
+/// interval since its previous heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct InferenceHealthInfo {
+    /// Requests queued or decoding now.
+    pub queue_depth: u32,
+    /// How many may be admitted at once.
+    pub queue_capacity: u32,
+    pub completed_total: u64,
+    /// Refused with 429 / RESOURCE_EXHAUSTED (queue full).
+    pub rejected_total: u64,
+    /// Timed out or failed.
+    pub failed_total: u64,
+    /// The client went away first.
+    pub cancelled_total: u64,
+    pub generated_tokens_total: u64,
+    pub tokens_per_second: f32,
+    /// Time to first token (queue wait included); null when no request got
+    /// its first token in the interval.
+    pub time_to_first_token_p50_ms: Option<u32>,
+    pub time_to_first_token_max_ms: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -442,6 +475,12 @@ pub struct CreateAssignmentRequest {
     pub quantization: Option<String>,
     /// `name@version` of a system prompt.
     pub prompt: Option<String>,
+    /// What a chat request's own system message does with the assigned
+    /// prompt: `prepend` (default), `replace` or `forbid`.
+    pub prompt_policy: Option<String>,
+    /// Other names clients may ask for the model by (model-style names).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// An operator's assignment as recorded.
@@ -458,6 +497,11 @@ pub struct AssignmentRecord {
     pub digest: String,
     pub size_bytes: u64,
     pub prompt: Option<String>,
+    /// `prepend`, `replace` or `forbid`.
+    #[serde(default)]
+    pub prompt_policy: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
     pub created_by: String,
     #[serde(with = "time::serde::rfc3339")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
@@ -505,6 +549,10 @@ pub struct CreateRolloutRequest {
     pub quantization: Option<String>,
     /// `name@version` of a system prompt.
     pub prompt: Option<String>,
+    /// What a chat request's own system message does with the assigned
+    /// prompt: `prepend` (default), `replace` or `forbid`.
+    pub prompt_policy: Option<String>,
+    /// Other names clients may ask for the model by (model-style names).
     #[serde(default)]
     pub aliases: Vec<String>,
     /// Cumulative waves such as `1,10%,50%,100%` (default `1,100%`).

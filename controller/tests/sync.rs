@@ -95,6 +95,16 @@ impl Stream {
                     power_limit_milliwatts: Some(72_000),
                     throttle_reasons: vec![],
                 }],
+                inference: Some(pb::InferenceSample {
+                    queue_depth: 3,
+                    queue_capacity: 20,
+                    completed_total: 40,
+                    generated_tokens_total: 1000,
+                    tokens_per_second: 55.5,
+                    time_to_first_token_p50_ms: Some(120),
+                    time_to_first_token_max_ms: Some(400),
+                    ..pb::InferenceSample::default()
+                }),
             }),
         }))
         .await
@@ -371,6 +381,22 @@ async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::
         )
         .await?;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    for (bad, needle) in [
+        (json!({"aliases": ["Not A Name"]}), "invalid alias"),
+        (
+            json!({"prompt_policy": "ignore"}),
+            "unknown system prompt policy",
+        ),
+    ] {
+        let mut body = json!({"node": "edge-1", "model": "tiny", "version": "1.0.1"});
+        for (key, value) in bad.as_object().into_iter().flatten() {
+            body[key] = value.clone();
+        }
+        let response = harness.post("/api/v1/assignments", body).await?;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let text = response.text().await?;
+        assert!(text.contains(needle), "{text}");
+    }
 
     // Heartbeats are acked in order and make the node ready.
     one.heartbeat(1, 12.5).await?;
@@ -401,6 +427,14 @@ async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::
     .await?;
     let node = harness.node("edge-1").await?;
     assert_eq!(node.desired_generation, generation);
+    // The inference figures of the heartbeat come back in the node view.
+    let inference = node
+        .health
+        .as_ref()
+        .and_then(|health| health.inference.clone())
+        .expect("inference figures");
+    assert_eq!((inference.queue_depth, inference.completed_total), (3, 40));
+    assert_eq!(inference.time_to_first_token_p50_ms, Some(120));
     assert_eq!(node.assignment.expect("assigned").digest, digest);
     assert!(!harness.node("edge-2").await?.ready, "no heartbeat yet");
 
@@ -644,7 +678,10 @@ async fn ready_nodes_reach_every_stream_in_the_routing_directory(
     let enrolled = harness.enrol(&["edge-1", "edge-2"]).await?;
     let digest = harness.publish_model(1).await?;
     let change = harness
-        .assign(json!({"node": "edge-1", "model": "tiny", "version": "1.0.1"}))
+        .assign(
+            json!({"node": "edge-1", "model": "tiny", "version": "1.0.1",
+            "aliases": ["tiny-chat"], "prompt_policy": "forbid"}),
+        )
         .await?;
     let generation = change.assignment.as_ref().expect("recorded").generation;
     let advertising = pb::Hello {
@@ -677,7 +714,12 @@ async fn ready_nodes_reach_every_stream_in_the_routing_directory(
         .await?;
     let mut two = harness.open(&enrolled[1].credential, "edge-2").await?;
     let desired = one.desired_at_least(generation).await?;
-    assert!(desired.assignment.is_some());
+    let assignment = desired.assignment.expect("assigned");
+    assert_eq!(assignment.aliases, ["tiny-chat"]);
+    assert_eq!(
+        assignment.system_prompt_policy,
+        pb::SystemPromptPolicy::Forbid as i32
+    );
     // Not ready yet: the directory every stream starts with is empty.
     let first = loop {
         if let pb::controller_message::Body::Directory(directory) = two.next().await? {
@@ -724,6 +766,8 @@ async fn ready_nodes_reach_every_stream_in_the_routing_directory(
             http_url: "http://10.0.0.1:11434".to_owned(),
             grpc_url: "http://10.0.0.1:50052".to_owned(),
             load: 10,
+            aliases: vec!["tiny-chat".to_owned()],
+            queue_depth: 3,
         }]
     );
     Ok(())

@@ -24,6 +24,8 @@ use sysinfo::{
 
 pub use gpu::{GpuInfo, GpuSample};
 
+use crate::serve::stats::InferenceSample;
+
 /// What the box has. Changes rarely (a GPU driver upgrade, a resized disk).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
@@ -63,6 +65,10 @@ pub struct HealthSample {
     /// The hottest CPU package or core sensor, where the kernel exposes one.
     pub cpu_temperature_celsius: Option<f32>,
     pub gpus: Vec<GpuSample>,
+    /// How inference serving is doing (filled by the sync loop's reporter;
+    /// `None` where the agent does not serve).
+    #[serde(default)]
+    pub inference: Option<InferenceSample>,
 }
 
 /// Measures the box. Clone it freely; clones share the probe's state.
@@ -134,6 +140,7 @@ impl HealthProbe {
                     disk_available_bytes: None,
                     cpu_temperature_celsius: None,
                     gpus: Vec::new(),
+                    inference: None,
                 }
             }
         }
@@ -200,6 +207,7 @@ impl ProbeState {
             disk_available_bytes,
             cpu_temperature_celsius: cpu_temperature(&self.components),
             gpus: self.gpus.sample(),
+            inference: None,
         }
     }
 }

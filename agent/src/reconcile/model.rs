@@ -40,6 +40,8 @@ pub struct Assignment {
     pub system_prompt: Option<SystemPrompt>,
     /// What a chat request's own system message does to `system_prompt`.
     pub system_prompt_policy: SystemPromptPolicy,
+    /// Other names clients may ask for the model by.
+    pub aliases: Vec<String>,
     /// The generation of the operator's assignment this came from.
     pub assignment_generation: u64,
 }

@@ -76,6 +76,9 @@ struct AssignmentRow {
     system_prompt: Option<PromptRow>,
     /// `prepend`, `replace`, `forbid`.
     system_prompt_policy: String,
+    /// Added later: absent in older state files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    aliases: Vec<String>,
     assignment_generation: u64,
 }
 
@@ -119,6 +122,7 @@ impl From<&DesiredState> for DesiredRow {
                     SystemPromptPolicy::Forbid => "forbid",
                 }
                 .to_owned(),
+                aliases: assignment.aliases.clone(),
                 assignment_generation: assignment.assignment_generation,
             }),
         }
@@ -160,6 +164,7 @@ impl TryFrom<DesiredRow> for DesiredState {
                             chat_template: prompt.chat_template,
                         }),
                         system_prompt_policy,
+                        aliases: assignment.aliases,
                         assignment_generation: assignment.assignment_generation,
                     })
                 })
@@ -336,6 +341,7 @@ mod tests {
                             chat_template: Some("{{ messages }}".to_owned()),
                         }),
                         system_prompt_policy: SystemPromptPolicy::Forbid,
+                        aliases: vec!["support-bot".to_owned()],
                         assignment_generation: 6,
                     }),
                 }),

@@ -103,6 +103,7 @@ fn assignment(name: &str) -> Assignment {
         blob_base_url: "http://127.0.0.1:1".to_owned(),
         system_prompt: None,
         system_prompt_policy: SystemPromptPolicy::Prepend,
+        aliases: Vec::new(),
         assignment_generation: 1,
     }
 }

@@ -1,18 +1,158 @@
 //! Who may use the inference APIs (DESIGN.md §8). Off by default, which the
 //! agent allows only while both APIs listen on loopback; otherwise it needs
-//! an API key file (`--api-keys-file`) or an explicit
-//! `--allow-unauthenticated-inference`. Clients send a key as
-//! `Authorization: Bearer KEY` (what OpenAI clients send; Ollama clients can
-//! set the header), on HTTP and in gRPC metadata alike. `/metrics`, `/`
-//! and the gRPC health and reflection services stay open for probes.
+//! API keys (`--api-keys-file`), JWT verification (`--inference-jwt-key`),
+//! or an explicit `--allow-unauthenticated-inference`. Clients send a key
+//! or a token as `Authorization: Bearer ...` (what OpenAI clients send;
+//! Ollama clients can set the header), on HTTP and in gRPC metadata alike.
+//! `/metrics`, `/` and the gRPC health and reflection services stay open
+//! for probes.
 //!
-//! Only blake3 digests of the keys are kept, and a presented key is
-//! compared digest to digest (constant time), against every key.
+//! API keys: only blake3 digests are kept, and a presented key is compared
+//! digest to digest (constant time), against every key.
+//!
+//! JWTs come from the organisation's identity provider, not from the
+//! controller: the controller signs its own tokens with a shared HMAC
+//! secret, which must never sit on edge boxes (whoever holds it can mint
+//! operator tokens). So the agent takes the provider's public key (RSA,
+//! EC or Ed25519 PEM) or a secret made for inference alone, and checks the
+//! signature, `exp` (and `nbf`), the audience (`flotilla-inference` unless
+//! told otherwise) and, when configured, the issuer.
+//!
 //! A forwarded request carries the client's credential to the peer, so a
-//! fleet shares one key file. JWT verification is not built yet.
+//! fleet shares one key file and one JWT key.
 
 use std::net::SocketAddr;
 use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+/// Everything that may let a request in; any one suffices.
+#[derive(Debug, Clone, Default)]
+pub struct InferenceAuth {
+    pub keys: Option<ApiKeys>,
+    pub jwt: Option<JwtVerifier>,
+}
+
+impl InferenceAuth {
+    /// `None` when neither keys nor JWTs are configured (open).
+    pub fn new(keys: Option<ApiKeys>, jwt: Option<JwtVerifier>) -> Option<InferenceAuth> {
+        (keys.is_some() || jwt.is_some()).then_some(InferenceAuth { keys, jwt })
+    }
+
+    /// Whether an `Authorization` header value carries a valid key or token.
+    pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(credential) = authorization.and_then(bearer) else {
+            return false;
+        };
+        self.keys
+            .as_ref()
+            .is_some_and(|keys| keys.allows_credential(credential))
+            || self
+                .jwt
+                .as_ref()
+                .is_some_and(|jwt| jwt.allows_credential(credential))
+    }
+}
+
+/// Default `aud` a token must carry.
+pub const DEFAULT_JWT_AUDIENCE: &str = "flotilla-inference";
+
+/// Checks JWTs signed by the organisation's identity provider.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("JwtVerifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shortest HMAC secret accepted (HS256 needs 256 bits).
+const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl JwtVerifier {
+    /// Reads the key file: a PEM public key (RSA, EC or Ed25519), or else
+    /// an HMAC secret (the file's bytes, trailing newline trimmed).
+    pub fn load(path: &Path, audience: &str, issuer: Option<&str>) -> Result<JwtVerifier, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|error| format!("cannot read the JWT key {}: {error}", path.display()))?;
+        JwtVerifier::from_key(&bytes, audience, issuer)
+            .map_err(|error| format!("{}: {error}", path.display()))
+    }
+
+    pub fn from_key(
+        key: &[u8],
+        audience: &str,
+        issuer: Option<&str>,
+    ) -> Result<JwtVerifier, String> {
+        let (key, algorithms) = if key.trim_ascii_start().starts_with(b"-----BEGIN") {
+            if let Ok(rsa) = DecodingKey::from_rsa_pem(key) {
+                (
+                    rsa,
+                    vec![
+                        Algorithm::RS256,
+                        Algorithm::RS384,
+                        Algorithm::RS512,
+                        Algorithm::PS256,
+                        Algorithm::PS384,
+                        Algorithm::PS512,
+                    ],
+                )
+            } else if let Ok(ec) = DecodingKey::from_ec_pem(key) {
+                (ec, vec![Algorithm::ES256, Algorithm::ES384])
+            } else if let Ok(ed) = DecodingKey::from_ed_pem(key) {
+                (ed, vec![Algorithm::EdDSA])
+            } else {
+                return Err("not an RSA, EC or Ed25519 public key in PEM".to_owned());
+            }
+        } else {
+            let secret = key.trim_ascii_end();
+            if secret.len() < MIN_JWT_SECRET_BYTES {
+                return Err(format!(
+                    "an HMAC secret needs at least {MIN_JWT_SECRET_BYTES} bytes, this one has {}",
+                    secret.len()
+                ));
+            }
+            (
+                DecodingKey::from_secret(secret),
+                vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+            )
+        };
+        if audience.trim().is_empty() {
+            return Err("the JWT audience must not be empty".to_owned());
+        }
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.leeway = 30;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "aud"]);
+        validation.set_audience(&[audience]);
+        if let Some(issuer) = issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        Ok(JwtVerifier { key, validation })
+    }
+
+    /// Whether `token` is a valid JWT for inference.
+    fn allows_credential(&self, token: &[u8]) -> bool {
+        let Ok(token) = std::str::from_utf8(token) else {
+            return false;
+        };
+        match jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation) {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::debug!(%error, "inference JWT refused");
+                false
+            }
+        }
+    }
+}
 
 /// The API keys that may call the inference APIs.
 #[derive(Debug, Clone)]
@@ -54,9 +194,12 @@ impl ApiKeys {
 
     /// Whether an `Authorization` header value carries one of the keys.
     pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(key) = authorization.and_then(bearer) else {
-            return false;
-        };
+        authorization
+            .and_then(bearer)
+            .is_some_and(|key| self.allows_credential(key))
+    }
+
+    fn allows_credential(&self, key: &[u8]) -> bool {
         let presented = blake3::hash(key);
         // Every key is compared, so timing does not tell which one matched.
         self.digests
@@ -76,17 +219,18 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 
 /// Why the agent refuses to serve inference without authentication.
 pub fn check_exposure(
-    keys: Option<&ApiKeys>,
+    auth: Option<&InferenceAuth>,
     allow_unauthenticated: bool,
     listening: &[(&str, SocketAddr)],
 ) -> Result<(), String> {
-    if keys.is_some() || allow_unauthenticated {
+    if auth.is_some() || allow_unauthenticated {
         return Ok(());
     }
     match listening.iter().find(|(_, addr)| !addr.ip().is_loopback()) {
         Some((flag, addr)) => Err(format!(
             "inference listens on {addr} ({flag}), beyond loopback, without authentication: \
-             give --api-keys-file, or --allow-unauthenticated-inference to accept that"
+             give --api-keys-file or --inference-jwt-key, or --allow-unauthenticated-inference \
+             to accept that"
         )),
         None => Ok(()),
     }
@@ -111,6 +255,94 @@ mod tests {
         assert!(ApiKeys::parse("short\n").is_err());
     }
 
+    fn token(secret: &[u8], claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .expect("encodes")
+    }
+
+    #[test]
+    fn jwts_are_checked_for_signature_expiry_audience_and_issuer() {
+        let secret = b"inference-secret-0123456789abcdef0123";
+        let jwt = JwtVerifier::from_key(secret, DEFAULT_JWT_AUDIENCE, Some("https://idp"))
+            .expect("valid");
+        let auth = InferenceAuth::new(None, Some(jwt)).expect("configured");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims = |aud: &str, iss: &str, exp: i64| serde_json::json!({"sub": "app", "aud": aud, "iss": iss, "exp": exp});
+        let header = |token: String| format!("Bearer {token}").into_bytes();
+        let good = token(
+            secret,
+            claims(DEFAULT_JWT_AUDIENCE, "https://idp", now + 60),
+        );
+        assert!(auth.allows(Some(&header(good))));
+        for refused in [
+            token(
+                secret,
+                claims(DEFAULT_JWT_AUDIENCE, "https://idp", now - 3600),
+            ),
+            token(secret, claims("controller", "https://idp", now + 60)),
+            token(
+                secret,
+                claims(DEFAULT_JWT_AUDIENCE, "https://evil", now + 60),
+            ),
+            token(
+                b"another-secret-0123456789abcdef0123",
+                claims(DEFAULT_JWT_AUDIENCE, "https://idp", now + 60),
+            ),
+            token(secret, serde_json::json!({"aud": DEFAULT_JWT_AUDIENCE})),
+            "not.a.jwt".to_owned(),
+        ] {
+            assert!(!auth.allows(Some(&header(refused.clone()))), "{refused}");
+        }
+        assert!(JwtVerifier::from_key(b"short", DEFAULT_JWT_AUDIENCE, None).is_err());
+        assert!(
+            JwtVerifier::from_key(
+                b"-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----\n",
+                DEFAULT_JWT_AUDIENCE,
+                None
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn jwts_signed_by_an_identity_providers_ed25519_key_are_accepted() {
+        use base64::Engine;
+        use ring::signature::KeyPair;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("generates");
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("parses");
+        // SubjectPublicKeyInfo of an Ed25519 key: a fixed prefix, then the key.
+        let mut spki = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        spki.extend_from_slice(pair.public_key().as_ref());
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&spki)
+        );
+        let jwt = JwtVerifier::from_key(pem.as_bytes(), "apps", None).expect("an Ed25519 key");
+        let auth = InferenceAuth::new(None, Some(jwt)).expect("configured");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let signed = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::EdDSA),
+            &serde_json::json!({"aud": "apps", "exp": now + 60}),
+            &jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()),
+        )
+        .expect("signs");
+        assert!(auth.allows(Some(format!("Bearer {signed}").as_bytes())));
+        // An HMAC token cannot pass for the provider's: the algorithm is
+        // bound to the key's kind.
+        let forged = token(
+            pem.as_bytes(),
+            serde_json::json!({"aud": "apps", "exp": now + 60}),
+        );
+        assert!(!auth.allows(Some(format!("Bearer {forged}").as_bytes())));
+    }
+
     #[test]
     fn unauthenticated_inference_only_on_loopback_unless_allowed() {
         let loopback: SocketAddr = "127.0.0.1:11434".parse().expect("addr");
@@ -121,6 +353,8 @@ mod tests {
         assert!(refused.contains("--grpc"), "{refused}");
         assert!(check_exposure(None, true, &[("--grpc", open)]).is_ok());
         let keys = ApiKeys::parse("key-0123456789abcdef").expect("valid");
-        assert!(check_exposure(Some(&keys), false, &[("--grpc", open)]).is_ok());
+        let auth = InferenceAuth::new(Some(keys), None).expect("configured");
+        assert!(check_exposure(Some(&auth), false, &[("--grpc", open)]).is_ok());
+        assert!(InferenceAuth::new(None, None).is_none());
     }
 }

@@ -13,8 +13,9 @@ pub enum ServeError {
     /// The request is malformed or a parameter is out of range.
     #[error("{0}")]
     InvalidRequest(String),
-    /// API keys are required and the request carries none that is valid.
-    #[error("a valid API key is required: send Authorization: Bearer KEY")]
+    /// Authentication is required and the request carries no valid API key
+    /// or JWT.
+    #[error("a valid API key or token is required: send Authorization: Bearer KEY")]
     Unauthenticated,
     /// This node serves another model, or none.
     #[error("model {requested:?} is not served by this node{}", served_hint(.served))]

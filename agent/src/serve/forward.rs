@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use flotilla_proto::inference::v1 as pb;
 use pb::inference_client::InferenceClient;
@@ -111,8 +111,8 @@ pub(super) async fn http(
     Err(no_peer_reachable(model, &failures))
 }
 
-/// The peer's response as this node's: status, content type, retry advice
-/// and the body, streamed through unchanged.
+/// The peer's response as this node's: status, content type, retry advice,
+/// which model version answered, and the body, streamed through unchanged.
 fn relay(response: reqwest::Response, node: &str) -> Response {
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -121,6 +121,8 @@ fn relay(response: reqwest::Response, node: &str) -> Response {
         header::CONTENT_TYPE,
         header::RETRY_AFTER,
         header::CACHE_CONTROL,
+        HeaderName::from_static(super::http::MODEL_VERSION_HEADER),
+        HeaderName::from_static(super::http::MODEL_DIGEST_HEADER),
     ] {
         if let Some(value) = response.headers().get(name.as_str())
             && let Ok(value) = HeaderValue::from_bytes(value.as_bytes())

@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::forward::{self, GrpcCall};
 use super::{
-    Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Role,
-    ServeError, Serving,
+    Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
+    Role, ServeError, Serving,
 };
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateResponse, Status>> + Send>>;
@@ -125,6 +125,7 @@ impl InferenceService {
 
     fn stream(generation: Generation) -> ResponseStream {
         let model = generation.model.name.clone();
+        let version = generation.model.version.clone();
         let stream = generation.into_stream().map(move |item| match item {
             Ok(Chunk::Text(text)) => Ok(pb::GenerateResponse {
                 model: model.clone(),
@@ -132,13 +133,16 @@ impl InferenceService {
                 done: false,
                 finish_reason: pb::FinishReason::Unspecified.into(),
                 usage: None,
+                version: String::new(),
             }),
+            // The version once, with the usage: which one answered.
             Ok(Chunk::Finished(finished)) => Ok(pb::GenerateResponse {
                 model: model.clone(),
                 text: String::new(),
                 done: true,
                 finish_reason: finish_reason(finished.reason).into(),
                 usage: Some(usage(&finished)),
+                version: version.clone(),
             }),
             Err(error) => Err(error.to_grpc_status()),
         });
@@ -183,34 +187,32 @@ impl Inference for InferenceService {
         &self,
         _request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let local = self.serving.slot.current();
-        let mut models: Vec<pb::Model> = local
-            .iter()
-            .map(|model| {
-                let info = model.info();
-                pb::Model {
-                    name: info.name.clone(),
-                    version: info.version.clone(),
-                    quantization: info.quantization.clone(),
+        let models = self
+            .serving
+            .catalogue()
+            .into_iter()
+            .map(|listed| match listed.reached {
+                Reached::Local(info) => pb::Model {
+                    name: listed.name,
+                    aliases: listed.aliases,
+                    version: listed.version,
+                    quantization: info.quantization,
                     digest: info.digest.to_hex(),
                     size_bytes: info.size_bytes,
                     local: true,
                     context_length: saturating_u32(info.context_length as u128),
-                }
+                    node: String::new(),
+                },
+                Reached::Peer(node) => pb::Model {
+                    name: listed.name,
+                    aliases: listed.aliases,
+                    version: listed.version,
+                    local: false,
+                    node,
+                    ..pb::Model::default()
+                },
             })
             .collect();
-        // Then every model reachable through a peer, once each.
-        for peer in self.serving.routes.peers().iter() {
-            if models.iter().any(|listed| listed.name == peer.model) {
-                continue;
-            }
-            models.push(pb::Model {
-                name: peer.model.clone(),
-                version: peer.version.clone(),
-                local: false,
-                ..pb::Model::default()
-            });
-        }
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
 }
@@ -236,7 +238,7 @@ pub(super) async fn serve(
                 serving: serving.clone(),
             },
             move |request: Request<()>| {
-                let keys = serving.config.api_keys.as_ref();
+                let keys = serving.config.auth.as_ref();
                 match keys {
                     Some(keys)
                         if !keys.allows(

@@ -17,7 +17,6 @@ use serde::de::DeserializeOwned;
 
 use super::forward::{self, HttpIncoming};
 use super::{ServeError, Serving, ollama, openai};
-use crate::routing::Peer;
 
 #[derive(Clone)]
 pub(super) struct HttpState {
@@ -42,34 +41,13 @@ impl HttpState {
             Err(error) => error_response(&error),
         }
     }
-
-    /// Models reachable through peers and not served here, one peer each
-    /// (the least loaded).
-    pub fn routed_models(&self) -> Vec<Peer> {
-        let local = self.serving.slot.current();
-        let mut routed: Vec<Peer> = Vec::new();
-        let peers = self.serving.routes.peers();
-        for peer in peers.iter() {
-            if local
-                .as_ref()
-                .is_some_and(|model| model.answers_to(&peer.model))
-            {
-                continue;
-            }
-            match routed.iter_mut().find(|listed| listed.model == peer.model) {
-                Some(listed) if listed.load > peer.load => *listed = peer.clone(),
-                Some(_) => {}
-                None => routed.push(peer.clone()),
-            }
-        }
-        routed
-    }
 }
 
-/// Refuses requests without a valid API key when keys are configured, in
-/// the error shape of the surface asked (OpenAI under `/v1`, else Ollama).
+/// Refuses requests without a valid API key or JWT when authentication is
+/// configured, in the error shape of the surface asked (OpenAI under `/v1`,
+/// else Ollama).
 async fn authorize(
-    State(keys): State<Option<std::sync::Arc<super::ApiKeys>>>,
+    State(keys): State<Option<std::sync::Arc<super::InferenceAuth>>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -120,7 +98,7 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
         .route("/api/chat", post(ollama::chat))
         // Only the routes above need a key; probes and metrics stay open.
         .route_layer(axum::middleware::from_fn_with_state(
-            serving.config.api_keys.clone(),
+            serving.config.auth.clone(),
             authorize,
         ))
         .route("/metrics", get(prometheus_metrics))
@@ -163,6 +141,25 @@ pub(super) fn with_retry_after(error: &ServeError, mut response: Response) -> Re
         && let Ok(value) = seconds.to_string().parse()
     {
         response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// The response header with the served model's version (registry semver).
+pub const MODEL_VERSION_HEADER: &str = "x-flotilla-model-version";
+/// The response header with the served artifact's blake3 digest.
+pub const MODEL_DIGEST_HEADER: &str = "x-flotilla-model-digest";
+
+/// Says which version and artifact answered, so that clients and operators
+/// can tell a rollout's versions apart in responses (the bodies keep each
+/// surface's own shape).
+pub(super) fn with_served_model(model: &super::ModelInfo, mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(value) = model.version.parse() {
+        headers.insert(MODEL_VERSION_HEADER, value);
+    }
+    if let Ok(value) = model.digest.to_hex().parse() {
+        headers.insert(MODEL_DIGEST_HEADER, value);
     }
     response
 }

@@ -1,11 +1,14 @@
 //! The inference metrics, through the `metrics` facade, and the process-wide
 //! Prometheus recorder the HTTP server renders at `/metrics` (the same
-//! approach as the controller's `telemetry::metrics_handle`).
+//! approach as the controller's `telemetry::metrics_handle`). Each one also
+//! feeds the heartbeat's [`super::stats`].
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use super::stats::{self, Outcome};
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
@@ -34,11 +37,19 @@ pub fn queue_depth(model: &str, depth: usize) {
 pub fn request_finished(model: &str, outcome: &'static str) {
     metrics::counter!("flotilla_inference_requests_total", "model" => model.to_owned(), "outcome" => outcome)
         .increment(1);
+    stats::global().finished(match outcome {
+        "ok" => Outcome::Completed,
+        "cancelled" => Outcome::Cancelled,
+        "overloaded" => Outcome::Rejected,
+        "timeout" | "unavailable" | "internal" | "peer_unavailable" => Outcome::Failed,
+        _ => Outcome::ClientError,
+    });
 }
 
 pub fn tokens_generated(model: &str, tokens: u64) {
     metrics::counter!("flotilla_inference_generated_tokens_total", "model" => model.to_owned())
         .increment(tokens);
+    stats::global().tokens_generated(tokens);
 }
 
 pub fn prompt_tokens(model: &str, tokens: usize) {
@@ -50,4 +61,5 @@ pub fn prompt_tokens(model: &str, tokens: usize) {
 pub fn time_to_first_token(model: &str, elapsed: Duration) {
     metrics::histogram!("flotilla_inference_time_to_first_token_seconds", "model" => model.to_owned())
         .record(elapsed.as_secs_f64());
+    stats::global().first_token(elapsed);
 }

@@ -7,6 +7,7 @@
 //! - [`generation`]: one running generation: admission into the bounded
 //!   queue, cancellation when the client goes away, the per-request timeout,
 //!   metrics.
+//! - [`stats`]: the inference figures each heartbeat carries.
 //! - [`error`]: [`ServeError`], mapped to HTTP and gRPC statuses in one place.
 //! - `http` (axum): the OpenAI-compatible `/v1/*` (`openai`) and the
 //!   Ollama-compatible `/api/*` (`ollama`) on one port, plus `/metrics`.
@@ -32,6 +33,7 @@ pub mod models;
 mod ollama;
 mod openai;
 pub mod request;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,11 +41,11 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::routing::Routes;
+use crate::routing::{Peer, Routes};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::ApiKeys;
+pub use auth::{ApiKeys, InferenceAuth, JwtVerifier};
 pub use error::ServeError;
 pub use generation::{Chunk, Completion, FinishReason, Finished, Generation};
 pub use models::{EngineActivator, ModelInfo, ModelSlot, ServedModel};
@@ -74,8 +76,9 @@ pub struct ServeConfig {
     pub engine_threads: Option<usize>,
     /// How long the warm-up generation of a new model may take.
     pub warm_up_timeout: Duration,
-    /// Keys the inference APIs require (`None`: open, see [`auth`]).
-    pub api_keys: Option<Arc<ApiKeys>>,
+    /// API keys or JWTs the inference APIs require (`None`: open, see
+    /// [`auth`]).
+    pub auth: Option<Arc<InferenceAuth>>,
 }
 
 impl Default for ServeConfig {
@@ -88,7 +91,7 @@ impl Default for ServeConfig {
             retry_after: Duration::from_secs(1),
             engine_threads: None,
             warm_up_timeout: Duration::from_secs(120),
-            api_keys: None,
+            auth: None,
         }
     }
 }
@@ -111,10 +114,77 @@ impl Serving {
         }
     }
 
+    /// Every model reachable through this node, for the listing APIs
+    /// (`/v1/models`, `/api/tags`, `ListModels`): the one served here
+    /// first, then each model only peers serve, once, by its least busy
+    /// peer.
+    pub fn catalogue(&self) -> Vec<Listed> {
+        let local = self.slot.current();
+        let mut listed: Vec<Listed> = local
+            .iter()
+            .map(|model| {
+                let info = model.info();
+                Listed {
+                    name: info.name.clone(),
+                    aliases: info.aliases.clone(),
+                    version: info.version.clone(),
+                    reached: Reached::Local(info.clone()),
+                }
+            })
+            .collect();
+        let mut routed: Vec<Peer> = Vec::new();
+        for peer in self.routes.peers().iter() {
+            if local
+                .as_ref()
+                .is_some_and(|model| model.answers_to(&peer.model))
+            {
+                continue;
+            }
+            match routed.iter_mut().find(|listed| listed.model == peer.model) {
+                Some(listed) if listed.busyness() > peer.busyness() => *listed = peer.clone(),
+                Some(_) => {}
+                None => routed.push(peer.clone()),
+            }
+        }
+        listed.extend(routed.into_iter().map(|peer| Listed {
+            name: peer.model,
+            aliases: peer.aliases,
+            version: peer.version,
+            reached: Reached::Peer(peer.node),
+        }));
+        listed
+    }
+
     /// The reconciler's activator that fills this slot.
     pub fn activator(&self) -> EngineActivator {
         EngineActivator::new(self.slot.clone(), self.config.clone())
     }
+}
+
+/// One model reachable through this node.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub version: String,
+    pub reached: Reached,
+}
+
+impl Listed {
+    /// The name, then the aliases: each is listed as a model of its own,
+    /// since clients pick from the list by name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+}
+
+/// Where a listed model is served.
+#[derive(Debug, Clone)]
+pub enum Reached {
+    /// Here, with what is known about it.
+    Local(ModelInfo),
+    /// Through the peer of this name.
+    Peer(String),
 }
 
 /// Serves the OpenAI- and Ollama-compatible HTTP API on `listener` until

@@ -38,6 +38,8 @@ use crate::reconcile::{Activation, Activator, Assignment, SystemPromptPolicy};
 pub struct ModelInfo {
     /// The registry name, which clients ask for.
     pub name: String,
+    /// Other names the assignment lets clients use.
+    pub aliases: Vec<String>,
     pub version: String,
     pub quantization: String,
     pub digest: Digest,
@@ -81,6 +83,19 @@ pub struct Admission {
     _permit: OwnedSemaphorePermit,
 }
 
+impl Admission {
+    fn new(permit: OwnedSemaphorePermit) -> Admission {
+        super::stats::global().admitted();
+        Admission { _permit: permit }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        super::stats::global().released();
+    }
+}
+
 impl ServedModel {
     /// Loads `activation`'s artifact and warms it up. Blocking: call it on a
     /// blocking thread.
@@ -116,6 +131,7 @@ impl ServedModel {
         let served = ServedModel {
             info: ModelInfo {
                 name: assignment.model.clone(),
+                aliases: assignment.aliases.clone(),
                 version: assignment.version.clone(),
                 quantization: assignment.quantization.clone(),
                 digest: assignment.digest,
@@ -194,14 +210,15 @@ impl ServedModel {
     }
 
     /// Whether a client asking for `requested` means this model: the
-    /// registry name, optionally with Ollama's `:latest` or `:<version>` tag.
+    /// registry name or an alias, optionally with Ollama's `:latest` or
+    /// `:<version>` tag.
     pub fn answers_to(&self, requested: &str) -> bool {
-        match requested.split_once(':') {
-            None => requested == self.info.name,
-            Some((name, tag)) => {
-                name == self.info.name && (tag == "latest" || tag == self.info.version)
-            }
-        }
+        crate::routing::names_match(
+            requested,
+            &self.info.name,
+            &self.info.aliases,
+            &self.info.version,
+        )
     }
 
     /// Takes a place in this model's queue, or says it is full.
@@ -209,7 +226,7 @@ impl ServedModel {
         self.admission
             .clone()
             .try_acquire_owned()
-            .map(|permit| Admission { _permit: permit })
+            .map(Admission::new)
             .map_err(|_| ServeError::Overloaded {
                 model: self.info.name.clone(),
                 in_flight: self.in_flight(),
@@ -409,6 +426,7 @@ impl Activator for EngineActivator {
                 tokio::task::spawn_blocking(move || ServedModel::load(&activation, &config))
                     .await
                     .map_err(|error| format!("loading {model} panicked: {error}"))??;
+            super::stats::global().set_capacity(loaded.capacity());
             let previous = slot.replace(Some(Arc::new(loaded)));
             if let Some(previous) = previous {
                 tracing::info!(
@@ -425,6 +443,7 @@ impl Activator for EngineActivator {
     fn deactivate(&self) -> BoxFuture<'static, ()> {
         let slot = self.slot.clone();
         Box::pin(async move {
+            super::stats::global().set_capacity(0);
             if let Some(previous) = slot.replace(None) {
                 tracing::info!(model = %previous.info.name, "stopped serving");
             }

@@ -19,10 +19,10 @@ use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use super::forward::HttpIncoming;
-use super::http::{HttpState, incoming, parse_json, with_retry_after};
+use super::http::{HttpState, incoming, parse_json, with_retry_after, with_served_model};
 use super::{
-    Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Role,
-    ServeError,
+    Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
+    Role, ServeError,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,9 +246,10 @@ async fn respond(
                     .await;
             }
         };
-    let model = generation.model.name.clone();
+    let served = generation.model.clone();
+    let model = served.name.clone();
     if !stream {
-        return match generation.complete().await {
+        let response = match generation.complete().await {
             Ok(completion) => Json(final_object(
                 kind,
                 &model,
@@ -258,6 +259,7 @@ async fn respond(
             .into_response(),
             Err(error) => error_response(&error),
         };
+        return with_served_model(&served, response);
     }
     let lines = generation.into_stream().map(move |item| {
         let value = match item {
@@ -269,11 +271,12 @@ async fn respond(
         line.push('\n');
         Ok::<_, Infallible>(Bytes::from(line))
     });
-    (
+    let response = (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines),
     )
-        .into_response()
+        .into_response();
+    with_served_model(&served, response)
 }
 
 fn piece(kind: Kind, model: &str, text: &str) -> Value {
@@ -317,57 +320,55 @@ fn final_object(kind: Kind, model: &str, text: &str, finished: &Finished) -> Val
 }
 
 /// The node's own model (`"local": true`) and every model it can route to
-/// (`"local": false`, with the `"node"` it would ask first).
+/// (`"local": false`, with the `"node"` it would ask first). Each alias is
+/// an entry of its own, with `"alias_of"` naming the registry model. A
+/// routed model's size and digest are not known here: 0 and empty.
 pub(super) async fn tags(State(state): State<HttpState>) -> Response {
-    let mut models: Vec<Value> = state
-        .serving
-        .slot
-        .current()
-        .map(|model| {
-            let info = model.info();
-            let modified_at = time::OffsetDateTime::from(info.loaded_at)
-                .format(&Rfc3339)
-                .unwrap_or_default();
-            json!({
-                "name": info.name,
-                "model": info.name,
-                "modified_at": modified_at,
-                "size": info.size_bytes,
-                "digest": info.digest.to_hex(),
-                "details": {
-                    "parent_model": "",
-                    "format": "gguf",
-                    "family": "llama",
-                    "families": ["llama"],
-                    "parameter_size": "",
-                    "quantization_level": info.quantization,
-                },
-                "version": info.version,
-                "local": true,
-            })
-        })
-        .into_iter()
-        .collect();
-    models.extend(state.routed_models().into_iter().map(|peer| {
-        json!({
-            "name": peer.model,
-            "model": peer.model,
-            "modified_at": now_rfc3339(),
-            "size": 0,
-            "digest": "",
-            "details": {
-                "parent_model": "",
-                "format": "gguf",
-                "family": "",
-                "families": [],
-                "parameter_size": "",
-                "quantization_level": "",
-            },
-            "version": peer.version,
-            "local": false,
-            "node": peer.node,
-        })
-    }));
+    let mut models: Vec<Value> = Vec::new();
+    for listed in state.serving.catalogue() {
+        for name in listed.names() {
+            let mut entry = match &listed.reached {
+                Reached::Local(info) => json!({
+                    "modified_at": time::OffsetDateTime::from(info.loaded_at)
+                        .format(&Rfc3339)
+                        .unwrap_or_default(),
+                    "size": info.size_bytes,
+                    "digest": info.digest.to_hex(),
+                    "details": {
+                        "parent_model": "",
+                        "format": "gguf",
+                        "family": "llama",
+                        "families": ["llama"],
+                        "parameter_size": "",
+                        "quantization_level": info.quantization,
+                    },
+                    "local": true,
+                }),
+                Reached::Peer(node) => json!({
+                    "modified_at": now_rfc3339(),
+                    "size": 0,
+                    "digest": "",
+                    "details": {
+                        "parent_model": "",
+                        "format": "gguf",
+                        "family": "",
+                        "families": [],
+                        "parameter_size": "",
+                        "quantization_level": "",
+                    },
+                    "local": false,
+                    "node": node,
+                }),
+            };
+            entry["name"] = json!(name);
+            entry["model"] = json!(name);
+            entry["version"] = json!(listed.version);
+            if name != listed.name {
+                entry["alias_of"] = json!(listed.name);
+            }
+            models.push(entry);
+        }
+    }
     Json(json!({ "models": models })).into_response()
 }
 

@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::forward::HttpIncoming;
-use super::http::{HttpState, incoming, parse_json, unix_seconds, with_retry_after};
+use super::http::{
+    HttpState, incoming, parse_json, unix_seconds, with_retry_after, with_served_model,
+};
 use super::{
     Chunk, Completion, FinishReason, Finished, Generation, InferenceRequest, Input, Message,
-    Params, Role, ServeError,
+    Params, Reached, Role, ServeError,
 };
 
 /// `stop`: one string or a list of them.
@@ -311,18 +313,21 @@ async fn respond(
             }
         };
     let id = kind.id();
-    let model = generation.model.name.clone();
+    let served = generation.model.clone();
+    let model = served.name.clone();
     let created = unix_seconds(std::time::SystemTime::now());
-    if stream {
+    let response = if stream {
         let events = sse_events(generation, kind, id, model, created, include_usage);
-        return Sse::new(events)
+        Sse::new(events)
             .keep_alive(KeepAlive::default())
-            .into_response();
-    }
-    match generation.complete().await {
-        Ok(completion) => Json(whole(kind, &id, &model, created, &completion)).into_response(),
-        Err(error) => error_response(&error),
-    }
+            .into_response()
+    } else {
+        match generation.complete().await {
+            Ok(completion) => Json(whole(kind, &id, &model, created, &completion)).into_response(),
+            Err(error) => error_response(&error),
+        }
+    };
+    with_served_model(&served, response)
 }
 
 fn whole(kind: Kind, id: &str, model: &str, created: u64, completion: &Completion) -> Value {
@@ -449,35 +454,35 @@ fn sse_events(
 
 /// The node's own model (`"owned_by": "flotilla:local"`) and every model
 /// it can route to (`"owned_by": "flotilla:<node>"`, the peer it would ask
-/// first), with `"local"` saying which is which.
+/// first), with `"local"` saying which is which. Each alias is an entry of
+/// its own, with `"alias_of"` naming the registry model.
 pub(super) async fn list_models(State(state): State<HttpState>) -> Response {
-    let mut data: Vec<Value> = state
-        .serving
-        .slot
-        .current()
-        .map(|model| {
-            let info = model.info();
-            json!({
-                "id": info.name,
+    let mut data: Vec<Value> = Vec::new();
+    for listed in state.serving.catalogue() {
+        for name in listed.names() {
+            let mut entry = json!({
+                "id": name,
                 "object": "model",
-                "created": unix_seconds(info.loaded_at),
-                "owned_by": "flotilla:local",
-                "version": info.version,
-                "quantization": info.quantization,
-                "local": true,
-            })
-        })
-        .into_iter()
-        .collect();
-    data.extend(state.routed_models().into_iter().map(|peer| {
-        json!({
-            "id": peer.model,
-            "object": "model",
-            "created": 0,
-            "owned_by": format!("flotilla:{}", peer.node),
-            "version": peer.version,
-            "local": false,
-        })
-    }));
+                "version": listed.version,
+            });
+            match &listed.reached {
+                Reached::Local(info) => {
+                    entry["created"] = json!(unix_seconds(info.loaded_at));
+                    entry["owned_by"] = json!("flotilla:local");
+                    entry["quantization"] = json!(info.quantization);
+                    entry["local"] = json!(true);
+                }
+                Reached::Peer(node) => {
+                    entry["created"] = json!(0);
+                    entry["owned_by"] = json!(format!("flotilla:{node}"));
+                    entry["local"] = json!(false);
+                }
+            }
+            if name != listed.name {
+                entry["alias_of"] = json!(listed.name);
+            }
+            data.push(entry);
+        }
+    }
     Json(json!({"object": "list", "data": data})).into_response()
 }

@@ -48,6 +48,7 @@ use crate::credentials::Credentials;
 use crate::health::{HealthProbe, HealthSample, Inventory};
 use crate::reconcile::{DEFAULT_HEARTBEAT_INTERVAL, DesiredState, ObservedState, ReconcilerLink};
 use crate::routing::{Peer, Routes};
+use crate::serve::stats::InferenceStats;
 pub use telemetry::{FleetTelemetry, LatencySummary, NodeTelemetry, ReceivedGeneration};
 
 /// Heartbeats whose ack has not come back, per stream; older ones are
@@ -62,15 +63,27 @@ pub trait NodeReporter: Send + Sync + 'static {
     fn cached_blobs(&self) -> BoxFuture<'static, Vec<CachedBlob>>;
 }
 
-/// The real box: the health probe and the artifact cache.
+/// The real box: the health probe, the artifact cache and, when the node
+/// serves inference, its statistics.
 pub struct LocalNode {
     probe: HealthProbe,
     cache: Arc<ArtifactCache>,
+    inference: Option<&'static InferenceStats>,
 }
 
 impl LocalNode {
     pub fn new(probe: HealthProbe, cache: Arc<ArtifactCache>) -> Self {
-        Self { probe, cache }
+        Self {
+            probe,
+            cache,
+            inference: None,
+        }
+    }
+
+    /// Heartbeats also carry `stats` (see [`crate::serve::stats`]).
+    pub fn with_inference(mut self, stats: &'static InferenceStats) -> Self {
+        self.inference = Some(stats);
+        self
     }
 }
 
@@ -82,7 +95,12 @@ impl NodeReporter for LocalNode {
 
     fn sample(&self) -> BoxFuture<'static, HealthSample> {
         let probe = self.probe.clone();
-        Box::pin(async move { probe.sample().await })
+        let inference = self.inference;
+        Box::pin(async move {
+            let mut sample = probe.sample().await;
+            sample.inference = inference.map(InferenceStats::snapshot);
+            sample
+        })
     }
 
     fn cached_blobs(&self) -> BoxFuture<'static, Vec<CachedBlob>> {
@@ -477,6 +495,8 @@ impl SyncAgent {
                         http_url: entry.http_url,
                         grpc_url: entry.grpc_url,
                         load: entry.load,
+                        queue_depth: entry.queue_depth,
+                        aliases: entry.aliases,
                     })
                     .collect();
                 tracing::debug!(node, peers = peers.len(), "routing directory replaced");

@@ -11,6 +11,7 @@ use crate::health::HealthSample;
 use crate::reconcile::{
     Assignment, DesiredState, NodeStatus, ObservedState, Phase, SystemPrompt, SystemPromptPolicy,
 };
+use crate::serve::stats::InferenceSample;
 
 /// Heartbeats are never sent more often than this, whatever the controller says.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -45,6 +46,9 @@ impl TryFrom<pb::DesiredState> for DesiredState {
         })
     }
 }
+
+/// Aliases kept per assignment; the controller allows fewer.
+const MAX_ALIASES: usize = 32;
 
 impl TryFrom<pb::Assignment> for Assignment {
     type Error = ProtocolError;
@@ -90,6 +94,12 @@ impl TryFrom<pb::Assignment> for Assignment {
                 chat_template: Some(prompt.chat_template).filter(|text| !text.is_empty()),
             }),
             system_prompt_policy,
+            aliases: wire
+                .aliases
+                .into_iter()
+                .filter(|alias| !alias.is_empty())
+                .take(MAX_ALIASES)
+                .collect(),
             assignment_generation: wire.assignment_generation,
         })
     }
@@ -160,6 +170,26 @@ impl From<&HealthSample> for pb::HealthSample {
                     throttle_reasons: gpu.throttle_reasons.clone(),
                 })
                 .collect(),
+            inference: sample.inference.as_ref().map(pb::InferenceSample::from),
+        }
+    }
+}
+
+impl From<&InferenceSample> for pb::InferenceSample {
+    fn from(sample: &InferenceSample) -> Self {
+        let millis =
+            |latency: std::time::Duration| u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
+        pb::InferenceSample {
+            queue_depth: sample.queue_depth,
+            queue_capacity: sample.queue_capacity,
+            completed_total: sample.completed_total,
+            rejected_total: sample.rejected_total,
+            failed_total: sample.failed_total,
+            cancelled_total: sample.cancelled_total,
+            generated_tokens_total: sample.generated_tokens_total,
+            tokens_per_second: sample.tokens_per_second,
+            time_to_first_token_p50_ms: sample.time_to_first_token_p50.map(millis),
+            time_to_first_token_max_ms: sample.time_to_first_token_max.map(millis),
         }
     }
 }
@@ -191,6 +221,7 @@ mod tests {
                 system_prompt: None,
                 assignment_generation: 2,
                 system_prompt_policy: pb::SystemPromptPolicy::Unspecified.into(),
+                aliases: vec!["chat".to_owned(), String::new()],
             }),
             heartbeat_interval_ms: 0,
         }
@@ -204,6 +235,7 @@ mod tests {
         let assignment = desired.assignment.expect("assigned");
         assert_eq!(assignment.digest, Digest::of(b"tiny"));
         assert_eq!(assignment.assignment_generation, 2);
+        assert_eq!(assignment.aliases, ["chat"], "empty aliases are dropped");
     }
 
     #[test]

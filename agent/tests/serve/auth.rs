@@ -1,8 +1,9 @@
-//! API keys on the inference APIs: without a valid key every inference
-//! route refuses (401 in the surface's error shape, gRPC UNAUTHENTICATED);
-//! with one it answers; probes, metrics and gRPC health stay open.
+//! API keys and JWTs on the inference APIs: without a valid key or token
+//! every inference route refuses (401 in the surface's error shape, gRPC
+//! UNAUTHENTICATED); with one it answers; probes, metrics and gRPC health
+//! stay open.
 
-use flotilla_agent::serve::ApiKeys;
+use flotilla_agent::serve::{ApiKeys, InferenceAuth, JwtVerifier};
 use flotilla_proto::inference::v1 as pb;
 
 use super::*;
@@ -12,9 +13,11 @@ const KEY: &str = "fleet-key-0123456789abcdef";
 #[tokio::test]
 async fn a_valid_api_key_is_required_on_every_inference_route() -> anyhow::Result<()> {
     let config = ServeConfig {
-        api_keys: Some(Arc::new(
-            ApiKeys::parse(&format!("{KEY}\n")).map_err(anyhow::Error::msg)?,
-        )),
+        auth: InferenceAuth::new(
+            Some(ApiKeys::parse(&format!("{KEY}\n")).map_err(anyhow::Error::msg)?),
+            None,
+        )
+        .map(Arc::new),
         ..ServeConfig::default()
     };
     let harness = Harness::with_model("guarded", config).await?;
@@ -106,5 +109,64 @@ async fn a_valid_api_key_is_required_on_every_inference_route() -> anyhow::Resul
         health.into_inner().status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn jwts_from_the_configured_key_are_accepted_beside_api_keys() -> anyhow::Result<()> {
+    const SECRET: &[u8] = b"inference-only-secret-0123456789abcdef";
+    let jwt = JwtVerifier::from_key(SECRET, "flotilla-inference", Some("https://idp.example"))
+        .map_err(anyhow::Error::msg)?;
+    let keys = ApiKeys::parse(&format!("{KEY}\n")).map_err(anyhow::Error::msg)?;
+    let config = ServeConfig {
+        auth: InferenceAuth::new(Some(keys), Some(jwt)).map(Arc::new),
+        ..ServeConfig::default()
+    };
+    let harness = Harness::with_model("tokened", config).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let token = |audience: &str, expires: u64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": "billing-app", "aud": audience, "iss": "https://idp.example",
+                "exp": expires}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+    };
+    let chat = |bearer: String| {
+        harness
+            .client
+            .post(format!("{}/v1/chat/completions", harness.http))
+            .bearer_auth(bearer)
+            .json(&greedy_chat("tokened", 2))
+            .send()
+    };
+    assert_eq!(
+        chat(token("flotilla-inference", now + 300)?)
+            .await?
+            .status(),
+        200
+    );
+    assert_eq!(
+        chat(KEY.to_owned()).await?.status(),
+        200,
+        "API keys still work"
+    );
+    for refused in [
+        token("flotilla-inference", now - 3600)?,
+        token("controller", now + 300)?,
+    ] {
+        assert_eq!(chat(refused).await?.status(), 401);
+    }
+
+    let mut client = harness.grpc().await?;
+    let mut request = tonic::Request::new(pb::ListModelsRequest {});
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("flotilla-inference", now + 300)?).parse()?,
+    );
+    let listed = client.list_models(request).await?.into_inner();
+    assert_eq!(listed.models[0].name, "tokened");
     Ok(())
 }

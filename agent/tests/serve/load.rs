@@ -152,3 +152,65 @@ async fn metrics_are_served_over_http() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn refusals_never_wait_for_a_place_to_free_up() -> anyhow::Result<()> {
+    let config = ServeConfig {
+        queue_capacity: 2,
+        max_batch: 2,
+        ..ServeConfig::default()
+    };
+    let harness = Harness::with_model("crowded", config).await?;
+    let served = harness.served()?;
+    // Every place taken, as long requests would; none frees up below.
+    let held: Vec<_> = (0..served.capacity())
+        .map(|_| served.admit(Duration::from_secs(1)))
+        .collect::<Result<_, ServeError>>()?;
+    let rejected_before = serve::stats::global().snapshot().rejected_total;
+    let burst: Vec<_> = (0..32)
+        .map(|index| {
+            let (path, body) = if index % 2 == 0 {
+                ("/v1/chat/completions", greedy_chat("crowded", 8))
+            } else {
+                (
+                    "/api/generate",
+                    json!({"model": "crowded", "prompt": "hi", "stream": false}),
+                )
+            };
+            let request = harness
+                .client
+                .post(format!("{}{path}", harness.http))
+                .json(&body)
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+    // Had any of them waited for a place, this would never finish: the
+    // held places are only released after it.
+    let statuses = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut statuses = Vec::new();
+        for request in burst {
+            let response = request.await??;
+            statuses.push((
+                response.status().as_u16(),
+                response.headers().contains_key("retry-after"),
+            ));
+        }
+        anyhow::Ok(statuses)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("refused requests waited for a place"))??;
+    assert!(
+        statuses.iter().all(|&status| status == (429, true)),
+        "{statuses:?}"
+    );
+    assert!(serve::stats::global().snapshot().rejected_total >= rejected_before + 32);
+    assert_eq!(served.in_flight(), served.capacity());
+    drop(held);
+    assert_eq!(served.in_flight(), 0);
+    let response = harness
+        .post("/v1/chat/completions", greedy_chat("crowded", 4))
+        .await?;
+    assert_eq!(response.status(), 200);
+    Ok(())
+}

@@ -13,6 +13,8 @@ fn peer(node: &str, model: &str, http_url: String, grpc_url: String) -> Peer {
         http_url,
         grpc_url,
         load: 0,
+        queue_depth: 0,
+        aliases: Vec::new(),
     }
 }
 

@@ -55,6 +55,20 @@ pub struct AssignArgs {
     /// A system prompt version to serve with the model.
     #[arg(long, value_name = "NAME@VERSION", value_parser = parse_pinned_prompt)]
     pub prompt: Option<String>,
+    #[command(flatten)]
+    pub serving: ServingArgs,
+}
+
+/// How nodes serve an assigned model: shared by `assign` and `rollout create`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServingArgs {
+    /// What a chat request's own system message does with the assigned
+    /// prompt [default: prepend].
+    #[arg(long, value_name = "POLICY", value_parser = ["prepend", "replace", "forbid"])]
+    pub prompt_policy: Option<String>,
+    /// Another name clients may ask for the model by (repeatable).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +147,8 @@ pub async fn assign(args: AssignArgs, client: &ApiClient, printer: &Printer) -> 
         version: args.version,
         quantization: args.quant,
         prompt: args.prompt,
+        prompt_policy: args.serving.prompt_policy,
+        aliases: args.serving.aliases,
     };
     let change = client.create_assignment(&request).await?;
     if printer.is_json() {
@@ -158,10 +174,20 @@ pub async fn assign(args: AssignArgs, client: &ApiClient, printer: &Printer) -> 
                 ),
             ),
             ("prompt", prompt_text(assignment)),
+            ("prompt policy", assignment.prompt_policy.clone()),
+            ("aliases", alias_text(&assignment.aliases)),
         ])?;
         printer.line("")?;
     }
     nodes_changed(&change, printer)
+}
+
+fn alias_text(aliases: &[String]) -> String {
+    if aliases.is_empty() {
+        "-".to_owned()
+    } else {
+        aliases.join(", ")
+    }
 }
 
 pub async fn unassign(
@@ -310,6 +336,8 @@ mod tests {
             digest: "abcdef0123456789".into(),
             size_bytes: 1 << 30,
             prompt: None,
+            prompt_policy: "prepend".into(),
+            aliases: Vec::new(),
             created_by: "alice".into(),
             created_at: OffsetDateTime::UNIX_EPOCH,
         };

@@ -20,7 +20,7 @@ const BAR_WIDTH: usize = 20;
 #[derive(Debug, clap::Subcommand)]
 pub enum RolloutCommand {
     /// Starts a staged rollout of a model version to the nodes matching a selector.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Shows a rollout's waves and each node's state, with download progress.
     Status(StatusArgs),
     /// Lists rollouts.
@@ -78,9 +78,8 @@ pub struct CreateArgs {
     /// Failed activations tolerated before the rollout halts.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_failed: u32,
-    /// Another name the model answers to on the nodes (repeatable).
-    #[arg(long = "alias", value_name = "NAME")]
-    pub aliases: Vec<String>,
+    #[command(flatten)]
+    pub serving: super::assignment::ServingArgs,
     /// Print which node would get which artifact, and which are
     /// unschedulable, without changing anything.
     #[arg(long)]
@@ -139,7 +138,7 @@ pub async fn run(
     printer: &Printer,
 ) -> anyhow::Result<()> {
     match command {
-        RolloutCommand::Create(args) => create(args, client, printer).await,
+        RolloutCommand::Create(args) => create(*args, client, printer).await,
         RolloutCommand::Status(args) => status(args, client, printer).await,
         RolloutCommand::Ls => {
             let list = client.list_rollouts().await?;
@@ -194,7 +193,8 @@ async fn create(args: CreateArgs, client: &ApiClient, printer: &Printer) -> anyh
         selector: args.selector.into_labels(),
         quantization: Some(args.quant),
         prompt: args.prompt,
-        aliases: args.aliases,
+        prompt_policy: args.serving.prompt_policy,
+        aliases: args.serving.aliases,
         waves: Some(args.waves),
         bake_ms: Some(u64::try_from(args.bake.as_millis()).unwrap_or(u64::MAX)),
         max_unavailable: Some(args.max_unavailable),

@@ -5,7 +5,7 @@ use flotilla_api_types as dto;
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, DesiredAssignment, HealthPoint, HealthSample, Model,
     ModelName, ModelVersion, Node, NodeDesired, NodeName, ObservedState, Page, PageRequest,
-    PromptName, PromptSummary, SystemPrompt,
+    PromptName, PromptPolicy, PromptSummary, SystemPrompt,
 };
 use crate::error::ApiError;
 use crate::registry::VersionWithArtifacts;
@@ -23,6 +23,35 @@ pub fn prompt_name(raw: &str) -> Result<PromptName, ApiError> {
 pub fn node_name(raw: &str) -> Result<NodeName, ApiError> {
     raw.parse()
         .map_err(|e: crate::domain::InvalidName| ApiError::invalid_argument(e.to_string()))
+}
+
+/// Aliases an assignment or rollout gives its model: model-style names,
+/// at most [`crate::domain::MAX_ALIASES`], duplicates dropped.
+pub fn aliases(raw: &[String]) -> Result<Vec<ModelName>, ApiError> {
+    let max = crate::domain::MAX_ALIASES;
+    if raw.len() > max {
+        return Err(ApiError::invalid_argument(format!("at most {max} aliases")));
+    }
+    let mut names: Vec<ModelName> = Vec::with_capacity(raw.len());
+    for alias in raw {
+        let name: ModelName = alias.parse().map_err(|_| {
+            ApiError::invalid_argument(format!(
+                "invalid alias {:?}: use a model-style name",
+                alias.chars().take(80).collect::<String>()
+            ))
+        })?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// `prepend` (the default when absent), `replace` or `forbid`.
+pub fn prompt_policy(raw: Option<&str>) -> Result<PromptPolicy, ApiError> {
+    raw.map_or(Ok(PromptPolicy::default()), |raw| {
+        raw.parse().map_err(ApiError::invalid_argument)
+    })
 }
 
 /// A node's REST view; `ready` comes from the fleet (streams and
@@ -76,6 +105,8 @@ pub fn assignment_info(assignment: DesiredAssignment) -> dto::AssignmentInfo {
         quantization: assignment.quantization,
         digest: assignment.digest,
         size_bytes: assignment.size_bytes,
+        prompt_policy: assignment.prompt_policy.as_str().to_owned(),
+        aliases: assignment.aliases,
         generation: assignment.assignment_generation,
         target: assignment.target,
     }
@@ -115,6 +146,18 @@ pub fn health_info(sample: HealthSample) -> dto::HealthInfo {
                 throttle_reasons: gpu.throttle_reasons,
             })
             .collect(),
+        inference: sample.inference.map(|inference| dto::InferenceHealthInfo {
+            queue_depth: inference.queue_depth,
+            queue_capacity: inference.queue_capacity,
+            completed_total: inference.completed_total,
+            rejected_total: inference.rejected_total,
+            failed_total: inference.failed_total,
+            cancelled_total: inference.cancelled_total,
+            generated_tokens_total: inference.generated_tokens_total,
+            tokens_per_second: inference.tokens_per_second,
+            time_to_first_token_p50_ms: inference.time_to_first_token_p50_ms,
+            time_to_first_token_max_ms: inference.time_to_first_token_max_ms,
+        }),
     }
 }
 
@@ -146,6 +189,8 @@ pub fn assignment_record(assignment: Assignment) -> dto::AssignmentRecord {
         quantization: desired.quantization,
         digest: desired.digest,
         size_bytes: desired.size_bytes,
+        prompt_policy: desired.prompt_policy.as_str().to_owned(),
+        aliases: desired.aliases,
         created_by: assignment.created_by,
         created_at: assignment.created_at,
     }

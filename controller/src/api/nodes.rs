@@ -11,8 +11,8 @@ use flotilla_api_types as dto;
 
 use super::AppState;
 use super::convert::{
-    assignment_change, assignment_record, health_point, model_name, node_info, node_name, page,
-    page_request,
+    aliases, assignment_change, assignment_record, health_point, model_name, node_info, node_name,
+    page, page_request, prompt_policy,
 };
 use super::extract::{Caller, Json, Path, Query};
 use crate::auth::Role;
@@ -251,6 +251,8 @@ pub async fn create_assignment(
                 requirement,
                 quantization,
                 prompt,
+                prompt_policy: prompt_policy(request.prompt_policy.as_deref())?,
+                aliases: aliases(&request.aliases)?,
             },
         )
         .await?;

@@ -18,7 +18,6 @@ use crate::error::ApiError;
 use crate::rollout::{MAX_EVENTS, RolloutView};
 
 const DEFAULT_BAKE: Duration = Duration::from_secs(30);
-const MAX_ALIASES: usize = 16;
 
 fn rollout_name(raw: &str) -> Result<RolloutName, ApiError> {
     raw.parse()
@@ -61,14 +60,11 @@ fn spec(request: &dto::CreateRolloutRequest) -> Result<RolloutSpec, ApiError> {
             .parse()
             .map_err(|e: crate::domain::InvalidWaves| invalid(e.to_string()))?,
     };
-    if request.aliases.len() > MAX_ALIASES {
-        return Err(invalid(format!("at most {MAX_ALIASES} aliases")));
-    }
-    for alias in &request.aliases {
-        alias
-            .parse::<crate::domain::ModelName>()
-            .map_err(|_| invalid(format!("invalid alias {alias:?}: use a model-style name")))?;
-    }
+    let aliases = super::convert::aliases(&request.aliases)?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let prompt_policy = super::convert::prompt_policy(request.prompt_policy.as_deref())?;
     let max_unavailable = request.max_unavailable.unwrap_or(1);
     if max_unavailable == 0 {
         return Err(invalid("max_unavailable must be at least 1".to_owned()));
@@ -86,7 +82,8 @@ fn spec(request: &dto::CreateRolloutRequest) -> Result<RolloutSpec, ApiError> {
         requirement,
         quantization,
         prompt,
-        aliases: request.aliases.clone(),
+        prompt_policy,
+        aliases,
         waves,
         max_unavailable,
         bake,

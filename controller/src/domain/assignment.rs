@@ -61,8 +61,51 @@ pub struct DesiredPrompt {
     pub chat_template: Option<String>,
 }
 
+/// How the assigned system prompt combines with a chat request's own system
+/// message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptPolicy {
+    /// The assigned prompt first, then the request's system message.
+    #[default]
+    Prepend,
+    /// The request's system message replaces the assigned prompt.
+    Replace,
+    /// A request carrying a system message is refused.
+    Forbid,
+}
+
+impl PromptPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prepend => "prepend",
+            Self::Replace => "replace",
+            Self::Forbid => "forbid",
+        }
+    }
+}
+
+impl std::str::FromStr for PromptPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "prepend" => Ok(Self::Prepend),
+            "replace" => Ok(Self::Replace),
+            "forbid" => Ok(Self::Forbid),
+            other => Err(format!(
+                "unknown system prompt policy {other:?}: use prepend, replace or forbid"
+            )),
+        }
+    }
+}
+
+/// At most this many aliases per assignment.
+pub const MAX_ALIASES: usize = 16;
+
 /// One artifact to serve, resolved: everything an agent needs, with no
-/// further lookups. Stored as JSON in assignment and node rows.
+/// further lookups. Stored as JSON in assignment and node rows; fields added
+/// after the first release default, so older rows still read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredAssignment {
     pub model: String,
@@ -72,6 +115,12 @@ pub struct DesiredAssignment {
     pub digest: String,
     pub size_bytes: u64,
     pub prompt: Option<DesiredPrompt>,
+    /// What happens to a request's own system message.
+    #[serde(default)]
+    pub prompt_policy: PromptPolicy,
+    /// Other names clients may ask for the model by (model-style names).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// The generation of the operator's assignment this came from.
     pub assignment_generation: u64,
     /// The assignment's target, for views (`node=a`, `selector k=v`).
@@ -162,6 +211,26 @@ pub struct HealthSample {
     pub disk_available_bytes: Option<u64>,
     pub cpu_temperature_celsius: Option<f32>,
     pub gpus: Vec<GpuHealth>,
+    /// The node's inference serving; absent from agents that do not serve.
+    #[serde(default)]
+    pub inference: Option<InferenceHealth>,
+}
+
+/// How inference on a node is doing, from its latest heartbeat. Counters
+/// run since the agent started; the rate and latencies cover the interval
+/// since its previous heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferenceHealth {
+    pub queue_depth: u32,
+    pub queue_capacity: u32,
+    pub completed_total: u64,
+    pub rejected_total: u64,
+    pub failed_total: u64,
+    pub cancelled_total: u64,
+    pub generated_tokens_total: u64,
+    pub tokens_per_second: f32,
+    pub time_to_first_token_p50_ms: Option<u32>,
+    pub time_to_first_token_max_ms: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,6 +394,8 @@ mod tests {
                 digest: "00".repeat(32),
                 size_bytes: 1,
                 prompt: None,
+                prompt_policy: PromptPolicy::default(),
+                aliases: Vec::new(),
                 assignment_generation: generation,
                 target: target.to_string(),
             },
@@ -403,6 +474,7 @@ mod tests {
                     Vec::new()
                 },
             }],
+            inference: None,
         };
         minute.add(&sample(10.0, 5, 60, false));
         minute.add(&sample(30.0, 9, 80, true));

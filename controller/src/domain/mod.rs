@@ -15,8 +15,8 @@ mod rollout;
 
 pub use assignment::{
     Assignment, AssignmentPhase, AssignmentTarget, DesiredAssignment, DesiredPrompt, DesiredState,
-    GpuHealth, HealthPoint, HealthSample, MinuteAccumulator, NewAssignment, NodeDesired,
-    ObservedState, Placement, place, source_generation,
+    GpuHealth, HealthPoint, HealthSample, InferenceHealth, MAX_ALIASES, MinuteAccumulator,
+    NewAssignment, NodeDesired, ObservedState, Placement, PromptPolicy, place, source_generation,
 };
 pub use flotilla_digest::{Digest, DigestParseError};
 pub use model::{Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, VersionState};

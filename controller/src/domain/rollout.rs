@@ -24,7 +24,8 @@ use time::OffsetDateTime;
 
 use super::{
     Artifact, AssignmentPhase, DesiredAssignment, HealthSample, Labels, ModelName, ModelVersion,
-    NodeInventory, NodeName, PromptRef, QuantizationPolicy, Resolution, RolloutName, resolve,
+    NodeInventory, NodeName, PromptPolicy, PromptRef, QuantizationPolicy, Resolution, RolloutName,
+    resolve,
 };
 
 /// Most waves a rollout may have.
@@ -212,6 +213,7 @@ pub struct RolloutSpec {
     pub requirement: semver::VersionReq,
     pub quantization: QuantizationPolicy,
     pub prompt: Option<PromptRef>,
+    pub prompt_policy: PromptPolicy,
     pub aliases: Vec<String>,
     pub waves: Waves,
     /// Nodes of a wave that may be changing (not yet ready) at once; ≥ 1.

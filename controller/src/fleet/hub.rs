@@ -88,6 +88,11 @@ pub struct DirectoryEntry {
     /// CPU utilisation in percent, rounded down to a multiple of
     /// [`LOAD_STEP`] so that small wobbles do not republish the directory.
     pub load: u32,
+    /// Requests queued or decoding on the node at its latest heartbeat;
+    /// peers pick by this first.
+    pub queue_depth: u32,
+    /// The assignment's aliases of the model.
+    pub aliases: Vec<String>,
 }
 
 /// Which ready nodes serve which model, sorted by model then node.
@@ -476,6 +481,11 @@ fn directory_entry(
     if observed.digest.as_deref() != Some(assignment.digest.as_str()) {
         return None;
     }
+    let queue_depth = entry
+        .health
+        .as_ref()
+        .and_then(|health| health.inference.as_ref())
+        .map_or(0, |inference| inference.queue_depth);
     let load = entry.health.as_ref().map_or(0, |health| {
         // Finite and within 0..=100 once converted from the wire.
         let percent = health.cpu_utilisation_percent.clamp(0.0, 100.0) as u32;
@@ -488,6 +498,8 @@ fn directory_entry(
         http_url: endpoints.http_url.clone(),
         grpc_url: endpoints.grpc_url.clone(),
         load,
+        queue_depth,
+        aliases: assignment.aliases.clone(),
     })
 }
 
@@ -640,6 +652,18 @@ mod tests {
             disk_available_bytes: None,
             cpu_temperature_celsius: None,
             gpus: Vec::new(),
+            inference: Some(crate::domain::InferenceHealth {
+                queue_depth: 3,
+                queue_capacity: 20,
+                completed_total: 0,
+                rejected_total: 0,
+                failed_total: 0,
+                cancelled_total: 0,
+                generated_tokens_total: 0,
+                tokens_per_second: 0.0,
+                time_to_first_token_p50_ms: None,
+                time_to_first_token_max_ms: None,
+            }),
         }
     }
 
@@ -655,6 +679,8 @@ mod tests {
                     digest: digest.to_owned(),
                     size_bytes: 1,
                     prompt: None,
+                    prompt_policy: crate::domain::PromptPolicy::default(),
+                    aliases: vec!["chat".to_owned()],
                     assignment_generation: 1,
                     target: "node=a".to_owned(),
                 }),
@@ -714,6 +740,8 @@ mod tests {
                 http_url: "http://127.0.0.1:1000".to_owned(),
                 grpc_url: "http://127.0.0.1:1001".to_owned(),
                 load: 30,
+                queue_depth: 3,
+                aliases: vec!["chat".to_owned()],
             }]
         );
         // Nothing changed (a load wobble within one step): nothing is sent.
@@ -760,6 +788,7 @@ mod tests {
                 disk_available_bytes: None,
                 cpu_temperature_celsius: None,
                 gpus: Vec::new(),
+                inference: None,
             },
             now,
         );

@@ -24,7 +24,7 @@ use crate::auth::{AuthError, Authenticator};
 use crate::domain::{
     Assignment, AssignmentTarget, BootstrapSecret, BootstrapToken, DesiredAssignment,
     DesiredPrompt, HealthPoint, ModelName, NewAssignment, NewNode, Node, NodeChange, NodeDesired,
-    NodeInventory, NodeName, NodeStatus, Page, PageRequest, PromptRef, Quantization,
+    NodeInventory, NodeName, NodeStatus, Page, PageRequest, PromptPolicy, PromptRef, Quantization,
     QuantizationPolicy, SecretHash, TokenRejection, resolve,
 };
 use crate::store::{EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend, StoreError};
@@ -79,6 +79,9 @@ pub struct AssignRequest {
     /// `None`: the most precise artifact of the version.
     pub quantization: Option<Quantization>,
     pub prompt: Option<PromptRef>,
+    pub prompt_policy: PromptPolicy,
+    /// Other names the node answers to for the model.
+    pub aliases: Vec<ModelName>,
 }
 
 /// Tunables of the fleet.
@@ -350,6 +353,8 @@ impl Fleet {
                 digest: artifact.digest.to_hex(),
                 size_bytes: artifact.size_bytes,
                 prompt,
+                prompt_policy: request.prompt_policy,
+                aliases: request.aliases.iter().map(ToString::to_string).collect(),
                 assignment_generation: 0,
                 target: String::new(),
             },

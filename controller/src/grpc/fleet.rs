@@ -25,8 +25,8 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, NODE_CREDENTIAL_TTL, Role, bearer_token};
 use crate::domain::{
-    AssignmentPhase, DesiredState, GpuHealth, HealthSample, Labels, NewNode, NodeGpu,
-    NodeInventory, NodeName, NodeStatus, ObservedState,
+    AssignmentPhase, DesiredState, GpuHealth, HealthSample, InferenceHealth, Labels, NewNode,
+    NodeGpu, NodeInventory, NodeName, NodeStatus, ObservedState, PromptPolicy,
 };
 use crate::error::ApiError;
 use crate::fleet::{Directory, Endpoints, Fleet, PushedState, Session};
@@ -471,6 +471,8 @@ fn directory_to_wire(directory: &Directory) -> pb::Directory {
                 http_url: entry.http_url.clone(),
                 grpc_url: entry.grpc_url.clone(),
                 load: entry.load,
+                aliases: entry.aliases.clone(),
+                queue_depth: entry.queue_depth,
             })
             .collect(),
     }
@@ -502,8 +504,13 @@ fn desired_to_wire(
                     chat_template: prompt.chat_template.clone().unwrap_or_default(),
                 }),
                 assignment_generation: assignment.assignment_generation,
-                // The controller has no policy setting yet: agents prepend.
-                system_prompt_policy: pb::SystemPromptPolicy::Unspecified.into(),
+                system_prompt_policy: match assignment.prompt_policy {
+                    PromptPolicy::Prepend => pb::SystemPromptPolicy::Prepend,
+                    PromptPolicy::Replace => pb::SystemPromptPolicy::Replace,
+                    PromptPolicy::Forbid => pb::SystemPromptPolicy::Forbid,
+                }
+                .into(),
+                aliases: assignment.aliases.clone(),
             }),
         heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
     }
@@ -559,6 +566,7 @@ fn empty_sample(now: OffsetDateTime) -> HealthSample {
         disk_available_bytes: None,
         cpu_temperature_celsius: None,
         gpus: Vec::new(),
+        inference: None,
     }
 }
 
@@ -601,5 +609,17 @@ fn sample_from_wire(sample: pb::HealthSample, now: OffsetDateTime) -> HealthSamp
                     .collect(),
             })
             .collect(),
+        inference: sample.inference.map(|inference| InferenceHealth {
+            queue_depth: inference.queue_depth,
+            queue_capacity: inference.queue_capacity,
+            completed_total: inference.completed_total,
+            rejected_total: inference.rejected_total,
+            failed_total: inference.failed_total,
+            cancelled_total: inference.cancelled_total,
+            generated_tokens_total: inference.generated_tokens_total,
+            tokens_per_second: finite(inference.tokens_per_second).unwrap_or(0.0).max(0.0),
+            time_to_first_token_p50_ms: inference.time_to_first_token_p50_ms,
+            time_to_first_token_max_ms: inference.time_to_first_token_max_ms,
+        }),
     }
 }

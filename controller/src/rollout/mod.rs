@@ -169,6 +169,8 @@ impl Rollouts {
                             digest: fits.artifact.digest.to_hex(),
                             size_bytes: fits.artifact.size_bytes,
                             prompt: prompt.clone(),
+                            prompt_policy: spec.prompt_policy,
+                            aliases: spec.aliases.clone(),
                             assignment_generation: 0,
                             target: String::new(),
                         }),

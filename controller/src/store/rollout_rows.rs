@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use crate::domain::{
-    DesiredAssignment, Event, GateThresholds, Labels, NodeName, Rollout, RolloutName, RolloutNode,
-    RolloutSpec,
+    DesiredAssignment, Event, GateThresholds, Labels, NodeName, PromptPolicy, Rollout, RolloutName,
+    RolloutNode, RolloutSpec,
 };
 
 fn corrupt(
@@ -45,6 +45,9 @@ pub(super) struct SpecJson {
     requirement: String,
     quantization: String,
     prompt: Option<String>,
+    /// Added after the first rollouts were stored: absent reads as prepend.
+    #[serde(default)]
+    prompt_policy: PromptPolicy,
     aliases: Vec<String>,
     waves: String,
     max_unavailable: u32,
@@ -61,6 +64,7 @@ impl From<&RolloutSpec> for SpecJson {
             requirement: spec.requirement.to_string(),
             quantization: spec.quantization.to_string(),
             prompt: spec.prompt.as_ref().map(ToString::to_string),
+            prompt_policy: spec.prompt_policy,
             aliases: spec.aliases.clone(),
             waves: spec.waves.to_string(),
             max_unavailable: spec.max_unavailable,
@@ -100,6 +104,7 @@ impl TryFrom<SpecJson> for RolloutSpec {
                 .as_deref()
                 .map(|prompt| prompt.parse().map_err(|error| bad("prompt", prompt, error)))
                 .transpose()?,
+            prompt_policy: json.prompt_policy,
             aliases: json.aliases,
             waves: json
                 .waves

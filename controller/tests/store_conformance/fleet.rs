@@ -7,7 +7,7 @@ use std::time::Duration;
 use flotilla_controller::domain::{
     AssignmentPhase, AssignmentTarget, BootstrapSecret, DesiredAssignment, HealthPoint, Labels,
     NewAssignment, NewNode, NodeChange, NodeInventory, NodeName, NodeStatus, ObservedState,
-    SecretHash, TokenRejection,
+    PromptPolicy, SecretHash, TokenRejection,
 };
 use flotilla_controller::store::{EnrollOutcome, Enrolment, NewBootstrapToken, NodeReport};
 use time::OffsetDateTime;
@@ -235,6 +235,8 @@ pub(crate) fn desired(model: &str) -> DesiredAssignment {
         digest: "ab".repeat(32),
         size_bytes: 42,
         prompt: None,
+        prompt_policy: PromptPolicy::Replace,
+        aliases: vec!["chat".to_owned()],
         assignment_generation: 0,
         target: String::new(),
     }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use flotilla_controller::domain::{
-    AssignmentTarget, GateThresholds, NewAssignment, NewEvent, QuantizationPolicy, RolloutName,
-    RolloutNode, RolloutNodeState, RolloutSpec, RolloutState, Waves,
+    AssignmentTarget, GateThresholds, NewAssignment, NewEvent, PromptPolicy, QuantizationPolicy,
+    RolloutName, RolloutNode, RolloutNodeState, RolloutSpec, RolloutState, Waves,
 };
 use flotilla_controller::store::{NewRollout, RolloutUpdate};
 
@@ -25,6 +25,7 @@ fn spec() -> RolloutSpec {
         requirement: "^1".parse().expect("valid"),
         quantization: QuantizationPolicy::Auto,
         prompt: None,
+        prompt_policy: PromptPolicy::Forbid,
         aliases: vec!["chat".to_owned()],
         waves: "1,100%".parse::<Waves>().expect("valid"),
         max_unavailable: 2,

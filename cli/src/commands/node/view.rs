@@ -4,7 +4,8 @@
 //! controller.
 
 use flotilla_api_types::{
-    AssignmentInfo, GpuHealthInfo, HealthInfo, HealthPoint, NodeInfo, ObservedInfo,
+    AssignmentInfo, GpuHealthInfo, HealthInfo, HealthPoint, InferenceHealthInfo, NodeInfo,
+    ObservedInfo,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -180,7 +181,36 @@ fn health_fields(health: &HealthInfo, now: OffsetDateTime) -> Vec<(String, Strin
     for gpu in &health.gpus {
         fields.push((format!("gpu {}", gpu.index), gpu_text(gpu)));
     }
+    if let Some(inference) = &health.inference {
+        fields.push(("inference".to_owned(), inference_text(inference)));
+    }
     fields
+}
+
+/// `2 of 20 in queue, 41.5 tok/s, first token 120 ms (max 300 ms), 12 done,
+/// 3 rejected, 0 failed, 1 cancelled`.
+fn inference_text(inference: &InferenceHealthInfo) -> String {
+    let mut parts = vec![
+        format!(
+            "{} of {} in queue",
+            inference.queue_depth, inference.queue_capacity
+        ),
+        format!("{:.1} tok/s", inference.tokens_per_second),
+    ];
+    if let (Some(p50), Some(max)) = (
+        inference.time_to_first_token_p50_ms,
+        inference.time_to_first_token_max_ms,
+    ) {
+        parts.push(format!("first token {p50} ms (max {max} ms)"));
+    }
+    parts.push(format!(
+        "{} done, {} rejected, {} failed, {} cancelled",
+        inference.completed_total,
+        inference.rejected_total,
+        inference.failed_total,
+        inference.cancelled_total
+    ));
+    parts.join(", ")
 }
 
 /// `97% util, 71°C, 20.1 GiB of 24.0 GiB, 250 W of 300 W, throttled: HW_SLOWDOWN`.
@@ -454,6 +484,18 @@ mod tests {
             disk_available_bytes: Some(100 << 30),
             cpu_temperature_celsius: None,
             gpus,
+            inference: Some(InferenceHealthInfo {
+                queue_depth: 2,
+                queue_capacity: 20,
+                completed_total: 12,
+                rejected_total: 3,
+                failed_total: 0,
+                cancelled_total: 1,
+                generated_tokens_total: 900,
+                tokens_per_second: 41.46,
+                time_to_first_token_p50_ms: Some(120),
+                time_to_first_token_max_ms: Some(300),
+            }),
         }
     }
 
@@ -485,6 +527,8 @@ mod tests {
             digest: "ab".repeat(32),
             size_bytes: 1 << 30,
             prompt: None,
+            prompt_policy: "prepend".into(),
+            aliases: Vec::new(),
             generation: 7,
             target: "selector zone=eu".into(),
         });
@@ -597,6 +641,11 @@ mod tests {
             "100% util, 88°C, 20.0 GiB of 24.0 GiB, 250 W of 300 W, throttled: HW_THERMAL_SLOWDOWN"
         );
         assert!(!value("gpu 0").contains("throttled"));
+        assert_eq!(
+            value("inference"),
+            "2 of 20 in queue, 41.5 tok/s, first token 120 ms (max 300 ms), \
+             12 done, 3 rejected, 0 failed, 1 cancelled"
+        );
     }
 
     #[test]

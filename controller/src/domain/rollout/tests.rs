@@ -1,7 +1,9 @@
 use time::OffsetDateTime;
 
 use super::*;
-use crate::domain::{ArtifactFormat, Digest, GpuHealth, NodeGpu, Quantization, VersionState};
+use crate::domain::{
+    ArtifactFormat, Digest, GpuHealth, NodeGpu, PromptPolicy, Quantization, VersionState,
+};
 
 fn names(count: usize) -> Vec<NodeName> {
     (0..count)
@@ -175,6 +177,7 @@ fn budget_uses_free_vram_or_ram_less_the_margin() {
             power_limit_milliwatts: None,
             throttle_reasons: Vec::new(),
         }],
+        inference: None,
     };
     assert_eq!(memory_budget(&gpu_node, Some(&health), 0), 2_000);
     assert_eq!(
@@ -229,6 +232,7 @@ fn spec(max_unavailable: u32) -> RolloutSpec {
         requirement: "^1".parse().expect("valid"),
         quantization: QuantizationPolicy::Auto,
         prompt: None,
+        prompt_policy: PromptPolicy::default(),
         aliases: Vec::new(),
         waves: Waves::default(),
         max_unavailable,
@@ -263,6 +267,8 @@ fn desired(digest: &str) -> DesiredAssignment {
         digest: digest.into(),
         size_bytes: 1,
         prompt: None,
+        prompt_policy: PromptPolicy::Replace,
+        aliases: vec!["chat".to_owned()],
         assignment_generation: 0,
         target: String::new(),
     }

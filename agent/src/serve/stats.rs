@@ -1,0 +1,236 @@
+//! The inference figures the agent sends with every heartbeat (queue depth,
+//! outcomes, tokens per second, time to first token), so that the
+//! controller's node view and its routing directory know how busy and how
+//! healthy serving is without scraping each node's `/metrics`.
+//!
+//! Process-wide, like the Prometheus recorder beside it ([`super::metrics`]
+//! feeds both): an agent process serves one node. Counters only grow;
+//! [`InferenceStats::snapshot`] turns the time since the previous snapshot
+//! into a rate and a latency summary, so it has one caller, the heartbeat.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Time-to-first-token samples kept between two snapshots; beyond it the
+/// newest are dropped (the summary then covers the first ones).
+const MAX_LATENCY_SAMPLES: usize = 4096;
+
+/// How inference is doing, as one heartbeat reports it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InferenceSample {
+    /// Requests admitted and not finished (queued or decoding).
+    pub queue_depth: u32,
+    /// How many may be admitted at once.
+    pub queue_capacity: u32,
+    pub completed_total: u64,
+    /// Refused because the queue was full.
+    pub rejected_total: u64,
+    /// Timed out or failed on this node.
+    pub failed_total: u64,
+    /// The client went away first.
+    pub cancelled_total: u64,
+    pub generated_tokens_total: u64,
+    /// Since the previous snapshot.
+    pub tokens_per_second: f32,
+    /// Of the requests whose first token came since the previous snapshot.
+    pub time_to_first_token_p50: Option<Duration>,
+    pub time_to_first_token_max: Option<Duration>,
+}
+
+/// How a request ended, as the heartbeat counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Rejected,
+    Failed,
+    Cancelled,
+    /// The client's own mistake (bad parameters, unknown model): counted
+    /// on `/metrics` only, as it says nothing about the node's health.
+    ClientError,
+}
+
+/// The counters; see the module docs.
+#[derive(Debug)]
+pub struct InferenceStats {
+    in_flight: AtomicU32,
+    capacity: AtomicU32,
+    completed: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    generated_tokens: AtomicU64,
+    window: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    since: Instant,
+    tokens_at_start: u64,
+    first_token_latencies: Vec<Duration>,
+}
+
+impl Default for InferenceStats {
+    fn default() -> Self {
+        InferenceStats {
+            in_flight: AtomicU32::new(0),
+            capacity: AtomicU32::new(0),
+            completed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            generated_tokens: AtomicU64::new(0),
+            window: Mutex::new(Window {
+                since: Instant::now(),
+                tokens_at_start: 0,
+                first_token_latencies: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// The process's statistics.
+pub fn global() -> &'static InferenceStats {
+    static STATS: OnceLock<InferenceStats> = OnceLock::new();
+    STATS.get_or_init(InferenceStats::default)
+}
+
+impl InferenceStats {
+    pub fn admitted(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn released(&self) {
+        // Never below zero, even if a release raced a reset.
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// The served model's admission limit (0: nothing served).
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(
+            u32::try_from(capacity).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn finished(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Completed => &self.completed,
+            Outcome::Rejected => &self.rejected,
+            Outcome::Failed => &self.failed,
+            Outcome::Cancelled => &self.cancelled,
+            Outcome::ClientError => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tokens_generated(&self, tokens: u64) {
+        self.generated_tokens.fetch_add(tokens, Ordering::Relaxed);
+    }
+
+    pub fn first_token(&self, latency: Duration) {
+        let mut window = self.lock_window();
+        if window.first_token_latencies.len() < MAX_LATENCY_SAMPLES {
+            window.first_token_latencies.push(latency);
+        }
+    }
+
+    /// The figures now; the rate and latencies cover the time since the
+    /// previous call, which starts a new interval.
+    pub fn snapshot(&self) -> InferenceSample {
+        let generated_tokens_total = self.generated_tokens.load(Ordering::Relaxed);
+        let (tokens_per_second, mut latencies) = {
+            let mut window = self.lock_window();
+            let elapsed = window.since.elapsed().as_secs_f64();
+            let tokens = generated_tokens_total.saturating_sub(window.tokens_at_start);
+            let rate = if elapsed > 0.0 {
+                (tokens as f64 / elapsed) as f32
+            } else {
+                0.0
+            };
+            window.since = Instant::now();
+            window.tokens_at_start = generated_tokens_total;
+            (rate, std::mem::take(&mut window.first_token_latencies))
+        };
+        latencies.sort_unstable();
+        InferenceSample {
+            queue_depth: self.in_flight.load(Ordering::Relaxed),
+            queue_capacity: self.capacity.load(Ordering::Relaxed),
+            completed_total: self.completed.load(Ordering::Relaxed),
+            rejected_total: self.rejected.load(Ordering::Relaxed),
+            failed_total: self.failed.load(Ordering::Relaxed),
+            cancelled_total: self.cancelled.load(Ordering::Relaxed),
+            generated_tokens_total,
+            tokens_per_second,
+            // The lower median: with two samples, the faster one.
+            time_to_first_token_p50: latencies
+                .get(latencies.len().saturating_sub(1) / 2)
+                .copied(),
+            time_to_first_token_max: latencies.last().copied(),
+        }
+    }
+
+    fn lock_window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_count_outcomes_and_summarise_the_interval() {
+        let stats = InferenceStats::default();
+        stats.set_capacity(20);
+        stats.admitted();
+        stats.admitted();
+        stats.released();
+        stats.released();
+        stats.released();
+        stats.admitted();
+        stats.finished(Outcome::Completed);
+        stats.finished(Outcome::Rejected);
+        stats.finished(Outcome::Failed);
+        stats.finished(Outcome::Cancelled);
+        stats.finished(Outcome::ClientError);
+        stats.tokens_generated(50);
+        for ms in [30, 10, 20] {
+            stats.first_token(Duration::from_millis(ms));
+        }
+        let first = stats.snapshot();
+        assert_eq!(first.queue_depth, 1, "releases never go below zero");
+        assert_eq!(first.queue_capacity, 20);
+        assert_eq!(
+            (
+                first.completed_total,
+                first.rejected_total,
+                first.failed_total,
+                first.cancelled_total
+            ),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(first.generated_tokens_total, 50);
+        assert!(first.tokens_per_second > 0.0);
+        assert_eq!(
+            first.time_to_first_token_p50,
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(
+            first.time_to_first_token_max,
+            Some(Duration::from_millis(30))
+        );
+
+        // A new interval: no tokens and no latencies since.
+        let second = stats.snapshot();
+        assert_eq!(second.tokens_per_second, 0.0);
+        assert_eq!(second.time_to_first_token_p50, None);
+        assert_eq!(second.generated_tokens_total, 50);
+    }
+}

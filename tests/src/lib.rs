@@ -52,6 +52,20 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
+/// A process's resident memory now and at its peak (VmRSS, VmHWM), in MiB.
+pub fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
 /// The real SmolLM2 model, when it has been fetched.
 pub fn test_model() -> Option<PathBuf> {
     let path = std::env::var_os("FLOTILLA_TEST_MODEL")

@@ -28,6 +28,16 @@ impl ServedModel {
     /// Starts a controller, pushes `gguf` as `model` 1.0.0, enrols agent
     /// `node`, assigns the model to it and waits until it reports ready.
     pub async fn start(gguf: &Path, model: &str, node: &str) -> anyhow::Result<Self> {
+        Self::start_with(gguf, model, node, &[]).await
+    }
+
+    /// [`ServedModel::start`] with more agent flags.
+    pub async fn start_with(
+        gguf: &Path,
+        model: &str,
+        node: &str,
+        agent_flags: &[&str],
+    ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let home = tempfile::tempdir()?;
         let agent_dir = tempfile::tempdir()?;
@@ -52,19 +62,18 @@ impl ServedModel {
             &["node", "token", "create", "--ttl", "10m", "--uses", "1"],
         )?;
         let controller_url = format!("http://{}", controller.grpc_addr);
-        let agent = AgentProcess::start(
-            agent_dir.path(),
-            &[
-                "--controller",
-                &controller_url,
-                "--bootstrap-token",
-                token.trim(),
-                "--name",
-                node,
-                "--engine-threads",
-                "2",
-            ],
-        )?;
+        let mut flags = vec![
+            "--controller",
+            &controller_url,
+            "--bootstrap-token",
+            token.trim(),
+            "--name",
+            node,
+            "--engine-threads",
+            "2",
+        ];
+        flags.extend_from_slice(agent_flags);
+        let agent = AgentProcess::start(agent_dir.path(), &flags)?;
         let http_url = format!(
             "http://{}",
             agent
@@ -189,4 +198,39 @@ pub async fn grpc_chat(
     }
     let last = last.ok_or_else(|| anyhow::anyhow!("empty gRPC stream from {url}"))?;
     Ok((text, last))
+}
+
+/// A copy of the GGUF at `gguf` in `dir` with one letter of its
+/// `general.name` changed: the same weights (so it answers the same), but
+/// another file and so another blake3 digest, i.e. a new artifact to roll
+/// out without a second model download.
+pub fn renamed_variant(gguf: &Path, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let mut bytes = std::fs::read(gguf)?;
+    // Key, then the value's type (8: string, u32 LE) and length (u64 LE).
+    let key = b"general.name\x08\x00\x00\x00";
+    let at = bytes
+        .windows(key.len())
+        .position(|window| window == key)
+        .ok_or_else(|| anyhow::anyhow!("no general.name string in {}", gguf.display()))?;
+    let value = at + key.len() + 8;
+    let first = bytes
+        .get_mut(value)
+        .ok_or_else(|| anyhow::anyhow!("general.name runs past the end"))?;
+    *first = if *first == b'V' { b'W' } else { b'V' };
+    let path = dir.join("variant.gguf");
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}
+
+/// `flotilla node show NAME --output json`, parsed.
+pub fn node_json(controller: &ControllerProcess, home: &Path, name: &str) -> Option<Value> {
+    serde_json::from_str(
+        &cli(
+            controller,
+            home,
+            &["node", "show", name, "--output", "json"],
+        )
+        .ok()?,
+    )
+    .ok()
 }

@@ -184,6 +184,8 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
             MODEL,
             "--version",
             "1.0.0",
+            "--alias",
+            "chat",
         ],
     )?;
     let client = reqwest::Client::new();
@@ -221,10 +223,13 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
         .await?
         .json()
         .await?;
-    assert_eq!(models["data"].as_array().map(Vec::len), Some(1), "{models}");
+    assert_eq!(models["data"].as_array().map(Vec::len), Some(2), "{models}");
     assert_eq!(models["data"][0]["id"], MODEL, "{models}");
     assert_eq!(models["data"][0]["local"], false, "{models}");
     assert_eq!(models["data"][0]["owned_by"], "flotilla:edge-a", "{models}");
+    // The assignment's alias is listed too, and routes like the name.
+    assert_eq!(models["data"][1]["id"], "chat", "{models}");
+    assert_eq!(models["data"][1]["alias_of"], MODEL, "{models}");
     let models: Value = client
         .get(format!("{a_http}/v1/models"))
         .send()
@@ -248,6 +253,8 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
         .into_inner();
     assert_eq!(listed.models.len(), 1, "{listed:?}");
     assert_eq!(listed.models[0].name, MODEL);
+    assert_eq!(listed.models[0].aliases, ["chat"]);
+    assert_eq!(listed.models[0].node, "edge-a");
     assert!(!listed.models[0].local);
 
     // The same chat asked of edge-b is answered by edge-a, identically.
@@ -262,6 +269,32 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
     assert_eq!(b_whole, a_whole, "OpenAI through edge-b");
     assert_eq!(b_streamed, a_streamed, "OpenAI streamed through edge-b");
     assert_eq!(b_whole, from_a, "greedy answers agree across APIs");
+    let by_alias = client
+        .post(format!("{b_http}/v1/chat/completions"))
+        .json(&json!({"model": "chat", "temperature": 0, "max_tokens": 32,
+            "messages": [{"role": "user", "content": QUESTION}]}))
+        .send()
+        .await?
+        .error_for_status()?;
+    assert_eq!(
+        by_alias
+            .headers()
+            .get("x-flotilla-served-by")
+            .and_then(|value| value.to_str().ok()),
+        Some("edge-a")
+    );
+    assert_eq!(
+        by_alias
+            .headers()
+            .get("x-flotilla-model-version")
+            .and_then(|value| value.to_str().ok()),
+        Some("1.0.0")
+    );
+    let by_alias: Value = by_alias.json().await?;
+    assert_eq!(
+        by_alias["choices"][0]["message"]["content"], from_a,
+        "the alias through edge-b"
+    );
 
     let (a_whole, a_streamed) = ollama_chat(&client, &a_http).await?;
     let (b_whole, b_streamed) = ollama_chat(&client, &b_http).await?;

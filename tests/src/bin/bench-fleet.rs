@@ -69,20 +69,6 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) / 100.0)
 }
 
-/// (VmRSS, VmHWM) in MiB.
-fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> f64 {
-        status
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    Ok((field("VmRSS:"), field("VmHWM:")))
-}
-
 fn quantiles(mut values: Vec<Duration>) -> serde_json::Value {
     values.sort_unstable();
     let at = |q: f64| {
@@ -250,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
     let simulator_cpu_cores =
         (cpu_seconds(std::process::id())? - simulator_cpu_before) / steady_wall;
     let acks = simulation.take_ack_latencies();
-    let (rss_mib, peak_rss_mib) = memory_mib(pid)?;
+    let (rss_mib, peak_rss_mib) = flotilla_tests::memory_mib(pid)?;
     eprintln!(
         "steady: {} acks, p50 {:?} p99 {:?}; controller {cpu_cores:.3} cores, RSS {rss_mib:.0} MiB; simulator {simulator_cpu_cores:.3} cores",
         acks.count, acks.p50, acks.p99

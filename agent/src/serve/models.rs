@@ -61,8 +61,10 @@ struct PromptPolicy {
 pub struct ServedModel {
     info: ModelInfo,
     engine: Arc<Engine>,
-    /// `Some` until dropped; see the `Drop` impl.
-    scheduler: Option<Scheduler>,
+    /// `Some` until dropped; see the `Drop` impl. Shared with the model
+    /// that replaced this one when only the assignment's prompt or names
+    /// changed ([`ServedModel::reassigned`]).
+    scheduler: Option<Arc<Scheduler>>,
     prompt: PromptPolicy,
     admission: Arc<Semaphore>,
     capacity: usize,
@@ -140,7 +142,7 @@ impl ServedModel {
                 loaded_at: SystemTime::now(),
             },
             engine,
-            scheduler: Some(scheduler),
+            scheduler: Some(Arc::new(scheduler)),
             prompt,
             admission: Arc::new(Semaphore::new(capacity)),
             capacity,
@@ -152,6 +154,48 @@ impl ServedModel {
             digest = %assignment.digest.short(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model loaded and warmed up"
+        );
+        Ok(served)
+    }
+
+    /// The same loaded weights under a new assignment of the same artifact
+    /// (another version label, prompt, policy or aliases): shares the
+    /// engine, scheduler and queue, so nothing is loaded twice and the
+    /// memory stays that of one model. Warmed up with the new prompt like a
+    /// fresh load. Blocking: call it on a blocking thread.
+    pub fn reassigned(
+        &self,
+        activation: &Activation,
+        config: &ServeConfig,
+    ) -> Result<ServedModel, String> {
+        let assignment = &activation.assignment;
+        if assignment.digest != self.info.digest {
+            return Err(format!(
+                "cannot reuse {} for artifact {}",
+                self.info.digest.short(),
+                assignment.digest.short()
+            ));
+        }
+        let served = ServedModel {
+            info: ModelInfo {
+                name: assignment.model.clone(),
+                aliases: assignment.aliases.clone(),
+                version: assignment.version.clone(),
+                quantization: assignment.quantization.clone(),
+                ..self.info.clone()
+            },
+            engine: self.engine.clone(),
+            scheduler: self.scheduler.clone(),
+            prompt: PromptPolicy::from_assignment(assignment, &self.engine)?,
+            admission: self.admission.clone(),
+            capacity: self.capacity,
+        };
+        served.warm_up(config.warm_up_timeout)?;
+        tracing::info!(
+            model = %assignment.model,
+            version = %assignment.version,
+            digest = %assignment.digest.short(),
+            "same artifact under a new assignment: reused the loaded model"
         );
         Ok(served)
     }
@@ -205,7 +249,7 @@ impl ServedModel {
 
     pub(crate) fn scheduler(&self) -> Result<&Scheduler, ServeError> {
         self.scheduler
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| ServeError::Unavailable("the model is being unloaded".to_owned()))
     }
 
@@ -267,8 +311,9 @@ impl ServedModel {
 
 impl Drop for ServedModel {
     fn drop(&mut self) {
-        // Dropping a scheduler waits for the requests it admitted; the last
-        // reference may go away on a tokio worker, which must not block.
+        // Dropping the last reference to a scheduler waits for the requests
+        // it admitted; that may happen on a tokio worker, which must not
+        // block.
         if let Some(scheduler) = self.scheduler.take() {
             let spawned = std::thread::Builder::new()
                 .name("flotilla-unload".to_owned())
@@ -420,12 +465,19 @@ impl Activator for EngineActivator {
         let config = self.config.clone();
         Box::pin(async move {
             let model = activation.assignment.model.clone();
+            // The same artifact (only the prompt, policy, aliases or version
+            // label changed) keeps its loaded weights.
+            let current = slot
+                .current()
+                .filter(|current| current.info.digest == activation.assignment.digest);
             // If this future is dropped (a newer desired state), the load
             // still finishes on its thread and is then dropped, unserved.
-            let loaded =
-                tokio::task::spawn_blocking(move || ServedModel::load(&activation, &config))
-                    .await
-                    .map_err(|error| format!("loading {model} panicked: {error}"))??;
+            let loaded = tokio::task::spawn_blocking(move || match current {
+                Some(current) => current.reassigned(&activation, &config),
+                None => ServedModel::load(&activation, &config),
+            })
+            .await
+            .map_err(|error| format!("loading {model} panicked: {error}"))??;
             super::stats::global().set_capacity(loaded.capacity());
             let previous = slot.replace(Some(Arc::new(loaded)));
             if let Some(previous) = previous {

@@ -230,3 +230,53 @@ async fn requests_streaming_continuously_through_a_swap_all_succeed() -> anyhow:
     assert_eq!(harness.served()?.info().version, "2.0.0");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_new_assignment_of_the_same_artifact_keeps_the_loaded_weights() -> anyhow::Result<()> {
+    let harness = Harness::with_model("relabelled", ServeConfig::default()).await?;
+    let before = harness.served()?;
+    let mut renamed = assignment("relabelled", "1.0.1", &tiny_model());
+    renamed.aliases = vec!["helper".to_owned()];
+    renamed.system_prompt = Some(SystemPrompt {
+        name: "house".to_owned(),
+        version: 2,
+        text: "Be brief.".to_owned(),
+        chat_template: Some(SHOW_TEMPLATE.to_owned()),
+    });
+    renamed.system_prompt_policy = SystemPromptPolicy::Forbid;
+    harness
+        .activate(renamed)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let after = harness.served()?;
+    assert!(
+        std::ptr::eq(before.engine(), after.engine()),
+        "the weights were loaded again for the same artifact"
+    );
+    assert_eq!(after.info().version, "1.0.1");
+    assert_eq!(after.info().loaded_at, before.info().loaded_at);
+    // The new assignment's names and prompt apply at once.
+    assert_eq!(
+        shown(&after, vec![Message::new(Role::User, "hi")])?,
+        "[system: Be brief.][user: hi]"
+    );
+    let response = harness
+        .post("/v1/chat/completions", greedy_chat("helper", 2))
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-flotilla-model-version")
+            .and_then(|value| value.to_str().ok()),
+        Some("1.0.1")
+    );
+    let listed = harness.get("/v1/models").await?;
+    assert_eq!(listed["data"][1]["id"], "helper", "{listed}");
+    assert_eq!(listed["data"][1]["alias_of"], "relabelled", "{listed}");
+    // The queue is the one model's: both views count the same requests.
+    let held = after.admit(Duration::from_secs(1))?;
+    assert_eq!(before.in_flight(), 1);
+    drop(held);
+    Ok(())
+}

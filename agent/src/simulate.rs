@@ -7,7 +7,8 @@
 //! [`SimulationConfig::agents_per_channel`], enrol with bounded concurrency,
 //! and keep their credentials in memory only. Failure is injectable: nodes
 //! named in [`SimulationConfig::failing_nodes`] report FAILED for every
-//! assignment.
+//! assignment, and those in [`SimulationConfig::erroring_nodes`] report
+//! that 30 of the 100 requests their model answered failed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ pub struct SimulationConfig {
     pub labels: HashMap<String, String>,
     /// Nodes that report FAILED for every assignment.
     pub failing_nodes: HashSet<String>,
+    /// Nodes whose heartbeats say 30 of the 100 requests answered by what
+    /// they serve failed (what rollouts' error-rate gate reads).
+    pub erroring_nodes: HashSet<String>,
     /// RAM of named nodes, in bytes (others have 16 GiB); a quarter of it
     /// reads as used in their health samples. Rollouts size artifacts by it.
     pub node_memory_bytes: HashMap<String, u64>,
@@ -70,6 +74,7 @@ impl SimulationConfig {
             name_prefix: "sim".to_owned(),
             labels: HashMap::new(),
             failing_nodes: HashSet::new(),
+            erroring_nodes: HashSet::new(),
             node_memory_bytes: HashMap::new(),
             agents_per_channel: 50,
             enrol_concurrency: 64,
@@ -180,6 +185,14 @@ impl Simulation {
                 ReconcilerConfig::new(None),
                 None,
             );
+            let reporter = if config.erroring_nodes.contains(&name) {
+                Arc::new(ErroringNode {
+                    inner: reporter,
+                    observed: link.observed.clone(),
+                }) as Arc<dyn NodeReporter>
+            } else {
+                reporter
+            };
             let telemetry = Arc::new(NodeTelemetry::default());
             let sync = SyncConfig {
                 backoff: config.backoff,
@@ -355,6 +368,39 @@ impl NodeReporter for SyntheticNode {
 
     fn cached_blobs(&self) -> BoxFuture<'static, Vec<CachedBlob>> {
         Box::pin(async { Vec::new() })
+    }
+}
+
+/// A node whose served model fails 30% of its requests.
+struct ErroringNode {
+    inner: Arc<dyn NodeReporter>,
+    observed: watch::Receiver<ObservedState>,
+}
+
+impl NodeReporter for ErroringNode {
+    fn inventory(&self) -> BoxFuture<'static, Inventory> {
+        self.inner.inventory()
+    }
+
+    fn sample(&self) -> BoxFuture<'static, HealthSample> {
+        let sample = self.inner.sample();
+        let serving = self.observed.borrow().serving_digest;
+        Box::pin(async move {
+            let mut sample = sample.await;
+            sample.inference = serving.map(|digest| crate::serve::stats::InferenceSample {
+                serving_digest: Some(digest.to_hex()),
+                completed_total: 70,
+                failed_total: 30,
+                completed_since_activation: 70,
+                failed_since_activation: 30,
+                ..crate::serve::stats::InferenceSample::default()
+            });
+            sample
+        })
+    }
+
+    fn cached_blobs(&self) -> BoxFuture<'static, Vec<CachedBlob>> {
+        self.inner.cached_blobs()
     }
 }
 

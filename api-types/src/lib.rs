@@ -396,6 +396,14 @@ pub struct InferenceHealthInfo {
     /// its first token in the interval.
     pub time_to_first_token_p50_ms: Option<u32>,
     pub time_to_first_token_max_ms: Option<u32>,
+    /// The artifact served (blake3 hex), and how its requests ended since
+    /// it was activated.
+    #[serde(default)]
+    pub serving_digest: Option<String>,
+    #[serde(default)]
+    pub completed_since_activation: u64,
+    #[serde(default)]
+    pub failed_since_activation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -567,6 +575,13 @@ pub struct CreateRolloutRequest {
     pub auto_rollback: bool,
     /// Failed activations tolerated before the rollout halts (default 0).
     pub max_failed_activations: Option<u32>,
+    /// Halt when a node of the current wave has failed more than this
+    /// percentage of its requests since activating the new version
+    /// (default: no error-rate gate).
+    pub max_error_rate_percent: Option<u32>,
+    /// Requests a node must have answered before its error rate counts
+    /// (default 20).
+    pub min_requests_for_error_rate: Option<u32>,
     /// Plan only: report which node would get which artifact.
     #[serde(default)]
     pub dry_run: bool,

@@ -38,6 +38,74 @@ async fn rollouts_on_postgres() -> anyhow::Result<()> {
     scenario(&["--database-url", &database.url]).await
 }
 
+/// The error-rate gate: the canary's heartbeats say 30 of the 100
+/// requests its new version answered failed, over a 10% gate, so the
+/// rollout stops after the first wave and puts the canary back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_failing_requests_trips_the_error_rate_gate() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let home = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    let controller =
+        ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
+    let cli = Cli {
+        rest_url: controller.rest_url.clone(),
+        admin: controller.admin_token()?,
+        home: home.path(),
+    };
+    let grpc = format!("http://{}", controller.grpc_addr);
+    let (v1, _) = push_version(&cli, files.path(), "1.0.0", 1)?;
+    push_version(&cli, files.path(), "2.0.0", 2)?;
+    let token = cli.text(&["node", "token", "create", "--ttl", "10m", "--uses", "3"])?;
+    let mut config = simulation_config(&grpc, &token, "err", 3, &[("site", "err")]);
+    config.erroring_nodes = HashSet::from(["err-0".to_owned()]);
+    let _simulation = Simulation::start(config).await?;
+    let nodes = names("err", 3);
+    cli.run(&[
+        "assign",
+        "--selector",
+        "site=err",
+        "--model",
+        MODEL,
+        "--version",
+        "1.0.0",
+        "--quant",
+        "Q4_1",
+    ])?;
+    cli.wait_serving(&nodes, &v1).await?;
+    cli.run(&[
+        "rollout",
+        "create",
+        "canary",
+        "--model",
+        MODEL,
+        "--version",
+        "2.0.0",
+        "--selector",
+        "site=err",
+        "--quant",
+        "Q4_1",
+        "--waves",
+        "1,100%",
+        "--bake",
+        "30s",
+        "--max-error-rate",
+        "10",
+        "--min-requests",
+        "50",
+        "--auto-rollback",
+    ])?;
+    let rolled_back = cli.wait_state("canary", &["rolled_back"]).await?;
+    let reason = rolled_back["reason"].as_str().unwrap_or_default();
+    anyhow::ensure!(
+        reason.contains("node err-0 failed 30 of 100 requests (30%)"),
+        "{reason}"
+    );
+    // Only the canary was touched, and it serves 1.0.0 again.
+    cli.wait_serving(&nodes, &v1).await?;
+    Ok(())
+}
+
 struct Cli<'a> {
     rest_url: String,
     admin: String,
@@ -206,15 +274,14 @@ fn push_version(
     Ok((digest(&q4), digest(&q8)))
 }
 
-async fn simulate(
+/// `count` simulated agents named `prefix-i` carrying `labels`.
+fn simulation_config(
     grpc: &str,
     token: &str,
     prefix: &str,
     count: usize,
     labels: &[(&str, &str)],
-    failing: &[&str],
-    memory: &[(&str, u64)],
-) -> anyhow::Result<Simulation> {
+) -> SimulationConfig {
     let mut config = SimulationConfig::new(grpc, token, count);
     config.name_prefix = prefix.to_owned();
     // Back quickly after the controller restart.
@@ -227,6 +294,19 @@ async fn simulate(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect::<HashMap<_, _>>();
+    config
+}
+
+async fn simulate(
+    grpc: &str,
+    token: &str,
+    prefix: &str,
+    count: usize,
+    labels: &[(&str, &str)],
+    failing: &[&str],
+    memory: &[(&str, u64)],
+) -> anyhow::Result<Simulation> {
+    let mut config = simulation_config(grpc, token, prefix, count, labels);
     config.failing_nodes = failing
         .iter()
         .map(|n| (*n).to_owned())

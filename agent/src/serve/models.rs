@@ -478,7 +478,7 @@ impl Activator for EngineActivator {
             })
             .await
             .map_err(|error| format!("loading {model} panicked: {error}"))??;
-            super::stats::global().set_capacity(loaded.capacity());
+            super::stats::global().activated(Some(loaded.info.digest), loaded.capacity());
             let previous = slot.replace(Some(Arc::new(loaded)));
             if let Some(previous) = previous {
                 tracing::info!(
@@ -495,7 +495,7 @@ impl Activator for EngineActivator {
     fn deactivate(&self) -> BoxFuture<'static, ()> {
         let slot = self.slot.clone();
         Box::pin(async move {
-            super::stats::global().set_capacity(0);
+            super::stats::global().activated(None, 0);
             if let Some(previous) = slot.replace(None) {
                 tracing::info!(model = %previous.info.name, "stopped serving");
             }

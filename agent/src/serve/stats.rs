@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::cache::Digest;
+
 /// Time-to-first-token samples kept between two snapshots; beyond it the
 /// newest are dropped (the summary then covers the first ones).
 const MAX_LATENCY_SAMPLES: usize = 4096;
@@ -36,6 +38,11 @@ pub struct InferenceSample {
     /// Of the requests whose first token came since the previous snapshot.
     pub time_to_first_token_p50: Option<Duration>,
     pub time_to_first_token_max: Option<Duration>,
+    /// The artifact served now (blake3 hex), and its outcomes since it was
+    /// activated.
+    pub serving_digest: Option<String>,
+    pub completed_since_activation: u64,
+    pub failed_since_activation: u64,
 }
 
 /// How a request ended, as the heartbeat counts it.
@@ -61,6 +68,17 @@ pub struct InferenceStats {
     cancelled: AtomicU64,
     generated_tokens: AtomicU64,
     window: Mutex<Window>,
+    activation: Mutex<SinceActivation>,
+}
+
+/// Outcomes of the model served now. Counted process-wide, so a request
+/// the previous model finishes after a swap counts for the new one: a
+/// slight blur, bounded by the queue, that keeps the counting in one place.
+#[derive(Debug, Default, Clone, Copy)]
+struct SinceActivation {
+    serving: Option<Digest>,
+    completed: u64,
+    failed: u64,
 }
 
 #[derive(Debug)]
@@ -85,6 +103,7 @@ impl Default for InferenceStats {
                 tokens_at_start: 0,
                 first_token_latencies: Vec::new(),
             }),
+            activation: Mutex::new(SinceActivation::default()),
         }
     }
 }
@@ -109,15 +128,27 @@ impl InferenceStats {
             });
     }
 
-    /// The served model's admission limit (0: nothing served).
-    pub fn set_capacity(&self, capacity: usize) {
+    /// A model began serving (`serving`, admitting `capacity` requests at
+    /// once), or none (`None`, 0): the since-activation counts restart.
+    pub fn activated(&self, serving: Option<Digest>, capacity: usize) {
         self.capacity.store(
             u32::try_from(capacity).unwrap_or(u32::MAX),
             Ordering::Relaxed,
         );
+        *lock(&self.activation) = SinceActivation {
+            serving,
+            ..SinceActivation::default()
+        };
     }
 
     pub fn finished(&self, outcome: Outcome) {
+        if matches!(outcome, Outcome::Completed | Outcome::Failed) {
+            let mut since = lock(&self.activation);
+            match outcome {
+                Outcome::Completed => since.completed += 1,
+                _ => since.failed += 1,
+            }
+        }
         let counter = match outcome {
             Outcome::Completed => &self.completed,
             Outcome::Rejected => &self.rejected,
@@ -157,6 +188,7 @@ impl InferenceStats {
             (rate, std::mem::take(&mut window.first_token_latencies))
         };
         latencies.sort_unstable();
+        let since = *lock(&self.activation);
         InferenceSample {
             queue_depth: self.in_flight.load(Ordering::Relaxed),
             queue_capacity: self.capacity.load(Ordering::Relaxed),
@@ -171,14 +203,21 @@ impl InferenceStats {
                 .get(latencies.len().saturating_sub(1) / 2)
                 .copied(),
             time_to_first_token_max: latencies.last().copied(),
+            serving_digest: since.serving.map(|digest| digest.to_hex()),
+            completed_since_activation: since.completed,
+            failed_since_activation: since.failed,
         }
     }
 
     fn lock_window(&self) -> std::sync::MutexGuard<'_, Window> {
-        self.window
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.window)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -188,7 +227,7 @@ mod tests {
     #[test]
     fn snapshots_count_outcomes_and_summarise_the_interval() {
         let stats = InferenceStats::default();
-        stats.set_capacity(20);
+        stats.activated(Some(Digest::of(b"model")), 20);
         stats.admitted();
         stats.admitted();
         stats.released();
@@ -232,5 +271,27 @@ mod tests {
         assert_eq!(second.tokens_per_second, 0.0);
         assert_eq!(second.time_to_first_token_p50, None);
         assert_eq!(second.generated_tokens_total, 50);
+        assert_eq!(second.serving_digest, Some(Digest::of(b"model").to_hex()));
+        assert_eq!(
+            (
+                second.completed_since_activation,
+                second.failed_since_activation
+            ),
+            (1, 1)
+        );
+
+        // Another model: its own counts start from zero.
+        stats.activated(Some(Digest::of(b"next")), 20);
+        stats.finished(Outcome::Failed);
+        let third = stats.snapshot();
+        assert_eq!(third.serving_digest, Some(Digest::of(b"next").to_hex()));
+        assert_eq!(
+            (
+                third.completed_since_activation,
+                third.failed_since_activation
+            ),
+            (0, 1)
+        );
+        assert_eq!(third.failed_total, 2);
     }
 }

@@ -190,6 +190,9 @@ impl From<&InferenceSample> for pb::InferenceSample {
             tokens_per_second: sample.tokens_per_second,
             time_to_first_token_p50_ms: sample.time_to_first_token_p50.map(millis),
             time_to_first_token_max_ms: sample.time_to_first_token_max.map(millis),
+            serving_digest: sample.serving_digest.clone().unwrap_or_default(),
+            completed_since_activation: sample.completed_since_activation,
+            failed_since_activation: sample.failed_since_activation,
         }
     }
 }

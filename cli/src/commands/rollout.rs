@@ -78,6 +78,15 @@ pub struct CreateArgs {
     /// Failed activations tolerated before the rollout halts.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_failed: u32,
+    /// Halt when a node of the current wave fails more than this share of
+    /// its requests on the new version [default: no error-rate gate].
+    #[arg(long, value_name = "PERCENT",
+        value_parser = clap::value_parser!(u32).range(0..100))]
+    pub max_error_rate: Option<u32>,
+    /// Requests a node must have answered on the new version before its
+    /// error rate counts [default: 20].
+    #[arg(long, value_name = "N", requires = "max_error_rate")]
+    pub min_requests: Option<u32>,
     #[command(flatten)]
     pub serving: super::assignment::ServingArgs,
     /// Print which node would get which artifact, and which are
@@ -200,6 +209,8 @@ async fn create(args: CreateArgs, client: &ApiClient, printer: &Printer) -> anyh
         max_unavailable: Some(args.max_unavailable),
         auto_rollback: args.auto_rollback,
         max_failed_activations: Some(args.max_failed),
+        max_error_rate_percent: args.max_error_rate,
+        min_requests_for_error_rate: args.min_requests,
         dry_run: args.dry_run,
     };
     let rollout = client.create_rollout(&request).await?;

@@ -157,6 +157,9 @@ pub fn health_info(sample: HealthSample) -> dto::HealthInfo {
             tokens_per_second: inference.tokens_per_second,
             time_to_first_token_p50_ms: inference.time_to_first_token_p50_ms,
             time_to_first_token_max_ms: inference.time_to_first_token_max_ms,
+            serving_digest: inference.serving_digest,
+            completed_since_activation: inference.completed_since_activation,
+            failed_since_activation: inference.failed_since_activation,
         }),
     }
 }

@@ -65,6 +65,12 @@ fn spec(request: &dto::CreateRolloutRequest) -> Result<RolloutSpec, ApiError> {
         .map(ToString::to_string)
         .collect();
     let prompt_policy = super::convert::prompt_policy(request.prompt_policy.as_deref())?;
+    let max_error_rate_percent = request.max_error_rate_percent;
+    if max_error_rate_percent.is_some_and(|percent| percent >= 100) {
+        return Err(invalid(
+            "max_error_rate_percent must be below 100 (omit it for no error-rate gate)".to_owned(),
+        ));
+    }
     let max_unavailable = request.max_unavailable.unwrap_or(1);
     if max_unavailable == 0 {
         return Err(invalid("max_unavailable must be at least 1".to_owned()));
@@ -90,6 +96,10 @@ fn spec(request: &dto::CreateRolloutRequest) -> Result<RolloutSpec, ApiError> {
         auto_rollback: request.auto_rollback,
         gates: GateThresholds {
             max_failed_activations: request.max_failed_activations.unwrap_or(0),
+            max_error_rate_percent,
+            min_requests_for_error_rate: request
+                .min_requests_for_error_rate
+                .unwrap_or(crate::domain::DEFAULT_MIN_REQUESTS_FOR_ERROR_RATE),
             ..GateThresholds::default()
         },
     })

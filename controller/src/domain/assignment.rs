@@ -231,6 +231,14 @@ pub struct InferenceHealth {
     pub tokens_per_second: f32,
     pub time_to_first_token_p50_ms: Option<u32>,
     pub time_to_first_token_max_ms: Option<u32>,
+    /// The artifact served (blake3 hex) and how its requests ended since
+    /// it was activated: what the rollouts' error-rate gate reads.
+    #[serde(default)]
+    pub serving_digest: Option<String>,
+    #[serde(default)]
+    pub completed_since_activation: u64,
+    #[serde(default)]
+    pub failed_since_activation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,9 +31,9 @@ pub use prompt::{PromptRef, PromptSummary, SystemPrompt};
 pub use quantization::{InvalidQuantization, Quantization, QuantizationPolicy};
 pub use resolve::{Resolution, ResolveError, resolve};
 pub use rollout::{
-    CommandOutcome, DEFAULT_SAFETY_MARGIN_PERCENT, Decision, Event, Fit, GateThresholds, GateTrip,
-    InvalidRolloutState, InvalidWaves, MAX_BAKE, MAX_WAVES, NewEvent, NodeObservation,
-    NodeProgress, Rollout, RolloutCommand, RolloutNode, RolloutNodeState, RolloutSpec,
-    RolloutState, Transition, WaveSize, Waves, apply_command, decide, evaluate_gates, fit_node,
-    memory_budget, plan_waves,
+    CommandOutcome, DEFAULT_MIN_REQUESTS_FOR_ERROR_RATE, DEFAULT_SAFETY_MARGIN_PERCENT, Decision,
+    Event, Fit, GateThresholds, GateTrip, InvalidRolloutState, InvalidWaves, MAX_BAKE, MAX_WAVES,
+    NewEvent, NodeObservation, NodeProgress, Rollout, RolloutCommand, RolloutNode,
+    RolloutNodeState, RolloutSpec, RolloutState, ServedRequests, Transition, WaveSize, Waves,
+    apply_command, decide, evaluate_gates, fit_node, memory_budget, plan_waves,
 };

@@ -192,6 +192,22 @@ pub struct GateThresholds {
     pub halt_on_not_ready: bool,
     /// Halt when a GPU of the current wave throttles while baking.
     pub halt_on_throttling: bool,
+    /// Halt when a node of the current wave failed more than this share
+    /// of its requests (percent) since activating the rollout's artifact;
+    /// `None`: no error-rate gate. Added later, hence the serde defaults.
+    #[serde(default)]
+    pub max_error_rate_percent: Option<u32>,
+    /// Requests a node must have finished on the new artifact before its
+    /// error rate counts (a single early failure is not a trend).
+    #[serde(default = "default_min_requests_for_error_rate")]
+    pub min_requests_for_error_rate: u32,
+}
+
+/// See [`GateThresholds::min_requests_for_error_rate`].
+pub const DEFAULT_MIN_REQUESTS_FOR_ERROR_RATE: u32 = 20;
+
+fn default_min_requests_for_error_rate() -> u32 {
+    DEFAULT_MIN_REQUESTS_FOR_ERROR_RATE
 }
 
 impl Default for GateThresholds {
@@ -200,6 +216,8 @@ impl Default for GateThresholds {
             max_failed_activations: 0,
             halt_on_not_ready: true,
             halt_on_throttling: true,
+            max_error_rate_percent: None,
+            min_requests_for_error_rate: DEFAULT_MIN_REQUESTS_FOR_ERROR_RATE,
         }
     }
 }
@@ -621,8 +639,20 @@ pub struct NodeObservation {
     pub reason: Option<String>,
     /// A GPU reports throttling in its latest health sample.
     pub throttled: bool,
+    /// How requests ended on the artifact the node serves, since it was
+    /// activated (from the latest health sample; `None`: not reported).
+    pub requests: Option<ServedRequests>,
     /// An operator pinned the node with a node-level assignment.
     pub pinned: bool,
+}
+
+/// Requests a node finished on one artifact since activating it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedRequests {
+    /// The artifact (blake3 hex).
+    pub digest: String,
+    pub completed: u64,
+    pub failed: u64,
 }
 
 impl NodeObservation {
@@ -658,7 +688,8 @@ pub struct GateTrip(pub String);
 
 /// Evaluates the gates over the nodes the rollout has touched so far:
 /// failed activations over the threshold, a touched node of the current
-/// wave gone not-ready, or (while baking) a throttling GPU in it.
+/// wave gone not-ready, (while baking) a throttling GPU in it, or one
+/// failing too many requests on its new artifact.
 pub fn evaluate_gates(
     gates: &GateThresholds,
     nodes: &[(&RolloutNode, &NodeObservation)],
@@ -696,8 +727,45 @@ pub fn evaluate_gates(
                 current_wave + 1
             )));
         }
+        if let Some(trip) = error_rate_trip(gates, node, observation) {
+            return Some(trip);
+        }
     }
     None
+}
+
+/// The error-rate gate for one node: only requests answered by the
+/// artifact this rollout gave the node count, and only once there are
+/// enough of them.
+fn error_rate_trip(
+    gates: &GateThresholds,
+    node: &RolloutNode,
+    observation: &NodeObservation,
+) -> Option<GateTrip> {
+    let max_percent = gates.max_error_rate_percent?;
+    let requests = observation.requests.as_ref()?;
+    let desired = node.desired.as_ref()?;
+    if requests.digest != desired.digest {
+        return None;
+    }
+    let finished = requests.completed.saturating_add(requests.failed);
+    if finished == 0 || finished < u64::from(gates.min_requests_for_error_rate) {
+        return None;
+    }
+    // failed / finished > max / 100, in integers.
+    (u128::from(requests.failed) * 100 > u128::from(max_percent) * u128::from(finished)).then(
+        || {
+            GateTrip(format!(
+                "node {} failed {} of {} requests ({}%) on {} {} (threshold {max_percent}%)",
+                node.node,
+                requests.failed,
+                finished,
+                requests.failed * 100 / finished,
+                desired.model,
+                desired.version
+            ))
+        },
+    )
 }
 
 // ---- the reconciler's decision ----

@@ -663,6 +663,9 @@ mod tests {
                 tokens_per_second: 0.0,
                 time_to_first_token_p50_ms: None,
                 time_to_first_token_max_ms: None,
+                serving_digest: None,
+                completed_since_activation: 0,
+                failed_since_activation: 0,
             }),
         }
     }

@@ -25,8 +25,8 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, NODE_CREDENTIAL_TTL, Role, bearer_token};
 use crate::domain::{
-    AssignmentPhase, DesiredState, GpuHealth, HealthSample, InferenceHealth, Labels, NewNode,
-    NodeGpu, NodeInventory, NodeName, NodeStatus, ObservedState, PromptPolicy,
+    AssignmentPhase, DesiredState, Digest, GpuHealth, HealthSample, InferenceHealth, Labels,
+    NewNode, NodeGpu, NodeInventory, NodeName, NodeStatus, ObservedState, PromptPolicy,
 };
 use crate::error::ApiError;
 use crate::fleet::{Directory, Endpoints, Fleet, PushedState, Session};
@@ -620,6 +620,14 @@ fn sample_from_wire(sample: pb::HealthSample, now: OffsetDateTime) -> HealthSamp
             tokens_per_second: finite(inference.tokens_per_second).unwrap_or(0.0).max(0.0),
             time_to_first_token_p50_ms: inference.time_to_first_token_p50_ms,
             time_to_first_token_max_ms: inference.time_to_first_token_max_ms,
+            // A malformed digest only costs the error-rate gate its input.
+            serving_digest: inference
+                .serving_digest
+                .parse::<Digest>()
+                .ok()
+                .map(|digest| digest.to_hex()),
+            completed_since_activation: inference.completed_since_activation,
+            failed_since_activation: inference.failed_since_activation,
         }),
     }
 }

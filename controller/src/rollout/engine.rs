@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
     Decision, NewEvent, Node, NodeName, NodeObservation, PageRequest, Rollout, RolloutNode,
-    RolloutState, Transition, decide,
+    RolloutState, ServedRequests, Transition, decide,
 };
 use crate::fleet::{Fleet, FleetError};
 use crate::store::{Leadership, RolloutUpdate, Store, StoreError};
@@ -245,6 +245,7 @@ fn observe(
             serving_digest: None,
             reason: Some("node no longer exists".to_owned()),
             throttled: false,
+            requests: None,
             pinned: false,
         };
     };
@@ -261,6 +262,17 @@ fn observe(
                 .iter()
                 .any(|gpu| gpu.throttle_reasons.iter().any(|r| is_thermal(r)))
         }),
+        requests: node
+            .health
+            .as_ref()
+            .and_then(|health| health.inference.as_ref())
+            .and_then(|inference| {
+                Some(ServedRequests {
+                    digest: inference.serving_digest.clone()?,
+                    completed: inference.completed_since_activation,
+                    failed: inference.failed_since_activation,
+                })
+            }),
         pinned: pinned.contains(name),
     }
 }

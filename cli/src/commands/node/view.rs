@@ -495,6 +495,9 @@ mod tests {
                 tokens_per_second: 41.46,
                 time_to_first_token_p50_ms: Some(120),
                 time_to_first_token_max_ms: Some(300),
+                serving_digest: Some("ab".repeat(32)),
+                completed_since_activation: 10,
+                failed_since_activation: 1,
             }),
         }
     }

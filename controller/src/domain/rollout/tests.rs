@@ -2,7 +2,8 @@ use time::OffsetDateTime;
 
 use super::*;
 use crate::domain::{
-    ArtifactFormat, Digest, GpuHealth, NodeGpu, PromptPolicy, Quantization, VersionState,
+    ArtifactFormat, Digest, GpuHealth, NodeGpu, PromptPolicy, Quantization, ServedRequests,
+    VersionState,
 };
 
 fn names(count: usize) -> Vec<NodeName> {
@@ -293,6 +294,7 @@ fn idle() -> NodeObservation {
         serving_digest: Some("old".into()),
         reason: None,
         throttled: false,
+        requests: None,
         pinned: false,
     }
 }
@@ -485,6 +487,52 @@ fn gates_trip_on_failures_not_ready_and_throttling() {
     let mut lenient = baking.clone();
     lenient.spec.gates.halt_on_throttling = false;
     assert_eq!(decide(&lenient, &ready, hot, NOW).transition, None);
+}
+
+#[test]
+fn the_error_rate_gate_counts_only_the_new_artifacts_requests_once_there_are_enough() {
+    let mut baking = rollout(RolloutState::Baking, 0, 2);
+    baking.bake_started_at = Some(NOW);
+    baking.spec.gates.max_error_rate_percent = Some(10);
+    baking.spec.gates.min_requests_for_error_rate = 20;
+    let ready = [node("a", 0, RolloutNodeState::Ready)];
+    let serving = |digest: &str, completed: u64, failed: u64| {
+        let requests = Some(ServedRequests {
+            digest: digest.to_owned(),
+            completed,
+            failed,
+        });
+        move |_: &NodeName| NodeObservation {
+            requests: requests.clone(),
+            ..ready_new()
+        }
+    };
+    // 3 of 25 failed (12% > 10%): tripped, naming the node and the numbers.
+    let Some(Transition::Trip(GateTrip(why))) =
+        decide(&baking, &ready, serving("new", 22, 3), NOW).transition
+    else {
+        panic!("expected a trip");
+    };
+    assert!(
+        why.contains("node a failed 3 of 25 requests (12%)"),
+        "{why}"
+    );
+    // Exactly at the threshold, too few requests, or the old artifact's
+    // failures: no trip.
+    for quiet in [
+        serving("new", 27, 3),
+        serving("new", 10, 9),
+        serving("old", 0, 50),
+    ] {
+        assert_eq!(decide(&baking, &ready, quiet, NOW).transition, None);
+    }
+    // Without a threshold there is no error-rate gate.
+    let mut off = baking.clone();
+    off.spec.gates.max_error_rate_percent = None;
+    assert_eq!(
+        decide(&off, &ready, serving("new", 0, 50), NOW).transition,
+        None
+    );
 }
 
 #[test]

@@ -109,6 +109,10 @@ struct Cli {
     /// Serve inference beyond loopback without authentication.
     #[arg(long)]
     allow_unauthenticated_inference: bool,
+    /// On SIGTERM/SIGINT, how long running inference requests may take to
+    /// finish before the agent exits without them.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    shutdown_grace: u64,
     /// Kernel threads of the inference engine (default: all cores).
     #[arg(long, value_name = "N")]
     engine_threads: Option<usize>,
@@ -421,13 +425,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     reconciling.await?;
     // Unload the model before the servers' last requests are awaited.
     serving.slot.replace(None);
-    if let Err(error) = http.await? {
-        tracing::warn!(%error, "the HTTP inference server failed");
+    let grace = Duration::from_secs(cli.shutdown_grace);
+    let drained = tokio::time::timeout(grace, async {
+        if let Err(error) = http.await? {
+            tracing::warn!(%error, "the HTTP inference server failed");
+        }
+        if let Err(error) = grpc.await? {
+            tracing::warn!(%error, "the gRPC inference server failed");
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                in_flight = serve::stats::global().snapshot().queue_depth,
+                grace_seconds = cli.shutdown_grace,
+                "requests still running after the shutdown grace period; exiting without them"
+            );
+            Ok(())
+        }
     }
-    if let Err(error) = grpc.await? {
-        tracing::warn!(%error, "the gRPC inference server failed");
-    }
-    Ok(())
 }
 
 async fn simulate(cli: Cli, agents: usize) -> anyhow::Result<()> {

@@ -8,8 +8,12 @@
 //! request. In memory only: after a restart the agent routes nothing until
 //! its first sync stream brings a directory.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
 
 /// The HTTP header (and gRPC metadata key) counting how many times a request
 /// was forwarded. A request that arrives with one or more hops is answered
@@ -134,20 +138,43 @@ pub fn candidates(peers: &[Peer], model: &str, surface: Surface, turn: usize) ->
 }
 
 /// The directory this node routes by, shared by the sync loop (writer) and
-/// the inference servers (readers).
+/// the inference servers (readers), with one gRPC channel per peer so that
+/// forwarded calls share a connection instead of opening one each.
 #[derive(Debug, Default)]
 pub struct Routes {
     peers: RwLock<Arc<Vec<Peer>>>,
     turn: AtomicUsize,
+    grpc_channels: Mutex<HashMap<String, Channel>>,
 }
 
+/// How long connecting to a peer may take before the call fails over to
+/// the next one.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Routes {
-    /// Replaces the directory.
+    /// Replaces the directory; channels to peers no longer in it close.
     pub fn replace(&self, peers: Vec<Peer>) {
+        lock(&self.grpc_channels).retain(|url, _| peers.iter().any(|peer| &peer.grpc_url == url));
         *self
             .peers
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(peers);
+    }
+
+    /// The channel to the peer gRPC API at `url`, made on first use. It
+    /// connects lazily and reconnects by itself after a failure, which
+    /// calls see as UNAVAILABLE.
+    pub fn grpc_channel(&self, url: &str) -> Result<Channel, String> {
+        let mut channels = lock(&self.grpc_channels);
+        if let Some(channel) = channels.get(url) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(|error| format!("invalid URL {url:?}: {error}"))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .connect_lazy();
+        channels.insert(url.to_owned(), channel.clone());
+        Ok(channel)
     }
 
     /// The directory as it is now.
@@ -163,6 +190,12 @@ impl Routes {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         candidates(&self.peers(), model, surface, turn)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -245,6 +278,24 @@ mod tests {
             nodes(&candidates(&peers, "smollm2", Surface::Grpc, 1)),
             ["b", "c"]
         );
+    }
+
+    #[tokio::test]
+    async fn one_grpc_channel_per_peer_until_it_leaves_the_directory() {
+        let routes = Routes::default();
+        let a = peer("a", "smollm2", 0);
+        routes.replace(vec![a.clone(), peer("b", "smollm2", 0)]);
+        let count = || lock(&routes.grpc_channels).len();
+        routes.grpc_channel(&a.grpc_url).expect("valid");
+        routes.grpc_channel(&a.grpc_url).expect("valid");
+        assert_eq!(count(), 1, "the second call reuses the channel");
+        routes.grpc_channel("http://b:50052").expect("valid");
+        assert_eq!(count(), 2);
+        assert!(routes.grpc_channel("not a url").is_err());
+        routes.replace(vec![a.clone()]);
+        assert_eq!(count(), 1, "b left the directory");
+        routes.replace(Vec::new());
+        assert_eq!(count(), 0);
     }
 
     #[test]

@@ -13,8 +13,6 @@
 //! gRPC channels to peers are opened per forwarded call (HTTP reuses
 //! reqwest's pool); caching them is left for when forwarding is hot.
 
-use std::time::Duration;
-
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -24,8 +22,6 @@ use pb::inference_client::InferenceClient;
 use super::ServeError;
 use crate::routing::{HOPS_HEADER, Routes, Surface, may_forward, parse_hops};
 
-/// How long connecting to a peer may take before the next one is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The response header naming the node that answered a forwarded request.
 pub(super) const SERVED_BY_HEADER: &str = "x-flotilla-served-by";
 
@@ -139,6 +135,25 @@ fn relay(response: reqwest::Response, node: &str) -> Response {
     relayed
 }
 
+/// `message` as a call to a peer: one more hop, and the client's
+/// credential.
+fn forwarded<T>(
+    message: T,
+    hops: u32,
+    authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = (hops + 1).to_string().parse() {
+        request.metadata_mut().insert(HOPS_HEADER, value);
+    }
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    request
+}
+
 /// A gRPC call to replay on a peer.
 #[derive(Debug, Clone)]
 pub(super) enum GrpcCall {
@@ -167,46 +182,24 @@ pub(super) async fn grpc(
     }
     let mut failures = Vec::new();
     for peer in &peers {
-        let channel = match tonic::transport::Endpoint::from_shared(peer.grpc_url.clone()) {
-            Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await,
-            Err(error) => {
-                failures.push(format!(
-                    "{} (invalid URL {:?}: {error})",
-                    peer.node, peer.grpc_url
-                ));
-                continue;
-            }
-        };
-        let channel = match channel {
+        let channel = match routes.grpc_channel(&peer.grpc_url) {
             Ok(channel) => channel,
             Err(error) => {
-                tracing::warn!(model, peer = %peer.node, url = %peer.grpc_url, %error, "cannot forward to peer; trying the next");
                 failures.push(format!("{} ({error})", peer.node));
                 continue;
             }
         };
         let mut client = InferenceClient::new(channel);
-        let hops_value = (hops + 1).to_string();
         let answered = match call.clone() {
             GrpcCall::Generate(request) => {
-                let mut request = tonic::Request::new(request);
-                if let Ok(value) = hops_value.parse() {
-                    request.metadata_mut().insert(HOPS_HEADER, value);
-                }
-                if let Some(value) = authorization.clone() {
-                    request.metadata_mut().insert("authorization", value);
-                }
-                client.generate(request).await
+                client
+                    .generate(forwarded(request, hops, authorization.as_ref()))
+                    .await
             }
             GrpcCall::Chat(request) => {
-                let mut request = tonic::Request::new(request);
-                if let Ok(value) = hops_value.parse() {
-                    request.metadata_mut().insert(HOPS_HEADER, value);
-                }
-                if let Some(value) = authorization.clone() {
-                    request.metadata_mut().insert("authorization", value);
-                }
-                client.chat(request).await
+                client
+                    .chat(forwarded(request, hops, authorization.as_ref()))
+                    .await
             }
         };
         match answered {
@@ -216,8 +209,11 @@ pub(super) async fn grpc(
                 tracing::debug!(model, peer = %peer.node, "forwarded a gRPC call");
                 return Ok(response.into_inner());
             }
-            // The connection broke under the call: the next peer may do.
+            // Unreachable, or the connection broke under the call: the
+            // next peer may do.
             Err(status) if status.code() == tonic::Code::Unavailable => {
+                tracing::warn!(model, peer = %peer.node, url = %peer.grpc_url,
+                    error = %status.message(), "cannot forward to peer; trying the next");
                 failures.push(format!("{} ({})", peer.node, status.message()));
             }
             Err(status) => return Err(status),

@@ -112,7 +112,7 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
             serving,
             metrics,
             client: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(5))
+                .connect_timeout(crate::routing::PEER_CONNECT_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
         })

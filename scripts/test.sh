@@ -7,8 +7,6 @@ cd "$(dirname "$0")/.."
 
 FLOTILLA_TEST_DATABASE_URL=$(bash scripts/ensure-postgres.sh)
 export FLOTILLA_TEST_DATABASE_URL
-bash scripts/ensure-python.sh
-export FLOTILLA_PYTHON="$PWD/.venv/bin/python"
 
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -x ../shared/fetch-smollm2.sh ] || [ -f ../shared/fetch-smollm2.sh ]; then
@@ -19,6 +17,10 @@ if [ -f "$model" ]; then
 else
   echo "test.sh: WARNING: $model is missing; real-model tests will be skipped" >&2
 fi
+
+# After the model: ensure-python smoke-tests llama.cpp on it.
+bash scripts/ensure-python.sh
+export FLOTILLA_PYTHON="$PWD/.venv/bin/python"
 
 # End-to-end tests run the real binaries; build them first.
 cargo build --workspace --bins

@@ -234,3 +234,65 @@ pub fn node_json(controller: &ControllerProcess, home: &Path, name: &str) -> Opt
     )
     .ok()
 }
+
+/// Asks the node at `http` / `grpc` for a model no node serves, over the
+/// OpenAI and Ollama HTTP APIs and gRPC: each must answer not-found (404,
+/// NOT_FOUND) naming the model.
+pub async fn assert_unknown_model_not_found(http: &str, grpc: &str) -> anyhow::Result<()> {
+    use flotilla_proto::inference::v1 as pb;
+    const UNKNOWN: &str = "llama-3-70b";
+    let client = reqwest::Client::new();
+    let messages = serde_json::json!([{"role": "user", "content": "Hello"}]);
+    let response = client
+        .post(format!("{http}/v1/chat/completions"))
+        .json(&serde_json::json!({"model": UNKNOWN, "messages": messages}))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status() == 404, "OpenAI: {}", response.status());
+    let error: Value = response.json().await?;
+    anyhow::ensure!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains(UNKNOWN)),
+        "OpenAI: {error}"
+    );
+    for (path, body) in [
+        (
+            "/api/chat",
+            serde_json::json!({"model": UNKNOWN, "messages": messages}),
+        ),
+        (
+            "/api/generate",
+            serde_json::json!({"model": UNKNOWN, "prompt": "Hello"}),
+        ),
+    ] {
+        let response = client
+            .post(format!("{http}{path}"))
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 404, "{path}: {}", response.status());
+        let error: Value = response.json().await?;
+        anyhow::ensure!(
+            error["error"]
+                .as_str()
+                .is_some_and(|message| message.contains(UNKNOWN)),
+            "{path}: {error}"
+        );
+    }
+    let status = pb::inference_client::InferenceClient::connect(grpc.to_owned())
+        .await?
+        .generate(pb::GenerateRequest {
+            model: UNKNOWN.to_owned(),
+            prompt: "Hello".to_owned(),
+            options: None,
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("an unknown model was answered over gRPC"))?;
+    anyhow::ensure!(
+        status.code() == tonic::Code::NotFound && status.message().contains(UNKNOWN),
+        "gRPC: {status:?}"
+    );
+    Ok(())
+}

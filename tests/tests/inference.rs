@@ -10,7 +10,7 @@
 //! `agent/tests/serve/`.)
 
 use flotilla_proto::inference::v1 as pb;
-use flotilla_tests::serving::{ServedModel, grpc_chat, sse_text};
+use flotilla_tests::serving::{ServedModel, assert_unknown_model_not_found, grpc_chat, sse_text};
 use flotilla_tests::test_model;
 use serde_json::{Value, json};
 
@@ -129,36 +129,6 @@ async fn one_agent_serves_the_assigned_model_over_grpc_openai_and_ollama() -> an
     );
 
     // A model this node does not serve.
-    let response = client
-        .post(format!("{http}/v1/chat/completions"))
-        .json(&json!({"model": "llama-3-70b", "messages": [{"role": "user", "content": QUESTION}]}))
-        .send()
-        .await?;
-    assert_eq!(response.status(), 404);
-    let error: Value = response.json().await?;
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("llama-3-70b"),
-        "{error}"
-    );
-    let response = client
-        .post(format!("{http}/api/generate"))
-        .json(&json!({"model": "llama-3-70b", "prompt": QUESTION}))
-        .send()
-        .await?;
-    assert_eq!(response.status(), 404);
-    let status = inference
-        .generate(pb::GenerateRequest {
-            model: "llama-3-70b".to_owned(),
-            prompt: QUESTION.to_owned(),
-            options: None,
-        })
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("an unknown model was answered over gRPC"))?;
-    assert_eq!(status.code(), tonic::Code::NotFound);
-    assert!(status.message().contains("llama-3-70b"));
+    assert_unknown_model_not_found(&http, &grpc).await?;
     Ok(())
 }

@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use flotilla_proto::inference::v1 as pb;
-use flotilla_tests::serving::{cli, grpc_chat, node_phase, sse_text};
+use flotilla_tests::serving::{
+    assert_unknown_model_not_found, cli, grpc_chat, node_phase, sse_text,
+};
 use flotilla_tests::{AgentProcess, ControllerProcess, test_model, wait_until};
 use serde_json::{Value, json};
 
@@ -303,37 +305,7 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
     assert_eq!(b_streamed, a_streamed, "Ollama streamed through edge-b");
 
     // A model no node serves: edge-b says so, naming it.
-    let response = client
-        .post(format!("{b_http}/v1/chat/completions"))
-        .json(&json!({"model": "llama-3-70b", "messages": [{"role": "user", "content": QUESTION}]}))
-        .send()
-        .await?;
-    assert_eq!(response.status(), 404);
-    let error: Value = response.json().await?;
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("llama-3-70b"),
-        "{error}"
-    );
-    let response = client
-        .post(format!("{b_http}/api/chat"))
-        .json(&json!({"model": "llama-3-70b", "messages": [{"role": "user", "content": QUESTION}]}))
-        .send()
-        .await?;
-    assert_eq!(response.status(), 404);
-    let status = inference_b
-        .generate(pb::GenerateRequest {
-            model: "llama-3-70b".to_owned(),
-            prompt: QUESTION.to_owned(),
-            options: None,
-        })
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("an unknown model was answered over gRPC"))?;
-    assert_eq!(status.code(), tonic::Code::NotFound);
-    assert!(status.message().contains("llama-3-70b"), "{status:?}");
+    assert_unknown_model_not_found(&b_http, &b_grpc).await?;
 
     // A request that was forwarded already is answered locally or refused.
     let response = client

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{AgentProcess, ControllerProcess, flotilla, wait_until};
 
@@ -242,10 +242,10 @@ pub async fn assert_unknown_model_not_found(http: &str, grpc: &str) -> anyhow::R
     use flotilla_proto::inference::v1 as pb;
     const UNKNOWN: &str = "llama-3-70b";
     let client = reqwest::Client::new();
-    let messages = serde_json::json!([{"role": "user", "content": "Hello"}]);
+    let messages = json!([{"role": "user", "content": "Hello"}]);
     let response = client
         .post(format!("{http}/v1/chat/completions"))
-        .json(&serde_json::json!({"model": UNKNOWN, "messages": messages}))
+        .json(&json!({"model": UNKNOWN, "messages": messages}))
         .send()
         .await?;
     anyhow::ensure!(response.status() == 404, "OpenAI: {}", response.status());
@@ -257,13 +257,10 @@ pub async fn assert_unknown_model_not_found(http: &str, grpc: &str) -> anyhow::R
         "OpenAI: {error}"
     );
     for (path, body) in [
-        (
-            "/api/chat",
-            serde_json::json!({"model": UNKNOWN, "messages": messages}),
-        ),
+        ("/api/chat", json!({"model": UNKNOWN, "messages": messages})),
         (
             "/api/generate",
-            serde_json::json!({"model": UNKNOWN, "prompt": "Hello"}),
+            json!({"model": UNKNOWN, "prompt": "Hello"}),
         ),
     ] {
         let response = client
@@ -295,4 +292,100 @@ pub async fn assert_unknown_model_not_found(http: &str, grpc: &str) -> anyhow::R
         "gRPC: {status:?}"
     );
     Ok(())
+}
+
+/// One greedy OpenAI chat (`question` to `model` at `base`), asked whole
+/// and streamed: (whole answer, streamed answer). The stream must be SSE
+/// and end with `[DONE]`.
+pub async fn openai_chat_answers(
+    client: &reqwest::Client,
+    base: &str,
+    model: &str,
+    question: &str,
+    max_tokens: u32,
+) -> anyhow::Result<(String, String)> {
+    let chat = json!({"model": model, "messages": [{"role": "user", "content": question}],
+        "temperature": 0, "max_tokens": max_tokens});
+    let whole: Value = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let whole = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let mut streamed = chat;
+    streamed["stream"] = json!(true);
+    let response = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await?
+        .error_for_status()?;
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    anyhow::ensure!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let (text, done) = sse_text(&response.text().await?);
+    anyhow::ensure!(done, "the SSE stream from {base} ends with [DONE]");
+    Ok((whole, text))
+}
+
+/// One greedy Ollama chat (`question` to `model` at `base`), streamed (its
+/// default) and whole: (whole answer, streamed answer). The NDJSON stream
+/// must end with `done`.
+pub async fn ollama_chat_answers(
+    client: &reqwest::Client,
+    base: &str,
+    model: &str,
+    question: &str,
+    max_tokens: u32,
+) -> anyhow::Result<(String, String)> {
+    let chat = json!({"model": model, "messages": [{"role": "user", "content": question}],
+        "options": {"temperature": 0, "num_predict": max_tokens}});
+    let body = client
+        .post(format!("{base}/api/chat"))
+        .json(&chat)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let lines: Vec<Value> = body
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        lines.last().map(|line| line["done"].clone()) == Some(json!(true)),
+        "the NDJSON stream from {base} ends with done: {body}"
+    );
+    let streamed: String = lines
+        .iter()
+        .filter_map(|line| line["message"]["content"].as_str())
+        .collect();
+    let mut whole_request = chat;
+    whole_request["stream"] = json!(false);
+    let whole: Value = client
+        .post(format!("{base}/api/chat"))
+        .json(&whole_request)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let whole = whole["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    Ok((whole, streamed))
 }

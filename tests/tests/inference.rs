@@ -10,9 +10,12 @@
 //! `agent/tests/serve/`.)
 
 use flotilla_proto::inference::v1 as pb;
-use flotilla_tests::serving::{ServedModel, assert_unknown_model_not_found, grpc_chat, sse_text};
+use flotilla_tests::serving::{
+    ServedModel, assert_unknown_model_not_found, grpc_chat, ollama_chat_answers,
+    openai_chat_answers,
+};
 use flotilla_tests::test_model;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const MODEL: &str = "smollm2-135m-instruct";
 /// The engine's own real-model test asks the same (135M parameters know Berlin;
@@ -60,73 +63,15 @@ async fn one_agent_serves_the_assigned_model_over_grpc_openai_and_ollama() -> an
     assert_eq!(listed.models[0].name, MODEL);
 
     // OpenAI, whole and streamed.
-    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
-        "temperature": 0, "max_tokens": 48});
-    let whole: Value = client
-        .post(format!("{http}/v1/chat/completions"))
-        .json(&chat)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let openai_answer = whole["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("");
-    assert_coherent("OpenAI chat", openai_answer);
+    let (openai_answer, text) = openai_chat_answers(&client, &http, MODEL, QUESTION, 48).await?;
+    assert_coherent("OpenAI chat", &openai_answer);
     assert_eq!(openai_answer, answer, "greedy answers agree across APIs");
-    let mut streamed = chat.clone();
-    streamed["stream"] = json!(true);
-    let body = client
-        .post(format!("{http}/v1/chat/completions"))
-        .json(&streamed)
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    let (text, done) = sse_text(&body);
-    assert!(done, "the SSE stream ends with [DONE]");
     assert_coherent("OpenAI chat, streamed", &text);
 
     // Ollama, streamed (its default) and whole.
-    let ollama = json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
-        "options": {"temperature": 0, "num_predict": 48}});
-    let body = client
-        .post(format!("{http}/api/chat"))
-        .json(&ollama)
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    let lines: Vec<Value> = body
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    let text: String = lines
-        .iter()
-        .filter_map(|line| line["message"]["content"].as_str())
-        .collect();
+    let (whole, text) = ollama_chat_answers(&client, &http, MODEL, QUESTION, 48).await?;
     assert_coherent("Ollama chat, streamed", &text);
-    assert_eq!(
-        lines.last().map(|line| line["done"].clone()),
-        Some(json!(true))
-    );
-    let mut whole_request = ollama;
-    whole_request["stream"] = json!(false);
-    let whole: Value = client
-        .post(format!("{http}/api/chat"))
-        .json(&whole_request)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    assert_coherent(
-        "Ollama chat",
-        whole["message"]["content"].as_str().unwrap_or(""),
-    );
+    assert_coherent("Ollama chat", &whole);
 
     // A model this node does not serve.
     assert_unknown_model_not_found(&http, &grpc).await?;

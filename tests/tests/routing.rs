@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use flotilla_proto::inference::v1 as pb;
 use flotilla_tests::serving::{
-    assert_unknown_model_not_found, cli, grpc_chat, node_phase, sse_text,
+    assert_unknown_model_not_found, cli, grpc_chat, node_phase, ollama_chat_answers,
+    openai_chat_answers,
 };
 use flotilla_tests::{AgentProcess, ControllerProcess, test_model, wait_until};
 use serde_json::{Value, json};
@@ -35,86 +36,6 @@ async fn grpc_answer(url: &str) -> anyhow::Result<String> {
     let (answer, last) = grpc_chat(url, MODEL, QUESTION, 32).await?;
     anyhow::ensure!(last.done, "the gRPC stream from {url} ended without done");
     Ok(answer)
-}
-
-/// The OpenAI chat answer from `base`: (whole, streamed).
-async fn openai_chat(client: &reqwest::Client, base: &str) -> anyhow::Result<(String, String)> {
-    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
-        "temperature": 0, "max_tokens": 32});
-    let whole: Value = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let whole = whole["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    let mut streamed = chat;
-    streamed["stream"] = json!(true);
-    let response = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&streamed)
-        .send()
-        .await?
-        .error_for_status()?;
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    anyhow::ensure!(
-        content_type.starts_with("text/event-stream"),
-        "{content_type}"
-    );
-    let (text, done) = sse_text(&response.text().await?);
-    anyhow::ensure!(done, "the SSE stream from {base} ends with [DONE]");
-    Ok((whole, text))
-}
-
-/// The Ollama chat answer from `base`: (whole, streamed).
-async fn ollama_chat(client: &reqwest::Client, base: &str) -> anyhow::Result<(String, String)> {
-    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
-        "options": {"temperature": 0, "num_predict": 32}});
-    let body = client
-        .post(format!("{base}/api/chat"))
-        .json(&chat)
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    let lines: Vec<Value> = body
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    anyhow::ensure!(
-        lines.last().map(|line| line["done"].clone()) == Some(json!(true)),
-        "the NDJSON stream from {base} ends with done: {body}"
-    );
-    let streamed: String = lines
-        .iter()
-        .filter_map(|line| line["message"]["content"].as_str())
-        .collect();
-    let mut whole_request = chat;
-    whole_request["stream"] = json!(false);
-    let whole: Value = client
-        .post(format!("{base}/api/chat"))
-        .json(&whole_request)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let whole = whole["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    Ok((whole, streamed))
 }
 
 #[tokio::test]
@@ -265,8 +186,8 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
     let from_b = grpc_answer(&b_grpc).await?;
     assert_eq!(from_b, from_a, "gRPC through edge-b");
 
-    let (a_whole, a_streamed) = openai_chat(&client, &a_http).await?;
-    let (b_whole, b_streamed) = openai_chat(&client, &b_http).await?;
+    let (a_whole, a_streamed) = openai_chat_answers(&client, &a_http, MODEL, QUESTION, 32).await?;
+    let (b_whole, b_streamed) = openai_chat_answers(&client, &b_http, MODEL, QUESTION, 32).await?;
     assert!(a_whole.contains("Berlin"), "edge-a answered {a_whole:?}");
     assert_eq!(b_whole, a_whole, "OpenAI through edge-b");
     assert_eq!(b_streamed, a_streamed, "OpenAI streamed through edge-b");
@@ -298,8 +219,8 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
         "the alias through edge-b"
     );
 
-    let (a_whole, a_streamed) = ollama_chat(&client, &a_http).await?;
-    let (b_whole, b_streamed) = ollama_chat(&client, &b_http).await?;
+    let (a_whole, a_streamed) = ollama_chat_answers(&client, &a_http, MODEL, QUESTION, 32).await?;
+    let (b_whole, b_streamed) = ollama_chat_answers(&client, &b_http, MODEL, QUESTION, 32).await?;
     assert!(a_whole.contains("Berlin"), "edge-a answered {a_whole:?}");
     assert_eq!(b_whole, a_whole, "Ollama through edge-b");
     assert_eq!(b_streamed, a_streamed, "Ollama streamed through edge-b");

@@ -120,7 +120,11 @@ impl SqliteStore {
                 .max_lifetime(None)
         } else {
             create_parent_directory(options.get_filename())?;
-            SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
+            SqlitePoolOptions::new()
+                .max_connections(MAX_CONNECTIONS)
+                .before_acquire(|connection, _| {
+                    Box::pin(async move { Ok(!still_in_failed_transaction(connection)) })
+                })
         };
         let pool = pool_options
             .acquire_timeout(BUSY_TIMEOUT)
@@ -129,6 +133,25 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
+}
+
+/// Whether an idle connection still counts a transaction as open. None is
+/// by then: the pool finished each one (commit, rollback, or the rollback a
+/// dropped transaction queues). It happens when SQLite rolled a transaction
+/// back by itself on `SQLITE_FULL` or `SQLITE_IOERR` (a full disk): sqlx's
+/// COMMIT or ROLLBACK then fails and its count stays at one, and every later
+/// `BEGIN` on that connection would fail. Such a connection is closed instead
+/// of handed out. An in-memory database keeps its one connection regardless:
+/// closing it would lose the data.
+fn still_in_failed_transaction(connection: &SqliteConnection) -> bool {
+    use sqlx::Connection as _;
+    let stuck = connection.is_in_transaction();
+    if stuck {
+        tracing::warn!(
+            "closing a SQLite connection whose transaction SQLite had rolled back by itself (disk full?)"
+        );
+    }
+    stuck
 }
 
 fn create_parent_directory(database: &Path) -> StoreResult<()> {
@@ -898,5 +921,47 @@ impl Store for SqliteStore {
 
     async fn try_lead(&self) -> StoreResult<Option<Box<dyn super::Leadership>>> {
         Ok(Some(Box::new(super::SoleLeader)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On `SQLITE_FULL` or `SQLITE_IOERR` (a full disk) SQLite may roll the
+    /// whole transaction back by itself. The connection's own count of open
+    /// transactions then stays at one: our COMMIT or ROLLBACK fails with "no
+    /// transaction is active", and every later `BEGIN` on that pooled
+    /// connection failed with "attempted to call begin_with at non-zero
+    /// transaction depth", so writes kept failing after space came back
+    /// (seen in CI). The explicit ROLLBACK below is what SQLite does then.
+    #[tokio::test]
+    async fn a_transaction_sqlite_rolled_back_itself_does_not_poison_the_pool() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let store = SqliteStore::connect(&url).await?;
+        let existing = "existing".parse::<ModelName>()?;
+        store.create_model(&existing, "").await?;
+
+        for _ in 0..2 {
+            let mut tx = store.pool.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query("ROLLBACK").execute(&mut *tx).await?;
+            let committed = transaction::finish(tx, Ok(())).await;
+            assert!(committed.is_err(), "COMMIT without a transaction succeeded");
+        }
+
+        // Every connection of the pool gets its turns; each must still begin
+        // a write transaction (the conflict proves the body ran).
+        for _ in 0..3 * MAX_CONNECTIONS {
+            match store.create_model(&existing, "").await {
+                Err(StoreError::AlreadyExists(_)) => {}
+                other => anyhow::bail!("expected a conflict, got {other:?}"),
+            }
+        }
+        let created = "created".parse::<ModelName>()?;
+        store.create_model(&created, "").await?;
+        assert!(store.get_model(&created).await?.is_some());
+        Ok(())
     }
 }

@@ -154,6 +154,7 @@ conformance_suite!(
     fleet::nodes_are_listed_in_pages_and_approved,
     fleet::assignments_place_nodes_and_generations_only_grow,
     fleet::reports_and_health_history_are_written_in_batches,
+    fleet::replicas_exchange_routes_and_forget_withdrawn_ones,
     rollouts::rollouts_write_assignments_conflict_and_roll_back,
     rollouts::one_engine_leader_at_a_time,
 );

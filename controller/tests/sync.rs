@@ -809,3 +809,92 @@ async fn changes_reach_streams_held_by_another_replica() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Two controller replicas share one Postgres: a node streaming to one
+/// reaches the routing directory of streams held by the other, and leaves
+/// it when its stream closes.
+#[tokio::test]
+async fn the_routing_directory_spans_replicas() -> anyhow::Result<()> {
+    let first = Harness::start(TestStore::Postgres).await?;
+    let second = first.replica().await?;
+    let enrolled = first.enrol(&["edge-1", "edge-2"]).await?;
+    let digest = first.publish_model(1).await?;
+    let change = first
+        .assign(json!({"node": "edge-1", "model": "tiny", "version": "1.0.1"}))
+        .await?;
+    let generation = change.assignment.as_ref().expect("recorded").generation;
+    let mut one = first
+        .open_with(
+            &enrolled[0].credential,
+            pb::Hello {
+                node_name: "edge-1".to_owned(),
+                agent_version: "test".to_owned(),
+                inference_http_url: "http://10.0.0.1:11434".to_owned(),
+                ..pb::Hello::default()
+            },
+        )
+        .await?;
+    let mut two = second.open(&enrolled[1].credential, "edge-2").await?;
+    one.desired_at_least(generation).await?;
+    one.send(pb::agent_message::Body::Observed(pb::ObservedState {
+        generation,
+        digest: digest.clone(),
+        phase: pb::AssignmentPhase::Ready as i32,
+        serving_digest: digest.clone(),
+        ..pb::ObservedState::default()
+    }))
+    .await?;
+
+    // Heartbeat edge-1 until edge-2's stream, on the other replica, lists it.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut sequence = 0;
+    let listed = loop {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "edge-1 never reached the other replica's directory"
+        );
+        sequence += 1;
+        one.heartbeat(sequence, 12.5).await?;
+        match tokio::time::timeout(Duration::from_millis(300), two.next()).await {
+            Ok(message) => {
+                if let pb::controller_message::Body::Directory(directory) = message?
+                    && !directory.entries.is_empty()
+                {
+                    break directory;
+                }
+            }
+            Err(_) => continue,
+        }
+    };
+    let described: Vec<_> = listed
+        .entries
+        .iter()
+        .map(|entry| {
+            (
+                entry.node.as_str(),
+                entry.model.as_str(),
+                entry.http_url.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(described, [("edge-1", "tiny", "http://10.0.0.1:11434")]);
+
+    // edge-1's stream closes: the first replica withdraws it, and edge-2's
+    // next directory is empty (well before the routes would go stale).
+    drop(one);
+    let emptied = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let pb::controller_message::Body::Directory(directory) = two.next().await?
+                && directory.entries.is_empty()
+            {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await;
+    anyhow::ensure!(
+        matches!(emptied, Ok(Ok(()))),
+        "edge-1 stayed in the other replica's directory: {emptied:?}"
+    );
+    Ok(())
+}

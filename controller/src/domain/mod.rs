@@ -12,6 +12,7 @@ mod prompt;
 mod quantization;
 mod resolve;
 mod rollout;
+mod routing;
 
 pub use assignment::{
     Assignment, AssignmentPhase, AssignmentTarget, DesiredAssignment, DesiredPrompt, DesiredState,
@@ -37,3 +38,4 @@ pub use rollout::{
     RolloutNodeState, RolloutSpec, RolloutState, ServedRequests, Transition, WaveSize, Waves,
     apply_command, decide, evaluate_gates, fit_node, memory_budget, plan_waves,
 };
+pub use routing::{DirectoryEntry, merge_routes};

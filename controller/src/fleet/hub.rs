@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -36,6 +36,8 @@ use crate::domain::{
     NodeName, NodeStatus, ObservedState,
 };
 use crate::store::{NodeReport, Store};
+
+pub use crate::domain::DirectoryEntry;
 
 /// Shards of the node map: heartbeats of different nodes rarely contend.
 const SHARDS: usize = 32;
@@ -77,24 +79,6 @@ pub struct Endpoints {
     pub grpc_url: String,
 }
 
-/// One ready node serving one model.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DirectoryEntry {
-    pub model: String,
-    pub version: String,
-    pub node: NodeName,
-    pub http_url: String,
-    pub grpc_url: String,
-    /// CPU utilisation in percent, rounded down to a multiple of
-    /// [`LOAD_STEP`] so that small wobbles do not republish the directory.
-    pub load: u32,
-    /// Requests queued or decoding on the node at its latest heartbeat;
-    /// peers pick by this first.
-    pub queue_depth: u32,
-    /// The assignment's aliases of the model.
-    pub aliases: Vec<String>,
-}
-
 /// Which ready nodes serve which model, sorted by model then node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directory {
@@ -103,6 +87,15 @@ pub struct Directory {
 
 /// Granularity of [`DirectoryEntry::load`], in percent.
 pub const LOAD_STEP: u32 = 10;
+
+/// Another replica's routes count while it refreshed them this recently; a
+/// live replica does every [`OBSERVED_FLUSH_EVERY`], so only a dead or cut
+/// off one falls behind, and its nodes are soon streaming elsewhere.
+pub const ROUTES_FRESH_FOR: Duration = Duration::from_secs(10);
+
+/// Other replicas' routes are dropped when they could not be re-read for
+/// this long (the store is unreachable): better no route than a dead one.
+const REMOTE_ROUTES_EXPIRE: Duration = ROUTES_FRESH_FOR;
 
 /// An open stream's link to the hub.
 pub struct Session {
@@ -150,6 +143,12 @@ pub struct SyncHub {
     following_changes: AtomicBool,
     /// The latest routing directory; every stream holds a receiver.
     directory: watch::Sender<Arc<Directory>>,
+    /// Other replicas' entries, as last read from the store (empty where
+    /// there are none), with when they were read.
+    remote_routes: Mutex<(Vec<DirectoryEntry>, Option<Instant>)>,
+    /// This replica's key for its routes in the store: random per process,
+    /// so a restarted replica never takes over a dead one's stale slice.
+    replica: String,
 }
 
 impl SyncHub {
@@ -161,6 +160,8 @@ impl SyncHub {
             heartbeat_interval,
             following_changes: AtomicBool::new(true),
             directory: watch::Sender::new(Arc::new(Directory::default())),
+            remote_routes: Mutex::new((Vec::new(), None)),
+            replica: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
@@ -172,6 +173,11 @@ impl SyncHub {
 
     pub(crate) fn set_following_changes(&self, following: bool) {
         self.following_changes.store(following, Ordering::Relaxed);
+    }
+
+    /// This replica's key for its routes in the store.
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -223,9 +229,52 @@ impl SyncHub {
         receiver
     }
 
-    /// Rebuilds the directory from what the hub knows and publishes it when
-    /// it changed. Cost: one pass over the nodes, once per call.
+    /// Rebuilds the directory from what the hub knows (its own nodes and
+    /// the other replicas' last entries) and publishes it when it changed.
+    /// Cost: one pass over the nodes, once per call.
     pub fn refresh_directory(&self) {
+        self.publish_routes(self.local_routes());
+    }
+
+    /// Records the other replicas' entries, read from the store just now.
+    pub fn set_remote_routes(&self, remote: Vec<DirectoryEntry>) {
+        *self.lock_remote_routes() = (remote, Some(Instant::now()));
+    }
+
+    /// Publishes `local` (from [`SyncHub::local_routes`]) with the other
+    /// replicas' entries, when that changes the directory. Remote entries
+    /// older than `REMOTE_ROUTES_EXPIRE` (the store could not be read since)
+    /// are dropped rather than routed to for ever.
+    pub fn publish_routes(&self, local: Vec<DirectoryEntry>) {
+        let entries = {
+            let mut remote = self.lock_remote_routes();
+            if remote
+                .1
+                .is_some_and(|read_at| read_at.elapsed() > REMOTE_ROUTES_EXPIRE)
+            {
+                *remote = (Vec::new(), None);
+            }
+            crate::domain::merge_routes(local, &remote.0)
+        };
+        let fresh = Directory { entries };
+        self.directory.send_if_modified(|current| {
+            if **current == fresh {
+                false
+            } else {
+                *current = Arc::new(fresh);
+                true
+            }
+        });
+    }
+
+    fn lock_remote_routes(&self) -> MutexGuard<'_, (Vec<DirectoryEntry>, Option<Instant>)> {
+        self.remote_routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The directory entries of the nodes streaming to this replica, sorted.
+    pub fn local_routes(&self) -> Vec<DirectoryEntry> {
         let now = OffsetDateTime::now_utc();
         let window = time::Duration::try_from(self.heartbeat_interval * MISSED_HEARTBEATS)
             .unwrap_or(time::Duration::MAX);
@@ -241,15 +290,7 @@ impl SyncHub {
             );
         }
         entries.sort();
-        let fresh = Directory { entries };
-        self.directory.send_if_modified(|current| {
-            if **current == fresh {
-                false
-            } else {
-                *current = Arc::new(fresh);
-                true
-            }
-        });
+        entries
     }
 
     /// Offers a state read from the store after [`SyncHub::connect`]; kept
@@ -539,13 +580,14 @@ impl Flusher {
             (HEALTH_FLUSH_EVERY.as_millis() / OBSERVED_FLUSH_EVERY.as_millis()).max(1);
         let prune_every = 600 * health_every / 15;
         let mut tick: u128 = 0;
+        let mut published_routes = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 () = shutdown.cancelled() => break,
             }
             tick += 1;
-            self.hub.refresh_directory();
+            self.exchange_routes(&mut published_routes).await;
             // Each round writes the health of one slice of the shards, so
             // every node's is written once per HEALTH_FLUSH_EVERY without a
             // burst of the whole fleet at once.
@@ -558,6 +600,44 @@ impl Flusher {
             metrics::gauge!("flotilla_fleet_streams_open").set(self.hub.stream_count() as f64);
         }
         self.flush(|_| true).await;
+        // The other replicas stop routing here at once, not after
+        // ROUTES_FRESH_FOR; the agents streaming here reconnect elsewhere.
+        if let Err(error) = self
+            .store
+            .exchange_routes(self.hub.replica(), &[], true, ROUTES_FRESH_FOR)
+            .await
+        {
+            tracing::warn!(%error, "could not withdraw this replica's routes");
+        }
+    }
+
+    /// Publishes this replica's routes to the other replicas (when they
+    /// changed since the last successful publish; otherwise only marks them
+    /// fresh), takes theirs, and publishes the merged directory to the
+    /// streams here. Where the store has no other replicas (SQLite) the
+    /// directory is this replica's own.
+    async fn exchange_routes(&self, published: &mut Option<Vec<DirectoryEntry>>) {
+        let local = self.hub.local_routes();
+        let changed = published.as_ref() != Some(&local);
+        match self
+            .store
+            .exchange_routes(self.hub.replica(), &local, changed, ROUTES_FRESH_FOR)
+            .await
+        {
+            Ok(Some(remote)) => {
+                if changed {
+                    *published = Some(local.clone());
+                }
+                self.hub.set_remote_routes(remote);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "could not exchange routes with the other controller replicas; will retry");
+                // Whether it committed is unknown: publish in full next time.
+                *published = None;
+            }
+        }
+        self.hub.publish_routes(local);
     }
 
     /// Writes what changed (health only for the shards `health_of`

@@ -25,6 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
+use crate::domain::DirectoryEntry;
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, HealthPoint, HealthSample,
     Model, ModelName, ModelVersion, NewArtifact, NewAssignment, NewNode, Node, NodeChange,
@@ -373,6 +374,20 @@ pub trait Store: Send + Sync + 'static {
     /// controller sharing this database, or `None` where one process owns
     /// the database (SQLite) and every change is made by this one.
     async fn change_feed(&self) -> StoreResult<Option<Box<dyn ChangeFeed>>>;
+    /// Routing between replicas: marks replica `replica`'s entries of the
+    /// routing directory fresh, storing `routes` as them when `changed` (or
+    /// when the store has none of this replica's), and returns the entries
+    /// of the other replicas that did so within `fresh_within`, the most
+    /// recently changed replica's first. Times are the database's, so the
+    /// replicas' clocks need not agree. `None` where one process owns the
+    /// database (SQLite): there are no other replicas.
+    async fn exchange_routes(
+        &self,
+        replica: &str,
+        routes: &[DirectoryEntry],
+        changed: bool,
+        fresh_within: Duration,
+    ) -> StoreResult<Option<Vec<DirectoryEntry>>>;
 
     // ---- rollouts and events ----
 

@@ -29,7 +29,7 @@ use crate::domain::{
     ModelVersion, NewArtifact, NewAssignment, Node, NodeChange, NodeDesired, NodeName, Page,
     PageRequest, PromptName, PromptSummary, SystemPrompt, VersionState,
 };
-use crate::domain::{Event, Rollout, RolloutName, RolloutNode};
+use crate::domain::{DirectoryEntry, Event, Rollout, RolloutName, RolloutNode};
 
 /// Runs `$body` as one transaction on the store's pool, with `$conn` bound
 /// to the transaction's connection, committing when the body returns `Ok` and
@@ -59,6 +59,7 @@ macro_rules! in_transaction {
 
 mod fleet;
 mod rollouts;
+mod routes;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -802,6 +803,18 @@ impl Store for PostgresStore {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener.listen(FLEET_CHANNEL).await?;
         Ok(Some(Box::new(PgChangeFeed(listener))))
+    }
+
+    async fn exchange_routes(
+        &self,
+        replica: &str,
+        routes: &[DirectoryEntry],
+        changed: bool,
+        fresh_within: Duration,
+    ) -> StoreResult<Option<Vec<DirectoryEntry>>> {
+        self.fleet_exchange_routes(replica, routes, changed, fresh_within)
+            .await
+            .map(Some)
     }
 
     async fn create_rollout(&self, new: &NewRollout) -> StoreResult<(Rollout, Vec<RolloutNode>)> {

@@ -38,7 +38,7 @@ use crate::domain::{
     ModelVersion, NewArtifact, NewAssignment, Node, NodeChange, NodeDesired, NodeName, Page,
     PageRequest, PromptName, PromptSummary, SystemPrompt, VersionState,
 };
-use crate::domain::{Event, Rollout, RolloutName, RolloutNode};
+use crate::domain::{DirectoryEntry, Event, Rollout, RolloutName, RolloutNode};
 
 /// Runs `$body` as one transaction on the store's pool, with `$conn` bound
 /// to the transaction's connection, committing when the body returns `Ok` and
@@ -881,6 +881,16 @@ impl Store for SqliteStore {
 
     /// One process owns a SQLite database: no other replica to hear from.
     async fn change_feed(&self) -> StoreResult<Option<Box<dyn super::ChangeFeed>>> {
+        Ok(None)
+    }
+
+    async fn exchange_routes(
+        &self,
+        _replica: &str,
+        _routes: &[DirectoryEntry],
+        _changed: bool,
+        _fresh_within: Duration,
+    ) -> StoreResult<Option<Vec<DirectoryEntry>>> {
         Ok(None)
     }
 

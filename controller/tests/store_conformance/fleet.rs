@@ -5,11 +5,13 @@
 use std::time::Duration;
 
 use flotilla_controller::domain::{
-    AssignmentPhase, AssignmentTarget, BootstrapSecret, DesiredAssignment, HealthPoint, Labels,
-    NewAssignment, NewNode, NodeChange, NodeInventory, NodeName, NodeStatus, ObservedState,
-    PromptPolicy, SecretHash, TokenRejection,
+    AssignmentPhase, AssignmentTarget, BootstrapSecret, DesiredAssignment, DirectoryEntry,
+    HealthPoint, Labels, NewAssignment, NewNode, NodeChange, NodeInventory, NodeName, NodeStatus,
+    ObservedState, PromptPolicy, SecretHash, TokenRejection,
 };
-use flotilla_controller::store::{EnrollOutcome, Enrolment, NewBootstrapToken, NodeReport};
+use flotilla_controller::store::{
+    EnrollOutcome, Enrolment, NewBootstrapToken, NodeReport, StoreBackend,
+};
 use time::OffsetDateTime;
 
 use super::*;
@@ -535,4 +537,103 @@ pub(crate) async fn reports_and_health_history_are_written_in_batches(database: 
         1
     );
     assert_eq!(store.health_minutes(&name, 0).await.expect("read").len(), 1);
+}
+
+fn route(node: &str, model: &str, load: u32) -> DirectoryEntry {
+    DirectoryEntry {
+        model: model.to_owned(),
+        version: "1.0.0".to_owned(),
+        node: node_name(node),
+        http_url: format!("http://{node}:11434"),
+        grpc_url: format!("http://{node}:50052"),
+        load,
+        queue_depth: 2,
+        aliases: vec!["chat".to_owned()],
+    }
+}
+
+/// Replicas exchange their routes through Postgres; SQLite has one
+/// controller and nothing to exchange.
+pub(crate) async fn replicas_exchange_routes_and_forget_withdrawn_ones(database: &TestDatabase) {
+    let store = database.store();
+    let fresh = Duration::from_secs(10);
+    let a_routes = [route("edge-1", "tiny", 10)];
+    let from_a = store
+        .exchange_routes("replica-a", &a_routes, true, fresh)
+        .await
+        .expect("exchange");
+    let Some(from_a) = from_a else {
+        assert_eq!(store.backend(), StoreBackend::Sqlite);
+        return;
+    };
+    assert_eq!(store.backend(), StoreBackend::Postgres);
+    assert!(from_a.is_empty(), "no other replica yet: {from_a:?}");
+
+    // B sees A's routes; A, marking its own fresh without a change, sees B's.
+    let b_routes = [route("edge-2", "other", 0)];
+    let seen_by_b = store
+        .exchange_routes("replica-b", &b_routes, true, fresh)
+        .await
+        .expect("exchange")
+        .expect("postgres");
+    assert_eq!(seen_by_b, a_routes);
+    let seen_by_a = store
+        .exchange_routes("replica-a", &[], false, fresh)
+        .await
+        .expect("exchange")
+        .expect("postgres");
+    assert_eq!(
+        seen_by_a, b_routes,
+        "unchanged routes are kept as they were"
+    );
+    let seen_by_b = store
+        .exchange_routes("replica-b", &b_routes, false, fresh)
+        .await
+        .expect("exchange")
+        .expect("postgres");
+    assert_eq!(
+        seen_by_b, a_routes,
+        "a refresh without a change keeps A's routes"
+    );
+
+    // A node that moved from A to C shows up in both slices for a moment;
+    // C's changed last, so it comes first.
+    let c_routes = [route("edge-1", "tiny", 90)];
+    store
+        .exchange_routes("replica-c", &c_routes, true, fresh)
+        .await
+        .expect("exchange");
+    let seen_by_b = store
+        .exchange_routes("replica-b", &b_routes, false, fresh)
+        .await
+        .expect("exchange")
+        .expect("postgres");
+    assert_eq!(seen_by_b, [c_routes[0].clone(), a_routes[0].clone()]);
+
+    // Withdrawn routes (a replica shutting down) are gone at once; routes
+    // not refreshed within the window count no more.
+    store
+        .exchange_routes("replica-a", &[], true, fresh)
+        .await
+        .expect("exchange");
+    store
+        .exchange_routes("replica-c", &[], true, fresh)
+        .await
+        .expect("exchange");
+    let seen_by_b = store
+        .exchange_routes("replica-b", &b_routes, false, fresh)
+        .await
+        .expect("exchange")
+        .expect("postgres");
+    assert!(seen_by_b.is_empty(), "{seen_by_b:?}");
+    store
+        .exchange_routes("replica-a", &a_routes, true, fresh)
+        .await
+        .expect("exchange");
+    let seen_by_b = store
+        .exchange_routes("replica-b", &b_routes, false, Duration::ZERO)
+        .await
+        .expect("exchange")
+        .expect("postgres");
+    assert!(seen_by_b.is_empty(), "stale routes count: {seen_by_b:?}");
 }

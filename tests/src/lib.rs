@@ -67,6 +67,25 @@ pub fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
 }
 
 /// The real SmolLM2 model, when it has been fetched.
+/// The value of the first line of a Prometheus text rendering that starts
+/// with `name` (a counter, a gauge, or a summary's `_count`).
+pub fn metric_value(rendering: &str, name: &str) -> Option<f64> {
+    rendering
+        .lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|value| value.parse().ok())
+}
+
+/// A process's Prometheus metrics, from its `/metrics` at `base_url`.
+pub async fn scrape(base_url: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("{base_url}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 pub fn test_model() -> Option<PathBuf> {
     let path = std::env::var_os("FLOTILLA_TEST_MODEL")
         .map(PathBuf::from)

@@ -122,16 +122,8 @@ async fn wait_serving(
 }
 
 async fn blob_metric(controller: &ControllerProcess) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("{}/metrics", controller.rest_url))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find(|line| line.starts_with("flotilla_blob_bytes_served_total"))
-        .and_then(|line| line.split_whitespace().last())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0))
+    let rendering = flotilla_tests::scrape(&controller.rest_url).await?;
+    Ok(flotilla_tests::metric_value(&rendering, "flotilla_blob_bytes_served_total").unwrap_or(0.0))
 }
 
 /// `.part` files under a cache, with their sizes.

@@ -13,7 +13,9 @@ use flotilla_tests::serving::{
     assert_unknown_model_not_found, cli, grpc_chat, node_phase, ollama_chat_answers,
     openai_chat_answers,
 };
-use flotilla_tests::{AgentProcess, ControllerProcess, test_model, wait_until};
+use flotilla_tests::{
+    AgentProcess, ControllerProcess, metric_value, scrape, test_model, wait_until,
+};
 use serde_json::{Value, json};
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -246,5 +248,27 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
         .send()
         .await?;
     assert_eq!(response.status(), 400);
+
+    // The agents' own /metrics: the sync stream and the forwarding.
+    let metrics_b = scrape(&b_http).await?;
+    let value = |name: &str| metric_value(&metrics_b, name);
+    assert_eq!(
+        value("flotilla_agent_sync_streams_connected"),
+        Some(1.0),
+        "{metrics_b}"
+    );
+    for counted in [
+        "flotilla_agent_sync_streams_opened_total",
+        "flotilla_agent_sync_ack_latency_seconds_count",
+        "flotilla_inference_forwarded_total",
+    ] {
+        assert!(value(counted) >= Some(1.0), "{counted}: {metrics_b}");
+    }
+    // edge-a received the assignment's generation.
+    let metrics_a = scrape(&a_http).await?;
+    assert!(
+        metric_value(&metrics_a, "flotilla_agent_desired_generation") >= Some(1.0),
+        "{metrics_a}"
+    );
     Ok(())
 }

@@ -264,6 +264,10 @@ impl SyncAgent {
         status: Option<tonic::Status>,
         backoff: &mut Backoff,
     ) -> Duration {
+        let code = status
+            .as_ref()
+            .map_or("closed", |status| grpc_code_label(status.code()));
+        metrics::counter!("flotilla_agent_sync_streams_ended_total", "code" => code).increment(1);
         let Some(status) = status else {
             tracing::info!(node, "controller closed the sync stream; reconnecting");
             return backoff.next_delay();
@@ -547,5 +551,29 @@ impl SyncAgent {
         self.heartbeat_interval = desired.heartbeat_interval;
         self.config.reconciler.desired.send_replace(Some(desired));
         true
+    }
+}
+
+/// A gRPC code as a metric label (snake case, a fixed set).
+fn grpc_code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
     }
 }

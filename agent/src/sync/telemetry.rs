@@ -1,5 +1,8 @@
 //! Counters the sync loop keeps for whoever watches it: the agent's own
-//! summary line, the simulator, and the fleet benchmark. In memory only.
+//! summary line, the simulator, and the fleet benchmark. The same events go
+//! to the `metrics` facade (`flotilla_agent_sync_*`), which the real agent
+//! renders on its `/metrics`; the simulator installs no recorder, so there
+//! they cost nothing.
 //!
 //! [`FleetTelemetry`] is shared by every sync agent of a process (one in the
 //! real agent, thousands in the simulator); [`NodeTelemetry`] is one agent's.
@@ -48,6 +51,8 @@ impl FleetTelemetry {
     }
 
     pub(crate) fn record_ack_latency(&self, latency: Duration) {
+        metrics::histogram!("flotilla_agent_sync_ack_latency_seconds")
+            .record(latency.as_secs_f64());
         self.ack_latencies
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -58,6 +63,8 @@ impl FleetTelemetry {
     pub(crate) fn stream_opened(&self) -> ConnectedStream<'_> {
         self.hellos.fetch_add(1, Ordering::Relaxed);
         self.connected_streams.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("flotilla_agent_sync_streams_opened_total").increment(1);
+        metrics::gauge!("flotilla_agent_sync_streams_connected").increment(1.0);
         ConnectedStream(self)
     }
 }
@@ -67,6 +74,7 @@ pub(crate) struct ConnectedStream<'a>(&'a FleetTelemetry);
 impl Drop for ConnectedStream<'_> {
     fn drop(&mut self) {
         self.0.connected_streams.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("flotilla_agent_sync_streams_connected").decrement(1.0);
     }
 }
 
@@ -91,6 +99,7 @@ impl NodeTelemetry {
     }
 
     pub(crate) fn record_desired(&self, generation: u64, at: Instant) {
+        metrics::gauge!("flotilla_agent_desired_generation").set(generation as f64);
         *self
             .latest_desired
             .lock()

@@ -770,6 +770,53 @@ async fn ready_nodes_reach_every_stream_in_the_routing_directory(
             queue_depth: 3,
         }]
     );
+
+    // The controller's own /metrics sums the ready nodes per model. Keep
+    // edge-1 heartbeating (so it stays ready) until the figures appear.
+    let expected = [
+        ("flotilla_fleet_model_nodes_ready{model=\"tiny\"}", 1.0),
+        ("flotilla_fleet_model_queue_depth{model=\"tiny\"}", 3.0),
+        ("flotilla_fleet_model_queue_capacity{model=\"tiny\"}", 20.0),
+        (
+            "flotilla_fleet_model_tokens_per_second{model=\"tiny\"}",
+            55.5,
+        ),
+        (
+            "flotilla_fleet_model_time_to_first_token_max_seconds{model=\"tiny\"}",
+            0.4,
+        ),
+    ];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        sequence += 1;
+        one.heartbeat(sequence, 12.5).await?;
+        let rendering = harness
+            .http
+            .get(harness.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let value = |series: &str| {
+            rendering
+                .lines()
+                .find(|line| line.starts_with(series))
+                .and_then(|line| line.split_whitespace().last())
+                .and_then(|value| value.parse::<f64>().ok())
+        };
+        if expected
+            .iter()
+            .all(|(series, wanted)| value(series).is_some_and(|got| (got - wanted).abs() < 1e-3))
+        {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the per-model figures never reached /metrics: {rendering}"
+        );
+        // Poll interval; the figures are published every five seconds.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     Ok(())
 }
 

@@ -21,7 +21,7 @@
 //! in memory (a reconnect re-sends them), so with several controller
 //! replicas each replica's directory lists the nodes streaming to it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -96,6 +96,21 @@ pub const ROUTES_FRESH_FOR: Duration = Duration::from_secs(10);
 /// Other replicas' routes are dropped when they could not be re-read for
 /// this long (the store is unreachable): better no route than a dead one.
 const REMOTE_ROUTES_EXPIRE: Duration = ROUTES_FRESH_FOR;
+
+/// What the ready nodes streaming to this replica report for one model,
+/// summed (the first-token time: the worst), for the controller's own
+/// `/metrics`: per model, not per node, so that its series stay few.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ModelLoad {
+    pub nodes: u32,
+    pub queue_depth: u64,
+    pub queue_capacity: u64,
+    pub tokens_per_second: f64,
+    pub time_to_first_token_max_ms: Option<u32>,
+}
+
+/// How often the flusher publishes [`ModelLoad`] (in its ticks).
+const MODEL_LOAD_EVERY_TICKS: u128 = 5;
 
 /// An open stream's link to the hub.
 pub struct Session {
@@ -402,6 +417,41 @@ impl SyncHub {
         }
     }
 
+    /// [`ModelLoad`] per model served by a node that is in the directory
+    /// (ready, heartbeating, reachable), by the assignment's model name.
+    pub fn model_load(&self) -> BTreeMap<String, ModelLoad> {
+        let now = OffsetDateTime::now_utc();
+        let window = time::Duration::try_from(self.heartbeat_interval * MISSED_HEARTBEATS)
+            .unwrap_or(time::Duration::MAX);
+        let mut loads = BTreeMap::<String, ModelLoad>::new();
+        for shard in &self.shards {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (name, entry) in shard.iter() {
+                let Some(route) = directory_entry(name, entry, now, window) else {
+                    continue;
+                };
+                let load = loads.entry(route.model).or_default();
+                load.nodes += 1;
+                let Some(inference) = entry
+                    .health
+                    .as_ref()
+                    .and_then(|health| health.inference.as_ref())
+                else {
+                    continue;
+                };
+                load.queue_depth += u64::from(inference.queue_depth);
+                load.queue_capacity += u64::from(inference.queue_capacity);
+                load.tokens_per_second += f64::from(inference.tokens_per_second);
+                load.time_to_first_token_max_ms = load
+                    .time_to_first_token_max_ms
+                    .max(inference.time_to_first_token_max_ms);
+            }
+        }
+        loads
+    }
+
     /// Nodes with a stream open here.
     pub fn stream_count(&self) -> usize {
         self.shards
@@ -581,6 +631,7 @@ impl Flusher {
         let prune_every = 600 * health_every / 15;
         let mut tick: u128 = 0;
         let mut published_routes = None;
+        let mut models_reported = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -596,6 +647,9 @@ impl Flusher {
                 .await;
             if tick.is_multiple_of(prune_every.max(1)) {
                 self.prune().await;
+            }
+            if tick.is_multiple_of(MODEL_LOAD_EVERY_TICKS) {
+                record_model_load(&self.hub.model_load(), &mut models_reported);
             }
             metrics::gauge!("flotilla_fleet_streams_open").set(self.hub.stream_count() as f64);
         }
@@ -679,6 +733,33 @@ impl Flusher {
             Err(error) => tracing::warn!(%error, "could not prune health history"),
         }
     }
+}
+
+/// Sets the per-model gauges from `loads`, and zeroes those of the models in
+/// `reported` (the previous call's) that no ready node serves any more: a
+/// gauge cannot be removed, and a stale non-zero one would mislead.
+fn record_model_load(loads: &BTreeMap<String, ModelLoad>, reported: &mut BTreeSet<String>) {
+    for gone in reported.iter().filter(|model| !loads.contains_key(*model)) {
+        record_one_model_load(gone, &ModelLoad::default());
+    }
+    for (model, load) in loads {
+        record_one_model_load(model, load);
+    }
+    *reported = loads.keys().cloned().collect();
+}
+
+fn record_one_model_load(model: &str, load: &ModelLoad) {
+    let model = model.to_owned();
+    metrics::gauge!("flotilla_fleet_model_nodes_ready", "model" => model.clone())
+        .set(f64::from(load.nodes));
+    metrics::gauge!("flotilla_fleet_model_queue_depth", "model" => model.clone())
+        .set(load.queue_depth as f64);
+    metrics::gauge!("flotilla_fleet_model_queue_capacity", "model" => model.clone())
+        .set(load.queue_capacity as f64);
+    metrics::gauge!("flotilla_fleet_model_tokens_per_second", "model" => model.clone())
+        .set(load.tokens_per_second);
+    metrics::gauge!("flotilla_fleet_model_time_to_first_token_max_seconds", "model" => model)
+        .set(f64::from(load.time_to_first_token_max_ms.unwrap_or(0)) / 1000.0);
 }
 
 #[cfg(test)]
@@ -842,6 +923,20 @@ mod tests {
             .map(|entry| entry.node.to_string())
             .collect();
         assert_eq!(nodes, ["a", "b"]);
+        // The per-model figures sum the listed nodes (c is not listed).
+        assert_eq!(
+            hub.model_load().into_iter().collect::<Vec<_>>(),
+            [(
+                "smollm2".to_owned(),
+                ModelLoad {
+                    nodes: 2,
+                    queue_depth: 6,
+                    queue_capacity: 40,
+                    tokens_per_second: 0.0,
+                    time_to_first_token_max_ms: None,
+                }
+            )]
+        );
 
         // A closed stream drops the node.
         hub.disconnect(&_a);

@@ -30,7 +30,8 @@ use crate::domain::{
 use crate::store::{EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend, StoreError};
 pub use follow::ChangeFollower;
 pub use hub::{
-    Directory, DirectoryEntry, Endpoints, Flusher, NodeRuntime, PushedState, Session, SyncHub,
+    Directory, DirectoryEntry, Endpoints, Flusher, ModelLoad, NodeRuntime, PushedState, Session,
+    SyncHub,
 };
 
 /// Default heartbeat interval agents are told to keep.

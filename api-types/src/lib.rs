@@ -447,6 +447,26 @@ pub struct HealthPoint {
     pub gpu_temperature_celsius_max: Option<f32>,
     /// Whether any sample of the minute saw clock throttling.
     pub throttled: bool,
+    /// What the node served in the minute; null when its heartbeats
+    /// carried no inference figures.
+    #[serde(default)]
+    pub inference: Option<InferenceMinute>,
+}
+
+/// One minute of a node's inference.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct InferenceMinute {
+    /// Mean over the minute's heartbeats.
+    pub tokens_per_second: f32,
+    pub queue_depth_max: u32,
+    /// Slowest first token; null when no request started.
+    pub time_to_first_token_max_ms: Option<u32>,
+    /// Requests that ended in the minute, by outcome.
+    pub completed: u64,
+    pub failed: u64,
+    /// Refused as over capacity (429 / RESOURCE_EXHAUSTED).
+    pub rejected: u64,
 }
 
 /// Query of `GET /api/v1/nodes/{name}/health`.

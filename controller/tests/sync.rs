@@ -450,6 +450,18 @@ async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::
     assert_eq!(history.points.len(), 1);
     assert!((history.points[0].cpu_utilisation_percent - 12.5).abs() < 0.01);
     assert_eq!(history.points[0].gpu_temperature_celsius_max, Some(66.0));
+    // With the minute's inference: one sample, so no requests counted yet.
+    assert_eq!(
+        history.points[0].inference,
+        Some(dto::InferenceMinute {
+            tokens_per_second: 55.5,
+            queue_depth_max: 3,
+            time_to_first_token_max_ms: Some(400),
+            completed: 0,
+            failed: 0,
+            rejected: 0,
+        })
+    );
 
     // A bad report is refused with a clear status and ends the stream.
     one.send(pb::agent_message::Body::Observed(pb::ObservedState {

@@ -173,6 +173,14 @@ pub fn health_point(point: HealthPoint) -> dto::HealthPoint {
         gpu_utilisation_percent: point.gpu_utilisation_percent,
         gpu_temperature_celsius_max: point.gpu_temperature_celsius_max,
         throttled: point.throttled,
+        inference: point.inference.map(|minute| dto::InferenceMinute {
+            tokens_per_second: minute.tokens_per_second,
+            queue_depth_max: minute.queue_depth_max,
+            time_to_first_token_max_ms: minute.time_to_first_token_max_ms,
+            completed: minute.completed,
+            failed: minute.failed,
+            rejected: minute.rejected,
+        }),
     }
 }
 

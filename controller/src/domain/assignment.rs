@@ -264,6 +264,56 @@ pub struct HealthPoint {
     pub gpu_utilisation_percent: Option<f32>,
     pub gpu_temperature_celsius_max: Option<f32>,
     pub throttled: bool,
+    /// What the node served in the minute; `None` when no sample of it
+    /// carried inference figures (an agent from before they existed).
+    pub inference: Option<InferenceMinute>,
+}
+
+/// One minute of a node's inference, from its heartbeats' figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferenceMinute {
+    /// Mean of the samples' tokens per second.
+    pub tokens_per_second: f32,
+    /// Longest queue a sample saw.
+    pub queue_depth_max: u32,
+    /// Slowest first token of the minute, if any request started.
+    pub time_to_first_token_max_ms: Option<u32>,
+    /// Requests that ended in the minute, by outcome (from the agent's
+    /// running totals; an agent restart counts from its new totals).
+    pub completed: u64,
+    pub failed: u64,
+    /// Refused as over capacity (429 / RESOURCE_EXHAUSTED).
+    pub rejected: u64,
+}
+
+/// An agent's running request totals, to count a minute's requests as the
+/// difference between two samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RequestTotals {
+    completed: u64,
+    failed: u64,
+    rejected: u64,
+}
+
+impl RequestTotals {
+    fn of(inference: &InferenceHealth) -> Self {
+        Self {
+            completed: inference.completed_total,
+            failed: inference.failed_total,
+            rejected: inference.rejected_total,
+        }
+    }
+
+    /// Requests between `earlier` and `self`; a total that went down means
+    /// the agent restarted, and everything since counts.
+    fn since(self, earlier: Self) -> Self {
+        let delta = |now: u64, then: u64| if now >= then { now - then } else { now };
+        Self {
+            completed: delta(self.completed, earlier.completed),
+            failed: delta(self.failed, earlier.failed),
+            rejected: delta(self.rejected, earlier.rejected),
+        }
+    }
 }
 
 /// Folds the samples of one minute into a [`HealthPoint`].
@@ -277,6 +327,14 @@ pub struct MinuteAccumulator {
     gpu_util_count: u32,
     gpu_temp_max: Option<f32>,
     throttled: bool,
+    inference_samples: u32,
+    tokens_per_second_sum: f64,
+    queue_depth_max: u32,
+    time_to_first_token_max_ms: Option<u32>,
+    /// Totals the minute's requests count from: the previous minute's last
+    /// sample, else this minute's first.
+    totals_before: Option<RequestTotals>,
+    totals_latest: Option<RequestTotals>,
 }
 
 impl MinuteAccumulator {
@@ -297,6 +355,21 @@ impl MinuteAccumulator {
             gpu_util_count: 0,
             gpu_temp_max: None,
             throttled: false,
+            inference_samples: 0,
+            tokens_per_second_sum: 0.0,
+            queue_depth_max: 0,
+            time_to_first_token_max_ms: None,
+            totals_before: None,
+            totals_latest: None,
+        }
+    }
+
+    /// The accumulator of a later minute, counting requests from where this
+    /// one's last sample left off.
+    pub fn next(&self, at: OffsetDateTime) -> Self {
+        Self {
+            totals_before: self.totals_latest,
+            ..Self::new(at)
         }
     }
 
@@ -319,6 +392,17 @@ impl MinuteAccumulator {
             }
             self.throttled |= !gpu.throttle_reasons.is_empty();
         }
+        if let Some(inference) = &sample.inference {
+            let totals = RequestTotals::of(inference);
+            self.inference_samples += 1;
+            self.tokens_per_second_sum += f64::from(inference.tokens_per_second);
+            self.queue_depth_max = self.queue_depth_max.max(inference.queue_depth);
+            self.time_to_first_token_max_ms = self
+                .time_to_first_token_max_ms
+                .max(inference.time_to_first_token_max_ms);
+            self.totals_before.get_or_insert(totals);
+            self.totals_latest = Some(totals);
+        }
     }
 
     pub fn finish(&self) -> HealthPoint {
@@ -335,7 +419,22 @@ impl MinuteAccumulator {
                 .then(|| (self.gpu_util_sum / f64::from(self.gpu_util_count)) as f32),
             gpu_temperature_celsius_max: self.gpu_temp_max,
             throttled: self.throttled,
+            inference: self.inference_minute(),
         }
+    }
+
+    fn inference_minute(&self) -> Option<InferenceMinute> {
+        let latest = self.totals_latest?;
+        let requests = latest.since(self.totals_before.unwrap_or(latest));
+        Some(InferenceMinute {
+            tokens_per_second: (self.tokens_per_second_sum
+                / f64::from(self.inference_samples.max(1))) as f32,
+            queue_depth_max: self.queue_depth_max,
+            time_to_first_token_max_ms: self.time_to_first_token_max_ms,
+            completed: requests.completed,
+            failed: requests.failed,
+            rejected: requests.rejected,
+        })
     }
 }
 
@@ -493,5 +592,58 @@ mod tests {
         assert_eq!(point.gpu_temperature_celsius_max, Some(80.0));
         assert_eq!(point.gpu_utilisation_percent, Some(50.0));
         assert!(point.throttled);
+        assert_eq!(point.inference, None, "no sample carried inference figures");
+    }
+
+    #[test]
+    fn a_minute_counts_requests_from_the_previous_minutes_last_sample() {
+        let sample =
+            |second: i64, completed: u64, failed: u64, queue: u32, tps: f32| HealthSample {
+                taken_at: OffsetDateTime::from_unix_timestamp(second).expect("valid"),
+                cpu_utilisation_percent: 0.0,
+                memory_used_bytes: 0,
+                memory_total_bytes: 0,
+                disk_available_bytes: None,
+                cpu_temperature_celsius: None,
+                gpus: Vec::new(),
+                inference: Some(InferenceHealth {
+                    queue_depth: queue,
+                    queue_capacity: 8,
+                    completed_total: completed,
+                    rejected_total: 0,
+                    failed_total: failed,
+                    cancelled_total: 0,
+                    generated_tokens_total: 0,
+                    tokens_per_second: tps,
+                    time_to_first_token_p50_ms: None,
+                    time_to_first_token_max_ms: Some(queue * 100),
+                    serving_digest: None,
+                    completed_since_activation: 0,
+                    failed_since_activation: 0,
+                }),
+            };
+        // The first minute ever counts from its own first sample.
+        let mut first =
+            MinuteAccumulator::new(OffsetDateTime::from_unix_timestamp(60).expect("valid"));
+        first.add(&sample(65, 100, 1, 2, 10.0));
+        first.add(&sample(95, 110, 1, 5, 30.0));
+        let point = first.finish().inference.expect("figures");
+        assert_eq!((point.completed, point.failed), (10, 0));
+        assert_eq!(point.queue_depth_max, 5);
+        assert_eq!(point.time_to_first_token_max_ms, Some(500));
+        assert!((point.tokens_per_second - 20.0).abs() < 1e-3);
+
+        // The next counts from the first's last sample: nothing between two
+        // samples that straddle the minute is lost.
+        let mut second = first.next(OffsetDateTime::from_unix_timestamp(125).expect("valid"));
+        second.add(&sample(125, 115, 3, 0, 0.0));
+        let point = second.finish().inference.expect("figures");
+        assert_eq!((point.completed, point.failed), (5, 2));
+
+        // The agent restarted: its totals start again from zero.
+        let mut third = second.next(OffsetDateTime::from_unix_timestamp(185).expect("valid"));
+        third.add(&sample(185, 4, 0, 0, 0.0));
+        let point = third.finish().inference.expect("figures");
+        assert_eq!((point.completed, point.failed), (4, 0));
     }
 }

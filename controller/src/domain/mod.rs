@@ -16,8 +16,9 @@ mod routing;
 
 pub use assignment::{
     Assignment, AssignmentPhase, AssignmentTarget, DesiredAssignment, DesiredPrompt, DesiredState,
-    GpuHealth, HealthPoint, HealthSample, InferenceHealth, MAX_ALIASES, MinuteAccumulator,
-    NewAssignment, NodeDesired, ObservedState, Placement, PromptPolicy, place, source_generation,
+    GpuHealth, HealthPoint, HealthSample, InferenceHealth, InferenceMinute, MAX_ALIASES,
+    MinuteAccumulator, NewAssignment, NodeDesired, ObservedState, Placement, PromptPolicy, place,
+    source_generation,
 };
 pub use flotilla_digest::{Digest, DigestParseError};
 pub use model::{Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, VersionState};

@@ -367,10 +367,13 @@ impl SyncHub {
             // minute rather than rewriting history.
             Some(current) if current.minute() > minute => current.add(&sample),
             slot => {
-                if let Some(finished) = slot.take() {
-                    entry.finished_minutes.push(finished.finish());
-                }
-                let mut fresh = MinuteAccumulator::new(sample.taken_at);
+                let mut fresh = match slot.take() {
+                    Some(finished) => {
+                        entry.finished_minutes.push(finished.finish());
+                        finished.next(sample.taken_at)
+                    }
+                    None => MinuteAccumulator::new(sample.taken_at),
+                };
                 fresh.add(&sample);
                 *slot = Some(fresh);
             }

@@ -36,7 +36,8 @@ macro_rules! fleet_queries {
         };
         use crate::store::{Enrolment, NodeReport, StoreError, StoreResult};
         use crate::domain::{
-            Assignment, AssignmentTarget, DesiredAssignment, HealthPoint, Labels, NewAssignment,
+            Assignment, AssignmentTarget, DesiredAssignment, HealthPoint, InferenceMinute, Labels,
+            NewAssignment,
             Node, NodeChange, NodeDesired, NodeName, NodeStatus, Placement, place,
         };
 
@@ -518,6 +519,8 @@ macro_rules! fleet_queries {
                 #[serde(skip_serializing_if = "Option::is_none")]
                 gpu_temp: Option<f64>,
                 throttled: bool,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                inference: Option<&'a InferenceMinute>,
             }
             for chunk in points.chunks(REPORTS_PER_STATEMENT) {
                 let rows = chunk
@@ -532,6 +535,7 @@ macro_rules! fleet_queries {
                             gpu_util: point.gpu_utilisation_percent.map(f64::from),
                             gpu_temp: point.gpu_temperature_celsius_max.map(f64::from),
                             throttled: point.throttled,
+                            inference: point.inference.as_ref(),
                         })
                     })
                     .collect::<StoreResult<Vec<_>>>()?;
@@ -540,9 +544,9 @@ macro_rules! fleet_queries {
                 sqlx::query(concat!(
                     "INSERT INTO node_health_minutes (node_name, minute_unix, samples, \
                      cpu_utilisation_percent, memory_used_bytes_max, gpu_utilisation_percent, \
-                     gpu_temperature_celsius_max, throttled) \
+                     gpu_temperature_celsius_max, throttled, inference) \
                      SELECT r.node_name, r.minute_unix, r.samples, r.cpu, r.memory, r.gpu_util, \
-                     r.gpu_temp, r.throttled FROM (",
+                     r.gpu_temp, r.throttled, r.inference FROM (",
                     $minutes_from,
                     ") AS r WHERE true \
                      ON CONFLICT (node_name, minute_unix) DO UPDATE SET \
@@ -551,7 +555,8 @@ macro_rules! fleet_queries {
                      memory_used_bytes_max = excluded.memory_used_bytes_max, \
                      gpu_utilisation_percent = excluded.gpu_utilisation_percent, \
                      gpu_temperature_celsius_max = excluded.gpu_temperature_celsius_max, \
-                     throttled = excluded.throttled"
+                     throttled = excluded.throttled, \
+                     inference = excluded.inference"
                 ))
                 .bind(Json(&rows))
                 .execute(&mut *conn)
@@ -567,7 +572,7 @@ macro_rules! fleet_queries {
         ) -> StoreResult<Vec<HealthPoint>> {
             let rows = sqlx::query_as::<_, HealthMinuteRow>(
                 "SELECT minute_unix, samples, cpu_utilisation_percent, memory_used_bytes_max, \
-                 gpu_utilisation_percent, gpu_temperature_celsius_max, throttled \
+                 gpu_utilisation_percent, gpu_temperature_celsius_max, throttled, inference \
                  FROM node_health_minutes WHERE node_name = $1 AND minute_unix >= $2 \
                  ORDER BY minute_unix",
             )

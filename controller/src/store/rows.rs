@@ -16,9 +16,9 @@ use time::OffsetDateTime;
 use super::StoreError;
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, DesiredAssignment, DesiredState,
-    Digest, HealthPoint, HealthSample, Labels, Model, ModelName, ModelVersion, NewArtifact, Node,
-    NodeInventory, NodeName, NodeStatus, ObservedState, Page, PromptName, PromptSummary,
-    SecretHash, SystemPrompt, TokenRejection,
+    Digest, HealthPoint, HealthSample, InferenceMinute, Labels, Model, ModelName, ModelVersion,
+    NewArtifact, Node, NodeInventory, NodeName, NodeStatus, ObservedState, Page, PromptName,
+    PromptSummary, SecretHash, SystemPrompt, TokenRejection,
 };
 
 /// Columns of [`ArtifactRow`], joined from artifacts, their version, model and
@@ -238,6 +238,7 @@ pub(super) struct HealthMinuteRow {
     pub gpu_utilisation_percent: Option<f64>,
     pub gpu_temperature_celsius_max: Option<f64>,
     pub throttled: bool,
+    pub inference: Option<sqlx::types::Json<InferenceMinute>>,
 }
 
 impl TryFrom<HealthMinuteRow> for HealthPoint {
@@ -258,6 +259,7 @@ impl TryFrom<HealthMinuteRow> for HealthPoint {
             gpu_utilisation_percent: row.gpu_utilisation_percent.map(|v| v as f32),
             gpu_temperature_celsius_max: row.gpu_temperature_celsius_max.map(|v| v as f32),
             throttled: row.throttled,
+            inference: row.inference.map(|json| json.0),
         })
     }
 }

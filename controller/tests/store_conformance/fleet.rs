@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use flotilla_controller::domain::{
     AssignmentPhase, AssignmentTarget, BootstrapSecret, DesiredAssignment, DirectoryEntry,
-    HealthPoint, Labels, NewAssignment, NewNode, NodeChange, NodeInventory, NodeName, NodeStatus,
-    ObservedState, PromptPolicy, SecretHash, TokenRejection,
+    HealthPoint, InferenceMinute, Labels, NewAssignment, NewNode, NodeChange, NodeInventory,
+    NodeName, NodeStatus, ObservedState, PromptPolicy, SecretHash, TokenRejection,
 };
 use flotilla_controller::store::{
     EnrollOutcome, Enrolment, NewBootstrapToken, NodeReport, StoreBackend,
@@ -510,6 +510,15 @@ pub(crate) async fn reports_and_health_history_are_written_in_batches(database: 
         gpu_utilisation_percent: None,
         gpu_temperature_celsius_max: Some(71.0),
         throttled: true,
+        // Minutes with inference figures and without (older agents).
+        inference: (cpu > 15.0).then_some(InferenceMinute {
+            tokens_per_second: 41.5,
+            queue_depth_max: 3,
+            time_to_first_token_max_ms: Some(250),
+            completed: 12,
+            failed: 1,
+            rejected: 4,
+        }),
     };
     store
         .write_health_minutes(&[
@@ -528,7 +537,10 @@ pub(crate) async fn reports_and_health_history_are_written_in_batches(database: 
         .await
         .expect("read");
     assert_eq!(points.len(), 2);
+    assert_eq!(points[0], minute(1_700_000_040, 10.0));
+    assert_eq!(points[0].inference, None);
     assert_eq!(points[1], minute(1_700_000_100, 30.0));
+    assert!(points[1].inference.is_some());
     assert_eq!(
         store
             .prune_health_minutes(1_700_000_060)

@@ -392,6 +392,23 @@ pub fn history_fields(
     if gpu_temp.iter().any(Option::is_some) {
         fields.push(("gpu temp".to_owned(), drawn(&gpu_temp, "°C")));
     }
+    let tokens = series(|p| p.inference.as_ref().map(|i| f64::from(i.tokens_per_second)));
+    if tokens.iter().any(Option::is_some) {
+        let queue = series(|p| p.inference.as_ref().map(|i| f64::from(i.queue_depth_max)));
+        fields.push(("tokens/s".to_owned(), drawn(&tokens, "")));
+        fields.push(("queue".to_owned(), drawn(&queue, "")));
+        let (completed, failed, rejected) = slots
+            .iter()
+            .flatten()
+            .filter_map(|p| p.inference.as_ref())
+            .fold((0, 0, 0), |(c, f, r), i| {
+                (c + i.completed, f + i.failed, r + i.rejected)
+            });
+        fields.push((
+            "requests".to_owned(),
+            format!("{completed} done, {failed} failed, {rejected} rejected"),
+        ));
+    }
     let throttled = slots.iter().flatten().filter(|p| p.throttled).count();
     fields.push((
         "minutes".to_owned(),
@@ -513,6 +530,7 @@ mod tests {
             gpu_utilisation_percent: gpu_temperature.map(|_| 50.0),
             gpu_temperature_celsius_max: gpu_temperature,
             throttled: false,
+            inference: None,
         }
     }
 
@@ -702,5 +720,28 @@ mod tests {
             history_fields(&[], now(), 60),
             [("samples".to_owned(), "none".to_owned())]
         );
+    }
+
+    #[test]
+    fn history_draws_inference_lines_when_minutes_carry_figures() {
+        let serving = |minutes_ago: i64, tokens: f32, completed: u64| HealthPoint {
+            inference: Some(flotilla_api_types::InferenceMinute {
+                tokens_per_second: tokens,
+                queue_depth_max: 2,
+                time_to_first_token_max_ms: Some(120),
+                completed,
+                failed: 1,
+                rejected: 3,
+            }),
+            ..point(minutes_ago, 50.0, None)
+        };
+        let fields = history_fields(&[serving(2, 10.0, 5), serving(1, 40.0, 7)], now(), 2);
+        let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["cpu use", "tokens/s", "queue", "requests", "minutes"]
+        );
+        assert_eq!(fields[1].1, "▁█  10–40");
+        assert_eq!(fields[3].1, "12 done, 2 failed, 6 rejected");
     }
 }

@@ -213,7 +213,7 @@ pub(super) mod queries {
         " FOR UPDATE",
         "SELECT jsonb_array_elements_text($3)",
         "SELECT * FROM jsonb_to_recordset($1) AS x(name text, observed jsonb, health jsonb, heartbeat bigint)",
-        "SELECT * FROM jsonb_to_recordset($1) AS x(node_name text, minute_unix bigint, samples bigint, cpu double precision, memory bigint, gpu_util double precision, gpu_temp double precision, throttled boolean)",
+        "SELECT * FROM jsonb_to_recordset($1) AS x(node_name text, minute_unix bigint, samples bigint, cpu double precision, memory bigint, gpu_util double precision, gpu_temp double precision, throttled boolean, inference jsonb)",
         "SELECT pg_notify('flotilla_fleet', '')"
     );
     crate::store::rollout_sql::rollout_queries!(sqlx::PgConnection);

@@ -213,7 +213,7 @@ pub(super) mod queries {
         "",
         "SELECT value FROM json_each($3)",
         "SELECT value ->> '$.name' AS name, value -> '$.observed' AS observed, value -> '$.health' AS health, value ->> '$.heartbeat' AS heartbeat FROM json_each($1)",
-        "SELECT value ->> '$.node_name' AS node_name, value ->> '$.minute_unix' AS minute_unix, value ->> '$.samples' AS samples, value ->> '$.cpu' AS cpu, value ->> '$.memory' AS memory, value ->> '$.gpu_util' AS gpu_util, value ->> '$.gpu_temp' AS gpu_temp, value ->> '$.throttled' AS throttled FROM json_each($1)",
+        "SELECT value ->> '$.node_name' AS node_name, value ->> '$.minute_unix' AS minute_unix, value ->> '$.samples' AS samples, value ->> '$.cpu' AS cpu, value ->> '$.memory' AS memory, value ->> '$.gpu_util' AS gpu_util, value ->> '$.gpu_temp' AS gpu_temp, value ->> '$.throttled' AS throttled, value -> '$.inference' AS inference FROM json_each($1)",
         ""
     );
     crate::store::rollout_sql::rollout_queries!(sqlx::SqliteConnection);

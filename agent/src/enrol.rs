@@ -19,6 +19,7 @@ use flotilla_proto::fleet::v1::fleet_client::FleetClient;
 use serde::{Deserialize, Serialize};
 
 use crate::health::Inventory;
+use crate::tls::ControllerTrust;
 
 /// The identity file's name inside the data directory.
 pub const IDENTITY_FILE: &str = "node.toml";
@@ -159,21 +160,26 @@ pub fn save(data_dir: &Path, identity: &NodeIdentity) -> Result<(), EnrolError> 
 /// Does not save it; see [`save`].
 pub async fn enrol(
     request: EnrolRequest,
+    trust: &ControllerTrust,
     inventory: &Inventory,
 ) -> Result<NodeIdentity, EnrolError> {
-    let channel = connect(&request.controller).await?;
+    let channel = connect(&request.controller, trust).await?;
     enrol_over(channel, request, inventory).await
 }
 
 /// Opens a gRPC channel to the controller (for enrolment, and for callers
-/// such as the simulator that enrol many nodes over one connection).
-pub async fn connect(url: &str) -> Result<tonic::transport::Channel, EnrolError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|error| {
-        EnrolError::InvalidUrl {
+/// such as the simulator that enrol many nodes over one connection), over
+/// TLS for an `https://` URL.
+pub async fn connect(
+    url: &str,
+    trust: &ControllerTrust,
+) -> Result<tonic::transport::Channel, EnrolError> {
+    let endpoint = trust
+        .endpoint(url)
+        .map_err(|error| EnrolError::InvalidUrl {
             url: url.to_owned(),
             reason: error.to_string(),
-        }
-    })?;
+        })?;
     endpoint
         .connect_timeout(std::time::Duration::from_secs(10))
         .connect()

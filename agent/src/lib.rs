@@ -48,3 +48,4 @@ pub mod routing;
 pub mod serve;
 pub mod simulate;
 pub mod sync;
+pub mod tls;

@@ -27,6 +27,7 @@ use flotilla_agent::reconcile::{CacheFetcher, Reconciler, ReconcilerConfig, pers
 use flotilla_agent::serve::{self, ServeConfig, Serving};
 use flotilla_agent::simulate::{Simulation, SimulationConfig};
 use flotilla_agent::sync::{AdvertisedUrls, LocalNode, SyncAgent, SyncConfig};
+use flotilla_agent::tls::ControllerTrust;
 use tokio_util::sync::CancellationToken;
 
 /// How often `--simulate` prints its summary line.
@@ -47,6 +48,10 @@ struct Cli {
         value_name = "TOKEN"
     )]
     bootstrap_token: Option<String>,
+    /// A private CA (PEM) the controller's certificate chains to, for an
+    /// `https://` controller URL; the system's roots are trusted as well.
+    #[arg(long, env = "FLOTILLA_CONTROLLER_CA", value_name = "PEM")]
+    controller_ca: Option<PathBuf>,
     /// This node's name in the fleet (a-z, 0-9, '.', '_', '-').
     #[arg(long, env = "FLOTILLA_NODE_NAME")]
     name: Option<String>,
@@ -222,7 +227,11 @@ fn shutdown_on_signal() -> CancellationToken {
     shutdown
 }
 
-async fn identity(cli: &Cli, data_dir: &Path) -> anyhow::Result<NodeIdentity> {
+async fn identity(
+    cli: &Cli,
+    data_dir: &Path,
+    trust: &ControllerTrust,
+) -> anyhow::Result<NodeIdentity> {
     let existing = enrol::load(data_dir)?;
     match existing {
         Some(identity) if !cli.replace => {
@@ -262,6 +271,7 @@ async fn identity(cli: &Cli, data_dir: &Path) -> anyhow::Result<NodeIdentity> {
                     labels,
                     replace_existing: cli.replace,
                 },
+                trust,
                 &inventory,
             )
             .await?;
@@ -296,7 +306,8 @@ fn advertised_url(
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.clone().context("--data-dir is required")?;
-    let identity = identity(&cli, &data_dir).await?;
+    let trust = ControllerTrust::load(cli.controller_ca.as_deref())?;
+    let identity = identity(&cli, &data_dir, &trust).await?;
     // Bound before anything else starts, so that a taken port fails the
     // start with a clear message instead of a half-running agent.
     let http_listener = tokio::net::TcpListener::bind(cli.http)
@@ -342,8 +353,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .controller
         .clone()
         .unwrap_or_else(|| identity.controller.clone());
-    let channel = tonic::transport::Endpoint::from_shared(controller.clone())
-        .with_context(|| format!("invalid controller url {controller:?}"))?
+    let channel = trust
+        .endpoint(&controller)?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
@@ -362,6 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let credentials = Arc::new(Credentials::new(identity, Some(data_dir.clone())));
     let cache_config = CacheConfig {
         max_download_bytes_per_second: cli.max_download_rate,
+        trust: trust.clone(),
         ..CacheConfig::new(&data_dir)
     };
     // Each download names its own source (the assignment's blob URL); this

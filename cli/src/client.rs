@@ -51,6 +51,8 @@ pub enum ClientError {
         "cannot connect to the controller at {url}: {reason} (is it running? set --url or FLOTILLA_URL)"
     )]
     Connect { url: String, reason: String },
+    #[error("cannot use {path} as the controller's CA: {reason}")]
+    CaCertificate { path: String, reason: String },
     #[error("request to {url} failed: {reason}")]
     Transport { url: String, reason: String },
     #[error("unexpected response from {url} (HTTP {status}): {detail}")]
@@ -109,6 +111,22 @@ pub struct ApiClient {
     missing_token_hint: Option<String>,
 }
 
+fn http_client(
+    base: &Url,
+    extra_roots: Vec<reqwest::Certificate>,
+) -> ClientResult<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("flotilla-cli/", env!("CARGO_PKG_VERSION")));
+    for certificate in extra_roots {
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder.build().map_err(|e| ClientError::Transport {
+        url: base.to_string(),
+        reason: error_chain(&e),
+    })
+}
+
 impl ApiClient {
     /// `missing_token_hint` is shown with a 401 when `token` is `None`.
     pub fn new(
@@ -125,20 +143,30 @@ impl ApiClient {
                 Ok(value)
             })
             .transpose()?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("flotilla-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Transport {
-                url: base.to_string(),
-                reason: error_chain(&e),
-            })?;
+        let http = http_client(&base, Vec::new())?;
         Ok(Self {
             http,
             missing_token_hint: authorization.is_none().then_some(missing_token_hint),
             base,
             authorization,
         })
+    }
+
+    /// Also trusts the CA certificates (PEM) in `path`, for a controller
+    /// whose TLS certificate a private CA issued.
+    pub fn trusting_ca_file(mut self, path: &Path) -> ClientResult<Self> {
+        let refused = |reason: String| ClientError::CaCertificate {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| refused(e.to_string()))?;
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| refused(e.to_string()))?;
+        if certificates.is_empty() {
+            return Err(refused("it holds no PEM certificate".to_owned()));
+        }
+        self.http = http_client(&self.base, certificates)?;
+        Ok(self)
     }
 
     // ---- models ----

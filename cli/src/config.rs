@@ -44,6 +44,7 @@ impl fmt::Debug for Token {
 struct FileConfig {
     url: Option<String>,
     token: Option<String>,
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,7 @@ pub struct Overrides {
     pub url: Option<String>,
     pub token: Option<String>,
     pub config_file: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The resolved settings.
@@ -73,6 +75,8 @@ pub struct Settings {
     /// Where a token could have come from, for the hint shown when the
     /// controller answers 401 and no token was configured.
     pub config_path: Option<PathBuf>,
+    /// A private CA (PEM) to trust for an `https://` controller.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Settings {
@@ -97,6 +101,7 @@ impl Settings {
             url,
             token,
             config_path,
+            ca_cert: overrides.ca_cert.or(file.ca_cert),
         })
     }
 }
@@ -171,6 +176,7 @@ mod tests {
             url: Some("http://flag:2".to_owned()),
             token: None,
             config_file: Some(path.clone()),
+            ca_cert: None,
         })?;
         assert_eq!(settings.url, "http://flag:2");
         assert_eq!(
@@ -182,6 +188,7 @@ mod tests {
             url: None,
             token: Some("from-flag".to_owned()),
             config_file: Some(path),
+            ca_cert: None,
         })?;
         assert_eq!(settings.url, "http://file:1");
         assert_eq!(

@@ -34,6 +34,10 @@ struct Cli {
     /// API token [default: `token` in the config file].
     #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A private CA (PEM) the controller's TLS certificate chains to, for an
+    /// `https://` URL [default: `ca_cert` in the config file; the system's roots are trusted anyway].
+    #[arg(long, global = true, env = "FLOTILLA_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Config file with `url` and `token` [default: $XDG_CONFIG_HOME/flotilla/config.toml].
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
@@ -62,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         url: cli.url,
         token: cli.token,
         config_file: cli.config,
+        ca_cert: cli.ca_cert,
     })?;
     commands::run(cli.command, &settings, output::Printer::new(cli.output)).await
 }

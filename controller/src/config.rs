@@ -53,9 +53,17 @@ pub struct ControllerArgs {
     #[arg(long, env = "FLOTILLA_HEARTBEAT_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub heartbeat_interval_ms: Option<u64>,
     /// The REST root agents download artifacts from, e.g.
-    /// `http://controller.example:8080`; default: `http://` + the REST address.
+    /// `https://controller.example:8080`; default: `http://` (or `https://`
+    /// with TLS) + the REST address.
     #[arg(long, env = "FLOTILLA_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Serve REST and gRPC over TLS with this certificate chain (PEM);
+    /// needs --tls-key.
+    #[arg(long, env = "FLOTILLA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The configuration file's shape; every field is optional.
@@ -73,6 +81,8 @@ struct FileConfig {
     require_node_approval: Option<bool>,
     heartbeat_interval_ms: Option<u64>,
     public_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -89,6 +99,8 @@ pub struct ControllerConfig {
     pub require_node_approval: bool,
     pub heartbeat_interval: std::time::Duration,
     pub public_url: Option<String>,
+    /// Certificate chain and key files: REST and gRPC serve TLS with them.
+    pub tls: Option<TlsFiles>,
     /// How often a replica re-reads changed desired states even without a
     /// change announcement (which makes it prompt). Not a flag: tests set
     /// it to prove that announcements alone deliver changes.
@@ -112,6 +124,7 @@ impl std::fmt::Debug for ControllerConfig {
             .field("require_node_approval", &self.require_node_approval)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("public_url", &self.public_url)
+            .field("tls", &self.tls)
             .field("change_rescan_interval", &self.change_rescan_interval)
             .finish()
     }
@@ -126,6 +139,15 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     Parse { path: String, message: String },
+    #[error("tls_cert and tls_key go together; only {given} is set")]
+    HalfTls { given: &'static str },
+}
+
+/// Where the controller's TLS certificate chain and private key are (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl ControllerConfig {
@@ -150,7 +172,17 @@ impl ControllerConfig {
             .clone()
             .or(file.jwt_keys)
             .unwrap_or_else(|| data_dir.join("auth-keys.toml"));
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::HalfTls { given: "tls_cert" }),
+            (None, Some(_)) => return Err(ConfigError::HalfTls { given: "tls_key" }),
+        };
         Ok(Self {
+            tls,
             http_addr: args.http.or(file.http).unwrap_or_else(default_http_addr),
             grpc_addr: args.grpc.or(file.grpc).unwrap_or_else(default_grpc_addr),
             database_url,
@@ -196,6 +228,7 @@ impl ControllerConfig {
             require_node_approval: false,
             heartbeat_interval: crate::fleet::DEFAULT_HEARTBEAT_INTERVAL,
             public_url: None,
+            tls: None,
             change_rescan_interval: crate::fleet::follow::RESCAN_EVERY,
         }
     }

@@ -23,6 +23,9 @@ const FIRST_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How often the rollout engine looks at unfinished rollouts (it also
 /// wakes when one changes).
 const ROLLOUT_TICK: Duration = Duration::from_secs(1);
+/// On shutdown, how long open REST connections over TLS may finish (an
+/// upload in flight, say) before they are closed.
+const REST_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Uploads in `tmp/` older than this at start-up were abandoned by a crash.
 const STALE_UPLOAD_AGE: Duration = Duration::from_secs(3600);
 
@@ -118,7 +121,12 @@ impl Controller {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let rest_addr = http.local_addr()?;
-        tracing::info!(rest = %rest_addr, grpc = %grpc.local_addr()?, "serving");
+        let tls = match &self.config.tls {
+            Some(files) => Some(crate::tls::ServerTls::load(files)?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(rest = %rest_addr, grpc = %grpc.local_addr()?, tls = tls.is_some(), "serving");
         let backend = self.state.registry.store().backend();
         let fleet = self.state.fleet.clone();
         let public_url = match &self.config.public_url {
@@ -126,9 +134,9 @@ impl Controller {
             None => {
                 if rest_addr.ip().is_unspecified() {
                     tracing::warn!(%rest_addr, "REST listens on all interfaces but no --public-url is set; \
-                        agents on other hosts cannot download artifacts from http://{rest_addr}");
+                        agents on other hosts cannot download artifacts from {scheme}://{rest_addr}");
                 }
-                format!("http://{rest_addr}")
+                format!("{scheme}://{rest_addr}")
             }
         };
         fleet.set_blob_base_url(public_url);
@@ -145,13 +153,35 @@ impl Controller {
         );
         let router = api::router(self.state);
         let http_shutdown = shutdown.clone();
+        let rest_tls = tls.as_ref().map(crate::tls::ServerTls::rest_config);
         let http_server = async move {
-            axum::serve(http, router)
-                .with_graceful_shutdown(http_shutdown.cancelled_owned())
-                .await
-                .context("REST server failed")
+            match rest_tls {
+                None => axum::serve(http, router)
+                    .with_graceful_shutdown(http_shutdown.cancelled_owned())
+                    .await
+                    .context("REST server failed"),
+                Some(config) => {
+                    let handle = axum_server::Handle::new();
+                    let stopper = handle.clone();
+                    tokio::spawn(async move {
+                        http_shutdown.cancelled().await;
+                        stopper.graceful_shutdown(Some(REST_SHUTDOWN_GRACE));
+                    });
+                    axum_server::from_tcp_rustls(http.into_std()?, config)?
+                        .handle(handle)
+                        .serve(router.into_make_service())
+                        .await
+                        .context("REST server (TLS) failed")
+                }
+            }
         };
-        let grpc_server = crate::grpc::serve(grpc, backend, fleet, shutdown.clone());
+        let grpc_server = crate::grpc::serve(
+            grpc,
+            tls.as_ref().map(crate::tls::ServerTls::grpc_config),
+            backend,
+            fleet,
+            shutdown.clone(),
+        );
         let result = tokio::try_join!(
             async {
                 let result = http_server.await;

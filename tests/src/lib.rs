@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod serving;
+pub mod tls;
 
 /// The workspace root (this crate lives in `tests/`).
 pub fn workspace_root() -> PathBuf {
@@ -163,6 +164,8 @@ pub struct ControllerProcess {
     pub rest_url: String,
     pub grpc_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// The CA its TLS certificate chains to, when it serves TLS.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl ControllerProcess {
@@ -180,7 +183,31 @@ impl ControllerProcess {
         env: &[(&str, &str)],
         log_file: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        Self::start_on(data_dir, free_addr()?, free_addr()?, extra, env, log_file).await
+        Self::start_on(
+            data_dir,
+            free_addr()?,
+            free_addr()?,
+            extra,
+            env,
+            log_file,
+            None,
+        )
+        .await
+    }
+
+    /// Starts the controller serving REST and gRPC over TLS with `tls`'s
+    /// server certificate; [`cli`](crate::serving::cli) then trusts its CA.
+    pub async fn start_tls(data_dir: &Path, tls: &tls::TestTls) -> anyhow::Result<Self> {
+        Self::start_on(
+            data_dir,
+            free_addr()?,
+            free_addr()?,
+            &[],
+            &[],
+            None,
+            Some(tls),
+        )
+        .await
     }
 
     /// Starts the controller again on the same data directory and ports
@@ -191,7 +218,8 @@ impl ControllerProcess {
             .rest_url
             .trim_start_matches("http://")
             .parse::<SocketAddr>()?;
-        *self = Self::start_on(&self.data_dir, http, self.grpc_addr, extra, &[], None).await?;
+        *self =
+            Self::start_on(&self.data_dir, http, self.grpc_addr, extra, &[], None, None).await?;
         Ok(())
     }
 
@@ -202,8 +230,20 @@ impl ControllerProcess {
         extra: &[&str],
         env: &[(&str, &str)],
         log_file: Option<&Path>,
+        tls: Option<&tls::TestTls>,
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary("flotilla-controller")?);
+        let mut client = reqwest::Client::builder();
+        let mut scheme = "http";
+        if let Some(tls) = tls {
+            command
+                .arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key);
+            client = client.add_root_certificate(tls.ca_certificate()?);
+            scheme = "https";
+        }
         command
             .arg("--data-dir")
             .arg(data_dir)
@@ -218,8 +258,8 @@ impl ControllerProcess {
             command.stderr(std::fs::File::create(path)?);
         }
         let mut process = ChildGuard::spawn("flotilla-controller", &mut command)?;
-        let rest_url = format!("http://{http}");
-        let client = reqwest::Client::new();
+        let rest_url = format!("{scheme}://{http}");
+        let client = client.build()?;
         let ready_url = format!("{rest_url}/readyz");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -237,6 +277,7 @@ impl ControllerProcess {
             rest_url,
             grpc_addr: grpc,
             data_dir: data_dir.to_path_buf(),
+            ca_cert: tls.map(|tls| tls.ca.clone()),
         })
     }
 

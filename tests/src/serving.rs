@@ -122,6 +122,18 @@ impl ServedModel {
 /// Runs the CLI against `controller` as admin; its stdout, or an error with
 /// its stderr.
 pub fn cli(controller: &ControllerProcess, home: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let ca_cert = controller
+        .ca_cert
+        .as_ref()
+        .map(|path| path.to_string_lossy().into_owned());
+    let args: Vec<&str> = match &ca_cert {
+        Some(path) => ["--ca-cert", path.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect(),
+        None => args.to_vec(),
+    };
+    let args = args.as_slice();
     let output = flotilla(&controller.rest_url, &controller.admin_token()?, home, args)?;
     anyhow::ensure!(
         output.status.success(),

@@ -42,6 +42,7 @@ use tokio::sync::Semaphore;
 pub use flotilla_digest::{Digest, DigestParseError};
 pub use source::{BlobSource, SharedToken};
 
+use crate::tls::ControllerTrust;
 use download::AttemptError;
 use part::{DigestLock, PartFile};
 
@@ -70,6 +71,8 @@ pub struct CacheConfig {
     /// Network bytes per second over all downloads together; `None`: as
     /// fast as the link allows.
     pub max_download_bytes_per_second: Option<u64>,
+    /// Which certificates an `https://` blob URL may present.
+    pub trust: ControllerTrust,
 }
 
 impl CacheConfig {
@@ -84,6 +87,7 @@ impl CacheConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             max_download_bytes_per_second: None,
+            trust: ControllerTrust::system(),
         }
     }
 }
@@ -176,7 +180,9 @@ impl ArtifactCache {
     /// removes files that cannot belong there (names that are not digests).
     /// Partial downloads are kept so that they resume.
     pub async fn open(config: CacheConfig, source: BlobSource) -> Result<Self, CacheError> {
-        let client = reqwest::Client::builder()
+        let client = config
+            .trust
+            .http_client(reqwest::Client::builder())
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .build()

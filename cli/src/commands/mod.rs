@@ -70,11 +70,11 @@ fn client(settings: &Settings) -> anyhow::Result<ApiClient> {
     let hint = format!(
         "no API token is configured: pass --token, set FLOTILLA_TOKEN or put token = \"…\" in {file}"
     );
-    Ok(ApiClient::new(
-        &settings.url,
-        settings.token.as_ref(),
-        hint,
-    )?)
+    let client = ApiClient::new(&settings.url, settings.token.as_ref(), hint)?;
+    Ok(match &settings.ca_cert {
+        Some(path) => client.trusting_ca_file(path)?,
+        None => client,
+    })
 }
 
 /// How many items a listing fetches.

@@ -6,6 +6,7 @@
 
 mod fleet;
 
+use anyhow::Context;
 use flotilla_proto::controller::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,7 @@ impl pb::controller_info_server::ControllerInfo for ControllerInfoService {
 /// Serves gRPC on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     backend: StoreBackend,
     fleet: Fleet,
     shutdown: CancellationToken,
@@ -56,7 +58,13 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .context("invalid TLS configuration for gRPC")?;
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(pb::controller_info_server::ControllerInfoServer::new(

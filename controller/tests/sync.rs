@@ -303,6 +303,44 @@ impl Harness {
 }
 
 /// The status of an open that must fail.
+/// Reports `one` ready, serving `digest` at `generation`, then heartbeats
+/// it until `watcher`'s stream receives a directory that lists a node (the
+/// directory is rebuilt each second). Returns that directory and the last
+/// heartbeat's sequence number.
+async fn ready_until_listed(
+    one: &mut Stream,
+    watcher: &mut Stream,
+    generation: u64,
+    digest: &str,
+    which_directory: &str,
+) -> anyhow::Result<(pb::Directory, u64)> {
+    one.send(pb::agent_message::Body::Observed(pb::ObservedState {
+        generation,
+        digest: digest.to_owned(),
+        phase: pb::AssignmentPhase::Ready as i32,
+        serving_digest: digest.to_owned(),
+        ..pb::ObservedState::default()
+    }))
+    .await?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut sequence = 0;
+    loop {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the node never reached {which_directory}"
+        );
+        sequence += 1;
+        one.heartbeat(sequence, 12.5).await?;
+        // The heartbeats pace the wait; the deadline bounds it.
+        if let Ok(message) = tokio::time::timeout(Duration::from_millis(300), watcher.next()).await
+            && let pb::controller_message::Body::Directory(directory) = message?
+            && !directory.entries.is_empty()
+        {
+            return Ok((directory, sequence));
+        }
+    }
+}
+
 fn refused(result: Result<Stream, tonic::Status>) -> tonic::Status {
     match result {
         Ok(_) => panic!("the stream was opened; expected a refusal"),
@@ -740,35 +778,8 @@ async fn ready_nodes_reach_every_stream_in_the_routing_directory(
     };
     assert!(first.entries.is_empty(), "{first:?}");
 
-    one.send(pb::agent_message::Body::Observed(pb::ObservedState {
-        generation,
-        digest: digest.clone(),
-        phase: pb::AssignmentPhase::Ready as i32,
-        serving_digest: digest.clone(),
-        ..pb::ObservedState::default()
-    }))
-    .await?;
-    // Heartbeat until the next directory lists edge-1 (rebuilt each second).
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut sequence = 0;
-    let listed = loop {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "edge-1 never reached the directory"
-        );
-        sequence += 1;
-        one.heartbeat(sequence, 12.5).await?;
-        match tokio::time::timeout(Duration::from_millis(300), two.next()).await {
-            Ok(message) => {
-                if let pb::controller_message::Body::Directory(directory) = message?
-                    && !directory.entries.is_empty()
-                {
-                    break directory;
-                }
-            }
-            Err(_) => continue,
-        }
-    };
+    let (listed, mut sequence) =
+        ready_until_listed(&mut one, &mut two, generation, &digest, "the directory").await?;
     assert_eq!(
         listed.entries,
         vec![pb::DirectoryEntry {
@@ -895,36 +906,15 @@ async fn the_routing_directory_spans_replicas() -> anyhow::Result<()> {
         .await?;
     let mut two = second.open(&enrolled[1].credential, "edge-2").await?;
     one.desired_at_least(generation).await?;
-    one.send(pb::agent_message::Body::Observed(pb::ObservedState {
+    // edge-2's stream is held by the other replica.
+    let (listed, _) = ready_until_listed(
+        &mut one,
+        &mut two,
         generation,
-        digest: digest.clone(),
-        phase: pb::AssignmentPhase::Ready as i32,
-        serving_digest: digest.clone(),
-        ..pb::ObservedState::default()
-    }))
+        &digest,
+        "the other replica's directory",
+    )
     .await?;
-
-    // Heartbeat edge-1 until edge-2's stream, on the other replica, lists it.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut sequence = 0;
-    let listed = loop {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "edge-1 never reached the other replica's directory"
-        );
-        sequence += 1;
-        one.heartbeat(sequence, 12.5).await?;
-        match tokio::time::timeout(Duration::from_millis(300), two.next()).await {
-            Ok(message) => {
-                if let pb::controller_message::Body::Directory(directory) = message?
-                    && !directory.entries.is_empty()
-                {
-                    break directory;
-                }
-            }
-            Err(_) => continue,
-        }
-    };
     let described: Vec<_> = listed
         .entries
         .iter()

@@ -583,26 +583,14 @@ pub(crate) async fn replicas_exchange_routes_and_forget_withdrawn_ones(database:
 
     // B sees A's routes; A, marking its own fresh without a change, sees B's.
     let b_routes = [route("edge-2", "other", 0)];
-    let seen_by_b = store
-        .exchange_routes("replica-b", &b_routes, true, fresh)
-        .await
-        .expect("exchange")
-        .expect("postgres");
+    let seen_by_b = exchange(store.as_ref(), "replica-b", &b_routes, true, fresh).await;
     assert_eq!(seen_by_b, a_routes);
-    let seen_by_a = store
-        .exchange_routes("replica-a", &[], false, fresh)
-        .await
-        .expect("exchange")
-        .expect("postgres");
+    let seen_by_a = exchange(store.as_ref(), "replica-a", &[], false, fresh).await;
     assert_eq!(
         seen_by_a, b_routes,
         "unchanged routes are kept as they were"
     );
-    let seen_by_b = store
-        .exchange_routes("replica-b", &b_routes, false, fresh)
-        .await
-        .expect("exchange")
-        .expect("postgres");
+    let seen_by_b = exchange(store.as_ref(), "replica-b", &b_routes, false, fresh).await;
     assert_eq!(
         seen_by_b, a_routes,
         "a refresh without a change keeps A's routes"
@@ -611,41 +599,39 @@ pub(crate) async fn replicas_exchange_routes_and_forget_withdrawn_ones(database:
     // A node that moved from A to C shows up in both slices for a moment;
     // C's changed last, so it comes first.
     let c_routes = [route("edge-1", "tiny", 90)];
-    store
-        .exchange_routes("replica-c", &c_routes, true, fresh)
-        .await
-        .expect("exchange");
-    let seen_by_b = store
-        .exchange_routes("replica-b", &b_routes, false, fresh)
-        .await
-        .expect("exchange")
-        .expect("postgres");
+    exchange(store.as_ref(), "replica-c", &c_routes, true, fresh).await;
+    let seen_by_b = exchange(store.as_ref(), "replica-b", &b_routes, false, fresh).await;
     assert_eq!(seen_by_b, [c_routes[0].clone(), a_routes[0].clone()]);
 
     // Withdrawn routes (a replica shutting down) are gone at once; routes
     // not refreshed within the window count no more.
-    store
-        .exchange_routes("replica-a", &[], true, fresh)
-        .await
-        .expect("exchange");
-    store
-        .exchange_routes("replica-c", &[], true, fresh)
-        .await
-        .expect("exchange");
-    let seen_by_b = store
-        .exchange_routes("replica-b", &b_routes, false, fresh)
-        .await
-        .expect("exchange")
-        .expect("postgres");
+    exchange(store.as_ref(), "replica-a", &[], true, fresh).await;
+    exchange(store.as_ref(), "replica-c", &[], true, fresh).await;
+    let seen_by_b = exchange(store.as_ref(), "replica-b", &b_routes, false, fresh).await;
     assert!(seen_by_b.is_empty(), "{seen_by_b:?}");
+    exchange(store.as_ref(), "replica-a", &a_routes, true, fresh).await;
+    let seen_by_b = exchange(
+        store.as_ref(),
+        "replica-b",
+        &b_routes,
+        false,
+        Duration::ZERO,
+    )
+    .await;
+    assert!(seen_by_b.is_empty(), "stale routes count: {seen_by_b:?}");
+}
+
+/// One replica's exchange, on Postgres: the routes the others published.
+async fn exchange(
+    store: &dyn Store,
+    replica: &str,
+    routes: &[DirectoryEntry],
+    changed: bool,
+    fresh: Duration,
+) -> Vec<DirectoryEntry> {
     store
-        .exchange_routes("replica-a", &a_routes, true, fresh)
-        .await
-        .expect("exchange");
-    let seen_by_b = store
-        .exchange_routes("replica-b", &b_routes, false, Duration::ZERO)
+        .exchange_routes(replica, routes, changed, fresh)
         .await
         .expect("exchange")
-        .expect("postgres");
-    assert!(seen_by_b.is_empty(), "stale routes count: {seen_by_b:?}");
+        .expect("postgres")
 }

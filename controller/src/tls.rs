@@ -110,11 +110,17 @@ mod tests {
 
         let empty = load(b"not a certificate", b"not a key");
         let message = format!("{:#}", empty.err().expect("refused"));
-        assert!(message.contains("cert.pem holds no PEM certificate"), "{message}");
+        assert!(
+            message.contains("cert.pem holds no PEM certificate"),
+            "{message}"
+        );
 
         let certificate = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         let keyless = load(certificate, b"not a key");
         let message = format!("{:#}", keyless.err().expect("refused"));
-        assert!(message.contains("key.pem holds no PEM private key"), "{message}");
+        assert!(
+            message.contains("key.pem holds no PEM private key"),
+            "{message}"
+        );
     }
 }

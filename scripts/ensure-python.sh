@@ -26,14 +26,24 @@ if ! .venv/bin/python -c 'import openai, ollama, grpc_tools' 2>/dev/null; then
 fi
 if [ "${FLOTILLA_SKIP_LLAMA_CPP:-0}" != 1 ] && ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
   log "installing llama-cpp-python (builds llama.cpp from source; takes a while)"
-  CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/pip install --quiet --disable-pip-version-check \
+  # AMX off: GCC 12 at -O3 drops the stores that fill the AMX tile config
+  # on the stack (its _tile_loadconfig claims to read 8 of its 64 bytes),
+  # so ldtilecfg faults in every multi-token batch on AMX CPUs (Sapphire
+  # Rapids; llama.cpp PR #26954). AVX-512 stays, and the output matches the
+  # committed golden files byte for byte. The flags must go in C/CXX_FLAGS
+  # (before -march=native); GGML_AMX_* are read only without GGML_NATIVE.
+  # --no-cache-dir: a wheel cached from a build with other flags would be
+  # reused as it is.
+  no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx'" \
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-cache-dir \
     --no-binary llama-cpp-python 'llama-cpp-python==0.3.*' ||
     log "WARNING: llama-cpp-python did not install; engine reference tests fall back to committed golden files"
 fi
-# A llama.cpp that crashes is no reference. llama-cpp-python 0.3.36 built
-# here segfaults in llama_decode on some machines when a batch holds more
-# than one token (seen on a Sapphire Rapids box, with and without
-# -DGGML_NATIVE): when FLOTILLA_TEST_MODEL is set, decode a short prompt
+# A llama.cpp that crashes is no reference. Built with AMX (see above), it
+# segfaulted in llama_decode whenever a batch held more than one token; in
+# case another machine finds another way to crash it: when
+# FLOTILLA_TEST_MODEL is set, decode a short prompt
 # with it, as the reference script does, and if that fails, remove it so
 # that the engine's reference tests use the committed golden files (made by
 # the same llama.cpp version) instead of failing on the reference itself.

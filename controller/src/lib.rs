@@ -21,4 +21,3 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod testing;
-pub mod tls;

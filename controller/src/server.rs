@@ -122,7 +122,7 @@ impl Controller {
     ) -> anyhow::Result<()> {
         let rest_addr = http.local_addr()?;
         let tls = match &self.config.tls {
-            Some(files) => Some(crate::tls::ServerTls::load(files)?),
+            Some(files) => Some(flotilla_tls::ServerTls::load(&files.cert, &files.key)?),
             None => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -152,32 +152,24 @@ impl Controller {
                 .run(shutdown.clone()),
         );
         let router = api::router(self.state);
-        let http_shutdown = shutdown.clone();
-        let rest_tls = tls.as_ref().map(crate::tls::ServerTls::rest_config);
-        let http_server = async move {
-            match rest_tls {
-                None => axum::serve(http, router)
-                    .with_graceful_shutdown(http_shutdown.cancelled_owned())
-                    .await
-                    .context("REST server failed"),
-                Some(config) => {
-                    let handle = axum_server::Handle::new();
-                    let stopper = handle.clone();
-                    tokio::spawn(async move {
-                        http_shutdown.cancelled().await;
-                        stopper.graceful_shutdown(Some(REST_SHUTDOWN_GRACE));
-                    });
-                    axum_server::from_tcp_rustls(http.into_std()?, config)?
-                        .handle(handle)
-                        .serve(router.into_make_service())
-                        .await
-                        .context("REST server (TLS) failed")
-                }
+        let http_server = {
+            let tls = tls.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                flotilla_tls::serve_router(
+                    http,
+                    router,
+                    tls.as_ref(),
+                    shutdown,
+                    Some(REST_SHUTDOWN_GRACE),
+                )
+                .await
+                .context("REST server failed")
             }
         };
         let grpc_server = crate::grpc::serve(
             grpc,
-            tls.as_ref().map(crate::tls::ServerTls::grpc_config),
+            tls.as_ref().map(flotilla_tls::ServerTls::grpc_config),
             backend,
             fleet,
             shutdown.clone(),

@@ -19,7 +19,7 @@ use flotilla_proto::fleet::v1::fleet_client::FleetClient;
 use serde::{Deserialize, Serialize};
 
 use crate::health::Inventory;
-use crate::tls::ControllerTrust;
+use crate::tls::CaTrust;
 
 /// The identity file's name inside the data directory.
 pub const IDENTITY_FILE: &str = "node.toml";
@@ -160,7 +160,7 @@ pub fn save(data_dir: &Path, identity: &NodeIdentity) -> Result<(), EnrolError> 
 /// Does not save it; see [`save`].
 pub async fn enrol(
     request: EnrolRequest,
-    trust: &ControllerTrust,
+    trust: &CaTrust,
     inventory: &Inventory,
 ) -> Result<NodeIdentity, EnrolError> {
     let channel = connect(&request.controller, trust).await?;
@@ -170,10 +170,7 @@ pub async fn enrol(
 /// Opens a gRPC channel to the controller (for enrolment, and for callers
 /// such as the simulator that enrol many nodes over one connection), over
 /// TLS for an `https://` URL.
-pub async fn connect(
-    url: &str,
-    trust: &ControllerTrust,
-) -> Result<tonic::transport::Channel, EnrolError> {
+pub async fn connect(url: &str, trust: &CaTrust) -> Result<tonic::transport::Channel, EnrolError> {
     let endpoint = trust
         .endpoint(url)
         .map_err(|error| EnrolError::InvalidUrl {

@@ -27,7 +27,7 @@ use flotilla_agent::reconcile::{CacheFetcher, Reconciler, ReconcilerConfig, pers
 use flotilla_agent::serve::{self, ServeConfig, Serving};
 use flotilla_agent::simulate::{Simulation, SimulationConfig};
 use flotilla_agent::sync::{AdvertisedUrls, LocalNode, SyncAgent, SyncConfig};
-use flotilla_agent::tls::ControllerTrust;
+use flotilla_agent::tls::CaTrust;
 use tokio_util::sync::CancellationToken;
 
 /// How often `--simulate` prints its summary line.
@@ -76,14 +76,36 @@ struct Cli {
     #[arg(long, value_name = "ADDR", default_value_t = serve::DEFAULT_GRPC_ADDR)]
     grpc: SocketAddr,
     /// URL peers use to reach the HTTP API, told to the controller for
-    /// routing (default: http://<bound --http address>; set it when binding
-    /// 0.0.0.0 or behind NAT).
+    /// routing (default: http://<bound --http address>, https:// with
+    /// --tls-cert; set it when binding 0.0.0.0 or behind NAT).
     #[arg(long, value_name = "URL")]
     advertise_http: Option<String>,
     /// URL peers use to reach the gRPC API (default: http://<bound --grpc
-    /// address>).
+    /// address>, https:// with --tls-cert).
     #[arg(long, value_name = "URL")]
     advertise_grpc: Option<String>,
+    /// Serve the inference APIs (HTTP and gRPC) over TLS with this
+    /// certificate chain (PEM); needs --tls-key.
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// A private CA (PEM) that peers' inference certificates chain to, for
+    /// forwarding to https:// peers (default: --controller-ca); the
+    /// system's roots are trusted as well.
+    #[arg(long, env = "FLOTILLA_PEER_CA", value_name = "PEM")]
+    peer_ca: Option<PathBuf>,
     /// Inference requests per model that may wait for a decoding slot;
     /// beyond them (plus the batch) requests get 429 / RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "N", default_value_t = ServeConfig::default().queue_capacity)]
@@ -227,11 +249,7 @@ fn shutdown_on_signal() -> CancellationToken {
     shutdown
 }
 
-async fn identity(
-    cli: &Cli,
-    data_dir: &Path,
-    trust: &ControllerTrust,
-) -> anyhow::Result<NodeIdentity> {
+async fn identity(cli: &Cli, data_dir: &Path, trust: &CaTrust) -> anyhow::Result<NodeIdentity> {
     let existing = enrol::load(data_dir)?;
     match existing {
         Some(identity) if !cli.replace => {
@@ -284,11 +302,12 @@ async fn identity(
 }
 
 /// The URL to advertise for a listener: the flag's, checked, or
-/// `http://<bound address>`.
+/// `SCHEME://<bound address>` (`https` when serving TLS).
 fn advertised_url(
     flag: &str,
     given: Option<String>,
     listener: &tokio::net::TcpListener,
+    tls: bool,
 ) -> anyhow::Result<String> {
     if let Some(url) = given {
         anyhow::ensure!(
@@ -298,15 +317,24 @@ fn advertised_url(
         return Ok(url.trim_end_matches('/').to_owned());
     }
     let bound = listener.local_addr()?;
+    let scheme = if tls { "https" } else { "http" };
     if bound.ip().is_unspecified() {
-        tracing::warn!(%bound, "{flag} is not set and the listener is bound to all interfaces; peers are told http://{bound}, which they cannot reach: set {flag}");
+        tracing::warn!(%bound, "{flag} is not set and the listener is bound to all interfaces; peers are told {scheme}://{bound}, which they cannot reach: set {flag}");
     }
-    Ok(format!("http://{bound}"))
+    Ok(format!("{scheme}://{bound}"))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.clone().context("--data-dir is required")?;
-    let trust = ControllerTrust::load(cli.controller_ca.as_deref())?;
+    let trust = CaTrust::load(cli.controller_ca.as_deref())?;
+    let peer_trust = match &cli.peer_ca {
+        Some(path) => CaTrust::load(Some(path))?,
+        None => trust.clone(),
+    };
+    let server_tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(flotilla_tls::ServerTls::load(cert, key)?),
+        _ => None,
+    };
     let identity = identity(&cli, &data_dir, &trust).await?;
     // Bound before anything else starts, so that a taken port fails the
     // start with a clear message instead of a half-running agent.
@@ -347,6 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_batch: cli.inference_batch.max(1),
         request_timeout: Duration::from_secs(cli.inference_timeout.max(1)),
         engine_threads: cli.engine_threads,
+        peer_trust,
         ..ServeConfig::default()
     });
     let controller = cli
@@ -399,11 +428,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "--advertise-http",
             cli.advertise_http.clone(),
             &http_listener,
+            server_tls.is_some(),
         )?,
         grpc: advertised_url(
             "--advertise-grpc",
             cli.advertise_grpc.clone(),
             &grpc_listener,
+            server_tls.is_some(),
         )?,
     };
     tracing::info!(http = %advertised.http, grpc = %advertised.grpc, "advertising inference URLs to peers");
@@ -418,16 +449,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )
     };
     let shutdown = shutdown_on_signal();
-    tracing::info!(http = %cli.http, grpc = %cli.grpc, "serving inference (OpenAI and Ollama over HTTP, gRPC)");
+    tracing::info!(http = %cli.http, grpc = %cli.grpc, tls = server_tls.is_some(), "serving inference (OpenAI and Ollama over HTTP, gRPC)");
     let http = tokio::spawn(serve::serve_http(
         http_listener,
         serving.clone(),
         Some(serve::metrics::metrics_handle()),
+        server_tls.clone(),
         shutdown.clone(),
     ));
     let grpc = tokio::spawn(serve::serve_grpc(
         grpc_listener,
         serving.clone(),
+        server_tls,
         shutdown.clone(),
     ));
     tracing::info!(%controller, "syncing with the controller");

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::tls::CaTrust;
 
 /// The HTTP header (and gRPC metadata key) counting how many times a request
 /// was forwarded. A request that arrives with one or more hops is answered
@@ -145,6 +147,8 @@ pub struct Routes {
     peers: RwLock<Arc<Vec<Peer>>>,
     turn: AtomicUsize,
     grpc_channels: Mutex<HashMap<String, Channel>>,
+    /// For peers' `https://` URLs.
+    trust: CaTrust,
 }
 
 /// How long connecting to a peer may take before the call fails over to
@@ -152,6 +156,15 @@ pub struct Routes {
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Routes {
+    /// An empty directory whose peers' `https://` URLs are trusted by
+    /// `trust`.
+    pub fn new(trust: CaTrust) -> Self {
+        Self {
+            trust,
+            ..Self::default()
+        }
+    }
+
     /// Replaces the directory; channels to peers no longer in it close.
     pub fn replace(&self, peers: Vec<Peer>) {
         lock(&self.grpc_channels).retain(|url, _| peers.iter().any(|peer| &peer.grpc_url == url));
@@ -169,8 +182,10 @@ impl Routes {
         if let Some(channel) = channels.get(url) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|error| format!("invalid URL {url:?}: {error}"))?
+        let channel = self
+            .trust
+            .endpoint(url)
+            .map_err(|error| error.to_string())?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .connect_lazy();
         channels.insert(url.to_owned(), channel.clone());

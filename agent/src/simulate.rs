@@ -35,7 +35,7 @@ use crate::sync::{
     FleetTelemetry, LatencySummary, NodeReporter, NodeTelemetry, ReceivedGeneration, SyncAgent,
     SyncConfig,
 };
-use crate::tls::ControllerTrust;
+use crate::tls::CaTrust;
 
 #[derive(Debug, Clone)]
 pub struct SimulationConfig {
@@ -136,7 +136,7 @@ impl Simulation {
         let per_channel = config.agents_per_channel.max(1);
         let mut channels = Vec::new();
         for _ in 0..config.agents.div_ceil(per_channel) {
-            channels.push(enrol::connect(&config.controller, &ControllerTrust::system()).await?);
+            channels.push(enrol::connect(&config.controller, &CaTrust::system()).await?);
         }
         let channel_for = |index: usize| channels[index / per_channel].clone();
         let inventory = synthetic_inventory();

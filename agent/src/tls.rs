@@ -1,9 +1,14 @@
-//! How the agent trusts the controller over `https://` URLs (DESIGN.md §8):
-//! the system's root certificates, plus a private CA given with
-//! `--controller-ca` (PEM, one or more certificates). The same trust
-//! covers the gRPC channel (enrolment, the sync stream, credential
-//! renewal) and artifact downloads over HTTP. Plain `http://` URLs are
-//! used as they are.
+//! How the agent trusts the servers it calls over `https://` URLs
+//! (DESIGN.md §8): the system's root certificates, plus a private CA (PEM,
+//! one or more certificates).
+//!
+//! - The controller, with `--controller-ca`: the gRPC channel (enrolment,
+//!   the sync stream, credential renewal) and artifact downloads.
+//! - Peers that requests are forwarded to, with `--peer-ca` (by default the
+//!   controller's CA: a fleet's private CA usually signs both).
+//!
+//! Plain `http://` URLs are used as they are. The agent's own servers are
+//! configured by `flotilla_tls`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,25 +17,25 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    #[error("cannot read the controller CA {path}: {source}")]
+    #[error("cannot read the CA {path}: {source}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("the controller CA {path} holds no PEM certificate: {reason}")]
+    #[error("the CA {path} holds no PEM certificate: {reason}")]
     NotPem { path: String, reason: String },
-    #[error("invalid controller url {url:?}: {reason}")]
+    #[error("invalid url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
 }
 
 /// See the module docs. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct ControllerTrust {
+pub struct CaTrust {
     /// The private CA's PEM, when one was given.
     extra_ca_pem: Option<Arc<Vec<u8>>>,
 }
 
-impl ControllerTrust {
+impl CaTrust {
     /// The system's roots only.
     pub fn system() -> Self {
         Self::default()

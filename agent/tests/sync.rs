@@ -107,7 +107,7 @@ async fn agent_converges_on_its_assignment_and_heartbeats(store: TestStore) -> a
             labels: [("site".to_owned(), "lab".to_owned())].into(),
             replace_existing: false,
         },
-        &flotilla_agent::tls::ControllerTrust::system(),
+        &flotilla_agent::tls::CaTrust::system(),
         &probe.inventory().await,
     )
     .await?;

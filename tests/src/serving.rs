@@ -185,8 +185,38 @@ pub async fn grpc_chat(
     question: &str,
     max_tokens: u32,
 ) -> anyhow::Result<(String, flotilla_proto::inference::v1::GenerateResponse)> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await?;
+    grpc_chat_over(channel, url, model, question, max_tokens).await
+}
+
+/// [`grpc_chat`] to an `https://` URL whose certificate chains to the CA in
+/// `ca_pem`.
+pub async fn grpc_chat_tls(
+    url: &str,
+    ca_pem: &[u8],
+    model: &str,
+    question: &str,
+    max_tokens: u32,
+) -> anyhow::Result<(String, flotilla_proto::inference::v1::GenerateResponse)> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let channel = Endpoint::from_shared(url.to_owned())?
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))?
+        .connect()
+        .await?;
+    grpc_chat_over(channel, url, model, question, max_tokens).await
+}
+
+async fn grpc_chat_over(
+    channel: tonic::transport::Channel,
+    url: &str,
+    model: &str,
+    question: &str,
+    max_tokens: u32,
+) -> anyhow::Result<(String, flotilla_proto::inference::v1::GenerateResponse)> {
     use flotilla_proto::inference::v1 as pb;
-    let mut client = pb::inference_client::InferenceClient::connect(url.to_owned()).await?;
+    let mut client = pb::inference_client::InferenceClient::new(channel);
     let mut stream = client
         .chat(pb::ChatRequest {
             model: model.to_owned(),

@@ -1,11 +1,13 @@
 //! TLS with real processes and a private CA (DESIGN.md §8): the controller
 //! serves REST and gRPC over TLS; the CLI and an agent that trust the CA
 //! enrol, sync, and download the real SmolLM2 over it, while clients that
-//! do not trust it are refused and say why.
+//! do not trust it are refused and say why. The agents serve inference over
+//! TLS too: a second agent, without the model, forwards OpenAI and gRPC
+//! chats to the first over https, trusting it by the same CA.
 
 use std::time::Duration;
 
-use flotilla_tests::serving::{cli, node_phase};
+use flotilla_tests::serving::{cli, grpc_chat_tls, node_phase, openai_chat_answers};
 use flotilla_tests::tls::TestTls;
 use flotilla_tests::{
     AgentProcess, ControllerProcess, flotilla, run_agent, test_model, wait_until,
@@ -15,6 +17,7 @@ use serde_json::Value;
 const MODEL: &str = "smollm2-135m-instruct";
 /// Upload, download and load of 100 MB over TLS on loopback, debug build.
 const WAIT: Duration = Duration::from_secs(180);
+const QUESTION: &str = "What is the capital of France?";
 
 #[tokio::test]
 async fn the_fleet_works_over_tls_with_a_private_ca() -> anyhow::Result<()> {
@@ -57,7 +60,7 @@ async fn the_fleet_works_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     let token = cli(
         &controller,
         home.path(),
-        &["node", "token", "create", "--ttl", "10m", "--uses", "2"],
+        &["node", "token", "create", "--ttl", "10m", "--uses", "3"],
     )?;
     let token = token.trim();
     let grpc_url = format!("https://localhost:{}", controller.grpc_addr.port());
@@ -79,23 +82,33 @@ async fn the_fleet_works_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     assert!(!refused.status.success(), "{stderr}");
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 
-    // One that trusts it enrols and keeps its stream.
+    // One that trusts it enrols and keeps its stream. It serves inference
+    // over TLS with a certificate from the same CA.
     let ca = tls.ca.to_string_lossy().into_owned();
-    let agent = AgentProcess::start(
-        agent_dir.path(),
-        &[
-            "--controller",
-            &grpc_url,
-            "--controller-ca",
-            &ca,
-            "--bootstrap-token",
-            token,
-            "--name",
-            "edge-tls",
-            "--engine-threads",
-            "2",
-        ],
-    )?;
+    let cert = tls.cert.to_string_lossy().into_owned();
+    let key = tls.key.to_string_lossy().into_owned();
+    let start_agent = |dir: &std::path::Path, name: &str| {
+        AgentProcess::start(
+            dir,
+            &[
+                "--controller",
+                &grpc_url,
+                "--controller-ca",
+                &ca,
+                "--bootstrap-token",
+                token,
+                "--name",
+                name,
+                "--engine-threads",
+                "2",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+            ],
+        )
+    };
+    let agent = start_agent(agent_dir.path(), "edge-tls")?;
     let ready = |home: std::path::PathBuf| {
         let controller = &controller;
         async move {
@@ -163,5 +176,58 @@ async fn the_fleet_works_over_tls_with_a_private_ca() -> anyhow::Result<()> {
         eprintln!("--- edge-tls log ---\n{}", agent.log());
         return Err(error);
     }
+
+    // Inference over TLS. A client that does not trust the CA is refused.
+    let a_http = https_url(agent.http_addr)?;
+    let a_grpc = https_url(agent.grpc_addr)?;
+    let untrusting = reqwest::get(format!("{a_http}/v1/models")).await;
+    assert!(untrusting.is_err(), "{untrusting:?}");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(tls.ca_certificate()?)
+        .build()?;
+    let ca_pem = std::fs::read(&tls.ca)?;
+    let (direct, _) = openai_chat_answers(&client, &a_http, MODEL, QUESTION, 16).await?;
+    assert!(!direct.trim().is_empty(), "an answer from edge-tls");
+
+    // A second agent without the model forwards to edge-tls over https,
+    // trusting it by the controller's CA (no --peer-ca).
+    let b_dir = tempfile::tempdir()?;
+    let agent_b = start_agent(b_dir.path(), "edge-tls-b")?;
+    let b_http = https_url(agent_b.http_addr)?;
+    let b_grpc = https_url(agent_b.grpc_addr)?;
+    let routed = wait_until("edge-tls-b to list the model as routed", WAIT, || {
+        let client = client.clone();
+        let url = format!("{b_http}/v1/models");
+        async move {
+            let Ok(response) = client.get(&url).send().await else {
+                return false;
+            };
+            response.json::<Value>().await.is_ok_and(|listed| {
+                listed["data"].as_array().is_some_and(|models| {
+                    models
+                        .iter()
+                        .any(|model| model["id"] == MODEL && model["local"] == false)
+                })
+            })
+        }
+    })
+    .await;
+    if let Err(error) = routed {
+        eprintln!("--- edge-tls-b log ---\n{}", agent_b.log());
+        return Err(error);
+    }
+    let (whole, streamed) = openai_chat_answers(&client, &b_http, MODEL, QUESTION, 16).await?;
+    assert_eq!(whole, direct, "the forwarded answer is edge-tls's own");
+    assert_eq!(streamed, direct, "streamed through edge-tls-b");
+    let (grpc_direct, _) = grpc_chat_tls(&a_grpc, &ca_pem, MODEL, QUESTION, 16).await?;
+    let (grpc_routed, last) = grpc_chat_tls(&b_grpc, &ca_pem, MODEL, QUESTION, 16).await?;
+    assert!(last.done, "the forwarded gRPC stream ends with done");
+    assert_eq!(grpc_routed, grpc_direct, "gRPC forwarded over TLS");
     Ok(())
+}
+
+/// `https://ADDR` for an agent's listener.
+fn https_url(addr: Option<std::net::SocketAddr>) -> anyhow::Result<String> {
+    let addr = addr.ok_or_else(|| anyhow::anyhow!("no listener address"))?;
+    Ok(format!("https://{addr}"))
 }

@@ -42,7 +42,7 @@ use tokio::sync::Semaphore;
 pub use flotilla_digest::{Digest, DigestParseError};
 pub use source::{BlobSource, SharedToken};
 
-use crate::tls::ControllerTrust;
+use crate::tls::CaTrust;
 use download::AttemptError;
 use part::{DigestLock, PartFile};
 
@@ -72,7 +72,7 @@ pub struct CacheConfig {
     /// fast as the link allows.
     pub max_download_bytes_per_second: Option<u64>,
     /// Which certificates an `https://` blob URL may present.
-    pub trust: ControllerTrust,
+    pub trust: CaTrust,
 }
 
 impl CacheConfig {
@@ -87,7 +87,7 @@ impl CacheConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             max_download_bytes_per_second: None,
-            trust: ControllerTrust::system(),
+            trust: CaTrust::system(),
         }
     }
 }

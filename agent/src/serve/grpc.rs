@@ -220,6 +220,7 @@ impl Inference for InferenceService {
 pub(super) async fn serve(
     listener: TcpListener,
     serving: Serving,
+    tls: Option<flotilla_tls::ServerTls>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -230,7 +231,13 @@ pub(super) async fn serve(
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder
+            .tls_config(tls.grpc_config())
+            .map_err(|error| anyhow::anyhow!("invalid TLS configuration for gRPC: {error}"))?;
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(InferenceServer::with_interceptor(

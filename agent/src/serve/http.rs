@@ -109,12 +109,16 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
         )
         .fallback(not_found)
         .with_state(HttpState {
-            serving,
-            metrics,
-            client: reqwest::Client::builder()
+            // Before `serving` moves.
+            client: serving
+                .config
+                .peer_trust
+                .http_client(reqwest::Client::builder())
                 .connect_timeout(crate::routing::PEER_CONNECT_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
+            serving,
+            metrics,
         })
 }
 

@@ -42,6 +42,8 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::routing::{Peer, Routes};
+use crate::tls::CaTrust;
+use flotilla_tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +81,8 @@ pub struct ServeConfig {
     /// API keys or JWTs the inference APIs require (`None`: open, see
     /// [`auth`]).
     pub auth: Option<Arc<InferenceAuth>>,
+    /// The roots trusted for peers' `https://` URLs when forwarding.
+    pub peer_trust: CaTrust,
 }
 
 impl Default for ServeConfig {
@@ -92,6 +96,7 @@ impl Default for ServeConfig {
             engine_threads: None,
             warm_up_timeout: Duration::from_secs(120),
             auth: None,
+            peer_trust: CaTrust::system(),
         }
     }
 }
@@ -109,8 +114,8 @@ impl Serving {
     pub fn new(config: ServeConfig) -> Serving {
         Serving {
             slot: Arc::new(ModelSlot::new()),
+            routes: Arc::new(Routes::new(config.peer_trust.clone())),
             config: Arc::new(config),
-            routes: Arc::default(),
         }
     }
 
@@ -193,20 +198,21 @@ pub async fn serve_http(
     listener: TcpListener,
     serving: Serving,
     metrics: Option<PrometheusHandle>,
+    tls: Option<ServerTls>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = http::router(serving, metrics);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    // No grace of its own: the agent's --shutdown-grace bounds the wait.
+    flotilla_tls::serve_router(listener, router, tls.as_ref(), shutdown, None).await
 }
 
 /// Serves `flotilla.inference.v1.Inference`, health and reflection on
-/// `listener` until `shutdown`.
+/// `listener` until `shutdown`, over TLS when `tls` is given.
 pub async fn serve_grpc(
     listener: TcpListener,
     serving: Serving,
+    tls: Option<ServerTls>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    grpc::serve(listener, serving, shutdown).await
+    grpc::serve(listener, serving, tls, shutdown).await
 }

@@ -84,11 +84,13 @@ impl Harness {
             http_listener,
             serving.clone(),
             Some(serve::metrics::metrics_handle()),
+            None,
             shutdown.clone(),
         ));
         tokio::spawn(serve::serve_grpc(
             grpc_listener,
             serving.clone(),
+            None,
             shutdown.clone(),
         ));
         Ok(Harness {

@@ -27,7 +27,7 @@ pub const HOPS_HEADER: &str = "x-flotilla-hops";
 pub const MAX_HOPS: u32 = 1;
 
 /// One ready peer serving one model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
     pub model: String,
     pub version: String,
@@ -42,6 +42,11 @@ pub struct Peer {
     pub queue_depth: u32,
     /// Other names the peer answers to for the model.
     pub aliases: Vec<String>,
+    /// The artifact it serves (blake3 hex; empty from a controller too old
+    /// to say), its size in bytes and quantization.
+    pub digest: String,
+    pub size_bytes: u64,
+    pub quantization: String,
 }
 
 /// Whether a client asking for `requested` means the model `name` (with
@@ -225,8 +230,7 @@ mod tests {
             http_url: format!("http://{node}:11434"),
             grpc_url: format!("http://{node}:50052"),
             load,
-            queue_depth: 0,
-            aliases: Vec::new(),
+            ..Peer::default()
         }
     }
 

@@ -791,6 +791,9 @@ async fn ready_nodes_reach_every_stream_in_the_routing_directory(
             load: 10,
             aliases: vec!["tiny-chat".to_owned()],
             queue_depth: 3,
+            digest: assignment.digest.clone(),
+            size_bytes: assignment.size_bytes,
+            quantization: assignment.quantization.clone(),
         }]
     );
 

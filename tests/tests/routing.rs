@@ -171,6 +171,23 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
         .await?;
     assert_eq!(tags["models"][0]["name"], MODEL, "{tags}");
     assert_eq!(tags["models"][0]["local"], false, "{tags}");
+    // Described as edge-a describes it: the same artifact.
+    let tags_on_a: Value = client
+        .get(format!("{a_http}/api/tags"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    for field in ["digest", "size"] {
+        assert_eq!(
+            tags["models"][0][field], tags_on_a["models"][0][field],
+            "{field}: {tags} vs {tags_on_a}"
+        );
+    }
+    assert_eq!(
+        tags["models"][0]["details"]["quantization_level"], "Q4_1",
+        "{tags}"
+    );
     let mut inference_b = pb::inference_client::InferenceClient::connect(b_grpc.clone()).await?;
     let listed = inference_b
         .list_models(pb::ListModelsRequest {})

@@ -203,13 +203,17 @@ impl Inference for InferenceService {
                     context_length: saturating_u32(info.context_length as u128),
                     node: String::new(),
                 },
-                Reached::Peer(node) => pb::Model {
+                Reached::Peer(peer) => pb::Model {
                     name: listed.name,
                     aliases: listed.aliases,
                     version: listed.version,
+                    quantization: peer.quantization,
+                    digest: peer.digest,
+                    size_bytes: peer.size_bytes,
                     local: false,
-                    node,
-                    ..pb::Model::default()
+                    // Known only where the model is loaded.
+                    context_length: 0,
+                    node: peer.node,
                 },
             })
             .collect();

@@ -152,10 +152,10 @@ impl Serving {
             }
         }
         listed.extend(routed.into_iter().map(|peer| Listed {
-            name: peer.model,
-            aliases: peer.aliases,
-            version: peer.version,
-            reached: Reached::Peer(peer.node),
+            name: peer.model.clone(),
+            aliases: peer.aliases.clone(),
+            version: peer.version.clone(),
+            reached: Reached::Peer(peer),
         }));
         listed
     }
@@ -188,8 +188,8 @@ impl Listed {
 pub enum Reached {
     /// Here, with what is known about it.
     Local(ModelInfo),
-    /// Through the peer of this name.
-    Peer(String),
+    /// Through this peer (the least busy of those serving it).
+    Peer(Peer),
 }
 
 /// Serves the OpenAI- and Ollama-compatible HTTP API on `listener` until

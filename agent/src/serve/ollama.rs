@@ -322,7 +322,8 @@ fn final_object(kind: Kind, model: &str, text: &str, finished: &Finished) -> Val
 /// The node's own model (`"local": true`) and every model it can route to
 /// (`"local": false`, with the `"node"` it would ask first). Each alias is
 /// an entry of its own, with `"alias_of"` naming the registry model. A
-/// routed model's size and digest are not known here: 0 and empty.
+/// routed model's size, digest and quantization are the directory's; its
+/// load time is not known here, so `modified_at` is now.
 pub(super) async fn tags(State(state): State<HttpState>) -> Response {
     let mut models: Vec<Value> = Vec::new();
     for listed in state.serving.catalogue() {
@@ -344,20 +345,20 @@ pub(super) async fn tags(State(state): State<HttpState>) -> Response {
                     },
                     "local": true,
                 }),
-                Reached::Peer(node) => json!({
+                Reached::Peer(peer) => json!({
                     "modified_at": now_rfc3339(),
-                    "size": 0,
-                    "digest": "",
+                    "size": peer.size_bytes,
+                    "digest": peer.digest,
                     "details": {
                         "parent_model": "",
                         "format": "gguf",
                         "family": "",
                         "families": [],
                         "parameter_size": "",
-                        "quantization_level": "",
+                        "quantization_level": peer.quantization,
                     },
                     "local": false,
-                    "node": node,
+                    "node": peer.node,
                 }),
             };
             entry["name"] = json!(name);

@@ -472,9 +472,10 @@ pub(super) async fn list_models(State(state): State<HttpState>) -> Response {
                     entry["quantization"] = json!(info.quantization);
                     entry["local"] = json!(true);
                 }
-                Reached::Peer(node) => {
+                Reached::Peer(peer) => {
                     entry["created"] = json!(0);
-                    entry["owned_by"] = json!(format!("flotilla:{node}"));
+                    entry["owned_by"] = json!(format!("flotilla:{}", peer.node));
+                    entry["quantization"] = json!(peer.quantization);
                     entry["local"] = json!(false);
                 }
             }

@@ -501,6 +501,9 @@ impl SyncAgent {
                         load: entry.load,
                         queue_depth: entry.queue_depth,
                         aliases: entry.aliases,
+                        digest: entry.digest,
+                        size_bytes: entry.size_bytes,
+                        quantization: entry.quantization,
                     })
                     .collect();
                 tracing::debug!(node, peers = peers.len(), "routing directory replaced");

@@ -15,6 +15,9 @@ fn peer(node: &str, model: &str, http_url: String, grpc_url: String) -> Peer {
         load: 0,
         queue_depth: 0,
         aliases: Vec::new(),
+        digest: "ab".repeat(32),
+        size_bytes: 1234,
+        quantization: "Q8_0".to_owned(),
     }
 }
 
@@ -85,17 +88,31 @@ async fn a_node_forwards_to_the_peer_serving_the_model_once() -> anyhow::Result<
     }
     assert!(done);
 
-    // Listing: the routed model, not local.
+    // Listing: the routed model, not local, described by the directory.
     let models = asked.get("/v1/models").await?;
     assert_eq!(models["data"][0]["id"], "routed", "{models}");
     assert_eq!(models["data"][0]["local"], false, "{models}");
     assert_eq!(models["data"][0]["owned_by"], "flotilla:owner", "{models}");
+    assert_eq!(models["data"][0]["quantization"], "Q8_0", "{models}");
+    let tags = asked.get("/api/tags").await?;
+    let tag = &tags["models"][0];
+    assert_eq!(tag["name"], "routed", "{tags}");
+    assert_eq!(tag["local"], false, "{tags}");
+    assert_eq!(tag["node"], "owner", "{tags}");
+    assert_eq!(tag["digest"], "ab".repeat(32), "{tags}");
+    assert_eq!(tag["size"], 1234, "{tags}");
+    assert_eq!(tag["details"]["quantization_level"], "Q8_0", "{tags}");
     let listed = client
         .list_models(pb::ListModelsRequest {})
         .await?
         .into_inner();
     assert_eq!(listed.models.len(), 1);
-    assert!(!listed.models[0].local);
+    let model = &listed.models[0];
+    assert!(!model.local);
+    assert_eq!(
+        (model.node.as_str(), model.digest.as_str(), model.size_bytes),
+        ("owner", "ab".repeat(32).as_str(), 1234)
+    );
 
     // Already forwarded once: not forwarded again.
     let response = asked

@@ -21,6 +21,11 @@ pub struct DirectoryEntry {
     pub queue_depth: u32,
     /// The assignment's aliases of the model.
     pub aliases: Vec<String>,
+    /// The served artifact (blake3 hex), its size and quantization, for
+    /// peers' model listings.
+    pub digest: String,
+    pub size_bytes: u64,
+    pub quantization: String,
 }
 
 /// `local` (this replica's entries) with the entries of `remote` (other
@@ -55,6 +60,9 @@ mod tests {
             load,
             queue_depth: 0,
             aliases: Vec::new(),
+            digest: String::new(),
+            size_bytes: 0,
+            quantization: String::new(),
         }
     }
 

@@ -594,6 +594,9 @@ fn directory_entry(
         load,
         queue_depth,
         aliases: assignment.aliases.clone(),
+        digest: assignment.digest.clone(),
+        size_bytes: assignment.size_bytes,
+        quantization: assignment.quantization.clone(),
     })
 }
 
@@ -909,6 +912,9 @@ mod tests {
                 load: 30,
                 queue_depth: 3,
                 aliases: vec!["chat".to_owned()],
+                digest: "aa".to_owned(),
+                size_bytes: 1,
+                quantization: "Q4_1".to_owned(),
             }]
         );
         // Nothing changed (a load wobble within one step): nothing is sent.

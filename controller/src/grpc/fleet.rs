@@ -473,6 +473,9 @@ fn directory_to_wire(directory: &Directory) -> pb::Directory {
                 load: entry.load,
                 aliases: entry.aliases.clone(),
                 queue_depth: entry.queue_depth,
+                digest: entry.digest.clone(),
+                size_bytes: entry.size_bytes,
+                quantization: entry.quantization.clone(),
             })
             .collect(),
     }

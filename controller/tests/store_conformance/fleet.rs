@@ -561,6 +561,9 @@ fn route(node: &str, model: &str, load: u32) -> DirectoryEntry {
         load,
         queue_depth: 2,
         aliases: vec!["chat".to_owned()],
+        digest: format!("{:064x}", load),
+        size_bytes: 98_362_432,
+        quantization: "Q4_1".to_owned(),
     }
 }
 

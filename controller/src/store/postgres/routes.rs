@@ -30,6 +30,9 @@ struct RouteRow {
     load: u32,
     queue_depth: u32,
     aliases: Vec<String>,
+    digest: String,
+    size_bytes: u64,
+    quantization: String,
 }
 
 impl From<&DirectoryEntry> for RouteRow {
@@ -43,6 +46,9 @@ impl From<&DirectoryEntry> for RouteRow {
             load: entry.load,
             queue_depth: entry.queue_depth,
             aliases: entry.aliases.clone(),
+            digest: entry.digest.clone(),
+            size_bytes: entry.size_bytes,
+            quantization: entry.quantization.clone(),
         }
     }
 }
@@ -71,6 +77,9 @@ impl RouteRow {
             load: self.load,
             queue_depth: self.queue_depth,
             aliases: self.aliases,
+            digest: self.digest,
+            size_bytes: self.size_bytes,
+            quantization: self.quantization,
         })
     }
 }

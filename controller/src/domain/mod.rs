@@ -39,4 +39,7 @@ pub use rollout::{
     RolloutNodeState, RolloutSpec, RolloutState, ServedRequests, Transition, WaveSize, Waves,
     apply_command, decide, evaluate_gates, fit_node, memory_budget, plan_waves,
 };
-pub use routing::{DirectoryEntry, merge_routes};
+pub use routing::{
+    DirectoryEntry, LOAD_RESEND_AFTER, PEERS_PER_MODEL, POOL_PER_MODEL, Resend, merge_routes, pool,
+    resend, view_for,
+};

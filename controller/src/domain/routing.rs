@@ -2,8 +2,35 @@
 //! and where its peers reach it. Each controller replica builds the entries
 //! of the nodes streaming to it; replicas sharing a database exchange them
 //! (`Store::exchange_routes`) so that every agent learns of every peer.
+//!
+//! An agent is not sent the whole directory: a fleet where hundreds of
+//! nodes serve a model would otherwise send every agent hundreds of entries
+//! whenever any node's load moved, i.e. O(nodes²) bytes a second. Each agent
+//! gets a [`view_for`] it: per model, the [`PEERS_PER_MODEL`] least busy
+//! peers, from a pool of the [`POOL_PER_MODEL`] least busy ones
+//! ([`pool`]), ties split by a hash of both names so that agents spread over
+//! equally idle peers instead of all picking the same ones. A view that
+//! differs from the last one sent only in loads waits for
+//! [`LOAD_RESEND_AFTER`] ([`resend`]); one with other peers goes at once.
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
 
 use super::NodeName;
+
+/// Peers per model in an agent's view: enough to fail over past a few
+/// unreachable ones, few enough that a view stays small however many nodes
+/// serve the model.
+pub const PEERS_PER_MODEL: usize = 4;
+
+/// Least busy nodes per model that views are chosen from, so that building
+/// one view costs O(models × pool), not O(nodes).
+pub const POOL_PER_MODEL: usize = 32;
+
+/// How long a view whose peers are the same as the last one sent, with
+/// other loads, waits before it is sent: loads move all the time, and a
+/// peer's place in the order matters only roughly.
+pub const LOAD_RESEND_AFTER: Duration = Duration::from_secs(5);
 
 /// One ready node serving one model.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -26,6 +53,118 @@ pub struct DirectoryEntry {
     pub digest: String,
     pub size_bytes: u64,
     pub quantization: String,
+}
+
+impl DirectoryEntry {
+    /// Busier sorts later: queued requests first, then CPU load.
+    fn busyness(&self) -> (u32, u32) {
+        (self.queue_depth, self.load)
+    }
+
+    /// Whether `other` describes the same peer serving the same artifact at
+    /// the same addresses, whatever the loads.
+    pub fn same_peer(&self, other: &DirectoryEntry) -> bool {
+        self.model == other.model
+            && self.version == other.version
+            && self.node == other.node
+            && self.http_url == other.http_url
+            && self.grpc_url == other.grpc_url
+            && self.aliases == other.aliases
+            && self.digest == other.digest
+            && self.size_bytes == other.size_bytes
+            && self.quantization == other.quantization
+    }
+}
+
+/// `entries` (sorted by model) cut to the `per_model` least busy nodes of
+/// each model; equally busy ones by a hash of the node name, so the cut does
+/// not favour early names. Sorted by model then node.
+pub fn pool(entries: Vec<DirectoryEntry>, per_model: usize) -> Vec<DirectoryEntry> {
+    let mut pooled = Vec::with_capacity(entries.len().min(per_model * 4));
+    for group in entries.chunk_by(|a, b| a.model == b.model) {
+        pooled.extend(least_busy(group.iter(), per_model, |entry| {
+            stable_hash(&[entry.node.as_str()])
+        }));
+    }
+    pooled.sort();
+    pooled
+}
+
+/// What `viewer` is told: per model of `pooled` (see [`pool`]), up to
+/// `per_model` of the least busy nodes other than `viewer` itself, equally
+/// busy ones picked by a hash of both names. Sorted by model then node.
+pub fn view_for(
+    viewer: &NodeName,
+    pooled: &[DirectoryEntry],
+    per_model: usize,
+) -> Vec<DirectoryEntry> {
+    let mut view = Vec::new();
+    for group in pooled.chunk_by(|a, b| a.model == b.model) {
+        let peers = group.iter().filter(|entry| entry.node != *viewer);
+        view.extend(least_busy(peers, per_model, |entry| {
+            stable_hash(&[viewer.as_str(), entry.node.as_str()])
+        }));
+    }
+    view.sort();
+    view
+}
+
+/// The `count` least busy of `entries`, ties by `tie`.
+fn least_busy<'a>(
+    entries: impl Iterator<Item = &'a DirectoryEntry>,
+    count: usize,
+    tie: impl Fn(&DirectoryEntry) -> u64,
+) -> impl Iterator<Item = DirectoryEntry> {
+    let mut keyed: Vec<((u32, u32), u64, &DirectoryEntry)> = entries
+        .map(|entry| (entry.busyness(), tie(entry), entry))
+        .collect();
+    if keyed.len() > count {
+        keyed.select_nth_unstable_by_key(count, |(busyness, tie, _)| (*busyness, *tie));
+        keyed.truncate(count);
+    }
+    keyed.into_iter().map(|(_, _, entry)| entry.clone())
+}
+
+/// The same for every call in this build (`DefaultHasher::new` has fixed
+/// keys), so an agent's view does not change by itself.
+fn stable_hash(parts: &[&str]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What to do with a freshly built view, given the last one sent and how
+/// long ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Identical to what the agent has: nothing.
+    Nothing,
+    /// Other peers (or the first view): send it now.
+    Now,
+    /// The same peers with other loads: send it once `LOAD_RESEND_AFTER`
+    /// has passed since the last send, this much from now.
+    After(Duration),
+}
+
+/// See [`Resend`].
+pub fn resend(
+    last_sent: Option<&[DirectoryEntry]>,
+    view: &[DirectoryEntry],
+    since_last_send: Duration,
+) -> Resend {
+    let Some(last_sent) = last_sent else {
+        return Resend::Now;
+    };
+    if last_sent == view {
+        return Resend::Nothing;
+    }
+    let same_peers =
+        last_sent.len() == view.len() && last_sent.iter().zip(view).all(|(a, b)| a.same_peer(b));
+    if !same_peers || since_last_send >= LOAD_RESEND_AFTER {
+        Resend::Now
+    } else {
+        Resend::After(LOAD_RESEND_AFTER - since_last_send)
+    }
 }
 
 /// `local` (this replica's entries) with the entries of `remote` (other
@@ -64,6 +203,83 @@ mod tests {
             size_bytes: 0,
             quantization: String::new(),
         }
+    }
+
+    fn busy(mut entry: DirectoryEntry, queue_depth: u32) -> DirectoryEntry {
+        entry.queue_depth = queue_depth;
+        entry
+    }
+
+    fn nodes(entries: &[DirectoryEntry]) -> Vec<&str> {
+        entries.iter().map(|entry| entry.node.as_str()).collect()
+    }
+
+    #[test]
+    fn a_view_holds_the_least_busy_peers_per_model_never_the_viewer() {
+        let mut entries = vec![
+            busy(entry("a1", "a", 0), 5),
+            entry("a2", "a", 90),
+            entry("a3", "a", 10),
+            entry("a4", "a", 0),
+            entry("a5", "a", 40),
+            entry("a6", "a", 0),
+            entry("b1", "b", 70),
+        ];
+        entries.sort();
+        let viewer: NodeName = "a4".parse().expect("valid");
+        let view = view_for(&viewer, &pool(entries, POOL_PER_MODEL), 3);
+        // a4 itself is out; a1's queue makes it the busiest of model a.
+        assert_eq!(nodes(&view), ["a3", "a5", "a6", "b1"]);
+        // Pooling cuts each model to its least busy nodes.
+        let mut many: Vec<_> = (0..100)
+            .map(|i| entry(&format!("n{i:03}"), "m", i))
+            .collect();
+        many.sort();
+        let pooled = pool(many, 8);
+        assert_eq!(pooled.len(), 8);
+        assert!(pooled.iter().all(|entry| entry.load < 8), "{pooled:?}");
+    }
+
+    #[test]
+    fn agents_spread_over_equally_idle_peers() {
+        let mut entries: Vec<_> = (0..40)
+            .map(|i| entry(&format!("peer-{i}"), "m", 0))
+            .collect();
+        entries.sort();
+        let pooled = pool(entries, POOL_PER_MODEL);
+        assert_eq!(pooled.len(), POOL_PER_MODEL);
+        let mut chosen = std::collections::HashSet::new();
+        for viewer in 0..50 {
+            let viewer: NodeName = format!("edge-{viewer}").parse().expect("valid");
+            let view = view_for(&viewer, &pooled, PEERS_PER_MODEL);
+            assert_eq!(view.len(), PEERS_PER_MODEL);
+            // The same viewer gets the same view every time.
+            assert_eq!(view, view_for(&viewer, &pooled, PEERS_PER_MODEL));
+            chosen.extend(view.into_iter().map(|entry| entry.node));
+        }
+        // Not everyone on the same four.
+        assert!(chosen.len() > 3 * PEERS_PER_MODEL, "{}", chosen.len());
+    }
+
+    #[test]
+    fn load_changes_wait_and_other_peers_go_at_once() {
+        let sent = vec![entry("a", "m", 10), entry("b", "m", 20)];
+        let second = Duration::from_secs(1);
+        assert_eq!(resend(None, &sent, second), Resend::Now);
+        assert_eq!(resend(Some(&sent), &sent, second), Resend::Nothing);
+        let loads_moved = vec![entry("a", "m", 30), busy(entry("b", "m", 20), 2)];
+        assert_eq!(
+            resend(Some(&sent), &loads_moved, second),
+            Resend::After(LOAD_RESEND_AFTER - second)
+        );
+        assert_eq!(
+            resend(Some(&sent), &loads_moved, LOAD_RESEND_AFTER),
+            Resend::Now
+        );
+        let other_peer = vec![entry("a", "m", 10), entry("c", "m", 20)];
+        assert_eq!(resend(Some(&sent), &other_peer, second), Resend::Now);
+        let one_left = vec![entry("a", "m", 10)];
+        assert_eq!(resend(Some(&sent), &one_left, second), Resend::Now);
     }
 
     #[test]

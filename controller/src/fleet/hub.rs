@@ -15,11 +15,14 @@
 //!
 //! The routing [`Directory`] (which ready node serves which model, and where
 //! peers reach it) is rebuilt from the hub once per flusher tick, never per
-//! heartbeat, and published through one shared `watch` that every stream
-//! selects on: publishing is O(1), a stream that lags skips to the latest.
-//! Each node's advertised inference URLs come from its hello and live only
-//! in memory (a reconnect re-sends them), so with several controller
-//! replicas each replica's directory lists the nodes streaming to it.
+//! heartbeat, cut to each model's least busy nodes (`domain::pool`), and
+//! published through one shared `watch` that every stream selects on:
+//! publishing is O(1), a stream that lags skips to the latest, and each
+//! stream sends its agent its own small view of it (`domain::view_for`).
+//! Each node's advertised inference URLs come from its hello and live in
+//! memory (a reconnect re-sends them); replicas exchange their nodes'
+//! entries through the store (`Store::exchange_routes`), so a directory
+//! spans the replicas.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
@@ -79,7 +82,9 @@ pub struct Endpoints {
     pub grpc_url: String,
 }
 
-/// Which ready nodes serve which model, sorted by model then node.
+/// Which ready nodes serve which model, at most
+/// [`POOL_PER_MODEL`](crate::domain::POOL_PER_MODEL) per model (the least
+/// busy), sorted by model then node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directory {
     pub entries: Vec<DirectoryEntry>,
@@ -269,7 +274,10 @@ impl SyncHub {
             {
                 *remote = (Vec::new(), None);
             }
-            crate::domain::merge_routes(local, &remote.0)
+            crate::domain::pool(
+                crate::domain::merge_routes(local, &remote.0),
+                crate::domain::POOL_PER_MODEL,
+            )
         };
         let fresh = Directory { entries };
         self.directory.send_if_modified(|current| {

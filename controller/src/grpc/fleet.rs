@@ -25,8 +25,9 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, NODE_CREDENTIAL_TTL, Role, bearer_token};
 use crate::domain::{
-    AssignmentPhase, DesiredState, Digest, GpuHealth, HealthSample, InferenceHealth, Labels,
-    NewNode, NodeGpu, NodeInventory, NodeName, NodeStatus, ObservedState, PromptPolicy,
+    AssignmentPhase, DesiredState, Digest, DirectoryEntry, GpuHealth, HealthSample,
+    InferenceHealth, Labels, NewNode, NodeGpu, NodeInventory, NodeName, NodeStatus, ObservedState,
+    PEERS_PER_MODEL, PromptPolicy, Resend, resend, view_for,
 };
 use crate::error::ApiError;
 use crate::fleet::{Directory, Endpoints, Fleet, PushedState, Session};
@@ -279,6 +280,7 @@ impl pb::fleet_server::Fleet for FleetService {
             fleet: self.fleet.clone(),
             session,
             directory: hub.subscribe_directory(),
+            view: SentView::default(),
             inbound,
             outbound,
             credential_renew_at: renew_time(principal.expires_at),
@@ -294,12 +296,24 @@ fn renew_time(expires_at: OffsetDateTime) -> OffsetDateTime {
     expires_at - NODE_CREDENTIAL_TTL / 2
 }
 
+/// The routing view last sent to an agent (`domain::view_for`), and a
+/// deferred one whose loads alone changed (`domain::resend`).
+#[derive(Default)]
+struct SentView {
+    entries: Option<Vec<DirectoryEntry>>,
+    sent_at: Option<tokio::time::Instant>,
+    /// When to look again at a view held back for its loads.
+    deferred_until: Option<tokio::time::Instant>,
+}
+
 /// One open `Sync` stream.
 struct StreamTask {
     fleet: Fleet,
     session: Session,
     /// The hub's shared routing directory (starts marked changed).
     directory: tokio::sync::watch::Receiver<Arc<Directory>>,
+    /// This agent's view of it, as last sent.
+    view: SentView,
     inbound: tonic::Streaming<pb::AgentMessage>,
     outbound: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
     credential_renew_at: OffsetDateTime,
@@ -339,11 +353,12 @@ impl StreamTask {
                 changed = self.directory.changed() => {
                     if changed.is_ok() {
                         let directory = self.directory.borrow_and_update().clone();
-                        self.send(pb::controller_message::Body::Directory(directory_to_wire(
-                            &directory,
-                        )))
-                        .await?;
+                        self.send_view(&directory).await?;
                     }
+                }
+                () = deferred(self.view.deferred_until) => {
+                    let directory = self.directory.borrow().clone();
+                    self.send_view(&directory).await?;
                 }
                 message = self.inbound.message() => {
                     match message {
@@ -394,6 +409,35 @@ impl StreamTask {
                 "hello is only valid as the first message of a stream",
             )),
             None => Err(Status::invalid_argument("empty agent message")),
+        }
+    }
+
+    /// Sends the agent its view of `directory` when it differs from the
+    /// last one sent, or defers it when only loads moved.
+    async fn send_view(&mut self, directory: &Directory) -> Result<(), Status> {
+        let view = view_for(&self.session.node, &directory.entries, PEERS_PER_MODEL);
+        let since = self.view.sent_at.map_or(Duration::MAX, |at| at.elapsed());
+        match resend(self.view.entries.as_deref(), &view, since) {
+            Resend::Nothing => {
+                self.view.deferred_until = None;
+                Ok(())
+            }
+            Resend::After(wait) => {
+                self.view.deferred_until = Some(tokio::time::Instant::now() + wait);
+                Ok(())
+            }
+            Resend::Now => {
+                self.send(pb::controller_message::Body::Directory(directory_to_wire(
+                    &view,
+                )))
+                .await?;
+                self.view = SentView {
+                    entries: Some(view),
+                    sent_at: Some(tokio::time::Instant::now()),
+                    deferred_until: None,
+                };
+                Ok(())
+            }
         }
     }
 
@@ -459,10 +503,17 @@ fn advertised_url(field: &'static str, raw: &str) -> Result<String, ProtocolErro
     Ok(raw.to_owned())
 }
 
-fn directory_to_wire(directory: &Directory) -> pb::Directory {
+/// Completes when `until` passes; never without one.
+async fn deferred(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn directory_to_wire(entries: &[DirectoryEntry]) -> pb::Directory {
     pb::Directory {
-        entries: directory
-            .entries
+        entries: entries
             .iter()
             .map(|entry| pb::DirectoryEntry {
                 model: entry.model.clone(),

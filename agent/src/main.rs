@@ -449,6 +449,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )
     };
     let shutdown = shutdown_on_signal();
+    if let Some(tls) = &server_tls {
+        tokio::spawn(
+            tls.clone()
+                .watch(flotilla_tls::WATCH_EVERY, shutdown.clone()),
+        );
+    }
     tracing::info!(http = %cli.http, grpc = %cli.grpc, tls = server_tls.is_some(), "serving inference (OpenAI and Ollama over HTTP, gRPC)");
     let http = tokio::spawn(serve::serve_http(
         http_listener,

@@ -140,6 +140,12 @@ impl Controller {
             }
         };
         fleet.set_blob_base_url(public_url);
+        if let Some(tls) = &tls {
+            tokio::spawn(
+                tls.clone()
+                    .watch(flotilla_tls::WATCH_EVERY, shutdown.clone()),
+            );
+        }
         let flusher = tokio::spawn(fleet.flusher().run(shutdown.clone()));
         let follower = fleet
             .follower()
@@ -156,24 +162,12 @@ impl Controller {
             let tls = tls.clone();
             let shutdown = shutdown.clone();
             async move {
-                flotilla_tls::serve_router(
-                    http,
-                    router,
-                    tls.as_ref(),
-                    shutdown,
-                    Some(REST_SHUTDOWN_GRACE),
-                )
-                .await
-                .context("REST server failed")
+                flotilla_tls::serve_router(http, router, tls, shutdown, Some(REST_SHUTDOWN_GRACE))
+                    .await
+                    .context("REST server failed")
             }
         };
-        let grpc_server = crate::grpc::serve(
-            grpc,
-            tls.as_ref().map(flotilla_tls::ServerTls::grpc_config),
-            backend,
-            fleet,
-            shutdown.clone(),
-        );
+        let grpc_server = crate::grpc::serve(grpc, tls.clone(), backend, fleet, shutdown.clone());
         let result = tokio::try_join!(
             async {
                 let result = http_server.await;

@@ -1,20 +1,45 @@
 //! TLS for Flotilla's servers (DESIGN.md §8): the controller's REST and gRPC
 //! APIs, and the agent's inference APIs (HTTP and gRPC). One certificate
-//! chain and private key, in PEM, read and checked once at start. Both kinds
-//! of server use rustls with the aws-lc-rs provider, the one reqwest brings.
+//! chain and private key, in PEM. Both kinds of server use rustls with the
+//! aws-lc-rs provider, the one reqwest brings, and the same certificate
+//! resolver.
+//!
+//! The files are read and checked at start, then watched: certificates are
+//! short-lived where a tool such as cert-manager renews them in place (a
+//! Kubernetes Secret volume swaps its files atomically), and a server must
+//! pick up the new pair without a restart. [`ServerTls::watch`] re-reads the
+//! pair when either file changes; new handshakes use it, open connections
+//! keep theirs. A pair that does not load (half written, or a key that does
+//! not fit) is logged and the previous one kept.
+//!
+//! gRPC is served over connections this crate accepts and handshakes
+//! ([`ServerTls::grpc_incoming`]), rather than through tonic's own TLS
+//! configuration, which reads its identity once.
 //!
 //! Its own crate because the controller and the agent serve the same way and
 //! neither depends on the other.
 
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+/// How often [`ServerTls::watch`] looks at the files by default.
+pub const WATCH_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a client may take over its TLS handshake on the gRPC port.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TCP keepalive on accepted gRPC connections, as the plain ones get.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Why a certificate or key cannot be served. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -41,77 +66,231 @@ pub enum TlsError {
     NoProtocol(String),
 }
 
-/// A loaded certificate chain and its key, ready for both kinds of server.
-/// Cheap to clone.
+/// The certificate chain and key a server presents, from two files, and
+/// what they looked like when last read.
+#[derive(Debug)]
+struct CertificateFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// Modification time and length of both files when `current` was read.
+    loaded_from: Mutex<Option<[(SystemTime, u64); 2]>>,
+}
+
+impl CertificateFiles {
+    fn load(cert: &Path, key: &Path, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let stamp = stamps(cert, key);
+        let certified = read_pair(cert, key, &provider)?;
+        Ok(Self {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            provider,
+            current: RwLock::new(Arc::new(certified)),
+            loaded_from: Mutex::new(stamp),
+        })
+    }
+
+    /// Re-reads the pair if either file changed since it was read; `true`
+    /// when a new pair is now served. On an error the old pair stays.
+    fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let stamp = stamps(&self.cert, &self.key);
+        let mut loaded_from = self
+            .loaded_from
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if stamp.is_some() && stamp == *loaded_from {
+            return Ok(false);
+        }
+        let certified = read_pair(&self.cert, &self.key, &self.provider)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(certified);
+        *loaded_from = stamp;
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for CertificateFiles {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+/// Modification time and length of both files (`None` when either cannot be
+/// read: then the next look reloads).
+fn stamps(cert: &Path, key: &Path) -> Option<[(SystemTime, u64); 2]> {
+    let stamp = |path: &Path| {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some((metadata.modified().ok()?, metadata.len()))
+    };
+    Some([stamp(cert)?, stamp(key)?])
+}
+
+/// Reads and checks a pair: a chain of at least one certificate, a key of a
+/// supported kind that belongs to it.
+fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let read = |what: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let cert_pem = read("certificate", cert)?;
+    let key_pem = read("key", key)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::BadCertificate {
+            path: cert.to_path_buf(),
+            reason: error.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.to_path_buf(),
+        });
+    }
+    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| TlsError::NoKey {
+        path: key.to_path_buf(),
+        reason: error.to_string(),
+    })?;
+    CertifiedKey::from_der(chain, private_key, provider).map_err(|error| TlsError::KeyMismatch {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        reason: error.to_string(),
+    })
+}
+
+/// A server's certificate, ready for both kinds of server and kept current
+/// by [`ServerTls::watch`]. Cheap to clone.
 #[derive(Clone)]
 pub struct ServerTls {
-    cert_pem: Arc<Vec<u8>>,
-    key_pem: Arc<Vec<u8>>,
+    files: Arc<CertificateFiles>,
+    /// HTTP/2 and HTTP/1.1, for REST and the OpenAI/Ollama APIs.
     rest: Arc<rustls::ServerConfig>,
+    /// HTTP/2 only, as gRPC requires.
+    grpc: Arc<rustls::ServerConfig>,
 }
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
-        f.debug_struct("ServerTls").finish_non_exhaustive()
+        f.debug_struct("ServerTls")
+            .field("cert", &self.files.cert)
+            .field("key", &self.files.key)
+            .finish_non_exhaustive()
     }
 }
 
 impl ServerTls {
-    /// Reads and checks both files: a chain of at least one certificate, a
-    /// key of a supported kind that belongs to it.
+    /// Reads and checks both files (see [`TlsError`] for what is refused).
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         install_crypto_provider();
-        let read = |what: &'static str, path: &Path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
-                what,
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        let cert_pem = read("certificate", cert)?;
-        let key_pem = read("key", key)?;
-        let chain = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| TlsError::BadCertificate {
-                path: cert.to_path_buf(),
-                reason: error.to_string(),
-            })?;
-        if chain.is_empty() {
-            return Err(TlsError::NoCertificate {
-                path: cert.to_path_buf(),
-            });
-        }
-        let private_key =
-            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| TlsError::NoKey {
-                path: key.to_path_buf(),
-                reason: error.to_string(),
-            })?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut rest = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|error| TlsError::NoProtocol(error.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, private_key)
-            .map_err(|error| TlsError::KeyMismatch {
-                cert: cert.to_path_buf(),
-                key: key.to_path_buf(),
-                reason: error.to_string(),
-            })?;
-        rest.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let files = Arc::new(CertificateFiles::load(cert, key, provider.clone())?);
+        let config = |alpn: &[&[u8]]| -> Result<Arc<rustls::ServerConfig>, TlsError> {
+            let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|error| TlsError::NoProtocol(error.to_string()))?
+                .with_no_client_auth()
+                .with_cert_resolver(files.clone());
+            config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+            Ok(Arc::new(config))
+        };
         Ok(Self {
-            cert_pem: Arc::new(cert_pem),
-            key_pem: Arc::new(key_pem),
-            rest: Arc::new(rest),
+            rest: config(&[b"h2", b"http/1.1"])?,
+            grpc: config(&[b"h2"])?,
+            files,
         })
     }
 
-    /// For a tonic server's `tls_config`.
-    pub fn grpc_config(&self) -> tonic::transport::ServerTlsConfig {
-        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
-            self.cert_pem.as_slice(),
-            self.key_pem.as_slice(),
-        ))
+    /// Re-reads the files if either changed since they were last read;
+    /// `true` when a new pair is now served. On an error the old pair stays.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        self.files.reload_if_changed()
+    }
+
+    /// Looks at the files every `every` until `shutdown`, reloading them
+    /// when they change (see the module docs).
+    pub async fn watch(self, every: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let files = self.files.clone();
+            let reloaded = tokio::task::spawn_blocking(move || files.reload_if_changed()).await;
+            match reloaded {
+                Ok(Ok(true)) => tracing::info!(cert = %self.files.cert.display(),
+                    "TLS certificate changed on disk; new connections use the new one"),
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => tracing::warn!(%error,
+                    "cannot load the changed TLS certificate; still serving the previous one"),
+                Err(error) => tracing::warn!(%error, "TLS certificate check failed"),
+            }
+        }
+    }
+
+    /// The connections of `listener`, TLS handshakes done (each in a task
+    /// of its own, so a slow client holds up nobody), for tonic's
+    /// `serve_with_incoming*`. Failed handshakes are logged and dropped.
+    /// Accepting stops when the stream is dropped.
+    pub fn grpc_incoming(
+        &self,
+        listener: TcpListener,
+    ) -> tokio_stream::wrappers::ReceiverStream<
+        std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>,
+    > {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.grpc.clone());
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = sender.closed() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors, say: back off briefly
+                        // rather than spin.
+                        tracing::warn!(%error, "cannot accept a gRPC connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                // Without TCP_NODELAY a small message (a heartbeat ack)
+                // waits for the peer's delayed ACK behind Nagle's algorithm.
+                let _ = stream.set_nodelay(true);
+                let _ = socket2::SockRef::from(&stream)
+                    .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
+                let acceptor = acceptor.clone();
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = sender.send(Ok(tls)).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed on the gRPC port");
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out on the gRPC port")
+                        }
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(receiver)
     }
 }
 
@@ -121,7 +300,7 @@ impl ServerTls {
 pub async fn serve_router(
     listener: TcpListener,
     router: axum::Router,
-    tls: Option<&ServerTls>,
+    tls: Option<ServerTls>,
     shutdown: CancellationToken,
     grace: Option<Duration>,
 ) -> std::io::Result<()> {
@@ -159,43 +338,4 @@ pub async fn serve_router(
 /// none until one is installed. Installing twice is harmless.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(cert: &[u8], key: &[u8]) -> Result<ServerTls, TlsError> {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let cert_path = dir.path().join("cert.pem");
-        let key_path = dir.path().join("key.pem");
-        std::fs::write(&cert_path, cert).expect("write certificate");
-        std::fs::write(&key_path, key).expect("write key");
-        ServerTls::load(&cert_path, &key_path)
-    }
-
-    #[test]
-    fn unusable_files_are_refused_naming_the_file() {
-        let missing = ServerTls::load(
-            Path::new("/nonexistent/cert.pem"),
-            Path::new("/nonexistent/key.pem"),
-        );
-        let message = missing.expect_err("refused").to_string();
-        assert!(message.contains("/nonexistent/cert.pem"), "{message}");
-
-        let empty = load(b"not a certificate", b"not a key");
-        let message = empty.expect_err("refused").to_string();
-        assert!(
-            message.contains("cert.pem holds no PEM certificate"),
-            "{message}"
-        );
-
-        let certificate = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        let keyless = load(certificate, b"not a key");
-        let message = keyless.expect_err("refused").to_string();
-        assert!(
-            message.contains("key.pem holds no PEM private key"),
-            "{message}"
-        );
-    }
 }

@@ -203,7 +203,7 @@ pub async fn serve_http(
 ) -> std::io::Result<()> {
     let router = http::router(serving, metrics);
     // No grace of its own: the agent's --shutdown-grace bounds the wait.
-    flotilla_tls::serve_router(listener, router, tls.as_ref(), shutdown, None).await
+    flotilla_tls::serve_router(listener, router, tls, shutdown, None).await
 }
 
 /// Serves `flotilla.inference.v1.Inference`, health and reflection on

@@ -6,7 +6,6 @@
 
 mod fleet;
 
-use anyhow::Context;
 use flotilla_proto::controller::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +41,7 @@ impl pb::controller_info_server::ControllerInfo for ControllerInfoService {
 /// Serves gRPC on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<flotilla_tls::ServerTls>,
     backend: StoreBackend,
     fleet: Fleet,
     shutdown: CancellationToken,
@@ -58,13 +57,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .context("invalid TLS configuration for gRPC")?;
-    }
-    builder
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(pb::controller_info_server::ControllerInfoServer::new(
@@ -73,15 +66,29 @@ pub async fn serve(
         .add_service(FleetServer::new(FleetService {
             fleet,
             shutdown: shutdown.clone(),
-        }))
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY a heartbeat ack waits for the agent's
-            // delayed ACK (~40 ms on Linux) behind Nagle's algorithm.
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(std::time::Duration::from_secs(60))),
-            shutdown.cancelled_owned(),
-        )
-        .await?;
+        }));
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(
+                    tls.grpc_incoming(listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await?
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    // Without TCP_NODELAY a heartbeat ack waits for the
+                    // agent's delayed ACK (~40 ms on Linux) behind Nagle's
+                    // algorithm.
+                    TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(std::time::Duration::from_secs(60))),
+                    shutdown.cancelled_owned(),
+                )
+                .await?
+        }
+    }
     Ok(())
 }

@@ -1,18 +1,27 @@
 //! The routing directory's entries: which ready node serves which model,
 //! and where its peers reach it. Each controller replica builds the entries
 //! of the nodes streaming to it; replicas sharing a database exchange them
-//! (`Store::exchange_routes`) so that every agent learns of every peer.
+//! (`Store::exchange_routes`) so that the directory spans the replicas.
 //!
 //! An agent is not sent the whole directory: a fleet where hundreds of
 //! nodes serve a model would otherwise send every agent hundreds of entries
 //! whenever any node's load moved, i.e. O(nodes²) bytes a second. Each agent
-//! gets a [`view_for`] it: per model, the [`PEERS_PER_MODEL`] least busy
-//! peers, from a pool of the [`POOL_PER_MODEL`] least busy ones
-//! ([`pool`]), ties split by a hash of both names so that agents spread over
-//! equally idle peers instead of all picking the same ones. A view that
-//! differs from the last one sent only in loads waits for
-//! [`LOAD_RESEND_AFTER`] ([`resend`]); one with other peers goes at once.
+//! gets a [`view_for`] it: per offering (model, version and aliases: what a
+//! client can ask for), the [`PEERS_PER_MODEL`] least busy peers, from a
+//! pool of the [`POOL_PER_MODEL`] least busy ones ([`pool`]), ties split by
+//! a hash of both names so that agents spread over equally idle peers
+//! instead of all picking the same ones.
+//!
+//! Which peers are least busy changes with every queued request, so a view
+//! is sent at once only when the agent's would mislead it: an offering
+//! appeared or went, or a peer it was sent is gone or moved. Any other
+//! change (other loads, other peers now less busy) waits until
+//! [`LOAD_RESEND_AFTER`] has passed since the last send ([`resend`]).
+//!
+//! Every agent advertises both its HTTP and gRPC URLs, so a peer chosen
+//! for one API serves the other too.
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
@@ -76,13 +85,32 @@ impl DirectoryEntry {
     }
 }
 
-/// `entries` (sorted by model) cut to the `per_model` least busy nodes of
-/// each model; equally busy ones by a hash of the node name, so the cut does
-/// not favour early names. Sorted by model then node.
-pub fn pool(entries: Vec<DirectoryEntry>, per_model: usize) -> Vec<DirectoryEntry> {
-    let mut pooled = Vec::with_capacity(entries.len().min(per_model * 4));
-    for group in entries.chunk_by(|a, b| a.model == b.model) {
-        pooled.extend(least_busy(group.iter(), per_model, |entry| {
+/// What a client can ask a node for: entries with the same offering are
+/// interchangeable.
+type Offering<'a> = (&'a str, &'a str, &'a [String]);
+
+fn offering(entry: &DirectoryEntry) -> Offering<'_> {
+    (&entry.model, &entry.version, &entry.aliases)
+}
+
+/// `entries` grouped by offering, in a stable order.
+fn by_offering<'a>(
+    entries: impl Iterator<Item = &'a DirectoryEntry>,
+) -> BTreeMap<Offering<'a>, Vec<&'a DirectoryEntry>> {
+    let mut groups: BTreeMap<Offering<'a>, Vec<&'a DirectoryEntry>> = BTreeMap::new();
+    for entry in entries {
+        groups.entry(offering(entry)).or_default().push(entry);
+    }
+    groups
+}
+
+/// `entries` cut to the `per_offering` least busy nodes of each offering;
+/// equally busy ones by a hash of the node name, so the cut does not favour
+/// early names. Sorted by model then node.
+pub fn pool(entries: Vec<DirectoryEntry>, per_offering: usize) -> Vec<DirectoryEntry> {
+    let mut pooled = Vec::new();
+    for group in by_offering(entries.iter()).into_values() {
+        pooled.extend(least_busy(group, per_offering, |entry| {
             stable_hash(&[entry.node.as_str()])
         }));
     }
@@ -90,18 +118,19 @@ pub fn pool(entries: Vec<DirectoryEntry>, per_model: usize) -> Vec<DirectoryEntr
     pooled
 }
 
-/// What `viewer` is told: per model of `pooled` (see [`pool`]), up to
-/// `per_model` of the least busy nodes other than `viewer` itself, equally
-/// busy ones picked by a hash of both names. Sorted by model then node.
+/// What `viewer` is told: per offering of `pooled` (see [`pool`]), up to
+/// `per_offering` of the least busy nodes other than `viewer` itself,
+/// equally busy ones picked by a hash of both names. Sorted by model then
+/// node.
 pub fn view_for(
     viewer: &NodeName,
     pooled: &[DirectoryEntry],
-    per_model: usize,
+    per_offering: usize,
 ) -> Vec<DirectoryEntry> {
+    let peers = pooled.iter().filter(|entry| entry.node != *viewer);
     let mut view = Vec::new();
-    for group in pooled.chunk_by(|a, b| a.model == b.model) {
-        let peers = group.iter().filter(|entry| entry.node != *viewer);
-        view.extend(least_busy(peers, per_model, |entry| {
+    for group in by_offering(peers).into_values() {
+        view.extend(least_busy(group, per_offering, |entry| {
             stable_hash(&[viewer.as_str(), entry.node.as_str()])
         }));
     }
@@ -110,12 +139,13 @@ pub fn view_for(
 }
 
 /// The `count` least busy of `entries`, ties by `tie`.
-fn least_busy<'a>(
-    entries: impl Iterator<Item = &'a DirectoryEntry>,
+fn least_busy(
+    entries: Vec<&DirectoryEntry>,
     count: usize,
     tie: impl Fn(&DirectoryEntry) -> u64,
 ) -> impl Iterator<Item = DirectoryEntry> {
     let mut keyed: Vec<((u32, u32), u64, &DirectoryEntry)> = entries
+        .into_iter()
         .map(|entry| (entry.busyness(), tie(entry), entry))
         .collect();
     if keyed.len() > count {
@@ -139,17 +169,19 @@ fn stable_hash(parts: &[&str]) -> u64 {
 pub enum Resend {
     /// Identical to what the agent has: nothing.
     Nothing,
-    /// Other peers (or the first view): send it now.
+    /// The first view, or the agent's would mislead it: send it now.
     Now,
-    /// The same peers with other loads: send it once `LOAD_RESEND_AFTER`
+    /// Only loads or the ranking moved: send it once `LOAD_RESEND_AFTER`
     /// has passed since the last send, this much from now.
     After(Duration),
 }
 
-/// See [`Resend`].
+/// See [`Resend`] and the module docs. `pooled` is the directory `view`
+/// was built from.
 pub fn resend(
     last_sent: Option<&[DirectoryEntry]>,
     view: &[DirectoryEntry],
+    pooled: &[DirectoryEntry],
     since_last_send: Duration,
 ) -> Resend {
     let Some(last_sent) = last_sent else {
@@ -158,9 +190,14 @@ pub fn resend(
     if last_sent == view {
         return Resend::Nothing;
     }
-    let same_peers =
-        last_sent.len() == view.len() && last_sent.iter().zip(view).all(|(a, b)| a.same_peer(b));
-    if !same_peers || since_last_send >= LOAD_RESEND_AFTER {
+    fn offerings(entries: &[DirectoryEntry]) -> std::collections::BTreeSet<Offering<'_>> {
+        entries.iter().map(offering).collect()
+    }
+    let misleading = offerings(last_sent) != offerings(view)
+        || last_sent
+            .iter()
+            .any(|sent| !pooled.iter().any(|entry| entry.same_peer(sent)));
+    if misleading || since_last_send >= LOAD_RESEND_AFTER {
         Resend::Now
     } else {
         Resend::After(LOAD_RESEND_AFTER - since_last_send)
@@ -262,24 +299,67 @@ mod tests {
     }
 
     #[test]
-    fn load_changes_wait_and_other_peers_go_at_once() {
+    fn only_a_misleading_view_goes_at_once_the_rest_waits() {
         let sent = vec![entry("a", "m", 10), entry("b", "m", 20)];
+        let pooled = vec![
+            entry("a", "m", 10),
+            entry("b", "m", 20),
+            entry("c", "m", 90),
+        ];
         let second = Duration::from_secs(1);
-        assert_eq!(resend(None, &sent, second), Resend::Now);
-        assert_eq!(resend(Some(&sent), &sent, second), Resend::Nothing);
+        let wait = Resend::After(LOAD_RESEND_AFTER - second);
+        assert_eq!(resend(None, &sent, &pooled, second), Resend::Now);
+        assert_eq!(resend(Some(&sent), &sent, &pooled, second), Resend::Nothing);
+
+        // Loads moved: waits, then goes.
         let loads_moved = vec![entry("a", "m", 30), busy(entry("b", "m", 20), 2)];
+        let pooled_now = [loads_moved.clone(), vec![entry("c", "m", 90)]].concat();
+        assert_eq!(resend(Some(&sent), &loads_moved, &pooled_now, second), wait);
         assert_eq!(
-            resend(Some(&sent), &loads_moved, second),
-            Resend::After(LOAD_RESEND_AFTER - second)
-        );
-        assert_eq!(
-            resend(Some(&sent), &loads_moved, LOAD_RESEND_AFTER),
+            resend(Some(&sent), &loads_moved, &pooled_now, LOAD_RESEND_AFTER),
             Resend::Now
         );
-        let other_peer = vec![entry("a", "m", 10), entry("c", "m", 20)];
-        assert_eq!(resend(Some(&sent), &other_peer, second), Resend::Now);
-        let one_left = vec![entry("a", "m", 10)];
-        assert_eq!(resend(Some(&sent), &one_left, second), Resend::Now);
+        // c became less busy than b, and b still serves: waits too.
+        let reranked = vec![entry("a", "m", 10), entry("c", "m", 0)];
+        let pooled_now = vec![entry("a", "m", 10), entry("b", "m", 20), entry("c", "m", 0)];
+        assert_eq!(resend(Some(&sent), &reranked, &pooled_now, second), wait);
+
+        // b is gone: at once.
+        let pooled_now = vec![entry("a", "m", 10), entry("c", "m", 90)];
+        let without_b = vec![entry("a", "m", 10), entry("c", "m", 90)];
+        assert_eq!(
+            resend(Some(&sent), &without_b, &pooled_now, second),
+            Resend::Now
+        );
+        // b moved to another address: at once.
+        let mut moved = entry("b", "m", 20);
+        moved.http_url = "http://b-new:11434".to_owned();
+        let pooled_now = vec![entry("a", "m", 10), moved.clone()];
+        let view = vec![entry("a", "m", 10), moved];
+        assert_eq!(resend(Some(&sent), &view, &pooled_now, second), Resend::Now);
+        // A new model: at once.
+        let pooled_now = [pooled.clone(), vec![entry("d", "n", 50)]].concat();
+        let view = [sent.clone(), vec![entry("d", "n", 50)]].concat();
+        assert_eq!(resend(Some(&sent), &view, &pooled_now, second), Resend::Now);
+    }
+
+    #[test]
+    fn offerings_with_other_aliases_or_versions_are_chosen_apart() {
+        let mut aliased = entry("x", "m", 90);
+        aliased.aliases = vec!["chat".to_owned()];
+        let mut newer = entry("y", "m", 90);
+        newer.version = "2.0.0".to_owned();
+        let mut entries = vec![entry("a", "m", 0), entry("b", "m", 0), aliased, newer];
+        entries.sort();
+        let viewer: NodeName = "v".parse().expect("valid");
+        // One peer per offering: the busy aliased and newer nodes are kept,
+        // since no idler node offers what they do.
+        let view = view_for(&viewer, &pool(entries, POOL_PER_MODEL), 1);
+        assert_eq!(view.len(), 3, "{view:?}");
+        assert!(
+            nodes(&view).contains(&"x") && nodes(&view).contains(&"y"),
+            "{view:?}"
+        );
     }
 
     #[test]

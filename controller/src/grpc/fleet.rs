@@ -417,7 +417,12 @@ impl StreamTask {
     async fn send_view(&mut self, directory: &Directory) -> Result<(), Status> {
         let view = view_for(&self.session.node, &directory.entries, PEERS_PER_MODEL);
         let since = self.view.sent_at.map_or(Duration::MAX, |at| at.elapsed());
-        match resend(self.view.entries.as_deref(), &view, since) {
+        match resend(
+            self.view.entries.as_deref(),
+            &view,
+            &directory.entries,
+            since,
+        ) {
             Resend::Nothing => {
                 self.view.deferred_until = None;
                 Ok(())

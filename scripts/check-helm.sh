@@ -36,14 +36,18 @@ refuse() { # refuse NAME WANTED_MESSAGE ARGS...
   grep -qF -- "$wanted" <<<"$output" || { log "FAIL: $name: refused without '$wanted': $output"; exit 1; }
 }
 
-render | expect "controller only" "kind: Deployment"
-render --set tls.existingSecret=controller-tls \
-  | expect "controller TLS" "--tls-cert=/etc/flotilla/tls/tls.crt"
+# Each rendering is kept whole before it is searched: `helm | grep -q`
+# would let grep exit at the first match and helm die of SIGPIPE.
+rendering=$(render)
+expect "controller only" "kind: Deployment" <<<"$rendering"
+rendering=$(render --set tls.existingSecret=controller-tls)
+expect "controller TLS" "--tls-cert=/etc/flotilla/tls/tls.crt" <<<"$rendering"
 
 agents=(--set agent.enabled=true --set agent.apiKeysSecret=keys)
-render "${agents[@]}" | expect "agents" "kind: DaemonSet"
-render "${agents[@]}" | expect "agents advertise http" "--advertise-http=http://\$(POD_IP):11434"
-render "${agents[@]}" | expect "agents' gRPC probe" "grpc: {port: 50052}"
+rendering=$(render "${agents[@]}")
+expect "agents" "kind: DaemonSet" <<<"$rendering"
+expect "agents advertise http" "--advertise-http=http://\$(POD_IP):11434" <<<"$rendering"
+expect "agents' gRPC probe" "grpc: {port: 50052}" <<<"$rendering"
 tls=("${agents[@]}" --set agent.inferenceTlsSecret=inference-tls --set agent.peerCaSecret=peer-ca
   --set agent.controllerCaSecret=controller-ca --set tls.existingSecret=controller-tls)
 rendering=$(render "${tls[@]}")
@@ -55,6 +59,7 @@ for wanted in \
   "--tls-cert=/etc/flotilla/inference-tls/tls.crt" \
   "--tls-key=/etc/flotilla/inference-tls/tls.key" \
   "--peer-ca=/etc/flotilla/peer-ca/ca.crt" \
+  "--peer-tls-name=flotilla-agent" \
   "scheme: HTTPS" \
   "secretName: inference-tls" \
   "secretName: peer-ca"; do
@@ -66,4 +71,6 @@ fi
 
 refuse "agents without API keys" "agent.apiKeysSecret is required" --set agent.enabled=true
 refuse "a bad port" "httpPort" "${agents[@]}" --set agent.httpPort=0
+refuse "a peer name without a private CA" "agent.peerTlsName verifies peers by the private CA alone" \
+  "${agents[@]}" --set agent.inferenceTlsSecret=inference-tls
 log "ok"

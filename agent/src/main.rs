@@ -106,6 +106,11 @@ struct Cli {
     /// system's roots are trusted as well.
     #[arg(long, env = "FLOTILLA_PEER_CA", value_name = "PEM")]
     peer_ca: Option<PathBuf>,
+    /// Verify peers' certificates against this one DNS name, whatever
+    /// address they are reached at (a fleet-wide certificate for peers at
+    /// pod IPs, say), trusting the peer CA alone.
+    #[arg(long, env = "FLOTILLA_PEER_TLS_NAME", value_name = "NAME")]
+    peer_tls_name: Option<String>,
     /// Inference requests per model that may wait for a decoding slot;
     /// beyond them (plus the batch) requests get 429 / RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "N", default_value_t = ServeConfig::default().queue_capacity)]
@@ -310,9 +315,15 @@ fn advertised_url(
     tls: bool,
 ) -> anyhow::Result<String> {
     if let Some(url) = given {
+        let wanted = if tls { "https://" } else { "http://" };
         anyhow::ensure!(
-            url.starts_with("http://") || url.starts_with("https://"),
-            "{flag} {url:?} must be an http:// or https:// URL"
+            url.starts_with(wanted),
+            "{flag} {url:?} must be an {wanted} URL: the listener serves {}",
+            if tls {
+                "TLS (--tls-cert)"
+            } else {
+                "plain text (no --tls-cert)"
+            }
         );
         return Ok(url.trim_end_matches('/').to_owned());
     }
@@ -330,6 +341,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let peer_trust = match &cli.peer_ca {
         Some(path) => CaTrust::load(Some(path))?,
         None => trust.clone(),
+    };
+    let peer_trust = match &cli.peer_tls_name {
+        Some(name) => peer_trust.verifying_as(name)?,
+        None => peer_trust,
     };
     let server_tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => Some(flotilla_tls::ServerTls::load(cert, key)?),
@@ -369,7 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &[("--http", cli.http), ("--grpc", cli.grpc)],
     )
     .map_err(anyhow::Error::msg)?;
-    let serving = Serving::new(ServeConfig {
+    let serve_config = ServeConfig {
         auth: auth.map(std::sync::Arc::new),
         queue_capacity: cli.inference_queue.max(1),
         max_batch: cli.inference_batch.max(1),
@@ -377,7 +392,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         engine_threads: cli.engine_threads,
         peer_trust,
         ..ServeConfig::default()
-    });
+    };
+    // Fails here, at start, rather than on the first forwarded request.
+    serve_config
+        .peer_http_client()
+        .map_err(anyhow::Error::msg)?;
+    let serving = Serving::new(serve_config);
     let controller = cli
         .controller
         .clone()
@@ -567,6 +587,33 @@ mod tests {
         assert!(parse_byte_count("fast").is_err());
         assert!(parse_byte_count("20X").is_err());
         assert!(parse_byte_count("99999999999T").is_err());
+    }
+
+    #[tokio::test]
+    async fn advertised_urls_match_whether_the_listener_serves_tls() -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let bound = listener.local_addr()?;
+        let url = |given: Option<&str>, tls| {
+            advertised_url("--advertise-http", given.map(str::to_owned), &listener, tls)
+        };
+        assert_eq!(url(None, false)?, format!("http://{bound}"));
+        assert_eq!(url(None, true)?, format!("https://{bound}"));
+        assert_eq!(
+            url(Some("https://edge-7.example:11434/"), true)?,
+            "https://edge-7.example:11434"
+        );
+        let plain_to_tls = url(Some("http://edge-7.example:11434"), true).expect_err("refused");
+        assert!(
+            plain_to_tls.to_string().contains("must be an https:// URL"),
+            "{plain_to_tls}"
+        );
+        let tls_to_plain = url(Some("https://edge-7.example:11434"), false).expect_err("refused");
+        assert!(
+            tls_to_plain.to_string().contains("must be an http:// URL"),
+            "{tls_to_plain}"
+        );
+        assert!(url(Some("ftp://edge-7"), false).is_err());
+        Ok(())
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! - Peers that requests are forwarded to, with `--peer-ca` (by default the
 //!   controller's CA: a fleet's private CA usually signs both).
 //!
+//! Peers are usually reached by address (a pod IP, a DHCP lease) that no
+//! certificate can name ahead of time. `--peer-tls-name` verifies peers'
+//! certificates against one fleet-wide name instead, trusting the private
+//! CA alone (never the system's roots, which would accept any certificate
+//! for that name from a public CA): every node then presents a certificate
+//! for that name, signed by the fleet's CA.
+//!
 //! Plain `http://` URLs are used as they are. The agent's own servers are
 //! configured by `flotilla_tls`.
 
@@ -26,6 +33,8 @@ pub enum TrustError {
     NotPem { path: String, reason: String },
     #[error("invalid url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error("--peer-tls-name {name:?}: {reason}")]
+    FixedName { name: String, reason: String },
 }
 
 /// See the module docs. Cheap to clone.
@@ -33,6 +42,59 @@ pub enum TrustError {
 pub struct CaTrust {
     /// The private CA's PEM, when one was given.
     extra_ca_pem: Option<Arc<Vec<u8>>>,
+    /// Servers are verified against this name, not their URL's host.
+    fixed_name: Option<Arc<FixedName>>,
+}
+
+#[derive(Debug)]
+struct FixedName {
+    name: String,
+    /// For reqwest: the private CA's roots, verified against `name`.
+    http: rustls::ClientConfig,
+}
+
+/// Verifies a certificate as `inner` would for `name`, whatever name the
+/// connection was made for.
+#[derive(Debug)]
+struct VerifyAs {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for VerifyAs {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 impl CaTrust {
@@ -63,6 +125,53 @@ impl CaTrust {
         }
         Ok(Self {
             extra_ca_pem: Some(Arc::new(pem)),
+            fixed_name: None,
+        })
+    }
+
+    /// This trust, verifying every server against `name` (a DNS name) and
+    /// trusting the private CA alone; see the module docs.
+    pub fn verifying_as(self, name: &str) -> Result<Self, TrustError> {
+        let refuse = |reason: &str| TrustError::FixedName {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let Some(pem) = &self.extra_ca_pem else {
+            return Err(refuse("needs a private CA (--peer-ca or --controller-ca)"));
+        };
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
+            .map_err(|_| refuse("not a DNS name"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+            let certificate = certificate.map_err(|error| refuse(&error.to_string()))?;
+            roots
+                .add(certificate)
+                .map_err(|error| refuse(&error.to_string()))?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|error| refuse(&error.to_string()))?;
+        let mut http = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| refuse(&error.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(VerifyAs {
+                inner,
+                name: server_name,
+            }))
+            .with_no_client_auth();
+        http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            fixed_name: Some(Arc::new(FixedName {
+                name: name.to_owned(),
+                http,
+            })),
+            ..self
         })
     }
 
@@ -76,7 +185,11 @@ impl CaTrust {
         if !url.starts_with("https://") {
             return Ok(endpoint);
         }
-        let mut tls = ClientTlsConfig::new().with_native_roots();
+        let mut tls = match &self.fixed_name {
+            // The private CA alone (set below), for the fixed name.
+            Some(fixed) => ClientTlsConfig::new().domain_name(fixed.name.clone()),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
         if let Some(pem) = &self.extra_ca_pem {
             tls = tls.ca_certificate(Certificate::from_pem(pem.as_slice()));
         }
@@ -84,8 +197,11 @@ impl CaTrust {
     }
 
     /// `builder` trusting the private CA too (the system's roots it trusts
-    /// already).
+    /// already); with a fixed name, the private CA alone, for that name.
     pub fn http_client(&self, mut builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        if let Some(fixed) = &self.fixed_name {
+            return builder.tls_backend_preconfigured(fixed.http.clone());
+        }
         if let Some(pem) = &self.extra_ca_pem {
             // Parsed once in `load`; cannot fail here.
             for certificate in reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default() {
@@ -93,5 +209,36 @@ impl CaTrust {
             }
         }
         builder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixed_peer_name_needs_a_private_ca_and_a_dns_name() {
+        let refused = CaTrust::system()
+            .verifying_as("flotilla-agent")
+            .expect_err("no private CA");
+        assert!(
+            refused.to_string().contains("needs a private CA"),
+            "{refused}"
+        );
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&ca, params.self_signed(&key).expect("CA").pem()).expect("write");
+        let trust = CaTrust::load(Some(&ca)).expect("a CA");
+        let refused = trust
+            .clone()
+            .verifying_as("not a name!")
+            .expect_err("not a DNS name");
+        assert!(refused.to_string().contains("not a DNS name"), "{refused}");
+        let fixed = trust.verifying_as("flotilla-agent").expect("accepted");
+        assert!(fixed.endpoint("https://10.1.2.3:50052").is_ok());
     }
 }

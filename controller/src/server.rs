@@ -23,8 +23,9 @@ const FIRST_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How often the rollout engine looks at unfinished rollouts (it also
 /// wakes when one changes).
 const ROLLOUT_TICK: Duration = Duration::from_secs(1);
-/// On shutdown, how long open REST connections over TLS may finish (an
-/// upload in flight, say) before they are closed.
+/// On shutdown, how long open REST requests may take to finish (an upload
+/// in flight, say) before the server stops waiting for them, with or
+/// without TLS, so that a stuck client cannot hold up the final flush.
 const REST_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Uploads in `tmp/` older than this at start-up were abandoned by a crash.
 const STALE_UPLOAD_AGE: Duration = Duration::from_secs(3600);

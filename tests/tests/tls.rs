@@ -2,13 +2,14 @@
 //! serves REST and gRPC over TLS; the CLI and an agent that trust the CA
 //! enrol, sync, and download the real SmolLM2 over it, while clients that
 //! do not trust it are refused and say why. The agents serve inference over
-//! TLS too: a second agent, without the model, forwards OpenAI and gRPC
-//! chats to the first over https, trusting it by the same CA.
+//! TLS too, with one fleet-wide certificate that names no address: a second
+//! agent, without the model, forwards OpenAI and gRPC chats to the first
+//! over https at its address, verifying it by that name and the same CA.
 
 use std::time::Duration;
 
 use flotilla_tests::serving::{cli, grpc_chat_tls, node_phase, openai_chat_answers};
-use flotilla_tests::tls::TestTls;
+use flotilla_tests::tls::{AGENT_NAME, TestTls};
 use flotilla_tests::{
     AgentProcess, ControllerProcess, flotilla, run_agent, test_model, wait_until,
 };
@@ -85,8 +86,8 @@ async fn the_fleet_works_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     // One that trusts it enrols and keeps its stream. It serves inference
     // over TLS with a certificate from the same CA.
     let ca = tls.ca.to_string_lossy().into_owned();
-    let cert = tls.cert.to_string_lossy().into_owned();
-    let key = tls.key.to_string_lossy().into_owned();
+    let cert = tls.agent_cert.to_string_lossy().into_owned();
+    let key = tls.agent_key.to_string_lossy().into_owned();
     let start_agent = |dir: &std::path::Path, name: &str| {
         AgentProcess::start(
             dir,
@@ -105,6 +106,8 @@ async fn the_fleet_works_over_tls_with_a_private_ca() -> anyhow::Result<()> {
                 &cert,
                 "--tls-key",
                 &key,
+                "--peer-tls-name",
+                AGENT_NAME,
             ],
         )
     };
@@ -189,8 +192,9 @@ async fn the_fleet_works_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     let (direct, _) = openai_chat_answers(&client, &a_http, MODEL, QUESTION, 16).await?;
     assert!(!direct.trim().is_empty(), "an answer from edge-tls");
 
-    // A second agent without the model forwards to edge-tls over https,
-    // trusting it by the controller's CA (no --peer-ca).
+    // A second agent without the model forwards to edge-tls over https at
+    // 127.0.0.1, which its certificate does not name: it is verified as
+    // AGENT_NAME, by the controller's CA (no --peer-ca).
     let b_dir = tempfile::tempdir()?;
     let agent_b = start_agent(b_dir.path(), "edge-tls-b")?;
     let b_http = https_url(agent_b.http_addr)?;
@@ -226,8 +230,9 @@ async fn the_fleet_works_over_tls_with_a_private_ca() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `https://ADDR` for an agent's listener.
+/// `https://localhost:PORT` for an agent's listener (its certificate names
+/// `localhost`, not the address).
 fn https_url(addr: Option<std::net::SocketAddr>) -> anyhow::Result<String> {
     let addr = addr.ok_or_else(|| anyhow::anyhow!("no listener address"))?;
-    Ok(format!("https://{addr}"))
+    Ok(format!("https://localhost:{}", addr.port()))
 }

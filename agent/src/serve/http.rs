@@ -109,14 +109,12 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
         )
         .fallback(not_found)
         .with_state(HttpState {
-            // Before `serving` moves.
-            client: serving
-                .config
-                .peer_trust
-                .http_client(reqwest::Client::builder())
-                .connect_timeout(crate::routing::PEER_CONNECT_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
+            // Before `serving` moves. The agent checked at start that this
+            // builds (`ServeConfig::peer_http_client`).
+            client: serving.config.peer_http_client().unwrap_or_else(|error| {
+                tracing::error!(%error, "forwarding to peers without --peer-ca");
+                reqwest::Client::new()
+            }),
             serving,
             metrics,
         })

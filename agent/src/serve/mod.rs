@@ -85,6 +85,17 @@ pub struct ServeConfig {
     pub peer_trust: CaTrust,
 }
 
+impl ServeConfig {
+    /// The HTTP client requests are forwarded to peers with.
+    pub fn peer_http_client(&self) -> Result<reqwest::Client, String> {
+        self.peer_trust
+            .http_client(reqwest::Client::builder())
+            .connect_timeout(crate::routing::PEER_CONNECT_TIMEOUT)
+            .build()
+            .map_err(|error| format!("cannot build the HTTP client for peers: {error}"))
+    }
+}
+
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {

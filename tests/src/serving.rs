@@ -144,6 +144,34 @@ pub fn cli(controller: &ControllerProcess, home: &Path, args: &[&str]) -> anyhow
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// Uploads the GGUF at `gguf` as `model` `version` with the CLI; the
+/// artifact it answers (JSON).
+pub fn push_model(
+    controller: &ControllerProcess,
+    home: &Path,
+    gguf: &Path,
+    model: &str,
+    version: &str,
+) -> anyhow::Result<Value> {
+    let gguf = gguf.to_string_lossy();
+    let pushed = cli(
+        controller,
+        home,
+        &[
+            "model",
+            "push",
+            &gguf,
+            "--name",
+            model,
+            "--version",
+            version,
+            "--output",
+            "json",
+        ],
+    )?;
+    Ok(serde_json::from_str(&pushed)?)
+}
+
 /// The observed phase of node `name` per `flotilla node ls`, if it is listed.
 pub fn node_phase(controller: &ControllerProcess, home: &Path, name: &str) -> Option<String> {
     let listed: Value =

@@ -11,7 +11,7 @@ use std::time::Duration;
 use flotilla_proto::inference::v1 as pb;
 use flotilla_tests::serving::{
     assert_unknown_model_not_found, cli, grpc_chat, node_phase, ollama_chat_answers,
-    openai_chat_answers,
+    openai_chat_answers, push_model,
 };
 use flotilla_tests::{
     AgentProcess, ControllerProcess, metric_value, scrape, test_model, wait_until,
@@ -52,22 +52,7 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
     let b_dir = tempfile::tempdir()?;
     let controller =
         ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
-    let model_path = model.to_string_lossy().into_owned();
-    cli(
-        &controller,
-        home.path(),
-        &[
-            "model",
-            "push",
-            &model_path,
-            "--name",
-            MODEL,
-            "--version",
-            "1.0.0",
-            "--output",
-            "json",
-        ],
-    )?;
+    push_model(&controller, home.path(), &model, MODEL, "1.0.0")?;
     let token = cli(
         &controller,
         home.path(),

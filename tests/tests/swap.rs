@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use flotilla_tests::serving::{SERVE_WAIT, ServedModel, cli, node_json, renamed_variant, sse_text};
+use flotilla_tests::serving::{
+    SERVE_WAIT, ServedModel, cli, node_json, push_model, renamed_variant, sse_text,
+};
 use flotilla_tests::{test_model, wait_until};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -78,23 +80,8 @@ async fn a_new_version_takes_over_while_clients_stream_and_no_request_fails() ->
         .ok_or_else(|| anyhow::anyhow!("edge-a reports no serving digest"))?;
     let scratch = tempfile::tempdir()?;
     let variant = renamed_variant(&model, scratch.path())?;
-    let variant = variant.to_string_lossy().into_owned();
     let home = served.home.path();
-    cli(
-        &served.controller,
-        home,
-        &[
-            "model",
-            "push",
-            &variant,
-            "--name",
-            MODEL,
-            "--version",
-            "1.1.0",
-            "--output",
-            "json",
-        ],
-    )?;
+    push_model(&served.controller, home, &variant, MODEL, "1.1.0")?;
 
     // Clients streaming without pause, each recording what answered.
     let client = reqwest::Client::new();

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use flotilla_tests::serving::{cli, grpc_chat_tls, node_phase, openai_chat_answers};
+use flotilla_tests::serving::{cli, grpc_chat_tls, node_phase, openai_chat_answers, push_model};
 use flotilla_tests::tls::{AGENT_NAME, TestTls};
 use flotilla_tests::{
     AgentProcess, ControllerProcess, flotilla, run_agent, test_model, wait_until,
@@ -142,22 +142,7 @@ async fn the_fleet_works_over_tls_with_a_private_ca() -> anyhow::Result<()> {
         eprintln!("SKIP (artifact part): SmolLM2 GGUF not found; run scripts/test.sh");
         return Ok(());
     };
-    let model = model.to_string_lossy().into_owned();
-    cli(
-        &controller,
-        home.path(),
-        &[
-            "model",
-            "push",
-            &model,
-            "--name",
-            MODEL,
-            "--version",
-            "1.0.0",
-            "--output",
-            "json",
-        ],
-    )?;
+    push_model(&controller, home.path(), &model, MODEL, "1.0.0")?;
     cli(
         &controller,
         home.path(),

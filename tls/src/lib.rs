@@ -38,7 +38,7 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(30);
 /// How long a client may take over its TLS handshake on the gRPC port.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// TCP keepalive on accepted gRPC connections, as the plain ones get.
+/// TCP keepalive on accepted gRPC connections.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Why a certificate or key cannot be served. Every variant names the file.
@@ -244,7 +244,7 @@ impl ServerTls {
     /// of its own, so a slow client holds up nobody), for tonic's
     /// `serve_with_incoming*`. Failed handshakes are logged and dropped.
     /// Accepting stops when the stream is dropped.
-    pub fn grpc_incoming(
+    fn grpc_incoming(
         &self,
         listener: TcpListener,
     ) -> tokio_stream::wrappers::ReceiverStream<
@@ -268,8 +268,7 @@ impl ServerTls {
                         continue;
                     }
                 };
-                // Without TCP_NODELAY a small message (a heartbeat ack)
-                // waits for the peer's delayed ACK behind Nagle's algorithm.
+                // As `serve_grpc` sets them for plain connections.
                 let _ = stream.set_nodelay(true);
                 let _ = socket2::SockRef::from(&stream)
                     .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
@@ -291,6 +290,36 @@ impl ServerTls {
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(receiver)
+    }
+}
+
+/// Serves the gRPC `router` on `listener` until `shutdown`, over TLS when
+/// `tls` is given. Connections get TCP_NODELAY (else a small message such
+/// as a heartbeat ack waits for the peer's delayed ACK behind Nagle's
+/// algorithm) and TCP keepalive.
+pub async fn serve_grpc(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(
+                    tls.grpc_incoming(listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await
+        }
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(TCP_KEEPALIVE));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
     }
 }
 

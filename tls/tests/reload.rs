@@ -95,14 +95,12 @@ async fn a_renewed_certificate_is_served_without_a_restart() -> anyhow::Result<(
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let grpc_port = grpc.local_addr()?.port();
     let (_reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming_shutdown(
-                tls.grpc_incoming(grpc),
-                shutdown.clone().cancelled_owned(),
-            ),
-    );
+    tokio::spawn(flotilla_tls::serve_grpc(
+        tonic::transport::Server::builder().add_service(health),
+        grpc,
+        Some(tls.clone()),
+        shutdown.clone(),
+    ));
 
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes())?)

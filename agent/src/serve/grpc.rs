@@ -11,7 +11,6 @@ use futures::{Stream, StreamExt};
 use pb::inference_server::{Inference, InferenceServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::forward::{self, GrpcCall};
@@ -260,23 +259,6 @@ pub(super) async fn serve(
                 }
             },
         ));
-    match tls {
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(
-                    tls.grpc_incoming(listener),
-                    shutdown.cancelled_owned(),
-                )
-                .await?
-        }
-        None => {
-            router
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    shutdown.cancelled_owned(),
-                )
-                .await?
-        }
-    }
+    flotilla_tls::serve_grpc(router, listener, tls, shutdown).await?;
     Ok(())
 }

@@ -9,7 +9,6 @@ mod fleet;
 use flotilla_proto::controller::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::fleet::Fleet;
@@ -67,28 +66,6 @@ pub async fn serve(
             fleet,
             shutdown: shutdown.clone(),
         }));
-    match tls {
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(
-                    tls.grpc_incoming(listener),
-                    shutdown.cancelled_owned(),
-                )
-                .await?
-        }
-        None => {
-            router
-                .serve_with_incoming_shutdown(
-                    // Without TCP_NODELAY a heartbeat ack waits for the
-                    // agent's delayed ACK (~40 ms on Linux) behind Nagle's
-                    // algorithm.
-                    TcpIncoming::from(listener)
-                        .with_nodelay(Some(true))
-                        .with_keepalive(Some(std::time::Duration::from_secs(60))),
-                    shutdown.cancelled_owned(),
-                )
-                .await?
-        }
-    }
+    flotilla_tls::serve_grpc(router, listener, tls, shutdown).await?;
     Ok(())
 }

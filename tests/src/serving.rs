@@ -43,19 +43,7 @@ impl ServedModel {
         let agent_dir = tempfile::tempdir()?;
         let controller =
             ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
-        let gguf = gguf.to_string_lossy().into_owned();
-        let push = [
-            "model",
-            "push",
-            &gguf,
-            "--name",
-            model,
-            "--version",
-            "1.0.0",
-            "--output",
-            "json",
-        ];
-        cli(&controller, home.path(), &push)?;
+        push_model(&controller, home.path(), gguf, model, "1.0.0")?;
         let token = cli(
             &controller,
             home.path(),

@@ -7,8 +7,8 @@
 //! nodes serve a model would otherwise send every agent hundreds of entries
 //! whenever any node's load moved, i.e. O(nodes²) bytes a second. Each agent
 //! gets a [`view_for`] it: per offering (model, version and aliases: what a
-//! client can ask for), the [`PEERS_PER_MODEL`] least busy peers, from a
-//! pool of the [`POOL_PER_MODEL`] least busy ones ([`pool`]), ties split by
+//! client can ask for), the [`PEERS_PER_OFFERING`] least busy peers, from a
+//! pool of the [`POOL_PER_OFFERING`] least busy ones ([`pool`]), ties split by
 //! a hash of both names so that agents spread over equally idle peers
 //! instead of all picking the same ones.
 //!
@@ -27,14 +27,14 @@ use std::time::Duration;
 
 use super::NodeName;
 
-/// Peers per model in an agent's view: enough to fail over past a few
+/// Peers per offering in an agent's view: enough to fail over past a few
 /// unreachable ones, few enough that a view stays small however many nodes
 /// serve the model.
-pub const PEERS_PER_MODEL: usize = 4;
+pub const PEERS_PER_OFFERING: usize = 4;
 
-/// Least busy nodes per model that views are chosen from, so that building
+/// Least busy nodes per offering that views are chosen from, so that building
 /// one view costs O(models × pool), not O(nodes).
-pub const POOL_PER_MODEL: usize = 32;
+pub const POOL_PER_OFFERING: usize = 32;
 
 /// How long a view whose peers are the same as the last one sent, with
 /// other loads, waits before it is sent: loads move all the time, and a
@@ -264,7 +264,7 @@ mod tests {
         ];
         entries.sort();
         let viewer: NodeName = "a4".parse().expect("valid");
-        let view = view_for(&viewer, &pool(entries, POOL_PER_MODEL), 3);
+        let view = view_for(&viewer, &pool(entries, POOL_PER_OFFERING), 3);
         // a4 itself is out; a1's queue makes it the busiest of model a.
         assert_eq!(nodes(&view), ["a3", "a5", "a6", "b1"]);
         // Pooling cuts each model to its least busy nodes.
@@ -283,19 +283,19 @@ mod tests {
             .map(|i| entry(&format!("peer-{i}"), "m", 0))
             .collect();
         entries.sort();
-        let pooled = pool(entries, POOL_PER_MODEL);
-        assert_eq!(pooled.len(), POOL_PER_MODEL);
+        let pooled = pool(entries, POOL_PER_OFFERING);
+        assert_eq!(pooled.len(), POOL_PER_OFFERING);
         let mut chosen = std::collections::HashSet::new();
         for viewer in 0..50 {
             let viewer: NodeName = format!("edge-{viewer}").parse().expect("valid");
-            let view = view_for(&viewer, &pooled, PEERS_PER_MODEL);
-            assert_eq!(view.len(), PEERS_PER_MODEL);
+            let view = view_for(&viewer, &pooled, PEERS_PER_OFFERING);
+            assert_eq!(view.len(), PEERS_PER_OFFERING);
             // The same viewer gets the same view every time.
-            assert_eq!(view, view_for(&viewer, &pooled, PEERS_PER_MODEL));
+            assert_eq!(view, view_for(&viewer, &pooled, PEERS_PER_OFFERING));
             chosen.extend(view.into_iter().map(|entry| entry.node));
         }
         // Not everyone on the same four.
-        assert!(chosen.len() > 3 * PEERS_PER_MODEL, "{}", chosen.len());
+        assert!(chosen.len() > 3 * PEERS_PER_OFFERING, "{}", chosen.len());
     }
 
     #[test]
@@ -354,7 +354,7 @@ mod tests {
         let viewer: NodeName = "v".parse().expect("valid");
         // One peer per offering: the busy aliased and newer nodes are kept,
         // since no idler node offers what they do.
-        let view = view_for(&viewer, &pool(entries, POOL_PER_MODEL), 1);
+        let view = view_for(&viewer, &pool(entries, POOL_PER_OFFERING), 1);
         assert_eq!(view.len(), 3, "{view:?}");
         assert!(
             nodes(&view).contains(&"x") && nodes(&view).contains(&"y"),

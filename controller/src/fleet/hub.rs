@@ -15,7 +15,7 @@
 //!
 //! The routing [`Directory`] (which ready node serves which model, and where
 //! peers reach it) is rebuilt from the hub once per flusher tick, never per
-//! heartbeat, cut to each model's least busy nodes (`domain::pool`), and
+//! heartbeat, cut to each offering's least busy nodes (`domain::pool`), and
 //! published through one shared `watch` that every stream selects on:
 //! publishing is O(1), a stream that lags skips to the latest, and each
 //! stream sends its agent its own small view of it (`domain::view_for`).
@@ -83,7 +83,7 @@ pub struct Endpoints {
 }
 
 /// Which ready nodes serve which model, at most
-/// [`POOL_PER_MODEL`](crate::domain::POOL_PER_MODEL) per model (the least
+/// [`POOL_PER_OFFERING`](crate::domain::POOL_PER_OFFERING) per offering (the least
 /// busy), sorted by model then node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directory {
@@ -276,7 +276,7 @@ impl SyncHub {
             }
             crate::domain::pool(
                 crate::domain::merge_routes(local, &remote.0),
-                crate::domain::POOL_PER_MODEL,
+                crate::domain::POOL_PER_OFFERING,
             )
         };
         let fresh = Directory { entries };

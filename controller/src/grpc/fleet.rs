@@ -27,7 +27,7 @@ use crate::auth::{AuthError, NODE_CREDENTIAL_TTL, Role, bearer_token};
 use crate::domain::{
     AssignmentPhase, DesiredState, Digest, DirectoryEntry, GpuHealth, HealthSample,
     InferenceHealth, Labels, NewNode, NodeGpu, NodeInventory, NodeName, NodeStatus, ObservedState,
-    PEERS_PER_MODEL, PromptPolicy, Resend, resend, view_for,
+    PEERS_PER_OFFERING, PromptPolicy, Resend, resend, view_for,
 };
 use crate::error::ApiError;
 use crate::fleet::{Directory, Endpoints, Fleet, PushedState, Session};
@@ -415,7 +415,7 @@ impl StreamTask {
     /// Sends the agent its view of `directory` when it differs from the
     /// last one sent, or defers it when only loads moved.
     async fn send_view(&mut self, directory: &Directory) -> Result<(), Status> {
-        let view = view_for(&self.session.node, &directory.entries, PEERS_PER_MODEL);
+        let view = view_for(&self.session.node, &directory.entries, PEERS_PER_OFFERING);
         let since = self.view.sent_at.map_or(Duration::MAX, |at| at.elapsed());
         match resend(
             self.view.entries.as_deref(),

@@ -8,7 +8,9 @@
 //! and keep their credentials in memory only. Failure is injectable: nodes
 //! named in [`SimulationConfig::failing_nodes`] report FAILED for every
 //! assignment, and those in [`SimulationConfig::erroring_nodes`] report
-//! that 30 of the 100 requests their model answered failed.
+//! that 30 of the 100 requests their model answered failed. With
+//! [`SimulationConfig::advertise`] the nodes advertise inference URLs, so
+//! the controller routes between them (the URLs are never dialled).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -32,8 +34,8 @@ use crate::reconcile::{
     ReconcilerConfig,
 };
 use crate::sync::{
-    FleetTelemetry, LatencySummary, NodeReporter, NodeTelemetry, ReceivedGeneration, SyncAgent,
-    SyncConfig,
+    AdvertisedUrls, FleetTelemetry, LatencySummary, NodeReporter, NodeTelemetry,
+    ReceivedGeneration, SyncAgent, SyncConfig,
 };
 use crate::tls::CaTrust;
 
@@ -55,6 +57,10 @@ pub struct SimulationConfig {
     /// RAM of named nodes, in bytes (others have 16 GiB); a quarter of it
     /// reads as used in their health samples. Rollouts size artifacts by it.
     pub node_memory_bytes: HashMap<String, u64>,
+    /// Whether nodes advertise inference URLs (`http://<name>.sim.invalid`,
+    /// never dialled), so that the ones serving a model enter the routing
+    /// directory and every node is sent its view of it.
+    pub advertise: bool,
     /// Simulated agents per HTTP/2 connection.
     pub agents_per_channel: usize,
     /// Enrolments in flight at once.
@@ -77,6 +83,7 @@ impl SimulationConfig {
             failing_nodes: HashSet::new(),
             erroring_nodes: HashSet::new(),
             node_memory_bytes: HashMap::new(),
+            advertise: false,
             agents_per_channel: 50,
             enrol_concurrency: 64,
             backoff: BackoffPolicy::default(),
@@ -195,8 +202,17 @@ impl Simulation {
                 reporter
             };
             let telemetry = Arc::new(NodeTelemetry::default());
+            let advertised = if config.advertise {
+                AdvertisedUrls {
+                    http: format!("http://{name}.sim.invalid:11434"),
+                    grpc: format!("http://{name}.sim.invalid:50052"),
+                }
+            } else {
+                AdvertisedUrls::default()
+            };
             let sync = SyncConfig {
                 backoff: config.backoff,
+                advertised,
                 fleet_telemetry: fleet.clone(),
                 node_telemetry: telemetry.clone(),
                 ..SyncConfig::new(

@@ -35,6 +35,7 @@ use std::time::Duration;
 use flotilla_proto::fleet::v1 as pb;
 use flotilla_proto::fleet::v1::fleet_client::FleetClient;
 use futures::future::BoxFuture;
+use prost::Message as _;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -49,7 +50,9 @@ use crate::health::{HealthProbe, HealthSample, Inventory};
 use crate::reconcile::{DEFAULT_HEARTBEAT_INTERVAL, DesiredState, ObservedState, ReconcilerLink};
 use crate::routing::{Peer, Routes};
 use crate::serve::stats::InferenceStats;
-pub use telemetry::{FleetTelemetry, LatencySummary, NodeTelemetry, ReceivedGeneration};
+pub use telemetry::{
+    DirectoryTraffic, FleetTelemetry, LatencySummary, NodeTelemetry, ReceivedGeneration,
+};
 
 /// Heartbeats whose ack has not come back, per stream; older ones are
 /// forgotten (their ack counts as lost).
@@ -488,6 +491,9 @@ impl SyncAgent {
                 false
             }
             Some(pb::controller_message::Body::Directory(directory)) => {
+                self.config
+                    .fleet_telemetry
+                    .record_directory(directory.entries.len(), directory.encoded_len());
                 let peers: Vec<Peer> = directory
                     .entries
                     .into_iter()

@@ -26,6 +26,9 @@ pub struct FleetTelemetry {
     hellos: AtomicU64,
     connected_streams: AtomicU64,
     ack_latencies: Mutex<LatencyReservoir>,
+    directories: AtomicU64,
+    directory_entries: AtomicU64,
+    directory_bytes: AtomicU64,
     /// Woken whenever some agent receives a newer desired generation.
     pub(crate) desired_received: Notify,
 }
@@ -59,6 +62,25 @@ impl FleetTelemetry {
             .record(latency, rand::rng().random());
     }
 
+    /// Routing directories received so far, summed over every agent: how
+    /// much directory traffic the controller's per-agent views cost.
+    pub fn directories_received(&self) -> DirectoryTraffic {
+        DirectoryTraffic {
+            messages: self.directories.load(Ordering::Relaxed),
+            entries: self.directory_entries.load(Ordering::Relaxed),
+            encoded_bytes: self.directory_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn record_directory(&self, entries: usize, encoded_bytes: usize) {
+        metrics::counter!("flotilla_agent_sync_directories_total").increment(1);
+        self.directories.fetch_add(1, Ordering::Relaxed);
+        self.directory_entries
+            .fetch_add(entries as u64, Ordering::Relaxed);
+        self.directory_bytes
+            .fetch_add(encoded_bytes as u64, Ordering::Relaxed);
+    }
+
     /// Counts a stream as connected until the guard drops.
     pub(crate) fn stream_opened(&self) -> ConnectedStream<'_> {
         self.hellos.fetch_add(1, Ordering::Relaxed);
@@ -75,6 +97,26 @@ impl Drop for ConnectedStream<'_> {
     fn drop(&mut self) {
         self.0.connected_streams.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("flotilla_agent_sync_streams_connected").decrement(1.0);
+    }
+}
+
+/// Directory messages, their entries and their protobuf size, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectoryTraffic {
+    pub messages: u64,
+    pub entries: u64,
+    pub encoded_bytes: u64,
+}
+
+impl std::ops::Sub for DirectoryTraffic {
+    type Output = DirectoryTraffic;
+
+    fn sub(self, earlier: DirectoryTraffic) -> DirectoryTraffic {
+        DirectoryTraffic {
+            messages: self.messages.saturating_sub(earlier.messages),
+            entries: self.entries.saturating_sub(earlier.entries),
+            encoded_bytes: self.encoded_bytes.saturating_sub(earlier.encoded_bytes),
+        }
     }
 }
 

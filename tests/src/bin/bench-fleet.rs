@@ -9,7 +9,11 @@
 //! - heartbeat ack latency in steady state (every agent at the interval);
 //! - controller CPU (cores, from /proc over the steady window) and RSS;
 //! - resync: from restarting a SIGKILLed controller on the same ports to
-//!   every agent holding its desired state again.
+//!   every agent holding its desired state again;
+//! - with `--advertise`, routing directory traffic: the agents advertise
+//!   inference URLs, so every node serving the model is in the directory
+//!   and each agent is sent its own view of it; counted while the
+//!   assignments fan out and settle, and over the steady window.
 //!
 //! Run with `cargo run --release -p flotilla-tests --bin bench-fleet --
 //! --agents 10000` after `cargo build --release --bins` (it starts the
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flotilla_agent::simulate::{Simulation, SimulationConfig};
+use flotilla_agent::sync::DirectoryTraffic;
 use flotilla_controller::testing::TestDatabase;
 use flotilla_gguf::GgufBuilder;
 use flotilla_tests::ControllerProcess;
@@ -29,6 +34,7 @@ struct Args {
     agents: usize,
     heartbeat_ms: u64,
     steady_seconds: u64,
+    advertise: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -36,9 +42,14 @@ fn parse_args() -> anyhow::Result<Args> {
         agents: 10_000,
         heartbeat_ms: 1000,
         steady_seconds: 30,
+        advertise: false,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
+        if flag == "--advertise" {
+            args.advertise = true;
+            continue;
+        }
         let value = iter
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
@@ -47,7 +58,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--heartbeat-ms" => args.heartbeat_ms = value.parse()?,
             "--steady-seconds" => args.steady_seconds = value.parse()?,
             other => anyhow::bail!(
-                "unknown flag {other}; use --agents N --heartbeat-ms MS --steady-seconds S"
+                "unknown flag {other}; use --agents N --heartbeat-ms MS --steady-seconds S [--advertise]"
             ),
         }
     }
@@ -146,6 +157,17 @@ async fn assign(
     Ok((generation, started, answered))
 }
 
+fn directory_json(traffic: DirectoryTraffic, agents: usize) -> serde_json::Value {
+    let per_message = |total: u64| total as f64 / traffic.messages.max(1) as f64;
+    json!({
+        "messages": traffic.messages,
+        "messages_per_agent": traffic.messages as f64 / agents.max(1) as f64,
+        "entries_per_message": per_message(traffic.entries),
+        "bytes_per_message": per_message(traffic.encoded_bytes),
+        "total_bytes": traffic.encoded_bytes,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
@@ -180,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
         args.agents,
     );
     config.labels = HashMap::from([("bench".to_owned(), "yes".to_owned())]);
+    config.advertise = args.advertise;
     let simulation = Simulation::start(config).await?;
     let enrol_seconds = enrol_started.elapsed().as_secs_f64();
     let deadline = || tokio::time::Instant::now() + Duration::from_secs(120);
@@ -191,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Fan-out of one assignment that changes every node, three times.
+    let directories_before_fanout = simulation.telemetry().directories_received();
     let mut fanout_from_request = Vec::new();
     let mut fanout_from_commit = Vec::new();
     let mut fanout_all = Vec::new();
@@ -222,7 +246,29 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    // Directory views follow nodes becoming ready (and loads, at most every
+    // 5 s): wait until none has arrived for 3 s before the steady window.
+    let settle_started = Instant::now();
+    let mut quiet_since = (
+        Instant::now(),
+        simulation.telemetry().directories_received(),
+    );
+    while quiet_since.0.elapsed() < Duration::from_secs(3) {
+        anyhow::ensure!(
+            settle_started.elapsed() < Duration::from_secs(120),
+            "directory traffic did not settle within 120s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = simulation.telemetry().directories_received();
+        if now != quiet_since.1 {
+            quiet_since = (Instant::now(), now);
+        }
+    }
+    let fanout_directories = quiet_since.1 - directories_before_fanout;
+    let settle_seconds = quiet_since.0.duration_since(settle_started).as_secs_f64();
+
     // Steady state: heartbeats only.
+    let steady_directories_before = simulation.telemetry().directories_received();
     let pid = controller.process.id();
     let _ = simulation.take_ack_latencies();
     let cpu_before = cpu_seconds(pid)?;
@@ -236,6 +282,8 @@ async fn main() -> anyhow::Result<()> {
     let simulator_cpu_cores =
         (cpu_seconds(std::process::id())? - simulator_cpu_before) / steady_wall;
     let acks = simulation.take_ack_latencies();
+    let steady_directories =
+        simulation.telemetry().directories_received() - steady_directories_before;
     let (rss_mib, peak_rss_mib) = flotilla_tests::memory_mib(pid)?;
     eprintln!(
         "steady: {} acks, p50 {:?} p99 {:?}; controller {cpu_cores:.3} cores, RSS {rss_mib:.0} MiB; simulator {simulator_cpu_cores:.3} cores",
@@ -298,6 +346,12 @@ async fn main() -> anyhow::Result<()> {
         "controller_peak_rss_mib": peak_rss_mib,
         "resync_seconds": resync_seconds,
         "resync_reconnects": reconnects,
+        "advertise": args.advertise,
+        "directory": {
+            "fanout_rounds": directory_json(fanout_directories, args.agents),
+            "settled_seconds_after_last_round": settle_seconds,
+            "steady": directory_json(steady_directories, args.agents),
+        },
     });
     println!("{summary}");
     simulation.shutdown().await;

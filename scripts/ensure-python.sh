@@ -24,6 +24,12 @@ if ! .venv/bin/python -c 'import openai, ollama, grpc_tools' 2>/dev/null; then
   log "installing openai, ollama, grpcio-tools"
   .venv/bin/pip install --quiet --disable-pip-version-check 'openai>=1.40' 'ollama>=0.4' 'grpcio-tools>=1.60'
 fi
+# gguf-py (llama.cpp's Python package for the format): an independent dequantizer the
+# engine's weight kernels are tested against (engine/tests/kernel_dequantize.rs).
+if ! .venv/bin/python -c 'import gguf.quants' 2>/dev/null; then
+  log "installing gguf"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'gguf>=0.17'
+fi
 if [ "${FLOTILLA_SKIP_LLAMA_CPP:-0}" != 1 ] && ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
   log "installing llama-cpp-python (builds llama.cpp from source; takes a while)"
   # AMX off: GCC 12 at -O3 drops the stores that fill the AMX tile config

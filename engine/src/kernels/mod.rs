@@ -1,24 +1,40 @@
 //! Quantized matrix-vector kernels: the hot path of decoding.
 //!
-//! Weights stay in their GGUF block formats (Q8_0, Q4_0, Q4_1; F32/F16/BF16 for small
-//! tensors) and are never dequantized wholesale. Activations are quantized to 8-bit blocks
-//! the way llama.cpp's CPU backend does (`quantize_row_q8_1`), so each weight row is consumed
-//! with integer block dot products; this both halves memory traffic against an f32 path and
-//! keeps our logits numerically close to llama.cpp's, which the greedy-decoding reference
-//! test relies on. An AVX2+FMA implementation is chosen at runtime with
+//! Weights stay in their GGUF block formats and are never dequantized wholesale: the
+//! 32-element formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), the 256-element "K-quant" super-blocks
+//! (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), and F32/F16/BF16 for small tensors. A mixed file such as a
+//! "Q4_K_M" picks a format per tensor, so every matrix carries its own [`WeightFormat`].
+//!
+//! Activations are quantized the way llama.cpp's CPU backend does, per weight format: to
+//! 32-element 8-bit blocks with an f16 scale ([`ActivationBlock`], ggml's `block_q8_0` /
+//! `block_q8_1`) for the 32-element formats, and to 256-element blocks with an f32 scale and
+//! 16-element sums ([`SuperBlock`], ggml's `block_q8_K`) for K-quants. Each weight row is then
+//! consumed with integer block dot products; this both cuts memory traffic against an f32
+//! path and keeps our logits numerically close to llama.cpp's, which the greedy-decoding
+//! reference tests rely on. AVX2+FMA implementations are chosen at runtime with
 //! `is_x86_feature_detected!`; the scalar implementation is the portable fallback and the
 //! reference the SIMD code is tested against.
 
+mod dequantize;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_kquants;
 
-use half::{bf16, f16};
+use half::f16;
 
-/// Elements per quantization block of every supported block format.
+pub use dequantize::dequantize_row;
+
+/// Elements per quantization block of the 32-element block formats (and of
+/// [`ActivationBlock`]).
 pub const BLOCK: usize = 32;
 
+/// Elements per K-quant super-block (ggml's `QK_K`) and per [`SuperBlock`].
+pub const SUPER_BLOCK: usize = 256;
+
 /// The storage format of a weight matrix row.
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
     F32,
@@ -27,26 +43,104 @@ pub enum WeightFormat {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+}
+
+/// Which quantized form of the activations a weight format is dotted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationKind {
+    /// Plain f32 values (F32, F16, BF16 weights).
+    Float,
+    /// 32-element [`ActivationBlock`]s (ggml's q8_0 / q8_1).
+    Blocks,
+    /// 256-element [`SuperBlock`]s (ggml's q8_K).
+    SuperBlocks,
 }
 
 impl WeightFormat {
-    /// Bytes used by a row of `columns` elements.
-    pub fn row_bytes(self, columns: usize) -> usize {
+    /// Every format, in a fixed order (tests iterate over it).
+    pub const ALL: [WeightFormat; 13] = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::BF16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
+        WeightFormat::Q2_K,
+        WeightFormat::Q3_K,
+        WeightFormat::Q4_K,
+        WeightFormat::Q5_K,
+        WeightFormat::Q6_K,
+    ];
+
+    /// Elements per block: 1 for plain formats, 32 or 256 for quantized ones.
+    pub fn block_elements(self) -> usize {
         match self {
-            WeightFormat::F32 => columns * 4,
-            WeightFormat::F16 | WeightFormat::BF16 => columns * 2,
-            WeightFormat::Q8_0 => columns / BLOCK * 34,
-            WeightFormat::Q4_0 => columns / BLOCK * 18,
-            WeightFormat::Q4_1 => columns / BLOCK * 20,
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => 1,
+            WeightFormat::Q8_0
+            | WeightFormat::Q4_0
+            | WeightFormat::Q4_1
+            | WeightFormat::Q5_0
+            | WeightFormat::Q5_1 => BLOCK,
+            WeightFormat::Q2_K
+            | WeightFormat::Q3_K
+            | WeightFormat::Q4_K
+            | WeightFormat::Q5_K
+            | WeightFormat::Q6_K => SUPER_BLOCK,
         }
+    }
+
+    /// Bytes per block (ggml's `type_size`).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::F16 | WeightFormat::BF16 => 2,
+            WeightFormat::Q8_0 => 34,
+            WeightFormat::Q4_0 => 18,
+            WeightFormat::Q4_1 => 20,
+            WeightFormat::Q5_0 => 22,
+            WeightFormat::Q5_1 => 24,
+            WeightFormat::Q2_K => 84,
+            WeightFormat::Q3_K => 110,
+            WeightFormat::Q4_K => 144,
+            WeightFormat::Q5_K => 176,
+            WeightFormat::Q6_K => 210,
+        }
+    }
+
+    /// Bytes used by a row of `columns` elements (a whole number of blocks).
+    pub fn row_bytes(self, columns: usize) -> usize {
+        columns / self.block_elements() * self.block_bytes()
     }
 
     /// Whether rows are consumed through quantized activations.
     pub fn is_block_quantized(self) -> bool {
-        matches!(
-            self,
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1
-        )
+        self.activation_kind() != ActivationKind::Float
+    }
+
+    /// The activation form this format's dot products take (llama.cpp's `vec_dot_type`).
+    pub fn activation_kind(self) -> ActivationKind {
+        match self {
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => ActivationKind::Float,
+            WeightFormat::Q8_0
+            | WeightFormat::Q4_0
+            | WeightFormat::Q4_1
+            | WeightFormat::Q5_0
+            | WeightFormat::Q5_1 => ActivationKind::Blocks,
+            WeightFormat::Q2_K
+            | WeightFormat::Q3_K
+            | WeightFormat::Q4_K
+            | WeightFormat::Q5_K
+            | WeightFormat::Q6_K => ActivationKind::SuperBlocks,
+        }
     }
 }
 
@@ -92,6 +186,58 @@ fn round_ties_even_small(value: f32) -> f32 {
     (value + SHIFT) - SHIFT
 }
 
+/// One block of 256 8-bit quantized activations (llama.cpp's `block_q8_K`): `value ≈ d * q`
+/// with an f32 `d`, and the sum of each 16 consecutive `q` (the K-quants' offset terms).
+#[derive(Debug, Clone, Copy)]
+pub struct SuperBlock {
+    pub d: f32,
+    pub qs: [i8; SUPER_BLOCK],
+    pub bsums: [i16; SUPER_BLOCK / 16],
+}
+
+/// Quantizes one activation vector (length a multiple of 256) into super-blocks, exactly as
+/// ggml's `quantize_row_q8_K_ref` does (which its x86 build uses): the scale comes from the
+/// first element of largest magnitude, *with its sign*, so `d` may be negative.
+pub fn quantize_super_blocks(input: &[f32], output: &mut Vec<SuperBlock>) {
+    output.clear();
+    for chunk in input.chunks_exact(SUPER_BLOCK) {
+        let mut max = 0.0f32;
+        let mut max_abs = 0.0f32;
+        for &value in chunk {
+            if value.abs() > max_abs {
+                max_abs = value.abs();
+                max = value;
+            }
+        }
+        let mut block = SuperBlock {
+            d: 0.0,
+            qs: [0; SUPER_BLOCK],
+            bsums: [0; SUPER_BLOCK / 16],
+        };
+        if max_abs != 0.0 {
+            let inverse_scale = -127.0 / max;
+            for (quantized, &value) in block.qs.iter_mut().zip(chunk) {
+                // |value · inverse_scale| <= 127 by construction; ggml clamps the top anyway.
+                *quantized = round_ties_even_small(inverse_scale * value).min(127.0) as i8;
+            }
+            for (sum, group) in block.bsums.iter_mut().zip(block.qs.chunks_exact(16)) {
+                *sum = group.iter().map(|&q| i16::from(q)).sum();
+            }
+            block.d = 1.0 / inverse_scale;
+        }
+        output.push(block);
+    }
+}
+
+/// One token's activations in every form a weight format may need; a form that the weight
+/// format does not use may be empty.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenActivations<'a> {
+    pub values: &'a [f32],
+    pub blocks: &'a [ActivationBlock],
+    pub super_blocks: &'a [SuperBlock],
+}
+
 /// Which implementation the dot products use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelImpl {
@@ -115,47 +261,54 @@ impl KernelImpl {
         KernelImpl::Scalar
     }
 
-    /// Dot product of one weight row with an activation vector.
+    /// Dot product of one weight row with one token's activations.
     ///
-    /// `row` must hold `format.row_bytes(input.len())` bytes and `blocks` the quantized
-    /// form of `input` (only used for block formats).
-    pub fn row_dot(
-        self,
-        format: WeightFormat,
-        row: &[u8],
-        input: &[f32],
-        blocks: &[ActivationBlock],
-    ) -> f32 {
-        debug_assert_eq!(row.len(), format.row_bytes(input.len()));
-        match format {
-            WeightFormat::F32 => scalar::dot_f32(row, input),
-            WeightFormat::F16 => scalar::dot_f16(row, input),
-            WeightFormat::BF16 => scalar::dot_bf16(row, input),
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => match self {
-                KernelImpl::Scalar => scalar::dot_blocks(format, row, blocks),
+    /// `row` must hold `format.row_bytes(input.values.len())` bytes, and `input` the form of
+    /// the activations that `format.activation_kind()` names, with at least as many blocks
+    /// as the row.
+    pub fn row_dot(self, format: WeightFormat, row: &[u8], input: TokenActivations<'_>) -> f32 {
+        match format.activation_kind() {
+            ActivationKind::Float => match format {
+                WeightFormat::F32 => scalar::dot_f32(row, input.values),
+                WeightFormat::F16 => scalar::dot_f16(row, input.values),
+                _ => scalar::dot_bf16(row, input.values),
+            },
+            ActivationKind::Blocks => match self {
+                KernelImpl::Scalar => scalar::dot_blocks(format, row, input.blocks),
                 #[cfg(target_arch = "x86_64")]
-                KernelImpl::Avx2 => x86::dot_blocks(format, row, blocks),
+                KernelImpl::Avx2 => x86::dot_blocks(format, row, input.blocks),
+            },
+            ActivationKind::SuperBlocks => match self {
+                KernelImpl::Scalar => scalar::dot_super_blocks(format, row, input.super_blocks),
+                #[cfg(target_arch = "x86_64")]
+                KernelImpl::Avx2 => x86_kquants::dot_super_blocks(format, row, input.super_blocks),
             },
         }
     }
-}
 
-impl KernelImpl {
     /// Dot products of one weight row with four tokens' activations at once (the weight
-    /// row is decoded once); equal to four [`KernelImpl::row_dot`] calls.
+    /// row is decoded once where a kernel supports it); equal to four
+    /// [`KernelImpl::row_dot`] calls, bit for bit.
     pub fn row_dot_x4(
         self,
         format: WeightFormat,
         row: &[u8],
-        inputs: [&[f32]; 4],
-        blocks: [&[ActivationBlock]; 4],
+        inputs: [TokenActivations<'_>; 4],
     ) -> [f32; 4] {
         match self {
             #[cfg(target_arch = "x86_64")]
-            KernelImpl::Avx2 if format.is_block_quantized() => {
-                x86::dot_blocks_x4(format, row, blocks)
+            KernelImpl::Avx2 if format.activation_kind() == ActivationKind::Blocks => {
+                x86::dot_blocks_x4(format, row, inputs.map(|input| input.blocks))
             }
-            _ => [0, 1, 2, 3].map(|token| self.row_dot(format, row, inputs[token], blocks[token])),
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx2 if format.activation_kind() == ActivationKind::SuperBlocks => {
+                x86_kquants::dot_super_blocks_x4(
+                    format,
+                    row,
+                    inputs.map(|input| input.super_blocks),
+                )
+            }
+            _ => inputs.map(|input| self.row_dot(format, row, input)),
         }
     }
 
@@ -180,54 +333,6 @@ impl KernelImpl {
             }
             #[cfg(target_arch = "x86_64")]
             KernelImpl::Avx2 => x86::add_scaled_f16(output, weight, value),
-        }
-    }
-}
-
-/// Dequantizes one row into `output` (used for embedding lookups and tests).
-pub fn dequantize_row(format: WeightFormat, row: &[u8], output: &mut [f32]) {
-    match format {
-        WeightFormat::F32 => {
-            for (value, bytes) in output.iter_mut().zip(row.chunks_exact(4)) {
-                *value = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            }
-        }
-        WeightFormat::F16 => {
-            for (value, bytes) in output.iter_mut().zip(row.chunks_exact(2)) {
-                *value = f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
-            }
-        }
-        WeightFormat::BF16 => {
-            for (value, bytes) in output.iter_mut().zip(row.chunks_exact(2)) {
-                *value = bf16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
-            }
-        }
-        WeightFormat::Q8_0 => {
-            for (values, block) in output.chunks_exact_mut(BLOCK).zip(row.chunks_exact(34)) {
-                let d = read_f16(block, 0);
-                for (value, &quantized) in values.iter_mut().zip(&block[2..]) {
-                    *value = d * f32::from(quantized as i8);
-                }
-            }
-        }
-        WeightFormat::Q4_0 => {
-            for (values, block) in output.chunks_exact_mut(BLOCK).zip(row.chunks_exact(18)) {
-                let d = read_f16(block, 0);
-                for (index, &byte) in block[2..].iter().enumerate() {
-                    values[index] = d * (f32::from(byte & 0x0F) - 8.0);
-                    values[index + 16] = d * (f32::from(byte >> 4) - 8.0);
-                }
-            }
-        }
-        WeightFormat::Q4_1 => {
-            for (values, block) in output.chunks_exact_mut(BLOCK).zip(row.chunks_exact(20)) {
-                let d = read_f16(block, 0);
-                let m = read_f16(block, 2);
-                for (index, &byte) in block[4..].iter().enumerate() {
-                    values[index] = d * f32::from(byte & 0x0F) + m;
-                    values[index + 16] = d * f32::from(byte >> 4) + m;
-                }
-            }
         }
     }
 }

@@ -5,8 +5,35 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// Byte offsets of the f16 scale fields in one block of each quantized format; random
+/// bytes elsewhere are valid quants, but a random f16 may be NaN or huge.
+fn scale_offsets(format: WeightFormat) -> &'static [usize] {
+    match format {
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q5_0 => &[0],
+        WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4_K | WeightFormat::Q5_K => {
+            &[0, 2]
+        }
+        WeightFormat::Q2_K => &[80, 82],
+        WeightFormat::Q3_K => &[108],
+        WeightFormat::Q6_K => &[208],
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => &[],
+    }
+}
+
+const QUANTIZED: [WeightFormat; 10] = [
+    WeightFormat::Q8_0,
+    WeightFormat::Q4_0,
+    WeightFormat::Q4_1,
+    WeightFormat::Q5_0,
+    WeightFormat::Q5_1,
+    WeightFormat::Q2_K,
+    WeightFormat::Q3_K,
+    WeightFormat::Q4_K,
+    WeightFormat::Q5_K,
+    WeightFormat::Q6_K,
+];
+
 fn random_row(format: WeightFormat, columns: usize, seed: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::new();
     let mut state = 0x9E37_79B9u32;
     let mut next = |index: usize| {
         state = state
@@ -14,64 +41,106 @@ fn random_row(format: WeightFormat, columns: usize, seed: &[u8]) -> Vec<u8> {
             .wrapping_add(1_013_904_223 ^ u32::from(seed[index % seed.len()]));
         (state >> 13) as u8
     };
-    let scale = |value: f32| f16::from_f32(value).to_le_bytes();
-    for block in 0..columns / BLOCK {
-        match format {
-            WeightFormat::Q8_0 => {
-                bytes.extend_from_slice(&scale(0.01 + block as f32 * 0.001));
-                bytes.extend((0..32).map(&mut next));
-            }
-            WeightFormat::Q4_0 => {
-                bytes.extend_from_slice(&scale(0.02));
-                bytes.extend((0..16).map(&mut next));
-            }
-            WeightFormat::Q4_1 => {
-                bytes.extend_from_slice(&scale(0.03));
-                bytes.extend_from_slice(&scale(-0.2));
-                bytes.extend((0..16).map(&mut next));
-            }
-            _ => unreachable!("block formats only"),
+    let mut bytes: Vec<u8> = (0..format.row_bytes(columns)).map(&mut next).collect();
+    for (block_index, block) in bytes.chunks_exact_mut(format.block_bytes()).enumerate() {
+        for (field, &offset) in scale_offsets(format).iter().enumerate() {
+            // Small scales of either sign, like real files' (K-quant minimums are positive
+            // but the format allows any f16).
+            let magnitude = 0.002 + f32::from(next(block_index + field)) * 1e-4;
+            let sign = if next(field) % 4 == 0 { -1.0 } else { 1.0 };
+            block[offset..offset + 2]
+                .copy_from_slice(&f16::from_f32(sign * magnitude).to_le_bytes());
         }
     }
     bytes
 }
 
+fn quantized_forms(input: &[f32]) -> (Vec<ActivationBlock>, Vec<SuperBlock>) {
+    let mut blocks = Vec::new();
+    quantize_activations(input, &mut blocks);
+    let mut super_blocks = Vec::new();
+    quantize_super_blocks(input, &mut super_blocks);
+    (blocks, super_blocks)
+}
+
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn simd_matches_scalar_and_float_reference(
         seed in proptest::collection::vec(any::<u8>(), 1..64),
-        input in proptest::collection::vec(-4.0f32..4.0, 128),
-        format_index in 0usize..3,
+        input in proptest::collection::vec(-4.0f32..4.0, 512),
+        format_index in 0usize..QUANTIZED.len(),
     ) {
-        let format = [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1][format_index];
+        let format = QUANTIZED[format_index];
         let row = random_row(format, input.len(), &seed);
-        let mut blocks = Vec::new();
-        quantize_activations(&input, &mut blocks);
-        let scalar = KernelImpl::Scalar.row_dot(format, &row, &input, &blocks);
-        let detected = KernelImpl::detect().row_dot(format, &row, &input, &blocks);
-        prop_assert!((scalar - detected).abs() <= 1e-3 * (1.0 + scalar.abs()), "{scalar} vs {detected}");
+        let (blocks, super_blocks) = quantized_forms(&input);
+        let activations = TokenActivations { values: &input, blocks: &blocks, super_blocks: &super_blocks };
+        let scalar = KernelImpl::Scalar.row_dot(format, &row, activations);
+        let detected = KernelImpl::detect().row_dot(format, &row, activations);
+        // Integer block sums are exact in both; only the float summation order differs.
+        prop_assert!((scalar - detected).abs() <= 1e-4 * (1.0 + scalar.abs()), "{format:?}: {scalar} vs {detected}");
 
-        let others: Vec<Vec<ActivationBlock>> = (1..4)
+        let others: Vec<(Vec<f32>, Vec<ActivationBlock>, Vec<SuperBlock>)> = (1..4)
             .map(|shift| {
                 let shifted: Vec<f32> = input.iter().map(|x| x * shift as f32 - 0.5).collect();
-                let mut blocks = Vec::new();
-                quantize_activations(&shifted, &mut blocks);
-                blocks
+                let (blocks, super_blocks) = quantized_forms(&shifted);
+                (shifted, blocks, super_blocks)
             })
             .collect();
-        let all = [&blocks[..], &others[0][..], &others[1][..], &others[2][..]];
-        let four = KernelImpl::detect().row_dot_x4(format, &row, [&input[..]; 4], all);
-        for (token, value) in four.iter().enumerate() {
-            let single = KernelImpl::detect().row_dot(format, &row, &input, all[token]);
-            prop_assert_eq!(value.to_bits(), single.to_bits(), "token {} differs", token);
+        let token = |index: usize| match index {
+            0 => activations,
+            _ => {
+                let (values, blocks, super_blocks) = &others[index - 1];
+                TokenActivations { values, blocks, super_blocks }
+            }
+        };
+        let four = KernelImpl::detect().row_dot_x4(format, &row, [token(0), token(1), token(2), token(3)]);
+        for (index, value) in four.iter().enumerate() {
+            let single = KernelImpl::detect().row_dot(format, &row, token(index));
+            prop_assert_eq!(value.to_bits(), single.to_bits(), "{:?} token {} differs", format, index);
         }
 
+        // Against f32 maths on the dequantized row: the only approximation is the 8-bit
+        // activations, off by at most half a step (amax/254 per activation block) per
+        // element, plus f16 rounding of the q8 scale and offset (2^-11 relative).
         let mut weights = vec![0.0f32; input.len()];
         dequantize_row(format, &row, &mut weights);
         let exact: f32 = weights.iter().zip(&input).map(|(w, x)| w * x).sum();
         let magnitude: f32 = weights.iter().zip(&input).map(|(w, x)| (w * x).abs()).sum();
-        prop_assert!((exact - scalar).abs() <= 0.02 * magnitude + 1e-3, "{exact} vs {scalar}");
+        let block = if format.activation_kind() == ActivationKind::SuperBlocks { SUPER_BLOCK } else { BLOCK };
+        let rounding: f32 = weights
+            .chunks_exact(block)
+            .zip(input.chunks_exact(block))
+            .map(|(w, x)| {
+                let amax = x.iter().fold(0.0f32, |max, v| max.max(v.abs()));
+                w.iter().map(|w| w.abs()).sum::<f32>() * amax / 254.0
+            })
+            .sum();
+        let tolerance = 1.01 * rounding + 2e-3 * magnitude + 1e-5;
+        prop_assert!((exact - scalar).abs() <= tolerance, "{format:?}: {exact} vs {scalar} (tolerance {tolerance})");
     }
+}
+
+#[test]
+fn super_block_quantization_follows_ggml() {
+    // The scale comes from the signed extreme: a negative extreme gives a positive
+    // inverse scale and vice versa, and the extreme itself maps to -127.
+    let mut input = vec![0.25f32; 256];
+    input[7] = -2.0;
+    input[100] = 1.0;
+    let mut blocks = Vec::new();
+    quantize_super_blocks(&input, &mut blocks);
+    let block = &blocks[0];
+    assert_eq!(block.qs[7], -127);
+    assert_eq!(block.d, 1.0 / (-127.0 / -2.0));
+    assert_eq!(block.qs[100], 64); // 63.5 rounds to even
+    assert_eq!(block.bsums[0], i16::from(block.qs[7]) + 15 * 16);
+    assert_eq!(
+        block.bsums.iter().map(|&sum| i32::from(sum)).sum::<i32>(),
+        block.qs.iter().map(|&q| i32::from(q)).sum::<i32>()
+    );
+    quantize_super_blocks(&[0.0; 256], &mut blocks);
+    assert!(blocks[0].d == 0.0 && blocks[0].qs == [0; 256]);
 }
 
 #[test]

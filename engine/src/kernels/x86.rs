@@ -20,14 +20,14 @@ pub(super) fn dot_blocks(format: WeightFormat, row: &[u8], blocks: &[ActivationB
             WeightFormat::Q8_0 => dot_q8_0(row, blocks),
             WeightFormat::Q4_0 => dot_q4_0(row, blocks),
             WeightFormat::Q4_1 => dot_q4_1(row, blocks),
-            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {
-                unreachable!("plain formats are not block quantized")
-            }
+            WeightFormat::Q5_0 => dot_q5_0(row, blocks),
+            WeightFormat::Q5_1 => dot_q5_1(row, blocks),
+            _ => unreachable!("{format:?} is not a 32-element block format"),
         }
     }
 }
 
-fn assert_supported() {
+pub(super) fn assert_supported() {
     assert!(
         std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
@@ -56,6 +56,7 @@ pub(super) fn dot_blocks_x4(
         match format {
             WeightFormat::Q4_1 => dot_q4_1_x4(row, blocks),
             WeightFormat::Q8_0 => dot_q8_0_x4(row, blocks),
+            WeightFormat::Q5_0 => dot_q5_0_x4(row, blocks),
             _ => [0, 1, 2, 3].map(|token| dot_blocks(format, row, blocks[token])),
         }
     }
@@ -180,7 +181,7 @@ fn add_scaled_f16_avx2(output: &mut [f32], weight: f32, value: &[f16]) {
 /// scale costs more than the block's integer dot product).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn read_f16(bytes: &[u8], at: usize) -> f32 {
+pub(super) fn read_f16(bytes: &[u8], at: usize) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
         u16::from_le_bytes([bytes[at], bytes[at + 1]]),
     ))))
@@ -221,7 +222,7 @@ fn load_activations(block: &ActivationBlock) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn horizontal_sum(vector: __m256) -> f32 {
+pub(super) fn horizontal_sum(vector: __m256) -> f32 {
     let folded = _mm_add_ps(
         _mm256_castps256_ps128(vector),
         _mm256_extractf128_ps(vector, 1),
@@ -269,6 +270,86 @@ fn dot_q4_1(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
         offsets += m * activation.s;
         let weights = unpack_nibbles(&block[4..20]);
         // Nibbles are unsigned already, so maddubs takes them directly.
+        let pairs = _mm256_maddubs_epi16(weights, load_activations(activation));
+        let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+        accumulator = _mm256_fmadd_ps(_mm256_set1_ps(d * activation.d), products, accumulator);
+    }
+    horizontal_sum(accumulator) + offsets
+}
+
+/// Expands the 32 high bits of a Q5 block into 32 bytes: 0xFF where bit `i` is set
+/// (ggml's `bytes_from_bits_32`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bytes_from_bits(qh: &[u8]) -> __m256i {
+    let bits = i32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let shuffle = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits), shuffle);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+/// Q5_0 quants as signed bytes `q − 16`: a clear fifth bit means the value is below 16,
+/// so OR-ing 0xF0 into the nibble yields its two's-complement `nibble − 16`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_weights(block: &[u8]) -> __m256i {
+    let nibbles = unpack_nibbles(&block[6..22]);
+    let high = _mm256_andnot_si256(
+        bytes_from_bits(&block[2..6]),
+        _mm256_set1_epi8(0xF0u8 as i8),
+    );
+    _mm256_or_si256(nibbles, high)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_0(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
+    let mut accumulator = _mm256_setzero_ps();
+    for (block, activation) in row.chunks_exact(22).zip(blocks) {
+        let scale = _mm256_set1_ps(read_f16(block, 0) * activation.d);
+        let products = signed_dot(q5_0_weights(block), load_activations(activation));
+        accumulator = _mm256_fmadd_ps(scale, products, accumulator);
+    }
+    horizontal_sum(accumulator)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_0_x4(row: &[u8], blocks: [&[ActivationBlock]; 4]) -> [f32; 4] {
+    let mut accumulators = [_mm256_setzero_ps(); 4];
+    for (index, block) in row.chunks_exact(22).enumerate() {
+        let d = read_f16(block, 0);
+        let weights = q5_0_weights(block);
+        let absolute = _mm256_sign_epi8(weights, weights);
+        for token in 0..4 {
+            let activation = &blocks[token][index];
+            let scale = _mm256_set1_ps(d * activation.d);
+            // The same operations as `signed_dot`, with the weight magnitudes shared.
+            let signed = _mm256_sign_epi8(load_activations(activation), weights);
+            let pairs = _mm256_maddubs_epi16(absolute, signed);
+            let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+            accumulators[token] = _mm256_fmadd_ps(scale, products, accumulators[token]);
+        }
+    }
+    accumulators.map(|accumulator| horizontal_sum(accumulator))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_1(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
+    let mut accumulator = _mm256_setzero_ps();
+    let mut offsets = 0.0f32;
+    let ones = _mm256_set1_epi16(1);
+    for (block, activation) in row.chunks_exact(24).zip(blocks) {
+        let d = read_f16(block, 0);
+        let m = read_f16(block, 2);
+        offsets += m * activation.s;
+        let high = _mm256_and_si256(bytes_from_bits(&block[4..8]), _mm256_set1_epi8(0x10));
+        let weights = _mm256_or_si256(unpack_nibbles(&block[8..24]), high);
+        // Quants are unsigned (0..31), so maddubs takes them directly.
         let pairs = _mm256_maddubs_epi16(weights, load_activations(activation));
         let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
         accumulator = _mm256_fmadd_ps(_mm256_set1_ps(d * activation.d), products, accumulator);

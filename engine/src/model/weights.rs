@@ -1,5 +1,11 @@
 //! Weight matrices that stay in their GGUF encoding inside the memory-mapped file, and the
 //! batched, multi-threaded matrix multiplication over them.
+//!
+//! Each matrix keeps the format its tensor has in the file, so a mixed file (a "Q4_K_M"
+//! holds Q4_K, Q5_0, Q6_K and Q8_0 tensors side by side) runs every tensor through its own
+//! kernel. The caller hands [`matmul`] f32 activations and their 32-element 8-bit blocks;
+//! K-quant matrices need 256-element q8_K blocks instead, which [`matmul`] makes from the
+//! f32 values into its scratch (a pass over the input, small next to the matrix).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -8,7 +14,10 @@ use flotilla_gguf::{GgmlType, GgufFile};
 use rayon::prelude::*;
 
 use crate::EngineError;
-use crate::kernels::{ActivationBlock, BLOCK, KernelImpl, WeightFormat, dequantize_row};
+use crate::kernels::{
+    ActivationBlock, ActivationKind, KernelImpl, SUPER_BLOCK, SuperBlock, TokenActivations,
+    WeightFormat, dequantize_row, quantize_super_blocks,
+};
 
 /// A 2-D weight (`rows` outputs × `columns` inputs) borrowed from the mapped model file.
 #[derive(Debug, Clone)]
@@ -28,6 +37,13 @@ fn weight_format(ggml_type: GgmlType) -> Option<WeightFormat> {
         GgmlType::Q8_0 => WeightFormat::Q8_0,
         GgmlType::Q4_0 => WeightFormat::Q4_0,
         GgmlType::Q4_1 => WeightFormat::Q4_1,
+        GgmlType::Q5_0 => WeightFormat::Q5_0,
+        GgmlType::Q5_1 => WeightFormat::Q5_1,
+        GgmlType::Q2_K => WeightFormat::Q2_K,
+        GgmlType::Q3_K => WeightFormat::Q3_K,
+        GgmlType::Q4_K => WeightFormat::Q4_K,
+        GgmlType::Q5_K => WeightFormat::Q5_K,
+        GgmlType::Q6_K => WeightFormat::Q6_K,
         _ => return None,
     })
 }
@@ -46,7 +62,7 @@ impl Matrix {
             .ok_or_else(|| EngineError::Missing(format!("tensor {name}")))?;
         let format = weight_format(tensor.ggml_type).ok_or_else(|| {
             EngineError::Unsupported(format!(
-                "tensor {name} has type {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+                "tensor {name} has type {} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
                 tensor.ggml_type
             ))
         })?;
@@ -58,9 +74,11 @@ impl Matrix {
                 tensor.dims
             )));
         }
-        if format.is_block_quantized() && !columns.is_multiple_of(BLOCK) {
+        let block = format.block_elements();
+        if !columns.is_multiple_of(block) {
             return Err(EngineError::InvalidModel(format!(
-                "tensor {name} rows of {columns} are not whole {BLOCK}-element blocks"
+                "tensor {name} ({}) rows of {columns} are not whole {block}-element blocks",
+                tensor.ggml_type
             )));
         }
         let range = file.tensor_range(tensor)?;
@@ -117,10 +135,13 @@ impl Activations<'_> {
     }
 }
 
-/// Scratch for [`matmul`]: the row-major (`rows × tokens`) result before transposition.
+/// Scratch for [`matmul`]: the row-major (`rows × tokens`) result before transposition,
+/// and the q8_K form of the input for K-quant weights.
 #[derive(Default)]
 pub struct MatmulScratch {
     transposed: Vec<f32>,
+    super_blocks: Vec<SuperBlock>,
+    token_super_blocks: Vec<SuperBlock>,
 }
 
 /// `output[t][r] = Σ_c weights[r][c] · input[t][c]` for every token `t`.
@@ -137,7 +158,19 @@ pub fn matmul(
     let tokens = input.token_count();
     debug_assert_eq!(input.columns, weights.columns);
     debug_assert_eq!(output.len(), tokens * weights.rows);
-    let blocks_per_token = input.columns / BLOCK;
+    let kind = weights.format.activation_kind();
+    let blocks_per_token = input.columns / crate::kernels::BLOCK;
+    let super_blocks_per_token = input.columns / SUPER_BLOCK;
+    scratch.super_blocks.clear();
+    if kind == ActivationKind::SuperBlocks {
+        for values in input.values.chunks_exact(input.columns) {
+            quantize_super_blocks(values, &mut scratch.token_super_blocks);
+            scratch
+                .super_blocks
+                .extend_from_slice(&scratch.token_super_blocks);
+        }
+    }
+    let super_blocks = &scratch.super_blocks;
     scratch.transposed.resize(weights.rows * tokens, 0.0);
     let rows_per_task = (weights.rows / (rayon::current_num_threads() * 8)).clamp(16, 256);
     scratch
@@ -146,14 +179,21 @@ pub fn matmul(
         .enumerate()
         .for_each(|(task, chunk)| {
             let first_row = task * rows_per_task;
-            let values =
-                |token: usize| &input.values[token * input.columns..(token + 1) * input.columns];
-            let blocks = |token: usize| -> &[ActivationBlock] {
-                if weights.format.is_block_quantized() {
-                    &input.blocks[token * blocks_per_token..(token + 1) * blocks_per_token]
-                } else {
-                    &[]
-                }
+            let token = |token: usize| TokenActivations {
+                values: &input.values[token * input.columns..(token + 1) * input.columns],
+                blocks: match kind {
+                    ActivationKind::Blocks => {
+                        &input.blocks[token * blocks_per_token..(token + 1) * blocks_per_token]
+                    }
+                    _ => &[],
+                },
+                super_blocks: match kind {
+                    ActivationKind::SuperBlocks => {
+                        &super_blocks
+                            [token * super_blocks_per_token..(token + 1) * super_blocks_per_token]
+                    }
+                    _ => &[],
+                },
             };
             for (offset, row_output) in chunk.chunks_exact_mut(tokens).enumerate() {
                 let row = weights.row(first_row + offset);
@@ -164,22 +204,16 @@ pub fn matmul(
                         weights.format,
                         row,
                         [
-                            values(first),
-                            values(first + 1),
-                            values(first + 2),
-                            values(first + 3),
-                        ],
-                        [
-                            blocks(first),
-                            blocks(first + 1),
-                            blocks(first + 2),
-                            blocks(first + 3),
+                            token(first),
+                            token(first + 1),
+                            token(first + 2),
+                            token(first + 3),
                         ],
                     );
                     row_output[first..first + 4].copy_from_slice(&results);
                 }
-                for (token, value) in row_output.iter_mut().enumerate().skip(grouped) {
-                    *value = kernel.row_dot(weights.format, row, values(token), blocks(token));
+                for (index, value) in row_output.iter_mut().enumerate().skip(grouped) {
+                    *value = kernel.row_dot(weights.format, row, token(index));
                 }
             }
         });

@@ -22,6 +22,16 @@ fi
 bash scripts/ensure-python.sh
 export FLOTILLA_PYTHON="$PWD/.venv/bin/python"
 
+# Engine architectures and tokenizers (issue 14): llama.cpp's tokenizer vectors
+# and Gemma 3 / Qwen2.5 re-quantized to Q8_0 by llama.cpp, cached under models/.
+if [ -f ../shared/fetch-models.sh ]; then
+  bash ../shared/fetch-models.sh models gemma-3-270m-Q4_K_M qwen2.5-coder-0.5b-instruct-awq-Q4_K_M >&2
+fi
+FLOTILLA_TOKENIZER_VECTORS=$(bash scripts/fetch-tokenizer-vectors.sh)
+export FLOTILLA_TOKENIZER_VECTORS
+FLOTILLA_ARCH_MODELS=$(bash scripts/prepare-arch-models.sh)
+export FLOTILLA_ARCH_MODELS
+
 # End-to-end tests run the real binaries; build them first.
 cargo build --workspace --bins
 cargo test --workspace "$@"

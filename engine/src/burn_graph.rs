@@ -64,7 +64,7 @@ impl BurnLlama {
                 "partial rotary embeddings in the burn graph".into(),
             ));
         }
-        let weights = model.weights();
+        let weights = model.weights()?;
         let layers = weights
             .layers
             .iter()

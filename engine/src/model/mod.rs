@@ -1,15 +1,18 @@
-//! The Llama-family decoder (llama.cpp's `LLM_ARCH_LLAMA` graph): token embedding,
-//! `block_count` × (RMSNorm → attention with RoPE and grouped-query heads → residual →
-//! RMSNorm → SwiGLU MLP → residual), final RMSNorm, tied or separate output head.
+//! The decoder (llama.cpp's `LLM_ARCH_LLAMA` graph and its relatives Qwen2, Gemma 3 and
+//! Phi-3): token embedding, `block_count` × (RMSNorm → attention with RoPE and grouped-query
+//! heads → residual → RMSNorm → gated MLP → residual), final RMSNorm, tied or separate
+//! output head. What differs between families is data in [`LlamaConfig`] (rope style,
+//! activation, scales, sliding window) and optional per-layer tensors (biases, q/k norms,
+//! post-norms, fused projections), so there is one forward pass, not one per family.
 //!
-//! llama.cpp's converter permutes the Q and K weights so that the "normal" RoPE style
-//! (rotating adjacent element pairs) applies; we therefore rotate pairs `(2i, 2i+1)`.
 //! Weights stay quantized in the mapped file; activations, norms and attention run in
 //! f32, with the KV cache in f16. Several sequences are batched through one forward pass
 //! so every weight row is read once per step, not once per sequence.
 
 mod config;
 mod kv_cache;
+mod layer;
+mod ops;
 mod weights;
 
 use std::sync::Arc;
@@ -18,25 +21,15 @@ use flotilla_gguf::GgufFile;
 use half::f16;
 use rayon::prelude::*;
 
-pub use config::LlamaConfig;
+pub use config::{Activation, Family, LlamaConfig, RopeStyle};
 pub use kv_cache::KvCache;
 pub use weights::Matrix;
 
 use crate::EngineError;
 use crate::kernels::{ActivationBlock, KernelImpl, quantize_activations};
+use layer::{GateUpProjection, Layer, QkvProjection, with_architecture};
+use ops::{Rope, add_bias, add_in_place, gated_activation, rms_norm, rms_norm_in_place, soft_cap};
 use weights::{Activations, MatmulScratch, matmul};
-
-struct Layer {
-    attention_norm: Vec<f32>,
-    query: Matrix,
-    key: Matrix,
-    value: Matrix,
-    attention_output: Matrix,
-    ffn_norm: Vec<f32>,
-    gate: Matrix,
-    up: Matrix,
-    down: Matrix,
-}
 
 /// A loaded model: configuration plus weights borrowed from the mapped file.
 pub struct LlamaModel {
@@ -82,43 +75,49 @@ pub struct SequenceInput<'a> {
 }
 
 impl LlamaModel {
-    /// Builds the model from an opened GGUF file.
+    /// Builds the model from an opened GGUF file, or says why this engine cannot serve it
+    /// (architecture, missing tensor or unsupported type named).
     pub fn load(file: Arc<GgufFile>) -> Result<LlamaModel, EngineError> {
         let config = LlamaConfig::from_header(file.header())?;
+        let architecture = config.architecture.clone();
+        let context = with_architecture(&architecture);
         let d = config.embedding_length;
-        let kv = config.kv_dim();
-        let ff = config.feed_forward_length;
         let vector = |name: &str| Matrix::load(&file, name, d, 1).map(|matrix| matrix.to_vec());
-        let token_embedding = Matrix::load(&file, "token_embd.weight", d, config.vocab_size)?;
+        let token_embedding =
+            Matrix::load(&file, "token_embd.weight", d, config.vocab_size).map_err(&context)?;
+        for unsupported in [
+            "rope_factors_long.weight",
+            "output.bias",
+            "output_norm.bias",
+        ] {
+            if file.header().tensor(unsupported).is_some() {
+                return Err(context(EngineError::Unsupported(format!(
+                    "tensor {unsupported} is not implemented"
+                ))));
+            }
+        }
         // Grown one layer at a time: `block_count` comes from the file and is only trusted once
         // every layer's tensors have been found.
         let mut layers = Vec::new();
         for index in 0..config.block_count {
-            let name = |part: &str| format!("blk.{index}.{part}.weight");
-            layers.push(Layer {
-                attention_norm: vector(&name("attn_norm"))?,
-                query: Matrix::load(&file, &name("attn_q"), d, d)?,
-                key: Matrix::load(&file, &name("attn_k"), d, kv)?,
-                value: Matrix::load(&file, &name("attn_v"), d, kv)?,
-                attention_output: Matrix::load(&file, &name("attn_output"), d, d)?,
-                ffn_norm: vector(&name("ffn_norm"))?,
-                gate: Matrix::load(&file, &name("ffn_gate"), d, ff)?,
-                up: Matrix::load(&file, &name("ffn_up"), d, ff)?,
-                down: Matrix::load(&file, &name("ffn_down"), ff, d)?,
-            });
+            layers.push(Layer::load(&file, &config, index).map_err(&context)?);
         }
         let tied_output = file.header().tensor("output.weight").is_none();
         let output = match file.header().tensor("output.weight") {
-            Some(_) => Matrix::load(&file, "output.weight", d, config.vocab_size)?,
+            Some(_) => {
+                Matrix::load(&file, "output.weight", d, config.vocab_size).map_err(&context)?
+            }
             None => token_embedding.clone(),
         };
         let pairs = config.rope_dimension_count / 2;
         let rope_frequency_factors = match file.header().tensor("rope_freqs.weight") {
-            Some(_) => Matrix::load(&file, "rope_freqs.weight", pairs, 1)?.to_vec(),
+            Some(_) => Matrix::load(&file, "rope_freqs.weight", pairs, 1)
+                .map_err(&context)?
+                .to_vec(),
             None => vec![1.0; pairs],
         };
         Ok(LlamaModel {
-            output_norm: vector("output_norm.weight")?,
+            output_norm: vector("output_norm.weight").map_err(&context)?,
             config,
             file,
             token_embedding,
@@ -130,28 +129,49 @@ impl LlamaModel {
         })
     }
 
-    /// Borrowed views of every weight.
-    pub fn weights(&self) -> ModelWeights<'_> {
-        ModelWeights {
+    /// Borrowed views of every weight, for executors of the plain Llama graph (the burn
+    /// graph). Other families' extra tensors have no place there, so they are refused.
+    pub fn weights(&self) -> Result<ModelWeights<'_>, EngineError> {
+        let refuse = || {
+            EngineError::Unsupported(format!(
+                "architecture {:?} on this executor (only the plain llama graph)",
+                self.config.architecture
+            ))
+        };
+        if self.config.family != Family::Llama {
+            return Err(refuse());
+        }
+        let mut layers = Vec::new();
+        for layer in &self.layers {
+            let (
+                QkvProjection::Separate { query, key, value },
+                GateUpProjection::Separate { gate, up },
+            ) = (&layer.qkv, &layer.gate_up)
+            else {
+                return Err(refuse());
+            };
+            if layer.query_bias.is_some() || layer.key_bias.is_some() || layer.value_bias.is_some()
+            {
+                return Err(refuse());
+            }
+            layers.push(LayerWeights {
+                attention_norm: &layer.attention_norm,
+                query,
+                key,
+                value,
+                attention_output: &layer.attention_output,
+                ffn_norm: &layer.ffn_norm,
+                gate,
+                up,
+                down: &layer.down,
+            });
+        }
+        Ok(ModelWeights {
             token_embedding: &self.token_embedding,
-            layers: self
-                .layers
-                .iter()
-                .map(|layer| LayerWeights {
-                    attention_norm: &layer.attention_norm,
-                    query: &layer.query,
-                    key: &layer.key,
-                    value: &layer.value,
-                    attention_output: &layer.attention_output,
-                    ffn_norm: &layer.ffn_norm,
-                    gate: &layer.gate,
-                    up: &layer.up,
-                    down: &layer.down,
-                })
-                .collect(),
+            layers,
             output_norm: &self.output_norm,
             output: &self.output,
-        }
+        })
     }
 
     /// Uses a specific kernel implementation (tests compare scalar and SIMD).
@@ -171,24 +191,7 @@ impl LlamaModel {
 
     /// Bytes of weights the model reads (resident once touched; they stay quantized).
     pub fn weight_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|layer| {
-                [
-                    &layer.query,
-                    &layer.key,
-                    &layer.value,
-                    &layer.attention_output,
-                    &layer.gate,
-                    &layer.up,
-                    &layer.down,
-                ]
-                .iter()
-                .map(|matrix| matrix.byte_size())
-                .sum::<usize>()
-            })
-            .sum();
+        let layers: usize = self.layers.iter().map(Layer::byte_size).sum();
         let output = if self.tied_output {
             0
         } else {
@@ -211,7 +214,9 @@ impl LlamaModel {
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let config = &self.config;
         let d = config.embedding_length;
+        let q_dim = config.query_dim();
         let kv_dim = config.kv_dim();
+        let ff = config.feed_forward_length;
         let mut token_meta = Vec::new(); // (sequence index, position)
         let mut hidden = Vec::new();
         let mut row = vec![0.0f32; d];
@@ -230,53 +235,101 @@ impl LlamaModel {
                     )));
                 }
                 self.token_embedding.dequantize_row_into(token, &mut row);
+                if let Some(scale) = config.embedding_scale {
+                    row.iter_mut().for_each(|x| *x *= scale);
+                }
                 hidden.extend_from_slice(&row);
                 token_meta.push((sequence_index, sequence.cache.len() + offset));
             }
         }
         let tokens = token_meta.len();
         let mut state = ForwardState::new(config, tokens);
+        let epsilon = config.rms_norm_epsilon;
 
         for (layer_index, layer) in self.layers.iter().enumerate() {
-            rms_norm(
-                &hidden,
-                &layer.attention_norm,
-                config.rms_norm_epsilon,
-                &mut state.normed,
-            );
+            rms_norm(&hidden, &layer.attention_norm, epsilon, &mut state.normed);
             state.quantize_normed(d);
             let input = Activations {
                 values: &state.normed,
                 blocks: &state.blocks,
                 columns: d,
             };
-            matmul(
-                self.kernel,
-                &layer.query,
-                &input,
-                &mut state.scratch,
-                &mut state.query,
-            );
-            matmul(
-                self.kernel,
-                &layer.key,
-                &input,
-                &mut state.scratch,
-                &mut state.key,
-            );
-            matmul(
-                self.kernel,
-                &layer.value,
-                &input,
-                &mut state.scratch,
-                &mut state.value,
-            );
+            match &layer.qkv {
+                QkvProjection::Separate { query, key, value } => {
+                    matmul(
+                        self.kernel,
+                        query,
+                        &input,
+                        &mut state.scratch,
+                        &mut state.query,
+                    );
+                    matmul(self.kernel, key, &input, &mut state.scratch, &mut state.key);
+                    matmul(
+                        self.kernel,
+                        value,
+                        &input,
+                        &mut state.scratch,
+                        &mut state.value,
+                    );
+                }
+                QkvProjection::Fused(fused) => {
+                    let width = q_dim + 2 * kv_dim;
+                    state.fused.resize(tokens * width, 0.0);
+                    matmul(
+                        self.kernel,
+                        fused,
+                        &input,
+                        &mut state.scratch,
+                        &mut state.fused,
+                    );
+                    for (token, row) in state.fused.chunks_exact(width).enumerate() {
+                        state.query[token * q_dim..][..q_dim].copy_from_slice(&row[..q_dim]);
+                        state.key[token * kv_dim..][..kv_dim]
+                            .copy_from_slice(&row[q_dim..q_dim + kv_dim]);
+                        state.value[token * kv_dim..][..kv_dim]
+                            .copy_from_slice(&row[q_dim + kv_dim..]);
+                    }
+                }
+            }
+            for (values, bias) in [
+                (&mut state.query, &layer.query_bias),
+                (&mut state.key, &layer.key_bias),
+                (&mut state.value, &layer.value_bias),
+            ] {
+                if let Some(bias) = bias {
+                    add_bias(values, bias);
+                }
+            }
+            if let Some(norm) = &layer.query_norm {
+                rms_norm_in_place(&mut state.query, norm, epsilon);
+            }
+            if let Some(norm) = &layer.key_norm {
+                rms_norm_in_place(&mut state.key, norm, epsilon);
+            }
+            let (freq_base, freq_scale) = config.layer_rope(layer_index);
+            let rope = Rope {
+                style: config.rope_style,
+                dimensions: config.rope_dimension_count,
+                head_dim: config.head_dim,
+                freq_base,
+                freq_scale,
+                factors: &self.rope_frequency_factors,
+            };
             for (token, &(_, position)) in token_meta.iter().enumerate() {
-                self.rope(&mut state.query[token * d..(token + 1) * d], position);
-                self.rope(
+                rope.apply(
+                    &mut state.query[token * q_dim..(token + 1) * q_dim],
+                    position,
+                );
+                rope.apply(
                     &mut state.key[token * kv_dim..(token + 1) * kv_dim],
                     position,
                 );
+            }
+            if config.scale_query {
+                state
+                    .query
+                    .iter_mut()
+                    .for_each(|x| *x *= config.attention_scale);
             }
             for (token, &(sequence_index, _)) in token_meta.iter().enumerate() {
                 sequences[sequence_index].cache.append(
@@ -286,11 +339,11 @@ impl LlamaModel {
                 );
             }
             self.attention(layer_index, sequences, &token_meta, &mut state);
-            quantize_rows(&state.attention, d, &mut state.blocks);
+            quantize_rows(&state.attention, q_dim, &mut state.blocks);
             let input = Activations {
                 values: &state.attention,
                 blocks: &state.blocks,
-                columns: d,
+                columns: q_dim,
             };
             matmul(
                 self.kernel,
@@ -299,38 +352,45 @@ impl LlamaModel {
                 &mut state.scratch,
                 &mut state.projected,
             );
+            if let Some(norm) = &layer.post_attention_norm {
+                rms_norm_in_place(&mut state.projected, norm, epsilon);
+            }
             add_in_place(&mut hidden, &state.projected);
 
-            rms_norm(
-                &hidden,
-                &layer.ffn_norm,
-                config.rms_norm_epsilon,
-                &mut state.normed,
-            );
+            rms_norm(&hidden, &layer.ffn_norm, epsilon, &mut state.normed);
             state.quantize_normed(d);
             let input = Activations {
                 values: &state.normed,
                 blocks: &state.blocks,
                 columns: d,
             };
-            matmul(
-                self.kernel,
-                &layer.gate,
-                &input,
-                &mut state.scratch,
-                &mut state.gate,
-            );
-            matmul(
-                self.kernel,
-                &layer.up,
-                &input,
-                &mut state.scratch,
-                &mut state.up,
-            );
-            for (gate, &up) in state.gate.iter_mut().zip(&state.up) {
-                *gate = *gate / (1.0 + (-*gate).exp()) * up;
+            match &layer.gate_up {
+                GateUpProjection::Separate { gate, up } => {
+                    matmul(
+                        self.kernel,
+                        gate,
+                        &input,
+                        &mut state.scratch,
+                        &mut state.gate,
+                    );
+                    matmul(self.kernel, up, &input, &mut state.scratch, &mut state.up);
+                }
+                GateUpProjection::Fused(fused) => {
+                    state.fused.resize(tokens * 2 * ff, 0.0);
+                    matmul(
+                        self.kernel,
+                        fused,
+                        &input,
+                        &mut state.scratch,
+                        &mut state.fused,
+                    );
+                    for (token, row) in state.fused.chunks_exact(2 * ff).enumerate() {
+                        state.gate[token * ff..][..ff].copy_from_slice(&row[..ff]);
+                        state.up[token * ff..][..ff].copy_from_slice(&row[ff..]);
+                    }
+                }
             }
-            let ff = config.feed_forward_length;
+            gated_activation(config.activation, &mut state.gate, &state.up);
             quantize_rows(&state.gate, ff, &mut state.blocks);
             let input = Activations {
                 values: &state.gate,
@@ -344,6 +404,9 @@ impl LlamaModel {
                 &mut state.scratch,
                 &mut state.projected,
             );
+            if let Some(norm) = &layer.post_ffn_norm {
+                rms_norm_in_place(&mut state.projected, norm, epsilon);
+            }
             add_in_place(&mut hidden, &state.projected);
         }
         let mut new_tokens = vec![0usize; sequences.len()];
@@ -362,12 +425,7 @@ impl LlamaModel {
             last_hidden.extend_from_slice(&hidden[(end - 1) * d..end * d]);
         }
         let mut normed = vec![0.0; last_hidden.len()];
-        rms_norm(
-            &last_hidden,
-            &self.output_norm,
-            config.rms_norm_epsilon,
-            &mut normed,
-        );
+        rms_norm(&last_hidden, &self.output_norm, epsilon, &mut normed);
         let mut blocks = Vec::new();
         quantize_rows(&normed, d, &mut blocks);
         let mut logits = vec![0.0; sequences.len() * config.vocab_size];
@@ -383,34 +441,17 @@ impl LlamaModel {
             &mut state.scratch,
             &mut logits,
         );
+        if let Some(cap) = config.final_logit_softcap {
+            soft_cap(&mut logits, cap);
+        }
         Ok(logits
             .chunks_exact(config.vocab_size)
             .map(<[f32]>::to_vec)
             .collect())
     }
 
-    /// Rotates adjacent pairs of every head by position-dependent angles (ggml's
-    /// `rope_f32` in normal mode, computed the same way for numerical agreement).
-    fn rope(&self, vector: &mut [f32], position: usize) {
-        let config = &self.config;
-        let theta_scale = config
-            .rope_freq_base
-            .powf(-2.0 / config.rope_dimension_count as f32);
-        for head in vector.chunks_exact_mut(config.head_dim) {
-            let mut theta = position as f32 * config.rope_freq_scale;
-            for (pair, factor) in self.rope_frequency_factors.iter().enumerate() {
-                let angle = theta / factor;
-                let (sin, cos) = angle.sin_cos();
-                let x0 = head[2 * pair];
-                let x1 = head[2 * pair + 1];
-                head[2 * pair] = x0 * cos - x1 * sin;
-                head[2 * pair + 1] = x0 * sin + x1 * cos;
-                theta *= theta_scale;
-            }
-        }
-    }
-
-    /// Causal grouped-query attention of every new token over its sequence's cache.
+    /// Causal grouped-query attention of every new token over its sequence's cache (the
+    /// last `sliding_window` positions only, on sliding-window layers).
     fn attention(
         &self,
         layer: usize,
@@ -423,7 +464,13 @@ impl LlamaModel {
         let heads = config.head_count;
         let group = heads / config.head_count_kv;
         let kv_dim = config.kv_dim();
-        let scale = 1.0 / (head_dim as f32).sqrt();
+        // Gemma and Phi-3 scaled the query already.
+        let scale = if config.scale_query {
+            1.0
+        } else {
+            config.attention_scale
+        };
+        let window = config.sliding_window.filter(|_| config.is_sliding(layer));
         let query = &state.query;
         let kernel = self.kernel;
         state
@@ -440,9 +487,11 @@ impl LlamaModel {
                     .iter()
                     .map(|&x| f16::from_f32(x).to_f32())
                     .collect();
-                let visible = position + 1;
-                let mut scores = Vec::with_capacity(visible);
-                for cached in 0..visible {
+                let visible_end = position + 1;
+                // llama.cpp masks a cached position when it is `window` or more behind.
+                let visible_start = window.map_or(0, |window| visible_end.saturating_sub(window));
+                let mut scores = Vec::with_capacity(visible_end - visible_start);
+                for cached in visible_start..visible_end {
                     let key = &keys[cached * kv_dim + kv_head * head_dim..][..head_dim];
                     let dot = kernel.dot_f16_f32(key, &q);
                     scores.push(dot * scale);
@@ -455,7 +504,8 @@ impl LlamaModel {
                 }
                 let inverse = (1.0 / total) as f32;
                 output.fill(0.0);
-                for (cached, &weight) in scores.iter().enumerate() {
+                for (offset, &weight) in scores.iter().enumerate() {
+                    let cached = visible_start + offset;
                     let value = &values[cached * kv_dim + kv_head * head_dim..][..head_dim];
                     // llama.cpp multiplies the f16 V cache by f16-converted probabilities.
                     let weight = f16::from_f32(weight * inverse).to_f32();
@@ -476,24 +526,28 @@ struct ForwardState {
     projected: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// Output of a fused projection (Phi-3) before it is split.
+    fused: Vec<f32>,
     scratch: MatmulScratch,
 }
 
 impl ForwardState {
     fn new(config: &LlamaConfig, tokens: usize) -> ForwardState {
         let d = config.embedding_length;
+        let q = config.query_dim();
         let kv = config.kv_dim();
         let ff = config.feed_forward_length;
         ForwardState {
             normed: vec![0.0; tokens * d],
             blocks: Vec::new(),
-            query: vec![0.0; tokens * d],
+            query: vec![0.0; tokens * q],
             key: vec![0.0; tokens * kv],
             value: vec![0.0; tokens * kv],
-            attention: vec![0.0; tokens * d],
+            attention: vec![0.0; tokens * q],
             projected: vec![0.0; tokens * d],
             gate: vec![0.0; tokens * ff],
             up: vec![0.0; tokens * ff],
+            fused: Vec::new(),
             scratch: MatmulScratch::default(),
         }
     }
@@ -511,24 +565,5 @@ fn quantize_rows(values: &[f32], columns: usize, blocks: &mut Vec<ActivationBloc
             quantize_activations(row, &mut row_blocks);
             blocks.extend_from_slice(&row_blocks);
         }
-    }
-}
-
-/// RMSNorm per token, accumulating the sum of squares in f64 as ggml does.
-fn rms_norm(input: &[f32], weight: &[f32], epsilon: f32, output: &mut [f32]) {
-    let d = weight.len();
-    for (row, out) in input.chunks_exact(d).zip(output.chunks_exact_mut(d)) {
-        let sum: f64 = row.iter().map(|&x| f64::from(x * x)).sum();
-        let mean = (sum / d as f64) as f32;
-        let scale = 1.0 / (mean + epsilon).sqrt();
-        for ((o, &x), &w) in out.iter_mut().zip(row).zip(weight) {
-            *o = x * scale * w;
-        }
-    }
-}
-
-fn add_in_place(target: &mut [f32], addend: &[f32]) {
-    for (t, a) in target.iter_mut().zip(addend) {
-        *t += a;
     }
 }

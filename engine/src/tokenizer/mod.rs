@@ -1,12 +1,15 @@
-//! Byte-level BPE tokenizer built from GGUF metadata (`tokenizer.ggml.*`), matching
-//! llama.cpp's tokenization for GPT-2-style vocabularies (SmolLM2, StarCoder, GPT-2).
+//! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`), matching llama.cpp token for
+//! token: byte-level BPE (`gpt2`: SmolLM, Llama 3, Qwen2, DeepSeek, GPT-2, with each
+//! family's pre-tokenizer) and SentencePiece (`llama`: Llama 2, Phi-3, Gemma; scores,
+//! byte fallback, leading-space handling).
 //!
-//! Why our own and not HF `tokenizers`: the GGUF carries vocabulary and merges, llama.cpp is
-//! the reference we must match token for token (including its hand-written pre-tokenizer
-//! and special-token splitting), and the BPE itself is small. The tokenizer lives in
-//! memory only and is immutable after loading.
+//! Why our own and not HF `tokenizers`: the GGUF carries vocabulary, scores and merges,
+//! llama.cpp is the reference we must match token for token (including its hand-written
+//! pre-tokenizers and special-token splitting), and the algorithms are small. The
+//! tokenizer lives in memory only and is immutable after loading.
 
 mod pretokenize;
+mod spm;
 
 use std::collections::HashMap;
 
@@ -43,16 +46,32 @@ impl TokenKind {
     }
 }
 
+/// The vocabulary's algorithm (`tokenizer.ggml.model`).
+#[derive(Debug, Clone)]
+enum Algorithm {
+    /// Byte-level BPE with merges (`gpt2`).
+    BytePairs {
+        merge_ranks: HashMap<(String, String), u32>,
+        pre_tokenizer: PreTokenizer,
+    },
+    /// SentencePiece (`llama`): highest-scoring pairs merge first; bytes without a piece
+    /// fall back to `<0xXX>` tokens.
+    SentencePiece {
+        scores: Vec<f32>,
+        /// A space is prepended to text that follows a special token or starts the input.
+        add_space_prefix: bool,
+    },
+}
+
 /// The tokenizer of one model.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
+    algorithm: Algorithm,
     tokens: Vec<String>,
     kinds: Vec<TokenKind>,
     token_ids: HashMap<String, TokenId>,
-    merge_ranks: HashMap<(String, String), u32>,
     /// Tokens matched verbatim in input text, longest first.
     special_tokens: Vec<(String, TokenId, TokenKind)>,
-    pre_tokenizer: PreTokenizer,
     byte_to_char: [char; 256],
     char_to_byte: HashMap<char, u8>,
     bos: Option<TokenId>,
@@ -101,14 +120,6 @@ impl Tokenizer {
             .metadata
             .get_str("tokenizer.ggml.model")
             .unwrap_or("");
-        if model != "gpt2" {
-            return Err(EngineError::Unsupported(format!(
-                "tokenizer model {model:?} (supported: \"gpt2\" byte-level BPE)"
-            )));
-        }
-        let pre_name = header.metadata.get_str("tokenizer.ggml.pre");
-        let pre_tokenizer = PreTokenizer::from_gguf_name(pre_name)
-            .ok_or_else(|| EngineError::Unsupported(format!("pre-tokenizer {pre_name:?}")))?;
         let tokens: Vec<String> = string_array(header, "tokenizer.ggml.tokens")?
             .into_iter()
             .map(str::to_string)
@@ -129,23 +140,71 @@ impl Tokenizer {
                 tokens.len()
             )));
         }
-        let mut merge_ranks = HashMap::new();
-        for (rank, merge) in string_array(header, "tokenizer.ggml.merges")?
-            .into_iter()
-            .enumerate()
-        {
-            // The first character may itself be a space-like symbol, so search from 1.
-            let split = merge
-                .char_indices()
-                .skip(1)
-                .find(|&(_, c)| c == ' ')
-                .map(|(index, _)| index)
-                .ok_or_else(|| EngineError::Tokenizer(format!("merge {merge:?} has no space")))?;
-            merge_ranks.insert(
-                (merge[..split].to_string(), merge[split + 1..].to_string()),
-                rank as u32,
-            );
-        }
+        let algorithm = match model {
+            "gpt2" => {
+                let pre_name = header.metadata.get_str("tokenizer.ggml.pre");
+                let pre_tokenizer = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
+                    EngineError::Unsupported(format!("pre-tokenizer {pre_name:?}"))
+                })?;
+                let mut merge_ranks = HashMap::new();
+                for (rank, merge) in string_array(header, "tokenizer.ggml.merges")?
+                    .into_iter()
+                    .enumerate()
+                {
+                    // The first character may itself be a space-like symbol, so search from 1.
+                    let split = merge
+                        .char_indices()
+                        .skip(1)
+                        .find(|&(_, c)| c == ' ')
+                        .map(|(index, _)| index)
+                        .ok_or_else(|| {
+                            EngineError::Tokenizer(format!("merge {merge:?} has no space"))
+                        })?;
+                    merge_ranks.insert(
+                        (merge[..split].to_string(), merge[split + 1..].to_string()),
+                        rank as u32,
+                    );
+                }
+                Algorithm::BytePairs {
+                    merge_ranks,
+                    pre_tokenizer,
+                }
+            }
+            "llama" => {
+                let scores = match header.metadata.get("tokenizer.ggml.scores") {
+                    Some(value) => value
+                        .as_array()
+                        .ok_or_else(|| EngineError::Tokenizer("scores is not an array".into()))?
+                        .iter()
+                        .map(MetadataValue::as_f32)
+                        .collect::<Option<Vec<f32>>>()
+                        .ok_or_else(|| {
+                            EngineError::Tokenizer("scores holds a non-number".into())
+                        })?,
+                    None => vec![0.0; tokens.len()],
+                };
+                if scores.len() != tokens.len() {
+                    return Err(EngineError::Tokenizer(format!(
+                        "{} scores for {} tokens",
+                        scores.len(),
+                        tokens.len()
+                    )));
+                }
+                Algorithm::SentencePiece {
+                    scores,
+                    add_space_prefix: header
+                        .metadata
+                        .get("tokenizer.ggml.add_space_prefix")
+                        .and_then(MetadataValue::as_bool)
+                        .unwrap_or(true),
+                }
+            }
+            other => {
+                return Err(EngineError::Unsupported(format!(
+                    "tokenizer model {other:?} (supported: \"gpt2\" byte-level BPE, \"llama\" SentencePiece)"
+                )));
+            }
+        };
         let token_ids: HashMap<String, TokenId> = tokens
             .iter()
             .enumerate()
@@ -180,7 +239,11 @@ impl Tokenizer {
         };
         let eot = token_id("tokenizer.ggml.eot_token_id")
             .or_else(|| token_ids.get("<|im_end|>").copied())
-            .or_else(|| token_ids.get("<|eot_id|>").copied());
+            .or_else(|| token_ids.get("<|eot_id|>").copied())
+            .or_else(|| token_ids.get("<end_of_turn>").copied())
+            .or_else(|| token_ids.get("<|end|>").copied());
+        // SentencePiece vocabularies default to adding BOS, as llama.cpp does.
+        let default_add_bos = matches!(algorithm, Algorithm::SentencePiece { .. });
         Ok(Tokenizer {
             bos: token_id("tokenizer.ggml.bos_token_id"),
             eos: token_id("tokenizer.ggml.eos_token_id"),
@@ -189,13 +252,12 @@ impl Tokenizer {
                 .metadata
                 .get("tokenizer.ggml.add_bos_token")
                 .and_then(MetadataValue::as_bool)
-                .unwrap_or(false),
+                .unwrap_or(default_add_bos),
+            algorithm,
             tokens,
             kinds,
             token_ids,
-            merge_ranks,
             special_tokens,
-            pre_tokenizer,
             byte_to_char,
             char_to_byte,
         })
@@ -234,16 +296,21 @@ impl Tokenizer {
         {
             output.push(bos);
         }
+        // SentencePiece prefixes a space to text at the start and after special tokens.
+        let mut after_special = true;
         let mut rest = text;
         while !rest.is_empty() {
             match self.find_special(rest, parse_special) {
                 Some((start, length, id)) => {
-                    self.encode_ordinary(&rest[..start], &mut output);
+                    if start > 0 {
+                        self.encode_ordinary(&rest[..start], after_special, &mut output);
+                    }
                     output.push(id);
+                    after_special = true;
                     rest = &rest[start + length..];
                 }
                 None => {
-                    self.encode_ordinary(rest, &mut output);
+                    self.encode_ordinary(rest, after_special, &mut output);
                     break;
                 }
             }
@@ -269,17 +336,37 @@ impl Tokenizer {
         best
     }
 
-    fn encode_ordinary(&self, text: &str, output: &mut Vec<TokenId>) {
-        for word in self.pre_tokenizer.split(text) {
+    fn encode_ordinary(&self, text: &str, after_special: bool, output: &mut Vec<TokenId>) {
+        let (merge_ranks, pre_tokenizer) = match &self.algorithm {
+            Algorithm::BytePairs {
+                merge_ranks,
+                pre_tokenizer,
+            } => (merge_ranks, *pre_tokenizer),
+            Algorithm::SentencePiece {
+                scores,
+                add_space_prefix,
+            } => {
+                let mut escaped = String::with_capacity(text.len() + 3);
+                if *add_space_prefix && after_special {
+                    escaped.push(spm::SPACE);
+                }
+                escaped.extend(text.chars().map(|c| if c == ' ' { spm::SPACE } else { c }));
+                spm::encode(&escaped, &self.token_ids, scores, output);
+                return;
+            }
+        };
+        for word in pre_tokenizer.split(text) {
             let encoded: String = word
                 .bytes()
                 .map(|byte| self.byte_to_char[usize::from(byte)])
                 .collect();
-            if let Some(&id) = self.token_ids.get(&encoded) {
+            if pre_tokenizer.ignores_merges()
+                && let Some(&id) = self.token_ids.get(&encoded)
+            {
                 output.push(id);
                 continue;
             }
-            for symbol in self.bpe(&encoded) {
+            for symbol in bpe(merge_ranks, &encoded) {
                 match self.token_ids.get(&symbol) {
                     Some(&id) => output.push(id),
                     None => {
@@ -292,27 +379,6 @@ impl Tokenizer {
                     }
                 }
             }
-        }
-    }
-
-    /// Applies merges, lowest rank first (leftmost on ties), until none applies.
-    fn bpe(&self, word: &str) -> Vec<String> {
-        let mut symbols: Vec<String> = word.chars().map(String::from).collect();
-        loop {
-            let mut best: Option<(u32, usize)> = None;
-            for index in 0..symbols.len().saturating_sub(1) {
-                let pair = (symbols[index].clone(), symbols[index + 1].clone());
-                if let Some(&rank) = self.merge_ranks.get(&pair)
-                    && best.is_none_or(|(best_rank, _)| rank < best_rank)
-                {
-                    best = Some((rank, index));
-                }
-            }
-            let Some((_, index)) = best else {
-                return symbols;
-            };
-            let right = symbols.remove(index + 1);
-            symbols[index].push_str(&right);
         }
     }
 
@@ -331,6 +397,9 @@ impl Tokenizer {
                 }
             }
             TokenKind::UserDefined => text.as_bytes().to_vec(),
+            _ if matches!(self.algorithm, Algorithm::SentencePiece { .. }) => {
+                spm::piece_bytes(text, self.kinds[token as usize] == TokenKind::Byte)
+            }
             TokenKind::Normal | TokenKind::Byte => {
                 let mut bytes = Vec::with_capacity(text.len());
                 for character in text.chars() {
@@ -348,11 +417,23 @@ impl Tokenizer {
     }
 
     /// Decodes tokens to text (invalid UTF-8 from partial byte tokens becomes U+FFFD).
+    /// SentencePiece's leading space, added by `encode`, is removed again (llama.cpp's
+    /// `detokenize`), so `decode(encode(x)) == x`.
     pub fn decode(&self, tokens: &[TokenId], render_special: bool) -> String {
-        let bytes: Vec<u8> = tokens
-            .iter()
-            .flat_map(|&token| self.token_bytes(token, render_special))
-            .collect();
+        let mut bytes: Vec<u8> = Vec::new();
+        for (index, &token) in tokens.iter().enumerate() {
+            let piece = self.token_bytes(token, render_special);
+            let strip = index == 0
+                && matches!(
+                    self.algorithm,
+                    Algorithm::SentencePiece {
+                        add_space_prefix: true,
+                        ..
+                    }
+                )
+                && piece.first() == Some(&b' ');
+            bytes.extend_from_slice(if strip { &piece[1..] } else { &piece });
+        }
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
@@ -393,6 +474,27 @@ impl Utf8Stream {
         let text = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         text
+    }
+}
+
+/// Applies merges, lowest rank first (leftmost on ties), until none applies.
+fn bpe(merge_ranks: &HashMap<(String, String), u32>, word: &str) -> Vec<String> {
+    let mut symbols: Vec<String> = word.chars().map(String::from).collect();
+    loop {
+        let mut best: Option<(u32, usize)> = None;
+        for index in 0..symbols.len().saturating_sub(1) {
+            let pair = (symbols[index].clone(), symbols[index + 1].clone());
+            if let Some(&rank) = merge_ranks.get(&pair)
+                && best.is_none_or(|(best_rank, _)| rank < best_rank)
+            {
+                best = Some((rank, index));
+            }
+        }
+        let Some((_, index)) = best else {
+            return symbols;
+        };
+        let right = symbols.remove(index + 1);
+        symbols[index].push_str(&right);
     }
 }
 

@@ -661,12 +661,12 @@ impl ArtifactCache {
         size_bytes: u64,
         error: CacheError,
     ) -> CacheError {
-        let CacheError::Io { context, source } = error else {
-            return error;
+        let (context, source) = match error {
+            CacheError::Io { context, source } if space::is_out_of_space(&source) => {
+                (context, source)
+            }
+            other => return other,
         };
-        if !space::is_out_of_space(&source) {
-            return CacheError::Io { context, source };
-        }
         metrics::counter!("flotilla_agent_cache_faults_total", "kind" => "no_space").increment(1);
         let removed = match self.remove_part(digest).await {
             Ok(()) => "its partial download was deleted".to_owned(),

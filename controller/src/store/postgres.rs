@@ -876,7 +876,7 @@ impl Store for PostgresStore {
         model: &ModelName,
         version: &semver::Version,
     ) -> StoreResult<()> {
-        in_transaction!(self, "delete_draft_version", Access::Write, |conn| {
+        in_transaction!(self, "delete_draft_version", |conn| {
             let (id, state) = lock_version(conn, model, version).await?;
             if state != VersionState::Draft {
                 return Err(StoreError::FailedPrecondition(format!(
@@ -897,7 +897,7 @@ impl Store for PostgresStore {
     }
 
     async fn delete_unused_model(&self, model: &ModelName) -> StoreResult<()> {
-        in_transaction!(self, "delete_unused_model", Access::Write, |conn| {
+        in_transaction!(self, "delete_unused_model", |conn| {
             // Locked: a version created meanwhile waits, then fails its
             // foreign key, instead of being deleted unseen.
             let model_id = sqlx::query_scalar::<_, i64>(
@@ -942,7 +942,7 @@ impl Store for PostgresStore {
 
     async fn append_events(&self, events: &[crate::domain::NewEvent]) -> StoreResult<()> {
         let now_ms = super::rollout_rows::to_unix_ms(time::OffsetDateTime::now_utc());
-        in_transaction!(self, "append_events", Access::Write, |conn| {
+        in_transaction!(self, "append_events", |conn| {
             fleet::queries::rollouts::insert_events(conn, events, now_ms).await
         })
     }

@@ -422,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let credentials = Arc::new(Credentials::new(identity, Some(data_dir.clone())));
     let cache_config = CacheConfig {
         max_download_bytes_per_second: cli.max_download_rate,
+        budget_bytes: cli.cache_budget,
         trust: trust.clone(),
         ..CacheConfig::new(&data_dir)
     };

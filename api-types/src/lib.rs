@@ -631,6 +631,27 @@ pub struct RolloutNodeInfo {
     /// Connected and heartbeating.
     #[serde(default)]
     pub ready: bool,
+    /// What the node was assigned before the rollout (in a dry run: now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<ServingSummary>,
+    /// What the rollout assigns it, prompt and aliases included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ServingSummary>,
+}
+
+/// One node's assignment, as a rollout shows it: model, version, prompt
+/// and aliases.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ServingSummary {
+    pub model: String,
+    pub version: String,
+    /// `name@version`, when the assignment carries a system prompt.
+    pub prompt: Option<String>,
+    /// `prepend`, `replace` or `forbid`.
+    pub prompt_policy: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// A rollout and its nodes.

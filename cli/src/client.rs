@@ -584,6 +584,47 @@ impl ApiClient {
         }
     }
 
+    /// `DELETE /models/{model}`: a model that was never published.
+    pub async fn delete_model(&self, model: &str) -> ClientResult<()> {
+        self.send_delete(&["models", model]).await
+    }
+
+    /// `DELETE /models/{model}/versions/{version}`: a draft version.
+    pub async fn delete_version(&self, model: &str, version: &str) -> ClientResult<()> {
+        self.send_delete(&["models", model, "versions", version])
+            .await
+    }
+
+    /// A DELETE answered `204 No Content` on success (no body to decode).
+    async fn send_delete(&self, segments: &[&str]) -> ClientResult<()> {
+        let url = self.url(segments);
+        let request = self.request(Method::DELETE, url.clone());
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport_error(&url, &error))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport_error(&url, &error))?;
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(ErrorBody { error }) => Err(ClientError::Api {
+                status,
+                code: error.code,
+                message: error.message,
+            }),
+            Err(_) => Err(ClientError::UnexpectedResponse {
+                url: url.to_string(),
+                status,
+                detail: format!("body starts {}", quote_body(&body)),
+            }),
+        }
+    }
+
     fn transport_error(&self, url: &Url, error: &reqwest::Error) -> ClientError {
         if error.is_connect() {
             ClientError::Connect {

@@ -3,8 +3,16 @@
 //! `client.rs` for the API client and `config.rs` for where the URL and the
 //! token come from.
 //!
-//! Exit status: 0 on success, 1 when a command fails (the controller's
-//! message is printed as `error: …` on stderr), 2 for usage errors (clap).
+//! Exit status, so that scripts can tell failures apart (the message is
+//! printed as `error: …` on stderr):
+//! - 0: success;
+//! - 1: any other failure;
+//! - 2: usage (clap: unknown flag, bad value);
+//! - 3: authentication or permission (HTTP 401/403: wrong, expired or
+//!   revoked token, or a role too small);
+//! - 4: not found (404);
+//! - 5: conflict (409: already exists, or not possible in this state);
+//! - 6: unavailable (cannot connect, TLS/plain mismatch, 502/503/504).
 
 #![forbid(unsafe_code)]
 
@@ -48,16 +56,90 @@ struct Cli {
     command: Command,
 }
 
+/// Exit codes beyond 0, 1 and clap's 2 (see the crate docs).
+mod exit {
+    pub const AUTH: u8 = 3;
+    pub const NOT_FOUND: u8 = 4;
+    pub const CONFLICT: u8 = 5;
+    pub const UNAVAILABLE: u8 = 6;
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut out = std::io::stdout();
+        clap_complete::generate(*shell, &mut command, "flotilla", &mut out);
+        return ExitCode::SUCCESS;
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
+            let (code, hint) = classify(&error);
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            if let Some(hint) = hint {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(code)
         }
+    }
+}
+
+/// The exit code for a failure, and a hint where the raw message is opaque
+/// (a TLS library's words for "this is not TLS").
+fn classify(error: &anyhow::Error) -> (u8, Option<&'static str>) {
+    use reqwest::StatusCode;
+
+    let Some(client_error) = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<client::ClientError>())
+    else {
+        return (1, None);
+    };
+    match client_error {
+        client::ClientError::Api { status, .. }
+        | client::ClientError::UnexpectedResponse { status, .. } => match *status {
+            StatusCode::UNAUTHORIZED => (
+                exit::AUTH,
+                Some(
+                    "the controller does not accept this token (wrong, expired or revoked): \
+                     set --token or FLOTILLA_TOKEN, or `token` in the config file",
+                ),
+            ),
+            StatusCode::FORBIDDEN => (exit::AUTH, None),
+            StatusCode::NOT_FOUND => (exit::NOT_FOUND, None),
+            StatusCode::CONFLICT => (exit::CONFLICT, None),
+            StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => (exit::UNAVAILABLE, None),
+            _ => (1, None),
+        },
+        client::ClientError::Connect { reason, .. }
+        | client::ClientError::Transport { reason, .. } => {
+            (exit::UNAVAILABLE, tls_mismatch_hint(reason))
+        }
+        _ => (1, None),
+    }
+}
+
+/// rustls and hyper describe a TLS/plain-HTTP mismatch in their own terms;
+/// say what it means.
+fn tls_mismatch_hint(reason: &str) -> Option<&'static str> {
+    if reason.contains("InvalidContentType") || reason.contains("corrupt message") {
+        Some(
+            "the controller answered in plain HTTP to a TLS handshake: use an http:// URL, \
+             or start the controller with TLS",
+        )
+    } else if reason.contains("invalid HTTP version")
+        || reason.contains("connection closed before message completed")
+    {
+        Some(
+            "if the controller serves TLS, use an https:// URL (plain HTTP to a TLS port fails like this)",
+        )
+    } else {
+        None
     }
 }
 
@@ -94,6 +176,47 @@ mod tests {
         parse(args)
             .err()
             .map_or(ErrorKind::DisplayHelp, |error| error.kind())
+    }
+
+    #[test]
+    fn failures_get_distinct_exit_codes() {
+        let api = |status: u16| {
+            anyhow::Error::new(client::ClientError::Api {
+                status: reqwest::StatusCode::from_u16(status).expect("valid status"),
+                code: String::new(),
+                message: "refused".into(),
+            })
+        };
+        assert_eq!(classify(&api(401)).0, exit::AUTH);
+        assert!(classify(&api(401)).1.is_some());
+        assert_eq!(classify(&api(403)).0, exit::AUTH);
+        assert_eq!(classify(&api(404)).0, exit::NOT_FOUND);
+        assert_eq!(classify(&api(409)).0, exit::CONFLICT);
+        assert_eq!(classify(&api(503)).0, exit::UNAVAILABLE);
+        assert_eq!(classify(&api(400)).0, 1);
+        let mismatch = anyhow::Error::new(client::ClientError::Connect {
+            url: "https://127.0.0.1:1".into(),
+            reason: "received corrupt message of type InvalidContentType".into(),
+        });
+        let (code, hint) = classify(&mismatch);
+        assert_eq!(code, exit::UNAVAILABLE);
+        assert!(hint.is_some_and(|hint| hint.contains("http://")));
+        assert_eq!(classify(&anyhow::anyhow!("other")).0, 1);
+    }
+
+    #[test]
+    fn completions_are_generated_for_bash_zsh_and_fish() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "flotilla", &mut out);
+            let script = String::from_utf8_lossy(&out);
+            assert!(script.contains("rollout"), "{shell}");
+        }
+        assert!(parse(&["completions", "zsh"]).is_ok());
     }
 
     #[test]

@@ -46,8 +46,14 @@ fn main() -> anyhow::Result<()> {
     let config = ControllerConfig::resolve(&cli.args)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Openapi => {
-            println!("{}", flotilla_controller::api::openapi_json());
-            Ok(())
+            // `write!`, not `println!`: a reader that went away (`| head`)
+            // ends the output quietly instead of panicking.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{}", flotilla_controller::api::openapi_json()) {
+                Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+                _ => Ok(()),
+            }
         }
         Command::MintToken {
             subject,

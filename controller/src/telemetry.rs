@@ -41,6 +41,8 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     } else {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            // Colour only on a terminal: a redirected log stays plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed()
     };
     let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")

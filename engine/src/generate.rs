@@ -319,6 +319,11 @@ impl Sequence {
         })
     }
 
+    /// Whether the caller asked to stop.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
     /// The last sampled token, which the next forward pass must consume.
     pub(crate) fn pending_token(&self) -> TokenId {
         self.generated.last().copied().unwrap_or(0)

@@ -19,15 +19,39 @@
 //! prefix is not trusted: if a crash left garbage in it, the final digest does
 //! not match, the `.part` is deleted and the next attempt starts from zero.
 //!
+//! # Trusting a cached blob: re-hash once per process, no seal
+//! A blob is handed out only when this process has seen its bytes match
+//! its digest: it downloaded and verified them, or it re-hashed the file
+//! (blake3 over an mmap, on all cores through rayon, on the blocking pool)
+//! the first time the blob was asked for. So after a restart every blob is
+//! read once before it is loaded. A sealed digest (a sidecar or an xattr
+//! written at verification time, trusted while size and mtime stay the same)
+//! would skip that read, but what it seals is metadata: a flipped bit on the
+//! medium, or a write that restores the mtime, keeps the seal and changes the
+//! bytes. Only reading the bytes proves them, and blake3 reads a 100 MB
+//! artifact in well under a second (several GB/s on a few cores), which is
+//! small beside loading the model. A blob that fails the check is deleted and
+//! fetched again; so is one the engine cannot load ([`ArtifactCache::discard`]).
+//!
+//! # Disk space
+//! Before a download the cache makes room for what is still missing plus a
+//! margin ([`space::MARGIN_BYTES`]) on the filesystem, and keeps its own total
+//! within the configured budget, evicting least-recently-used blobs that are
+//! not in use ([`ArtifactCache::set_in_use`]). A blob that cannot fit is
+//! refused with [`CacheError::NoSpace`] before a byte is written, and a
+//! download that runs out of space anyway deletes its `.part`.
+//!
 //! # In memory only
 //! A per-digest async mutex (one download per digest; other callers wait and
-//! then find the blob), a semaphore bounding concurrent downloads, the HTTP
-//! client, and counters ([`CacheStats`]).
+//! then find the blob), the set of digests verified by this process, the set
+//! in use, a semaphore bounding concurrent downloads, the HTTP client, and
+//! counters ([`CacheStats`]).
 
 mod download;
 mod part;
 mod rate;
 mod source;
+mod space;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -73,6 +97,9 @@ pub struct CacheConfig {
     pub max_download_bytes_per_second: Option<u64>,
     /// Which certificates an `https://` blob URL may present.
     pub trust: CaTrust,
+    /// The most bytes of blobs the cache may hold; a blob larger than this
+    /// is refused before it is downloaded. `None`: only the disk limits it.
+    pub budget_bytes: Option<u64>,
 }
 
 impl CacheConfig {
@@ -88,6 +115,7 @@ impl CacheConfig {
             read_timeout: Duration::from_secs(60),
             max_download_bytes_per_second: None,
             trust: CaTrust::system(),
+            budget_bytes: None,
         }
     }
 }
@@ -116,6 +144,9 @@ pub struct CacheStats {
     pub network_bytes: u64,
     /// Downloads that completed but did not match their digest or size.
     pub verification_failures: u64,
+    /// Cached blobs whose bytes no longer matched their digest when
+    /// re-hashed (deleted and fetched again).
+    pub corrupt_cached_blobs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +171,14 @@ pub enum CacheError {
         attempts: u32,
         reason: String,
     },
+    #[error(
+        "not enough disk space for blob blake3:{digest} ({size_bytes} bytes): {reason}"
+    )]
+    NoSpace {
+        digest: Digest,
+        size_bytes: u64,
+        reason: String,
+    },
     #[error("invalid blob source {url:?}: {reason}")]
     InvalidSource { url: String, reason: String },
     #[error("{context}: {source}")]
@@ -162,6 +201,7 @@ struct Counters {
     http_requests: AtomicU64,
     network_bytes: AtomicU64,
     verification_failures: AtomicU64,
+    corrupt_cached_blobs: AtomicU64,
 }
 
 /// The artifact cache. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -173,6 +213,10 @@ pub struct ArtifactCache {
     locks: Mutex<HashMap<Digest, Weak<tokio::sync::Mutex<()>>>>,
     counters: Counters,
     rate_limit: Option<rate::RateLimiter>,
+    /// Digests whose bytes this process has seen match (see the module docs).
+    verified: Mutex<HashSet<Digest>>,
+    /// Digests assigned or served: never evicted to make room.
+    in_use: Mutex<HashSet<Digest>>,
 }
 
 impl ArtifactCache {
@@ -200,6 +244,8 @@ impl ArtifactCache {
             client,
             locks: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            verified: Mutex::new(HashSet::new()),
+            in_use: Mutex::new(HashSet::new()),
         };
         let (blobs, tmp) = (cache.blobs_dir(), cache.tmp_dir());
         blocking(move || {
@@ -228,6 +274,7 @@ impl ArtifactCache {
             http_requests: self.counters.http_requests.load(Ordering::Relaxed),
             network_bytes: self.counters.network_bytes.load(Ordering::Relaxed),
             verification_failures: self.counters.verification_failures.load(Ordering::Relaxed),
+            corrupt_cached_blobs: self.counters.corrupt_cached_blobs.load(Ordering::Relaxed),
         }
     }
 
@@ -298,6 +345,7 @@ impl ArtifactCache {
             progress(done);
             return Ok(path);
         }
+        self.make_room(digest, size_bytes).await?;
         let mut verification_failures = 0u32;
         let mut network_failures = 0u32;
         let mut kept_part: Option<PartFile> = None;
@@ -334,6 +382,7 @@ impl ArtifactCache {
                     .map_err(CacheError::io(format!(
                         "cannot move verified blob blake3:{digest} into the cache"
                     )))?;
+                    lock_set(&self.verified).insert(*digest);
                     tracing::info!(digest = %digest.short(), size_bytes, "blob verified and cached");
                     progress(done);
                     return Ok(blob_path);
@@ -384,7 +433,9 @@ impl ArtifactCache {
                         message,
                     });
                 }
-                AttemptError::Io(error) => return Err(error),
+                AttemptError::Io(error) => {
+                    return Err(self.after_io_error(digest, size_bytes, error).await);
+                }
             }
         }
     }
@@ -404,9 +455,10 @@ impl ArtifactCache {
         lock
     }
 
-    /// The blob's path when it is cached with the right size. A blob of the
-    /// wrong size is removed here: it cannot be right, and checking a size
-    /// costs one `stat`.
+    /// The blob's path when it is cached with the right size and its bytes
+    /// have been seen to match `digest` by this process (re-hashing the file
+    /// the first time; see the module docs). A blob of the wrong size or the
+    /// wrong bytes is removed here, so that the caller downloads it again.
     async fn cached(
         &self,
         digest: &Digest,
@@ -415,23 +467,216 @@ impl ArtifactCache {
         let path = self.blob_path(digest);
         let checked = path.clone();
         let digest_copy = *digest;
-        let present = blocking(move || match std::fs::metadata(&checked) {
+        let already_verified = lock_set(&self.verified).contains(digest);
+        let state = blocking(move || match std::fs::metadata(&checked) {
             Ok(metadata) if metadata.len() == size_bytes => {
+                if !already_verified {
+                    let started = std::time::Instant::now();
+                    let actual = part::hash_file_parallel(&checked)?;
+                    if actual != digest_copy {
+                        tracing::warn!(digest = %digest_copy.short(), actual = %actual.short(),
+                            "cached blob no longer matches its digest; removing it to fetch it again");
+                        part::remove_if_present(&checked)?;
+                        return Ok(BlobState::Corrupt);
+                    }
+                    tracing::info!(digest = %digest_copy.short(), size_bytes,
+                        elapsed_ms = started.elapsed().as_millis() as u64, "cached blob re-hashed and verified");
+                }
                 touch_file(&checked)?;
-                Ok(true)
+                Ok(BlobState::Verified)
             }
             Ok(metadata) => {
                 tracing::warn!(digest = %digest_copy.short(), actual = metadata.len(), expected = size_bytes,
                     "cached blob has the wrong size; removing it");
                 part::remove_if_present(&checked)?;
-                Ok(false)
+                Ok(BlobState::Corrupt)
             }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(BlobState::Absent),
             Err(error) => Err(error),
         })
         .await
         .map_err(CacheError::io(format!("cannot inspect cached blob blake3:{digest}")))?;
-        Ok(present.then_some(path))
+        match state {
+            BlobState::Verified => {
+                lock_set(&self.verified).insert(*digest);
+                Ok(Some(path))
+            }
+            BlobState::Corrupt => {
+                lock_set(&self.verified).remove(digest);
+                self.counters
+                    .corrupt_cached_blobs
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("flotilla_agent_cache_faults_total", "kind" => "corrupt_blob")
+                    .increment(1);
+                Ok(None)
+            }
+            BlobState::Absent => {
+                lock_set(&self.verified).remove(digest);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Deletes a cached blob that turned out to be unusable (the engine could
+    /// not load it), so that the next `ensure` fetches it again instead of
+    /// handing out the same bytes.
+    pub async fn discard(&self, digest: &Digest) -> Result<(), CacheError> {
+        let _guard = self.digest_lock(digest).lock_owned().await;
+        lock_set(&self.verified).remove(digest);
+        let path = self.blob_path(digest);
+        blocking(move || part::remove_if_present(&path))
+            .await
+            .map_err(CacheError::io(format!(
+                "cannot discard cached blob blake3:{digest}"
+            )))?;
+        metrics::counter!("flotilla_agent_cache_faults_total", "kind" => "unloadable_blob")
+            .increment(1);
+        tracing::warn!(digest = %digest.short(), "discarded a cached blob that could not be used; it will be fetched again");
+        Ok(())
+    }
+
+    /// The digests that are assigned or served: never evicted to make room.
+    pub fn set_in_use(&self, digests: HashSet<Digest>) {
+        *lock_set(&self.in_use) = digests;
+    }
+
+    /// Adds a digest being fetched to those in use, beside what is served.
+    pub fn add_in_use(&self, digest: Digest) {
+        lock_set(&self.in_use).insert(digest);
+    }
+
+    /// Makes room for the bytes of `digest` still missing: refuses a blob
+    /// larger than the budget, then evicts least-recently-used blobs that are
+    /// not in use until the budget and the filesystem's free space (with
+    /// [`space::MARGIN_BYTES`]) allow the download. On refusal the `.part`
+    /// is deleted: bytes of a blob that cannot be completed only take space.
+    async fn make_room(&self, digest: &Digest, size_bytes: u64) -> Result<(), CacheError> {
+        let refuse = |reason: String| CacheError::NoSpace {
+            digest: *digest,
+            size_bytes,
+            reason,
+        };
+        if let Some(budget) = self.config.budget_bytes
+            && size_bytes > budget
+        {
+            self.remove_part(digest).await?;
+            metrics::counter!("flotilla_agent_cache_faults_total", "kind" => "no_space")
+                .increment(1);
+            return Err(refuse(format!(
+                "it is larger than the cache budget of {budget} bytes"
+            )));
+        }
+        let (blobs, part_path) = (self.blobs_dir(), self.part_path(digest));
+        let scanned = blocking(move || {
+            let part_len = match std::fs::metadata(&part_path) {
+                Ok(metadata) => metadata.len(),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
+                Err(error) => return Err(error),
+            };
+            Ok((scan_blobs(&blobs)?, part_len))
+        })
+        .await
+        .map_err(CacheError::io(format!(
+            "cannot list cached blobs in {}",
+            self.blobs_dir().display()
+        )))?;
+        let (mut entries, part_len) = scanned;
+        let missing = size_bytes.saturating_sub(part_len);
+        let mut cached_total: u64 = entries
+            .iter()
+            .filter(|entry| entry.blob.digest != *digest)
+            .map(|entry| entry.blob.size_bytes)
+            .sum();
+        let root = self.config.root.clone();
+        let mut available = blocking(move || space::available_bytes(&root))
+            .await
+            .map_err(CacheError::io(format!(
+                "cannot read the free space of {}",
+                self.config.root.display()
+            )))?;
+        let fits = |cached_total: u64, available: u64| {
+            let within_budget = self
+                .config
+                .budget_bytes
+                .is_none_or(|budget| cached_total + size_bytes <= budget);
+            within_budget && available >= missing.saturating_add(space::MARGIN_BYTES)
+        };
+        entries.sort_by_key(|entry| (entry.used_at, entry.blob.digest));
+        let in_use = lock_set(&self.in_use).clone();
+        for entry in entries {
+            if fits(cached_total, available) {
+                break;
+            }
+            let victim = entry.blob.digest;
+            if victim == *digest || in_use.contains(&victim) {
+                continue;
+            }
+            let Ok(_guard) = self.digest_lock(&victim).try_lock_owned() else {
+                continue;
+            };
+            let path = self.blob_path(&victim);
+            blocking(move || part::remove_if_present(&path))
+                .await
+                .map_err(CacheError::io(format!(
+                    "cannot evict cached blob blake3:{victim}"
+                )))?;
+            lock_set(&self.verified).remove(&victim);
+            tracing::info!(digest = %victim.short(), size_bytes = entry.blob.size_bytes,
+                for_digest = %digest.short(), "evicted cached blob to make room for a download");
+            cached_total = cached_total.saturating_sub(entry.blob.size_bytes);
+            available = available.saturating_add(entry.blob.size_bytes);
+        }
+        if fits(cached_total, available) {
+            return Ok(());
+        }
+        self.remove_part(digest).await?;
+        metrics::counter!("flotilla_agent_cache_faults_total", "kind" => "no_space").increment(1);
+        let budget = match self.config.budget_bytes {
+            Some(budget) if cached_total + size_bytes > budget => format!(
+                "; the blobs in use already hold {cached_total} of the cache budget of {budget} bytes"
+            ),
+            _ => String::new(),
+        };
+        Err(refuse(format!(
+            "{available} bytes are free on the filesystem of {}, {missing} more are needed plus a margin of {} bytes, and no unused blob is left to evict{budget}",
+            self.config.root.display(),
+            space::MARGIN_BYTES
+        )))
+    }
+
+    async fn remove_part(&self, digest: &Digest) -> Result<(), CacheError> {
+        let path = self.part_path(digest);
+        blocking(move || part::remove_if_present(&path))
+            .await
+            .map_err(CacheError::io(format!(
+                "cannot remove the partial download of blob blake3:{digest}"
+            )))
+    }
+
+    /// A download that failed on the local disk: when the disk is full, its
+    /// `.part` is deleted so that the space comes back, and the error says so.
+    async fn after_io_error(
+        &self,
+        digest: &Digest,
+        size_bytes: u64,
+        error: CacheError,
+    ) -> CacheError {
+        let (context, source) = match error {
+            CacheError::Io { context, source } if space::is_out_of_space(&source) => {
+                (context, source)
+            }
+            other => return other,
+        };
+        metrics::counter!("flotilla_agent_cache_faults_total", "kind" => "no_space").increment(1);
+        let removed = match self.remove_part(digest).await {
+            Ok(()) => "its partial download was deleted".to_owned(),
+            Err(error) => format!("its partial download could not be deleted: {error}"),
+        };
+        CacheError::NoSpace {
+            digest: *digest,
+            size_bytes,
+            reason: format!("{context}: {source}; {removed}"),
+        }
     }
 
     /// Whether a verified blob with `digest` is cached.
@@ -504,6 +749,7 @@ impl ArtifactCache {
                 .map_err(CacheError::io(format!(
                     "cannot evict cached blob blake3:{digest}"
                 )))?;
+            lock_set(&self.verified).remove(&digest);
             tracing::info!(digest = %digest.short(), size_bytes = entry.blob.size_bytes, "evicted cached blob");
             total = total.saturating_sub(entry.blob.size_bytes);
             evicted.push(entry.blob);
@@ -543,7 +789,7 @@ impl ArtifactCache {
             let path = self.blob_path(&blob.digest);
             let expected = blob.digest;
             let matched = blocking(move || {
-                let (actual, _) = part::hash_file(&path)?;
+                let actual = part::hash_file_parallel(&path)?;
                 if actual != expected {
                     part::remove_if_present(&path)?;
                 }
@@ -554,13 +800,28 @@ impl ArtifactCache {
                 "cannot verify cached blob blake3:{}",
                 blob.digest
             )))?;
-            if !matched {
+            if matched {
+                lock_set(&self.verified).insert(blob.digest);
+            } else {
+                lock_set(&self.verified).remove(&blob.digest);
                 tracing::warn!(digest = %blob.digest.short(), "cached blob no longer matches its digest; removed");
                 removed.push(blob);
             }
         }
         Ok(removed)
     }
+}
+
+/// What [`ArtifactCache::cached`] found on disk.
+enum BlobState {
+    Verified,
+    /// Wrong size or wrong bytes; removed.
+    Corrupt,
+    Absent,
+}
+
+fn lock_set(set: &Mutex<HashSet<Digest>>) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct ScannedBlob {

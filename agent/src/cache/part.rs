@@ -148,10 +148,13 @@ pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Hashes a whole file (for the full re-verify of cached blobs).
-pub(crate) fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
-    let (hasher, len) = hash_reader(&mut File::open(path)?)?;
-    Ok((Digest::from(hasher.finalize()), len))
+/// Hashes a whole cached blob on all cores: blake3 over a memory map,
+/// split across rayon's pool (blake3 falls back to plain reads for files too
+/// small to be worth mapping). Blocking: call it from the blocking pool.
+pub(crate) fn hash_file_parallel(path: &Path) -> io::Result<Digest> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap_rayon(path)?;
+    Ok(Digest::from(hasher.finalize()))
 }
 
 /// Hashes everything `reader` yields, returning the state and the byte count.

@@ -57,6 +57,14 @@ pub trait ArtifactFetcher: Send + Sync + 'static {
     /// Housekeeping after an artifact became ready, e.g. evicting blobs
     /// beyond the cache budget; `keep` holds the digests in use.
     fn after_ready(&self, keep: HashSet<Digest>) -> BoxFuture<'static, ()>;
+
+    /// Forgets a fetched artifact that could not be activated (the engine
+    /// refused to load it), so that the next fetch brings fresh bytes
+    /// instead of handing out the same file again.
+    fn discard(&self, digest: Digest) -> BoxFuture<'static, ()> {
+        let _ = digest;
+        Box::pin(async {})
+    }
 }
 
 /// A verified artifact to serve.
@@ -129,6 +137,7 @@ impl ArtifactFetcher for CacheFetcher {
             assignment.digest,
             assignment.size_bytes,
         );
+        cache.add_in_use(digest);
         Box::pin(async move {
             let source = BlobSource::new(&base_url, token).map_err(|error| error.to_string())?;
             cache
@@ -141,12 +150,22 @@ impl ArtifactFetcher for CacheFetcher {
     fn after_ready(&self, keep: HashSet<Digest>) -> BoxFuture<'static, ()> {
         let cache = self.cache.clone();
         let budget_bytes = self.budget_bytes;
+        cache.set_in_use(keep.clone());
         Box::pin(async move {
             let Some(budget_bytes) = budget_bytes else {
                 return;
             };
             if let Err(error) = cache.evict_to_budget(budget_bytes, &keep).await {
                 tracing::warn!(%error, "cache eviction failed");
+            }
+        })
+    }
+
+    fn discard(&self, digest: Digest) -> BoxFuture<'static, ()> {
+        let cache = self.cache.clone();
+        Box::pin(async move {
+            if let Err(error) = cache.discard(&digest).await {
+                tracing::warn!(%error, "cannot discard an unusable cached blob");
             }
         })
     }
@@ -343,6 +362,7 @@ impl Reconciler {
         let progress =
             progress_reporter(self.observed.clone(), digest, self.config.progress_interval);
         let fetch = self.fetcher.fetch(&assignment, progress);
+        let fetcher = self.fetcher.clone();
         let activator = self.activator.clone();
         let observed = self.observed.clone();
         let future = Box::pin(async move {
@@ -354,12 +374,22 @@ impl Reconciler {
                 }
                 ours
             });
-            activator
+            let activated = activator
                 .activate(Activation {
                     assignment,
                     blob_path,
                 })
-                .await
+                .await;
+            if let Err(reason) = activated {
+                // Bytes that verified but do not load are not kept: the
+                // retry fetches them again rather than failing on the same
+                // file for ever.
+                fetcher.discard(digest).await;
+                return Err(format!(
+                    "{reason} (the cached blob was discarded and will be fetched again)"
+                ));
+            }
+            Ok(())
         });
         self.attempt = Some(Attempt { digest, future });
     }
@@ -401,7 +431,10 @@ impl Reconciler {
         let saved = tokio::task::spawn_blocking(move || persist::save(&state_dir, &state)).await;
         match saved {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "cannot persist the agent state"),
+            Ok(Err(error)) => {
+                metrics::counter!("flotilla_agent_state_write_failures_total").increment(1);
+                tracing::warn!(%error, "cannot persist the agent state")
+            }
             Err(error) => tracing::warn!(%error, "persisting the agent state panicked"),
         }
     }

@@ -179,7 +179,50 @@ pub async fn assign(args: AssignArgs, client: &ApiClient, printer: &Printer) -> 
         ])?;
         printer.line("")?;
     }
-    nodes_changed(&change, printer)
+    nodes_changed(&change, printer)?;
+    if let Some(selector) = &request.selector {
+        shadowing_pins(selector, client, printer).await?;
+    }
+    Ok(())
+}
+
+/// Names the nodes a selector assignment matches but does not reach: those
+/// holding a node-level assignment (an operator's `assign --node`, or one a
+/// rollout wrote), which wins over every selector.
+async fn shadowing_pins(
+    selector: &std::collections::BTreeMap<String, String>,
+    client: &ApiClient,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let nodes = super::collect_pages(None, |limit, after| async move {
+        client.list_nodes(limit, after.as_deref()).await
+    })
+    .await?;
+    let pinned: Vec<String> = nodes
+        .items
+        .iter()
+        .filter(|node| {
+            selector
+                .iter()
+                .all(|(key, value)| node.labels.get(key) == Some(value))
+        })
+        .filter_map(|node| {
+            let assignment = node.assignment.as_ref()?;
+            assignment
+                .target
+                .starts_with("node=")
+                .then(|| format!("{} ({})", node.name, assignment.target))
+        })
+        .collect();
+    if pinned.is_empty() {
+        return Ok(());
+    }
+    printer.line(&format!(
+        "note: {} matching node(s) keep a node-level assignment, which wins over selectors: {}; \
+         `flotilla unassign --node NAME` hands a node back to the selector",
+        pinned.len(),
+        pinned.join(", ")
+    ))
 }
 
 fn alias_text(aliases: &[String]) -> String {

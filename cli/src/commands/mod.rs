@@ -37,8 +37,16 @@ pub enum Command {
     /// Staged, health-gated rollouts of a model version to many nodes.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
-    /// The audit log: who did what to which rollout and node, when and why.
+    /// The audit log: every change made through the API (who, what, when,
+    /// the result) and what rollouts did, filtered by rollout, node, actor
+    /// or action.
     Events(rollout::EventsArgs),
+    /// Prints a shell completion script: `flotilla completions bash >
+    /// /etc/bash_completion.d/flotilla` (or zsh, fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// API tokens (creating them needs an admin token).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -59,6 +67,8 @@ pub async fn run(command: Command, settings: &Settings, printer: Printer) -> any
         Command::Events(args) => rollout::events(args, &client, &printer).await,
         Command::Token(command) => token::run(command, &client, &printer).await,
         Command::Whoami => token::whoami(&client, &printer).await,
+        // Answered in `main` before any settings are read.
+        Command::Completions { .. } => Ok(()),
     }
 }
 

@@ -42,6 +42,16 @@ pub enum ModelCommand {
     Yank(VersionRef),
     /// Shows which version and artifact a requirement resolves to.
     Resolve(ResolveArgs),
+    /// Deletes a model that was never published (with its drafts), or with
+    /// `--version` one draft version.
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// The model's name.
+        name: String,
+        /// Delete only this draft version.
+        #[arg(long, value_parser = semver::Version::parse)]
+        version: Option<semver::Version>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,6 +134,19 @@ pub async fn run(
         ModelCommand::Deprecate(target) => set_state(target, "deprecated", client, printer).await,
         ModelCommand::Yank(target) => set_state(target, "yanked", client, printer).await,
         ModelCommand::Resolve(args) => resolve(args, client, printer).await,
+        ModelCommand::Rm { name, version } => {
+            match &version {
+                Some(version) => {
+                    client.delete_version(&name, &version.to_string()).await?;
+                    status(&format!("deleted draft version {name} {version}"));
+                }
+                None => {
+                    client.delete_model(&name).await?;
+                    status(&format!("deleted model {name}"));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -142,8 +165,15 @@ async fn push(args: PushArgs, client: &ApiClient, printer: &Printer) -> anyhow::
     let digest = hash_file(&args.file, file_size).await?;
     status(&format!("blake3 {digest}  {}", args.file.display()));
 
-    ensure_model(client, &args.name, &args.description).await?;
-    let version = ensure_version(client, &args.name, &version_text, &args.notes).await?;
+    let created_model = ensure_model(client, &args.name, &args.description).await?;
+    let (version, created_version) =
+        match ensure_version(client, &args.name, &version_text, &args.notes).await {
+            Ok(found) => found,
+            Err(error) => {
+                undo_push(client, &args.name, None, created_model).await;
+                return Err(error);
+            }
+        };
 
     let existing = version
         .artifacts
@@ -183,7 +213,17 @@ async fn push(args: PushArgs, client: &ApiClient, printer: &Printer) -> anyhow::
                 digest: &digest,
                 quantization,
             };
-            match upload_with_progress(client, &upload, file_size).await? {
+            let uploaded = match upload_with_progress(client, &upload, file_size).await {
+                Ok(uploaded) => uploaded,
+                Err(error) => {
+                    // A refused upload leaves nothing behind: what this push
+                    // created is deleted again.
+                    let created = created_version.then_some(version_text.as_str());
+                    undo_push(client, &args.name, created, created_model).await;
+                    return Err(error.into());
+                }
+            };
+            match uploaded {
                 Uploaded::Created(artifact) => {
                     status(&format!(
                         "uploaded {} to {} {} ({}, {})",
@@ -233,9 +273,31 @@ async fn push(args: PushArgs, client: &ApiClient, printer: &Printer) -> anyhow::
     printer.fields(&fields)
 }
 
+/// Deletes what a failed push created: the draft version, then the model.
+/// Failures are reported but not raised: the push's own error is the one the
+/// user needs.
+async fn undo_push(client: &ApiClient, model: &str, version: Option<&str>, model_created: bool) {
+    if let Some(version) = version {
+        match client.delete_version(model, version).await {
+            Ok(()) => status(&format!(
+                "removed the draft version {model} {version} this push created"
+            )),
+            Err(error) => status(&format!(
+                "could not remove the draft version {model} {version}: {error}"
+            )),
+        }
+    }
+    if model_created {
+        match client.delete_model(model).await {
+            Ok(()) => status(&format!("removed the model {model} this push created")),
+            Err(error) => status(&format!("could not remove the model {model}: {error}")),
+        }
+    }
+}
+
 /// Creates the model; one that already exists is fine (its description is
-/// left as it is).
-async fn ensure_model(client: &ApiClient, name: &str, description: &str) -> anyhow::Result<()> {
+/// left as it is). Whether this call created it.
+async fn ensure_model(client: &ApiClient, name: &str, description: &str) -> anyhow::Result<bool> {
     let request = CreateModelRequest {
         name: name.to_owned(),
         description: description.to_owned(),
@@ -243,20 +305,21 @@ async fn ensure_model(client: &ApiClient, name: &str, description: &str) -> anyh
     match client.create_model(&request).await {
         Ok(_) => {
             status(&format!("created model {name}"));
-            Ok(())
+            Ok(true)
         }
-        Err(error) if error.api_code() == Some("already_exists") => Ok(()),
+        Err(error) if error.api_code() == Some("already_exists") => Ok(false),
         Err(error) => Err(error.into()),
     }
 }
 
-/// Creates the version, or fetches it when it already exists.
+/// Creates the version, or fetches it when it already exists; and whether
+/// this call created it.
 async fn ensure_version(
     client: &ApiClient,
     model: &str,
     version: &str,
     notes: &str,
-) -> anyhow::Result<VersionInfo> {
+) -> anyhow::Result<(VersionInfo, bool)> {
     let request = CreateVersionRequest {
         version: version.to_owned(),
         notes: notes.to_owned(),
@@ -264,10 +327,10 @@ async fn ensure_version(
     match client.create_version(model, &request).await {
         Ok(created) => {
             status(&format!("created version {model} {version} (draft)"));
-            Ok(created)
+            Ok((created, true))
         }
         Err(error) if error.api_code() == Some("already_exists") => {
-            Ok(client.version(model, version).await?)
+            Ok((client.version(model, version).await?, false))
         }
         Err(error) => Err(error.into()),
     }

@@ -49,8 +49,9 @@ pub struct CreateArgs {
     /// The model's name.
     #[arg(long)]
     pub model: String,
-    /// A version such as 1.2.0, or a requirement such as ^1.2.
-    #[arg(long, value_name = "REQ")]
+    /// An exact version such as 1.2.0 (that one and no other), or a range
+    /// spelled as one: ^1.2, ~1.2.3, >=1.2, 1.*.
+    #[arg(long, value_name = "VERSION|RANGE", value_parser = exact_or_range)]
     pub version: String,
     /// The nodes: every active node carrying all these labels, e.g. site=berlin.
     #[arg(long, value_name = "K=V[,K2=V2]", value_parser = parse_selector)]
@@ -108,6 +109,43 @@ pub struct EventsArgs {
     /// Only the events of this rollout.
     #[arg(long, value_name = "NAME")]
     pub rollout: Option<String>,
+    /// Only the events about this node.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Only what this subject did (a token's subject, or `controller`).
+    #[arg(long, value_name = "SUBJECT")]
+    pub actor: Option<String>,
+    /// Only actions containing this text, e.g. `cordon`, `POST`, `rollout.`.
+    #[arg(long, value_name = "TEXT")]
+    pub action: Option<String>,
+}
+
+impl EventsArgs {
+    fn keeps(&self, event: &EventInfo) -> bool {
+        self.node
+            .as_ref()
+            .is_none_or(|node| event.node.as_ref() == Some(node))
+            && self.actor.as_ref().is_none_or(|actor| &event.actor == actor)
+            && self
+                .action
+                .as_ref()
+                .is_none_or(|action| event.action.contains(action.as_str()))
+    }
+}
+
+/// A bare version means exactly that version (`1.1.0` → `=1.1.0`): semver's
+/// own reading of a bare version is a caret range, which picked 1.2.0 for
+/// `--version 1.1.0`. Anything else must parse as a requirement.
+pub fn exact_or_range(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if let Ok(version) = semver::Version::parse(text) {
+        return Ok(format!("={version}"));
+    }
+    semver::VersionReq::parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|error| {
+            format!("{text:?} is neither a version such as 1.2.0 nor a range such as ^1.2: {error}")
+        })
 }
 
 fn parse_prompt(text: &str) -> Result<String, String> {
@@ -227,12 +265,20 @@ async fn create(args: CreateArgs, client: &ApiClient, printer: &Printer) -> anyh
             rollout.nodes.len(),
             rollout.wave_count
         ))?;
-        let mut table = Table::new(&["WAVE", "NODE", "VERSION", "QUANT", "DIGEST", "NOTE"]);
+        let mut table = Table::new(&[
+            "WAVE", "NODE", "CURRENT", "NEXT", "QUANT", "DIGEST", "NOTE",
+        ]);
         for node in &rollout.nodes {
             table.row(vec![
                 node.wave.to_string(),
                 node.node.clone(),
-                node.version.clone().unwrap_or_else(|| "-".into()),
+                node.current
+                    .as_ref()
+                    .map_or_else(|| "nothing".into(), serving_summary),
+                node.next.as_ref().map_or_else(
+                    || node.version.clone().unwrap_or_else(|| "-".into()),
+                    serving_summary,
+                ),
                 node.quantization.clone().unwrap_or_else(|| "-".into()),
                 node.digest
                     .as_deref()
@@ -265,8 +311,9 @@ async fn status(args: StatusArgs, client: &ApiClient, printer: &Printer) -> anyh
         if printer.is_json() {
             printer.json(&rollout)?;
         } else {
-            if args.watch {
-                // Clear the screen and go home, like `watch`.
+            if args.watch && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                // Clear the screen and go home, like `watch`; into a pipe or
+                // a file each refresh is simply appended.
                 printer.raw("\x1b[2J\x1b[H")?;
             }
             printer.raw(&render_status(&rollout))?;
@@ -276,6 +323,22 @@ async fn status(args: StatusArgs, client: &ApiClient, printer: &Printer) -> anyh
         }
         tokio::time::sleep(WATCH_EVERY).await;
     }
+}
+
+/// `model version, prompt p@1 (policy), aliases a,b`: one assignment in a
+/// dry run's table, so that what a rollout keeps and changes is visible.
+fn serving_summary(serving: &flotilla_api_types::ServingSummary) -> String {
+    let mut text = format!("{} {}", serving.model, serving.version);
+    match &serving.prompt {
+        Some(prompt) => text.push_str(&format!(", prompt {prompt} ({})", serving.prompt_policy)),
+        None => text.push_str(", no prompt"),
+    }
+    if serving.aliases.is_empty() {
+        text.push_str(", no aliases");
+    } else {
+        text.push_str(&format!(", aliases {}", serving.aliases.join(",")));
+    }
+    text
 }
 
 /// The status view: a summary, one line per wave, one row per node.
@@ -297,20 +360,44 @@ pub fn render_status(rollout: &RolloutInfo) -> String {
         label_list(&rollout.selector)
     ));
     out.push_str(&format!(
-        "  waves {}  bake {}ms  max unavailable {}  auto rollback {}\n",
-        rollout.waves, rollout.bake_ms, rollout.max_unavailable, rollout.auto_rollback
+        "  waves {}  bake {}  max unavailable {}  auto rollback {}\n",
+        rollout.waves,
+        human_duration(Duration::from_millis(rollout.bake_ms)),
+        rollout.max_unavailable,
+        rollout.auto_rollback
     ));
     if let Some(reason) = &rollout.reason {
         out.push_str(&format!("  reason: {reason}\n"));
     }
-    if let Some(at) = rollout.bake_started_at {
-        out.push_str(&format!("  baking since {}\n", human_time(at)));
+    if let Some(at) = rollout.bake_started_at
+        && rollout.state == "baking"
+    {
+        let baked = (time::OffsetDateTime::now_utc() - at)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        let left = Duration::from_millis(rollout.bake_ms).saturating_sub(baked);
+        out.push_str(&format!(
+            "  baking since {}, {} left\n",
+            human_time(at),
+            human_duration(left)
+        ));
     }
+    // After a rollback or an abort no wave is current or next any more.
+    let ended = matches!(
+        rollout.state.as_str(),
+        "rolled_back" | "rolling_back" | "aborted"
+    );
     for wave in 1..=rollout.wave_count {
         let nodes: Vec<&RolloutNodeInfo> =
             rollout.nodes.iter().filter(|n| n.wave == wave).collect();
         let ready = nodes.iter().filter(|n| n.state == "ready").count();
-        let marker = if wave < rollout.current_wave
+        let marker = if ended {
+            if wave <= rollout.current_wave {
+                rollout.state.as_str()
+            } else {
+                "not started"
+            }
+        } else if wave < rollout.current_wave
             || (wave == rollout.current_wave && rollout.state == "succeeded")
         {
             "done"
@@ -334,9 +421,11 @@ pub fn render_status(rollout: &RolloutInfo) -> String {
             node.node.clone(),
             node.state.clone(),
             node.quantization.clone().unwrap_or_else(|| "-".into()),
+            // The agent's phase, and whether its stream is up: a `ready`
+            // model on a node that stopped heartbeating is "ready, offline".
             match (&node.phase, node.ready) {
                 (Some(phase), true) => phase.clone(),
-                (Some(phase), false) => format!("{phase} (not ready)"),
+                (Some(phase), false) => format!("{phase}, offline"),
                 (None, _) => "-".into(),
             },
             progress_bar(node),
@@ -345,6 +434,23 @@ pub fn render_status(rollout: &RolloutInfo) -> String {
     }
     out.push_str(&table.render());
     out
+}
+
+/// `300ms`, `45s`, `5m`, `5m 30s`, `1h 2m`: a duration as people write it.
+pub fn human_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis < 1000 {
+        return format!("{millis}ms");
+    }
+    let seconds = duration.as_secs();
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    match (hours, minutes, seconds) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, 0, _) => format!("{h}h"),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
 }
 
 /// `[#########-----------] 45% 12 MiB/27 MiB` while a node downloads.
@@ -372,7 +478,7 @@ pub async fn events(args: EventsArgs, client: &ApiClient, printer: &Printer) -> 
         let page = client.events(args.rollout.as_deref(), after).await?;
         let last = page.items.last().map(|e| e.id);
         let full = page.items.len() >= 1000;
-        all.extend(page.items);
+        all.extend(page.items.into_iter().filter(|event| args.keeps(event)));
         match last {
             Some(id) if full => after = Some(id),
             _ => break,
@@ -412,6 +518,25 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_version_is_exact_and_ranges_stay_ranges() {
+        assert_eq!(exact_or_range("1.1.0").as_deref(), Ok("=1.1.0"));
+        assert_eq!(exact_or_range("^1.1").as_deref(), Ok("^1.1"));
+        assert_eq!(exact_or_range(">=1.0, <2").as_deref(), Ok(">=1.0, <2"));
+        assert!(exact_or_range("one").is_err());
+        let exact = semver::VersionReq::parse("=1.1.0").expect("valid");
+        assert!(!exact.matches(&semver::Version::new(1, 2, 0)));
+    }
+
+    #[test]
+    fn durations_print_as_durations() {
+        assert_eq!(human_duration(Duration::from_millis(300_000)), "5m");
+        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(human_duration(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(human_duration(Duration::from_secs(3720)), "1h 2m");
+        assert_eq!(human_duration(Duration::from_secs(30)), "30s");
+    }
+
+    #[test]
     fn progress_bars_fill_with_the_download() {
         let mut node = RolloutNodeInfo {
             node: "a".into(),
@@ -425,6 +550,8 @@ mod tests {
             bytes_done: 50,
             bytes_total: 100,
             ready: true,
+            current: None,
+            next: None,
         };
         assert!(progress_bar(&node).starts_with("[##########----------] 50%"));
         node.bytes_total = 0;

@@ -30,6 +30,12 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                crate::error::ErrorCode::PayloadTooLarge,
+                format!("request body too large: {}", rejection.body_text()),
+            );
+        }
         ApiError::invalid_argument(format!("invalid JSON body: {}", rejection.body_text()))
     }
 }

@@ -2,6 +2,12 @@
 //! `flotilla-api-types`, one error body for every failure, bearer-token auth
 //! on everything but the health and metrics endpoints, and an OpenAPI
 //! document generated from the handlers at `/api/v1/openapi.json`.
+//!
+//! Every mutation (any method but GET, HEAD and OPTIONS) is recorded in the
+//! audit log (the `events` table, `flotilla events`) by [`audit_mutations`]:
+//! who (the token's subject), what (method, route template and path), when,
+//! and the result (the HTTP status). One layer rather than a line in each
+//! handler, so a new endpoint cannot forget it.
 
 mod blobs;
 mod convert;
@@ -53,7 +59,7 @@ pub struct AppState {
         nodes::drain_node, nodes::update_labels, nodes::health_history, nodes::create_assignment,
         nodes::list_assignments, nodes::remove_assignment, rollouts::create_rollout,
         rollouts::list_rollouts, rollouts::get_rollout, rollouts::command_rollout,
-        rollouts::list_events,
+        rollouts::list_events, models::delete_model, models::delete_version,
     ),
     modifiers(&BearerAuth),
     tags((name = "models"), (name = "prompts"), (name = "blobs"), (name = "auth"), (name = "nodes"), (name = "assignments"), (name = "rollouts"))
@@ -85,19 +91,25 @@ pub fn openapi_json() -> String {
 }
 
 pub fn router(state: AppState) -> Router {
+    let audit = middleware::from_fn_with_state(state.clone(), audit_mutations);
     let api = Router::new()
         .route(
             "/models",
             get(models::list_models).post(models::create_model),
         )
-        .route("/models/{name}", get(models::get_model))
+        .route(
+            "/models/{name}",
+            get(models::get_model).delete(models::delete_model),
+        )
         .route(
             "/models/{name}/versions",
             get(models::list_versions).post(models::create_version),
         )
         .route(
             "/models/{name}/versions/{version}",
-            get(models::get_version).patch(models::update_version),
+            get(models::get_version)
+                .patch(models::update_version)
+                .delete(models::delete_version),
         )
         .route(
             "/models/{name}/versions/{version}/artifacts",
@@ -149,6 +161,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus_metrics))
+        .layer(audit)
+        .layer(middleware::from_fn(json_error_bodies))
         .layer(middleware::from_fn(record_http_metrics))
         // Request spans at INFO so that they reach the OTLP exporter under the
         // default filter; per-request log lines stay at DEBUG.
@@ -186,9 +200,25 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
-    if let Err(error) = state.registry.store().ping().await {
-        tracing::warn!(%error, "readiness: database unavailable");
-        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+    // A probe answers within its own deadline: with the database down, a
+    // ping would otherwise wait out the pool's whole acquire timeout.
+    match tokio::time::timeout(READINESS_PING_TIMEOUT, state.registry.store().ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness: database unavailable");
+            return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = READINESS_PING_TIMEOUT.as_millis() as u64,
+                "readiness: the database did not answer in time"
+            );
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable (no answer in time)\n",
+            )
+                .into_response();
+        }
     }
     if let Err(error) = state.registry.blobs().ping().await {
         tracing::warn!(%error, "readiness: object store unavailable");
@@ -199,6 +229,79 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .into_response();
     }
     (StatusCode::OK, "ready\n").into_response()
+}
+
+/// Records each mutation in the audit log once it has been answered (so the
+/// result is known). Runs after routing, so the route template is known; the
+/// caller is read from the bearer token again (a token that does not verify
+/// is recorded as `unauthenticated`). A failure to record is logged, not
+/// turned into a failure of the request that already happened.
+async fn audit_mutations(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    use axum::http::Method;
+    let method = request.method().clone();
+    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let path = request.uri().path().to_owned();
+    let actor = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|header| crate::auth::bearer_token(Some(header)).ok())
+        .and_then(|token| state.auth.verify(token).ok())
+        .map_or_else(|| "unauthenticated".to_owned(), |principal| principal.subject);
+    let response = next.run(request).await;
+    let status = response.status();
+    let node = path
+        .strip_prefix("/api/v1/nodes/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|name| *name != "tokens")
+        .and_then(|name| name.parse::<crate::domain::NodeName>().ok());
+    let rollout = path
+        .strip_prefix("/api/v1/rollouts/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|name| name.parse::<crate::domain::RolloutName>().ok());
+    let event = crate::domain::NewEvent {
+        actor,
+        rollout,
+        node,
+        action: format!("api {method} {route}"),
+        message: format!(
+            "{method} {path} -> {} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        ),
+    };
+    if let Err(error) = state.registry.store().append_events(&[event]).await {
+        tracing::warn!(%error, %method, %path, "cannot record the request in the audit log");
+    }
+    response
+}
+
+/// How long `/readyz` waits for the database before it says not ready.
+const READINESS_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Gives the errors that layers below the handlers answer by themselves (a
+/// body over the size limit: a plain-text 413) the API's JSON error shape.
+async fn json_error_bodies(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return crate::error::ApiError::new(
+            crate::error::ErrorCode::PayloadTooLarge,
+            "the request body is larger than this endpoint accepts",
+        )
+        .into_response();
+    }
+    response
 }
 
 async fn prometheus_metrics(State(state): State<AppState>) -> Response {

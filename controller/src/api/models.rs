@@ -161,6 +161,41 @@ pub async fn update_version(
     Ok(Json(version_with_artifacts(updated)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/models/{name}", tag = "models",
+    params(("name" = String, Path, description = "model name")),
+    responses((status = 204, description = "deleted"), (status = 404, body = dto::ErrorBody),
+        (status = 409, description = "the model has published versions", body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_model(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
+    let name = model_name(&name)?;
+    state.registry.delete_unused_model(&name).await?;
+    tracing::info!(model = %name, by = %caller.subject, "model deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/api/v1/models/{name}/versions/{version}", tag = "models",
+    params(("name" = String, Path), ("version" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 404, body = dto::ErrorBody),
+        (status = 409, description = "the version is not a draft", body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_version(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
+    let name = model_name(&name)?;
+    let version = semver_version(&version)?;
+    state.registry.delete_draft_version(&name, &version).await?;
+    tracing::info!(model = %name, %version, by = %caller.subject, "draft version deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(post, path = "/api/v1/models/{name}/versions/{version}/artifacts", tag = "models",
     params(("name" = String, Path), ("version" = String, Path), dto::UploadQuery,
         ("x-flotilla-blake3" = Option<String>, Header, description = "expected blake3 digest (hex)")),

@@ -37,7 +37,14 @@ fn spec(request: &dto::CreateRolloutRequest) -> Result<RolloutSpec, ApiError> {
         .model
         .parse()
         .map_err(|e: crate::domain::InvalidName| invalid(e.to_string()))?;
-    let requirement = semver::VersionReq::parse(request.version.trim()).map_err(|error| {
+    // A bare version is that version exactly, as in assignments; semver
+    // alone would read `1.1.0` as the caret range `^1.1.0`.
+    let version_text = request.version.trim();
+    let requirement = match semver::Version::parse(version_text) {
+        Ok(exact) => semver::VersionReq::parse(&format!("={exact}")),
+        Err(_) => semver::VersionReq::parse(version_text),
+    }
+    .map_err(|error| {
         invalid(format!(
             "invalid version requirement {:?}: {error}",
             request.version.chars().take(40).collect::<String>()
@@ -137,6 +144,21 @@ fn node_info(
         bytes_done,
         bytes_total,
         ready,
+        current: node.previous.as_ref().map(serving_summary),
+        next: node.desired.as_ref().map(serving_summary),
+    }
+}
+
+fn serving_summary(desired: &crate::domain::DesiredAssignment) -> dto::ServingSummary {
+    dto::ServingSummary {
+        model: desired.model.clone(),
+        version: desired.version.clone(),
+        prompt: desired
+            .prompt
+            .as_ref()
+            .map(|prompt| format!("{}@{}", prompt.name, prompt.version)),
+        prompt_policy: desired.prompt_policy.as_str().to_owned(),
+        aliases: desired.aliases.clone(),
     }
 }
 
@@ -205,6 +227,13 @@ pub async fn create_rollout(
     let name = rollout_name(&request.name)?;
     let spec = spec(&request)?;
     if request.dry_run {
+        // The dry run refuses what the real create would: a name in use.
+        if state.rollouts.get(&name).await.is_ok() {
+            return Err(ApiError::new(
+                crate::error::ErrorCode::AlreadyExists,
+                format!("rollout {name} already exists"),
+            ));
+        }
         let plan = state.rollouts.plan(&spec).await?;
         let now = time::OffsetDateTime::now_utc();
         let rollout = Rollout {

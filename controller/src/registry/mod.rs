@@ -206,6 +206,20 @@ impl Registry {
         self.version(model, version).await
     }
 
+    /// Deletes a draft version (say, one a refused upload left behind).
+    pub async fn delete_draft_version(
+        &self,
+        model: &ModelName,
+        version: &semver::Version,
+    ) -> RegistryResult<()> {
+        Ok(self.store.delete_draft_version(model, version).await?)
+    }
+
+    /// Deletes a model that was never published, with its drafts.
+    pub async fn delete_unused_model(&self, model: &ModelName) -> RegistryResult<()> {
+        Ok(self.store.delete_unused_model(model).await?)
+    }
+
     pub async fn resolve(
         &self,
         model: &ModelName,
@@ -436,6 +450,18 @@ fn describe_artifact(
     if inspection.size_bytes < required {
         return Err(RegistryError::InvalidArtifact(format!(
             "truncated GGUF file: it is {} bytes, but its tensors need {required}",
+            inspection.size_bytes
+        )));
+    }
+    // Writers pad the tensor data to the file's alignment, so up to one
+    // alignment unit may follow the last tensor; anything beyond is bytes
+    // that no tensor describes (a concatenated file, junk), refused rather
+    // than stored and served.
+    let padded = required.div_ceil(header.alignment.max(1)) * header.alignment.max(1);
+    if inspection.size_bytes > padded {
+        return Err(RegistryError::InvalidArtifact(format!(
+            "GGUF file has {} bytes after its last tensor: it is {} bytes, but its tensors end at {required}",
+            inspection.size_bytes - required,
             inspection.size_bytes
         )));
     }

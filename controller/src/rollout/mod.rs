@@ -159,6 +159,19 @@ impl Rollouts {
                     &spec.quantization,
                     budget,
                 );
+                // What the rollout does not say, it keeps: the node's current
+                // prompt (with its policy) and aliases carry over, so that a
+                // version change does not silently drop them.
+                let current = node.desired.assignment.as_ref();
+                let (node_prompt, prompt_policy) = match (&prompt, current) {
+                    (Some(prompt), _) => (Some(prompt.clone()), spec.prompt_policy),
+                    (None, Some(current)) => (current.prompt.clone(), current.prompt_policy),
+                    (None, None) => (None, spec.prompt_policy),
+                };
+                let aliases = match current {
+                    Some(current) if spec.aliases.is_empty() => current.aliases.clone(),
+                    _ => spec.aliases.clone(),
+                };
                 let (state, desired, reason) = match fit {
                     Fit::Fits(fits) => (
                         RolloutNodeState::Waiting,
@@ -168,9 +181,9 @@ impl Rollouts {
                             quantization: fits.artifact.quantization.name().to_owned(),
                             digest: fits.artifact.digest.to_hex(),
                             size_bytes: fits.artifact.size_bytes,
-                            prompt: prompt.clone(),
-                            prompt_policy: spec.prompt_policy,
-                            aliases: spec.aliases.clone(),
+                            prompt: node_prompt,
+                            prompt_policy,
+                            aliases,
                             assignment_generation: 0,
                             target: String::new(),
                         }),
@@ -185,7 +198,9 @@ impl Rollouts {
                     wave: u32::try_from(wave).unwrap_or(u32::MAX),
                     state,
                     desired,
-                    previous: None,
+                    // What it replaces, for the dry run's view; recorded
+                    // again when the node is started.
+                    previous: current.cloned(),
                     reason,
                 });
             }

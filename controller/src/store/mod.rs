@@ -423,6 +423,24 @@ pub trait Store: Send + Sync + 'static {
     /// until that connection closes (so a crashed leader releases it);
     /// SQLite: one box, always the leader. `None`: another replica leads.
     async fn try_lead(&self) -> StoreResult<Option<Box<dyn Leadership>>>;
+
+    // ---- registry lifecycle (issue 19) ----
+
+    /// Deletes a draft version and its artifact rows (the blobs stay: another
+    /// version may share them, and a later push of the same bytes reuses
+    /// them). `NotFound` if there is no such version, `FailedPrecondition` if
+    /// it has been published (assignments and rollouts may name it).
+    async fn delete_draft_version(
+        &self,
+        model: &ModelName,
+        version: &semver::Version,
+    ) -> StoreResult<()>;
+    /// Deletes a model none of whose versions was ever published, with its
+    /// drafts. `NotFound` if there is no such model, `FailedPrecondition`
+    /// naming the published versions otherwise.
+    async fn delete_unused_model(&self, model: &ModelName) -> StoreResult<()>;
+    /// Appends events to the audit log (the API's record of each mutation).
+    async fn append_events(&self, events: &[NewEvent]) -> StoreResult<()>;
 }
 
 /// Held by the controller that runs the rollout engine.

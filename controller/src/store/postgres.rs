@@ -868,6 +868,84 @@ impl Store for PostgresStore {
             Ok(None)
         }
     }
+
+    // ---- registry lifecycle (issue 19) ----
+
+    async fn delete_draft_version(
+        &self,
+        model: &ModelName,
+        version: &semver::Version,
+    ) -> StoreResult<()> {
+        in_transaction!(self, "delete_draft_version", |conn| {
+            let (id, state) = lock_version(conn, model, version).await?;
+            if state != VersionState::Draft {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "version {version} of model {model} is {state}; only drafts can be deleted \
+                     (deprecate or yank a published version instead)"
+                )));
+            }
+            sqlx::query("DELETE FROM artifacts WHERE version_id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM model_versions WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+    }
+
+    async fn delete_unused_model(&self, model: &ModelName) -> StoreResult<()> {
+        in_transaction!(self, "delete_unused_model", |conn| {
+            // Locked: a version created meanwhile waits, then fails its
+            // foreign key, instead of being deleted unseen.
+            let model_id = sqlx::query_scalar::<_, i64>(
+                "SELECT id FROM models WHERE name = $1 FOR UPDATE",
+            )
+            .bind(model.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| model_not_found(model))?;
+            let published = sqlx::query_scalar::<_, String>(
+                "SELECT version FROM model_versions WHERE model_id = $1 AND state <> 'draft' \
+                 ORDER BY id LIMIT 5",
+            )
+            .bind(model_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            if !published.is_empty() {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "model {model} has published versions ({}); a model can be deleted only \
+                     while it has nothing but drafts",
+                    published.join(", ")
+                )));
+            }
+            sqlx::query(
+                "DELETE FROM artifacts WHERE version_id IN \
+                 (SELECT id FROM model_versions WHERE model_id = $1)",
+            )
+            .bind(model_id)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("DELETE FROM model_versions WHERE model_id = $1")
+                .bind(model_id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM models WHERE id = $1")
+                .bind(model_id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+    }
+
+    async fn append_events(&self, events: &[crate::domain::NewEvent]) -> StoreResult<()> {
+        let now_ms = super::rollout_rows::to_unix_ms(time::OffsetDateTime::now_utc());
+        in_transaction!(self, "append_events", |conn| {
+            fleet::queries::rollouts::insert_events(conn, events, now_ms).await
+        })
+    }
 }
 
 /// The session holding the rollout engine's advisory lock.

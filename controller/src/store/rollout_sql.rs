@@ -400,7 +400,9 @@ macro_rules! rollout_queries {
                     generation = Some(value);
                     let mut desired = desired.clone();
                     desired.assignment_generation = value;
-                    desired.target = format!("node={node}");
+                    // Says whose it is: a rollout's node-level row wins over
+                    // selector assignments like an operator's pin does.
+                    desired.target = format!("node={node} (rollout {rollout})");
                     sqlx::query(
                         "INSERT INTO assignments (generation, node_name, desired, created_by, rollout) \
                          VALUES ($1, $2, $3, $4, $5)",

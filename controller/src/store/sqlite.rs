@@ -932,6 +932,76 @@ impl Store for SqliteStore {
     async fn try_lead(&self) -> StoreResult<Option<Box<dyn super::Leadership>>> {
         Ok(Some(Box::new(super::SoleLeader)))
     }
+
+    // ---- registry lifecycle (issue 19) ----
+
+    async fn delete_draft_version(
+        &self,
+        model: &ModelName,
+        version: &semver::Version,
+    ) -> StoreResult<()> {
+        in_transaction!(self, "delete_draft_version", Access::Write, |conn| {
+            let (id, state) = lock_version(conn, model, version).await?;
+            if state != VersionState::Draft {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "version {version} of model {model} is {state}; only drafts can be deleted \
+                     (deprecate or yank a published version instead)"
+                )));
+            }
+            sqlx::query("DELETE FROM artifacts WHERE version_id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM model_versions WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+    }
+
+    async fn delete_unused_model(&self, model: &ModelName) -> StoreResult<()> {
+        in_transaction!(self, "delete_unused_model", Access::Write, |conn| {
+            let model_id = model_id(conn, model).await?;
+            let published = sqlx::query_scalar::<_, String>(
+                "SELECT version FROM model_versions WHERE model_id = $1 AND state <> 'draft' \
+                 ORDER BY id LIMIT 5",
+            )
+            .bind(model_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            if !published.is_empty() {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "model {model} has published versions ({}); a model can be deleted only \
+                     while it has nothing but drafts",
+                    published.join(", ")
+                )));
+            }
+            sqlx::query(
+                "DELETE FROM artifacts WHERE version_id IN \
+                 (SELECT id FROM model_versions WHERE model_id = $1)",
+            )
+            .bind(model_id)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("DELETE FROM model_versions WHERE model_id = $1")
+                .bind(model_id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM models WHERE id = $1")
+                .bind(model_id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+    }
+
+    async fn append_events(&self, events: &[crate::domain::NewEvent]) -> StoreResult<()> {
+        let now_ms = super::rollout_rows::to_unix_ms(time::OffsetDateTime::now_utc());
+        in_transaction!(self, "append_events", Access::Write, |conn| {
+            fleet::queries::rollouts::insert_events(conn, events, now_ms).await
+        })
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,18 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
+        if flag == "--help" || flag == "-h" {
+            println!(
+                "bench-fleet: control-plane benchmark (simulated agents against a real controller)\n\n\
+                 usage: bench-fleet [--agents N] [--heartbeat-ms MS] [--steady-seconds S] [--advertise]\n\n\
+                 --agents N           simulated agents [default: 10000]\n\
+                 --heartbeat-ms MS    heartbeat interval [default: 1000]\n\
+                 --steady-seconds S   steady-state window [default: 30]\n\
+                 --advertise          agents advertise inference URLs (routing directory traffic)\n\n\
+                 Needs FLOTILLA_TEST_DATABASE_URL (Postgres) and the release controller binary."
+            );
+            std::process::exit(0);
+        }
         if flag == "--advertise" {
             args.advertise = true;
             continue;

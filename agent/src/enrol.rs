@@ -141,19 +141,32 @@ pub fn save(data_dir: &Path, identity: &NodeIdentity) -> Result<(), EnrolError> 
     let text =
         toml::to_string(identity).map_err(|error| write_error(std::io::Error::other(error)))?;
     let temporary = data_dir.join(format!("{IDENTITY_FILE}.tmp"));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&temporary).map_err(write_error)?;
+    let mut file = create_private(&temporary).map_err(write_error)?;
     file.write_all(text.as_bytes()).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
     drop(file);
     std::fs::rename(&temporary, &path).map_err(write_error)?;
     Ok(())
+}
+
+/// Creates `path` afresh, readable by its owner only (0600), for a file
+/// that is then renamed into place: the identity here, the agent's state
+/// (with its system prompts) in `reconcile::persist`. A leftover file is
+/// removed first, since opening an existing file keeps its mode.
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
 }
 
 /// Calls `Fleet/Enroll` and returns the identity the controller granted.
@@ -240,25 +253,45 @@ pub fn node_status_name(status: pb::NodeStatus) -> &'static str {
     }
 }
 
-/// The health probe's inventory in the wire shape the controller expects.
+/// Longest inventory text the controller accepts (`MAX_INVENTORY_TEXT_LEN`
+/// there); longer text from an odd driver is cut, not refused.
+const MAX_INVENTORY_TEXT: usize = 256;
+/// Most GPUs the controller accepts in an inventory.
+const MAX_INVENTORY_GPUS: usize = 64;
+
+/// `text` cut to what the controller accepts, without control characters.
+fn bounded(text: &str) -> String {
+    let mut kept = String::new();
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if kept.len() + c.len_utf8() > MAX_INVENTORY_TEXT {
+            break;
+        }
+        kept.push(c);
+    }
+    kept
+}
+
+/// The health probe's inventory in the wire shape the controller expects,
+/// within its bounds.
 pub fn inventory_to_wire(inventory: &Inventory) -> pb::Inventory {
     pb::Inventory {
-        cpu_model: inventory.cpu_model.clone(),
+        cpu_model: bounded(&inventory.cpu_model),
         cpu_cores: u32::try_from(inventory.cpu_logical_cores).unwrap_or(u32::MAX),
         memory_total_bytes: inventory.memory_total_bytes,
         disk_total_bytes: inventory
             .data_disk
             .as_ref()
             .map_or(0, |disk| disk.total_bytes),
-        os: inventory.os.clone().unwrap_or_default(),
+        os: bounded(inventory.os.as_deref().unwrap_or_default()),
         gpus: inventory
             .gpus
             .iter()
+            .take(MAX_INVENTORY_GPUS)
             .map(|gpu| pb::Gpu {
                 index: gpu.index,
-                name: gpu.name.clone(),
+                name: bounded(&gpu.name),
                 memory_total_bytes: gpu.memory_total_bytes,
-                driver_version: gpu.driver_version.clone().unwrap_or_default(),
+                driver_version: bounded(gpu.driver_version.as_deref().unwrap_or_default()),
             })
             .collect(),
     }

@@ -350,7 +350,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(flotilla_tls::ServerTls::load(cert, key)?),
         _ => None,
     };
-    let identity = identity(&cli, &data_dir, &trust).await?;
     // Bound before anything else starts, so that a taken port fails the
     // start with a clear message instead of a half-running agent.
     let http_listener = tokio::net::TcpListener::bind(cli.http)
@@ -384,6 +383,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &[("--http", cli.http), ("--grpc", cli.grpc)],
     )
     .map_err(anyhow::Error::msg)?;
+    // Enrol only once the checks above passed: a start refused for its
+    // exposure must not spend the bootstrap token.
+    let identity = identity(&cli, &data_dir, &trust).await?;
     let serve_config = ServeConfig {
         auth: auth.map(std::sync::Arc::new),
         queue_capacity: cli.inference_queue.max(1),

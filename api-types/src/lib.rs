@@ -222,6 +222,9 @@ pub struct CreateTokenRequest {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct TokenInfo {
     pub token: String,
+    /// The token's id (`jti`): what `flotilla token revoke` takes.
+    #[serde(default)]
+    pub id: String,
     pub subject: String,
     pub role: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -249,6 +252,54 @@ pub struct CreateBootstrapTokenRequest {
     pub ttl_seconds: Option<u64>,
     /// How many agents may enrol with it (default 1).
     pub uses: Option<u32>,
+    /// Bind it to a node name or a glob of `*` and `?` (`rack7-*`): only
+    /// matching names may enrol with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Make it the operator's approval to replace the enrolled node of this
+    /// exact name (binds the token to that name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<String>,
+}
+
+/// A bootstrap token as listed: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct BootstrapTokenRecord {
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub expires_at: OffsetDateTime,
+    pub uses_left: u32,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+    /// The node names it may enrol (absent: any).
+    pub node: Option<String>,
+    /// Whether it may replace the enrolled node named by `node`.
+    pub replace: bool,
+    pub revoked: bool,
+}
+
+/// A human/API token as listed: never the token itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TokenRecord {
+    /// The token's id (`jti`).
+    pub id: String,
+    pub subject: String,
+    pub role: String,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub revoked_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -483,6 +483,51 @@ impl ApiClient {
         self.get(&["whoami"], &[]).await
     }
 
+    // ---- identity and access (issue 16) ----
+
+    pub async fn list_tokens(&self) -> ClientResult<Vec<flotilla_api_types::TokenRecord>> {
+        self.get(&["tokens"], &[]).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> ClientResult<flotilla_api_types::TokenRecord> {
+        self.send_query(Method::DELETE, &["tokens", id], &[]).await
+    }
+
+    pub async fn list_bootstrap_tokens(
+        &self,
+    ) -> ClientResult<Vec<flotilla_api_types::BootstrapTokenRecord>> {
+        self.get(&["nodes", "tokens"], &[]).await
+    }
+
+    pub async fn revoke_bootstrap_token(
+        &self,
+        id: &str,
+    ) -> ClientResult<flotilla_api_types::BootstrapTokenRecord> {
+        self.send_query(Method::DELETE, &["nodes", "tokens", id], &[])
+            .await
+    }
+
+    /// Lets the next enrolment under `name` replace the node, once.
+    pub async fn approve_replace_node(&self, name: &str) -> ClientResult<NodeInfo> {
+        self.node_action(name, "approve-replace").await
+    }
+
+    /// Removes a node and revokes its credentials (admins only).
+    pub async fn remove_node(&self, name: &str) -> ClientResult<()> {
+        let url = self.url(&["nodes", name]);
+        let request = self.request(Method::DELETE, url.clone());
+        match self.execute::<serde_json::Value>(url, request).await {
+            Ok(_) => Ok(()),
+            // 204: no body to decode, which is the success.
+            Err(ClientError::UnexpectedResponse { status, .. })
+                if status == StatusCode::NO_CONTENT =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     // ---- plumbing ----
 
     /// `{base}/api/v1/{segments…}`, each segment percent-encoded, so a name

@@ -64,6 +64,11 @@ pub struct ControllerArgs {
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
     #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Lifetime in hours of the admin token written to `admin.token` when
+    /// it is missing (default 24). Mint longer-lived tokens for automation
+    /// with `flotilla token create`; they can be listed and revoked.
+    #[arg(long, env = "FLOTILLA_FIRST_ADMIN_TOKEN_TTL_HOURS", value_parser = clap::value_parser!(u64).range(1..=8784))]
+    pub first_admin_token_ttl_hours: Option<u64>,
 }
 
 /// The configuration file's shape; every field is optional.
@@ -83,7 +88,14 @@ struct FileConfig {
     public_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    first_admin_token_ttl_hours: Option<u64>,
 }
+
+/// Default lifetime of the admin token written on first start: long
+/// enough to set up the fleet and mint named tokens, short enough that a
+/// forgotten copy of the file stops opening the controller within a day.
+pub const DEFAULT_FIRST_ADMIN_TOKEN_TTL: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
 
 /// The resolved configuration.
 #[derive(Clone)]
@@ -105,6 +117,8 @@ pub struct ControllerConfig {
     /// change announcement (which makes it prompt). Not a flag: tests set
     /// it to prove that announcements alone deliver changes.
     pub change_rescan_interval: std::time::Duration,
+    /// Lifetime of the admin token written to `admin.token` when missing.
+    pub first_admin_token_ttl: std::time::Duration,
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -126,6 +140,7 @@ impl std::fmt::Debug for ControllerConfig {
             .field("public_url", &self.public_url)
             .field("tls", &self.tls)
             .field("change_rescan_interval", &self.change_rescan_interval)
+            .field("first_admin_token_ttl", &self.first_admin_token_ttl)
             .finish()
     }
 }
@@ -209,6 +224,12 @@ impl ControllerConfig {
             ),
             public_url: args.public_url.clone().or(file.public_url),
             change_rescan_interval: crate::fleet::follow::RESCAN_EVERY,
+            first_admin_token_ttl: args
+                .first_admin_token_ttl_hours
+                .or(file.first_admin_token_ttl_hours)
+                .map_or(DEFAULT_FIRST_ADMIN_TOKEN_TTL, |hours| {
+                    std::time::Duration::from_secs(hours.clamp(1, 8784) * 3600)
+                }),
             data_dir,
         })
     }
@@ -230,6 +251,7 @@ impl ControllerConfig {
             public_url: None,
             tls: None,
             change_rescan_interval: crate::fleet::follow::RESCAN_EVERY,
+            first_admin_token_ttl: DEFAULT_FIRST_ADMIN_TOKEN_TTL,
         }
     }
 

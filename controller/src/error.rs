@@ -116,6 +116,9 @@ impl From<AuthError> for ApiError {
                 Self::new(ErrorCode::PermissionDenied, error.to_string())
             }
             AuthError::Mint(_) => Self::internal(error),
+            AuthError::RevocationsUnavailable(_) => {
+                Self::new(ErrorCode::Unavailable, error.to_string())
+            }
             other => Self::new(ErrorCode::Unauthenticated, other.to_string()),
         }
     }
@@ -175,6 +178,9 @@ impl From<FleetError> for ApiError {
             FleetError::InvalidArgument(message) => Self::invalid_argument(message),
             FleetError::TokenRejected(rejection) => {
                 Self::new(ErrorCode::Unauthenticated, rejection.to_string())
+            }
+            FleetError::PermissionDenied(message) => {
+                Self::new(ErrorCode::PermissionDenied, message)
             }
             FleetError::Store(store) => store.into(),
             FleetError::Auth(auth) => auth.into(),

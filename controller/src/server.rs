@@ -18,8 +18,6 @@ use crate::registry::Registry;
 use crate::rollout::Rollouts;
 use crate::store;
 
-/// Lifetime of the admin token written on first start.
-const FIRST_ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How often the rollout engine looks at unfinished rollouts (it also
 /// wakes when one changes).
 const ROLLOUT_TICK: Duration = Duration::from_secs(1);
@@ -61,14 +59,6 @@ impl Controller {
         if keys_created {
             tracing::info!(path = %config.jwt_keys.display(), "created a new JWT key file");
         }
-        let admin_token_path = config.admin_token_path();
-        if keys_created || !admin_token_path.exists() {
-            let (token, expires_at) = auth.mint("admin", Role::Admin, FIRST_ADMIN_TOKEN_TTL)?;
-            write_private_file(&admin_token_path, format!("{token}\n").as_bytes())
-                .with_context(|| format!("cannot write {}", admin_token_path.display()))?;
-            tracing::info!(path = %admin_token_path.display(), %expires_at,
-                "wrote an admin token (mode 0600); use it with FLOTILLA_TOKEN=$(cat PATH)");
-        }
         tracing::info!(
             store = store.backend().as_str(),
             objects = blobs.description(),
@@ -82,6 +72,18 @@ impl Controller {
                 heartbeat_interval: config.heartbeat_interval,
             },
         );
+        let admin_token_path = config.admin_token_path();
+        if keys_created || !admin_token_path.exists() {
+            // Recorded like any API token, so it can be listed and revoked.
+            let minted = fleet
+                .mint_api_token("admin", Role::Admin, config.first_admin_token_ttl, "controller")
+                .await?;
+            write_private_file(&admin_token_path, format!("{}\n", minted.token).as_bytes())
+                .with_context(|| format!("cannot write {}", admin_token_path.display()))?;
+            tracing::info!(path = %admin_token_path.display(), expires_at = %minted.expires_at,
+                token_id = %minted.id,
+                "wrote an admin token (mode 0600); use it with FLOTILLA_TOKEN=$(cat PATH); delete the file and restart for a new one");
+        }
         let rollouts = Rollouts::new(store.clone(), fleet.clone());
         let registry = Registry::new(store, blobs, config.max_upload_bytes);
         let state = AppState {

@@ -226,6 +226,8 @@ async fn refused_enrolments_change_nothing(store: TestStore) -> anyhow::Result<(
             ttl: Duration::ZERO,
             uses: 3,
             created_by: "test".to_owned(),
+            node_pattern: None,
+            may_replace: false,
         })
         .await?;
     let late = fleet
@@ -263,8 +265,18 @@ async fn refused_enrolments_change_nothing(store: TestStore) -> anyhow::Result<(
         .map(|n| n.name)
         .collect();
     assert_eq!(names, ["first"]);
-    // Refusals took no uses: the fresh token still enrols five nodes, the
-    // first of them replacing `first` explicitly.
+    // Replacing needs an operator's approval; refusals took no uses: the
+    // fresh token still enrols five nodes, the first of them replacing
+    // `first` explicitly once approved.
+    let unapproved = fleet
+        .enroll(&fresh.token, "first", true)
+        .await
+        .expect_err("unapproved replacement");
+    assert_eq!(unapproved.code(), Code::PermissionDenied);
+    let approved = fleet
+        .post("/api/v1/nodes/first/approve-replace", fleet.admin(), json!({}))
+        .await?;
+    assert_eq!(approved.status(), StatusCode::OK);
     fleet.enroll(&fresh.token, "first", true).await?;
     for index in 0..4 {
         fleet

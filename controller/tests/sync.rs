@@ -622,7 +622,15 @@ async fn newer_stream_replaces_older_and_credentials_renew(store: TestStore) -> 
 
     // A credential past half its life is renewed on the next heartbeat.
     let auth = Authenticator::new(&harness.keys()?, "flotilla")?;
-    let (short, _) = auth.mint("edge-1", Role::Node, Duration::from_secs(600))?;
+    let generation = auth
+        .verify(&enrolled[0].credential)?
+        .credential_generation
+        .unwrap_or_default();
+    let (short, _) = auth.mint_node_credential_with_ttl(
+        &"edge-1".parse()?,
+        generation,
+        Duration::from_secs(600),
+    )?;
     let mut stream = harness.open(&short, "edge-1").await?;
     stream.desired_at_least(0).await?;
     stream.heartbeat(1, 1.0).await?;

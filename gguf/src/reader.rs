@@ -1,8 +1,12 @@
 //! The sequential GGUF header parser. It reads from any `Read` without seeking because the
 //! controller validates uploads while their bytes stream in. The input is hostile: every
 //! length is checked against a limit before anything is allocated for it, vectors grow
-//! with the bytes actually read (never `with_capacity(untrusted)`), and the total memory
-//! the parsed metadata may occupy is budgeted.
+//! with the bytes actually read (never `with_capacity(untrusted)`), and the memory the
+//! parsed metadata may occupy is budgeted twice: per value ([`MAX_VALUE_MEMORY`]) and for
+//! the whole header ([`MAX_METADATA_MEMORY`]). An array of fixed-size elements is charged
+//! in full before its first element is read, so a small file declaring a huge array is
+//! refused before it costs anything (each element is a [`MetadataValue`] of 32 bytes: an
+//! 8 MiB file of one `u8` array would otherwise occupy 256 MiB).
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -21,8 +25,13 @@ pub const MAX_METADATA_ENTRIES: u64 = 1 << 16;
 pub const MAX_TENSORS: u64 = 1 << 20;
 /// Most elements in one metadata array (vocabularies are a few hundred thousand).
 pub const MAX_ARRAY_ELEMENTS: u64 = 1 << 24;
-/// Memory budget for all parsed metadata values together.
-pub const MAX_METADATA_MEMORY: u64 = 512 << 20;
+/// Memory budget for all parsed metadata values together. Real models need a few tens of
+/// MiB (a 262k-token vocabulary with scores and token types: about 35 MiB).
+pub const MAX_METADATA_MEMORY: u64 = 256 << 20;
+/// Memory budget for one metadata value (an array counts all its elements). The largest
+/// real values, vocabularies and merge lists of a few hundred thousand strings, take
+/// about 20 MiB.
+pub const MAX_VALUE_MEMORY: u64 = 64 << 20;
 /// Most dimensions per tensor (ggml's `GGML_MAX_DIMS`).
 pub const MAX_TENSOR_DIMS: u32 = 4;
 /// Nesting depth of arrays inside arrays.
@@ -38,6 +47,7 @@ pub fn read_header<R: Read>(reader: R) -> Result<GgufHeader, GgufError> {
         reader,
         position: 0,
         metadata_memory: 0,
+        value_memory: 0,
     };
     parser.header()
 }
@@ -46,6 +56,13 @@ struct Parser<R> {
     reader: R,
     position: u64,
     metadata_memory: u64,
+    /// Memory of the metadata value being read (reset per entry).
+    value_memory: u64,
+}
+
+/// Whether values of this type id occupy one [`MetadataValue`] and nothing else.
+fn fixed_size(type_id: u32) -> bool {
+    matches!(type_id, 0..=7 | 10..=12)
 }
 
 impl<R: Read> Parser<R> {
@@ -67,6 +84,14 @@ impl<R: Read> Parser<R> {
     }
 
     fn charge(&mut self, bytes: u64) -> Result<(), GgufError> {
+        self.value_memory = self.value_memory.saturating_add(bytes);
+        if self.value_memory > MAX_VALUE_MEMORY {
+            return Err(GgufError::TooLarge {
+                what: "one metadata value (in memory)".into(),
+                value: self.value_memory,
+                limit: MAX_VALUE_MEMORY,
+            });
+        }
         self.metadata_memory = self.metadata_memory.saturating_add(bytes);
         if self.metadata_memory > MAX_METADATA_MEMORY {
             return Err(GgufError::TooLarge {
@@ -88,7 +113,8 @@ impl<R: Read> Parser<R> {
             });
         }
         self.charge(length + 24)?;
-        let mut buffer = Vec::new();
+        // Bounded by MAX_STRING_BYTES, and exact: no doubling slack.
+        let mut buffer = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
         // `take` bounds the read to what the file really holds, so a lying length cannot
         // make us allocate more than the input provides.
         let read = (&mut self.reader)
@@ -110,6 +136,16 @@ impl<R: Read> Parser<R> {
         what: &dyn Fn() -> String,
     ) -> Result<MetadataValue, GgufError> {
         self.charge(std::mem::size_of::<MetadataValue>() as u64)?;
+        self.value_charged(type_id, depth, what)
+    }
+
+    /// A value whose own [`MetadataValue`] was charged already.
+    fn value_charged(
+        &mut self,
+        type_id: u32,
+        depth: u32,
+        what: &dyn Fn() -> String,
+    ) -> Result<MetadataValue, GgufError> {
         Ok(match type_id {
             0 => MetadataValue::U8(u8::from_le_bytes(self.bytes(what)?)),
             1 => MetadataValue::I8(i8::from_le_bytes(self.bytes(what)?)),
@@ -145,11 +181,25 @@ impl<R: Read> Parser<R> {
                         limit: MAX_ARRAY_ELEMENTS,
                     });
                 }
+                let fixed = fixed_size(element_type);
+                if fixed {
+                    // Charged whole before reading: a lying count fails here.
+                    self.charge(count.saturating_mul(std::mem::size_of::<MetadataValue>() as u64))?;
+                }
+                // Grown in bounded steps as elements arrive, never to the declared
+                // count at once: a truncated file cannot make us allocate for it.
+                const STEP: usize = 1 << 16;
                 let mut values = Vec::new();
                 for index in 0..count {
-                    values.push(self.value(element_type, depth + 1, &|| {
-                        format!("element {index} of {}", what())
-                    })?);
+                    if values.len() == values.capacity() {
+                        values.reserve_exact(STEP.min(usize::try_from(count - index).unwrap_or(STEP)));
+                    }
+                    let element = &|| format!("element {index} of {}", what());
+                    values.push(if fixed {
+                        self.value_charged(element_type, depth + 1, element)?
+                    } else {
+                        self.value(element_type, depth + 1, element)?
+                    });
                 }
                 MetadataValue::Array(values)
             }
@@ -188,6 +238,7 @@ impl<R: Read> Parser<R> {
 
         let mut metadata = Metadata::default();
         for index in 0..metadata_count {
+            self.value_memory = 0;
             let key = self.string(&|| format!("key of metadata entry {index}"))?;
             let type_id = self.u32(&|| format!("value type of metadata key {key:?}"))?;
             let value = self.value(type_id, 0, &|| format!("value of metadata key {key:?}"))?;
@@ -316,4 +367,55 @@ fn check_tensor_layout(tensors: &[TensorInfo]) -> Result<(), GgufError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    /// A GGUF v3 header with one metadata entry, an array of `count` u8
+    /// (`present` of them actually in the file).
+    fn one_u8_array(count: u64, present: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&GGUF_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes()); // tensors
+        bytes.extend_from_slice(&1u64.to_le_bytes()); // metadata entries
+        let key = b"hostile.array";
+        bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(&9u32.to_le_bytes()); // array
+        bytes.extend_from_slice(&0u32.to_le_bytes()); // of u8
+        bytes.extend_from_slice(&count.to_le_bytes());
+        bytes.resize(bytes.len() + present, 7);
+        bytes
+    }
+
+    #[test]
+    fn a_huge_fixed_size_array_is_refused_before_it_is_read() {
+        // 8 Mi elements in an 8 MiB file: 256 MiB as MetadataValues.
+        let count = 8 << 20;
+        let file = one_u8_array(count, count as usize);
+        let error = read_header(file.as_slice()).expect_err("refused");
+        assert!(
+            matches!(&error, GgufError::TooLarge { what, limit, .. }
+                if what.contains("one metadata value") && *limit == MAX_VALUE_MEMORY),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn arrays_within_the_budget_still_parse() {
+        let count = 300_000;
+        let header = read_header(one_u8_array(count, count as usize).as_slice()).expect("parses");
+        match header.metadata.get("hostile.array") {
+            Some(MetadataValue::Array(values)) => assert_eq!(values.len(), count as usize),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A count the file does not hold is truncation, not an allocation.
+        assert!(matches!(
+            read_header(one_u8_array(1 << 20, 10).as_slice()),
+            Err(GgufError::Truncated { .. })
+        ));
+    }
 }

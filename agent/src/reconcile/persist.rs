@@ -294,7 +294,7 @@ pub fn save(data_dir: &Path, state: &PersistedState) -> Result<(), StateFileErro
     let text = serde_json::to_vec_pretty(&StateRow::from(state))
         .map_err(|error| write_error(std::io::Error::other(error)))?;
     let temporary = data_dir.join(format!("{STATE_FILE}.tmp"));
-    let mut file = std::fs::File::create(&temporary).map_err(write_error)?;
+    let mut file = crate::enrol::create_private(&temporary).map_err(write_error)?;
     file.write_all(&text).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
     drop(file);

@@ -1,17 +1,26 @@
-//! `flotilla token create` and `flotilla whoami`: minting API tokens (the
-//! controller allows it to admins only) and checking the configured one.
+//! `flotilla token create|ls|revoke` and `flotilla whoami`: minting,
+//! listing and revoking API tokens (the controller allows it to admins
+//! only), and checking the configured one. `ls` and `revoke` cover
+//! bootstrap tokens too (also under `flotilla node token`).
 
 use std::time::Duration;
 
 use flotilla_api_types::CreateTokenRequest;
 
 use crate::client::ApiClient;
-use crate::output::{Printer, human_time};
+use crate::client::ClientError;
+use crate::output::{Printer, Table, human_time};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
     /// Mints a token and prints it alone on stdout (details go to stderr).
     Create(CreateArgs),
+    /// Lists API tokens and bootstrap tokens (never the tokens themselves).
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Revokes an API token (by the id `token ls` shows) or a bootstrap
+    /// token: it is refused from now on.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -70,7 +79,88 @@ pub async fn run(
             );
             printer.line(&minted.token)
         }
+        TokenCommand::Ls => {
+            let api = client.list_tokens().await?;
+            let bootstrap = client.list_bootstrap_tokens().await?;
+            if printer.is_json() {
+                return printer.json(&serde_json::json!({ "api": api, "bootstrap": bootstrap }));
+            }
+            let mut table = Table::new(&["KIND", "ID", "SUBJECT/NODES", "ROLE/USES", "EXPIRES", "STATE"]);
+            for token in &api {
+                table.row(vec![
+                    "api".to_owned(),
+                    token.id.clone(),
+                    token.subject.clone(),
+                    token.role.clone(),
+                    human_time(token.expires_at),
+                    if token.revoked_at.is_some() { "revoked" } else { "valid" }.to_owned(),
+                ]);
+            }
+            for row in bootstrap_rows(&bootstrap) {
+                table.row(row);
+            }
+            printer.table(&table)
+        }
+        TokenCommand::Revoke { id } => {
+            // The two kinds have ids of their own; try the API token first.
+            match client.revoke_token(&id).await {
+                Ok(token) => {
+                    if printer.is_json() {
+                        return printer.json(&token);
+                    }
+                    printer.line(&format!("api token {} of {} revoked", token.id, token.subject))
+                }
+                Err(ClientError::Api { status, .. }) if status.as_u16() == 404 => {
+                    let token = client.revoke_bootstrap_token(&id).await?;
+                    if printer.is_json() {
+                        return printer.json(&token);
+                    }
+                    printer.line(&format!("bootstrap token {} revoked", token.id))
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
     }
+}
+
+/// Bootstrap tokens as rows of the `token ls` table.
+fn bootstrap_rows(tokens: &[flotilla_api_types::BootstrapTokenRecord]) -> Vec<Vec<String>> {
+    tokens
+        .iter()
+        .map(|token| {
+            let nodes = match (&token.node, token.replace) {
+                (Some(name), true) => format!("replace {name}"),
+                (Some(pattern), false) => pattern.clone(),
+                (None, _) => "any".to_owned(),
+            };
+            let state = if token.revoked {
+                "revoked"
+            } else if token.expires_at <= time::OffsetDateTime::now_utc() {
+                "expired"
+            } else if token.uses_left == 0 {
+                "used up"
+            } else {
+                "valid"
+            };
+            vec![
+                "bootstrap".to_owned(),
+                token.id.clone(),
+                nodes,
+                token.uses_left.to_string(),
+                human_time(token.expires_at),
+                state.to_owned(),
+            ]
+        })
+        .collect()
+}
+
+/// `flotilla node token ls`.
+pub fn bootstrap_table(tokens: &[flotilla_api_types::BootstrapTokenRecord]) -> Table {
+    let mut table = Table::new(&["KIND", "ID", "NODES", "USES", "EXPIRES", "STATE"]);
+    for row in bootstrap_rows(tokens) {
+        table.row(row);
+    }
+    table
 }
 
 pub async fn whoami(client: &ApiClient, printer: &Printer) -> anyhow::Result<()> {

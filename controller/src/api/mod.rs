@@ -9,6 +9,7 @@
 //! and the result (the HTTP status). One layer rather than a line in each
 //! handler, so a new endpoint cannot forget it.
 
+mod access;
 mod blobs;
 mod convert;
 mod extract;
@@ -28,7 +29,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower_http::trace::{DefaultMakeSpan, TraceLayer};
+use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -57,7 +58,9 @@ pub struct AppState {
         tokens::create_token, tokens::whoami, nodes::create_bootstrap_token, nodes::list_nodes,
         nodes::get_node, nodes::approve_node, nodes::cordon_node, nodes::uncordon_node,
         nodes::drain_node, nodes::update_labels, nodes::health_history, nodes::create_assignment,
-        nodes::list_assignments, nodes::remove_assignment, rollouts::create_rollout,
+        nodes::list_assignments, nodes::remove_assignment, nodes::list_bootstrap_tokens,
+        nodes::revoke_bootstrap_token, nodes::approve_replace_node, nodes::remove_node,
+        tokens::list_tokens, tokens::revoke_token, rollouts::create_rollout,
         rollouts::list_rollouts, rollouts::get_rollout, rollouts::command_rollout,
         rollouts::list_events, models::delete_model, models::delete_version,
     ),
@@ -92,6 +95,7 @@ pub fn openapi_json() -> String {
 
 pub fn router(state: AppState) -> Router {
     let audit = middleware::from_fn_with_state(state.clone(), audit_mutations);
+    let uploads = Arc::new(tokio::sync::Semaphore::new(access::MAX_CONCURRENT_UPLOADS));
     let api = Router::new()
         .route(
             "/models",
@@ -113,7 +117,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/models/{name}/versions/{version}/artifacts",
-            post(models::upload_artifact),
+            post(models::upload_artifact).layer(middleware::from_fn(
+                move |request: Request, next: Next| {
+                    access::limit_uploads(uploads.clone(), request, next)
+                },
+            )),
         )
         .route("/resolve", get(models::resolve))
         .route("/prompts", get(prompts::list_prompts))
@@ -128,9 +136,23 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/blobs/{digest}", get(blobs::get_blob))
         .route("/nodes", get(nodes::list_nodes))
-        .route("/nodes/tokens", post(nodes::create_bootstrap_token))
-        .route("/nodes/{name}", get(nodes::get_node))
+        .route(
+            "/nodes/tokens",
+            get(nodes::list_bootstrap_tokens).post(nodes::create_bootstrap_token),
+        )
+        .route(
+            "/nodes/tokens/{id}",
+            axum::routing::delete(nodes::revoke_bootstrap_token),
+        )
+        .route(
+            "/nodes/{name}",
+            get(nodes::get_node).delete(nodes::remove_node),
+        )
         .route("/nodes/{name}/approve", post(nodes::approve_node))
+        .route(
+            "/nodes/{name}/approve-replace",
+            post(nodes::approve_replace_node),
+        )
         .route("/nodes/{name}/cordon", post(nodes::cordon_node))
         .route("/nodes/{name}/uncordon", post(nodes::uncordon_node))
         .route("/nodes/{name}/drain", post(nodes::drain_node))
@@ -152,9 +174,22 @@ pub fn router(state: AppState) -> Router {
             post(rollouts::command_rollout),
         )
         .route("/events", get(rollouts::list_events))
-        .route("/tokens", post(tokens::create_token))
+        .route(
+            "/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route(
+            "/tokens/{id}",
+            axum::routing::delete(tokens::revoke_token),
+        )
         .route("/whoami", get(tokens::whoami))
         .route("/openapi.json", get(openapi))
+        // Authentication and the route's role, from the request's head,
+        // before any handler reads a body (`access.rs`).
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::authorize,
+        ))
         .fallback(unknown_route);
     Router::new()
         .nest("/api/v1", api)
@@ -165,11 +200,17 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(json_error_bodies))
         .layer(middleware::from_fn(record_http_metrics))
         // Request spans at INFO so that they reach the OTLP exporter under the
-        // default filter; per-request log lines stay at DEBUG.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO)),
-        )
+        // default filter; per-request log lines stay at DEBUG. The span
+        // records the path, never the query string: a token pasted into a
+        // URL (`?token=…`) must not land in logs or traces.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            tracing::info_span!(
+                "request",
+                method = %request.method(),
+                path = %request.uri().path(),
+                version = ?request.version(),
+            )
+        }))
         .with_state(state)
 }
 

@@ -17,10 +17,11 @@ use super::convert::{
 use super::extract::{Caller, Json, Path, Query};
 use crate::auth::Role;
 use crate::domain::{
-    AssignmentTarget, Labels, Node, NodeChange, NodeStatus, PromptRef, Quantization,
+    AssignmentTarget, BootstrapToken, Labels, Node, NodeChange, NodePattern, NodeStatus, PromptRef,
+    Quantization,
 };
 use crate::error::ApiError;
-use crate::fleet::{AssignRequest, Fleet};
+use crate::fleet::{AssignRequest, Fleet, TokenBinding};
 
 const DEFAULT_BOOTSTRAP_TTL: Duration = Duration::from_secs(3600);
 
@@ -38,9 +39,23 @@ pub async fn create_bootstrap_token(
     let ttl = request
         .ttl_seconds
         .map_or(DEFAULT_BOOTSTRAP_TTL, Duration::from_secs);
+    let binding = match (request.node.as_deref(), request.replace.as_deref()) {
+        (None, None) => TokenBinding::Any,
+        (Some(pattern), None) => TokenBinding::Nodes(
+            pattern
+                .parse::<NodePattern>()
+                .map_err(|error| ApiError::invalid_argument(error.to_string()))?,
+        ),
+        (None, Some(name)) => TokenBinding::Replace(node_name(name)?),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_argument(
+                "give at most one of node and replace: replace binds the token to that name",
+            ));
+        }
+    };
     let (secret, token) = state
         .fleet
-        .create_bootstrap_token(&caller.subject, ttl, request.uses.unwrap_or(1))
+        .create_bootstrap_token(&caller.subject, ttl, request.uses.unwrap_or(1), binding)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -91,6 +106,88 @@ pub async fn approve_node(
     let name = node_name(&name)?;
     let node = state.fleet.approve(&name, &caller.subject).await?;
     Ok(Json(view(&state.fleet, node)))
+}
+
+fn bootstrap_token_record(token: BootstrapToken) -> dto::BootstrapTokenRecord {
+    dto::BootstrapTokenRecord {
+        id: token.id,
+        expires_at: token.expires_at,
+        uses_left: token.uses_left,
+        created_by: token.created_by,
+        created_at: token.created_at,
+        node: token.node_pattern.map(|pattern| pattern.to_string()),
+        replace: token.may_replace,
+        revoked: token.revoked,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/nodes/tokens", tag = "nodes",
+    responses((status = 200, body = Vec<dto::BootstrapTokenRecord>), (status = 403, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+/// Every bootstrap token, newest first; never their secrets.
+pub async fn list_bootstrap_tokens(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<dto::BootstrapTokenRecord>>, ApiError> {
+    caller.require(Role::Operator)?;
+    let tokens = state.fleet.list_bootstrap_tokens().await?;
+    Ok(Json(tokens.into_iter().map(bootstrap_token_record).collect()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/nodes/tokens/{id}", tag = "nodes",
+    params(("id" = String, Path)),
+    responses((status = 200, body = dto::BootstrapTokenRecord), (status = 404, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+/// Revokes a bootstrap token: it enrols nothing from now on.
+pub async fn revoke_bootstrap_token(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<dto::BootstrapTokenRecord>, ApiError> {
+    caller.require(Role::Operator)?;
+    let token = state
+        .fleet
+        .revoke_bootstrap_token(&id, &caller.subject)
+        .await?;
+    Ok(Json(bootstrap_token_record(token)))
+}
+
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/approve-replace", tag = "nodes",
+    params(("name" = String, Path)),
+    responses((status = 200, body = dto::NodeInfo), (status = 404, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+/// Lets the next enrolment under this name (with the agent's `--replace`)
+/// replace the node, once. The replaced node's credentials stop working
+/// then; its status (cordoned, say) carries over.
+pub async fn approve_replace_node(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<dto::NodeInfo>, ApiError> {
+    caller.require(Role::Operator)?;
+    let name = node_name(&name)?;
+    let node = state
+        .fleet
+        .approve_replacement(&name, &caller.subject)
+        .await?;
+    Ok(Json(view(&state.fleet, node)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "nodes",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 403, body = dto::ErrorBody), (status = 404, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+/// Removes a node (admins only): its row, node-level assignment and
+/// history go, its credentials stop working and its stream ends.
+pub async fn remove_node(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    let name = node_name(&name)?;
+    state.fleet.remove_node(&name, &caller.subject).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn view(fleet: &Fleet, node: Node) -> dto::NodeInfo {

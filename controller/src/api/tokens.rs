@@ -1,5 +1,7 @@
-//! `/api/v1/tokens` and `/api/v1/whoami`: minting API tokens (admins only)
-//! and telling callers who they are.
+//! `/api/v1/tokens` and `/api/v1/whoami`: minting, listing and revoking API
+//! tokens (admins only) and telling callers who they are. Minted tokens are
+//! recorded by their id (`jti`), never the token string; a revoked one is
+//! refused on every request from then on (`auth::Revocations`).
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use axum::http::StatusCode;
 use flotilla_api_types as dto;
 
 use super::AppState;
-use super::extract::{Caller, Json};
+use super::extract::{Caller, Json, Path};
 use crate::auth::Role;
 use crate::error::ApiError;
 
@@ -48,17 +50,60 @@ pub async fn create_token(
             MAX_TOKEN_TTL.as_secs()
         )));
     }
-    let (token, expires_at) = state.auth.mint(subject, role, ttl)?;
-    tracing::info!(subject, %role, by = %caller.subject, "token minted");
+    let minted = state
+        .fleet
+        .mint_api_token(subject, role, ttl, &caller.subject)
+        .await?;
+    tracing::info!(subject, %role, token_id = %minted.id, by = %caller.subject, "token minted");
     Ok((
         StatusCode::CREATED,
         Json(dto::TokenInfo {
-            token,
+            token: minted.token,
+            id: minted.id,
             subject: subject.to_owned(),
             role: role.to_string(),
-            expires_at,
+            expires_at: minted.expires_at,
         }),
     ))
+}
+
+fn token_record(token: crate::store::ApiToken) -> dto::TokenRecord {
+    dto::TokenRecord {
+        id: token.id,
+        subject: token.subject,
+        role: token.role.to_string(),
+        created_by: token.created_by,
+        created_at: token.created_at,
+        expires_at: token.expires_at,
+        revoked_at: token.revoked_at,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "auth",
+    responses((status = 200, body = Vec<dto::TokenRecord>), (status = 403, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+/// Every API token this controller minted, newest first; never the tokens.
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<dto::TokenRecord>>, ApiError> {
+    caller.require(Role::Admin)?;
+    let tokens = state.fleet.list_api_tokens().await?;
+    Ok(Json(tokens.into_iter().map(token_record).collect()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "auth", params(("id" = String, Path)),
+    responses((status = 200, body = dto::TokenRecord), (status = 404, body = dto::ErrorBody)),
+    security(("bearer" = [])))]
+/// Revokes an API token: every request bearing it is refused from now on.
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<dto::TokenRecord>, ApiError> {
+    caller.require(Role::Admin)?;
+    let token = state.fleet.revoke_api_token(&id, &caller.subject).await?;
+    Ok(Json(token_record(token)))
 }
 
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "auth",

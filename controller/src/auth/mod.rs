@@ -11,9 +11,16 @@
 //! Enrolled agents hold node credentials: tokens of the same form with role
 //! [`Role::Node`] and the node's name as subject, minted short-lived by
 //! [`Authenticator::mint_node_credential`] and checked with
-//! [`Principal::require_node`]. Nothing about them is persisted.
+//! [`Principal::require_node`]. They carry the node's credential generation
+//! (`gen`), which the fleet compares with the stored one on every use, so a
+//! replaced or removed node's credentials stop working at once.
+//!
+//! Every token carries an issuer (`iss`, checked), a not-before time (`nbf`,
+//! checked) and, for human/API tokens, an id (`jti`) that
+//! [`Revocations`] checks on every request.
 
 mod keys;
+mod revocation;
 mod role;
 
 use std::time::Duration;
@@ -25,6 +32,7 @@ use time::OffsetDateTime;
 use crate::domain::NodeName;
 
 pub use keys::{KeyEntry, KeyFile, KeyFileError, SigningKey, write_private_file};
+pub use revocation::Revocations;
 pub use role::{InvalidRole, Role};
 
 /// The audience operator tokens are minted for and checked against.
@@ -46,6 +54,26 @@ struct Claims {
     iss: String,
     iat: i64,
     exp: i64,
+    /// Not valid before (checked, with the clock-skew leeway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
+    /// The token's id, for listing and revocation (human/API tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+    /// A node credential's credential generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "gen")]
+    generation: Option<u64>,
+}
+
+/// A freshly minted token with its id.
+#[derive(Debug, Clone)]
+pub struct MintedToken {
+    pub token: String,
+    /// The `jti`.
+    pub id: String,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
 }
 
 /// A verified caller.
@@ -54,6 +82,10 @@ pub struct Principal {
     pub subject: String,
     pub role: Role,
     pub expires_at: OffsetDateTime,
+    /// The token's `jti` (human/API tokens minted by this controller).
+    pub token_id: Option<String>,
+    /// A node credential's credential generation.
+    pub credential_generation: Option<u64>,
 }
 
 impl Principal {
@@ -114,6 +146,14 @@ pub enum AuthError {
     },
     #[error("cannot mint token: {0}")]
     Mint(String),
+    #[error("token {0} was revoked")]
+    Revoked(String),
+    #[error(
+        "node credential of {0} is no longer valid: the node was replaced or removed; re-enrol the agent"
+    )]
+    StaleNodeCredential(String),
+    #[error("cannot check token revocations: {0}")]
+    RevocationsUnavailable(String),
 }
 
 impl AuthError {
@@ -175,6 +215,35 @@ impl Authenticator {
         role: Role,
         ttl: Duration,
     ) -> Result<(String, OffsetDateTime), AuthError> {
+        let minted = self.mint_with_id(subject, role, ttl)?;
+        Ok((minted.token, minted.expires_at))
+    }
+
+    /// Mints a token with a fresh random id (`jti`), for recording.
+    pub fn mint_with_id(
+        &self,
+        subject: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<MintedToken, AuthError> {
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        let (token, issued_at, expires_at) = self.encode(subject, role, ttl, Some(id.clone()), None)?;
+        Ok(MintedToken {
+            token,
+            id,
+            issued_at,
+            expires_at,
+        })
+    }
+
+    fn encode(
+        &self,
+        subject: &str,
+        role: Role,
+        ttl: Duration,
+        jti: Option<String>,
+        generation: Option<u64>,
+    ) -> Result<(String, OffsetDateTime, OffsetDateTime), AuthError> {
         let now = OffsetDateTime::now_utc();
         let expires_at = now + ttl;
         let claims = Claims {
@@ -184,6 +253,9 @@ impl Authenticator {
             iss: ISSUER.to_owned(),
             iat: now.unix_timestamp(),
             exp: expires_at.unix_timestamp(),
+            nbf: Some(now.unix_timestamp()),
+            jti,
+            generation,
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.signing.kid.clone());
@@ -193,16 +265,35 @@ impl Authenticator {
             &EncodingKey::from_secret(&self.signing.secret),
         )
         .map_err(|e| AuthError::Mint(e.to_string()))?;
-        Ok((token, expires_at))
+        Ok((token, now, expires_at))
     }
 
     /// Mints a node credential: role [`Role::Node`], subject the node's name,
-    /// valid for [`NODE_CREDENTIAL_TTL`].
+    /// the node's credential generation, valid for [`NODE_CREDENTIAL_TTL`].
     pub fn mint_node_credential(
         &self,
         node: &NodeName,
+        credential_generation: u64,
     ) -> Result<(String, OffsetDateTime), AuthError> {
-        self.mint(node.as_str(), Role::Node, NODE_CREDENTIAL_TTL)
+        self.mint_node_credential_with_ttl(node, credential_generation, NODE_CREDENTIAL_TTL)
+    }
+
+    /// [`Authenticator::mint_node_credential`] with another lifetime (tests
+    /// of renewal).
+    pub fn mint_node_credential_with_ttl(
+        &self,
+        node: &NodeName,
+        credential_generation: u64,
+        ttl: Duration,
+    ) -> Result<(String, OffsetDateTime), AuthError> {
+        let (token, _, expires_at) = self.encode(
+            node.as_str(),
+            Role::Node,
+            ttl,
+            None,
+            Some(credential_generation),
+        )?;
+        Ok((token, expires_at))
     }
 
     /// Verifies a token's signature, expiry and audience.
@@ -230,7 +321,9 @@ impl Authenticator {
         };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_audience(&[self.audience.as_str()]);
-        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        validation.set_issuer(&[ISSUER]);
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "aud", "sub", "iss"]);
         validation.leeway = CLOCK_SKEW_LEEWAY.as_secs();
         let mut last_error = AuthError::InvalidToken("no verification key configured".into());
         for key in candidates {
@@ -250,10 +343,32 @@ fn principal_from_claims(claims: Claims) -> Result<Principal, AuthError> {
         .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
     let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
         .map_err(|_| AuthError::InvalidToken("exp out of range".into()))?;
+    // A node credential without a generation cannot be checked against
+    // replacement; a human token without an id cannot be revoked. Both are
+    // refused rather than trusted.
+    match role {
+        Role::Node if claims.generation.is_none() => {
+            return Err(AuthError::InvalidToken(
+                "node credential without a credential generation (gen); renew it".into(),
+            ));
+        }
+        Role::Node => {}
+        _ if claims.jti.as_deref().is_none_or(str::is_empty) => {
+            return Err(AuthError::InvalidToken(
+                "token without an id (jti) cannot be revoked and is not accepted".into(),
+            ));
+        }
+        _ => {}
+    }
+    if claims.jti.as_ref().is_some_and(|jti| jti.len() > 128) {
+        return Err(AuthError::InvalidToken("jti longer than 128 characters".into()));
+    }
     Ok(Principal {
         subject: claims.sub,
         role,
         expires_at,
+        token_id: claims.jti,
+        credential_generation: claims.generation,
     })
 }
 
@@ -262,6 +377,8 @@ fn map_jwt_error(error: &jsonwebtoken::errors::Error, audience: &str) -> AuthErr
     match error.kind() {
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::InvalidAudience => AuthError::WrongAudience(audience.to_owned()),
+        ErrorKind::InvalidIssuer => AuthError::InvalidToken(format!("issuer is not {ISSUER:?}")),
+        ErrorKind::ImmatureSignature => AuthError::InvalidToken("token is not valid yet (nbf)".into()),
         ErrorKind::InvalidSignature => AuthError::InvalidToken("bad signature".into()),
         ErrorKind::MissingRequiredClaim(claim) => {
             AuthError::InvalidToken(format!("missing claim {claim}"))
@@ -344,6 +461,9 @@ mod tests {
             iss: ISSUER.into(),
             iat: 0,
             exp: OffsetDateTime::now_utc().unix_timestamp() - 3600,
+            nbf: None,
+            jti: Some("expired".into()),
+            generation: None,
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("k1".into());
@@ -377,6 +497,8 @@ mod tests {
             subject: "v".into(),
             role: Role::Viewer,
             expires_at: OffsetDateTime::now_utc(),
+            token_id: Some("v".into()),
+            credential_generation: None,
         };
         assert!(viewer.require(Role::Viewer).is_ok());
         assert!(
@@ -391,10 +513,11 @@ mod tests {
     fn node_credentials_are_neither_viewers_nor_other_nodes() {
         let auth = authenticator(&["k1"]);
         let node: NodeName = "edge-1".parse().expect("valid");
-        let (credential, expires_at) = auth.mint_node_credential(&node).expect("mint");
+        let (credential, expires_at) = auth.mint_node_credential(&node, 7).expect("mint");
         let principal = auth.verify(&credential).expect("verifies");
         assert_eq!(principal.role, Role::Node);
         assert_eq!(principal.subject, "edge-1");
+        assert_eq!(principal.credential_generation, Some(7));
         assert!(expires_at <= OffsetDateTime::now_utc() + NODE_CREDENTIAL_TTL);
         assert!(principal.require_node(&node).is_ok());
         for human in [Role::Viewer, Role::Operator, Role::Admin] {
@@ -419,6 +542,42 @@ mod tests {
         let admin = auth.verify(&admin).expect("verifies");
         assert!(admin.require_node(&node).is_err());
         assert!(admin.require(Role::Node).is_err());
+    }
+
+    /// Signs `claims` with `auth`'s signing key, as a forger holding the key
+    /// file could not avoid doing, to test what `verify` demands.
+    fn sign(auth: &Authenticator, claims: &Claims) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(auth.signing.kid.clone());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(&auth.signing.secret))
+            .expect("encode")
+    }
+
+    #[test]
+    fn issuer_not_before_and_ids_are_checked() {
+        let auth = authenticator(&["k1"]);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let good = Claims {
+            sub: "erin".into(),
+            role: "admin".into(),
+            aud: DEFAULT_AUDIENCE.into(),
+            iss: ISSUER.into(),
+            iat: now,
+            exp: now + 600,
+            nbf: Some(now),
+            jti: Some("abc".into()),
+            generation: None,
+        };
+        let principal = auth.verify(&sign(&auth, &good)).expect("valid");
+        assert_eq!(principal.token_id.as_deref(), Some("abc"));
+        let other_issuer = Claims { iss: "someone-else".into(), ..good.clone() };
+        assert!(matches!(auth.verify(&sign(&auth, &other_issuer)), Err(AuthError::InvalidToken(m)) if m.contains("issuer")));
+        let future = Claims { nbf: Some(now + 3600), ..good.clone() };
+        assert!(matches!(auth.verify(&sign(&auth, &future)), Err(AuthError::InvalidToken(m)) if m.contains("nbf")));
+        let anonymous = Claims { jti: None, ..good.clone() };
+        assert!(matches!(auth.verify(&sign(&auth, &anonymous)), Err(AuthError::InvalidToken(m)) if m.contains("jti")));
+        let node_without_generation = Claims { role: "node".into(), jti: None, ..good };
+        assert!(matches!(auth.verify(&sign(&auth, &node_without_generation)), Err(AuthError::InvalidToken(m)) if m.contains("gen")));
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub use model::{Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, Vers
 pub use names::{InvalidName, ModelName, NodeName, PromptName, RolloutName};
 pub use node::{
     BootstrapSecret, BootstrapToken, InvalidLabels, InvalidNodeStatus, Labels,
-    MalformedBootstrapToken, NewNode, Node, NodeChange, NodeGpu, NodeInventory, NodeStatus,
-    SecretHash, TokenRejection,
+    InvalidNodePattern, MalformedBootstrapToken, NewNode, Node, NodeChange, NodeGpu,
+    NodeInventory, NodePattern, NodeStatus, SecretHash, TokenRejection,
 };
 pub use page::{Page, PageRequest};
 pub use prompt::{PromptRef, PromptSummary, SystemPrompt};

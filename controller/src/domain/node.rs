@@ -205,6 +205,11 @@ pub struct Node {
     pub observed: Option<ObservedState>,
     pub health: Option<HealthSample>,
     pub last_heartbeat_at: Option<OffsetDateTime>,
+    /// Written into every credential minted for the node (`gen`); a
+    /// replacement or removal takes a new value, so that every earlier
+    /// credential stops working at once. Taken from the fleet's generation
+    /// sequence: it only grows and never repeats, even across a removal.
+    pub credential_generation: u64,
 }
 
 /// An operator's change to one node.
@@ -238,6 +243,76 @@ pub struct BootstrapToken {
     pub uses_left: u32,
     pub created_by: String,
     pub created_at: OffsetDateTime,
+    /// The node names it may enrol (`None`: any).
+    pub node_pattern: Option<NodePattern>,
+    /// Whether it may replace the enrolled node named by `node_pattern`.
+    pub may_replace: bool,
+    /// Revoked by an operator: it enrols nothing.
+    pub revoked: bool,
+}
+
+/// The node names a bootstrap token may enrol: one name (`edge-7`) or a
+/// glob of `*` and `?` over the node-name alphabet (`rack7-*`). Matching is
+/// `glob::Pattern`'s; `[` classes are refused so that the pattern reads the
+/// same to operators as to the controller.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodePattern {
+    text: String,
+    pattern: glob::Pattern,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid node pattern {0:?}: use 1 to 128 characters of a-z, 0-9, '.', '_', '-' and the wildcards '*' and '?'"
+)]
+pub struct InvalidNodePattern(String);
+
+impl NodePattern {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the pattern names exactly one node (no wildcard).
+    pub fn is_exact(&self) -> bool {
+        !self.text.contains(['*', '?'])
+    }
+
+    pub fn matches(&self, name: &NodeName) -> bool {
+        self.pattern.matches(name.as_str())
+    }
+}
+
+impl FromStr for NodePattern {
+    type Err = InvalidNodePattern;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidNodePattern(input.chars().take(140).collect());
+        let alphabet_ok = !input.is_empty()
+            && input.len() <= 128
+            && input.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'*' | b'?')
+            });
+        if !alphabet_ok {
+            return Err(invalid());
+        }
+        let pattern = glob::Pattern::new(input).map_err(|_| invalid())?;
+        Ok(Self {
+            text: input.to_owned(),
+            pattern,
+        })
+    }
+}
+
+impl fmt::Debug for NodePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodePattern({:?})", self.text)
+    }
+}
+
+impl fmt::Display for NodePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// Why a bootstrap token was refused. Unknown ids and wrong secrets read
@@ -250,6 +325,15 @@ pub enum TokenRejection {
     Expired,
     #[error("bootstrap token is used up: it has no uses left")]
     UsedUp,
+    #[error("bootstrap token was revoked by an operator")]
+    Revoked,
+    #[error("bootstrap token is bound to other node names")]
+    WrongNode,
+    /// The name is enrolled and nobody approved its replacement.
+    #[error(
+        "the node name is enrolled; replacing it needs an operator's approval (`flotilla node approve-replace NAME`, or a bootstrap token created with `--replace NAME`)"
+    )]
+    ReplacementNotApproved,
 }
 
 /// The prefix of every bootstrap token string.

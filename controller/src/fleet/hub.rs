@@ -235,6 +235,21 @@ impl SyncHub {
         }
     }
 
+    /// Ends `node`'s stream here, if one is open, and forgets where it
+    /// said it serves: the node was replaced or removed, and whatever held
+    /// its old credential must reconnect (and fail its generation check).
+    pub fn evict(&self, node: &NodeName) {
+        let mut shard = self.shard(node);
+        if let Some(entry) = shard.get_mut(node) {
+            entry.endpoints = None;
+            entry.observed = None;
+            if entry.session.take().is_some() {
+                metrics::gauge!("flotilla_fleet_streams").decrement(1.0);
+                tracing::info!(node = %node, "ended the stream of a replaced or removed node");
+            }
+        }
+    }
+
     /// Records where peers reach `node`'s inference APIs (from its hello).
     pub fn advertise(&self, node: &NodeName, endpoints: Endpoints) {
         let mut shard = self.shard(node);
@@ -558,8 +573,9 @@ impl SyncHub {
 }
 
 /// `entry` as a directory entry when the node can take routed requests: a
-/// stream open here, a heartbeat within `window`, its assignment READY and
-/// serving, and an advertised URL.
+/// stream open here, approved (a pending node is not a peer, whatever it
+/// claims), a heartbeat within `window`, its assignment READY and serving,
+/// and an advertised URL.
 fn directory_entry(
     name: &NodeName,
     entry: &Entry,
@@ -578,6 +594,9 @@ fn directory_entry(
         return None;
     }
     let pushed = sender.borrow();
+    if pushed.status == NodeStatus::Pending {
+        return None;
+    }
     let assignment = pushed.desired.assignment.as_ref()?;
     // A report about an older desired state may describe another model.
     if observed.digest.as_deref() != Some(assignment.digest.as_str()) {
@@ -876,6 +895,38 @@ mod tests {
             reason: None,
             serving_digest: (phase == AssignmentPhase::Ready).then(|| digest.to_owned()),
         }
+    }
+
+    #[test]
+    fn pending_and_evicted_nodes_are_no_peers() {
+        let hub = SyncHub::new(Duration::from_secs(5));
+        let now = OffsetDateTime::now_utc();
+        let a: NodeName = "a".parse().expect("valid");
+        let pending = PushedState {
+            status: NodeStatus::Pending,
+            ..assigned(1, "smollm2", "aa")
+        };
+        let session = hub.connect(&a, pending);
+        hub.advertise(
+            &a,
+            Endpoints {
+                http_url: "http://127.0.0.1:1000".to_owned(),
+                grpc_url: String::new(),
+            },
+        );
+        hub.observe(&a, observed("aa", AssignmentPhase::Ready));
+        hub.heartbeat(&a, sample(now, 1.0), now);
+        // Claims READY with a matching digest, but is not approved.
+        assert!(hub.local_routes().is_empty());
+        hub.offer(&session, PushedState {
+            status: NodeStatus::Active,
+            ..assigned(2, "smollm2", "aa")
+        });
+        assert_eq!(hub.local_routes().len(), 1);
+        // Replaced or removed: gone, and its stream's watch is closed.
+        hub.evict(&a);
+        assert!(hub.local_routes().is_empty());
+        assert!(session.desired.has_changed().is_err());
     }
 
     #[test]

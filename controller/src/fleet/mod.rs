@@ -20,14 +20,16 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, MintedToken, Principal, Revocations, Role};
 use crate::domain::{
     Assignment, AssignmentTarget, BootstrapSecret, BootstrapToken, DesiredAssignment,
     DesiredPrompt, HealthPoint, ModelName, NewAssignment, NewNode, Node, NodeChange, NodeDesired,
-    NodeInventory, NodeName, NodeStatus, Page, PageRequest, PromptPolicy, PromptRef, Quantization,
+    NodeInventory, NodeName, NodePattern, NodeStatus, Page, PageRequest, PromptPolicy, PromptRef, Quantization,
     QuantizationPolicy, SecretHash, TokenRejection, resolve,
 };
-use crate::store::{EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend, StoreError};
+use crate::store::{
+    ApiToken, EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend, StoreError,
+};
 pub use follow::ChangeFollower;
 pub use hub::{
     Directory, DirectoryEntry, Endpoints, Flusher, ModelLoad, NodeRuntime, PushedState, Session,
@@ -55,6 +57,10 @@ pub enum FleetError {
     InvalidArgument(String),
     #[error(transparent)]
     TokenRejected(TokenRejection),
+    /// Authenticated, but this is not allowed (a token bound to other
+    /// names, an unapproved replacement).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -101,6 +107,8 @@ pub struct Fleet {
     hub: Arc<SyncHub>,
     /// The REST root agents download blobs from; known once REST is bound.
     blob_base_url: Arc<RwLock<String>>,
+    /// Revoked API token ids, checked on every REST request.
+    revocations: Arc<Revocations>,
 }
 
 impl Fleet {
@@ -110,12 +118,17 @@ impl Fleet {
         // change follower listens.
         hub.set_following_changes(store.backend() != StoreBackend::Postgres);
         Self {
+            revocations: Arc::new(Revocations::new(store.clone())),
             store,
             auth,
             require_approval: config.require_approval,
             hub: Arc::new(hub),
             blob_base_url: Arc::new(RwLock::new(String::new())),
         }
+    }
+
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     pub fn hub(&self) -> &Arc<SyncHub> {
@@ -157,7 +170,18 @@ impl Fleet {
         created_by: &str,
         ttl: Duration,
         uses: u32,
+        binding: TokenBinding,
     ) -> Result<(BootstrapSecret, BootstrapToken), FleetError> {
+        let (node_pattern, may_replace) = match binding {
+            TokenBinding::Any => (None, false),
+            TokenBinding::Nodes(pattern) => (Some(pattern), false),
+            TokenBinding::Replace(name) => {
+                let pattern = name.as_str().parse::<NodePattern>().map_err(|error| {
+                    FleetError::InvalidArgument(error.to_string())
+                })?;
+                (Some(pattern), true)
+            }
+        };
         if ttl.is_zero() || ttl > MAX_BOOTSTRAP_TTL {
             return Err(FleetError::InvalidArgument(format!(
                 "bootstrap token ttl must be between 1 and {} seconds",
@@ -178,10 +202,12 @@ impl Fleet {
                 ttl,
                 uses,
                 created_by: created_by.to_owned(),
+                node_pattern,
+                may_replace,
             })
             .await?;
         tracing::info!(token_id = %token.id, uses, by = created_by, expires_at = %token.expires_at,
-            "bootstrap token created");
+            node_pattern = ?token.node_pattern, may_replace, "bootstrap token created");
         Ok((secret, token))
     }
 
@@ -203,6 +229,7 @@ impl Fleet {
             )));
         }
         check_agent_version(&node.agent_version)?;
+        check_inventory(&node.inventory)?;
         let initial_status = if self.require_approval {
             NodeStatus::Pending
         } else {
@@ -225,10 +252,27 @@ impl Fleet {
             EnrollOutcome::Enrolled(node) => *node,
             EnrollOutcome::Rejected(rejection) => {
                 tracing::warn!(node = %name, token_id = secret.id(), %rejection, "enrolment refused");
-                return Err(FleetError::TokenRejected(rejection));
+                metrics::counter!("flotilla_fleet_enrolments_refused_total").increment(1);
+                return Err(match rejection {
+                    TokenRejection::WrongNode => FleetError::PermissionDenied(format!(
+                        "bootstrap token {} may not enrol node {name}: it is bound to other node names",
+                        secret.id()
+                    )),
+                    TokenRejection::ReplacementNotApproved => FleetError::PermissionDenied(format!(
+                        "node {name} is already enrolled; replacing it needs an operator's approval: `flotilla node approve-replace {name}`, or a bootstrap token created with `--replace {name}`"
+                    )),
+                    other => FleetError::TokenRejected(other),
+                });
             }
         };
-        let (credential, credential_expires_at) = self.auth.mint_node_credential(&node.name)?;
+        if replace_existing {
+            // The replaced node's stream (if it is open here) ends now; its
+            // credential fails on reconnect, its generation being stale.
+            self.hub.evict(&node.name);
+        }
+        let (credential, credential_expires_at) = self
+            .auth
+            .mint_node_credential(&node.name, node.credential_generation)?;
         tracing::info!(node = %node.name, status = %node.status, token_id = secret.id(),
             replaced = replace_existing, "node enrolled");
         Ok(Enrolled {
@@ -262,7 +306,9 @@ impl Fleet {
             return Err(refused());
         }
         let node = self.get_node(name).await?;
-        let (credential, expires_at) = self.auth.mint_node_credential(name)?;
+        let (credential, expires_at) = self
+            .auth
+            .mint_node_credential(name, node.credential_generation)?;
         tracing::info!(node = %name, "node credential renewed with the refresh secret");
         Ok((node, credential, expires_at))
     }
@@ -277,6 +323,9 @@ impl Fleet {
         agent_version: &str,
     ) -> Result<Node, FleetError> {
         check_agent_version(agent_version)?;
+        if let Some(inventory) = &inventory {
+            check_inventory(inventory)?;
+        }
         let inventory = inventory.unwrap_or_else(|| node.inventory.clone());
         let agent_version = if agent_version.is_empty() {
             node.agent_version.clone()
@@ -474,6 +523,88 @@ impl Fleet {
         Ok(nodes)
     }
 
+    // ---- identity and access (issue 16: control plane) ----
+
+    /// Checks a node credential against its node's current credential
+    /// generation: a credential minted before a replacement or removal
+    /// fails. Human principals pass (they are checked by [`Revocations`]).
+    pub async fn check_node_credential(&self, principal: &Principal) -> Result<(), FleetError> {
+        if principal.role != Role::Node {
+            return Ok(());
+        }
+        let stale = || FleetError::Auth(AuthError::StaleNodeCredential(principal.subject.clone()));
+        let name: NodeName = principal.subject.parse().map_err(|_| stale())?;
+        let current = self.store.credential_generation(&name).await?;
+        if current.is_none() || current != principal.credential_generation {
+            tracing::warn!(node = %name, presented = ?principal.credential_generation, current = ?current,
+                "refused a stale node credential");
+            metrics::counter!("flotilla_fleet_stale_credentials_total").increment(1);
+            return Err(stale());
+        }
+        Ok(())
+    }
+
+    /// Lets the next enrolment under `name` replace the node (once).
+    pub async fn approve_replacement(&self, name: &NodeName, by: &str) -> Result<Node, FleetError> {
+        self.store.approve_replacement(name).await?;
+        tracing::info!(node = %name, by, "replacement of the node approved");
+        self.get_node(name).await
+    }
+
+    /// Removes a node: its credentials stop working and its stream here
+    /// ends.
+    pub async fn remove_node(&self, name: &NodeName, by: &str) -> Result<(), FleetError> {
+        self.store.remove_node(name).await?;
+        self.hub.evict(name);
+        tracing::info!(node = %name, by, "node removed");
+        Ok(())
+    }
+
+    pub async fn list_bootstrap_tokens(&self) -> Result<Vec<BootstrapToken>, FleetError> {
+        Ok(self.store.list_bootstrap_tokens().await?)
+    }
+
+    pub async fn revoke_bootstrap_token(&self, id: &str, by: &str) -> Result<BootstrapToken, FleetError> {
+        let token = self.store.revoke_bootstrap_token(id).await?;
+        tracing::info!(token_id = id, by, "bootstrap token revoked");
+        Ok(token)
+    }
+
+    /// Mints a human/API token and records it by its id, so that it can be
+    /// listed and revoked.
+    pub async fn mint_api_token(
+        &self,
+        subject: &str,
+        role: Role,
+        ttl: Duration,
+        by: &str,
+    ) -> Result<MintedToken, FleetError> {
+        let minted = self.auth.mint_with_id(subject, role, ttl)?;
+        self.store
+            .record_api_token(&ApiToken {
+                id: minted.id.clone(),
+                subject: subject.to_owned(),
+                role,
+                created_by: by.to_owned(),
+                created_at: minted.issued_at,
+                expires_at: minted.expires_at,
+                revoked_at: None,
+            })
+            .await?;
+        Ok(minted)
+    }
+
+    pub async fn list_api_tokens(&self) -> Result<Vec<ApiToken>, FleetError> {
+        Ok(self.store.list_api_tokens().await?)
+    }
+
+    pub async fn revoke_api_token(&self, id: &str, by: &str) -> Result<ApiToken, FleetError> {
+        let token = self.store.revoke_api_token(id).await?;
+        self.revocations.revoked_now(id);
+        tracing::info!(token_id = id, subject = %token.subject, by, "api token revoked");
+        Ok(token)
+    }
+
     /// Lets a pending node take part. Approving an active node is a no-op;
     /// a cordoned one stays cordoned (approval is not uncordoning).
     pub async fn approve(&self, name: &NodeName, by: &str) -> Result<Node, FleetError> {
@@ -492,6 +623,49 @@ fn check_agent_version(version: &str) -> Result<(), FleetError> {
         return Err(FleetError::InvalidArgument(format!(
             "agent version must be at most {MAX_AGENT_VERSION_LEN} printable characters"
         )));
+    }
+    Ok(())
+}
+
+/// Which node names a new bootstrap token may enrol.
+#[derive(Debug, Clone)]
+pub enum TokenBinding {
+    /// Any name not yet enrolled.
+    Any,
+    /// Names matching the pattern, not yet enrolled.
+    Nodes(NodePattern),
+    /// Exactly this name, replacing the enrolled node of that name.
+    Replace(NodeName),
+}
+
+/// Longest inventory text field kept (CPU model, OS, GPU name, driver).
+pub const MAX_INVENTORY_TEXT_LEN: usize = 256;
+/// Most GPUs one node may report.
+pub const MAX_INVENTORY_GPUS: usize = 64;
+
+/// An agent's inventory is shown in every `GET /nodes`: bounded, printable.
+fn check_inventory(inventory: &NodeInventory) -> Result<(), FleetError> {
+    let text = |field: &str, value: &str| {
+        if value.len() > MAX_INVENTORY_TEXT_LEN || value.chars().any(char::is_control) {
+            Err(FleetError::InvalidArgument(format!(
+                "invalid field {field}: at most {MAX_INVENTORY_TEXT_LEN} printable characters, got {} bytes",
+                value.len()
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    text("inventory.cpu_model", &inventory.cpu_model)?;
+    text("inventory.os", &inventory.os)?;
+    if inventory.gpus.len() > MAX_INVENTORY_GPUS {
+        return Err(FleetError::InvalidArgument(format!(
+            "invalid field inventory.gpus: at most {MAX_INVENTORY_GPUS} GPUs, got {}",
+            inventory.gpus.len()
+        )));
+    }
+    for gpu in &inventory.gpus {
+        text("inventory.gpus.name", &gpu.name)?;
+        text("inventory.gpus.driver_version", &gpu.driver_version)?;
     }
     Ok(())
 }

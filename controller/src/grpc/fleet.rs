@@ -235,6 +235,11 @@ impl pb::fleet_server::Fleet for FleetService {
                 "sync refused: credential of another node");
             ApiError::from(error)
         })?;
+        // A credential minted before the node was replaced or removed.
+        self.fleet
+            .check_node_credential(&principal)
+            .await
+            .map_err(ApiError::from)?;
         let hub = self.fleet.hub().clone();
         // Register first, then read the store: a change committed between
         // the two reaches this stream either way.
@@ -284,6 +289,7 @@ impl pb::fleet_server::Fleet for FleetService {
             inbound,
             outbound,
             credential_renew_at: renew_time(principal.expires_at),
+            principal,
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(stream.run());
@@ -317,6 +323,9 @@ struct StreamTask {
     inbound: tonic::Streaming<pb::AgentMessage>,
     outbound: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
     credential_renew_at: OffsetDateTime,
+    /// The credential the stream opened with; renewals keep its generation
+    /// and are refused once the node's generation moved on.
+    principal: crate::auth::Principal,
     shutdown: CancellationToken,
 }
 
@@ -344,11 +353,16 @@ impl StreamTask {
                 changed = self.session.desired.changed() => {
                     if changed.is_err() {
                         return Err(Status::aborted(
-                            "a newer sync stream of this node replaced this one",
+                            "a newer sync stream of this node replaced this one, or the node was replaced or removed",
                         ));
                     }
                     let state = self.session.desired.borrow_and_update().clone();
                     self.send_desired(&state).await?;
+                    // An approval lets the node see the directory now.
+                    if state.status != NodeStatus::Pending && self.view.entries.is_none() {
+                        let directory = self.directory.borrow().clone();
+                        self.send_view(&directory).await?;
+                    }
                 }
                 changed = self.directory.changed() => {
                     if changed.is_ok() {
@@ -415,6 +429,11 @@ impl StreamTask {
     /// Sends the agent its view of `directory` when it differs from the
     /// last one sent, or defers it when only loads moved.
     async fn send_view(&mut self, directory: &Directory) -> Result<(), Status> {
+        // A pending node is not yet trusted with its peers' names and URLs.
+        if self.session.desired.borrow().status == NodeStatus::Pending {
+            self.view = SentView::default();
+            return Ok(());
+        }
         let view = view_for(&self.session.node, &directory.entries, PEERS_PER_OFFERING);
         let since = self.view.sent_at.map_or(Duration::MAX, |at| at.elapsed());
         match resend(
@@ -447,10 +466,18 @@ impl StreamTask {
     }
 
     async fn renew_credential(&mut self) -> Result<(), Status> {
+        // The node may have been replaced or removed since the stream
+        // opened (on another replica, say): then the stream ends here
+        // instead of renewing a revoked credential.
+        self.fleet
+            .check_node_credential(&self.principal)
+            .await
+            .map_err(ApiError::from)?;
+        let generation = self.principal.credential_generation.unwrap_or_default();
         let (credential, expires_at) = self
             .fleet
             .auth()
-            .mint_node_credential(&self.session.node)
+            .mint_node_credential(&self.session.node, generation)
             .map_err(ApiError::from)?;
         self.credential_renew_at = renew_time(expires_at);
         tracing::debug!(node = %self.session.node, %expires_at, "sent a fresh node credential");

@@ -44,31 +44,72 @@ macro_rules! fleet_queries {
         /// Reports written by one statement.
         const REPORTS_PER_STATEMENT: usize = 2000;
 
-        /// Inserts (or, with `replace_existing`, overwrites in place) an
-        /// enrolling node, then places it: a selector may already match.
-        pub(super) async fn insert_node(
+        /// Enrols a node once its token row was read (and locked): checks
+        /// the token against the node's name, refuses to replace an enrolled
+        /// node that nobody approved replacing (writing nothing, so the
+        /// token keeps its use), takes one use, and inserts the node or
+        /// overwrites it in place, then places it (a selector may already
+        /// match).
+        ///
+        /// A replacement keeps the node's status (a cordoned node stays
+        /// cordoned), consumes the operator's approval, and takes a new
+        /// credential generation, which revokes every earlier credential.
+        pub(super) async fn enroll(
             conn: &mut $conn,
             enrolment: &Enrolment,
-        ) -> StoreResult<Node> {
-            // Every writer of node rows takes the generation lock first.
-            lock_generation(conn).await?;
+            token: Option<&crate::store::rows::TokenCheckRow>,
+        ) -> StoreResult<crate::store::EnrollOutcome> {
+            use crate::store::EnrollOutcome;
+            use crate::domain::TokenRejection;
             let node = &enrolment.node;
-            // Overwriting keeps the row's id and desired generation, so the
-            // node's generations keep growing across re-enrolments.
-            let on_conflict = if enrolment.replace_existing {
+            if let Some(rejection) =
+                crate::store::rows::check_token(token, &enrolment.secret_hash, &node.name)
+            {
+                return Ok(EnrollOutcome::Rejected(rejection));
+            }
+            // Every writer of node rows takes the generation lock first; it
+            // also serialises enrolments racing for one name.
+            lock_generation(conn).await?;
+            let existing: Option<(bool,)> =
+                sqlx::query_as("SELECT replace_approved FROM nodes WHERE name = $1")
+                    .bind(node.name.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if let Some((approved,)) = existing {
+                if !enrolment.replace_existing {
+                    return Err(StoreError::AlreadyExists(format!(
+                        "node {} is already enrolled; re-enrol it explicitly with replace_existing (agent flag --replace) once an operator approved the replacement",
+                        node.name
+                    )));
+                }
+                let by_token = token.is_some_and(|token| token.may_replace(&node.name));
+                if !approved && !by_token {
+                    return Ok(EnrollOutcome::Rejected(TokenRejection::ReplacementNotApproved));
+                }
+            }
+            sqlx::query("UPDATE bootstrap_tokens SET uses_left = uses_left - 1 WHERE id = $1")
+                .bind(&enrolment.token_id)
+                .execute(&mut *conn)
+                .await?;
+            let credential_generation = next_generation(conn).await?;
+            // Overwriting keeps the row's id, status and desired generation,
+            // so the node's generations keep growing across re-enrolments.
+            let on_conflict = if existing.is_some() {
                 " ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, \
                  inventory = excluded.inventory, agent_version = excluded.agent_version, \
-                 status = excluded.status, enrolled_at = excluded.enrolled_at, \
+                 enrolled_at = excluded.enrolled_at, \
                  bootstrap_token_id = excluded.bootstrap_token_id, \
                  refresh_secret_hash = excluded.refresh_secret_hash, \
+                 credential_generation = excluded.credential_generation, \
+                 replace_approved = false, \
                  observed = NULL, health = NULL, last_heartbeat_unix_ms = NULL"
             } else {
                 ""
             };
             sqlx::query(&format!(
                 "INSERT INTO nodes (name, labels, inventory, agent_version, status, \
-                 bootstrap_token_id, refresh_secret_hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7){on_conflict}"
+                 bootstrap_token_id, refresh_secret_hash, credential_generation) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8){on_conflict}"
             ))
             .bind(node.name.as_str())
             .bind(Json(node.labels.as_map()))
@@ -77,20 +118,53 @@ macro_rules! fleet_queries {
             .bind(enrolment.initial_status.as_str())
             .bind(&enrolment.token_id)
             .bind(enrolment.refresh_secret_hash.0.as_slice())
+            .bind(to_i64("credential_generation", credential_generation)?)
             .execute(&mut *conn)
             .await
             .map_err(|error| {
-                map_sqlx_error(error, || {
-                    format!(
-                        "node {} is already enrolled; re-enrol it explicitly with replace_existing (agent flag --replace)",
-                        node.name
-                    )
-                })
+                map_sqlx_error(error, || format!("node {} is already enrolled", node.name))
             })?;
             replan(conn, Some(&node.name), &mut None).await?;
-            select_node(conn, &node.name)
+            let node = select_node(conn, &node.name)
                 .await?
-                .ok_or_else(|| StoreError::Corrupt(format!("node {} vanished", node.name)))
+                .ok_or_else(|| StoreError::Corrupt(format!("node {} vanished", node.name)))?;
+            Ok(EnrollOutcome::Enrolled(Box::new(node)))
+        }
+
+        /// A node's credential generation (`None`: no such node).
+        pub(crate) async fn credential_generation(
+            conn: &mut $conn,
+            name: &NodeName,
+        ) -> StoreResult<Option<u64>> {
+            let value: Option<i64> =
+                sqlx::query_scalar("SELECT credential_generation FROM nodes WHERE name = $1")
+                    .bind(name.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            value
+                .map(|value| to_u64("nodes.credential_generation", value))
+                .transpose()
+        }
+
+        /// Removes a node with its node-level assignment and history.
+        pub(crate) async fn remove_node(conn: &mut $conn, name: &NodeName) -> StoreResult<()> {
+            lock_generation(conn).await?;
+            let removed = sqlx::query("DELETE FROM nodes WHERE name = $1")
+                .bind(name.as_str())
+                .execute(&mut *conn)
+                .await?;
+            if removed.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("node {name} not found")));
+            }
+            sqlx::query("DELETE FROM assignments WHERE node_name = $1")
+                .bind(name.as_str())
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM node_health_minutes WHERE node_name = $1")
+                .bind(name.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
         }
 
         pub(super) async fn select_node(

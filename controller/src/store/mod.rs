@@ -12,6 +12,7 @@
 //! Both backends pass the same conformance suite (`tests/store_conformance.rs`).
 
 mod fleet_sql;
+mod identity_sql;
 mod postgres;
 mod rollout_rows;
 mod rollout_sql;
@@ -29,7 +30,8 @@ use crate::domain::DirectoryEntry;
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, HealthPoint, HealthSample,
     Model, ModelName, ModelVersion, NewArtifact, NewAssignment, NewNode, Node, NodeChange,
-    NodeDesired, NodeInventory, NodeName, NodeStatus, ObservedState, Page, PageRequest, PromptName,
+    NodeDesired, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page,
+    PageRequest, PromptName,
     PromptSummary, SecretHash, SystemPrompt, TokenRejection, VersionState,
 };
 use crate::domain::{
@@ -92,6 +94,10 @@ pub struct NewBootstrapToken {
     pub uses: u32,
     /// The subject of the operator who created it.
     pub created_by: String,
+    /// The node names it may enrol (`None`: any).
+    pub node_pattern: Option<NodePattern>,
+    /// It may replace the enrolled node named exactly by `node_pattern`.
+    pub may_replace: bool,
 }
 
 /// An agent's request to enrol, after validation.
@@ -100,7 +106,9 @@ pub struct Enrolment {
     pub token_id: String,
     pub secret_hash: SecretHash,
     pub node: NewNode,
-    /// Replace an existing node of the same name instead of refusing.
+    /// Replace an existing node of the same name instead of refusing; the
+    /// store allows it only when an operator approved the replacement
+    /// ([`Store::approve_replacement`]) or the token was made for it.
     pub replace_existing: bool,
     /// `Pending` when operators must approve new nodes, else `Active`.
     pub initial_status: NodeStatus,
@@ -441,6 +449,47 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_unused_model(&self, model: &ModelName) -> StoreResult<()>;
     /// Appends events to the audit log (the API's record of each mutation).
     async fn append_events(&self, events: &[NewEvent]) -> StoreResult<()>;
+
+    // ---- identity and access (issue 16: control plane) ----
+
+    /// Every bootstrap token, newest first (expired and revoked included,
+    /// for the operator's view; there are few).
+    async fn list_bootstrap_tokens(&self) -> StoreResult<Vec<BootstrapToken>>;
+    /// Revokes a bootstrap token: it enrols nothing from now on.
+    /// `NotFound` if no such id.
+    async fn revoke_bootstrap_token(&self, id: &str) -> StoreResult<BootstrapToken>;
+    /// A node's current credential generation (`None`: no such node).
+    async fn credential_generation(&self, name: &NodeName) -> StoreResult<Option<u64>>;
+    /// Lets the next enrolment under `name` replace the node. `NotFound`
+    /// if no such node.
+    async fn approve_replacement(&self, name: &NodeName) -> StoreResult<()>;
+    /// Removes a node: its row, its node-level assignment and its health
+    /// history. Its credentials stop working with the row. `NotFound` if
+    /// no such node.
+    async fn remove_node(&self, name: &NodeName) -> StoreResult<()>;
+    /// Records a minted API token by its id (`jti`). `AlreadyExists` if
+    /// the id is taken.
+    async fn record_api_token(&self, token: &ApiToken) -> StoreResult<()>;
+    /// Every recorded API token, newest first.
+    async fn list_api_tokens(&self) -> StoreResult<Vec<ApiToken>>;
+    /// Revokes an API token. `NotFound` if no such id.
+    async fn revoke_api_token(&self, id: &str) -> StoreResult<ApiToken>;
+    /// Ids of revoked API tokens that have not expired yet (an expired
+    /// token fails anyway): what every request is checked against.
+    async fn revoked_api_token_ids(&self) -> StoreResult<Vec<String>>;
+}
+
+/// A human/API token the controller minted, as recorded: never the token
+/// string, only its id (`jti`) and claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub id: String,
+    pub subject: String,
+    pub role: crate::auth::Role,
+    pub created_by: String,
+    pub created_at: time::OffsetDateTime,
+    pub expires_at: time::OffsetDateTime,
+    pub revoked_at: Option<time::OffsetDateTime>,
 }
 
 /// Held by the controller that runs the rollout engine.

@@ -946,6 +946,62 @@ impl Store for PostgresStore {
             fleet::queries::rollouts::insert_events(conn, events, now_ms).await
         })
     }
+
+    // ---- identity and access (issue 16: control plane) ----
+
+    async fn list_bootstrap_tokens(&self) -> StoreResult<Vec<BootstrapToken>> {
+        in_transaction!(self, "list_bootstrap_tokens", |conn| {
+            fleet::identity::list_bootstrap_tokens(conn).await
+        })
+    }
+
+    async fn revoke_bootstrap_token(&self, id: &str) -> StoreResult<BootstrapToken> {
+        in_transaction!(self, "revoke_bootstrap_token", |conn| {
+            fleet::identity::revoke_bootstrap_token(conn, id).await
+        })
+    }
+
+    async fn credential_generation(&self, name: &NodeName) -> StoreResult<Option<u64>> {
+        in_transaction!(self, "credential_generation", |conn| {
+            fleet::queries::credential_generation(conn, name).await
+        })
+    }
+
+    async fn approve_replacement(&self, name: &NodeName) -> StoreResult<()> {
+        in_transaction!(self, "approve_replacement", |conn| {
+            fleet::identity::approve_replacement(conn, name).await
+        })
+    }
+
+    async fn remove_node(&self, name: &NodeName) -> StoreResult<()> {
+        in_transaction!(self, "remove_node", |conn| {
+            fleet::queries::remove_node(conn, name).await
+        })
+    }
+
+    async fn record_api_token(&self, token: &super::ApiToken) -> StoreResult<()> {
+        in_transaction!(self, "record_api_token", |conn| {
+            fleet::identity::record_api_token(conn, token).await
+        })
+    }
+
+    async fn list_api_tokens(&self) -> StoreResult<Vec<super::ApiToken>> {
+        in_transaction!(self, "list_api_tokens", |conn| {
+            fleet::identity::list_api_tokens(conn).await
+        })
+    }
+
+    async fn revoke_api_token(&self, id: &str) -> StoreResult<super::ApiToken> {
+        in_transaction!(self, "revoke_api_token", |conn| {
+            fleet::identity::revoke_api_token(conn, id).await
+        })
+    }
+
+    async fn revoked_api_token_ids(&self) -> StoreResult<Vec<String>> {
+        in_transaction!(self, "revoked_api_token_ids", |conn| {
+            fleet::identity::revoked_api_token_ids(conn).await
+        })
+    }
 }
 
 /// The session holding the rollout engine's advisory lock.

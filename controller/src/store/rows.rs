@@ -17,7 +17,7 @@ use super::StoreError;
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, DesiredAssignment, DesiredState,
     Digest, HealthPoint, HealthSample, InferenceMinute, Labels, Model, ModelName, ModelVersion,
-    NewArtifact, Node, NodeInventory, NodeName, NodeStatus, ObservedState, Page, PromptName,
+    NewArtifact, Node, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page, PromptName,
     PromptSummary, SecretHash, SystemPrompt, TokenRejection,
 };
 
@@ -45,7 +45,8 @@ pub(super) const SELECT_PROMPTS: &str =
 
 /// `SELECT` of [`NodeRow`]; callers append `WHERE` and `ORDER BY`.
 pub(super) const SELECT_NODES: &str = "SELECT name, labels, inventory, agent_version, status, \
-    enrolled_at, desired_generation, desired, observed, health, last_heartbeat_unix_ms FROM nodes";
+    enrolled_at, desired_generation, desired, observed, health, last_heartbeat_unix_ms, \
+    credential_generation FROM nodes";
 
 /// Columns of [`PlacementRow`]: only what placement reads.
 pub(super) const SELECT_PLACEMENT: &str = "SELECT name, labels, status, desired FROM nodes";
@@ -60,7 +61,7 @@ pub(super) fn overfetch(limit: u32) -> i64 {
     i64::from(limit) + 1
 }
 
-fn corrupt(column: &str, value: impl Display, error: impl Display) -> StoreError {
+pub(super) fn corrupt(column: &str, value: impl Display, error: impl Display) -> StoreError {
     StoreError::Corrupt(format!("{column} holds {value}: {error}"))
 }
 
@@ -124,6 +125,7 @@ pub(super) struct NodeRow {
     pub observed: Option<sqlx::types::Json<ObservedState>>,
     pub health: Option<sqlx::types::Json<HealthSample>>,
     pub last_heartbeat_unix_ms: Option<i64>,
+    pub credential_generation: i64,
 }
 
 impl TryFrom<NodeRow> for Node {
@@ -157,6 +159,10 @@ impl TryFrom<NodeRow> for Node {
                         .map_err(|error| corrupt("nodes.last_heartbeat_unix_ms", ms, error))
                 })
                 .transpose()?,
+            credential_generation: to_u64(
+                "nodes.credential_generation",
+                row.credential_generation,
+            )?,
         })
     }
 }
@@ -271,7 +277,15 @@ pub(super) struct BootstrapTokenRow {
     pub uses_left: i64,
     pub created_by: String,
     pub created_at: OffsetDateTime,
+    pub node_pattern: Option<String>,
+    pub may_replace: bool,
+    pub revoked: bool,
 }
+
+/// Columns of [`BootstrapTokenRow`], for `SELECT` and `RETURNING`.
+pub(super) const BOOTSTRAP_TOKEN_COLUMNS: &str = "id, expires_at, \
+    CAST(uses_left AS BIGINT) AS uses_left, created_by, created_at, node_pattern, may_replace, \
+    revoked_at IS NOT NULL AS revoked";
 
 impl TryFrom<BootstrapTokenRow> for BootstrapToken {
     type Error = StoreError;
@@ -284,6 +298,15 @@ impl TryFrom<BootstrapTokenRow> for BootstrapToken {
             expires_at: row.expires_at,
             created_by: row.created_by,
             created_at: row.created_at,
+            node_pattern: row
+                .node_pattern
+                .map(|text| {
+                    text.parse::<NodePattern>()
+                        .map_err(|error| corrupt("bootstrap_tokens.node_pattern", &text, error))
+                })
+                .transpose()?,
+            may_replace: row.may_replace,
+            revoked: row.revoked,
         })
     }
 }
@@ -295,7 +318,22 @@ pub(super) struct TokenCheckRow {
     pub secret_hash: Vec<u8>,
     pub expired: bool,
     pub uses_left: i64,
+    pub node_pattern: Option<String>,
+    pub may_replace: bool,
+    pub revoked: bool,
 }
+
+impl TokenCheckRow {
+    /// Whether the token may replace the enrolled node `name`: it was
+    /// created with `--replace` for exactly that name.
+    pub(super) fn may_replace(&self, name: &NodeName) -> bool {
+        self.may_replace && self.node_pattern.as_deref() == Some(name.as_str())
+    }
+}
+
+/// The columns of [`TokenCheckRow`] but `expired`, whose SQL differs.
+pub(super) const TOKEN_CHECK_COLUMNS: &str = "secret_hash, CAST(uses_left AS BIGINT) AS uses_left, \
+    node_pattern, may_replace, revoked_at IS NOT NULL AS revoked";
 
 /// Whether the presented secret may enrol with this token row (`None` when no
 /// row has the token's id). The hash is compared first, in constant time, so
@@ -303,14 +341,24 @@ pub(super) struct TokenCheckRow {
 pub(super) fn check_token(
     row: Option<&TokenCheckRow>,
     presented: &SecretHash,
+    name: &NodeName,
 ) -> Option<TokenRejection> {
     let Some(row) = row else {
         return Some(TokenRejection::Unknown);
     };
+    // A pattern that no longer parses matches nothing: fail closed.
+    let bound_elsewhere = row.node_pattern.as_deref().is_some_and(|text| {
+        text.parse::<NodePattern>()
+            .map_or(true, |pattern| !pattern.matches(name))
+    });
     if !presented.matches(&row.secret_hash) {
         Some(TokenRejection::Unknown)
+    } else if row.revoked {
+        Some(TokenRejection::Revoked)
     } else if row.expired {
         Some(TokenRejection::Expired)
+    } else if bound_elsewhere {
+        Some(TokenRejection::WrongNode)
     } else if row.uses_left <= 0 {
         Some(TokenRejection::UsedUp)
     } else {

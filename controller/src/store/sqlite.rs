@@ -73,6 +73,38 @@ macro_rules! in_transaction {
 mod fleet;
 mod rollouts;
 
+/// Creates the database file, readable by its owner only (0600), when it
+/// does not exist yet: it holds token hashes, node records and prompts.
+/// SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn create_private_file(path: &std::path::Path) -> StoreResult<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        // A file made by an older version may be readable by others:
+        // tighten it.
+        #[cfg(unix)]
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map(|meta| meta.permissions().mode());
+            if mode.is_ok_and(|mode| mode & 0o077 != 0) {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|error| StoreError::Backend(sqlx::Error::Io(error)))?;
+                tracing::info!(path = %path.display(), "made the database file private (0600)");
+            }
+            Ok(())
+        }
+        #[cfg(not(unix))]
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(StoreError::Backend(sqlx::Error::Io(error))),
+    }
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// Connections to the file. Readers run in parallel under WAL; writers take
@@ -120,6 +152,7 @@ impl SqliteStore {
                 .max_lifetime(None)
         } else {
             create_parent_directory(options.get_filename())?;
+            create_private_file(options.get_filename())?;
             SqlitePoolOptions::new()
                 .max_connections(MAX_CONNECTIONS)
                 .before_acquire(|connection, _| {
@@ -1000,6 +1033,62 @@ impl Store for SqliteStore {
         let now_ms = super::rollout_rows::to_unix_ms(time::OffsetDateTime::now_utc());
         in_transaction!(self, "append_events", Access::Write, |conn| {
             fleet::queries::rollouts::insert_events(conn, events, now_ms).await
+        })
+    }
+
+    // ---- identity and access (issue 16: control plane) ----
+
+    async fn list_bootstrap_tokens(&self) -> StoreResult<Vec<BootstrapToken>> {
+        in_transaction!(self, "list_bootstrap_tokens", Access::Read, |conn| {
+            fleet::identity::list_bootstrap_tokens(conn).await
+        })
+    }
+
+    async fn revoke_bootstrap_token(&self, id: &str) -> StoreResult<BootstrapToken> {
+        in_transaction!(self, "revoke_bootstrap_token", Access::Write, |conn| {
+            fleet::identity::revoke_bootstrap_token(conn, id).await
+        })
+    }
+
+    async fn credential_generation(&self, name: &NodeName) -> StoreResult<Option<u64>> {
+        in_transaction!(self, "credential_generation", Access::Read, |conn| {
+            fleet::queries::credential_generation(conn, name).await
+        })
+    }
+
+    async fn approve_replacement(&self, name: &NodeName) -> StoreResult<()> {
+        in_transaction!(self, "approve_replacement", Access::Write, |conn| {
+            fleet::identity::approve_replacement(conn, name).await
+        })
+    }
+
+    async fn remove_node(&self, name: &NodeName) -> StoreResult<()> {
+        in_transaction!(self, "remove_node", Access::Write, |conn| {
+            fleet::queries::remove_node(conn, name).await
+        })
+    }
+
+    async fn record_api_token(&self, token: &super::ApiToken) -> StoreResult<()> {
+        in_transaction!(self, "record_api_token", Access::Write, |conn| {
+            fleet::identity::record_api_token(conn, token).await
+        })
+    }
+
+    async fn list_api_tokens(&self) -> StoreResult<Vec<super::ApiToken>> {
+        in_transaction!(self, "list_api_tokens", Access::Read, |conn| {
+            fleet::identity::list_api_tokens(conn).await
+        })
+    }
+
+    async fn revoke_api_token(&self, id: &str) -> StoreResult<super::ApiToken> {
+        in_transaction!(self, "revoke_api_token", Access::Write, |conn| {
+            fleet::identity::revoke_api_token(conn, id).await
+        })
+    }
+
+    async fn revoked_api_token_ids(&self) -> StoreResult<Vec<String>> {
+        in_transaction!(self, "revoked_api_token_ids", Access::Read, |conn| {
+            fleet::identity::revoked_api_token_ids(conn).await
         })
     }
 }

@@ -43,6 +43,8 @@ pub(crate) async fn create_token(store: &dyn Store, ttl: Duration, uses: u32) ->
             ttl,
             uses,
             created_by: "tester".to_owned(),
+            node_pattern: None,
+            may_replace: false,
         })
         .await
         .expect("create bootstrap token");
@@ -92,7 +94,20 @@ pub(crate) async fn enrolment_checks_and_uses_up_the_token(database: &TestDataba
         matches!(&error, StoreError::AlreadyExists(message) if message.contains("edge-1")),
         "{error:?}"
     );
-    // With replace: the row is replaced in place.
+    // With replace but without an operator's approval: refused, use kept.
+    assert_eq!(
+        store
+            .enroll_node(&enrolment(&token, new_node("edge-1", "site=paris"), true))
+            .await
+            .expect("answer"),
+        EnrollOutcome::Rejected(TokenRejection::ReplacementNotApproved)
+    );
+    // Approved: the row is replaced in place, with a new credential
+    // generation, and the approval is used up.
+    store
+        .approve_replacement(&node_name("edge-1"))
+        .await
+        .expect("approve");
     let EnrollOutcome::Enrolled(replaced) = store
         .enroll_node(&enrolment(&token, new_node("edge-1", "site=paris"), true))
         .await
@@ -103,6 +118,14 @@ pub(crate) async fn enrolment_checks_and_uses_up_the_token(database: &TestDataba
     assert_eq!(
         replaced.labels.iter().collect::<Vec<_>>(),
         [("site", "paris")]
+    );
+    assert!(replaced.credential_generation > node.credential_generation);
+    assert_eq!(
+        store
+            .credential_generation(&node_name("edge-1"))
+            .await
+            .expect("generation"),
+        Some(replaced.credential_generation)
     );
     // Two uses are gone now; the third is refused and writes nothing.
     assert_eq!(

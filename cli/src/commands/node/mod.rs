@@ -34,6 +34,13 @@ pub enum NodeCommand {
     Show { name: String },
     /// Lets a pending node take part (controllers run with --require-node-approval).
     Approve { name: String },
+    /// Lets the next enrolment under NAME (agent flag --replace) replace the
+    /// node, once: its old credentials stop working then, and its status
+    /// (cordoned, say) carries over.
+    ApproveReplace { name: String },
+    /// Removes a node and revokes its credentials at once (admins only).
+    #[command(visible_alias = "remove")]
+    Rm { name: String },
     /// Keeps new assignments away from a node; what it serves stays.
     Cordon { name: String },
     /// Lets a cordoned node take assignments again.
@@ -59,7 +66,18 @@ pub enum NodeTokenCommand {
         /// How many agents may enrol with it.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         uses: u32,
+        /// Only this node name, or names matching this glob (`rack7-*`), may enrol with it.
+        #[arg(long, value_name = "NAME|PATTERN", conflicts_with = "replace")]
+        node: Option<String>,
+        /// The token approves replacing the enrolled node NAME (and enrols only NAME).
+        #[arg(long, value_name = "NAME")]
+        replace: Option<String>,
     },
+    /// Lists bootstrap tokens (never their secrets).
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Revokes a bootstrap token: it enrols nothing from now on.
+    Revoke { id: String },
 }
 
 /// One word of `flotilla node label`, kubectl style.
@@ -83,11 +101,49 @@ pub async fn run(
     printer: &Printer,
 ) -> anyhow::Result<()> {
     match command {
-        NodeCommand::Token(NodeTokenCommand::Create { ttl, uses }) => {
+        NodeCommand::Token(NodeTokenCommand::Ls) => {
+            let tokens = client.list_bootstrap_tokens().await?;
+            if printer.is_json() {
+                return printer.json(&tokens);
+            }
+            printer.table(&crate::commands::token::bootstrap_table(&tokens))
+        }
+        NodeCommand::Token(NodeTokenCommand::Revoke { id }) => {
+            let token = client.revoke_bootstrap_token(&id).await?;
+            if printer.is_json() {
+                return printer.json(&token);
+            }
+            printer.line(&format!("bootstrap token {} revoked", token.id))
+        }
+        NodeCommand::ApproveReplace { name } => {
+            let node = client.approve_replace_node(&name).await?;
+            if printer.is_json() {
+                return printer.json(&node);
+            }
+            printer.line(&format!(
+                "the next enrolment of {} with --replace may replace it",
+                node.name
+            ))
+        }
+        NodeCommand::Rm { name } => {
+            client.remove_node(&name).await?;
+            if printer.is_json() {
+                return printer.json(&serde_json::json!({ "removed": name }));
+            }
+            printer.line(&format!("node {name} removed; its credentials no longer work"))
+        }
+        NodeCommand::Token(NodeTokenCommand::Create {
+            ttl,
+            uses,
+            node,
+            replace,
+        }) => {
             let created = client
                 .create_bootstrap_token(&CreateBootstrapTokenRequest {
                     ttl_seconds: Some(ttl.as_secs()),
                     uses: Some(uses),
+                    node,
+                    replace,
                 })
                 .await?;
             if printer.is_json() {

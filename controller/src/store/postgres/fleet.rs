@@ -7,8 +7,8 @@
 use sqlx::PgConnection;
 
 use super::super::rows::{
-    BootstrapTokenRow, NodeRow, SELECT_NODES, TokenCheckRow, check_token, convert_all,
-    map_sqlx_error, overfetch,
+    BOOTSTRAP_TOKEN_COLUMNS, BootstrapTokenRow, NodeRow, SELECT_NODES, TOKEN_CHECK_COLUMNS,
+    TokenCheckRow, convert_all, map_sqlx_error, overfetch,
 };
 use super::super::{
     EnrollOutcome, Enrolment, NewBootstrapToken, NodeReport, StoreError, StoreResult,
@@ -29,15 +29,18 @@ impl PostgresStore {
         })?;
         in_transaction!(self, "create_bootstrap_token", |conn| {
             sqlx::query_as::<_, BootstrapTokenRow>(
-                "INSERT INTO bootstrap_tokens (id, secret_hash, expires_at, uses_left, created_by) \
-                 VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5) \
-                 RETURNING id, expires_at, uses_left::BIGINT AS uses_left, created_by, created_at",
+                &format!("INSERT INTO bootstrap_tokens (id, secret_hash, expires_at, uses_left, created_by, \
+                 node_pattern, may_replace) \
+                 VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6, $7) \
+                 RETURNING {BOOTSTRAP_TOKEN_COLUMNS}"),
             )
             .bind(&token.id)
             .bind(token.secret_hash.0.as_slice())
             .bind(token.ttl.as_secs_f64())
             .bind(uses)
             .bind(&token.created_by)
+            .bind(token.node_pattern.as_ref().map(|pattern| pattern.as_str()))
+            .bind(token.may_replace)
             .fetch_one(&mut *conn)
             .await
             .map_err(|error| {
@@ -54,23 +57,14 @@ impl PostgresStore {
         enrolment: &Enrolment,
     ) -> StoreResult<EnrollOutcome> {
         in_transaction!(self, "enroll_node", |conn| {
-            let token = sqlx::query_as::<_, TokenCheckRow>(
-                "SELECT secret_hash, expires_at <= now() AS expired, \
-                 uses_left::BIGINT AS uses_left FROM bootstrap_tokens WHERE id = $1 FOR UPDATE",
-            )
+            let token = sqlx::query_as::<_, TokenCheckRow>(&format!(
+                "SELECT {TOKEN_CHECK_COLUMNS}, expires_at <= now() AS expired \
+                 FROM bootstrap_tokens WHERE id = $1 FOR UPDATE"
+            ))
             .bind(&enrolment.token_id)
             .fetch_optional(&mut *conn)
             .await?;
-            if let Some(rejection) = check_token(token.as_ref(), &enrolment.secret_hash) {
-                return Ok(EnrollOutcome::Rejected(rejection));
-            }
-            sqlx::query("UPDATE bootstrap_tokens SET uses_left = uses_left - 1 WHERE id = $1")
-                .bind(&enrolment.token_id)
-                .execute(&mut *conn)
-                .await?;
-            // A name conflict fails the transaction, which gives the use back.
-            let node = queries::insert_node(conn, enrolment).await?;
-            Ok(EnrollOutcome::Enrolled(Box::new(node)))
+            queries::enroll(conn, enrolment, token.as_ref()).await
         })
     }
 
@@ -217,4 +211,9 @@ pub(super) mod queries {
         "SELECT pg_notify('flotilla_fleet', '')"
     );
     crate::store::rollout_sql::rollout_queries!(sqlx::PgConnection);
+}
+
+/// Identity and access (`store/identity_sql.rs`).
+pub(super) mod identity {
+    crate::store::identity_sql::identity_queries!(sqlx::PgConnection);
 }

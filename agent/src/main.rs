@@ -141,6 +141,27 @@ struct Cli {
     /// Serve inference beyond loopback without authentication.
     #[arg(long)]
     allow_unauthenticated_inference: bool,
+    /// Host names (or addresses) clients may reach the HTTP API by, besides
+    /// loopback names, the advertised URLs' hosts and the bound address;
+    /// `*` for any. A request with another `Host` is refused (403), which
+    /// stops DNS rebinding.
+    #[arg(
+        long,
+        value_name = "HOST",
+        value_delimiter = ',',
+        env = "FLOTILLA_ALLOWED_HOSTS"
+    )]
+    allowed_host: Vec<String>,
+    /// Web origins (e.g. https://app.example.com) whose pages may call the
+    /// HTTP API; CORS is answered for them alone. Without it, any request
+    /// with an `Origin` is refused (403).
+    #[arg(
+        long,
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        env = "FLOTILLA_CORS_ORIGINS"
+    )]
+    cors_origin: Vec<String>,
     /// On SIGTERM/SIGINT, how long running inference requests may take to
     /// finish before the agent exits without them.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -325,7 +346,10 @@ fn advertised_url(
                 "plain text (no --tls-cert)"
             }
         );
-        return Ok(url.trim_end_matches('/').to_owned());
+        // Host and port only: the controller refuses anything more.
+        let base = flotilla_agent::routing::peer_base_url(&url, false)
+            .map_err(|reason| anyhow::anyhow!("{flag} {url:?}: {reason}"))?;
+        return Ok(base.as_str().trim_end_matches('/').to_owned());
     }
     let bound = listener.local_addr()?;
     let scheme = if tls { "https" } else { "http" };
@@ -342,12 +366,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => CaTrust::load(Some(path))?,
         None => trust.clone(),
     };
+    // Serving TLS, the agent shows its certificate to the peers it
+    // forwards to (mutual TLS), and asks the agents forwarding to it for
+    // theirs, verified against the peer CA: that is how a peer knows a
+    // forwarded request comes from a node and may believe the principal it
+    // names, since the client's own credential is never forwarded.
+    let peer_trust = match (&cli.tls_cert, &cli.tls_key, peer_trust.private_ca_pem()) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let pem = std::fs::read(cert)
+                .with_context(|| format!("cannot read --tls-cert {}", cert.display()))?;
+            match flotilla_tls::verifies_as_client(ca, &pem) {
+                Ok(()) => peer_trust.with_client_identity(cert, key)?,
+                // Presented anyway, it would fail every handshake with a
+                // peer; without it, peers that require keys refuse
+                // forwarded requests instead, and say why.
+                Err(error) => {
+                    tracing::warn!(cert = %cert.display(), %error,
+                        "not presenting --tls-cert to peers: the peer CA would not accept it as a \
+                         client certificate (it needs the clientAuth extended key usage)");
+                    peer_trust
+                }
+            }
+        }
+        _ => peer_trust,
+    };
     let peer_trust = match &cli.peer_tls_name {
         Some(name) => peer_trust.verifying_as(name)?,
         None => peer_trust,
     };
     let server_tls = match (&cli.tls_cert, &cli.tls_key) {
-        (Some(cert), Some(key)) => Some(flotilla_tls::ServerTls::load(cert, key)?),
+        (Some(cert), Some(key)) => Some(flotilla_tls::ServerTls::load_verifying_clients(
+            cert,
+            key,
+            peer_trust.private_ca_pem(),
+        )?),
         _ => None,
     };
     // Bound before anything else starts, so that a taken port fails the
@@ -383,6 +435,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &[("--http", cli.http), ("--grpc", cli.grpc)],
     )
     .map_err(anyhow::Error::msg)?;
+    let advertised = AdvertisedUrls {
+        http: advertised_url(
+            "--advertise-http",
+            cli.advertise_http.clone(),
+            &http_listener,
+            server_tls.is_some(),
+        )?,
+        grpc: advertised_url(
+            "--advertise-grpc",
+            cli.advertise_grpc.clone(),
+            &grpc_listener,
+            server_tls.is_some(),
+        )?,
+    };
+    tracing::info!(http = %advertised.http, grpc = %advertised.grpc, "advertising inference URLs to peers");
+    // The names clients may use: loopback, the advertised hosts (peers
+    // forward to those), the bound address, and --allowed-host.
+    let mut browser =
+        serve::BrowserPolicy::new(&cli.allowed_host, &cli.cors_origin).map_err(anyhow::Error::msg)?;
+    browser.allow_host_of(&advertised.http);
+    let bound_http = http_listener.local_addr()?;
+    if !bound_http.ip().is_unspecified() {
+        browser.allow_host(&bound_http.ip().to_string());
+    }
     // Enrol only once the checks above passed: a start refused for its
     // exposure must not spend the bootstrap token.
     let identity = identity(&cli, &data_dir, &trust).await?;
@@ -393,6 +469,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(cli.inference_timeout.max(1)),
         engine_threads: cli.engine_threads,
         peer_trust,
+        // An agent with any TLS configured is in a fleet with TLS: it
+        // never forwards a request (and its body) in the clear.
+        peer_https_only: cli.tls_cert.is_some()
+            || cli.peer_ca.is_some()
+            || cli.peer_tls_name.is_some(),
+        browser: Arc::new(browser),
         ..ServeConfig::default()
     };
     // Fails here, at start, rather than on the first forwarded request.
@@ -446,21 +528,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ReconcilerConfig::new(Some(data_dir.clone())),
         restored,
     );
-    let advertised = AdvertisedUrls {
-        http: advertised_url(
-            "--advertise-http",
-            cli.advertise_http.clone(),
-            &http_listener,
-            server_tls.is_some(),
-        )?,
-        grpc: advertised_url(
-            "--advertise-grpc",
-            cli.advertise_grpc.clone(),
-            &grpc_listener,
-            server_tls.is_some(),
-        )?,
-    };
-    tracing::info!(http = %advertised.http, grpc = %advertised.grpc, "advertising inference URLs to peers");
     let sync = SyncConfig {
         advertised,
         routes: serving.routes.clone(),
@@ -616,6 +683,7 @@ mod tests {
             "{tls_to_plain}"
         );
         assert!(url(Some("ftp://edge-7"), false).is_err());
+        assert!(url(Some("http://edge-7:11434/internal?x="), false).is_err());
         Ok(())
     }
 

@@ -26,6 +26,52 @@ pub const HOPS_HEADER: &str = "x-flotilla-hops";
 /// a client asked to one that serves the model.
 pub const MAX_HOPS: u32 = 1;
 
+/// Checks a peer's advertised base URL, as the controller did when the
+/// node advertised it (checked again here: a controller of another version,
+/// or another replica, must not be able to steer forwarded requests), and
+/// returns it as `scheme://host[:port]`: `http` or `https` (`https` only
+/// when `https_only`), a host and a port, no user, path, query or
+/// fragment. The same rule as the controller's `domain::peer_base_url`;
+/// written twice because the agent does not depend on the controller.
+pub fn peer_base_url(raw: &str, https_only: bool) -> Result<url::Url, String> {
+    let url = url::Url::parse(raw).map_err(|error| error.to_string())?;
+    match url.scheme() {
+        "https" => {}
+        "http" if !https_only => {}
+        "http" => {
+            return Err(
+                "this agent has TLS configured and never forwards over plain http".to_owned(),
+            );
+        }
+        other => return Err(format!("scheme {other:?} is not http or https")),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("a user or password is not allowed".to_owned());
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err("a path, query or fragment is not allowed: host and port only".to_owned());
+    }
+    url::Url::parse(&url.origin().ascii_serialization()).map_err(|error| error.to_string())
+}
+
+/// The URL a request for `path` (an absolute path of one of this agent's
+/// routes) is forwarded to on the peer at `base`: the base's scheme, host
+/// and port with that path and nothing else. Built by the URL parser, never
+/// by concatenating strings.
+pub fn forward_url(base: &str, path: &str, https_only: bool) -> Result<url::Url, String> {
+    let mut url = peer_base_url(base, https_only)?;
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not an absolute path"));
+    }
+    url.set_path(path);
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
 /// One ready peer serving one model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
@@ -154,6 +200,9 @@ pub struct Routes {
     grpc_channels: Mutex<HashMap<String, Channel>>,
     /// For peers' `https://` URLs.
     trust: CaTrust,
+    /// Peers reached over plain `http://` are dropped from the directory:
+    /// this agent has TLS configured (issue 16, item 3).
+    https_only: bool,
 }
 
 /// How long connecting to a peer may take before the call fails over to
@@ -162,16 +211,40 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Routes {
     /// An empty directory whose peers' `https://` URLs are trusted by
-    /// `trust`.
-    pub fn new(trust: CaTrust) -> Self {
+    /// `trust`; with `https_only`, peers advertising `http://` are never
+    /// used.
+    pub fn new(trust: CaTrust, https_only: bool) -> Self {
         Self {
             trust,
+            https_only,
             ..Self::default()
         }
     }
 
+    /// Whether this agent forwards over `https://` only.
+    pub fn https_only(&self) -> bool {
+        self.https_only
+    }
+
     /// Replaces the directory; channels to peers no longer in it close.
-    pub fn replace(&self, peers: Vec<Peer>) {
+    /// A peer URL that does not pass [`peer_base_url`] is dropped (the peer
+    /// keeps its other surface if that one passes) and logged.
+    pub fn replace(&self, mut peers: Vec<Peer>) {
+        for peer in &mut peers {
+            for (surface, url) in [("http", &mut peer.http_url), ("grpc", &mut peer.grpc_url)] {
+                if url.is_empty() {
+                    continue;
+                }
+                match peer_base_url(url, self.https_only) {
+                    Ok(base) => *url = base.as_str().trim_end_matches('/').to_owned(),
+                    Err(reason) => {
+                        tracing::warn!(peer = %peer.node, surface, url = %url, %reason,
+                            "ignoring a peer's advertised URL");
+                        url.clear();
+                    }
+                }
+            }
+        }
         lock(&self.grpc_channels).retain(|url, _| peers.iter().any(|peer| &peer.grpc_url == url));
         *self
             .peers
@@ -183,6 +256,8 @@ impl Routes {
     /// connects lazily and reconnects by itself after a failure, which
     /// calls see as UNAVAILABLE.
     pub fn grpc_channel(&self, url: &str) -> Result<Channel, String> {
+        let url = peer_base_url(url, self.https_only)?;
+        let url = url.as_str().trim_end_matches('/');
         let mut channels = lock(&self.grpc_channels);
         if let Some(channel) = channels.get(url) {
             return Ok(channel.clone());
@@ -315,6 +390,44 @@ mod tests {
         assert_eq!(count(), 1, "b left the directory");
         routes.replace(Vec::new());
         assert_eq!(count(), 0);
+    }
+
+    #[test]
+    fn peer_urls_are_host_and_port_and_joined_by_the_url_parser() {
+        assert_eq!(
+            forward_url("http://10.0.0.1:11434", "/v1/chat/completions", false)
+                .map(String::from),
+            Ok("http://10.0.0.1:11434/v1/chat/completions".to_owned())
+        );
+        for hostile in [
+            "http://10.0.0.1:11434/internal/x?q=",
+            "http://10.0.0.1:11434?q=",
+            "http://user@10.0.0.1:11434",
+            "unix:///run/x.sock",
+        ] {
+            assert!(forward_url(hostile, "/v1/completions", false).is_err(), "{hostile}");
+        }
+        assert!(forward_url("http://10.0.0.1:11434", "/api/chat", true).is_err());
+        assert!(forward_url("https://10.0.0.1:11434", "/api/chat", true).is_ok());
+        assert!(forward_url("http://10.0.0.1:11434", "api/chat", false).is_err());
+    }
+
+    #[test]
+    fn a_directory_loses_the_urls_an_agent_with_tls_must_not_use() {
+        let routes = Routes::new(CaTrust::system(), true);
+        let mut plain = peer("a", "smollm2", 0);
+        let mut secure = peer("b", "smollm2", 0);
+        secure.http_url = "https://b:11434/".to_owned();
+        secure.grpc_url = "https://b:50052/v1?x=1".to_owned();
+        plain.http_url = "http://a:11434".to_owned();
+        routes.replace(vec![plain, secure]);
+        assert_eq!(
+            nodes(&routes.candidates("smollm2", Surface::Http)),
+            ["b"],
+            "http peers are dropped"
+        );
+        assert!(routes.candidates("smollm2", Surface::Grpc).is_empty());
+        assert_eq!(routes.peers()[1].http_url, "https://b:11434");
     }
 
     #[test]

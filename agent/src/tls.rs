@@ -14,8 +14,14 @@
 //! for that name from a public CA): every node then presents a certificate
 //! for that name, signed by the fleet's CA.
 //!
-//! Plain `http://` URLs are used as they are. The agent's own servers are
-//! configured by `flotilla_tls`.
+//! An agent serving TLS also presents its certificate to the peers it
+//! forwards to ([`CaTrust::with_client_identity`]: mutual TLS), which is
+//! how a peer tells a forwarding node from a client (`serve::auth`). Such
+//! a certificate needs the clientAuth extended key usage (or none).
+//!
+//! Plain `http://` URLs are used as they are, except that an agent with TLS
+//! configured never forwards to one (`routing::Routes`). The agent's own
+//! servers are configured by `flotilla_tls`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +41,8 @@ pub enum TrustError {
     InvalidUrl { url: String, reason: String },
     #[error("--peer-tls-name {name:?}: {reason}")]
     FixedName { name: String, reason: String },
+    #[error("cannot use {path} as the client certificate for peers: {reason}")]
+    ClientIdentity { path: String, reason: String },
 }
 
 /// See the module docs. Cheap to clone.
@@ -44,6 +52,24 @@ pub struct CaTrust {
     extra_ca_pem: Option<Arc<Vec<u8>>>,
     /// Servers are verified against this name, not their URL's host.
     fixed_name: Option<Arc<FixedName>>,
+    /// The certificate chain and key this agent presents to peers when it
+    /// forwards (mutual TLS), so that they know a node is asking.
+    client_identity: Option<Arc<ClientIdentity>>,
+}
+
+/// A client certificate chain and its key, in PEM.
+struct ClientIdentity {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        formatter
+            .debug_struct("ClientIdentity")
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -126,6 +152,40 @@ impl CaTrust {
         Ok(Self {
             extra_ca_pem: Some(Arc::new(pem)),
             fixed_name: None,
+            client_identity: None,
+        })
+    }
+
+    /// The private CA's PEM, when one was given.
+    pub fn private_ca_pem(&self) -> Option<&[u8]> {
+        self.extra_ca_pem.as_deref().map(Vec::as_slice)
+    }
+
+    /// This trust, presenting the certificate `cert` with `key` (PEM) to
+    /// the servers it connects to (mutual TLS). Call before
+    /// [`CaTrust::verifying_as`], which builds its client configuration
+    /// with it.
+    pub fn with_client_identity(self, cert: &Path, key: &Path) -> Result<Self, TrustError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| TrustError::ClientIdentity {
+                path: path.display().to_string(),
+                reason: source.to_string(),
+            })
+        };
+        let identity = ClientIdentity {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        };
+        // Checked here, so that building clients later cannot fail on it.
+        reqwest::Identity::from_pem(&identity.combined_pem()).map_err(|error| {
+            TrustError::ClientIdentity {
+                path: cert.display().to_string(),
+                reason: error.to_string(),
+            }
+        })?;
+        Ok(Self {
+            client_identity: Some(Arc::new(identity)),
+            ..self
         })
     }
 
@@ -156,15 +216,27 @@ impl CaTrust {
         )
         .build()
         .map_err(|error| refuse(&error.to_string()))?;
-        let mut http = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|error| refuse(&error.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(VerifyAs {
                 inner,
                 name: server_name,
-            }))
-            .with_no_client_auth();
+            }));
+        let mut http = match &self.client_identity {
+            None => builder.with_no_client_auth(),
+            Some(identity) => {
+                let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&identity.cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|error| refuse(&error.to_string()))?;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&identity.key_pem)
+                    .map_err(|error| refuse(&error.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|error| refuse(&error.to_string()))?
+            }
+        };
         http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             fixed_name: Some(Arc::new(FixedName {
@@ -193,6 +265,12 @@ impl CaTrust {
         if let Some(pem) = &self.extra_ca_pem {
             tls = tls.ca_certificate(Certificate::from_pem(pem.as_slice()));
         }
+        if let Some(identity) = &self.client_identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                &identity.cert_pem,
+                &identity.key_pem,
+            ));
+        }
         endpoint.tls_config(tls).map_err(|e| invalid(e.to_string()))
     }
 
@@ -208,7 +286,25 @@ impl CaTrust {
                 builder = builder.add_root_certificate(certificate);
             }
         }
+        // Checked in `with_client_identity`; cannot fail here.
+        if let Some(identity) = &self.client_identity
+            && let Ok(identity) = reqwest::Identity::from_pem(&identity.combined_pem())
+        {
+            builder = builder.identity(identity);
+        }
         builder
+    }
+}
+
+impl ClientIdentity {
+    /// Certificate chain then key, as `reqwest::Identity::from_pem` takes.
+    fn combined_pem(&self) -> Vec<u8> {
+        let mut pem = self.cert_pem.clone();
+        if !pem.ends_with(b"\n") {
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(&self.key_pem);
+        pem
     }
 }
 

@@ -48,7 +48,12 @@ impl TestTls {
             params.distinguished_name.push(DnType::CommonName, names[0]);
             params.use_authority_key_identifier_extension = true;
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            // Agents present theirs as clients too (mutual TLS between
+            // peers), which needs clientAuth.
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
             Ok((params.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
         };
         let (server_cert, server_key) = issue(&["localhost", "127.0.0.1"])?;

@@ -64,7 +64,15 @@ pub enum TlsError {
     },
     #[error("no TLS protocol version available: {0}")]
     NoProtocol(String),
+    #[error("cannot verify client certificates with the given CA: {0}")]
+    ClientCa(String),
 }
+
+/// What the HTTP server puts in every request's extensions on a TLS
+/// connection: with [`ServerTls::verifying_clients`], `peer_certificates`
+/// is the client's chain, already verified against the client CA (empty
+/// when the client presented none).
+pub use axum_server::tls::TlsInfo;
 
 /// The certificate chain and key a server presents, from two files, and
 /// what they looked like when last read.
@@ -191,15 +199,54 @@ impl std::fmt::Debug for ServerTls {
 impl ServerTls {
     /// Reads and checks both files (see [`TlsError`] for what is refused).
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Self::load_verifying_clients(cert, key, None)
+    }
+
+    /// [`ServerTls::load`], and when `client_ca` (PEM) is given, asks
+    /// clients for a certificate and verifies one presented against that
+    /// CA (mutual TLS). A client without a certificate is still served
+    /// (API clients authenticate with keys); one with a certificate that
+    /// does not verify fails the handshake. Handlers learn who presented
+    /// one from [`TlsInfo`] (HTTP) or tonic's `peer_certs` (gRPC).
+    pub fn load_verifying_clients(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&[u8]>,
+    ) -> Result<Self, TlsError> {
         install_crypto_provider();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let files = Arc::new(CertificateFiles::load(cert, key, provider.clone())?);
+        let client_verifier = match client_ca {
+            None => None,
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for certificate in CertificateDer::pem_slice_iter(pem) {
+                    let certificate =
+                        certificate.map_err(|error| TlsError::ClientCa(error.to_string()))?;
+                    roots
+                        .add(certificate)
+                        .map_err(|error| TlsError::ClientCa(error.to_string()))?;
+                }
+                Some(
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider.clone(),
+                    )
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|error| TlsError::ClientCa(error.to_string()))?,
+                )
+            }
+        };
         let config = |alpn: &[&[u8]]| -> Result<Arc<rustls::ServerConfig>, TlsError> {
-            let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
-                .map_err(|error| TlsError::NoProtocol(error.to_string()))?
-                .with_no_client_auth()
-                .with_cert_resolver(files.clone());
+                .map_err(|error| TlsError::NoProtocol(error.to_string()))?;
+            let builder = match &client_verifier {
+                Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
+                None => builder.with_no_client_auth(),
+            };
+            let mut config = builder.with_cert_resolver(files.clone());
             config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
             Ok(Arc::new(config))
         };
@@ -359,6 +406,37 @@ pub async fn serve_router(
         .handle(handle)
         .serve(router.into_make_service())
         .await
+}
+
+/// Whether the certificate chain in `cert_pem` would pass as a client
+/// certificate with a server that verifies clients against `ca_pem` (as
+/// [`ServerTls::load_verifying_clients`] does): signed by the CA, valid
+/// now, and allowed for client authentication (extended key usage). An
+/// agent checks its own certificate so that it does not present one its
+/// peers would refuse, failing every handshake.
+pub fn verifies_as_client(ca_pem: &[u8], cert_pem: &[u8]) -> Result<(), TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca_pem) {
+        let certificate = certificate.map_err(|error| TlsError::ClientCa(error.to_string()))?;
+        roots
+            .add(certificate)
+            .map_err(|error| TlsError::ClientCa(error.to_string()))?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|error| TlsError::ClientCa(error.to_string()))?;
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::ClientCa(error.to_string()))?;
+    let Some((end_entity, intermediates)) = chain.split_first() else {
+        return Err(TlsError::ClientCa("no certificate".to_owned()));
+    };
+    verifier
+        .verify_client_cert(end_entity, intermediates, rustls::pki_types::UnixTime::now())
+        .map(|_| ())
+        .map_err(|error| TlsError::ClientCa(error.to_string()))
 }
 
 /// Makes aws-lc-rs the process's rustls provider. tonic's server builds its

@@ -18,8 +18,16 @@
 //! signature, `exp` (and `nbf`), the audience (`flotilla-inference` unless
 //! told otherwise) and, when configured, the issuer.
 //!
-//! A forwarded request carries the client's credential to the peer, so a
-//! fleet shares one key file and one JWT key.
+//! A forwarded request never carries the client's credential (issue 16,
+//! item 1: a peer, rogue or not, must not collect clients' keys). The
+//! agent the client called authenticates it and forwards the request with
+//! [`PRINCIPAL_HEADER`] naming who it let in. A peer believes that header
+//! only from a caller that proved it is a node: a client certificate,
+//! verified against the fleet's CA during the TLS handshake (mutual TLS,
+//! `--tls-cert` with `--peer-ca` or `--controller-ca`). From anyone else
+//! the header is dropped and the request is authenticated like any
+//! client's, so in a fleet without TLS an authenticated peer refuses
+//! forwarded requests (the forwarding agent answers 502 and says why).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -41,16 +49,69 @@ impl InferenceAuth {
 
     /// Whether an `Authorization` header value carries a valid key or token.
     pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(credential) = authorization.and_then(bearer) else {
-            return false;
-        };
-        self.keys
+        self.authenticate(authorization).is_some()
+    }
+
+    /// Who an `Authorization` header value says the caller is, when it
+    /// carries a valid key or token: `key:<digest prefix>` (never the key)
+    /// or `jwt:<sub>`.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Option<String> {
+        let credential = authorization.and_then(bearer)?;
+        if let Some(keys) = &self.keys
+            && keys.allows_credential(credential)
+        {
+            return Some(format!(
+                "key:{}",
+                &blake3::hash(credential).to_hex().as_str()[..12]
+            ));
+        }
+        self.jwt
             .as_ref()
-            .is_some_and(|keys| keys.allows_credential(credential))
-            || self
-                .jwt
-                .as_ref()
-                .is_some_and(|jwt| jwt.allows_credential(credential))
+            .and_then(|jwt| jwt.subject(credential))
+            .map(|subject| format!("jwt:{subject}"))
+    }
+}
+
+/// The header (and gRPC metadata key) naming, on a forwarded request, the
+/// principal the first agent authenticated. Set by the agents' own
+/// authentication step on every request they admit (what a client sends
+/// under this name is discarded); believed on arrival only from a node
+/// that presented a verified client certificate.
+pub const PRINCIPAL_HEADER: &str = "x-flotilla-principal";
+
+/// Longest principal accepted from a forwarding node.
+const MAX_PRINCIPAL_LEN: usize = 256;
+
+/// The principal of a request without a credential on an open agent.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Whether a request may in, and as whom. `from_node`: the connection
+/// presented a client certificate that the TLS handshake verified against
+/// the fleet's CA; `claimed`: its [`PRINCIPAL_HEADER`]. A node's claim is
+/// believed; anyone else is authenticated by `authorization` when `auth`
+/// is configured, and is [`ANONYMOUS`] on an open agent.
+pub fn admit(
+    auth: Option<&InferenceAuth>,
+    authorization: Option<&[u8]>,
+    from_node: bool,
+    claimed: Option<&[u8]>,
+) -> Result<String, super::ServeError> {
+    if from_node && let Some(claimed) = claimed {
+        let valid = !claimed.is_empty()
+            && claimed.len() <= MAX_PRINCIPAL_LEN
+            && claimed.iter().all(|byte| byte.is_ascii_graphic());
+        if !valid {
+            return Err(super::ServeError::InvalidRequest(format!(
+                "{PRINCIPAL_HEADER} must be 1 to {MAX_PRINCIPAL_LEN} visible ASCII characters"
+            )));
+        }
+        return Ok(String::from_utf8_lossy(claimed).into_owned());
+    }
+    match auth {
+        None => Ok(ANONYMOUS.to_owned()),
+        Some(auth) => auth
+            .authenticate(authorization)
+            .ok_or(super::ServeError::Unauthenticated),
     }
 }
 
@@ -139,16 +200,23 @@ impl JwtVerifier {
         Ok(JwtVerifier { key, validation })
     }
 
-    /// Whether `token` is a valid JWT for inference.
-    fn allows_credential(&self, token: &[u8]) -> bool {
-        let Ok(token) = std::str::from_utf8(token) else {
-            return false;
-        };
+    /// The subject (`sub`, else `-`) of `token` when it is a valid JWT for
+    /// inference.
+    fn subject(&self, token: &[u8]) -> Option<String> {
+        let token = std::str::from_utf8(token).ok()?;
         match jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation) {
-            Ok(_) => true,
+            Ok(data) => Some(
+                data.claims["sub"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .chars()
+                    .filter(char::is_ascii_graphic)
+                    .take(128)
+                    .collect(),
+            ),
             Err(error) => {
                 tracing::debug!(%error, "inference JWT refused");
-                false
+                None
             }
         }
     }
@@ -341,6 +409,31 @@ mod tests {
             serde_json::json!({"aud": "apps", "exp": now + 60}),
         );
         assert!(!auth.allows(Some(format!("Bearer {forged}").as_bytes())));
+    }
+
+    #[test]
+    fn only_a_node_may_name_the_principal_and_keys_never_appear_in_it() {
+        let keys = ApiKeys::parse("key-0123456789abcdef").expect("valid");
+        let auth = InferenceAuth::new(Some(keys), None).expect("configured");
+        let key = Some(b"Bearer key-0123456789abcdef".as_slice());
+        let principal = admit(Some(&auth), key, false, None).expect("a valid key");
+        assert!(principal.starts_with("key:"), "{principal}");
+        assert!(!principal.contains("0123456789abcdef"), "{principal}");
+        // A client claiming a principal without a certificate: ignored,
+        // and without a key refused.
+        assert!(matches!(
+            admit(Some(&auth), None, false, Some(b"key:admin")),
+            Err(crate::serve::ServeError::Unauthenticated)
+        ));
+        assert_eq!(
+            admit(Some(&auth), None, true, Some(b"key:0a1b2c")).expect("a node"),
+            "key:0a1b2c"
+        );
+        assert!(admit(Some(&auth), None, true, Some(b"two words")).is_err());
+        assert_eq!(
+            admit(None, None, false, Some(b"key:x")).expect("open"),
+            ANONYMOUS
+        );
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub enum ServeError {
     /// A bug or an engine failure; the message is safe to show.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request came from somewhere this agent does not serve: a
+    /// foreign `Host` or a web page's `Origin` (see `serve::browser`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A JSON endpoint was sent another content type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
 }
 
 fn served_hint(served: &Option<String>) -> String {
@@ -67,6 +74,8 @@ impl ServeError {
             ServeError::Unavailable(_) => "unavailable",
             ServeError::PeerUnavailable(_) => "peer_unavailable",
             ServeError::Internal(_) => "internal",
+            ServeError::Forbidden(_) => "forbidden",
+            ServeError::UnsupportedMediaType(_) => "unsupported_media_type",
         }
     }
 
@@ -80,6 +89,8 @@ impl ServeError {
             ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::PeerUnavailable(_) => StatusCode::BAD_GATEWAY,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServeError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -92,6 +103,8 @@ impl ServeError {
             ServeError::Timeout(_) => tonic::Code::DeadlineExceeded,
             ServeError::Unavailable(_) | ServeError::PeerUnavailable(_) => tonic::Code::Unavailable,
             ServeError::Internal(_) => tonic::Code::Internal,
+            ServeError::Forbidden(_) => tonic::Code::PermissionDenied,
+            ServeError::UnsupportedMediaType(_) => tonic::Code::InvalidArgument,
         }
     }
 

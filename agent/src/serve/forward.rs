@@ -10,6 +10,21 @@
 //! arrived forwarded is not forwarded again ([`may_forward`]), so requests
 //! cannot loop between nodes whose directories disagree.
 //!
+//! The client's credential stays here: a forwarded request carries the
+//! principal this agent admitted ([`PRINCIPAL_HEADER`]) instead, which a
+//! peer believes only over mutual TLS from a node (see `auth`). A peer that
+//! refuses it (401/403: no mutual TLS between the two) is skipped and the
+//! client told why with a 502, not asked for a key it already gave.
+//!
+//! A peer's successful answer must name the artifact the directory says it
+//! serves (`x-flotilla-model-digest`); one answering with another model is
+//! refused, counted (`flotilla_inference_peer_mismatch_total`) and logged,
+//! and the next peer tried. (Without per-node certificates this catches a
+//! misconfigured peer, not one that lies on purpose: see ARCHITECTURE.md.)
+//!
+//! Peer URLs come from the directory checked ([`crate::routing`]) and the
+//! request's path is set on them by the URL parser ([`forward_url`]).
+//!
 //! gRPC channels to peers are opened per forwarded call (HTTP reuses
 //! reqwest's pool); caching them is left for when forwarding is hot.
 
@@ -20,7 +35,10 @@ use flotilla_proto::inference::v1 as pb;
 use pb::inference_client::InferenceClient;
 
 use super::ServeError;
-use crate::routing::{HOPS_HEADER, Routes, Surface, may_forward, parse_hops};
+use super::auth::PRINCIPAL_HEADER;
+use crate::routing::{
+    HOPS_HEADER, Peer, Routes, Surface, forward_url, may_forward, parse_hops,
+};
 
 /// The response header naming the node that answered a forwarded request.
 pub(super) const SERVED_BY_HEADER: &str = "x-flotilla-served-by";
@@ -30,9 +48,8 @@ pub(super) struct HttpIncoming {
     pub path: String,
     pub hops: u32,
     pub body: Bytes,
-    /// The client's credential, passed on: peers check it too (one key
-    /// file per fleet).
-    pub authorization: Option<HeaderValue>,
+    /// Who this agent admitted (never the client's credential).
+    pub principal: Option<HeaderValue>,
 }
 
 /// The hop count of an HTTP request; a malformed one is a 400.
@@ -82,17 +99,30 @@ pub(super) async fn http(
     }
     let mut failures = Vec::new();
     for peer in &peers {
-        let url = format!("{}{}", peer.http_url.trim_end_matches('/'), incoming.path);
+        let url = match forward_url(&peer.http_url, &incoming.path, routes.https_only()) {
+            Ok(url) => url,
+            Err(reason) => {
+                tracing::warn!(model, peer = %peer.node, url = %peer.http_url, %reason,
+                    "not forwarding to a peer URL that does not check out");
+                failures.push(format!("{} ({reason})", peer.node));
+                continue;
+            }
+        };
         let mut forwarded = client
-            .post(&url)
+            .post(url.clone())
             .header(header::CONTENT_TYPE.as_str(), "application/json")
             .header(HOPS_HEADER, (incoming.hops + 1).to_string());
-        if let Some(authorization) = &incoming.authorization {
-            forwarded = forwarded.header(header::AUTHORIZATION.as_str(), authorization.as_bytes());
+        if let Some(principal) = &incoming.principal {
+            forwarded = forwarded.header(PRINCIPAL_HEADER, principal.as_bytes());
         }
         let sent = forwarded.body(incoming.body.clone()).send().await;
         match sent {
             Ok(response) => {
+                if let Err(reason) = check_answer(&response, peer) {
+                    tracing::warn!(model, peer = %peer.node, %url, %reason, "refusing a peer's answer");
+                    failures.push(format!("{} ({reason})", peer.node));
+                    continue;
+                }
                 metrics::counter!("flotilla_inference_forwarded_total", "surface" => "http")
                     .increment(1);
                 tracing::debug!(model, peer = %peer.node, %url, "forwarded an HTTP request");
@@ -105,6 +135,36 @@ pub(super) async fn http(
         }
     }
     Err(no_peer_reachable(model, &failures))
+}
+
+/// Why a peer's HTTP answer is not relayed: it refused this agent as a
+/// node (no mutual TLS), or it answered with an artifact other than the
+/// one the directory says it serves.
+fn check_answer(response: &reqwest::Response, peer: &Peer) -> Result<(), String> {
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(format!(
+            "it refused this agent with {status}: forwarding to a peer that requires \
+             authentication needs mutual TLS (--tls-cert and a CA that verifies peers)"
+        ));
+    }
+    if status.is_success() && !peer.digest.is_empty() {
+        let answered = response
+            .headers()
+            .get(super::http::MODEL_DIGEST_HEADER)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+        if answered.as_deref() != Some(peer.digest.as_str()) {
+            metrics::counter!("flotilla_inference_peer_mismatch_total").increment(1);
+            return Err(format!(
+                "it answered with artifact {:?}, but the directory says it serves {} {} ({})",
+                answered.unwrap_or_default(),
+                peer.model,
+                peer.version,
+                peer.digest
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The peer's response as this node's: status, content type, retry advice,
@@ -135,21 +195,19 @@ fn relay(response: reqwest::Response, node: &str) -> Response {
     relayed
 }
 
-/// `message` as a call to a peer: one more hop, and the client's
-/// credential.
+/// `message` as a call to a peer: one more hop, and the principal this
+/// agent admitted (never the client's credential).
 fn forwarded<T>(
     message: T,
     hops: u32,
-    authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    principal: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 ) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Ok(value) = (hops + 1).to_string().parse() {
         request.metadata_mut().insert(HOPS_HEADER, value);
     }
-    if let Some(value) = authorization {
-        request
-            .metadata_mut()
-            .insert("authorization", value.clone());
+    if let Some(value) = principal {
+        request.metadata_mut().insert(PRINCIPAL_HEADER, value.clone());
     }
     request
 }
@@ -171,8 +229,8 @@ pub(super) async fn grpc(
     call: GrpcCall,
     local: ServeError,
 ) -> Result<tonic::Streaming<pb::GenerateResponse>, tonic::Status> {
-    // The client's credential goes with the call: peers check it too.
-    let authorization = incoming.get("authorization").cloned();
+    // Set by the interceptor from what it verified, never the client's.
+    let principal = incoming.get(PRINCIPAL_HEADER).cloned();
     if !forwardable(&local, hops) {
         return Err(local.into());
     }
@@ -193,12 +251,12 @@ pub(super) async fn grpc(
         let answered = match call.clone() {
             GrpcCall::Generate(request) => {
                 client
-                    .generate(forwarded(request, hops, authorization.as_ref()))
+                    .generate(forwarded(request, hops, principal.as_ref()))
                     .await
             }
             GrpcCall::Chat(request) => {
                 client
-                    .chat(forwarded(request, hops, authorization.as_ref()))
+                    .chat(forwarded(request, hops, principal.as_ref()))
                     .await
             }
         };
@@ -215,6 +273,20 @@ pub(super) async fn grpc(
                 tracing::warn!(model, peer = %peer.node, url = %peer.grpc_url,
                     error = %status.message(), "cannot forward to peer; trying the next");
                 failures.push(format!("{} ({})", peer.node, status.message()));
+            }
+            // The peer does not take this agent for a node: no mutual TLS.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                tracing::warn!(model, peer = %peer.node, error = %status.message(),
+                    "a peer refused a forwarded call; forwarding to a peer that requires authentication needs mutual TLS");
+                failures.push(format!(
+                    "{} (refused this agent: forwarding to a peer that requires authentication needs mutual TLS)",
+                    peer.node
+                ));
             }
             Err(status) => return Err(status),
         }

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::auth::{PRINCIPAL_HEADER, admit};
 use super::forward::{self, GrpcCall};
 use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
@@ -241,21 +242,40 @@ pub(super) async fn serve(
             InferenceService {
                 serving: serving.clone(),
             },
-            move |request: Request<()>| {
-                let keys = serving.config.auth.as_ref();
-                match keys {
-                    Some(keys)
-                        if !keys.allows(
-                            request
-                                .metadata()
-                                .get("authorization")
-                                .map(tonic::metadata::MetadataValue::as_encoded_bytes),
-                        ) =>
-                    {
-                        metrics::counter!("flotilla_inference_unauthenticated_total").increment(1);
-                        Err(ServeError::Unauthenticated.into())
+            // As the HTTP API's `authorize`: a node's forwarded call by its
+            // verified client certificate, anyone else by key or token; the
+            // admitted principal replaces what the call said.
+            move |mut request: Request<()>| {
+                let from_node = request
+                    .peer_certs()
+                    .is_some_and(|certificates| !certificates.is_empty());
+                let claimed = request
+                    .metadata_mut()
+                    .remove(PRINCIPAL_HEADER)
+                    .map(|value| value.as_encoded_bytes().to_vec());
+                let admitted = admit(
+                    serving.config.auth.as_deref(),
+                    request
+                        .metadata()
+                        .get("authorization")
+                        .map(tonic::metadata::MetadataValue::as_encoded_bytes),
+                    from_node,
+                    claimed.as_deref(),
+                );
+                match admitted {
+                    Ok(principal) => {
+                        if let Ok(value) = principal.parse() {
+                            request.metadata_mut().insert(PRINCIPAL_HEADER, value);
+                        }
+                        Ok(request)
                     }
-                    _ => Ok(request),
+                    Err(error) => {
+                        if matches!(error, ServeError::Unauthenticated) {
+                            metrics::counter!("flotilla_inference_unauthenticated_total")
+                                .increment(1);
+                        }
+                        Err(error.into())
+                    }
                 }
             },
         ));

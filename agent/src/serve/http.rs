@@ -15,8 +15,9 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 
+use super::auth::PRINCIPAL_HEADER;
 use super::forward::{self, HttpIncoming};
-use super::{ServeError, Serving, ollama, openai};
+use super::{ServeError, Serving, browser, ollama, openai};
 
 #[derive(Clone)]
 pub(super) struct HttpState {
@@ -43,34 +44,55 @@ impl HttpState {
     }
 }
 
-/// Refuses requests without a valid API key or JWT when authentication is
-/// configured, in the error shape of the surface asked (OpenAI under `/v1`,
-/// else Ollama).
+/// Admits a request (`auth::admit`): a node's forwarded request by its
+/// verified client certificate, anyone else by a valid API key or JWT when
+/// authentication is configured. Refusals come in the error shape of the
+/// surface asked (OpenAI under `/v1`, else Ollama). The admitted principal
+/// replaces whatever the request said under [`PRINCIPAL_HEADER`], so that
+/// handlers (and forwarding) read only what was verified here.
 async fn authorize(
     State(keys): State<Option<std::sync::Arc<super::InferenceAuth>>>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(keys) = keys {
-        let authorization = request
+    let from_node = request
+        .extensions()
+        .get::<std::sync::Arc<flotilla_tls::TlsInfo>>()
+        .is_some_and(|info| !info.peer_certificates.is_empty());
+    let claimed = request.headers_mut().remove(PRINCIPAL_HEADER);
+    let admitted = super::auth::admit(
+        keys.as_deref(),
+        request
             .headers()
             .get(header::AUTHORIZATION)
-            .map(axum::http::HeaderValue::as_bytes);
-        if !keys.allows(authorization) {
-            metrics::counter!("flotilla_inference_unauthenticated_total").increment(1);
-            let mut response = if request.uri().path().starts_with("/v1/") {
-                openai::error_response(&ServeError::Unauthenticated)
-            } else {
-                ollama::error_response(&ServeError::Unauthenticated)
-            };
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
-            return response;
+            .map(axum::http::HeaderValue::as_bytes),
+        from_node,
+        claimed.as_ref().map(axum::http::HeaderValue::as_bytes),
+    );
+    let error = match admitted.map(|principal| axum::http::HeaderValue::from_str(&principal)) {
+        Ok(Ok(principal)) => {
+            request.headers_mut().insert(PRINCIPAL_HEADER, principal);
+            return next.run(request).await;
         }
+        Ok(Err(_)) => ServeError::Internal("the admitted principal is not a header value".to_owned()),
+        Err(error) => error,
+    };
+    let unauthenticated = matches!(error, ServeError::Unauthenticated);
+    if unauthenticated {
+        metrics::counter!("flotilla_inference_unauthenticated_total").increment(1);
     }
-    next.run(request).await
+    let mut response = if request.uri().path().starts_with("/v1/") {
+        openai::error_response(&error)
+    } else {
+        ollama::error_response(&error)
+    };
+    if unauthenticated {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
 }
 
 /// The hop count, path and body of a request that may be forwarded.
@@ -83,12 +105,14 @@ pub(super) fn incoming(
         path: uri.path().to_owned(),
         hops: forward::http_hops(headers)?,
         body: body.clone(),
-        authorization: headers.get(header::AUTHORIZATION).cloned(),
+        // Set by `authorize` from what it verified, never the client's.
+        principal: headers.get(PRINCIPAL_HEADER).cloned(),
     })
 }
 
 pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Router {
-    Router::new()
+    let cors = serving.config.browser.cors_layer();
+    let router = Router::new()
         .route("/v1/models", get(openai::list_models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -100,6 +124,12 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
         .route_layer(axum::middleware::from_fn_with_state(
             serving.config.auth.clone(),
             authorize,
+        ))
+        // Before the key check (the outer layer runs first): a web page's
+        // request is refused whatever it carries.
+        .route_layer(axum::middleware::from_fn_with_state(
+            serving.config.browser.clone(),
+            browser::guard,
         ))
         .route("/metrics", get(prometheus_metrics))
         // Ollama answers its root so that clients can probe it.
@@ -117,7 +147,11 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
             }),
             serving,
             metrics,
-        })
+        });
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Parses a JSON body; the error names what was wrong.

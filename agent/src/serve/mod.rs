@@ -9,6 +9,8 @@
 //!   metrics.
 //! - [`stats`]: the inference figures each heartbeat carries.
 //! - [`error`]: [`ServeError`], mapped to HTTP and gRPC statuses in one place.
+//! - [`browser`]: the `Host`, `Origin` and content-type checks that keep
+//!   web pages from using the HTTP API unless configured.
 //! - `http` (axum): the OpenAI-compatible `/v1/*` (`openai`) and the
 //!   Ollama-compatible `/api/*` (`ollama`) on one port, plus `/metrics`.
 //! - `grpc` (tonic): `flotilla.inference.v1.Inference`, `grpc.health.v1`
@@ -23,6 +25,7 @@
 //! names the model.
 
 pub mod auth;
+pub mod browser;
 pub mod error;
 mod forward;
 pub mod generation;
@@ -48,6 +51,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{ApiKeys, InferenceAuth, JwtVerifier};
+pub use browser::BrowserPolicy;
 pub use error::ServeError;
 pub use generation::{Chunk, Completion, FinishReason, Finished, Generation};
 pub use models::{EngineActivator, ModelInfo, ModelSlot, ServedModel};
@@ -83,6 +87,13 @@ pub struct ServeConfig {
     pub auth: Option<Arc<InferenceAuth>>,
     /// The roots trusted for peers' `https://` URLs when forwarding.
     pub peer_trust: CaTrust,
+    /// Forward to `https://` peers only, never over plain `http://`: set
+    /// when the agent has TLS configured (`--tls-cert`, `--peer-ca` or
+    /// `--peer-tls-name`), so that a peer advertising `http://` cannot
+    /// downgrade the fleet (issue 16, item 3).
+    pub peer_https_only: bool,
+    /// Which `Host`s and web origins the HTTP API serves (`browser`).
+    pub browser: Arc<BrowserPolicy>,
 }
 
 impl ServeConfig {
@@ -108,6 +119,8 @@ impl Default for ServeConfig {
             warm_up_timeout: Duration::from_secs(120),
             auth: None,
             peer_trust: CaTrust::system(),
+            peer_https_only: false,
+            browser: Arc::new(BrowserPolicy::default()),
         }
     }
 }
@@ -125,7 +138,10 @@ impl Serving {
     pub fn new(config: ServeConfig) -> Serving {
         Serving {
             slot: Arc::new(ModelSlot::new()),
-            routes: Arc::new(Routes::new(config.peer_trust.clone())),
+            routes: Arc::new(Routes::new(
+                config.peer_trust.clone(),
+                config.peer_https_only,
+            )),
             config: Arc::new(config),
         }
     }

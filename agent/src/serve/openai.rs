@@ -187,7 +187,10 @@ fn finish_reason(reason: FinishReason) -> &'static str {
 /// `{"error": {...}}` with the status and `Retry-After` the error maps to.
 pub(super) fn error_response(error: &ServeError) -> Response {
     let kind = match error {
-        ServeError::InvalidRequest(_) | ServeError::ModelNotFound { .. } => "invalid_request_error",
+        ServeError::InvalidRequest(_)
+        | ServeError::ModelNotFound { .. }
+        | ServeError::UnsupportedMediaType(_) => "invalid_request_error",
+        ServeError::Forbidden(_) => "permission_error",
         ServeError::Overloaded { .. } => "rate_limit_error",
         ServeError::Unauthenticated => "authentication_error",
         ServeError::Timeout(_)

@@ -41,6 +41,51 @@ pub const POOL_PER_OFFERING: usize = 32;
 /// peer's place in the order matters only roughly.
 pub const LOAD_RESEND_AFTER: Duration = Duration::from_secs(5);
 
+/// Why an advertised inference URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{url:?} is not a peer base URL: {reason}")]
+pub struct InvalidPeerUrl {
+    pub url: String,
+    pub reason: String,
+}
+
+/// Checks a URL a node advertises for its inference APIs and returns it as
+/// `scheme://host[:port]`. Peers forward clients' requests to it, so it may
+/// name nothing but where to connect: `http` or `https` (only `https` when
+/// `require_https`, i.e. the fleet has TLS), a host and a port, and no
+/// user, path, query or fragment that would steer a forwarded request
+/// somewhere else on that host (issue 16, item 4). Parsed by the `url`
+/// crate, which normalises what browsers and HTTP clients normalise.
+pub fn peer_base_url(raw: &str, require_https: bool) -> Result<String, InvalidPeerUrl> {
+    let refuse = |reason: &str| InvalidPeerUrl {
+        url: raw.chars().take(80).collect(),
+        reason: reason.to_owned(),
+    };
+    let url = url::Url::parse(raw).map_err(|error| refuse(&error.to_string()))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if !require_https => {}
+        "http" => return Err(refuse("the fleet has TLS, so peers are reached over https only")),
+        _ => return Err(refuse("the scheme must be http or https")),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(refuse("no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(refuse("a user or password is not allowed"));
+    }
+    if !matches!(url.path(), "" | "/") {
+        return Err(refuse("a path is not allowed: host and port only"));
+    }
+    if url.query().is_some() {
+        return Err(refuse("a query is not allowed: host and port only"));
+    }
+    if url.fragment().is_some() {
+        return Err(refuse("a fragment is not allowed: host and port only"));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
 /// One ready node serving one model.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DirectoryEntry {
@@ -225,6 +270,32 @@ pub fn merge_routes(local: Vec<DirectoryEntry>, remote: &[DirectoryEntry]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advertised_urls_name_a_host_and_port_and_nothing_else() {
+        assert_eq!(
+            peer_base_url("http://10.0.0.1:11434", false),
+            Ok("http://10.0.0.1:11434".to_owned())
+        );
+        assert_eq!(
+            peer_base_url("https://edge-7.example:11434/", true),
+            Ok("https://edge-7.example:11434".to_owned())
+        );
+        for hostile in [
+            "http://10.0.0.1:11434/internal/x?q=",
+            "http://10.0.0.1:11434?q=1",
+            "http://10.0.0.1:11434/#x",
+            "http://user:pw@10.0.0.1:11434",
+            "ftp://10.0.0.1",
+            "file:///etc/passwd",
+            "http://",
+            "not a url",
+        ] {
+            assert!(peer_base_url(hostile, false).is_err(), "{hostile}");
+        }
+        let downgrade = peer_base_url("http://10.0.0.1:11434", true).expect_err("http in TLS fleet");
+        assert!(downgrade.reason.contains("https only"), "{downgrade}");
+    }
 
     fn entry(node: &str, model: &str, load: u32) -> DirectoryEntry {
         DirectoryEntry {

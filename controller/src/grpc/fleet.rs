@@ -27,7 +27,7 @@ use crate::auth::{AuthError, NODE_CREDENTIAL_TTL, Role, bearer_token};
 use crate::domain::{
     AssignmentPhase, DesiredState, Digest, DirectoryEntry, GpuHealth, HealthSample,
     InferenceHealth, Labels, NewNode, NodeGpu, NodeInventory, NodeName, NodeStatus, ObservedState,
-    PEERS_PER_OFFERING, PromptPolicy, Resend, resend, view_for,
+    PEERS_PER_OFFERING, PromptPolicy, Resend, peer_base_url, resend, view_for,
 };
 use crate::error::ApiError;
 use crate::fleet::{Directory, Endpoints, Fleet, PushedState, Session};
@@ -48,6 +48,10 @@ pub(super) struct FleetService {
     pub(super) fleet: Fleet,
     /// Ends every stream when the server shuts down.
     pub(super) shutdown: CancellationToken,
+    /// Whether nodes must advertise `https://` URLs: the controller serves
+    /// TLS, so the fleet has it, and a node advertising `http://` would
+    /// have peers send clients' requests in the clear (issue 16, item 3).
+    pub(super) require_https_peers: bool,
 }
 
 /// A field of a request that is missing or does not validate.
@@ -227,8 +231,16 @@ impl pb::fleet_server::Fleet for FleetService {
         };
         let name = parse_node_name(&hello.node_name)?;
         let endpoints = Endpoints {
-            http_url: advertised_url("inference_http_url", &hello.inference_http_url)?,
-            grpc_url: advertised_url("inference_grpc_url", &hello.inference_grpc_url)?,
+            http_url: advertised_url(
+                "inference_http_url",
+                &hello.inference_http_url,
+                self.require_https_peers,
+            )?,
+            grpc_url: advertised_url(
+                "inference_grpc_url",
+                &hello.inference_grpc_url,
+                self.require_https_peers,
+            )?,
         };
         principal.require_node(&name).map_err(|error| {
             tracing::warn!(credential_of = %principal.subject, claimed = %name,
@@ -518,13 +530,18 @@ fn parse_node_name(raw: &str) -> Result<NodeName, ProtocolError> {
         })
 }
 
-/// An advertised URL: empty, or `http(s)://…` of reasonable length.
-fn advertised_url(field: &'static str, raw: &str) -> Result<String, ProtocolError> {
+/// An advertised URL: empty, or `http(s)://host[:port]` of reasonable
+/// length and nothing more (`domain::peer_base_url`); `https` only when
+/// `require_https`.
+fn advertised_url(
+    field: &'static str,
+    raw: &str,
+    require_https: bool,
+) -> Result<String, ProtocolError> {
     if raw.is_empty() {
         return Ok(String::new());
     }
-    let scheme_ok = raw.starts_with("http://") || raw.starts_with("https://");
-    if !scheme_ok || raw.len() > MAX_URL_LEN || raw.chars().any(char::is_whitespace) {
+    if raw.len() > MAX_URL_LEN || raw.chars().any(char::is_whitespace) {
         return Err(ProtocolError::Invalid {
             field,
             message: format!(
@@ -532,7 +549,13 @@ fn advertised_url(field: &'static str, raw: &str) -> Result<String, ProtocolErro
             ),
         });
     }
-    Ok(raw.to_owned())
+    peer_base_url(raw, require_https).map_err(|error| {
+        tracing::warn!(field, %error, "refused an advertised inference URL");
+        ProtocolError::Invalid {
+            field,
+            message: error.to_string(),
+        }
+    })
 }
 
 /// Completes when `until` passes; never without one.

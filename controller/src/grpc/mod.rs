@@ -65,6 +65,7 @@ pub async fn serve(
         .add_service(FleetServer::new(FleetService {
             fleet,
             shutdown: shutdown.clone(),
+            require_https_peers: tls.is_some(),
         }));
     flotilla_tls::serve_grpc(router, listener, tls, shutdown).await?;
     Ok(())

@@ -64,6 +64,26 @@ pub struct ControllerArgs {
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
     #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The S3 API's URL for an S3-compatible server (MinIO, Ceph, moto),
+    /// e.g. `http://minio:9000`; default: AWS (or `AWS_ENDPOINT`). An
+    /// `http://` endpoint is allowed because it is named explicitly.
+    #[arg(long, env = "FLOTILLA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The S3 region; default: `AWS_REGION`, else `us-east-1`.
+    #[arg(long, env = "FLOTILLA_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Write `admin.token` (a one-year admin token) into the data directory
+    /// when it is missing (the default, for a single box). Off where the
+    /// data directory does not persist (Kubernetes): mint tokens with
+    /// `flotilla-controller mint-token` instead.
+    #[arg(long, env = "FLOTILLA_FIRST_ADMIN_TOKEN", num_args = 0..=1,
+        default_missing_value = "true")]
+    pub first_admin_token: Option<bool>,
+    /// Objects above this many bytes move from `tmp/` to `blobs/` by a
+    /// streamed copy instead of CopyObject (default: S3's 5 GiB limit).
+    /// For tests, which cannot afford 5 GiB files.
+    #[arg(long, env = "FLOTILLA_S3_COPY_LIMIT_BYTES", hide = true)]
+    pub s3_copy_limit_bytes: Option<u64>,
 }
 
 /// The configuration file's shape; every field is optional.
@@ -83,6 +103,9 @@ struct FileConfig {
     public_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    first_admin_token: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -105,6 +128,10 @@ pub struct ControllerConfig {
     /// change announcement (which makes it prompt). Not a flag: tests set
     /// it to prove that announcements alone deliver changes.
     pub change_rescan_interval: std::time::Duration,
+    /// S3 settings beyond the `s3://` URL.
+    pub s3: crate::objects::S3Options,
+    /// Whether a missing `admin.token` is written at start.
+    pub first_admin_token: bool,
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -126,6 +153,8 @@ impl std::fmt::Debug for ControllerConfig {
             .field("public_url", &self.public_url)
             .field("tls", &self.tls)
             .field("change_rescan_interval", &self.change_rescan_interval)
+            .field("s3", &self.s3)
+            .field("first_admin_token", &self.first_admin_token)
             .finish()
     }
 }
@@ -210,6 +239,15 @@ impl ControllerConfig {
             public_url: args.public_url.clone().or(file.public_url),
             change_rescan_interval: crate::fleet::follow::RESCAN_EVERY,
             data_dir,
+            s3: crate::objects::S3Options {
+                endpoint: args.s3_endpoint.clone().or(file.s3_endpoint),
+                region: args.s3_region.clone().or(file.s3_region),
+                copy_limit_bytes: args.s3_copy_limit_bytes,
+            },
+            first_admin_token: args
+                .first_admin_token
+                .or(file.first_admin_token)
+                .unwrap_or(true),
         })
     }
 
@@ -230,6 +268,8 @@ impl ControllerConfig {
             public_url: None,
             tls: None,
             change_rescan_interval: crate::fleet::follow::RESCAN_EVERY,
+            s3: crate::objects::S3Options::default(),
+            first_admin_token: true,
         }
     }
 

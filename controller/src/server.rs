@@ -50,7 +50,18 @@ impl Controller {
                     store::redact_url(&config.database_url)
                 )
             })?;
-        let blobs = BlobStore::open(config.object_store.as_deref(), &config.local_objects_dir())?;
+        let blobs = BlobStore::open(
+            config.object_store.as_deref(),
+            &config.local_objects_dir(),
+            &config.s3,
+        )?;
+        // A misconfigured store (a wrong endpoint, a missing bucket, bad
+        // credentials) stops the start with its reason, rather than a
+        // controller whose /readyz stays 503 and whose first push fails.
+        blobs
+            .check()
+            .await
+            .context("cannot start on this object store")?;
         match blobs.sweep_stale_uploads(STALE_UPLOAD_AGE).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "removed uploads abandoned by an earlier crash"),
@@ -62,7 +73,7 @@ impl Controller {
             tracing::info!(path = %config.jwt_keys.display(), "created a new JWT key file");
         }
         let admin_token_path = config.admin_token_path();
-        if keys_created || !admin_token_path.exists() {
+        if config.first_admin_token && (keys_created || !admin_token_path.exists()) {
             let (token, expires_at) = auth.mint("admin", Role::Admin, FIRST_ADMIN_TOKEN_TTL)?;
             write_private_file(&admin_token_path, format!("{token}\n").as_bytes())
                 .with_context(|| format!("cannot write {}", admin_token_path.display()))?;

@@ -21,6 +21,9 @@ fi
 # After the model: ensure-python smoke-tests llama.cpp on it.
 bash scripts/ensure-python.sh
 export FLOTILLA_PYTHON="$PWD/.venv/bin/python"
+# promtool (Debian's prometheus package) for tests/tests/metrics.rs.
+FLOTILLA_PROMTOOL=$(bash scripts/ensure-promtool.sh)
+export FLOTILLA_PROMTOOL
 
 # End-to-end tests run the real binaries; build them first.
 cargo build --workspace --bins

@@ -85,6 +85,7 @@ pub(super) async fn http(
         let url = format!("{}{}", peer.http_url.trim_end_matches('/'), incoming.path);
         let mut forwarded = client
             .post(&url)
+            .headers(crate::telemetry::propagate::headers())
             .header(header::CONTENT_TYPE.as_str(), "application/json")
             .header(HOPS_HEADER, (incoming.hops + 1).to_string());
         if let Some(authorization) = &incoming.authorization {

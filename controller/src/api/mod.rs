@@ -22,7 +22,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -150,12 +149,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus_metrics))
         .layer(middleware::from_fn(record_http_metrics))
-        // Request spans at INFO so that they reach the OTLP exporter under the
-        // default filter; per-request log lines stay at DEBUG.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO)),
-        )
+        // SERVER spans named by route template (flotilla_telemetry::http).
+        .layer(middleware::from_fn(flotilla_telemetry::http::trace_http))
         .with_state(state)
 }
 
@@ -207,7 +202,7 @@ async fn prometheus_metrics(State(state): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.metrics.render(),
+        crate::telemetry::render_metrics(&state.metrics, &state.fleet),
     )
         .into_response()
 }

@@ -30,6 +30,11 @@ if ! .venv/bin/python -c 'import gguf.quants' 2>/dev/null; then
   log "installing gguf"
   .venv/bin/pip install --quiet --disable-pip-version-check 'gguf>=0.17'
 fi
+# A real S3 server for the object store tests (tests/tests/s3.rs): moto's.
+if ! .venv/bin/python -c 'import moto.server, flask' 2>/dev/null; then
+  log "installing moto[server]"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5'
+fi
 if [ "${FLOTILLA_SKIP_LLAMA_CPP:-0}" != 1 ] && ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
   log "installing llama-cpp-python (builds llama.cpp from source; takes a while)"
   # AMX off: GCC 12 at -O3 drops the stores that fill the AMX tile config

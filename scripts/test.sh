@@ -21,6 +21,9 @@ fi
 # After the model: ensure-python smoke-tests llama.cpp on it.
 bash scripts/ensure-python.sh
 export FLOTILLA_PYTHON="$PWD/.venv/bin/python"
+# promtool (Debian's prometheus package) for tests/tests/metrics.rs.
+FLOTILLA_PROMTOOL=$(bash scripts/ensure-promtool.sh)
+export FLOTILLA_PROMTOOL
 
 # Engine architectures and tokenizers (issue 14): llama.cpp's tokenizer vectors
 # and Gemma 3 / Qwen2.5 re-quantized to Q8_0 by llama.cpp, cached under models/.

@@ -202,6 +202,7 @@ pub async fn connect(url: &str, trust: &CaTrust) -> Result<tonic::transport::Cha
 
 /// [`enrol`] over a channel the caller already holds; `request.controller`
 /// is only recorded in the identity.
+#[tracing::instrument(name = "enrol", skip_all, fields(otel.kind = "client", node = %request.name))]
 pub async fn enrol_over(
     channel: tonic::transport::Channel,
     request: EnrolRequest,
@@ -209,29 +210,30 @@ pub async fn enrol_over(
 ) -> Result<NodeIdentity, EnrolError> {
     let url = request.controller.clone();
     let name = request.name.clone();
-    let response = FleetClient::new(channel)
-        .enroll(pb::EnrollRequest {
-            bootstrap_token: request.bootstrap_token,
-            node_name: request.name,
-            labels: request.labels,
-            inventory: Some(inventory_to_wire(inventory)),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            replace_existing: request.replace_existing,
-        })
-        .await
-        .map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown => EnrolError::Unreachable {
-                url: url.clone(),
-                reason: status.message().to_owned(),
-            },
-            code => EnrolError::Refused {
-                url: url.clone(),
-                name: name.clone(),
-                code,
-                message: status.message().to_owned(),
-            },
-        })?
-        .into_inner();
+    let response =
+        FleetClient::with_interceptor(channel, crate::telemetry::propagate::grpc_interceptor)
+            .enroll(pb::EnrollRequest {
+                bootstrap_token: request.bootstrap_token,
+                node_name: request.name,
+                labels: request.labels,
+                inventory: Some(inventory_to_wire(inventory)),
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                replace_existing: request.replace_existing,
+            })
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown => EnrolError::Unreachable {
+                    url: url.clone(),
+                    reason: status.message().to_owned(),
+                },
+                code => EnrolError::Refused {
+                    url: url.clone(),
+                    name: name.clone(),
+                    code,
+                    message: status.message().to_owned(),
+                },
+            })?
+            .into_inner();
     let status = node_status_name(response.status()).to_owned();
     Ok(NodeIdentity {
         name: response.node_name,

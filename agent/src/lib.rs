@@ -48,4 +48,5 @@ pub mod routing;
 pub mod serve;
 pub mod simulate;
 pub mod sync;
+pub mod telemetry;
 pub mod tls;

@@ -221,15 +221,14 @@ fn parse_byte_count(text: &str) -> Result<u64, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Logs, and spans over OTLP by the OTEL_* variables (flushed on drop).
+    let _telemetry = match flotilla_agent::telemetry::init("flotilla-agent") {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("flotilla-agent: error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let outcome = match cli.simulate {
         Some(agents) => simulate(cli, agents).await,

@@ -69,6 +69,26 @@ pub struct ControllerArgs {
     /// with `flotilla token create`; they can be listed and revoked.
     #[arg(long, env = "FLOTILLA_FIRST_ADMIN_TOKEN_TTL_HOURS", value_parser = clap::value_parser!(u64).range(1..=8784))]
     pub first_admin_token_ttl_hours: Option<u64>,
+    /// The S3 API's URL for an S3-compatible server (MinIO, Ceph, moto),
+    /// e.g. `http://minio:9000`; default: AWS (or `AWS_ENDPOINT`). An
+    /// `http://` endpoint is allowed because it is named explicitly.
+    #[arg(long, env = "FLOTILLA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The S3 region; default: `AWS_REGION`, else `us-east-1`.
+    #[arg(long, env = "FLOTILLA_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Write `admin.token` (a one-year admin token) into the data directory
+    /// when it is missing (the default, for a single box). Off where the
+    /// data directory does not persist (Kubernetes): mint tokens with
+    /// `flotilla-controller mint-token` instead.
+    #[arg(long, env = "FLOTILLA_FIRST_ADMIN_TOKEN", num_args = 0..=1,
+        default_missing_value = "true")]
+    pub first_admin_token: Option<bool>,
+    /// Objects above this many bytes move from `tmp/` to `blobs/` by a
+    /// streamed copy instead of CopyObject (default: S3's 5 GiB limit).
+    /// For tests, which cannot afford 5 GiB files.
+    #[arg(long, env = "FLOTILLA_S3_COPY_LIMIT_BYTES", hide = true)]
+    pub s3_copy_limit_bytes: Option<u64>,
 }
 
 /// The configuration file's shape; every field is optional.
@@ -89,6 +109,9 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     first_admin_token_ttl_hours: Option<u64>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    first_admin_token: Option<bool>,
 }
 
 /// Default lifetime of the admin token written on first start: long
@@ -119,6 +142,10 @@ pub struct ControllerConfig {
     pub change_rescan_interval: std::time::Duration,
     /// Lifetime of the admin token written to `admin.token` when missing.
     pub first_admin_token_ttl: std::time::Duration,
+    /// S3 settings beyond the `s3://` URL.
+    pub s3: crate::objects::S3Options,
+    /// Whether a missing `admin.token` is written at start.
+    pub first_admin_token: bool,
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -141,6 +168,8 @@ impl std::fmt::Debug for ControllerConfig {
             .field("tls", &self.tls)
             .field("change_rescan_interval", &self.change_rescan_interval)
             .field("first_admin_token_ttl", &self.first_admin_token_ttl)
+            .field("s3", &self.s3)
+            .field("first_admin_token", &self.first_admin_token)
             .finish()
     }
 }
@@ -231,6 +260,15 @@ impl ControllerConfig {
                     std::time::Duration::from_secs(hours.clamp(1, 8784) * 3600)
                 }),
             data_dir,
+            s3: crate::objects::S3Options {
+                endpoint: args.s3_endpoint.clone().or(file.s3_endpoint),
+                region: args.s3_region.clone().or(file.s3_region),
+                copy_limit_bytes: args.s3_copy_limit_bytes,
+            },
+            first_admin_token: args
+                .first_admin_token
+                .or(file.first_admin_token)
+                .unwrap_or(true),
         })
     }
 
@@ -252,6 +290,8 @@ impl ControllerConfig {
             tls: None,
             change_rescan_interval: crate::fleet::follow::RESCAN_EVERY,
             first_admin_token_ttl: DEFAULT_FIRST_ADMIN_TOKEN_TTL,
+            s3: crate::objects::S3Options::default(),
+            first_admin_token: true,
         }
     }
 

@@ -145,6 +145,11 @@ impl From<BlobError> for ApiError {
     fn from(error: BlobError) -> Self {
         match error {
             BlobError::NotFound(digest) => Self::not_found(format!("blob {digest} not found")),
+            // Misconfigured storage: the operator's to fix, and safe to say.
+            BlobError::Unusable { .. } => {
+                tracing::error!(%error, "object store unusable");
+                Self::new(ErrorCode::Unavailable, error.to_string())
+            }
             other => Self::internal(other),
         }
     }

@@ -48,7 +48,18 @@ impl Controller {
                     store::redact_url(&config.database_url)
                 )
             })?;
-        let blobs = BlobStore::open(config.object_store.as_deref(), &config.local_objects_dir())?;
+        let blobs = BlobStore::open(
+            config.object_store.as_deref(),
+            &config.local_objects_dir(),
+            &config.s3,
+        )?;
+        // A misconfigured store (a wrong endpoint, a missing bucket, bad
+        // credentials) stops the start with its reason, rather than a
+        // controller whose /readyz stays 503 and whose first push fails.
+        blobs
+            .check()
+            .await
+            .context("cannot start on this object store")?;
         match blobs.sweep_stale_uploads(STALE_UPLOAD_AGE).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "removed uploads abandoned by an earlier crash"),
@@ -73,7 +84,7 @@ impl Controller {
             },
         );
         let admin_token_path = config.admin_token_path();
-        if keys_created || !admin_token_path.exists() {
+        if config.first_admin_token && (keys_created || !admin_token_path.exists()) {
             // Recorded like any API token, so it can be listed and revoked.
             let minted = fleet
                 .mint_api_token("admin", Role::Admin, config.first_admin_token_ttl, "controller")

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod rogue;
+pub mod otlp;
+pub mod s3;
 pub mod serving;
 pub mod tls;
 
@@ -214,13 +216,22 @@ impl ControllerProcess {
     /// Starts the controller again on the same data directory and ports
     /// (after [`ChildGuard::kill`]), so that agents find it where it was.
     pub async fn restart(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.restart_with_env(extra, &[]).await
+    }
+
+    /// [`ControllerProcess::restart`] with environment variables.
+    pub async fn restart_with_env(
+        &mut self,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         self.process.kill()?;
         let http = self
             .rest_url
             .trim_start_matches("http://")
             .parse::<SocketAddr>()?;
         *self =
-            Self::start_on(&self.data_dir, http, self.grpc_addr, extra, &[], None, None).await?;
+            Self::start_on(&self.data_dir, http, self.grpc_addr, extra, env, None, None).await?;
         Ok(())
     }
 
@@ -405,6 +416,15 @@ impl AgentProcess {
     /// Starts `flotilla-agent --data-dir data_dir args…` in the background,
     /// serving inference on free loopback ports unless `args` say where.
     pub fn start(data_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(data_dir, args, &[])
+    }
+
+    /// [`AgentProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -421,6 +441,7 @@ impl AgentProcess {
             .env_remove("FLOTILLA_NODE_NAME")
             .env_remove("FLOTILLA_DATA_DIR")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(log);
         Ok(Self {
             process: ChildGuard::spawn("flotilla-agent", &mut command)?,

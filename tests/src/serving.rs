@@ -38,11 +38,29 @@ impl ServedModel {
         node: &str,
         agent_flags: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(gguf, model, node, agent_flags, &[], &[]).await
+    }
+
+    /// [`ServedModel::start_with`] with environment variables for the
+    /// controller and for the agent.
+    pub async fn start_with_env(
+        gguf: &Path,
+        model: &str,
+        node: &str,
+        agent_flags: &[&str],
+        controller_env: &[(&str, &str)],
+        agent_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let home = tempfile::tempdir()?;
         let agent_dir = tempfile::tempdir()?;
-        let controller =
-            ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
+        let controller = ControllerProcess::start_with_env(
+            data.path(),
+            &["--heartbeat-interval-ms", "500"],
+            controller_env,
+            None,
+        )
+        .await?;
         push_model(&controller, home.path(), gguf, model, "1.0.0")?;
         let token = cli(
             &controller,
@@ -61,7 +79,7 @@ impl ServedModel {
             "2",
         ];
         flags.extend_from_slice(agent_flags);
-        let agent = AgentProcess::start(agent_dir.path(), &flags)?;
+        let agent = AgentProcess::start_with_env(agent_dir.path(), &flags, agent_env)?;
         let http_url = format!(
             "http://{}",
             agent

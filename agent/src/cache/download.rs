@@ -72,11 +72,13 @@ impl ArtifactCache {
             let mut request = self
                 .client
                 .get(source.blob_url(digest))
+                .headers(crate::telemetry::propagate::headers())
                 .bearer_auth(source.token().current());
             if part.len > 0 {
                 request = request.header(RANGE, format!("bytes={}-", part.len));
             }
             self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
+            let (started, resumed_at) = (std::time::Instant::now(), part.len);
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(error) => {
@@ -218,6 +220,7 @@ impl ArtifactCache {
                     bytes_total: size_bytes,
                 });
             }
+            crate::serve::metrics::download_finished(part.len - resumed_at, started.elapsed());
             if part.len < size_bytes {
                 let reason = cut.unwrap_or_else(|| {
                     format!(

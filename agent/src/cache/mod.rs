@@ -324,6 +324,7 @@ impl ArtifactCache {
     ///
     /// Cancel-safe: dropping the future leaves at most a `.part` file that the
     /// next call resumes from.
+    #[tracing::instrument(name = "download", skip_all, fields(digest = %digest, size_bytes = size_bytes))]
     pub async fn ensure_from(
         &self,
         source: &BlobSource,

@@ -110,6 +110,7 @@ pub(super) async fn http(
         };
         let mut forwarded = client
             .post(url.clone())
+            .headers(crate::telemetry::propagate::headers())
             .header(header::CONTENT_TYPE.as_str(), "application/json")
             .header(HOPS_HEADER, (incoming.hops + 1).to_string());
         if let Some(principal) = &incoming.principal {

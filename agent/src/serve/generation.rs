@@ -91,6 +91,7 @@ impl Generation {
     /// Validates `request`, admits it into its model's queue and waits for
     /// its first output. Errors before any output (unknown model, bad
     /// parameters, full queue, prompt too long) come back here.
+    #[tracing::instrument(name = "inference", skip_all, fields(gen_ai.request.model = %request.model))]
     pub async fn start(
         slot: &ModelSlot,
         config: &ServeConfig,
@@ -225,6 +226,7 @@ impl Bridge {
     /// Forwards text until the end; `Ok(None)` when the client went away.
     fn forward(&mut self, model: &str) -> Result<Option<Finished>, ServeError> {
         let mut first_token_at: Option<Instant> = None;
+        let mut previous_token_at: Option<Instant> = None;
         loop {
             if self.sender.is_closed() {
                 self.handle.cancel.cancel();
@@ -246,7 +248,11 @@ impl Bridge {
                         first_token_at = Some(now);
                         metrics::time_to_first_token(model, now - self.started);
                     }
-                    metrics::tokens_generated(model, 1);
+                    let now = Instant::now();
+                    metrics::token_generated(
+                        model,
+                        previous_token_at.replace(now).map(|at| now - at),
+                    );
                     if !token.text.is_empty()
                         && self
                             .sender

@@ -236,6 +236,7 @@ pub(super) async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let router = tonic::transport::Server::builder()
+        .layer(crate::telemetry::grpc_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(InferenceServer::with_interceptor(

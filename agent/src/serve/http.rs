@@ -138,6 +138,10 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
             get(|| async { "Ollama-compatible Flotilla agent is running" }),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(super::metrics::record_http))
+        .layer(axum::middleware::from_fn(
+            flotilla_telemetry::http::trace_http,
+        ))
         .with_state(HttpState {
             // Before `serving` moves. The agent checked at start that this
             // builds (`ServeConfig::peer_http_client`).
@@ -204,7 +208,7 @@ async fn prometheus_metrics(State(state): State<HttpState>) -> Response {
     match &state.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
+            super::metrics::render(handle),
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),

@@ -1,30 +1,212 @@
-//! The inference metrics, through the `metrics` facade, and the process-wide
-//! Prometheus recorder the HTTP server renders at `/metrics` (the same
-//! approach as the controller's `telemetry::metrics_handle`). Each one also
-//! feeds the heartbeat's [`super::stats`].
+//! The agent's Prometheus metrics, through the `metrics` facade, and the
+//! process-wide recorder the HTTP server renders at `/metrics` (the same
+//! approach as the controller's `telemetry::metrics_handle`): the catalogue
+//! of every family (each with HELP), histogram buckets chosen per quantity,
+//! `flotilla_agent_build_info` and the process collector. The inference
+//! metrics also feed the heartbeat's [`super::stats`].
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::stats::{self, Outcome};
+
+/// HTTP and gRPC requests until the response head: a refusal takes a
+/// millisecond; a non-streamed completion of a long answer, minutes.
+const REQUEST_DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+/// Time to first token: tens of milliseconds for a small model on an idle
+/// node, tens of seconds for a long prompt behind a full queue.
+const TIME_TO_FIRST_TOKEN_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0,
+];
+/// Between two generated tokens: a few milliseconds on a GPU, up to a
+/// second for a large model on a small CPU.
+const INTER_TOKEN_LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+];
+/// Download throughput in bytes per second: from a throttled 1 MB/s link
+/// to 10 GB/s on loopback.
+const DOWNLOAD_THROUGHPUT_BUCKETS: &[f64] = &[
+    1e6, 5e6, 1e7, 2.5e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9, 5e9, 1e10,
+];
+/// Heartbeat acks: a millisecond on a LAN, a second when the controller
+/// is overloaded.
+const SYNC_ACK_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Fails only if another recorder was installed first; then this
-            // handle renders nothing, which the tests would notice.
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed");
-            }
-            handle
-        })
-        .clone()
+    HANDLE.get_or_init(install).clone()
+}
+
+fn install() -> PrometheusHandle {
+    let builder = with_buckets(PrometheusBuilder::new()).unwrap_or_else(|error| {
+        tracing::warn!(%error, "histogram buckets rejected; falling back to summaries");
+        PrometheusBuilder::new()
+    });
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    // Fails only if another recorder was installed first; then this handle
+    // renders nothing, which the tests would notice.
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!("a metrics recorder was already installed");
+    }
+    describe();
+    metrics_process::Collector::default().describe();
+    metrics::gauge!("flotilla_agent_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    handle
+}
+
+/// The whole `/metrics` page: the recorder's families and the process's.
+pub fn render(handle: &PrometheusHandle) -> String {
+    metrics_process::Collector::default().collect();
+    handle.render()
+}
+
+fn with_buckets(
+    mut builder: PrometheusBuilder,
+) -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    let rules: [(&str, &[f64]); 6] = [
+        (
+            "flotilla_inference_http_request_duration_seconds",
+            REQUEST_DURATION_BUCKETS,
+        ),
+        (
+            "flotilla_inference_grpc_request_duration_seconds",
+            REQUEST_DURATION_BUCKETS,
+        ),
+        (
+            "flotilla_inference_time_to_first_token_seconds",
+            TIME_TO_FIRST_TOKEN_BUCKETS,
+        ),
+        (
+            "flotilla_inference_inter_token_latency_seconds",
+            INTER_TOKEN_LATENCY_BUCKETS,
+        ),
+        (
+            "flotilla_agent_download_throughput_bytes_per_second",
+            DOWNLOAD_THROUGHPUT_BUCKETS,
+        ),
+        ("flotilla_agent_sync_ack_latency_seconds", SYNC_ACK_BUCKETS),
+    ];
+    for (name, buckets) in rules {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)?;
+    }
+    Ok(builder)
+}
+
+/// HELP and units of every family the recorder holds. A family missing
+/// here fails `promtool check metrics` (tests/tests/metrics.rs).
+fn describe() {
+    describe_gauge!(
+        "flotilla_agent_build_info",
+        "always 1; the labels name the agent's version"
+    );
+    describe_counter!(
+        "flotilla_inference_http_requests_total",
+        "inference HTTP requests answered, by route template, method and status"
+    );
+    describe_histogram!(
+        "flotilla_inference_http_request_duration_seconds",
+        Unit::Seconds,
+        "inference HTTP request latency until the response head (a stream: its first byte), by route template and method"
+    );
+    describe_histogram!(
+        "flotilla_inference_grpc_request_duration_seconds",
+        Unit::Seconds,
+        "inference gRPC call latency until the response head, by RPC"
+    );
+    describe_gauge!(
+        "flotilla_inference_queue_depth",
+        "requests admitted and not finished, per model"
+    );
+    describe_counter!(
+        "flotilla_inference_requests_total",
+        "inference requests finished, per model and outcome"
+    );
+    describe_counter!(
+        "flotilla_inference_generated_tokens_total",
+        "tokens generated, per model"
+    );
+    describe_counter!(
+        "flotilla_inference_prompt_tokens_total",
+        "prompt tokens evaluated, per model"
+    );
+    describe_histogram!(
+        "flotilla_inference_time_to_first_token_seconds",
+        Unit::Seconds,
+        "from admission (queue wait included) to the first generated token, per model"
+    );
+    describe_histogram!(
+        "flotilla_inference_inter_token_latency_seconds",
+        Unit::Seconds,
+        "time between two consecutive generated tokens of one request, per model"
+    );
+    describe_counter!(
+        "flotilla_inference_forwarded_total",
+        "requests forwarded to a peer that serves the model, by surface"
+    );
+    describe_counter!(
+        "flotilla_inference_unauthenticated_total",
+        "inference requests refused for a missing or unknown API key"
+    );
+    describe_histogram!(
+        "flotilla_agent_download_throughput_bytes_per_second",
+        "throughput of each artifact download request (bytes received over its duration)"
+    );
+    describe_histogram!(
+        "flotilla_agent_sync_ack_latency_seconds",
+        Unit::Seconds,
+        "from sending a heartbeat to the controller's ack"
+    );
+    describe_counter!(
+        "flotilla_agent_sync_directories_total",
+        "routing directories received from the controller"
+    );
+    describe_counter!(
+        "flotilla_agent_sync_streams_opened_total",
+        "Sync streams opened and accepted by the controller"
+    );
+    describe_counter!(
+        "flotilla_agent_sync_streams_ended_total",
+        "Sync streams that ended, by reason"
+    );
+    describe_gauge!(
+        "flotilla_agent_sync_streams_connected",
+        "Sync streams open now (0 or 1)"
+    );
+    describe_gauge!(
+        "flotilla_agent_desired_generation",
+        "the newest desired-state generation received"
+    );
+}
+
+/// Counts inference HTTP requests and their latency by route template (not
+/// raw path, so unknown paths cannot grow the label set).
+pub async fn record_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("flotilla_inference_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("flotilla_inference_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Requests admitted and not finished, per model.
@@ -46,10 +228,16 @@ pub fn request_finished(model: &str, outcome: &'static str) {
     });
 }
 
-pub fn tokens_generated(model: &str, tokens: u64) {
+/// One token generated; `since_previous` is the time since the request's
+/// previous token (none for its first).
+pub fn token_generated(model: &str, since_previous: Option<Duration>) {
     metrics::counter!("flotilla_inference_generated_tokens_total", "model" => model.to_owned())
-        .increment(tokens);
-    stats::global().tokens_generated(tokens);
+        .increment(1);
+    if let Some(latency) = since_previous {
+        metrics::histogram!("flotilla_inference_inter_token_latency_seconds", "model" => model.to_owned())
+            .record(latency.as_secs_f64());
+    }
+    stats::global().tokens_generated(1);
 }
 
 pub fn prompt_tokens(model: &str, tokens: usize) {
@@ -62,4 +250,14 @@ pub fn time_to_first_token(model: &str, elapsed: Duration) {
     metrics::histogram!("flotilla_inference_time_to_first_token_seconds", "model" => model.to_owned())
         .record(elapsed.as_secs_f64());
     stats::global().first_token(elapsed);
+}
+
+/// One download request moved `bytes` in `elapsed` (a resumed download
+/// counts only what this request received).
+pub fn download_finished(bytes: u64, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64();
+    if bytes > 0 && seconds > 0.0 {
+        metrics::histogram!("flotilla_agent_download_throughput_bytes_per_second")
+            .record(bytes as f64 / seconds);
+    }
 }

@@ -463,33 +463,37 @@ impl Activator for EngineActivator {
     fn activate(&self, activation: Activation) -> BoxFuture<'static, Result<(), String>> {
         let slot = self.slot.clone();
         let config = self.config.clone();
-        Box::pin(async move {
-            let model = activation.assignment.model.clone();
-            // The same artifact (only the prompt, policy, aliases or version
-            // label changed) keeps its loaded weights.
-            let current = slot
-                .current()
-                .filter(|current| current.info.digest == activation.assignment.digest);
-            // If this future is dropped (a newer desired state), the load
-            // still finishes on its thread and is then dropped, unserved.
-            let loaded = tokio::task::spawn_blocking(move || match current {
-                Some(current) => current.reassigned(&activation, &config),
-                None => ServedModel::load(&activation, &config),
-            })
-            .await
-            .map_err(|error| format!("loading {model} panicked: {error}"))??;
-            super::stats::global().activated(Some(loaded.info.digest), loaded.capacity());
-            let previous = slot.replace(Some(Arc::new(loaded)));
-            if let Some(previous) = previous {
-                tracing::info!(
-                    previous = %previous.info.name,
-                    previous_version = %previous.info.version,
-                    in_flight = previous.in_flight(),
-                    "switched to the new model; the previous one finishes its requests"
-                );
-            }
-            Ok(())
-        })
+        let span = tracing::info_span!("activate", model = %activation.assignment.model, version = %activation.assignment.version);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let model = activation.assignment.model.clone();
+                // The same artifact (only the prompt, policy, aliases or version
+                // label changed) keeps its loaded weights.
+                let current = slot
+                    .current()
+                    .filter(|current| current.info.digest == activation.assignment.digest);
+                // If this future is dropped (a newer desired state), the load
+                // still finishes on its thread and is then dropped, unserved.
+                let loaded = tokio::task::spawn_blocking(move || match current {
+                    Some(current) => current.reassigned(&activation, &config),
+                    None => ServedModel::load(&activation, &config),
+                })
+                .await
+                .map_err(|error| format!("loading {model} panicked: {error}"))??;
+                super::stats::global().activated(Some(loaded.info.digest), loaded.capacity());
+                let previous = slot.replace(Some(Arc::new(loaded)));
+                if let Some(previous) = previous {
+                    tracing::info!(
+                        previous = %previous.info.name,
+                        previous_version = %previous.info.version,
+                        in_flight = previous.in_flight(),
+                        "switched to the new model; the previous one finishes its requests"
+                    );
+                }
+                Ok(())
+            },
+            span,
+        ))
     }
 
     fn deactivate(&self) -> BoxFuture<'static, ()> {

@@ -332,6 +332,7 @@ impl SyncAgent {
     }
 
     /// Opens one stream and serves it until it ends or `shutdown`.
+    #[tracing::instrument(name = "sync", skip_all, fields(otel.kind = "client"))]
     async fn stream_once(&mut self, shutdown: &CancellationToken) -> StreamEnd {
         let started = Instant::now();
         let (outbound, outbound_receiver) = mpsc::channel::<pb::AgentMessage>(32);
@@ -353,7 +354,10 @@ impl SyncAgent {
                 };
             }
         }
-        let mut client = FleetClient::new(self.config.channel.clone());
+        let mut client = FleetClient::with_interceptor(
+            self.config.channel.clone(),
+            crate::telemetry::propagate::grpc_interceptor,
+        );
         let response = tokio::select! {
             _ = shutdown.cancelled() => return StreamEnd::Shutdown,
             response = client.sync(request) => response,

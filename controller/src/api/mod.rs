@@ -29,7 +29,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -199,18 +198,8 @@ pub fn router(state: AppState) -> Router {
         .layer(audit)
         .layer(middleware::from_fn(json_error_bodies))
         .layer(middleware::from_fn(record_http_metrics))
-        // Request spans at INFO so that they reach the OTLP exporter under the
-        // default filter; per-request log lines stay at DEBUG. The span
-        // records the path, never the query string: a token pasted into a
-        // URL (`?token=…`) must not land in logs or traces.
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            tracing::info_span!(
-                "request",
-                method = %request.method(),
-                path = %request.uri().path(),
-                version = ?request.version(),
-            )
-        }))
+        // SERVER spans named by route template (flotilla_telemetry::http).
+        .layer(middleware::from_fn(flotilla_telemetry::http::trace_http))
         .with_state(state)
 }
 
@@ -351,7 +340,7 @@ async fn prometheus_metrics(State(state): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.metrics.render(),
+        crate::telemetry::render_metrics(&state.metrics, &state.fleet),
     )
         .into_response()
 }

@@ -24,7 +24,7 @@
 //! entries through the store (`Store::exchange_routes`), so a directory
 //! spans the replicas.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -104,7 +104,8 @@ const REMOTE_ROUTES_EXPIRE: Duration = ROUTES_FRESH_FOR;
 
 /// What the ready nodes streaming to this replica report for one model,
 /// summed (the first-token time: the worst), for the controller's own
-/// `/metrics`: per model, not per node, so that its series stay few.
+/// `/metrics` (computed at each scrape, so a model no node serves has no
+/// series): per model, not per node, so that its series stay few.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ModelLoad {
     pub nodes: u32,
@@ -113,9 +114,6 @@ pub struct ModelLoad {
     pub tokens_per_second: f64,
     pub time_to_first_token_max_ms: Option<u32>,
 }
-
-/// How often the flusher publishes [`ModelLoad`] (in its ticks).
-const MODEL_LOAD_EVERY_TICKS: u128 = 5;
 
 /// An open stream's link to the hub.
 pub struct Session {
@@ -664,7 +662,6 @@ impl Flusher {
         let prune_every = 600 * health_every / 15;
         let mut tick: u128 = 0;
         let mut published_routes = None;
-        let mut models_reported = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -680,9 +677,6 @@ impl Flusher {
                 .await;
             if tick.is_multiple_of(prune_every.max(1)) {
                 self.prune().await;
-            }
-            if tick.is_multiple_of(MODEL_LOAD_EVERY_TICKS) {
-                record_model_load(&self.hub.model_load(), &mut models_reported);
             }
             metrics::gauge!("flotilla_fleet_streams_open").set(self.hub.stream_count() as f64);
         }
@@ -766,33 +760,6 @@ impl Flusher {
             Err(error) => tracing::warn!(%error, "could not prune health history"),
         }
     }
-}
-
-/// Sets the per-model gauges from `loads`, and zeroes those of the models in
-/// `reported` (the previous call's) that no ready node serves any more: a
-/// gauge cannot be removed, and a stale non-zero one would mislead.
-fn record_model_load(loads: &BTreeMap<String, ModelLoad>, reported: &mut BTreeSet<String>) {
-    for gone in reported.iter().filter(|model| !loads.contains_key(*model)) {
-        record_one_model_load(gone, &ModelLoad::default());
-    }
-    for (model, load) in loads {
-        record_one_model_load(model, load);
-    }
-    *reported = loads.keys().cloned().collect();
-}
-
-fn record_one_model_load(model: &str, load: &ModelLoad) {
-    let model = model.to_owned();
-    metrics::gauge!("flotilla_fleet_model_nodes_ready", "model" => model.clone())
-        .set(f64::from(load.nodes));
-    metrics::gauge!("flotilla_fleet_model_queue_depth", "model" => model.clone())
-        .set(load.queue_depth as f64);
-    metrics::gauge!("flotilla_fleet_model_queue_capacity", "model" => model.clone())
-        .set(load.queue_capacity as f64);
-    metrics::gauge!("flotilla_fleet_model_tokens_per_second", "model" => model.clone())
-        .set(load.tokens_per_second);
-    metrics::gauge!("flotilla_fleet_model_time_to_first_token_max_seconds", "model" => model)
-        .set(f64::from(load.time_to_first_token_max_ms.unwrap_or(0)) / 1000.0);
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let router = tonic::transport::Server::builder()
+        .layer(crate::telemetry::grpc_layer())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(pb::controller_info_server::ControllerInfoServer::new(

@@ -21,6 +21,10 @@ fi
 # After the model: ensure-python smoke-tests llama.cpp on it.
 bash scripts/ensure-python.sh
 export FLOTILLA_PYTHON="$PWD/.venv/bin/python"
+# SmolLM2 re-quantized by llama.cpp into K-quant mixes, for the engine's parity tests.
+if [ -n "${FLOTILLA_TEST_MODEL:-}" ]; then
+  bash scripts/ensure-quantized.sh "$FLOTILLA_TEST_MODEL"
+fi
 
 # End-to-end tests run the real binaries; build them first.
 cargo build --workspace --bins

@@ -35,6 +35,11 @@ export FLOTILLA_TOKENIZER_VECTORS
 FLOTILLA_ARCH_MODELS=$(bash scripts/prepare-arch-models.sh)
 export FLOTILLA_ARCH_MODELS
 
+# SmolLM2 re-quantized by llama.cpp into K-quant mixes, for the engine's parity tests.
+if [ -n "${FLOTILLA_TEST_MODEL:-}" ]; then
+  bash scripts/ensure-quantized.sh "$FLOTILLA_TEST_MODEL"
+fi
+
 # End-to-end tests run the real binaries; build them first.
 cargo build --workspace --bins
 cargo test --workspace "$@"

@@ -37,11 +37,25 @@ pub struct BenchArgs {
     no_peer: bool,
 }
 
-fn peak_rss_mib() -> Option<f64> {
+/// A `/proc/self/status` memory figure (`VmHWM:` peak, `VmRSS:` current) in MiB.
+fn status_mib(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|line| line.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// How many tensors of each ggml type the file holds (a "Q4_K_M" is a mix).
+fn weight_types(engine: &Engine) -> Value {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for tensor in &engine.model().file().header().tensors {
+        *counts.entry(tensor.ggml_type.to_string()).or_default() += 1;
+    }
+    json!(counts)
 }
 
 fn load_average() -> Option<String> {
@@ -95,10 +109,12 @@ pub fn run(arguments: BenchArgs) -> anyhow::Result<()> {
         "decode_tokens_per_s": arguments.gen_tokens as f64 / decode_seconds,
         "time_to_first_token_ms": prompt_seconds * 1000.0,
         "peak_rss_mib": peak_rss_mib(),
+        "rss_mib": status_mib("VmRSS:"),
         "weights_mib": engine.model().weight_bytes() as f64 / (1024.0 * 1024.0),
         "model_file_mib": engine.model().file().file_size() as f64 / (1024.0 * 1024.0),
         "kv_cache_mib": cache.byte_size() as f64 / (1024.0 * 1024.0),
         "kernel": format!("{:?}", flotilla_engine::kernels::KernelImpl::detect()),
+        "weight_types": weight_types(&engine),
     });
 
     let (peer, peer_error) = if arguments.no_peer {

@@ -348,8 +348,9 @@ pub(super) fn check_token(
     };
     // A pattern that no longer parses matches nothing: fail closed.
     let bound_elsewhere = row.node_pattern.as_deref().is_some_and(|text| {
-        text.parse::<NodePattern>()
-            .map_or(true, |pattern| !pattern.matches(name))
+        !text
+            .parse::<NodePattern>()
+            .is_ok_and(|pattern| pattern.matches(name))
     });
     if !presented.matches(&row.secret_hash) {
         Some(TokenRejection::Unknown)

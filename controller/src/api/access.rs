@@ -129,14 +129,32 @@ mod tests {
 
     #[test]
     fn minting_and_removal_need_an_admin_and_changes_an_operator() {
-        assert_eq!(required(&Method::POST, "/tokens"), Access::Role(Role::Admin));
+        assert_eq!(
+            required(&Method::POST, "/tokens"),
+            Access::Role(Role::Admin)
+        );
         assert_eq!(required(&Method::GET, "/tokens"), Access::Role(Role::Admin));
-        assert_eq!(required(&Method::DELETE, "/tokens/{id}"), Access::Role(Role::Admin));
-        assert_eq!(required(&Method::DELETE, "/nodes/{name}"), Access::Role(Role::Admin));
-        assert_eq!(required(&Method::POST, "/nodes/tokens"), Access::Role(Role::Operator));
+        assert_eq!(
+            required(&Method::DELETE, "/tokens/{id}"),
+            Access::Role(Role::Admin)
+        );
+        assert_eq!(
+            required(&Method::DELETE, "/nodes/{name}"),
+            Access::Role(Role::Admin)
+        );
+        assert_eq!(
+            required(&Method::POST, "/nodes/tokens"),
+            Access::Role(Role::Operator)
+        );
         assert_eq!(required(&Method::GET, "/nodes"), Access::Role(Role::Viewer));
-        assert_eq!(required(&Method::PATCH, "/nodes/{name}/labels"), Access::Role(Role::Operator));
-        assert_eq!(required(&Method::GET, "/blobs/{digest}"), Access::ViewerOrNode);
+        assert_eq!(
+            required(&Method::PATCH, "/nodes/{name}/labels"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(
+            required(&Method::GET, "/blobs/{digest}"),
+            Access::ViewerOrNode
+        );
         assert_eq!(required(&Method::GET, "/whoami"), Access::AnyCaller);
     }
 }

@@ -166,10 +166,7 @@ pub fn router(state: AppState) -> Router {
             "/tokens",
             get(tokens::list_tokens).post(tokens::create_token),
         )
-        .route(
-            "/tokens/{id}",
-            axum::routing::delete(tokens::revoke_token),
-        )
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke_token))
         .route("/whoami", get(tokens::whoami))
         .route("/openapi.json", get(openapi))
         // Authentication and the route's role, from the request's head,
@@ -189,14 +186,16 @@ pub fn router(state: AppState) -> Router {
         // default filter; per-request log lines stay at DEBUG. The span
         // records the path, never the query string: a token pasted into a
         // URL (`?token=…`) must not land in logs or traces.
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            tracing::info_span!(
-                "request",
-                method = %request.method(),
-                path = %request.uri().path(),
-                version = ?request.version(),
-            )
-        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    version = ?request.version(),
+                )
+            }),
+        )
         .with_state(state)
 }
 

@@ -17,8 +17,8 @@ use super::StoreError;
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, DesiredAssignment, DesiredState,
     Digest, HealthPoint, HealthSample, InferenceMinute, Labels, Model, ModelName, ModelVersion,
-    NewArtifact, Node, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page, PromptName,
-    PromptSummary, SecretHash, SystemPrompt, TokenRejection,
+    NewArtifact, Node, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page,
+    PromptName, PromptSummary, SecretHash, SystemPrompt, TokenRejection,
 };
 
 /// Columns of [`ArtifactRow`], joined from artifacts, their version, model and

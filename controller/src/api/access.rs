@@ -24,7 +24,7 @@ use crate::auth::{AuthError, Principal, Role, bearer_token};
 use crate::error::{ApiError, ErrorCode};
 
 /// Uploads inspected at once; more are refused with 503.
-pub const MAX_CONCURRENT_UPLOADS: usize = 4;
+pub const MAX_CONCURRENT_UPLOADS: usize = 8;
 
 /// What a route needs of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

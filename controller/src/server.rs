@@ -87,7 +87,12 @@ impl Controller {
         if config.first_admin_token && (keys_created || !admin_token_path.exists()) {
             // Recorded like any API token, so it can be listed and revoked.
             let minted = fleet
-                .mint_api_token("admin", Role::Admin, config.first_admin_token_ttl, "controller")
+                .mint_api_token(
+                    "admin",
+                    Role::Admin,
+                    config.first_admin_token_ttl,
+                    "controller",
+                )
                 .await?;
             write_private_file(&admin_token_path, format!("{}\n", minted.token).as_bytes())
                 .with_context(|| format!("cannot write {}", admin_token_path.display()))?;

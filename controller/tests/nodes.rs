@@ -274,7 +274,11 @@ async fn refused_enrolments_change_nothing(store: TestStore) -> anyhow::Result<(
         .expect_err("unapproved replacement");
     assert_eq!(unapproved.code(), Code::PermissionDenied);
     let approved = fleet
-        .post("/api/v1/nodes/first/approve-replace", fleet.admin(), json!({}))
+        .post(
+            "/api/v1/nodes/first/approve-replace",
+            fleet.admin(),
+            json!({}),
+        )
         .await?;
     assert_eq!(approved.status(), StatusCode::OK);
     fleet.enroll(&fresh.token, "first", true).await?;

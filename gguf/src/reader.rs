@@ -192,7 +192,9 @@ impl<R: Read> Parser<R> {
                 let mut values = Vec::new();
                 for index in 0..count {
                     if values.len() == values.capacity() {
-                        values.reserve_exact(STEP.min(usize::try_from(count - index).unwrap_or(STEP)));
+                        values.reserve_exact(
+                            STEP.min(usize::try_from(count - index).unwrap_or(STEP)),
+                        );
                     }
                     let element = &|| format!("element {index} of {}", what());
                     values.push(if fixed {

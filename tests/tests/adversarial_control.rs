@@ -78,10 +78,7 @@ impl Fleet {
         token: &str,
         body: Option<Value>,
     ) -> anyhow::Result<(u16, Value)> {
-        let mut request = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(token);
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -148,11 +145,7 @@ impl Fleet {
 
     /// Opens a `Sync` stream as `name` with `credential`; the stream is open
     /// when this returns `Ok`.
-    async fn sync(
-        &self,
-        name: &str,
-        credential: &str,
-    ) -> Result<Stream, tonic::Status> {
+    async fn sync(&self, name: &str, credential: &str) -> Result<Stream, tonic::Status> {
         let (outbound, receiver) = mpsc::channel(16);
         outbound
             .send(pb::AgentMessage {
@@ -215,7 +208,9 @@ impl Stream {
     }
 
     /// The next message, or the status the stream ended with.
-    async fn next(&mut self) -> anyhow::Result<Result<pb::controller_message::Body, tonic::Status>> {
+    async fn next(
+        &mut self,
+    ) -> anyhow::Result<Result<pb::controller_message::Body, tonic::Status>> {
         match tokio::time::timeout(DEADLINE, self.inbound.message()).await? {
             Ok(Some(pb::ControllerMessage { body: Some(body) })) => Ok(Ok(body)),
             Ok(Some(_)) => anyhow::bail!("empty controller message"),
@@ -232,7 +227,9 @@ impl Stream {
         loop {
             match self.next().await?? {
                 pb::controller_message::Body::Directory(_) => directory = true,
-                pb::controller_message::Body::HeartbeatAck(ack) if ack.sequence == self.sequence => {
+                pb::controller_message::Body::HeartbeatAck(ack)
+                    if ack.sequence == self.sequence =>
+                {
                     return Ok(directory);
                 }
                 _ => {}
@@ -273,27 +270,48 @@ async fn any_bootstrap_token_cannot_take_over_an_enrolled_name() -> anyhow::Resu
     let fleet = Fleet::start(&[]).await?;
     let genuine_token = fleet.bootstrap_token(1, json!({})).await?;
     let genuine = fleet
-        .enroll(&token_string(&genuine_token), "victim", false, &[("site", "berlin")])
+        .enroll(
+            &token_string(&genuine_token),
+            "victim",
+            false,
+            &[("site", "berlin")],
+        )
         .await?;
     let (status, _) = fleet
-        .rest(reqwest::Method::POST, "/api/v1/nodes/victim/cordon", &fleet.admin, None)
+        .rest(
+            reqwest::Method::POST,
+            "/api/v1/nodes/victim/cordon",
+            &fleet.admin,
+            None,
+        )
         .await?;
     assert_eq!(status, 200);
 
     let attacker_token = fleet.bootstrap_token(1, json!({})).await?;
     let refused = fleet
-        .enroll(&token_string(&attacker_token), "victim", true, &[("site", "evil")])
+        .enroll(
+            &token_string(&attacker_token),
+            "victim",
+            true,
+            &[("site", "evil")],
+        )
         .await
         .expect_err("a takeover must be refused");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    assert!(refused.message().contains("approve-replace victim"), "{refused:?}");
+    assert!(
+        refused.message().contains("approve-replace victim"),
+        "{refused:?}"
+    );
 
     let node = fleet.node("victim").await?;
     assert_eq!(node["status"], "cordoned");
     assert_eq!(node["labels"]["site"], "berlin");
     // The genuine agent is still in, and the refused attempt kept the use.
     let mut stream = fleet.sync("victim", &genuine.credential).await?;
-    assert!(matches!(stream.next().await??, pb::controller_message::Body::Desired(_)));
+    assert!(matches!(
+        stream.next().await??,
+        pb::controller_message::Body::Desired(_)
+    ));
     fleet
         .enroll(&token_string(&attacker_token), "bystander", false, &[])
         .await?;
@@ -326,10 +344,20 @@ async fn racing_replays_of_a_token_take_no_name() -> anyhow::Result<()> {
     let single = token_string(&fleet.bootstrap_token(1, json!({})).await?);
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..8 {
-        spawn_enroll(&mut tasks, &fleet.grpc, &single, &format!("racer-{index}"), false);
+        spawn_enroll(
+            &mut tasks,
+            &fleet.grpc,
+            &single,
+            &format!("racer-{index}"),
+            false,
+        );
     }
     let races = outcomes(tasks).await?;
-    assert_eq!(races.iter().filter(|outcome| outcome.is_ok()).count(), 1, "{races:?}");
+    assert_eq!(
+        races.iter().filter(|outcome| outcome.is_ok()).count(),
+        1,
+        "{races:?}"
+    );
     Ok(())
 }
 
@@ -375,9 +403,17 @@ async fn an_approved_replacement_revokes_the_old_credential_and_keeps_the_cordon
         .enroll(&token_string(&first), "edge-1", false, &[])
         .await?;
     let mut old_stream = fleet.sync("edge-1", &old.credential).await?;
-    assert!(matches!(old_stream.next().await??, pb::controller_message::Body::Desired(_)));
+    assert!(matches!(
+        old_stream.next().await??,
+        pb::controller_message::Body::Desired(_)
+    ));
     let (status, _) = fleet
-        .rest(reqwest::Method::POST, "/api/v1/nodes/edge-1/cordon", &fleet.admin, None)
+        .rest(
+            reqwest::Method::POST,
+            "/api/v1/nodes/edge-1/cordon",
+            &fleet.admin,
+            None,
+        )
         .await?;
     assert_eq!(status, 200);
 
@@ -460,16 +496,29 @@ async fn a_removed_node_loses_its_credentials() -> anyhow::Result<()> {
         .enroll(&token_string(&token), "gone", false, &[])
         .await?;
     let mut stream = fleet.sync("gone", &node.credential).await?;
-    assert!(matches!(stream.next().await??, pb::controller_message::Body::Desired(_)));
+    assert!(matches!(
+        stream.next().await??,
+        pb::controller_message::Body::Desired(_)
+    ));
 
     // An operator may not remove nodes; an admin may.
     let operator = mint(&fleet, "ops", "operator").await?;
     let (status, _) = fleet
-        .rest(reqwest::Method::DELETE, "/api/v1/nodes/gone", &operator, None)
+        .rest(
+            reqwest::Method::DELETE,
+            "/api/v1/nodes/gone",
+            &operator,
+            None,
+        )
         .await?;
     assert_eq!(status, 403);
     let (status, body) = fleet
-        .rest(reqwest::Method::DELETE, "/api/v1/nodes/gone", &fleet.admin, None)
+        .rest(
+            reqwest::Method::DELETE,
+            "/api/v1/nodes/gone",
+            &fleet.admin,
+            None,
+        )
         .await?;
     assert_eq!(status, 204, "{body}");
 
@@ -481,7 +530,12 @@ async fn a_removed_node_loses_its_credentials() -> anyhow::Result<()> {
         .expect("a removed node's credential must be refused");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     let (status, _) = fleet
-        .rest(reqwest::Method::GET, "/api/v1/nodes/gone", &fleet.admin, None)
+        .rest(
+            reqwest::Method::GET,
+            "/api/v1/nodes/gone",
+            &fleet.admin,
+            None,
+        )
         .await?;
     assert_eq!(status, 404);
     Ok(())
@@ -574,7 +628,12 @@ async fn a_pending_node_reads_no_directory() -> anyhow::Result<()> {
         );
     }
     let (status, _) = fleet
-        .rest(reqwest::Method::POST, "/api/v1/nodes/newcomer/approve", &fleet.admin, None)
+        .rest(
+            reqwest::Method::POST,
+            "/api/v1/nodes/newcomer/approve",
+            &fleet.admin,
+            None,
+        )
         .await?;
     assert_eq!(status, 200);
     let mut approved = false;
@@ -604,7 +663,10 @@ async fn hostile_inventories_are_refused() -> anyhow::Result<()> {
         .await
         .expect_err("a 3 MiB CPU name must be refused");
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    assert!(refused.message().contains("inventory.cpu_model"), "{refused:?}");
+    assert!(
+        refused.message().contains("inventory.cpu_model"),
+        "{refused:?}"
+    );
     let many_gpus = pb::Inventory {
         gpus: (0..20_000)
             .map(|index| pb::Gpu {

@@ -85,7 +85,14 @@ pub async fn run(
             if printer.is_json() {
                 return printer.json(&serde_json::json!({ "api": api, "bootstrap": bootstrap }));
             }
-            let mut table = Table::new(&["KIND", "ID", "SUBJECT/NODES", "ROLE/USES", "EXPIRES", "STATE"]);
+            let mut table = Table::new(&[
+                "KIND",
+                "ID",
+                "SUBJECT/NODES",
+                "ROLE/USES",
+                "EXPIRES",
+                "STATE",
+            ]);
             for token in &api {
                 table.row(vec![
                     "api".to_owned(),
@@ -93,7 +100,12 @@ pub async fn run(
                     token.subject.clone(),
                     token.role.clone(),
                     human_time(token.expires_at),
-                    if token.revoked_at.is_some() { "revoked" } else { "valid" }.to_owned(),
+                    if token.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "valid"
+                    }
+                    .to_owned(),
                 ]);
             }
             for row in bootstrap_rows(&bootstrap) {
@@ -108,7 +120,10 @@ pub async fn run(
                     if printer.is_json() {
                         return printer.json(&token);
                     }
-                    printer.line(&format!("api token {} of {} revoked", token.id, token.subject))
+                    printer.line(&format!(
+                        "api token {} of {} revoked",
+                        token.id, token.subject
+                    ))
                 }
                 Err(ClientError::Api { status, .. }) if status.as_u16() == 404 => {
                     let token = client.revoke_bootstrap_token(&id).await?;

@@ -24,7 +24,7 @@ use crate::auth::{AuthError, Principal, Role, bearer_token};
 use crate::error::{ApiError, ErrorCode};
 
 /// Uploads inspected at once; more are refused with 503.
-pub const MAX_CONCURRENT_UPLOADS: usize = 4;
+pub const MAX_CONCURRENT_UPLOADS: usize = 8;
 
 /// What a route needs of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,14 +129,32 @@ mod tests {
 
     #[test]
     fn minting_and_removal_need_an_admin_and_changes_an_operator() {
-        assert_eq!(required(&Method::POST, "/tokens"), Access::Role(Role::Admin));
+        assert_eq!(
+            required(&Method::POST, "/tokens"),
+            Access::Role(Role::Admin)
+        );
         assert_eq!(required(&Method::GET, "/tokens"), Access::Role(Role::Admin));
-        assert_eq!(required(&Method::DELETE, "/tokens/{id}"), Access::Role(Role::Admin));
-        assert_eq!(required(&Method::DELETE, "/nodes/{name}"), Access::Role(Role::Admin));
-        assert_eq!(required(&Method::POST, "/nodes/tokens"), Access::Role(Role::Operator));
+        assert_eq!(
+            required(&Method::DELETE, "/tokens/{id}"),
+            Access::Role(Role::Admin)
+        );
+        assert_eq!(
+            required(&Method::DELETE, "/nodes/{name}"),
+            Access::Role(Role::Admin)
+        );
+        assert_eq!(
+            required(&Method::POST, "/nodes/tokens"),
+            Access::Role(Role::Operator)
+        );
         assert_eq!(required(&Method::GET, "/nodes"), Access::Role(Role::Viewer));
-        assert_eq!(required(&Method::PATCH, "/nodes/{name}/labels"), Access::Role(Role::Operator));
-        assert_eq!(required(&Method::GET, "/blobs/{digest}"), Access::ViewerOrNode);
+        assert_eq!(
+            required(&Method::PATCH, "/nodes/{name}/labels"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(
+            required(&Method::GET, "/blobs/{digest}"),
+            Access::ViewerOrNode
+        );
         assert_eq!(required(&Method::GET, "/whoami"), Access::AnyCaller);
     }
 }

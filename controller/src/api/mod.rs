@@ -177,10 +177,7 @@ pub fn router(state: AppState) -> Router {
             "/tokens",
             get(tokens::list_tokens).post(tokens::create_token),
         )
-        .route(
-            "/tokens/{id}",
-            axum::routing::delete(tokens::revoke_token),
-        )
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke_token))
         .route("/whoami", get(tokens::whoami))
         .route("/openapi.json", get(openapi))
         // Authentication and the route's role, from the request's head,

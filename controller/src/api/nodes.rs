@@ -131,7 +131,9 @@ pub async fn list_bootstrap_tokens(
 ) -> Result<Json<Vec<dto::BootstrapTokenRecord>>, ApiError> {
     caller.require(Role::Operator)?;
     let tokens = state.fleet.list_bootstrap_tokens().await?;
-    Ok(Json(tokens.into_iter().map(bootstrap_token_record).collect()))
+    Ok(Json(
+        tokens.into_iter().map(bootstrap_token_record).collect(),
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/nodes/tokens/{id}", tag = "nodes",

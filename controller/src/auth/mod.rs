@@ -227,7 +227,8 @@ impl Authenticator {
         ttl: Duration,
     ) -> Result<MintedToken, AuthError> {
         let id = hex::encode(rand::random::<[u8; 16]>());
-        let (token, issued_at, expires_at) = self.encode(subject, role, ttl, Some(id.clone()), None)?;
+        let (token, issued_at, expires_at) =
+            self.encode(subject, role, ttl, Some(id.clone()), None)?;
         Ok(MintedToken {
             token,
             id,
@@ -361,7 +362,9 @@ fn principal_from_claims(claims: Claims) -> Result<Principal, AuthError> {
         _ => {}
     }
     if claims.jti.as_ref().is_some_and(|jti| jti.len() > 128) {
-        return Err(AuthError::InvalidToken("jti longer than 128 characters".into()));
+        return Err(AuthError::InvalidToken(
+            "jti longer than 128 characters".into(),
+        ));
     }
     Ok(Principal {
         subject: claims.sub,
@@ -378,7 +381,9 @@ fn map_jwt_error(error: &jsonwebtoken::errors::Error, audience: &str) -> AuthErr
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::InvalidAudience => AuthError::WrongAudience(audience.to_owned()),
         ErrorKind::InvalidIssuer => AuthError::InvalidToken(format!("issuer is not {ISSUER:?}")),
-        ErrorKind::ImmatureSignature => AuthError::InvalidToken("token is not valid yet (nbf)".into()),
+        ErrorKind::ImmatureSignature => {
+            AuthError::InvalidToken("token is not valid yet (nbf)".into())
+        }
         ErrorKind::InvalidSignature => AuthError::InvalidToken("bad signature".into()),
         ErrorKind::MissingRequiredClaim(claim) => {
             AuthError::InvalidToken(format!("missing claim {claim}"))
@@ -549,8 +554,12 @@ mod tests {
     fn sign(auth: &Authenticator, claims: &Claims) -> String {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(auth.signing.kid.clone());
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(&auth.signing.secret))
-            .expect("encode")
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &EncodingKey::from_secret(&auth.signing.secret),
+        )
+        .expect("encode")
     }
 
     #[test]
@@ -570,14 +579,35 @@ mod tests {
         };
         let principal = auth.verify(&sign(&auth, &good)).expect("valid");
         assert_eq!(principal.token_id.as_deref(), Some("abc"));
-        let other_issuer = Claims { iss: "someone-else".into(), ..good.clone() };
-        assert!(matches!(auth.verify(&sign(&auth, &other_issuer)), Err(AuthError::InvalidToken(m)) if m.contains("issuer")));
-        let future = Claims { nbf: Some(now + 3600), ..good.clone() };
-        assert!(matches!(auth.verify(&sign(&auth, &future)), Err(AuthError::InvalidToken(m)) if m.contains("nbf")));
-        let anonymous = Claims { jti: None, ..good.clone() };
-        assert!(matches!(auth.verify(&sign(&auth, &anonymous)), Err(AuthError::InvalidToken(m)) if m.contains("jti")));
-        let node_without_generation = Claims { role: "node".into(), jti: None, ..good };
-        assert!(matches!(auth.verify(&sign(&auth, &node_without_generation)), Err(AuthError::InvalidToken(m)) if m.contains("gen")));
+        let other_issuer = Claims {
+            iss: "someone-else".into(),
+            ..good.clone()
+        };
+        assert!(
+            matches!(auth.verify(&sign(&auth, &other_issuer)), Err(AuthError::InvalidToken(m)) if m.contains("issuer"))
+        );
+        let future = Claims {
+            nbf: Some(now + 3600),
+            ..good.clone()
+        };
+        assert!(
+            matches!(auth.verify(&sign(&auth, &future)), Err(AuthError::InvalidToken(m)) if m.contains("nbf"))
+        );
+        let anonymous = Claims {
+            jti: None,
+            ..good.clone()
+        };
+        assert!(
+            matches!(auth.verify(&sign(&auth, &anonymous)), Err(AuthError::InvalidToken(m)) if m.contains("jti"))
+        );
+        let node_without_generation = Claims {
+            role: "node".into(),
+            jti: None,
+            ..good
+        };
+        assert!(
+            matches!(auth.verify(&sign(&auth, &node_without_generation)), Err(AuthError::InvalidToken(m)) if m.contains("gen"))
+        );
     }
 
     #[test]

@@ -24,9 +24,9 @@ pub use flotilla_digest::{Digest, DigestParseError};
 pub use model::{Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, VersionState};
 pub use names::{InvalidName, ModelName, NodeName, PromptName, RolloutName};
 pub use node::{
-    BootstrapSecret, BootstrapToken, InvalidLabels, InvalidNodeStatus, Labels,
-    InvalidNodePattern, MalformedBootstrapToken, NewNode, Node, NodeChange, NodeGpu,
-    NodeInventory, NodePattern, NodeStatus, SecretHash, TokenRejection,
+    BootstrapSecret, BootstrapToken, InvalidLabels, InvalidNodePattern, InvalidNodeStatus, Labels,
+    MalformedBootstrapToken, NewNode, Node, NodeChange, NodeGpu, NodeInventory, NodePattern,
+    NodeStatus, SecretHash, TokenRejection,
 };
 pub use page::{Page, PageRequest};
 pub use prompt::{PromptRef, PromptSummary, SystemPrompt};

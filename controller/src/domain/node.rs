@@ -290,7 +290,9 @@ impl FromStr for NodePattern {
         let alphabet_ok = !input.is_empty()
             && input.len() <= 128
             && input.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'*' | b'?')
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'.' | b'_' | b'-' | b'*' | b'?')
             });
         if !alphabet_ok {
             return Err(invalid());

@@ -885,10 +885,13 @@ mod tests {
         hub.heartbeat(&a, sample(now, 1.0), now);
         // Claims READY with a matching digest, but is not approved.
         assert!(hub.local_routes().is_empty());
-        hub.offer(&session, PushedState {
-            status: NodeStatus::Active,
-            ..assigned(2, "smollm2", "aa")
-        });
+        hub.offer(
+            &session,
+            PushedState {
+                status: NodeStatus::Active,
+                ..assigned(2, "smollm2", "aa")
+            },
+        );
         assert_eq!(hub.local_routes().len(), 1);
         // Replaced or removed: gone, and its stream's watch is closed.
         hub.evict(&a);

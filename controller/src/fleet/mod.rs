@@ -24,8 +24,8 @@ use crate::auth::{AuthError, Authenticator, MintedToken, Principal, Revocations,
 use crate::domain::{
     Assignment, AssignmentTarget, BootstrapSecret, BootstrapToken, DesiredAssignment,
     DesiredPrompt, HealthPoint, ModelName, NewAssignment, NewNode, Node, NodeChange, NodeDesired,
-    NodeInventory, NodeName, NodePattern, NodeStatus, Page, PageRequest, PromptPolicy, PromptRef, Quantization,
-    QuantizationPolicy, SecretHash, TokenRejection, resolve,
+    NodeInventory, NodeName, NodePattern, NodeStatus, Page, PageRequest, PromptPolicy, PromptRef,
+    Quantization, QuantizationPolicy, SecretHash, TokenRejection, resolve,
 };
 use crate::store::{
     ApiToken, EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend, StoreError,
@@ -176,9 +176,10 @@ impl Fleet {
             TokenBinding::Any => (None, false),
             TokenBinding::Nodes(pattern) => (Some(pattern), false),
             TokenBinding::Replace(name) => {
-                let pattern = name.as_str().parse::<NodePattern>().map_err(|error| {
-                    FleetError::InvalidArgument(error.to_string())
-                })?;
+                let pattern = name
+                    .as_str()
+                    .parse::<NodePattern>()
+                    .map_err(|error| FleetError::InvalidArgument(error.to_string()))?;
                 (Some(pattern), true)
             }
         };
@@ -258,9 +259,11 @@ impl Fleet {
                         "bootstrap token {} may not enrol node {name}: it is bound to other node names",
                         secret.id()
                     )),
-                    TokenRejection::ReplacementNotApproved => FleetError::PermissionDenied(format!(
-                        "node {name} is already enrolled; replacing it needs an operator's approval: `flotilla node approve-replace {name}`, or a bootstrap token created with `--replace {name}`"
-                    )),
+                    TokenRejection::ReplacementNotApproved => {
+                        FleetError::PermissionDenied(format!(
+                            "node {name} is already enrolled; replacing it needs an operator's approval: `flotilla node approve-replace {name}`, or a bootstrap token created with `--replace {name}`"
+                        ))
+                    }
                     other => FleetError::TokenRejected(other),
                 });
             }
@@ -564,7 +567,11 @@ impl Fleet {
         Ok(self.store.list_bootstrap_tokens().await?)
     }
 
-    pub async fn revoke_bootstrap_token(&self, id: &str, by: &str) -> Result<BootstrapToken, FleetError> {
+    pub async fn revoke_bootstrap_token(
+        &self,
+        id: &str,
+        by: &str,
+    ) -> Result<BootstrapToken, FleetError> {
         let token = self.store.revoke_bootstrap_token(id).await?;
         tracing::info!(token_id = id, by, "bootstrap token revoked");
         Ok(token)

@@ -31,8 +31,7 @@ use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, HealthPoint, HealthSample,
     Model, ModelName, ModelVersion, NewArtifact, NewAssignment, NewNode, Node, NodeChange,
     NodeDesired, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page,
-    PageRequest, PromptName,
-    PromptSummary, SecretHash, SystemPrompt, TokenRejection, VersionState,
+    PageRequest, PromptName, PromptSummary, SecretHash, SystemPrompt, TokenRejection, VersionState,
 };
 use crate::domain::{
     Event, NewEvent, Rollout, RolloutName, RolloutNode, RolloutNodeState, RolloutSpec, RolloutState,

@@ -17,8 +17,8 @@ use super::StoreError;
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, DesiredAssignment, DesiredState,
     Digest, HealthPoint, HealthSample, InferenceMinute, Labels, Model, ModelName, ModelVersion,
-    NewArtifact, Node, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page, PromptName,
-    PromptSummary, SecretHash, SystemPrompt, TokenRejection,
+    NewArtifact, Node, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page,
+    PromptName, PromptSummary, SecretHash, SystemPrompt, TokenRejection,
 };
 
 /// Columns of [`ArtifactRow`], joined from artifacts, their version, model and
@@ -348,8 +348,9 @@ pub(super) fn check_token(
     };
     // A pattern that no longer parses matches nothing: fail closed.
     let bound_elsewhere = row.node_pattern.as_deref().is_some_and(|text| {
-        text.parse::<NodePattern>()
-            .map_or(true, |pattern| !pattern.matches(name))
+        !text
+            .parse::<NodePattern>()
+            .is_ok_and(|pattern| pattern.matches(name))
     });
     if !presented.matches(&row.secret_hash) {
         Some(TokenRejection::Unknown)

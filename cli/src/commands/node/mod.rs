@@ -130,7 +130,9 @@ pub async fn run(
             if printer.is_json() {
                 return printer.json(&serde_json::json!({ "removed": name }));
             }
-            printer.line(&format!("node {name} removed; its credentials no longer work"))
+            printer.line(&format!(
+                "node {name} removed; its credentials no longer work"
+            ))
         }
         NodeCommand::Token(NodeTokenCommand::Create {
             ttl,

@@ -28,12 +28,12 @@ impl PostgresStore {
             StoreError::FailedPrecondition(format!("{} uses is too many", token.uses))
         })?;
         in_transaction!(self, "create_bootstrap_token", |conn| {
-            sqlx::query_as::<_, BootstrapTokenRow>(
-                &format!("INSERT INTO bootstrap_tokens (id, secret_hash, expires_at, uses_left, created_by, \
+            sqlx::query_as::<_, BootstrapTokenRow>(&format!(
+                "INSERT INTO bootstrap_tokens (id, secret_hash, expires_at, uses_left, created_by, \
                  node_pattern, may_replace) \
                  VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6, $7) \
-                 RETURNING {BOOTSTRAP_TOKEN_COLUMNS}"),
-            )
+                 RETURNING {BOOTSTRAP_TOKEN_COLUMNS}"
+            ))
             .bind(&token.id)
             .bind(token.secret_hash.0.as_slice())
             .bind(token.ttl.as_secs_f64())

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use flotilla_gguf::GgufFile;
 
 use crate::EngineError;
-use crate::chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate};
+use crate::chat::{ChatMessage, ChatTemplate};
 use crate::model::{KvCache, LlamaModel, SequenceInput};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{TokenId, Tokenizer, Utf8Stream};
@@ -144,7 +144,7 @@ impl Engine {
             .header()
             .metadata
             .get_str("tokenizer.chat_template")
-            .unwrap_or(CHATML_TEMPLATE);
+            .unwrap_or_else(|| crate::chat::fallback_template(&tokenizer));
         let template = ChatTemplate::new(
             source,
             &token_text(tokenizer.bos_token()),

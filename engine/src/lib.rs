@@ -1,4 +1,5 @@
-//! Flotilla's inference engine: runs Llama-family GGUF models on the CPU.
+//! Flotilla's inference engine: runs Llama-family GGUF models (Llama, Mistral, Qwen2,
+//! Gemma 3, Phi-3) on the CPU.
 //!
 //! The engine knows nothing about the fleet. It loads a GGUF file (memory-mapped, weights
 //! stay quantized), tokenizes and renders chat templates from the file's own metadata,
@@ -35,10 +36,12 @@
 //!
 //! - [`kernels`]: quantized mat-vec kernels (AVX2/FMA/F16C with a scalar fallback); the
 //!   only module with `unsafe`.
-//! - [`model`]: hyper-parameters, weights borrowed from the mapped file, the batched
-//!   forward pass, the per-sequence KV cache.
-//! - [`tokenizer`]: byte-level BPE from GGUF metadata, matching llama.cpp.
-//! - [`chat`]: the model's Jinja chat template through minijinja.
+//! - [`model`]: hyper-parameters and per-family differences as data, weights borrowed
+//!   from the mapped file, the batched forward pass, the per-sequence KV cache.
+//! - [`tokenizer`]: byte-level BPE (each family's pre-tokenizer) and SentencePiece from
+//!   GGUF metadata, matching llama.cpp token for token.
+//! - [`chat`]: the model's Jinja chat template through minijinja, with the Python-isms
+//!   real templates use.
 //! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeds.
 //! - `generate`: [`Engine`] and the per-request state machine (stop sequences, streaming,
 //!   cancellation); `scheduler`: [`Scheduler`], the bounded queue and batching worker.

@@ -8,7 +8,8 @@
 //! `FLOTILLA_PYTHON`); there are no golden files, since the models are made locally.
 //! Under scripts/test.sh (`FLOTILLA_ARCH_MODELS` set) a missing model or Python fails the
 //! test; elsewhere it is skipped with a loud line. To add a case (for example the original
-//! Q4_K_M files once the engine has K-quant kernels), add a line to `CASES`.
+//! Q4_K_M files once the engine has K-quant kernels), add a `Case` constant and a `#[test]`
+//! that calls `check` with it (one test per model, so cargo runs them in parallel).
 
 mod common;
 

@@ -10,6 +10,8 @@
 //! so every weight row is read once per step, not once per sequence.
 
 mod config;
+#[cfg(test)]
+mod family_tests;
 mod kv_cache;
 mod layer;
 mod ops;

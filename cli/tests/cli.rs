@@ -172,7 +172,9 @@ impl Outcome {
         // the CLI now tells failures apart (3 auth, 4 not found, 5 conflict,
         // 6 unavailable; see cli/src/main.rs), and any of those counts.
         let matches = match code {
-            1 => self.code.is_some_and(|actual| actual == 1 || (3..=6).contains(&actual)),
+            1 => self
+                .code
+                .is_some_and(|actual| actual == 1 || (3..=6).contains(&actual)),
             _ => self.code == Some(code),
         };
         if !matches {

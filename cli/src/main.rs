@@ -78,10 +78,12 @@ async fn main() -> ExitCode {
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             let (code, hint) = classify(&error);
-            eprintln!("error: {error:#}");
+            // The hint first: the last line stays the `error: …` line
+            // that scripts and tests read.
             if let Some(hint) = hint {
                 eprintln!("hint: {hint}");
             }
+            eprintln!("error: {error:#}");
             ExitCode::from(code)
         }
     }

@@ -196,7 +196,9 @@ impl ChunkSizer {
         }
         let per_token = elapsed.as_secs_f64() / (prompt_tokens + decode_tokens) as f64;
         let fits = (TARGET_STEP.as_secs_f64() / per_token.max(1e-6)) as usize;
-        let wanted = fits.saturating_sub(decode_tokens).clamp(MIN_CHUNK, MAX_CHUNK);
+        let wanted = fits
+            .saturating_sub(decode_tokens)
+            .clamp(MIN_CHUNK, MAX_CHUNK);
         // Halfway towards the measurement: one noisy step does not swing the size.
         self.chunk = ((self.chunk + wanted) / 2).clamp(MIN_CHUNK, MAX_CHUNK);
     }
@@ -306,9 +308,9 @@ fn step(engine: &Engine, active: &mut Vec<Active>, sizer: &mut ChunkSizer) {
         .enumerate()
         .map(|(index, entry)| match reading {
             _ if entry.prompt_left() == 0 => Some(vec![entry.sequence.pending_token()]),
-            Some((reader, chunk)) if reader == index => Some(
-                entry.sequence.prompt[entry.prefilled..entry.prefilled + chunk].to_vec(),
-            ),
+            Some((reader, chunk)) if reader == index => {
+                Some(entry.sequence.prompt[entry.prefilled..entry.prefilled + chunk].to_vec())
+            }
             _ => None,
         })
         .collect();

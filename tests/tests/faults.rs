@@ -131,12 +131,11 @@ async fn a_damaged_cached_blob_is_fetched_again_never_served() -> anyhow::Result
     anyhow::ensure!(!answer.is_empty());
 
     // One byte flipped in the middle of the weights: loadable, but wrong.
-    let (healed_answer, healed_digest) =
-        restart_with_damaged_blob(&mut served, &digest, |bytes| {
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x5a;
-        })
-        .await?;
+    let (healed_answer, healed_digest) = restart_with_damaged_blob(&mut served, &digest, |bytes| {
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+    })
+    .await?;
     let blob = blob_path(&served.agent.data_dir, &digest);
     assert_eq!(
         hash_of(&blob)?,
@@ -157,11 +156,10 @@ async fn a_damaged_cached_blob_is_fetched_again_never_served() -> anyhow::Result
     );
 
     // The GGUF magic broken: not loadable at all.
-    let (healed_answer, healed_digest) =
-        restart_with_damaged_blob(&mut served, &digest, |bytes| {
-            bytes[..4].copy_from_slice(b"XXXX")
-        })
-        .await?;
+    let (healed_answer, healed_digest) = restart_with_damaged_blob(&mut served, &digest, |bytes| {
+        bytes[..4].copy_from_slice(b"XXXX")
+    })
+    .await?;
     assert_eq!(hash_of(&blob)?, digest);
     assert_eq!(healed_digest, digest);
     assert_eq!(healed_answer, answer);
@@ -227,13 +225,23 @@ async fn assign_and_wait_for_failure(
         &served.controller,
         home,
         &[
-            "assign", "--node", name, "--model", MODEL, "--version", "1.0.0",
+            "assign",
+            "--node",
+            name,
+            "--model",
+            MODEL,
+            "--version",
+            "1.0.0",
         ],
     )?;
-    let failed = wait_until("the node to report the failed download", SERVE_WAIT, || async {
-        node_json(&served.controller, home, name)
-            .is_some_and(|node| node["observed"]["phase"] == "failed")
-    })
+    let failed = wait_until(
+        "the node to report the failed download",
+        SERVE_WAIT,
+        || async {
+            node_json(&served.controller, home, name)
+                .is_some_and(|node| node["observed"]["phase"] == "failed")
+        },
+    )
     .await;
     if let Err(error) = failed {
         eprintln!("--- agent log ---\n{}", agent.log());
@@ -302,7 +310,10 @@ async fn a_download_that_cannot_fit_is_refused_and_leaves_no_part_file() -> anyh
     assert_eq!(part_files(small.path()), Vec::<PathBuf>::new());
     // The agent can still write its state: the disk was not filled.
     let state = std::fs::read_to_string(small.path().join("state.json"))?;
-    assert!(state.contains("failed") || state.contains("Failed"), "{state}");
+    assert!(
+        state.contains("failed") || state.contains("Failed"),
+        "{state}"
+    );
     drop(agent);
     drop(mounted);
     Ok(())

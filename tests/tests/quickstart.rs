@@ -108,12 +108,7 @@ fn cli_outcome(
     home: &std::path::Path,
     args: &[&str],
 ) -> anyhow::Result<(i32, String, String)> {
-    let output = flotilla(
-        &controller.rest_url,
-        &controller.admin_token()?,
-        home,
-        args,
-    )?;
+    let output = flotilla(&controller.rest_url, &controller.admin_token()?, home, args)?;
     Ok((
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -145,7 +140,13 @@ async fn refused_pushes_leave_nothing_and_unused_models_can_be_deleted() -> anyh
         &controller,
         home.path(),
         &[
-            "model", "push", &path(&trailing), "--name", "junk", "--version", "1.0.0",
+            "model",
+            "push",
+            &path(&trailing),
+            "--name",
+            "junk",
+            "--version",
+            "1.0.0",
         ],
     )?;
     assert_eq!(code, 1, "{stderr}");
@@ -193,7 +194,15 @@ async fn refused_pushes_leave_nothing_and_unused_models_can_be_deleted() -> anyh
     let (code, _, stderr) = cli_outcome(
         &controller,
         home.path(),
-        &["model", "push", &path(&good), "--name", "tiny", "--version", "1.0.0"],
+        &[
+            "model",
+            "push",
+            &path(&good),
+            "--name",
+            "tiny",
+            "--version",
+            "1.0.0",
+        ],
     )?;
     assert_eq!(code, 0, "{stderr}");
     let (code, _, stderr) = cli_outcome(
@@ -234,9 +243,20 @@ async fn refused_pushes_leave_nothing_and_unused_models_can_be_deleted() -> anyh
         })
         .unwrap_or_default();
     let has = |text: &str| messages.iter().any(|message| message.contains(text));
-    assert!(has("DELETE /api/v1/models/raw/versions/1.0.0 -> 204"), "{messages:#?}");
-    assert!(has("POST /api/v1/models/raw/versions/1.0.0/artifacts -> 422"), "{messages:#?}");
+    assert!(
+        has("DELETE /api/v1/models/raw/versions/1.0.0 -> 204"),
+        "{messages:#?}"
+    );
+    assert!(
+        has("POST /api/v1/models/raw/versions/1.0.0/artifacts -> 422"),
+        "{messages:#?}"
+    );
     assert!(has("DELETE /api/v1/models/tiny -> 409"), "{messages:#?}");
-    assert!(messages.iter().all(|message| message.starts_with("\"admin\"")), "{messages:#?}");
+    assert!(
+        messages
+            .iter()
+            .all(|message| message.starts_with("\"admin\"")),
+        "{messages:#?}"
+    );
     Ok(())
 }

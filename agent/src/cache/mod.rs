@@ -171,9 +171,7 @@ pub enum CacheError {
         attempts: u32,
         reason: String,
     },
-    #[error(
-        "not enough disk space for blob blake3:{digest} ({size_bytes} bytes): {reason}"
-    )]
+    #[error("not enough disk space for blob blake3:{digest} ({size_bytes} bytes): {reason}")]
     NoSpace {
         digest: Digest,
         size_bytes: u64,

@@ -125,7 +125,10 @@ impl EventsArgs {
         self.node
             .as_ref()
             .is_none_or(|node| event.node.as_ref() == Some(node))
-            && self.actor.as_ref().is_none_or(|actor| &event.actor == actor)
+            && self
+                .actor
+                .as_ref()
+                .is_none_or(|actor| &event.actor == actor)
             && self
                 .action
                 .as_ref()
@@ -265,9 +268,7 @@ async fn create(args: CreateArgs, client: &ApiClient, printer: &Printer) -> anyh
             rollout.nodes.len(),
             rollout.wave_count
         ))?;
-        let mut table = Table::new(&[
-            "WAVE", "NODE", "CURRENT", "NEXT", "QUANT", "DIGEST", "NOTE",
-        ]);
+        let mut table = Table::new(&["WAVE", "NODE", "CURRENT", "NEXT", "QUANT", "DIGEST", "NOTE"]);
         for node in &rollout.nodes {
             table.row(vec![
                 node.wave.to_string(),

@@ -280,7 +280,10 @@ async fn audit_mutations(State(state): State<AppState>, request: Request, next: 
         .and_then(|value| value.to_str().ok())
         .and_then(|header| crate::auth::bearer_token(Some(header)).ok())
         .and_then(|token| state.auth.verify(token).ok())
-        .map_or_else(|| "unauthenticated".to_owned(), |principal| principal.subject);
+        .map_or_else(
+            || "unauthenticated".to_owned(),
+            |principal| principal.subject,
+        );
     let response = next.run(request).await;
     let status = response.status();
     let node = path

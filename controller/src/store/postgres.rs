@@ -900,13 +900,12 @@ impl Store for PostgresStore {
         in_transaction!(self, "delete_unused_model", |conn| {
             // Locked: a version created meanwhile waits, then fails its
             // foreign key, instead of being deleted unseen.
-            let model_id = sqlx::query_scalar::<_, i64>(
-                "SELECT id FROM models WHERE name = $1 FOR UPDATE",
-            )
-            .bind(model.as_str())
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| model_not_found(model))?;
+            let model_id =
+                sqlx::query_scalar::<_, i64>("SELECT id FROM models WHERE name = $1 FOR UPDATE")
+                    .bind(model.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .ok_or_else(|| model_not_found(model))?;
             let published = sqlx::query_scalar::<_, String>(
                 "SELECT version FROM model_versions WHERE model_id = $1 AND state <> 'draft' \
                  ORDER BY id LIMIT 5",

@@ -451,8 +451,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(http = %advertised.http, grpc = %advertised.grpc, "advertising inference URLs to peers");
     // The names clients may use: loopback, the advertised hosts (peers
     // forward to those), the bound address, and --allowed-host.
-    let mut browser =
-        serve::BrowserPolicy::new(&cli.allowed_host, &cli.cors_origin).map_err(anyhow::Error::msg)?;
+    let mut browser = serve::BrowserPolicy::new(&cli.allowed_host, &cli.cors_origin)
+        .map_err(anyhow::Error::msg)?;
     browser.allow_host_of(&advertised.http);
     let bound_http = http_listener.local_addr()?;
     if !bound_http.ip().is_unspecified() {

@@ -395,8 +395,7 @@ mod tests {
     #[test]
     fn peer_urls_are_host_and_port_and_joined_by_the_url_parser() {
         assert_eq!(
-            forward_url("http://10.0.0.1:11434", "/v1/chat/completions", false)
-                .map(String::from),
+            forward_url("http://10.0.0.1:11434", "/v1/chat/completions", false).map(String::from),
             Ok("http://10.0.0.1:11434/v1/chat/completions".to_owned())
         );
         for hostile in [
@@ -405,7 +404,10 @@ mod tests {
             "http://user@10.0.0.1:11434",
             "unix:///run/x.sock",
         ] {
-            assert!(forward_url(hostile, "/v1/completions", false).is_err(), "{hostile}");
+            assert!(
+                forward_url(hostile, "/v1/completions", false).is_err(),
+                "{hostile}"
+            );
         }
         assert!(forward_url("http://10.0.0.1:11434", "/api/chat", true).is_err());
         assert!(forward_url("https://10.0.0.1:11434", "/api/chat", true).is_ok());

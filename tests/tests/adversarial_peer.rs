@@ -176,7 +176,13 @@ impl Fleet {
             &self.controller,
             self.home.path(),
             &[
-                "assign", "--node", name, "--model", MODEL, "--version", "1.0.0",
+                "assign",
+                "--node",
+                name,
+                "--model",
+                MODEL,
+                "--version",
+                "1.0.0",
             ],
         )?;
         Ok(rogue)
@@ -267,7 +273,10 @@ async fn a_rogue_peer_never_receives_the_clients_key_nor_answers_for_the_model()
 /// `scheme://host:port` of the fleet's scheme. The controller refuses the
 /// hello; were it listed anyway, the victim must never send the client's
 /// request to a path of the rogue's choosing, or in the clear.
-async fn hostile_advertisement(tls: bool, url: impl Fn(std::net::SocketAddr) -> String) -> anyhow::Result<()> {
+async fn hostile_advertisement(
+    tls: bool,
+    url: impl Fn(std::net::SocketAddr) -> String,
+) -> anyhow::Result<()> {
     let fleet = Fleet::start(tls, &[]).await?;
     let listener = RogueListener::start(&"0".repeat(64)).await?;
     let rogue = fleet.rogue("rogue").await?;
@@ -339,8 +348,18 @@ async fn web_pages_cannot_use_the_agent_unless_configured() -> anyhow::Result<()
         request.send()
     };
     let cases = [
-        (Some("attacker.example:11434"), None, "application/json", 403),
-        (None, Some("http://attacker.example"), "application/json", 403),
+        (
+            Some("attacker.example:11434"),
+            None,
+            "application/json",
+            403,
+        ),
+        (
+            None,
+            Some("http://attacker.example"),
+            "application/json",
+            403,
+        ),
         (None, None, "text/plain;charset=UTF-8", 415),
         (None, None, "application/x-www-form-urlencoded", 415),
     ];
@@ -377,7 +396,10 @@ async fn web_pages_cannot_use_the_agent_unless_configured() -> anyhow::Result<()
         .request(reqwest::Method::OPTIONS, &url)
         .header("origin", "https://app.example.com")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .send()
         .await?;
     assert_eq!(

@@ -434,7 +434,11 @@ pub fn verifies_as_client(ca_pem: &[u8], cert_pem: &[u8]) -> Result<(), TlsError
         return Err(TlsError::ClientCa("no certificate".to_owned()));
     };
     verifier
-        .verify_client_cert(end_entity, intermediates, rustls::pki_types::UnixTime::now())
+        .verify_client_cert(
+            end_entity,
+            intermediates,
+            rustls::pki_types::UnixTime::now(),
+        )
         .map(|_| ())
         .map_err(|error| TlsError::ClientCa(error.to_string()))
 }

@@ -36,7 +36,10 @@ impl Ca {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
         params.extended_key_usages = usages;
-        Ok((params.signed_by(&key, &self.issuer)?.pem(), key.serialize_pem()))
+        Ok((
+            params.signed_by(&key, &self.issuer)?.pem(),
+            key.serialize_pem(),
+        ))
     }
 }
 
@@ -58,14 +61,12 @@ async fn a_server_verifying_clients_tells_nodes_from_clients() -> anyhow::Result
     )?;
     let router = axum::Router::new().route(
         "/",
-        axum::routing::get(
-            |info: Option<axum::Extension<Arc<TlsInfo>>>| async move {
-                match info {
-                    Some(info) if !info.peer_certificates.is_empty() => "node",
-                    _ => "client",
-                }
-            },
-        ),
+        axum::routing::get(|info: Option<axum::Extension<Arc<TlsInfo>>>| async move {
+            match info {
+                Some(info) if !info.peer_certificates.is_empty() => "node",
+                _ => "client",
+            }
+        }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();

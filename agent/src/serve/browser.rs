@@ -254,16 +254,18 @@ mod tests {
             "edge-7.example",
             "10.1.2.3:11434",
         ] {
-            assert!(
-                policy.check(&request(host, None, json)).is_ok(),
-                "{host}"
-            );
+            assert!(policy.check(&request(host, None, json)).is_ok(), "{host}");
         }
         let refused = policy
             .check(&request("attacker.example:11434", None, json))
             .expect_err("foreign host");
         assert_eq!(refused.http_status(), axum::http::StatusCode::FORBIDDEN);
-        assert!(refused.to_string().contains("--allowed-host attacker.example"), "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("--allowed-host attacker.example"),
+            "{refused}"
+        );
         let any = BrowserPolicy::new(&["*".to_owned()], &[]).expect("valid");
         assert!(any.check(&request("attacker.example", None, json)).is_ok());
     }

@@ -36,9 +36,7 @@ use pb::inference_client::InferenceClient;
 
 use super::ServeError;
 use super::auth::PRINCIPAL_HEADER;
-use crate::routing::{
-    HOPS_HEADER, Peer, Routes, Surface, forward_url, may_forward, parse_hops,
-};
+use crate::routing::{HOPS_HEADER, Peer, Routes, Surface, forward_url, may_forward, parse_hops};
 
 /// The response header naming the node that answered a forwarded request.
 pub(super) const SERVED_BY_HEADER: &str = "x-flotilla-served-by";
@@ -208,7 +206,9 @@ fn forwarded<T>(
         request.metadata_mut().insert(HOPS_HEADER, value);
     }
     if let Some(value) = principal {
-        request.metadata_mut().insert(PRINCIPAL_HEADER, value.clone());
+        request
+            .metadata_mut()
+            .insert(PRINCIPAL_HEADER, value.clone());
     }
     request
 }

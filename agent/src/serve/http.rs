@@ -74,7 +74,9 @@ async fn authorize(
             request.headers_mut().insert(PRINCIPAL_HEADER, principal);
             return next.run(request).await;
         }
-        Ok(Err(_)) => ServeError::Internal("the admitted principal is not a header value".to_owned()),
+        Ok(Err(_)) => {
+            ServeError::Internal("the admitted principal is not a header value".to_owned())
+        }
         Err(error) => error,
     };
     let unauthenticated = matches!(error, ServeError::Unauthenticated);

@@ -40,6 +40,6 @@ pub use rollout::{
     apply_command, decide, evaluate_gates, fit_node, memory_budget, plan_waves,
 };
 pub use routing::{
-    DirectoryEntry, InvalidPeerUrl, LOAD_RESEND_AFTER, PEERS_PER_OFFERING, POOL_PER_OFFERING, Resend, merge_routes,
-    peer_base_url, pool, resend, view_for,
+    DirectoryEntry, InvalidPeerUrl, LOAD_RESEND_AFTER, PEERS_PER_OFFERING, POOL_PER_OFFERING,
+    Resend, merge_routes, peer_base_url, pool, resend, view_for,
 };

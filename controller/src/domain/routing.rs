@@ -65,7 +65,11 @@ pub fn peer_base_url(raw: &str, require_https: bool) -> Result<String, InvalidPe
     match url.scheme() {
         "https" => {}
         "http" if !require_https => {}
-        "http" => return Err(refuse("the fleet has TLS, so peers are reached over https only")),
+        "http" => {
+            return Err(refuse(
+                "the fleet has TLS, so peers are reached over https only",
+            ));
+        }
         _ => return Err(refuse("the scheme must be http or https")),
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -293,7 +297,8 @@ mod tests {
         ] {
             assert!(peer_base_url(hostile, false).is_err(), "{hostile}");
         }
-        let downgrade = peer_base_url("http://10.0.0.1:11434", true).expect_err("http in TLS fleet");
+        let downgrade =
+            peer_base_url("http://10.0.0.1:11434", true).expect_err("http in TLS fleet");
         assert!(downgrade.reason.contains("https only"), "{downgrade}");
     }
 

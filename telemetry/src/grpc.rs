@@ -1,7 +1,7 @@
 //! A tower layer around a tonic server: each call gets a SERVER span named
 //! by its RPC (`flotilla.fleet.v1.Fleet/Sync`) with the RPC semantic
-//! conventions (`rpc.system`, `rpc.service`, `rpc.method`,
-//! `rpc.grpc.status_code`; ERROR status on codes a server is at fault
+//! conventions (`rpc.system.name`, `rpc.method`,
+//! `rpc.response.status_code`; ERROR status on codes a server is at fault
 //! for), a `traceparent` in the metadata as its parent, and its latency
 //! until the response head in a histogram (a stream: until it opens).
 
@@ -89,10 +89,10 @@ where
         );
         let _ = span.set_parent(crate::propagate::extract(request.headers()));
         crate::propagate::record_ids(&span);
-        let (service, method) = rpc.split_once('/').unwrap_or((rpc.as_str(), ""));
-        span.set_attribute(semconv::RPC_SYSTEM, "grpc");
-        span.set_attribute(semconv::RPC_SERVICE, service.to_owned());
-        span.set_attribute(semconv::RPC_METHOD, method.to_owned());
+        // The current conventions: the system's name, and the method
+        // fully qualified (`package.Service/Method`).
+        span.set_attribute(semconv::RPC_SYSTEM_NAME, "grpc");
+        span.set_attribute(semconv::RPC_METHOD, rpc.clone());
         let response = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {
@@ -109,7 +109,7 @@ where
                         .and_then(|value| value.to_str().ok())
                         .and_then(|value| value.parse::<i32>().ok())
                         .unwrap_or(0);
-                    span.set_attribute(semconv::RPC_GRPC_STATUS_CODE, i64::from(code));
+                    span.set_attribute(semconv::RPC_RESPONSE_STATUS_CODE, grpc_code_name(code));
                     if server_fault(code) {
                         span.set_status(Status::error(format!("gRPC status {code}")));
                     }
@@ -118,6 +118,30 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// A gRPC status code by its name, as `rpc.response.status_code` wants it.
+fn grpc_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
     }
 }
 

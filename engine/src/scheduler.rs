@@ -200,7 +200,13 @@ impl ChunkSizer {
             .saturating_sub(decode_tokens)
             .clamp(MIN_CHUNK, MAX_CHUNK);
         // Halfway towards the measurement: one noisy step does not swing the size.
-        self.chunk = ((self.chunk + wanted) / 2).clamp(MIN_CHUNK, MAX_CHUNK);
+        // Rounded towards the measurement, so that the size can reach it.
+        let halfway = if wanted > self.chunk {
+            (self.chunk + wanted).div_ceil(2)
+        } else {
+            (self.chunk + wanted) / 2
+        };
+        self.chunk = halfway.clamp(MIN_CHUNK, MAX_CHUNK);
     }
 }
 

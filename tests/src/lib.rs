@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub mod rogue;
 pub mod otlp;
+pub mod rogue;
 pub mod s3;
 pub mod serving;
 pub mod tls;

@@ -190,7 +190,11 @@ async fn artifacts_in_s3_survive_restarts_and_serve_a_second_replica() -> anyhow
 
     // A second replica (its own disk, the same keys, database and bucket).
     let second_data = tempfile::tempdir()?;
-    let keys = data.path().join("auth-keys.toml").to_string_lossy().into_owned();
+    let keys = data
+        .path()
+        .join("auth-keys.toml")
+        .to_string_lossy()
+        .into_owned();
     let mut second_args = shared.to_vec();
     second_args.extend(["--jwt-keys", keys.as_str()]);
     let second =

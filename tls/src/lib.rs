@@ -344,12 +344,27 @@ impl ServerTls {
 /// `tls` is given. Connections get TCP_NODELAY (else a small message such
 /// as a heartbeat ack waits for the peer's delayed ACK behind Nagle's
 /// algorithm) and TCP keepalive.
-pub async fn serve_grpc(
-    router: tonic::transport::server::Router,
+pub async fn serve_grpc<L, ResBody>(
+    router: tonic::transport::server::Router<L>,
     listener: TcpListener,
     tls: Option<ServerTls>,
     shutdown: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), tonic::transport::Error>
+where
+    L: tower_layer::Layer<tonic::service::Routes>,
+    L::Service: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<ResBody>,
+        > + Clone
+        + Send
+        + 'static,
+    <L::Service as tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>>::Future:
+        Send,
+    <L::Service as tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>>::Error:
+        Into<tonic::codegen::StdError> + Send,
+    ResBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    ResBody::Error: Into<tonic::codegen::StdError>,
+{
     match tls {
         Some(tls) => {
             router

@@ -15,7 +15,9 @@ fn peer(node: &str, model: &str, http_url: String, grpc_url: String) -> Peer {
         load: 0,
         queue_depth: 0,
         aliases: Vec::new(),
-        digest: "ab".repeat(32),
+        // The artifact the peer really serves: forwarding refuses an answer
+        // that names another one.
+        digest: Digest::of(&tiny_model()).to_hex(),
         size_bytes: 1234,
         quantization: "Q8_0".to_owned(),
     }
@@ -99,7 +101,7 @@ async fn a_node_forwards_to_the_peer_serving_the_model_once() -> anyhow::Result<
     assert_eq!(tag["name"], "routed", "{tags}");
     assert_eq!(tag["local"], false, "{tags}");
     assert_eq!(tag["node"], "owner", "{tags}");
-    assert_eq!(tag["digest"], "ab".repeat(32), "{tags}");
+    assert_eq!(tag["digest"], Digest::of(&tiny_model()).to_hex(), "{tags}");
     assert_eq!(tag["size"], 1234, "{tags}");
     assert_eq!(tag["details"]["quantization_level"], "Q8_0", "{tags}");
     let listed = client
@@ -111,7 +113,7 @@ async fn a_node_forwards_to_the_peer_serving_the_model_once() -> anyhow::Result<
     assert!(!model.local);
     assert_eq!(
         (model.node.as_str(), model.digest.as_str(), model.size_bytes),
-        ("owner", "ab".repeat(32).as_str(), 1234)
+        ("owner", Digest::of(&tiny_model()).to_hex().as_str(), 1234)
     );
 
     // Already forwarded once: not forwarded again.

@@ -84,7 +84,9 @@ bah run --isolation=chroot --user 65532:65532 --workingdir /var/lib/flotilla "$c
   /usr/local/bin/flotilla-controller --data-dir /var/lib/flotilla \
   --http "127.0.0.1:$port" --grpc "127.0.0.1:$grpc_port" >"$state/controller.log" 2>&1 &
 runner=$!
-trap 'kill "$runner" 2>/dev/null; wait "$runner" 2>/dev/null; bah rm "$container" >/dev/null 2>&1 || true' EXIT
+# `|| true` after wait: the runner ends by our kill (143), and under set -e
+# that status would become the script's.
+trap 'kill "$runner" 2>/dev/null; wait "$runner" 2>/dev/null || true; bah rm "$container" >/dev/null 2>&1 || true' EXIT
 for _ in $(seq 300); do
   if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
     log "ok: flotilla-controller:$version and flotilla-agent:$version run"

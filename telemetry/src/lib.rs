@@ -123,13 +123,16 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
         guard.tracer_provider = Some(provider);
         guard.exporter_runtime = runtime;
     }
-    let otel_layer = guard
-        .tracer_provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name)));
+    // Each layer filters for itself: RUST_LOG sets how much is logged, not
+    // what is traced, so a quiet log (RUST_LOG=warn) still exports the
+    // INFO-level request, RPC and agent spans.
+    let otel_layer = guard.tracer_provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer)
+        .with(fmt_layer.with_filter(filter))
         .with(otel_layer)
         .try_init()?;
     Ok(guard)

@@ -156,8 +156,9 @@ async fn controller_spans_follow_the_conventions_and_secrets_stay_out_of_logs() 
     Ok(())
 }
 
-#[tokio::test]
-#[ignore = "no span reaches the receiver yet from either process (issue 18: OTLP export from the binaries is unproven); run with --ignored"]
+// Multi-threaded: the receiver must keep serving while this thread blocks
+// in `terminate`, which is when both processes flush their spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_and_the_agents_work_are_traced_across_processes() -> anyhow::Result<()> {
     let Some(model) = test_model() else {
         eprintln!("SKIP: SmolLM2 GGUF not found; run scripts/test.sh (it fetches the model)");

@@ -22,6 +22,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod prometheus;
 pub mod propagate;
 
 use opentelemetry::trace::TracerProvider as _;

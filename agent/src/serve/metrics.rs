@@ -12,7 +12,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::stats::{self, Outcome};
 
@@ -50,59 +50,42 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 fn install() -> PrometheusHandle {
-    let builder = with_buckets(PrometheusBuilder::new()).unwrap_or_else(|error| {
-        tracing::warn!(%error, "histogram buckets rejected; falling back to summaries");
-        PrometheusBuilder::new()
-    });
-    let recorder = builder.build_recorder();
-    let handle = recorder.handle();
-    // Fails only if another recorder was installed first; then this handle
-    // renders nothing, which the tests would notice.
-    if metrics::set_global_recorder(recorder).is_err() {
-        tracing::warn!("a metrics recorder was already installed");
-    }
-    describe();
-    metrics_process::Collector::default().describe();
-    metrics::gauge!("flotilla_agent_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    handle
+    flotilla_telemetry::prometheus::install(&CATALOGUE)
 }
+
+const CATALOGUE: flotilla_telemetry::prometheus::Catalogue =
+    flotilla_telemetry::prometheus::Catalogue {
+        buckets: &[
+            (
+                "flotilla_inference_http_request_duration_seconds",
+                REQUEST_DURATION_BUCKETS,
+            ),
+            (
+                "flotilla_inference_grpc_request_duration_seconds",
+                REQUEST_DURATION_BUCKETS,
+            ),
+            (
+                "flotilla_inference_time_to_first_token_seconds",
+                TIME_TO_FIRST_TOKEN_BUCKETS,
+            ),
+            (
+                "flotilla_inference_inter_token_latency_seconds",
+                INTER_TOKEN_LATENCY_BUCKETS,
+            ),
+            (
+                "flotilla_agent_download_throughput_bytes_per_second",
+                DOWNLOAD_THROUGHPUT_BUCKETS,
+            ),
+            ("flotilla_agent_sync_ack_latency_seconds", SYNC_ACK_BUCKETS),
+        ],
+        describe,
+        build_info: "flotilla_agent_build_info",
+        version: env!("CARGO_PKG_VERSION"),
+    };
 
 /// The whole `/metrics` page: the recorder's families and the process's.
 pub fn render(handle: &PrometheusHandle) -> String {
-    metrics_process::Collector::default().collect();
-    handle.render()
-}
-
-fn with_buckets(
-    mut builder: PrometheusBuilder,
-) -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
-    let rules: [(&str, &[f64]); 6] = [
-        (
-            "flotilla_inference_http_request_duration_seconds",
-            REQUEST_DURATION_BUCKETS,
-        ),
-        (
-            "flotilla_inference_grpc_request_duration_seconds",
-            REQUEST_DURATION_BUCKETS,
-        ),
-        (
-            "flotilla_inference_time_to_first_token_seconds",
-            TIME_TO_FIRST_TOKEN_BUCKETS,
-        ),
-        (
-            "flotilla_inference_inter_token_latency_seconds",
-            INTER_TOKEN_LATENCY_BUCKETS,
-        ),
-        (
-            "flotilla_agent_download_throughput_bytes_per_second",
-            DOWNLOAD_THROUGHPUT_BUCKETS,
-        ),
-        ("flotilla_agent_sync_ack_latency_seconds", SYNC_ACK_BUCKETS),
-    ];
-    for (name, buckets) in rules {
-        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)?;
-    }
-    Ok(builder)
+    flotilla_telemetry::prometheus::render(handle)
 }
 
 /// HELP and units of every family the recorder holds. A family missing

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::fleet::Fleet;
 
@@ -38,50 +38,30 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 fn install() -> PrometheusHandle {
-    let builder = with_buckets(PrometheusBuilder::new()).unwrap_or_else(|error| {
-        tracing::warn!(%error, "histogram buckets rejected; falling back to summaries");
-        PrometheusBuilder::new()
-    });
-    let recorder = builder.build_recorder();
-    let handle = recorder.handle();
-    // Fails only if another recorder was installed first; then our handle
-    // renders nothing, which the tests would notice.
-    if metrics::set_global_recorder(recorder).is_err() {
-        tracing::warn!("a metrics recorder was already installed");
-    }
-    describe();
-    metrics_process::Collector::default().describe();
-    metrics::gauge!(
-        "flotilla_controller_build_info",
-        "version" => env!("CARGO_PKG_VERSION")
-    )
-    .set(1.0);
-    handle
+    flotilla_telemetry::prometheus::install(&CATALOGUE)
 }
 
-fn with_buckets(
-    mut builder: PrometheusBuilder,
-) -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
-    let rules: [(&str, &[f64]); 4] = [
-        (
-            "flotilla_http_request_duration_seconds",
-            HTTP_DURATION_BUCKETS,
-        ),
-        (
-            "flotilla_grpc_server_duration_seconds",
-            GRPC_DURATION_BUCKETS,
-        ),
-        (
-            "flotilla_store_transaction_duration_seconds",
-            STORE_DURATION_BUCKETS,
-        ),
-        ("flotilla_fleet_flush_seconds", STORE_DURATION_BUCKETS),
-    ];
-    for (name, buckets) in rules {
-        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)?;
-    }
-    Ok(builder)
-}
+const CATALOGUE: flotilla_telemetry::prometheus::Catalogue =
+    flotilla_telemetry::prometheus::Catalogue {
+        buckets: &[
+            (
+                "flotilla_http_request_duration_seconds",
+                HTTP_DURATION_BUCKETS,
+            ),
+            (
+                "flotilla_grpc_server_duration_seconds",
+                GRPC_DURATION_BUCKETS,
+            ),
+            (
+                "flotilla_store_transaction_duration_seconds",
+                STORE_DURATION_BUCKETS,
+            ),
+            ("flotilla_fleet_flush_seconds", STORE_DURATION_BUCKETS),
+        ],
+        describe,
+        build_info: "flotilla_controller_build_info",
+        version: env!("CARGO_PKG_VERSION"),
+    };
 
 /// HELP and units of every family the recorder holds. A family missing
 /// here fails `promtool check metrics` (tests/tests/metrics.rs).
@@ -201,8 +181,7 @@ const MODEL_GAUGES: &[ModelGauge] = &[
 /// The whole `/metrics` page: the recorder's families, the process's, and
 /// the per-model gauges.
 pub fn render(handle: &PrometheusHandle, fleet: &Fleet) -> String {
-    metrics_process::Collector::default().collect();
-    let mut page = handle.render();
+    let mut page = flotilla_telemetry::prometheus::render(handle);
     let loads = fleet.hub().model_load();
     for gauge in MODEL_GAUGES {
         let _ = writeln!(page, "# HELP {} {}", gauge.name, gauge.help);

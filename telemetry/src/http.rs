@@ -80,3 +80,34 @@ pub async fn trace_http(request: Request, next: Next) -> Response {
     }
     response
 }
+
+/// The two families [`record_metrics`] writes: a counter by route template,
+/// method and status, and a latency histogram by route template and method.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    pub requests_total: &'static str,
+    pub duration_seconds: &'static str,
+}
+
+/// Counts requests and their latency by route template (not raw path, so
+/// names, digests and unknown paths cannot grow the label set). Install
+/// with `axum::middleware::from_fn_with_state(&NAMES, record_metrics)`.
+pub async fn record_metrics(
+    axum::extract::State(names): axum::extract::State<&'static RequestMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(names.requests_total, "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(names.duration_seconds, "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

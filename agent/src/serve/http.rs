@@ -140,7 +140,10 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
             get(|| async { "Ollama-compatible Flotilla agent is running" }),
         )
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(super::metrics::record_http))
+        .layer(axum::middleware::from_fn_with_state(
+            &super::metrics::HTTP_REQUESTS,
+            flotilla_telemetry::http::record_metrics,
+        ))
         .layer(axum::middleware::from_fn(
             flotilla_telemetry::http::trace_http,
         ))

@@ -6,11 +6,8 @@
 //! metrics also feed the heartbeat's [`super::stats`].
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -174,23 +171,13 @@ fn describe() {
     );
 }
 
-/// Counts inference HTTP requests and their latency by route template (not
-/// raw path, so unknown paths cannot grow the label set).
-pub async fn record_http(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().to_string();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("flotilla_inference_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("flotilla_inference_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
+/// The inference HTTP request families, recorded by
+/// `flotilla_telemetry::http::record_metrics`.
+pub static HTTP_REQUESTS: flotilla_telemetry::http::RequestMetrics =
+    flotilla_telemetry::http::RequestMetrics {
+        requests_total: "flotilla_inference_http_requests_total",
+        duration_seconds: "flotilla_inference_http_request_duration_seconds",
+    };
 
 /// Requests admitted and not finished, per model.
 pub fn queue_depth(model: &str, depth: usize) {

@@ -20,7 +20,6 @@ mod rollouts;
 mod tokens;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -194,7 +193,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(prometheus_metrics))
         .layer(audit)
         .layer(middleware::from_fn(json_error_bodies))
-        .layer(middleware::from_fn(record_http_metrics))
+        .layer(middleware::from_fn_with_state(
+            &HTTP_REQUESTS,
+            flotilla_telemetry::http::record_metrics,
+        ))
         // SERVER spans named by route template (flotilla_telemetry::http).
         .layer(middleware::from_fn(flotilla_telemetry::http::trace_http))
         .with_state(state)
@@ -345,20 +347,10 @@ async fn prometheus_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Counts requests and their latency by route template (not raw path, so
-/// names and digests do not explode the label set).
-async fn record_http_metrics(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().to_string();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("flotilla_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("flotilla_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
+/// The REST request families, recorded by
+/// `flotilla_telemetry::http::record_metrics`.
+static HTTP_REQUESTS: flotilla_telemetry::http::RequestMetrics =
+    flotilla_telemetry::http::RequestMetrics {
+        requests_total: "flotilla_http_requests_total",
+        duration_seconds: "flotilla_http_request_duration_seconds",
+    };

@@ -3,9 +3,11 @@
 //! ready with a deadline (never a fixed sleep). Children are killed when
 //! their handle drops, so a failing test leaves no stray servers.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub mod otlp;
@@ -50,10 +52,23 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that was free a moment ago and that this
+/// process has not handed out before.
+///
+/// The kernel may give a port just released by one `bind(…:0)` to the next,
+/// so two calls in a row (a controller's REST and gRPC ports, or two tests
+/// starting at once) could otherwise get the same port, and the second
+/// process to bind it exits with "address in use".
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+        if handed_out.insert(addr.port()) {
+            return Ok(addr);
+        }
+    }
 }
 
 /// A process's resident memory now and at its peak (VmRSS, VmHWM), in MiB.
@@ -70,7 +85,6 @@ pub fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
-/// The real SmolLM2 model, when it has been fetched.
 /// The value of the first line of a Prometheus text rendering that starts
 /// with `name` (a counter, a gauge, or a summary's `_count`).
 pub fn metric_value(rendering: &str, name: &str) -> Option<f64> {
@@ -90,6 +104,7 @@ pub async fn scrape(base_url: &str) -> anyhow::Result<String> {
         .await?)
 }
 
+/// The real SmolLM2 model, when it has been fetched.
 pub fn test_model() -> Option<PathBuf> {
     let path = std::env::var_os("FLOTILLA_TEST_MODEL")
         .map(PathBuf::from)
@@ -171,6 +186,36 @@ pub struct ControllerProcess {
     pub ca_cert: Option<PathBuf>,
 }
 
+/// Runs `start` with two fresh loopback ports, and again with new ones when
+/// the process could not bind them: a port free when [`free_addr`] looked
+/// can be taken before the child binds it (by another test's outgoing
+/// connection, say), and that is no failure of the code under test.
+async fn on_fresh_ports<T, F, Fut>(mut start: F) -> anyhow::Result<T>
+where
+    F: FnMut(SocketAddr, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match start(free_addr()?, free_addr()?).await {
+            Err(error)
+                if attempts < 3 && format!("{error:#}").contains("Address already in use") =>
+            {
+                eprintln!("retrying on other ports: {error:#}");
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// The last `lines` lines of a log, for an error message.
+fn log_tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    format!("its last log lines:\n{}", all[start..].join("\n"))
+}
+
 impl ControllerProcess {
     /// Starts the controller with `--data-dir` and free ports, plus `extra`
     /// arguments, and waits for `/readyz`.
@@ -186,31 +231,17 @@ impl ControllerProcess {
         env: &[(&str, &str)],
         log_file: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        Self::start_on(
-            data_dir,
-            free_addr()?,
-            free_addr()?,
-            extra,
-            env,
-            log_file,
-            None,
-        )
+        on_fresh_ports(|http, grpc| {
+            Self::start_on(data_dir, http, grpc, extra, env, log_file, None)
+        })
         .await
     }
 
     /// Starts the controller serving REST and gRPC over TLS with `tls`'s
     /// server certificate; [`cli`](crate::serving::cli) then trusts its CA.
     pub async fn start_tls(data_dir: &Path, tls: &tls::TestTls) -> anyhow::Result<Self> {
-        Self::start_on(
-            data_dir,
-            free_addr()?,
-            free_addr()?,
-            &[],
-            &[],
-            None,
-            Some(tls),
-        )
-        .await
+        on_fresh_ports(|http, grpc| Self::start_on(data_dir, http, grpc, &[], &[], None, Some(tls)))
+            .await
     }
 
     /// Starts the controller again on the same data directory and ports
@@ -266,16 +297,53 @@ impl ControllerProcess {
             .args(extra)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied());
-        if let Some(path) = log_file {
-            command.stderr(std::fs::File::create(path)?);
-        }
+        // Its logs go to the caller's file, or are passed through to the
+        // test's own output and kept, so that an early exit can say why.
+        let echoed = std::sync::Arc::new(Mutex::new(String::new()));
+        match log_file {
+            Some(path) => command.stderr(std::fs::File::create(path)?),
+            None => command.stderr(Stdio::piped()),
+        };
         let mut process = ChildGuard::spawn("flotilla-controller", &mut command)?;
+        if let Some(stderr) = process.child.stderr.take() {
+            let echoed = echoed.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    eprintln!("{line}");
+                    let mut echoed = echoed.lock().unwrap_or_else(PoisonError::into_inner);
+                    echoed.push_str(&line);
+                    echoed.push('\n');
+                }
+            });
+        }
         let rest_url = format!("{scheme}://{http}");
         let client = client.build()?;
         let ready_url = format!("{rest_url}/readyz");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            process.ensure_running()?;
+            if let Err(error) = process.ensure_running() {
+                let log = match log_file {
+                    Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
+                    // The child has exited: give the reader a moment to
+                    // drain what it wrote last.
+                    None => {
+                        let deadline = Instant::now() + Duration::from_secs(2);
+                        while std::sync::Arc::strong_count(&echoed) > 1 && Instant::now() < deadline
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        echoed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clone()
+                    }
+                };
+                return Err(error.context(log_tail(&log, 40)));
+            }
             if let Ok(response) = client.get(&ready_url).send().await
                 && response.status().is_success()
             {

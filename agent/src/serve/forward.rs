@@ -25,14 +25,20 @@
 //! Peer URLs come from the directory checked ([`crate::routing`]) and the
 //! request's path is set on them by the URL parser ([`forward_url`]).
 //!
-//! gRPC channels to peers are opened per forwarded call (HTTP reuses
-//! reqwest's pool); caching them is left for when forwarding is hot.
+//! gRPC answers are checked the same way (the peer's initial metadata names
+//! the digest), and carry [`SERVED_BY_HEADER`] in theirs.
+//!
+//! Each attempt is a `forward` span of CLIENT kind whose trace context goes
+//! with the request (`traceparent` header or gRPC metadata), so the peer's
+//! spans join the client's trace.
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use flotilla_proto::inference::v1 as pb;
 use pb::inference_client::InferenceClient;
+
+use tracing::Instrument as _;
 
 use super::ServeError;
 use super::auth::PRINCIPAL_HEADER;
@@ -106,18 +112,29 @@ pub(super) async fn http(
                 continue;
             }
         };
+        let span = forward_span(peer, "http");
         let mut forwarded = client
             .post(url.clone())
-            .headers(crate::telemetry::propagate::headers())
+            .headers(span.in_scope(crate::telemetry::propagate::headers))
             .header(header::CONTENT_TYPE.as_str(), "application/json")
             .header(HOPS_HEADER, (incoming.hops + 1).to_string());
         if let Some(principal) = &incoming.principal {
             forwarded = forwarded.header(PRINCIPAL_HEADER, principal.as_bytes());
         }
-        let sent = forwarded.body(incoming.body.clone()).send().await;
+        let sent = forwarded
+            .body(incoming.body.clone())
+            .send()
+            .instrument(span.clone())
+            .await;
         match sent {
             Ok(response) => {
-                if let Err(reason) = check_answer(&response, peer) {
+                span.record("http.response.status_code", response.status().as_u16());
+                let answered = response
+                    .headers()
+                    .get(super::http::MODEL_DIGEST_HEADER)
+                    .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+                if let Err(reason) = check_answer(response.status().as_u16(), answered, peer) {
+                    span.record("otel.status_code", "ERROR");
                     tracing::warn!(model, peer = %peer.node, %url, %reason, "refusing a peer's answer");
                     failures.push(format!("{} ({reason})", peer.node));
                     continue;
@@ -128,6 +145,7 @@ pub(super) async fn http(
                 return Ok(relay(response, &peer.node));
             }
             Err(error) => {
+                span.record("otel.status_code", "ERROR");
                 tracing::warn!(model, peer = %peer.node, %url, %error, "cannot forward to peer; trying the next");
                 failures.push(format!("{} ({error})", peer.node));
             }
@@ -136,32 +154,44 @@ pub(super) async fn http(
     Err(no_peer_reachable(model, &failures))
 }
 
-/// Why a peer's HTTP answer is not relayed: it refused this agent as a
-/// node (no mutual TLS), or it answered with an artifact other than the
-/// one the directory says it serves.
-fn check_answer(response: &reqwest::Response, peer: &Peer) -> Result<(), String> {
-    let status = response.status();
-    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+/// The `forward` span (CLIENT kind) of one attempt on `peer`: the peer's
+/// server span becomes its child, through the trace context it carries.
+fn forward_span(peer: &Peer, surface: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "forward",
+        otel.kind = "client",
+        flotilla.peer = %peer.node,
+        flotilla.surface = surface,
+        gen_ai.request.model = %peer.model,
+        http.response.status_code = tracing::field::Empty,
+        rpc.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Why a peer's answer (its HTTP status, or 200 for a gRPC call that
+/// started, and the digest it names) is not relayed: it refused this agent
+/// as a node (no mutual TLS), or it answered with an artifact other than
+/// the one the directory says it serves.
+fn check_answer(status: u16, answered: Option<String>, peer: &Peer) -> Result<(), String> {
+    if status == 401 || status == 403 {
         return Err(format!(
             "it refused this agent with {status}: forwarding to a peer that requires \
              authentication needs mutual TLS (--tls-cert and a CA that verifies peers)"
         ));
     }
-    if status.is_success() && !peer.digest.is_empty() {
-        let answered = response
-            .headers()
-            .get(super::http::MODEL_DIGEST_HEADER)
-            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-        if answered.as_deref() != Some(peer.digest.as_str()) {
-            metrics::counter!("flotilla_inference_peer_mismatch_total").increment(1);
-            return Err(format!(
-                "it answered with artifact {:?}, but the directory says it serves {} {} ({})",
-                answered.unwrap_or_default(),
-                peer.model,
-                peer.version,
-                peer.digest
-            ));
-        }
+    if (200..300).contains(&status)
+        && !peer.digest.is_empty()
+        && answered.as_deref() != Some(peer.digest.as_str())
+    {
+        metrics::counter!("flotilla_inference_peer_mismatch_total").increment(1);
+        return Err(format!(
+            "it answered with artifact {:?}, but the directory says it serves {} {} ({})",
+            answered.unwrap_or_default(),
+            peer.model,
+            peer.version,
+            peer.digest
+        ));
     }
     Ok(())
 }
@@ -201,7 +231,12 @@ fn forwarded<T>(
     hops: u32,
     principal: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 ) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
+    // The current (`forward`) span's trace context; the interceptor never
+    // fails.
+    let mut request = match crate::telemetry::propagate::grpc_interceptor(tonic::Request::new(())) {
+        Ok(traced) => traced.map(|()| message),
+        Err(_) => tonic::Request::new(message),
+    };
     if let Ok(value) = (hops + 1).to_string().parse() {
         request.metadata_mut().insert(HOPS_HEADER, value);
     }
@@ -229,7 +264,7 @@ pub(super) async fn grpc(
     hops: u32,
     call: GrpcCall,
     local: ServeError,
-) -> Result<tonic::Streaming<pb::GenerateResponse>, tonic::Status> {
+) -> Result<tonic::Response<tonic::Streaming<pb::GenerateResponse>>, tonic::Status> {
     // Set by the interceptor from what it verified, never the client's.
     let principal = incoming.get(PRINCIPAL_HEADER).cloned();
     if !forwardable(&local, hops) {
@@ -249,28 +284,49 @@ pub(super) async fn grpc(
             }
         };
         let mut client = InferenceClient::new(channel);
-        let answered = match call.clone() {
-            GrpcCall::Generate(request) => {
-                client
-                    .generate(forwarded(request, hops, principal.as_ref()))
-                    .await
+        let span = forward_span(peer, "grpc");
+        let answered = async {
+            match call.clone() {
+                GrpcCall::Generate(request) => {
+                    client
+                        .generate(forwarded(request, hops, principal.as_ref()))
+                        .await
+                }
+                GrpcCall::Chat(request) => {
+                    client
+                        .chat(forwarded(request, hops, principal.as_ref()))
+                        .await
+                }
             }
-            GrpcCall::Chat(request) => {
-                client
-                    .chat(forwarded(request, hops, principal.as_ref()))
-                    .await
-            }
-        };
+        }
+        .instrument(span.clone())
+        .await;
         match answered {
             Ok(response) => {
+                let digest = response
+                    .metadata()
+                    .get(super::http::MODEL_DIGEST_HEADER)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned);
+                if let Err(reason) = check_answer(200, digest, peer) {
+                    span.record("otel.status_code", "ERROR");
+                    tracing::warn!(model, peer = %peer.node, %reason, "refusing a peer's answer");
+                    failures.push(format!("{} ({reason})", peer.node));
+                    continue;
+                }
                 metrics::counter!("flotilla_inference_forwarded_total", "surface" => "grpc")
                     .increment(1);
                 tracing::debug!(model, peer = %peer.node, "forwarded a gRPC call");
-                return Ok(response.into_inner());
+                let (mut answered, stream, extensions) = response.into_parts();
+                if let Ok(value) = peer.node.parse() {
+                    answered.insert(SERVED_BY_HEADER, value);
+                }
+                return Ok(tonic::Response::from_parts(answered, stream, extensions));
             }
             // Unreachable, or the connection broke under the call: the
             // next peer may do.
             Err(status) if status.code() == tonic::Code::Unavailable => {
+                span.record("rpc.response.status_code", format!("{:?}", status.code()));
                 tracing::warn!(model, peer = %peer.node, url = %peer.grpc_url,
                     error = %status.message(), "cannot forward to peer; trying the next");
                 failures.push(format!("{} ({})", peer.node, status.message()));

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use flotilla_engine::{EngineError, GenerationEvent, GenerationRequest, RequestHandle};
 use futures::Stream;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use super::ServeConfig;
 use super::error::ServeError;
@@ -38,6 +39,17 @@ pub enum FinishReason {
     /// `max_tokens` or the context window was reached.
     Length,
     Cancelled,
+}
+
+impl FinishReason {
+    /// The reason as OpenAI and Ollama name it (`stop` or `length`); a
+    /// cancelled generation has no client left to tell otherwise.
+    pub fn as_openai(self) -> &'static str {
+        match self {
+            FinishReason::Stop | FinishReason::StopSequence | FinishReason::Cancelled => "stop",
+            FinishReason::Length => "length",
+        }
+    }
 }
 
 impl From<flotilla_engine::FinishReason> for FinishReason {
@@ -91,18 +103,53 @@ impl Generation {
     /// Validates `request`, admits it into its model's queue and waits for
     /// its first output. Errors before any output (unknown model, bad
     /// parameters, full queue, prompt too long) come back here.
-    #[tracing::instrument(name = "inference", skip_all, fields(gen_ai.request.model = %request.model))]
+    ///
+    /// The `inference` span lasts until the engine is done with the request
+    /// (it travels with the bridge), so that it can carry the token counts
+    /// and the time to first token (OTel's GenAI conventions where they
+    /// have a name, `flotilla.*` where they have none).
     pub async fn start(
         slot: &ModelSlot,
         config: &ServeConfig,
         request: InferenceRequest,
     ) -> Result<Generation, ServeError> {
+        // Not served here (it may be forwarded): no inference on this node.
         let served = slot.get(&request.model)?;
+        let span = tracing::info_span!(
+            "inference",
+            gen_ai.operation.name = "chat",
+            gen_ai.request.model = %request.model,
+            gen_ai.response.model = tracing::field::Empty,
+            flotilla.model.version = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            flotilla.time_to_first_token_ms = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let started = Self::start_in(served, config, request, span.clone())
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &started {
+            record_error(&span, error);
+        }
+        started
+    }
+
+    async fn start_in(
+        served: Arc<ServedModel>,
+        config: &ServeConfig,
+        request: InferenceRequest,
+        span: tracing::Span,
+    ) -> Result<Generation, ServeError> {
         let (handle, admission) = Self::submit(&served, config, request).inspect_err(|error| {
             // Failures after this point are counted by the bridge.
             metrics::request_finished(&served.info().name, error.code());
         })?;
         let model = served.info().clone();
+        span.record("gen_ai.response.model", model.name.as_str());
+        span.record("flotilla.model.version", model.version.as_str());
         metrics::queue_depth(&model.name, served.in_flight());
         let (sender, mut events) = mpsc::channel(CHANNEL_CAPACITY);
         let bridge = Bridge {
@@ -113,6 +160,7 @@ impl Generation {
             timeout: config.request_timeout,
             started: Instant::now(),
             admission: Some(admission),
+            span,
         };
         tokio::task::spawn_blocking(move || bridge.run());
         let first = events.recv().await.unwrap_or_else(|| {
@@ -197,6 +245,14 @@ struct Bridge {
     started: Instant,
     /// Released as soon as the engine is done with the request.
     admission: Option<Admission>,
+    /// The request's `inference` span, closed when the bridge is done.
+    span: tracing::Span,
+}
+
+/// Marks `span` failed with the error's code (OTel's `error.type`).
+fn record_error(span: &tracing::Span, error: &ServeError) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", error.code());
 }
 
 impl Bridge {
@@ -212,6 +268,26 @@ impl Bridge {
             Err(error) => error.code(),
         };
         metrics::request_finished(&model, code);
+        match &outcome {
+            Ok(Some(finished)) => {
+                let span = &self.span;
+                span.record("gen_ai.usage.input_tokens", finished.prompt_tokens);
+                span.record("gen_ai.usage.output_tokens", finished.completion_tokens);
+                span.record(
+                    "gen_ai.response.finish_reasons",
+                    finished.reason.as_openai(),
+                );
+                span.record(
+                    "flotilla.time_to_first_token_ms",
+                    finished.time_to_first_token.as_secs_f64() * 1000.0,
+                );
+            }
+            Ok(None) => {
+                self.span
+                    .record("gen_ai.response.finish_reasons", "cancelled");
+            }
+            Err(error) => record_error(&self.span, error),
+        }
         match outcome {
             Ok(Some(finished)) => {
                 let _ = self.sender.blocking_send(Ok(Chunk::Finished(finished)));

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{PRINCIPAL_HEADER, admit};
 use super::forward::{self, GrpcCall};
+use super::http::{MODEL_DIGEST_HEADER, MODEL_VERSION_HEADER};
 use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
     Role, ServeError, Serving,
@@ -110,15 +111,30 @@ impl InferenceService {
         metadata: &tonic::metadata::MetadataMap,
         hops: u32,
         call: GrpcCall,
-    ) -> Result<ResponseStream, Status> {
+    ) -> Result<Response<ResponseStream>, Status> {
         let model = request.model.clone();
         match Generation::start(&self.serving.slot, &self.serving.config, request).await {
-            Ok(generation) => Ok(Self::stream(generation)),
+            Ok(generation) => {
+                let served = generation.model.clone();
+                let mut response = Response::new(Self::stream(generation));
+                // As the HTTP API's headers: which version and artifact
+                // answered (a forwarding peer checks the digest).
+                let answered = response.metadata_mut();
+                if let Ok(value) = served.version.parse() {
+                    answered.insert(MODEL_VERSION_HEADER, value);
+                }
+                if let Ok(value) = served.digest.to_hex().parse() {
+                    answered.insert(MODEL_DIGEST_HEADER, value);
+                }
+                Ok(response)
+            }
             Err(local) => {
                 let relayed =
                     forward::grpc(&self.serving.routes, &model, metadata, hops, call, local)
                         .await?;
-                Ok(Box::pin(relayed))
+                let (answered, stream, _) = relayed.into_parts();
+                let stream: ResponseStream = Box::pin(stream);
+                Ok(Response::from_parts(answered, stream, Default::default()))
             }
         }
     }
@@ -163,10 +179,8 @@ impl Inference for InferenceService {
         let metadata = request.metadata().clone();
         let wire = request.into_inner();
         let parsed = InferenceRequest::try_from(wire.clone())?;
-        Ok(Response::new(
-            self.answer(parsed, &metadata, hops, GrpcCall::Generate(wire))
-                .await?,
-        ))
+        self.answer(parsed, &metadata, hops, GrpcCall::Generate(wire))
+            .await
     }
 
     async fn chat(
@@ -177,10 +191,8 @@ impl Inference for InferenceService {
         let metadata = request.metadata().clone();
         let wire = request.into_inner();
         let parsed = InferenceRequest::try_from(wire.clone())?;
-        Ok(Response::new(
-            self.answer(parsed, &metadata, hops, GrpcCall::Chat(wire))
-                .await?,
-        ))
+        self.answer(parsed, &metadata, hops, GrpcCall::Chat(wire))
+            .await
     }
 
     async fn list_models(

@@ -21,8 +21,8 @@ use time::format_description::well_known::Rfc3339;
 use super::forward::HttpIncoming;
 use super::http::{HttpState, incoming, parse_json, with_retry_after, with_served_model};
 use super::{
-    Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
-    Role, ServeError,
+    Chunk, Finished, Generation, InferenceRequest, Input, Message, Params, Reached, Role,
+    ServeError,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -302,10 +302,7 @@ fn final_object(kind: Kind, model: &str, text: &str, finished: &Finished) -> Val
     let nanos =
         |duration: std::time::Duration| u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
     value["done"] = json!(true);
-    value["done_reason"] = json!(match finished.reason {
-        FinishReason::Stop | FinishReason::StopSequence | FinishReason::Cancelled => "stop",
-        FinishReason::Length => "length",
-    });
+    value["done_reason"] = json!(finished.reason.as_openai());
     value["total_duration"] = json!(nanos(finished.total_time));
     value["load_duration"] = json!(0);
     value["prompt_eval_count"] = json!(finished.prompt_tokens);

@@ -21,8 +21,8 @@ use super::http::{
     HttpState, incoming, parse_json, unix_seconds, with_retry_after, with_served_model,
 };
 use super::{
-    Chunk, Completion, FinishReason, Finished, Generation, InferenceRequest, Input, Message,
-    Params, Reached, Role, ServeError,
+    Chunk, Completion, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
+    Role, ServeError,
 };
 
 /// `stop`: one string or a list of them.
@@ -177,13 +177,6 @@ impl From<&Finished> for Usage {
     }
 }
 
-fn finish_reason(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Stop | FinishReason::StopSequence | FinishReason::Cancelled => "stop",
-        FinishReason::Length => "length",
-    }
-}
-
 /// `{"error": {...}}` with the status and `Retry-After` the error maps to.
 pub(super) fn error_response(error: &ServeError) -> Response {
     let kind = match error {
@@ -334,7 +327,7 @@ async fn respond(
 }
 
 fn whole(kind: Kind, id: &str, model: &str, created: u64, completion: &Completion) -> Value {
-    let reason = finish_reason(completion.finished.reason);
+    let reason = completion.finished.reason.as_openai();
     let usage = Usage::from(&completion.finished);
     match kind {
         Kind::Chat => json!({
@@ -432,7 +425,7 @@ fn sse_events(
                     &model,
                     created,
                     None,
-                    Some(finish_reason(finished.reason)),
+                    Some(finished.reason.as_openai()),
                 );
                 last["usage"] = json!(Usage::from(&finished));
                 let mut events = vec![data(&last)];

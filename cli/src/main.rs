@@ -33,7 +33,8 @@ use crate::output::OutputFormat;
 #[command(
     name = "flotilla",
     version,
-    about = "Operate a Flotilla fleet: push models, manage prompts, assign them to nodes, manage nodes and tokens."
+    about = "Operate a Flotilla fleet: push models, manage prompts, assign them to nodes, manage nodes and tokens.",
+    after_help = "Tracing: with TRACEPARENT (and TRACESTATE) set, as a traced CI job or script sets them, every request carries that W3C trace context, so the controller's spans join the caller's trace."
 )]
 struct Cli {
     /// The controller's URL [default: http://127.0.0.1:8080, or `url` in the config file].

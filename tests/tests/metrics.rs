@@ -147,5 +147,24 @@ async fn both_processes_pass_promtool_and_forget_unserved_models() -> anyhow::Re
     )
     .await?;
     promtool_check(&promtool, &scrape(&controller_url).await?)?;
+    // And the agent's: its queue depth, counters and histograms of the
+    // model it no longer serves.
+    assert!(
+        agent.contains(&model_label),
+        "the agent had no per-model series:\n{agent}"
+    );
+    wait_until(
+        "the agent to drop the unserved model's series",
+        Duration::from_secs(60),
+        || async {
+            scrape(&served.http_url).await.is_ok_and(|page| {
+                !page
+                    .lines()
+                    .any(|line| !line.starts_with('#') && line.contains(&model_label))
+            })
+        },
+    )
+    .await?;
+    promtool_check(&promtool, &scrape(&served.http_url).await?)?;
     Ok(())
 }

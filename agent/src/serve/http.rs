@@ -213,7 +213,15 @@ async fn prometheus_metrics(State(state): State<HttpState>) -> Response {
     match &state.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            super::metrics::render(handle),
+            super::metrics::render(
+                handle,
+                state
+                    .serving
+                    .slot
+                    .current()
+                    .as_ref()
+                    .map(|model| model.info().name.as_str()),
+            ),
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),

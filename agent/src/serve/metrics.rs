@@ -81,8 +81,39 @@ const CATALOGUE: flotilla_telemetry::prometheus::Catalogue =
     };
 
 /// The whole `/metrics` page: the recorder's families and the process's.
-pub fn render(handle: &PrometheusHandle) -> String {
-    flotilla_telemetry::prometheus::render(handle)
+/// The page, less the samples of models this node no longer serves
+/// (`served`: the one it serves now, if any).
+///
+/// The recorder keeps every series it was ever given, so a model unassigned
+/// last week would go on exporting its last queue depth and its counters
+/// for as long as the agent runs, and fleet-wide sums would count it. A
+/// model served again comes back with its counters where they were
+/// (Prometheus sees a gap, not a reset).
+pub fn render(handle: &PrometheusHandle, served: Option<&str>) -> String {
+    let page = flotilla_telemetry::prometheus::render(handle);
+    let mut kept = String::with_capacity(page.len());
+    for line in page.lines() {
+        let gone =
+            !line.starts_with('#') && model_label(line).is_some_and(|model| Some(model) != served);
+        if !gone {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
+}
+
+/// The value of a sample line's `model` label, if it has one. Model names
+/// are registry names (no quotes or backslashes), so the value ends at the
+/// next quote.
+fn model_label(line: &str) -> Option<&str> {
+    let labels = &line[line.find('{')?..];
+    let at = labels
+        .match_indices("model=\"")
+        .find(|(at, _)| matches!(labels.as_bytes().get(at.wrapping_sub(1)), Some(b'{' | b',')))?
+        .0;
+    let value = &labels[at + "model=\"".len()..];
+    Some(&value[..value.find('"')?])
 }
 
 /// HELP and units of every family the recorder holds. A family missing
@@ -229,5 +260,28 @@ pub fn download_finished(bytes: u64, elapsed: Duration) {
     if bytes > 0 && seconds > 0.0 {
         metrics::histogram!("flotilla_agent_download_throughput_bytes_per_second")
             .record(bytes as f64 / seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_label;
+
+    #[test]
+    fn the_model_label_is_read_from_sample_lines() {
+        assert_eq!(
+            model_label("flotilla_inference_queue_depth{model=\"smol\"} 0"),
+            Some("smol")
+        );
+        assert_eq!(
+            model_label("x_bucket{code=\"ok\",model=\"a-b.c\",le=\"0.1\"} 3"),
+            Some("a-b.c")
+        );
+        assert_eq!(model_label("x{other_model=\"no\"} 1"), None);
+        assert_eq!(
+            model_label("flotilla_agent_build_info{version=\"1\"} 1"),
+            None
+        );
+        assert_eq!(model_label("process_cpu_seconds_total 2"), None);
     }
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use flotilla_controller::auth::{Authenticator, KeyFile, Role};
 use flotilla_controller::config::{ControllerArgs, ControllerConfig};
 use flotilla_controller::server::Controller;
+use flotilla_controller::store;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -27,7 +28,10 @@ struct Cli {
 enum Command {
     /// Serve the REST and gRPC APIs (the default).
     Serve,
-    /// Mint an API token offline from the key file and print it.
+    /// Mint an API token from the key file and print it, without a running
+    /// controller (for a first token, or after losing every admin token).
+    /// It is recorded in the database like any token, so `flotilla token
+    /// ls` lists it and `flotilla token revoke` ends it.
     MintToken {
         #[arg(long, default_value = "admin")]
         subject: String,
@@ -61,10 +65,19 @@ fn main() -> anyhow::Result<()> {
             ttl_seconds,
         } => {
             let role: Role = role.parse()?;
+            anyhow::ensure!(
+                role.is_human(),
+                "role {role} cannot be minted: node credentials come from enrolment with a bootstrap token"
+            );
             let keys = KeyFile::load(&config.jwt_keys)?;
             let auth = Authenticator::new(&keys, config.audience.clone())?;
-            let (token, _) = auth.mint(&subject, role, Duration::from_secs(ttl_seconds))?;
-            println!("{token}");
+            let minted = auth.mint_with_id(&subject, role, Duration::from_secs(ttl_seconds))?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(record_minted(&config, &subject, role, &minted))?;
+            println!("{}", minted.token);
             Ok(())
         }
         Command::Serve => {
@@ -77,6 +90,40 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(config))
         }
     }
+}
+
+/// Records an offline-minted token (by id, never the token) so that it can
+/// be listed and revoked; an unrecorded one would be an admin credential
+/// nobody can see.
+async fn record_minted(
+    config: &ControllerConfig,
+    subject: &str,
+    role: Role,
+    minted: &flotilla_controller::auth::MintedToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = store::connect(&config.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open database {} to record the token",
+                store::redact_url(&config.database_url)
+            )
+        })?;
+    store
+        .record_api_token(&store::ApiToken {
+            id: minted.id.clone(),
+            subject: subject.to_owned(),
+            role,
+            created_by: "flotilla-controller mint-token".to_owned(),
+            created_at: minted.issued_at,
+            expires_at: minted.expires_at,
+            revoked_at: None,
+        })
+        .await
+        .context("cannot record the token")?;
+    Ok(())
 }
 
 async fn serve(config: ControllerConfig) -> anyhow::Result<()> {

@@ -610,6 +610,70 @@ async fn revoked_tokens_are_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An admin token minted offline (`flotilla-controller mint-token`) was
+/// valid but recorded nowhere: no listing showed it and it could not be
+/// revoked. Now it is recorded like any other.
+#[tokio::test]
+async fn an_offline_minted_token_is_listed_and_revocable() -> anyhow::Result<()> {
+    let fleet = Fleet::start(&[]).await?;
+    let mint_offline = |role: &str| {
+        std::process::Command::new(flotilla_tests::binary("flotilla-controller")?)
+            .arg("--data-dir")
+            .arg(&fleet.controller.data_dir)
+            .args(["mint-token", "--subject", "rescue", "--role", role])
+            .args(["--ttl-seconds", "600"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .map_err(anyhow::Error::from)
+    };
+    let refused = mint_offline("node")?;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("enrolment"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let minted = mint_offline("admin")?;
+    anyhow::ensure!(
+        minted.status.success(),
+        "mint-token: {}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let rescue = String::from_utf8(minted.stdout)?.trim().to_owned();
+    let (status, _) = fleet
+        .rest(reqwest::Method::GET, "/api/v1/nodes", &rescue, None)
+        .await?;
+    assert_eq!(status, 200);
+    let (status, listed) = fleet
+        .rest(reqwest::Method::GET, "/api/v1/tokens", &fleet.admin, None)
+        .await?;
+    assert_eq!(status, 200, "{listed}");
+    let recorded = listed
+        .as_array()
+        .and_then(|tokens| tokens.iter().find(|token| token["subject"] == "rescue"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        recorded["created_by"], "flotilla-controller mint-token",
+        "{listed}"
+    );
+    let id = recorded["id"].as_str().unwrap_or_default();
+    let (status, body) = fleet
+        .rest(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            &fleet.admin,
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = fleet
+        .rest(reqwest::Method::GET, "/api/v1/nodes", &rescue, None)
+        .await?;
+    assert_eq!(status, 401, "{body}");
+    Ok(())
+}
+
 /// Attack: enrol (pending approval) and read the routing directory: peer
 /// names and internal URLs. Now a pending node gets none until approved.
 #[tokio::test]

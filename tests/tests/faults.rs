@@ -9,6 +9,8 @@
 //!   blob on disk that hashes to the digest it claims).
 //! - The GGUF magic broken the same way: the node heals instead of staying
 //!   `failed`.
+//! - A prompt of about 7,000 tokens does not hold up short chats sent while
+//!   it is read (item 4: they used to wait about two minutes).
 //! - A data directory on a filesystem too small for the model (a 48 MiB
 //!   tmpfs), and a cache budget smaller than the model: the download is
 //!   refused before it starts, with a reason that says why, and no `.part`
@@ -316,5 +318,103 @@ async fn a_download_that_cannot_fit_is_refused_and_leaves_no_part_file() -> anyh
     );
     drop(agent);
     drop(mounted);
+    Ok(())
+}
+
+/// Time to a whole answer of one greedy token: the request's time to first
+/// token, seen from the client.
+async fn one_token_chat(
+    client: &reqwest::Client,
+    http: &str,
+    content: &str,
+) -> anyhow::Result<(Duration, Value)> {
+    let started = std::time::Instant::now();
+    let body: Value = client
+        .post(format!("{http}/v1/chat/completions"))
+        .json(&json!({"model": MODEL, "temperature": 0, "max_tokens": 1,
+            "messages": [{"role": "user", "content": content}]}))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok((started.elapsed(), body))
+}
+
+/// Item 4: while a ~7,000-token prompt is read, short chats to the same
+/// node are still answered promptly (the agent used to read a prompt whole
+/// before anything else, so they waited about two minutes), and before the
+/// long prompt is done.
+#[tokio::test]
+async fn a_long_prompt_does_not_stall_short_chats() -> anyhow::Result<()> {
+    let Some(model) = test_model() else {
+        eprintln!("SKIP: SmolLM2 GGUF not found; run scripts/test.sh (it fetches the model)");
+        return Ok(());
+    };
+    let served = ServedModel::start(&model, MODEL, "edge-long").await?;
+    let client = reqwest::Client::new();
+    let filler = "The fleet controller assigns models to nodes, and the agents fetch, verify and serve them. ";
+    // How many tokens ten fillers make, to build a prompt of about 7,000
+    // (SmolLM2 reads 8,192).
+    let (_, probe) = one_token_chat(&client, &served.http_url, &filler.repeat(10)).await?;
+    let per_ten = probe["usage"]["prompt_tokens"].as_u64().unwrap_or_default();
+    anyhow::ensure!(per_ten > 100, "usage of the probe: {probe}");
+    let repeats = usize::try_from(7_000 * 10 / per_ten)?;
+    // A short chat alone: the yardstick for "promptly" on this machine now.
+    let (alone, _) = one_token_chat(&client, &served.http_url, "Name a colour.").await?;
+
+    let long_body = json!({"model": MODEL, "temperature": 0, "max_tokens": 1,
+        "messages": [{"role": "user", "content": filler.repeat(repeats)}]});
+    let long_url = format!("{}/v1/chat/completions", served.http_url);
+    let long_client = client.clone();
+    let long = tokio::spawn(async move {
+        let answered = long_client.post(long_url).json(&long_body).send().await;
+        (
+            std::time::Instant::now(),
+            answered.map(|response| response.status()),
+        )
+    });
+    // The long prompt is admitted before the short chats come.
+    wait_until(
+        "the long prompt to be admitted",
+        Duration::from_secs(30),
+        || async {
+            flotilla_tests::scrape(&served.http_url)
+                .await
+                .ok()
+                .and_then(|text| {
+                    flotilla_tests::metric_value(&text, "flotilla_inference_queue_depth")
+                })
+                .is_some_and(|depth| depth >= 1.0)
+        },
+    )
+    .await?;
+    let mut waits = Vec::new();
+    for question in [
+        "What is the capital of France?",
+        "Name a colour.",
+        "What is two plus two?",
+    ] {
+        let (waited, _) = one_token_chat(&client, &served.http_url, question).await?;
+        waits.push(waited);
+        assert!(
+            !long.is_finished(),
+            "the long prompt was read before a short chat was answered (after {waited:?})"
+        );
+    }
+    let worst = waits.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "short chats answered in {waits:?} (worst {worst:?}; {alone:?} alone) while a prompt of about 7,000 tokens was read"
+    );
+    // Under a second, or within four times a chat alone when this machine
+    // is so loaded that one alone takes a quarter of that.
+    let bound = Duration::from_secs(1).max(alone * 4);
+    assert!(
+        worst < bound,
+        "short chats waited {worst:?} ({alone:?} alone)"
+    );
+    // Dropping the long request cancels it on the agent.
+    long.abort();
     Ok(())
 }

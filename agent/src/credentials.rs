@@ -7,9 +7,13 @@
 //! written back to `DATA_DIR/node.toml` (atomically, mode 0600, through
 //! [`crate::enrol::save`]) when a data directory is set; simulated nodes have
 //! none. Neither the credential nor the refresh secret is ever logged.
+//!
+//! The node certificate ([`NodeCertificates`]) renews with the credential:
+//! `RenewCredential` carries the node's signing request and the answer's
+//! certificate is installed, as is one pushed on the stream.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_proto::fleet::v1 as pb;
@@ -18,6 +22,7 @@ use tonic::transport::Channel;
 
 use crate::cache::SharedToken;
 use crate::enrol::{self, EnrolError, NodeIdentity};
+use crate::node_cert::{IssuedCertificate, NodeCertificates};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -57,6 +62,9 @@ pub struct Credentials {
     /// Rewritten to `node.toml` on every change when `data_dir` is set.
     identity: Mutex<NodeIdentity>,
     data_dir: Option<PathBuf>,
+    /// This node's key and certificate (`None`: it asks for none, as
+    /// simulated nodes do).
+    certificates: Option<Arc<NodeCertificates>>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -77,7 +85,56 @@ impl Credentials {
             token: SharedToken::new(identity.credential.clone()),
             identity: Mutex::new(identity),
             data_dir,
+            certificates: None,
         }
+    }
+
+    /// These credentials, renewing `certificates` with the credential.
+    pub fn with_certificates(self, certificates: Arc<NodeCertificates>) -> Self {
+        Self {
+            certificates: Some(certificates),
+            ..self
+        }
+    }
+
+    /// The node's certificates, when it has a key.
+    pub fn certificates(&self) -> Option<&Arc<NodeCertificates>> {
+        self.certificates.as_ref()
+    }
+
+    /// The signing request to send with a renewal or a hello (empty: none).
+    pub fn csr_pem(&self) -> String {
+        self.certificates
+            .as_ref()
+            .map(|certificates| certificates.csr_pem().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Takes a certificate from the controller (a renewal's or the
+    /// stream's). One that does not check out is logged and dropped: the
+    /// previous one stays, and the next renewal brings another.
+    pub async fn install_certificate(&self, issued: IssuedCertificate) {
+        let Some(certificates) = self.certificates.clone() else {
+            return;
+        };
+        let installed = tokio::task::spawn_blocking(move || certificates.install(&issued)).await;
+        match installed {
+            Ok(Ok(())) => tracing::debug!(node = %self.node_name, "node certificate renewed"),
+            Ok(Err(error)) => {
+                tracing::warn!(node = %self.node_name, %error, "keeping the previous node certificate")
+            }
+            Err(error) => {
+                tracing::warn!(node = %self.node_name, %error, "cannot install the node certificate")
+            }
+        }
+    }
+
+    /// Whether the node certificate (when the node has a key) expires
+    /// within `margin`, or there is none yet.
+    pub fn certificate_expires_within(&self, margin: Duration) -> bool {
+        self.certificates
+            .as_ref()
+            .is_some_and(|certificates| certificates.expires_within(margin))
     }
 
     pub fn node_name(&self) -> &str {
@@ -143,10 +200,11 @@ impl Credentials {
                 node: self.node_name.clone(),
             });
         }
-        let response = FleetClient::new(channel)
+        let mut response = FleetClient::new(channel)
             .renew_credential(pb::RenewCredentialRequest {
                 node_name: self.node_name.clone(),
                 refresh_secret,
+                certificate_signing_request: self.csr_pem(),
             })
             .await
             .map_err(|status| match status.code() {
@@ -164,6 +222,9 @@ impl Credentials {
             })?
             .into_inner();
         let status = response.status();
+        if let Some(certificate) = response.certificate.take() {
+            self.install_certificate(certificate.into()).await;
+        }
         self.replace(
             response.credential,
             response.credential_expires_at_unix,

@@ -64,6 +64,10 @@ pub struct EnrolRequest {
     pub name: String,
     pub labels: HashMap<String, String>,
     pub replace_existing: bool,
+    /// This node's key: its signing request goes with the enrolment and
+    /// the certificate that comes back is installed (`None`: asks for no
+    /// certificate, as simulated nodes do).
+    pub certificates: Option<std::sync::Arc<crate::node_cert::NodeCertificates>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +94,8 @@ pub enum EnrolError {
     },
     #[error("invalid label {0:?}: expected key=value")]
     Label(String),
+    #[error(transparent)]
+    Certificate(#[from] crate::node_cert::NodeCertError),
 }
 
 /// `k=v,k2=v2` into a map; the controller validates the alphabet.
@@ -210,6 +216,7 @@ pub async fn enrol_over(
 ) -> Result<NodeIdentity, EnrolError> {
     let url = request.controller.clone();
     let name = request.name.clone();
+    let certificates = request.certificates.clone();
     let response =
         FleetClient::with_interceptor(channel, crate::telemetry::propagate::grpc_interceptor)
             .enroll(pb::EnrollRequest {
@@ -219,6 +226,10 @@ pub async fn enrol_over(
                 inventory: Some(inventory_to_wire(inventory)),
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                 replace_existing: request.replace_existing,
+                certificate_signing_request: certificates
+                    .as_ref()
+                    .map(|certificates| certificates.csr_pem().to_owned())
+                    .unwrap_or_default(),
             })
             .await
             .map_err(|status| match status.code() {
@@ -235,6 +246,11 @@ pub async fn enrol_over(
             })?
             .into_inner();
     let status = node_status_name(response.status()).to_owned();
+    // A certificate that does not check out stops the enrolment here,
+    // with the reason, rather than leaving a node no peer accepts.
+    if let (Some(certificates), Some(certificate)) = (&certificates, response.certificate) {
+        certificates.install(&certificate.into())?;
+    }
     Ok(NodeIdentity {
         name: response.node_name,
         controller: url,

@@ -6,6 +6,9 @@
 //! - [`credentials`]: the node credential while the agent runs (shared with
 //!   the blob downloads, rewritten to `node.toml` on renewal,
 //!   `Fleet/RenewCredential` with the refresh secret).
+//! - [`node_cert`]: this node's key (`DATA_DIR/node.key`) and the
+//!   short-lived certificate the controller's node CA issues for it,
+//!   renewed with the credential; its mutual-TLS identity among peers.
 //! - [`sync`]: the `Fleet/Sync` stream: hello, desired state in, observed
 //!   state and heartbeats out, reconnect with [`backoff`].
 //! - [`reconcile`]: drives the node towards the desired state through two
@@ -43,6 +46,7 @@ pub mod cache;
 pub mod credentials;
 pub mod enrol;
 pub mod health;
+pub mod node_cert;
 pub mod reconcile;
 pub mod routing;
 pub mod serve;

@@ -23,6 +23,7 @@ use flotilla_agent::cache::{ArtifactCache, BlobSource, CacheConfig};
 use flotilla_agent::credentials::Credentials;
 use flotilla_agent::enrol::{self, EnrolRequest, NodeIdentity};
 use flotilla_agent::health::HealthProbe;
+use flotilla_agent::node_cert::NodeCertificates;
 use flotilla_agent::reconcile::{CacheFetcher, Reconciler, ReconcilerConfig, persist};
 use flotilla_agent::serve::{self, ServeConfig, Serving};
 use flotilla_agent::simulate::{Simulation, SimulationConfig};
@@ -111,6 +112,18 @@ struct Cli {
     /// pod IPs, say), trusting the peer CA alone.
     #[arg(long, env = "FLOTILLA_PEER_TLS_NAME", value_name = "NAME")]
     peer_tls_name: Option<String>,
+    /// Use this node's own certificate from the controller's node CA
+    /// (issued at enrolment, renewed with the credential) for the
+    /// inference APIs and between peers: serve with it, present it when
+    /// forwarding, and accept a peer only with the node CA's certificate
+    /// for the node the directory lists (forwarding agents likewise). Set
+    /// it on every agent of a fleet whose controller serves TLS.
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_NODE_CERT",
+        conflicts_with_all = ["tls_cert", "tls_key", "peer_tls_name", "peer_ca"]
+    )]
+    tls_node_cert: bool,
     /// Inference requests per model that may wait for a decoding slot;
     /// beyond them (plus the batch) requests get 429 / RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "N", default_value_t = ServeConfig::default().queue_capacity)]
@@ -274,7 +287,23 @@ fn shutdown_on_signal() -> CancellationToken {
     shutdown
 }
 
-async fn identity(cli: &Cli, data_dir: &Path, trust: &CaTrust) -> anyhow::Result<NodeIdentity> {
+/// The name this agent runs as: the enrolled one, or `--name` to enrol.
+fn node_name(cli: &Cli, data_dir: &Path) -> anyhow::Result<String> {
+    match enrol::load(data_dir)? {
+        Some(identity) if !cli.replace => Ok(identity.name),
+        _ => cli
+            .name
+            .clone()
+            .context("not enrolled yet: pass --name for this node"),
+    }
+}
+
+async fn identity(
+    cli: &Cli,
+    data_dir: &Path,
+    trust: &CaTrust,
+    certificates: Arc<NodeCertificates>,
+) -> anyhow::Result<NodeIdentity> {
     let existing = enrol::load(data_dir)?;
     match existing {
         Some(identity) if !cli.replace => {
@@ -313,6 +342,7 @@ async fn identity(cli: &Cli, data_dir: &Path, trust: &CaTrust) -> anyhow::Result
                     name,
                     labels,
                     replace_existing: cli.replace,
+                    certificates: Some(certificates),
                 },
                 trust,
                 &inventory,
@@ -361,6 +391,12 @@ fn advertised_url(
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.clone().context("--data-dir is required")?;
     let trust = CaTrust::load(cli.controller_ca.as_deref())?;
+    // This node's key, made once; its certificate comes from the
+    // controller at enrolment and with every credential.
+    let certificates = Arc::new(NodeCertificates::load_or_create(
+        &data_dir,
+        &node_name(&cli, &data_dir)?,
+    )?);
     let peer_trust = match &cli.peer_ca {
         Some(path) => CaTrust::load(Some(path))?,
         None => trust.clone(),
@@ -393,6 +429,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(name) => peer_trust.verifying_as(name)?,
         None => peer_trust,
     };
+    // With node identity, peers are trusted by node certificate alone.
+    let peer_trust = if cli.tls_node_cert {
+        CaTrust::with_node_identity(certificates.clone())
+    } else {
+        peer_trust
+    };
+    // With --tls-node-cert the servers' TLS is set up once the node has a
+    // certificate (below); they serve TLS either way.
+    let serves_tls = cli.tls_cert.is_some() || cli.tls_node_cert;
     let server_tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => Some(flotilla_tls::ServerTls::load_verifying_clients(
             cert,
@@ -439,13 +484,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "--advertise-http",
             cli.advertise_http.clone(),
             &http_listener,
-            server_tls.is_some(),
+            serves_tls,
         )?,
         grpc: advertised_url(
             "--advertise-grpc",
             cli.advertise_grpc.clone(),
             &grpc_listener,
-            server_tls.is_some(),
+            serves_tls,
         )?,
     };
     tracing::info!(http = %advertised.http, grpc = %advertised.grpc, "advertising inference URLs to peers");
@@ -460,7 +505,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // Enrol only once the checks above passed: a start refused for its
     // exposure must not spend the bootstrap token.
-    let identity = identity(&cli, &data_dir, &trust).await?;
+    let identity = identity(&cli, &data_dir, &trust, certificates.clone()).await?;
     let serve_config = ServeConfig {
         auth: auth.map(std::sync::Arc::new),
         queue_capacity: cli.inference_queue.max(1),
@@ -472,7 +517,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // never forwards a request (and its body) in the clear.
         peer_https_only: cli.tls_cert.is_some()
             || cli.peer_ca.is_some()
-            || cli.peer_tls_name.is_some(),
+            || cli.peer_tls_name.is_some()
+            || cli.tls_node_cert,
         browser: Arc::new(browser),
         ..ServeConfig::default()
     };
@@ -502,7 +548,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None
         }
     };
-    let credentials = Arc::new(Credentials::new(identity, Some(data_dir.clone())));
+    let credentials = Arc::new(
+        Credentials::new(identity, Some(data_dir.clone())).with_certificates(certificates.clone()),
+    );
+    let server_tls = if cli.tls_node_cert {
+        // The node CA comes with the certificate; an agent enrolled before
+        // node identity (no certificate saved) fetches one now.
+        if certificates.current().is_none() {
+            credentials.renew(channel.clone()).await.context(
+                "--tls-node-cert needs a node certificate and the controller did not give one",
+            )?;
+        }
+        let ca = certificates
+            .current()
+            .map(|current| current.ca_pem)
+            .context("--tls-node-cert: the controller issued no node certificate (a controller without a node CA?)")?;
+        Some(flotilla_tls::ServerTls::from_memory(
+            certificates.served(),
+            Some(ca.as_bytes()),
+        )?)
+    } else {
+        server_tls
+    };
     let cache_config = CacheConfig {
         max_download_bytes_per_second: cli.max_download_rate,
         budget_bytes: cli.cache_budget,

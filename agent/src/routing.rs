@@ -203,6 +203,12 @@ pub struct Routes {
     /// Peers reached over plain `http://` are dropped from the directory:
     /// this agent has TLS configured (issue 16, item 3).
     https_only: bool,
+    /// With node identity (`CaTrust::with_node_identity`): one HTTP client
+    /// per peer node, verified for that node's name, and one gRPC channel
+    /// per peer node and URL; each with the version of this node's
+    /// certificate it was built with, rebuilt when a renewal changes it.
+    node_http_clients: Mutex<HashMap<String, (u64, reqwest::Client)>>,
+    node_grpc_channels: Mutex<HashMap<(String, String), (u64, Channel)>>,
 }
 
 /// How long connecting to a peer may take before the call fails over to
@@ -246,6 +252,12 @@ impl Routes {
             }
         }
         lock(&self.grpc_channels).retain(|url, _| peers.iter().any(|peer| &peer.grpc_url == url));
+        lock(&self.node_http_clients).retain(|node, _| peers.iter().any(|peer| &peer.node == node));
+        lock(&self.node_grpc_channels).retain(|(node, url), _| {
+            peers
+                .iter()
+                .any(|peer| &peer.node == node && &peer.grpc_url == url)
+        });
         *self
             .peers
             .write()
@@ -269,6 +281,56 @@ impl Routes {
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .connect_lazy();
         channels.insert(url.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// With node identity, the HTTP client for `peer` (see the field);
+    /// `None` without: the caller's shared client serves every peer.
+    pub fn peer_http_client(&self, peer: &Peer) -> Result<Option<reqwest::Client>, String> {
+        let Some(certificates) = self.trust.node_identity() else {
+            return Ok(None);
+        };
+        let version = certificates.version();
+        let mut clients = lock(&self.node_http_clients);
+        if let Some((built_with, client)) = clients.get(&peer.node)
+            && *built_with == version
+        {
+            return Ok(Some(client.clone()));
+        }
+        let client = self
+            .trust
+            .node_peer_http_client(
+                &peer.node,
+                reqwest::Client::builder().connect_timeout(PEER_CONNECT_TIMEOUT),
+            )
+            .map_err(|error| error.to_string())?;
+        clients.insert(peer.node.clone(), (version, client.clone()));
+        Ok(Some(client))
+    }
+
+    /// The gRPC channel to `peer`: with node identity, verified for the
+    /// peer's node name (see the field); without, [`Routes::grpc_channel`].
+    pub fn peer_grpc_channel(&self, peer: &Peer) -> Result<Channel, String> {
+        let Some(certificates) = self.trust.node_identity() else {
+            return self.grpc_channel(&peer.grpc_url);
+        };
+        let url = peer_base_url(&peer.grpc_url, self.https_only)?;
+        let url = url.as_str().trim_end_matches('/').to_owned();
+        let version = certificates.version();
+        let key = (peer.node.clone(), url);
+        let mut channels = lock(&self.node_grpc_channels);
+        if let Some((built_with, channel)) = channels.get(&key)
+            && *built_with == version
+        {
+            return Ok(channel.clone());
+        }
+        let channel = self
+            .trust
+            .node_peer_endpoint(&key.1, &peer.node)
+            .map_err(|error| error.to_string())?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .connect_lazy();
+        channels.insert(key, (version, channel.clone()));
         Ok(channel)
     }
 

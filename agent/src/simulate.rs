@@ -155,6 +155,7 @@ impl Simulation {
                     name: config.node_name(index),
                     labels: config.labels.clone(),
                     replace_existing: true,
+                    certificates: None,
                 };
                 let mut inventory = inventory.clone();
                 if let Some(memory) = config.node_memory_bytes.get(&config.node_name(index)) {

@@ -19,6 +19,14 @@
 //! how a peer tells a forwarding node from a client (`serve::auth`). Such
 //! a certificate needs the clientAuth extended key usage (or none).
 //!
+//! With `--tls-node-cert` the agent uses its node certificate instead
+//! ([`CaTrust::with_node_identity`], `crate::node_cert`): it presents it
+//! to peers, and verifies each peer against the controller's node CA alone
+//! and the name of the node the directory lists for the model
+//! (`<node>.node.flotilla.internal`), not the URL's host: a peer that
+//! presents another node's certificate, however valid, is refused and
+//! counted (`flotilla_inference_peer_identity_refused_total`).
+//!
 //! Plain `http://` URLs are used as they are, except that an agent with TLS
 //! configured never forwards to one (`routing::Routes`). The agent's own
 //! servers are configured by `flotilla_tls`.
@@ -26,7 +34,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use crate::node_cert::NodeCertificates;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
@@ -43,6 +54,8 @@ pub enum TrustError {
     FixedName { name: String, reason: String },
     #[error("cannot use {path} as the client certificate for peers: {reason}")]
     ClientIdentity { path: String, reason: String },
+    #[error("cannot reach peer {node} with this node's certificate: {reason}")]
+    NodeIdentity { node: String, reason: String },
 }
 
 /// See the module docs. Cheap to clone.
@@ -55,6 +68,9 @@ pub struct CaTrust {
     /// The certificate chain and key this agent presents to peers when it
     /// forwards (mutual TLS), so that they know a node is asking.
     client_identity: Option<Arc<ClientIdentity>>,
+    /// This node's certificate from the node CA: presented to peers, whose
+    /// certificates are verified by node name (see the module docs).
+    node_identity: Option<Arc<NodeCertificates>>,
 }
 
 /// A client certificate chain and its key, in PEM.
@@ -153,7 +169,88 @@ impl CaTrust {
             extra_ca_pem: Some(Arc::new(pem)),
             fixed_name: None,
             client_identity: None,
+            node_identity: None,
         })
+    }
+
+    /// This trust, for peers, by node identity: see the module docs.
+    /// Replaces the private CA, the fixed name and the client identity for
+    /// peers (the controller's trust is another `CaTrust`).
+    pub fn with_node_identity(certificates: Arc<NodeCertificates>) -> Self {
+        Self {
+            node_identity: Some(certificates),
+            ..Self::default()
+        }
+    }
+
+    /// This node's certificates, when peers are trusted by node identity.
+    pub fn node_identity(&self) -> Option<&Arc<NodeCertificates>> {
+        self.node_identity.as_ref()
+    }
+
+    /// An HTTP client for the peer `node` alone: it trusts the node CA only,
+    /// accepts only a certificate naming `node`, and presents this node's
+    /// certificate. One per peer, so that a pooled connection verified for
+    /// one node is never reused for another at the same address.
+    pub fn node_peer_http_client(
+        &self,
+        node: &str,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<reqwest::Client, TrustError> {
+        let refuse = |reason: String| TrustError::NodeIdentity {
+            node: node.to_owned(),
+            reason,
+        };
+        let certificates = self
+            .node_identity
+            .as_ref()
+            .ok_or_else(|| refuse("no node identity configured".to_owned()))?;
+        let current = certificates
+            .current()
+            .ok_or_else(|| refuse("this node has no certificate yet".to_owned()))?;
+        let verifier = NodeNameVerifier::new(current.ca_pem.as_bytes(), node).map_err(&refuse)?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| refuse(error.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(certificates.served());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        builder
+            .tls_backend_preconfigured(config)
+            .build()
+            .map_err(|error| refuse(error.to_string()))
+    }
+
+    /// A gRPC endpoint for the peer `node` at `url`, verified as
+    /// [`CaTrust::node_peer_http_client`] verifies (tonic checks the name
+    /// it is given against the node CA alone).
+    pub fn node_peer_endpoint(&self, url: &str, node: &str) -> Result<Endpoint, TrustError> {
+        let refuse = |reason: String| TrustError::NodeIdentity {
+            node: node.to_owned(),
+            reason,
+        };
+        let certificates = self
+            .node_identity
+            .as_ref()
+            .ok_or_else(|| refuse("no node identity configured".to_owned()))?;
+        let current = certificates
+            .current()
+            .ok_or_else(|| refuse("this node has no certificate yet".to_owned()))?;
+        if !url.starts_with("https://") {
+            return Err(refuse(format!("{url} is not an https:// URL")));
+        }
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(current.ca_pem.as_bytes()))
+            .domain_name(flotilla_tls::node_dns_name(node))
+            .identity(tonic::transport::Identity::from_pem(
+                current.chain_pem.as_bytes(),
+                certificates.key_pem().as_bytes(),
+            ));
+        Endpoint::from_shared(url.to_owned())
+            .and_then(|endpoint| endpoint.tls_config(tls))
+            .map_err(|error| refuse(error.to_string()))
     }
 
     /// The private CA's PEM, when one was given.
@@ -202,7 +299,6 @@ impl CaTrust {
         let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
             .map_err(|_| refuse("not a DNS name"))?;
         let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject;
         for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
             let certificate = certificate.map_err(|error| refuse(&error.to_string()))?;
             roots
@@ -294,6 +390,107 @@ impl CaTrust {
         }
         builder
     }
+}
+
+/// Verifies a peer's certificate against the node CA and the DNS name of
+/// the node the directory lists, whatever host the connection was made to;
+/// a refusal is counted and logged (the peer may be another node holding
+/// a valid certificate of its own).
+#[derive(Debug)]
+struct NodeNameVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    node: String,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl NodeNameVerifier {
+    fn new(ca_pem: &[u8], node: &str) -> Result<Self, String> {
+        let name = rustls::pki_types::ServerName::try_from(flotilla_tls::node_dns_name(node))
+            .map_err(|_| format!("node name {node:?} makes no DNS name"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+            roots
+                .add(certificate.map_err(|error| error.to_string())?)
+                .map_err(|error| error.to_string())?;
+        }
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .build()
+        .map_err(|error| error.to_string())?;
+        Ok(Self {
+            inner,
+            node: node.to_owned(),
+            name,
+        })
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for NodeNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+            .inspect_err(|error| {
+                metrics::counter!("flotilla_inference_peer_identity_refused_total").increment(1);
+                tracing::warn!(peer = %self.node, %error,
+                    "refusing a peer whose certificate is not the node CA's certificate for the node the directory lists");
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Whether `chain_pem` is a certificate, valid now, that chains to
+/// `ca_pem` and names `node` (`<node>.node.flotilla.internal`): what peers
+/// check of this node's certificate.
+pub fn verify_node_certificate(ca_pem: &[u8], chain_pem: &[u8], node: &str) -> Result<(), String> {
+    use rustls::client::danger::ServerCertVerifier as _;
+    let verifier = NodeNameVerifier::new(ca_pem, node)?;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| error.to_string())?;
+    let Some((end_entity, intermediates)) = chain.split_first() else {
+        return Err("no certificate".to_owned());
+    };
+    verifier
+        .inner
+        .verify_server_cert(
+            end_entity,
+            intermediates,
+            &verifier.name,
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map(|_| ())
+        .map_err(|error| error.to_string())
 }
 
 impl ClientIdentity {

@@ -106,6 +106,7 @@ async fn agent_converges_on_its_assignment_and_heartbeats(store: TestStore) -> a
             name: "edge-1".to_owned(),
             labels: [("site".to_owned(), "lab".to_owned())].into(),
             replace_existing: false,
+            certificates: None,
         },
         &flotilla_agent::tls::CaTrust::system(),
         &probe.inventory().await,

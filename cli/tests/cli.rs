@@ -1131,6 +1131,7 @@ async fn enrol(controller: &TestController, token: &str, name: &str) -> TestResu
             inventory: None,
             agent_version: "test".to_owned(),
             replace_existing: false,
+            certificate_signing_request: String::new(),
         })
         .await?;
     Ok(())

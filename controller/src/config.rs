@@ -64,6 +64,19 @@ pub struct ControllerArgs {
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
     #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) that issues node certificates; needs
+    /// --node-ca-key. Default: `node-ca.pem` in the data directory, created
+    /// on first start. Give the same CA to every replica.
+    #[arg(long, env = "FLOTILLA_NODE_CA_CERT", requires = "node_ca_key")]
+    pub node_ca_cert: Option<PathBuf>,
+    /// The node CA's private key (PEM); default: `node-ca.key` (mode 0600)
+    /// in the data directory.
+    #[arg(long, env = "FLOTILLA_NODE_CA_KEY", requires = "node_ca_cert")]
+    pub node_ca_key: Option<PathBuf>,
+    /// Lifetime of the node certificates issued at enrolment and renewed
+    /// with each credential, e.g. 24h (the default), 90m, 3600s; 1m to 90d.
+    #[arg(long, env = "FLOTILLA_NODE_CERT_TTL", value_parser = crate::auth::node_ca::parse_ttl)]
+    pub node_cert_ttl: Option<std::time::Duration>,
     /// Lifetime in hours of the admin token written to `admin.token` when
     /// it is missing (default 24). Mint longer-lived tokens for automation
     /// with `flotilla token create`; they can be listed and revoked.
@@ -108,6 +121,10 @@ struct FileConfig {
     public_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    node_ca_cert: Option<PathBuf>,
+    node_ca_key: Option<PathBuf>,
+    /// As the flag: `24h`, `90m`, …
+    node_cert_ttl: Option<String>,
     first_admin_token_ttl_hours: Option<u64>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
@@ -136,6 +153,11 @@ pub struct ControllerConfig {
     pub public_url: Option<String>,
     /// Certificate chain and key files: REST and gRPC serve TLS with them.
     pub tls: Option<TlsFiles>,
+    /// The node CA's certificate and key; `None`: created in the data
+    /// directory (`auth::node_ca`).
+    pub node_ca: Option<TlsFiles>,
+    /// Lifetime of node certificates.
+    pub node_cert_ttl: std::time::Duration,
     /// How often a replica re-reads changed desired states even without a
     /// change announcement (which makes it prompt). Not a flag: tests set
     /// it to prove that announcements alone deliver changes.
@@ -166,6 +188,8 @@ impl std::fmt::Debug for ControllerConfig {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("public_url", &self.public_url)
             .field("tls", &self.tls)
+            .field("node_ca", &self.node_ca)
+            .field("node_cert_ttl", &self.node_cert_ttl)
             .field("change_rescan_interval", &self.change_rescan_interval)
             .field("first_admin_token_ttl", &self.first_admin_token_ttl)
             .field("s3", &self.s3)
@@ -185,6 +209,10 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("tls_cert and tls_key go together; only {given} is set")]
     HalfTls { given: &'static str },
+    #[error("node_ca_cert and node_ca_key go together; only {given} is set")]
+    HalfNodeCa { given: &'static str },
+    #[error("invalid node_cert_ttl: {0}")]
+    NodeCertTtl(String),
 }
 
 /// Where the controller's TLS certificate chain and private key are (PEM).
@@ -225,8 +253,34 @@ impl ControllerConfig {
             (Some(_), None) => return Err(ConfigError::HalfTls { given: "tls_cert" }),
             (None, Some(_)) => return Err(ConfigError::HalfTls { given: "tls_key" }),
         };
+        let node_ca = match (
+            args.node_ca_cert.clone().or(file.node_ca_cert),
+            args.node_ca_key.clone().or(file.node_ca_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::HalfNodeCa {
+                    given: "node_ca_cert",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::HalfNodeCa {
+                    given: "node_ca_key",
+                });
+            }
+        };
+        let node_cert_ttl = match (args.node_cert_ttl, file.node_cert_ttl) {
+            (Some(ttl), _) => ttl,
+            (None, Some(text)) => {
+                crate::auth::node_ca::parse_ttl(&text).map_err(ConfigError::NodeCertTtl)?
+            }
+            (None, None) => crate::auth::node_ca::DEFAULT_NODE_CERT_TTL,
+        };
         Ok(Self {
             tls,
+            node_ca,
+            node_cert_ttl,
             http_addr: args.http.or(file.http).unwrap_or_else(default_http_addr),
             grpc_addr: args.grpc.or(file.grpc).unwrap_or_else(default_grpc_addr),
             database_url,
@@ -288,6 +342,8 @@ impl ControllerConfig {
             heartbeat_interval: crate::fleet::DEFAULT_HEARTBEAT_INTERVAL,
             public_url: None,
             tls: None,
+            node_ca: None,
+            node_cert_ttl: crate::auth::node_ca::DEFAULT_NODE_CERT_TTL,
             change_rescan_interval: crate::fleet::follow::RESCAN_EVERY,
             first_admin_token_ttl: DEFAULT_FIRST_ADMIN_TOKEN_TTL,
             s3: crate::objects::S3Options::default(),
@@ -356,6 +412,43 @@ mod tests {
         let config = ControllerConfig::resolve(&args).expect("valid");
         assert_eq!(config.http_addr.to_string(), "127.0.0.1:7000");
         assert_eq!(config.grpc_addr.to_string(), "0.0.0.0:9001");
+    }
+
+    #[test]
+    fn the_node_ca_and_certificate_lifetime_come_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("controller.toml");
+        std::fs::write(
+            &file,
+            "node_cert_ttl = \"2h\"\nnode_ca_cert = \"/etc/flotilla/ca.pem\"\nnode_ca_key = \"/etc/flotilla/ca.key\"\n",
+        )
+        .expect("write");
+        let args = ControllerArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let config = ControllerConfig::resolve(&args).expect("valid");
+        assert_eq!(config.node_cert_ttl, std::time::Duration::from_secs(7200));
+        assert_eq!(
+            config.node_ca.map(|files| files.key),
+            Some(PathBuf::from("/etc/flotilla/ca.key"))
+        );
+        std::fs::write(&file, "node_ca_cert = \"/etc/flotilla/ca.pem\"\n").expect("write");
+        assert!(matches!(
+            ControllerConfig::resolve(&args),
+            Err(ConfigError::HalfNodeCa { .. })
+        ));
+        std::fs::write(&file, "node_cert_ttl = \"5s\"\n").expect("write");
+        assert!(matches!(
+            ControllerConfig::resolve(&args),
+            Err(ConfigError::NodeCertTtl(_))
+        ));
+        let defaults = ControllerConfig::resolve(&ControllerArgs::default()).expect("valid");
+        assert_eq!(
+            defaults.node_cert_ttl,
+            std::time::Duration::from_secs(86_400)
+        );
+        assert!(defaults.node_ca.is_none());
     }
 
     #[test]

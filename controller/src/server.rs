@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::auth::node_ca::NodeCa;
 use crate::auth::{Authenticator, KeyFile, Role, write_private_file};
 use crate::config::ControllerConfig;
 use crate::fleet::{Fleet, FleetConfig};
@@ -75,6 +76,17 @@ impl Controller {
             objects = blobs.description(),
             "controller opened"
         );
+        let node_ca = match &config.node_ca {
+            Some(files) => NodeCa::load(&files.cert, &files.key, config.node_cert_ttl)?,
+            None => {
+                let (ca, created) = NodeCa::load_or_create(&config.data_dir, config.node_cert_ttl)?;
+                if created {
+                    tracing::info!(dir = %config.data_dir.display(),
+                        "created a node CA (node-ca.pem, node-ca.key mode 0600); give every replica the same one with --node-ca-cert/--node-ca-key");
+                }
+                ca
+            }
+        };
         let fleet = Fleet::new(
             store.clone(),
             auth.clone(),
@@ -82,7 +94,8 @@ impl Controller {
                 require_approval: config.require_node_approval,
                 heartbeat_interval: config.heartbeat_interval,
             },
-        );
+        )
+        .with_node_ca(Arc::new(node_ca));
         let admin_token_path = config.admin_token_path();
         if config.first_admin_token && (keys_created || !admin_token_path.exists()) {
             // Recorded like any API token, so it can be listed and revoked.

@@ -108,6 +108,7 @@ impl Fleet {
             }),
             agent_version: "0.1.0".to_owned(),
             replace_existing: replace,
+            certificate_signing_request: String::new(),
         };
         self.grpc
             .clone()

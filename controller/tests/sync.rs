@@ -202,6 +202,7 @@ impl Harness {
                         inventory: None,
                         agent_version: "test".to_owned(),
                         replace_existing: false,
+                        certificate_signing_request: String::new(),
                     })
                     .await?
                     .into_inner(),
@@ -586,6 +587,7 @@ async fn refused_credentials_read_and_write_nothing(store: TestStore) -> anyhow:
         .renew_credential(pb::RenewCredentialRequest {
             node_name: "edge-1".to_owned(),
             refresh_secret: enrolled[1].refresh_secret.clone(),
+            certificate_signing_request: String::new(),
         })
         .await
         .expect_err("refused");
@@ -596,6 +598,7 @@ async fn refused_credentials_read_and_write_nothing(store: TestStore) -> anyhow:
         .renew_credential(pb::RenewCredentialRequest {
             node_name: "edge-1".to_owned(),
             refresh_secret: enrolled[0].refresh_secret.clone(),
+            certificate_signing_request: String::new(),
         })
         .await?
         .into_inner();

@@ -117,11 +117,118 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&buffer).into_owned())
 }
 
+/// An HTTPS listener presenting a certificate the test chooses (and may
+/// swap: a node's own, or another node's), recording what reaches it and
+/// answering like [`RogueListener`]: [`INJECTED`], claiming artifact
+/// `digest`. It stands at an address the directory lists for a node, as
+/// one that took over the address would.
+pub struct RogueTlsListener {
+    pub addr: std::net::SocketAddr,
+    certificate: Arc<flotilla_tls::SwappableCertificate>,
+    requests: Arc<Mutex<Vec<String>>>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl RogueTlsListener {
+    pub async fn start(chain_pem: &str, key_pem: &str, digest: &str) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let certificate = Arc::new(flotilla_tls::SwappableCertificate::default());
+        certificate.replace(chain_pem.as_bytes(), key_pem.as_bytes())?;
+        let tls = flotilla_tls::ServerTls::from_memory(certificate.clone(), None)?;
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        let digest = digest.to_owned();
+        let router = axum::Router::new().fallback(
+            move |request: axum::extract::Request| {
+                let recorded = recorded.clone();
+                let digest = digest.clone();
+                async move {
+                    let (head, body) = request.into_parts();
+                    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                    lock(&recorded).push(format!(
+                        "{} {}\n{:?}\n{}",
+                        head.method,
+                        head.uri,
+                        head.headers,
+                        String::from_utf8_lossy(&body)
+                    ));
+                    let answer = format!(
+                        "{{\"id\":\"x\",\"object\":\"chat.completion\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{INJECTED}\"}},\"finish_reason\":\"stop\"}}]}}"
+                    );
+                    (
+                        [
+                            ("content-type", "application/json".to_owned()),
+                            ("x-flotilla-model-digest", digest),
+                        ],
+                        answer,
+                    )
+                }
+            },
+        );
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(flotilla_tls::serve_router(
+            listener,
+            router,
+            Some(tls),
+            shutdown.clone(),
+            None,
+        ));
+        Ok(Self {
+            addr,
+            certificate,
+            requests,
+            shutdown,
+        })
+    }
+
+    /// Presents another certificate to new connections.
+    pub fn present(&self, chain_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        Ok(self
+            .certificate
+            .replace(chain_pem.as_bytes(), key_pem.as_bytes())?)
+    }
+
+    /// Every request received so far: method, URI, headers, body.
+    pub fn requests(&self) -> Vec<String> {
+        lock(&self.requests).clone()
+    }
+}
+
+impl Drop for RogueTlsListener {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A fresh ECDSA P-256 key (PEM) and a signing request for it asking for
+/// `names` (DNS) and a CA's basic constraints: what a rogue would ask for.
+pub fn key_and_csr(names: &[&str]) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(
+        names
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect::<Vec<_>>(),
+    )?;
+    if let Some(first) = names.first() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, *first);
+    }
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let csr = params.serialize_request(&key)?.pem()?;
+    Ok((key.serialize_pem(), csr))
+}
+
 /// A node enrolled through `Fleet/Enroll` with a real bootstrap token.
 pub struct RogueNode {
     pub name: String,
     channel: Channel,
     credential: String,
+    /// The certificate the controller issued for the enrolment's signing
+    /// request, if it sent one.
+    pub certificate: Option<pb::NodeCertificate>,
 }
 
 impl RogueNode {
@@ -132,6 +239,17 @@ impl RogueNode {
         ca_pem: Option<&[u8]>,
         token: &str,
         name: &str,
+    ) -> anyhow::Result<Self> {
+        Self::enrol_with_csr(url, ca_pem, token, name, None).await
+    }
+
+    /// [`RogueNode::enrol`], sending `csr` (PEM) for a node certificate.
+    pub async fn enrol_with_csr(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        token: &str,
+        name: &str,
+        csr: Option<&str>,
     ) -> anyhow::Result<Self> {
         let mut endpoint = Endpoint::from_shared(url.to_owned())?;
         if let Some(pem) = ca_pem {
@@ -147,6 +265,7 @@ impl RogueNode {
                 bootstrap_token: token.to_owned(),
                 node_name: name.to_owned(),
                 agent_version: "rogue".to_owned(),
+                certificate_signing_request: csr.unwrap_or_default().to_owned(),
                 ..pb::EnrollRequest::default()
             })
             .await?
@@ -155,6 +274,7 @@ impl RogueNode {
             name: name.to_owned(),
             channel,
             credential: enrolled.credential,
+            certificate: enrolled.certificate,
         })
     }
 
@@ -162,12 +282,24 @@ impl RogueNode {
     /// HTTP API (and nothing for gRPC). Errors with the controller's status
     /// when it refuses the hello.
     pub async fn sync(&self, http_url: &str) -> Result<RogueStream, tonic::Status> {
+        self.sync_with_csr(http_url, None).await
+    }
+
+    /// [`RogueNode::sync`] with a signing request in the hello, so that
+    /// the stream is issued a certificate (and the node can be listed in a
+    /// fleet with TLS).
+    pub async fn sync_with_csr(
+        &self,
+        http_url: &str,
+        csr: Option<&str>,
+    ) -> Result<RogueStream, tonic::Status> {
         let (sender, receiver) = mpsc::channel(16);
         let hello = pb::AgentMessage {
             body: Some(pb::agent_message::Body::Hello(pb::Hello {
                 node_name: self.name.clone(),
                 inference_http_url: http_url.to_owned(),
                 agent_version: "rogue".to_owned(),
+                certificate_signing_request: csr.unwrap_or_default().to_owned(),
                 ..pb::Hello::default()
             })),
         };
@@ -185,7 +317,11 @@ impl RogueNode {
             .sync(request)
             .await?
             .into_inner();
-        Ok(RogueStream { sender, inbound })
+        Ok(RogueStream {
+            sender,
+            inbound,
+            directory: Arc::new(Mutex::new(None)),
+        })
     }
 }
 
@@ -193,9 +329,35 @@ impl RogueNode {
 pub struct RogueStream {
     sender: mpsc::Sender<pb::AgentMessage>,
     inbound: tonic::Streaming<pb::ControllerMessage>,
+    directory: Arc<Mutex<Option<pb::Directory>>>,
+}
+
+/// The latest directory a rogue stream received.
+#[derive(Clone)]
+pub struct SeenDirectory(Arc<Mutex<Option<pb::Directory>>>);
+
+impl SeenDirectory {
+    /// The nodes listed in the latest directory (none before the first).
+    pub fn nodes(&self) -> Vec<String> {
+        lock(&self.0)
+            .as_ref()
+            .map(|directory| {
+                directory
+                    .entries
+                    .iter()
+                    .map(|entry| entry.node.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl RogueStream {
+    /// Where [`RogueStream::claim_ready`] keeps the latest directory.
+    pub fn directory(&self) -> SeenDirectory {
+        SeenDirectory(self.directory.clone())
+    }
+
     /// Claims READY on every desired state it is sent and heartbeats (one
     /// per message received, at least every 200 ms), until the stream ends.
     /// Run it in a task.
@@ -214,6 +376,9 @@ impl RogueStream {
                 }
             };
             let Ok(Some(message)) = message else { return };
+            if let Some(pb::controller_message::Body::Directory(directory)) = &message.body {
+                *lock(&self.directory) = Some(directory.clone());
+            }
             if let Some(pb::controller_message::Body::Desired(desired)) = message.body {
                 let digest = desired
                     .assignment

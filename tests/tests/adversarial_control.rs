@@ -135,6 +135,7 @@ impl Fleet {
             inventory: Some(inventory),
             agent_version: "rogue-1".to_owned(),
             replace_existing: replace,
+            certificate_signing_request: String::new(),
         };
         self.grpc
             .clone()
@@ -448,6 +449,7 @@ async fn an_approved_replacement_revokes_the_old_credential_and_keeps_the_cordon
         .renew_credential(pb::RenewCredentialRequest {
             node_name: "edge-1".to_owned(),
             refresh_secret: old.refresh_secret.clone(),
+            certificate_signing_request: String::new(),
         })
         .await
         .expect_err("the replaced refresh secret must be refused");

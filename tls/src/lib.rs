@@ -175,11 +175,105 @@ fn read_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
     })
 }
 
+/// The DNS name suffix of node certificates: the controller's node CA
+/// issues each node one certificate whose only name is
+/// `<node>.node.flotilla.internal` ([`node_dns_name`]), and a peer is
+/// verified against the name of the node the directory lists, whatever
+/// address it is reached at. A DNS name rather than a URI (SPIFFE) name
+/// because rustls checks DNS names itself; `.internal` is reserved for
+/// private use and never resolves publicly.
+pub const NODE_NAME_SUFFIX: &str = "node.flotilla.internal";
+
+/// The one name a node's certificate carries: `<node>.node.flotilla.internal`.
+/// Node names (a-z, 0-9, '.', '_', '-', starting with a letter or digit)
+/// map to distinct DNS names; one with a label longer than 63 characters
+/// is no DNS name, and rustls refuses it where it is parsed.
+pub fn node_dns_name(node: &str) -> String {
+    format!("{node}.{NODE_NAME_SUFFIX}")
+}
+
+/// A certificate and key held in memory and replaced whole (a node
+/// certificate, renewed by the controller): resolves for servers and for
+/// clients alike, so that new handshakes use the latest one. Empty until
+/// the first [`SwappableCertificate::replace`].
+#[derive(Debug, Default)]
+pub struct SwappableCertificate {
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl SwappableCertificate {
+    /// Checks a chain (PEM, leaf first) and its key (PEM) and serves them
+    /// from now on; on an error the previous pair stays.
+    pub fn replace(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {
+        let certified = certified_from_pem(chain_pem, key_pem)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(certified));
+        Ok(())
+    }
+
+    /// The pair served now (`None` before the first one).
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for SwappableCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for SwappableCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.current().is_some()
+    }
+}
+
+/// A chain and key from PEM held in memory, checked as [`read_pair`] checks
+/// files.
+fn certified_from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
+    let memory = PathBuf::from("(node certificate in memory)");
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::BadCertificate {
+            path: memory.clone(),
+            reason: error.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate { path: memory });
+    }
+    let private_key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|error| TlsError::NoKey {
+        path: memory.clone(),
+        reason: error.to_string(),
+    })?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    CertifiedKey::from_der(chain, private_key, &provider).map_err(|error| TlsError::KeyMismatch {
+        cert: memory.clone(),
+        key: memory,
+        reason: error.to_string(),
+    })
+}
+
 /// A server's certificate, ready for both kinds of server and kept current
-/// by [`ServerTls::watch`]. Cheap to clone.
+/// by [`ServerTls::watch`] (files) or by whoever replaces a
+/// [`SwappableCertificate`]. Cheap to clone.
 #[derive(Clone)]
 pub struct ServerTls {
-    files: Arc<CertificateFiles>,
+    /// `None` when the certificate lives in memory ([`ServerTls::from_memory`]).
+    files: Option<Arc<CertificateFiles>>,
     /// HTTP/2 and HTTP/1.1, for REST and the OpenAI/Ollama APIs.
     rest: Arc<rustls::ServerConfig>,
     /// HTTP/2 only, as gRPC requires.
@@ -190,8 +284,8 @@ impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
         f.debug_struct("ServerTls")
-            .field("cert", &self.files.cert)
-            .field("key", &self.files.key)
+            .field("cert", &self.files.as_ref().map(|files| &files.cert))
+            .field("key", &self.files.as_ref().map(|files| &files.key))
             .finish_non_exhaustive()
     }
 }
@@ -216,6 +310,27 @@ impl ServerTls {
         install_crypto_provider();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let files = Arc::new(CertificateFiles::load(cert, key, provider.clone())?);
+        Self::with_resolver(files.clone(), Some(files), client_ca)
+    }
+
+    /// Serves the certificate `certificate` holds at each handshake (a node
+    /// certificate, renewed in memory), verifying clients' certificates
+    /// against `client_ca` as [`ServerTls::load_verifying_clients`] does.
+    /// A handshake before the first certificate is in fails.
+    pub fn from_memory(
+        certificate: Arc<SwappableCertificate>,
+        client_ca: Option<&[u8]>,
+    ) -> Result<Self, TlsError> {
+        install_crypto_provider();
+        Self::with_resolver(certificate, None, client_ca)
+    }
+
+    fn with_resolver(
+        resolver: Arc<dyn ResolvesServerCert>,
+        files: Option<Arc<CertificateFiles>>,
+        client_ca: Option<&[u8]>,
+    ) -> Result<Self, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let client_verifier = match client_ca {
             None => None,
             Some(pem) => {
@@ -246,7 +361,7 @@ impl ServerTls {
                 Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
                 None => builder.with_no_client_auth(),
             };
-            let mut config = builder.with_cert_resolver(files.clone());
+            let mut config = builder.with_cert_resolver(resolver.clone());
             config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
             Ok(Arc::new(config))
         };
@@ -260,12 +375,19 @@ impl ServerTls {
     /// Re-reads the files if either changed since they were last read;
     /// `true` when a new pair is now served. On an error the old pair stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        self.files.reload_if_changed()
+        match &self.files {
+            Some(files) => files.reload_if_changed(),
+            None => Ok(false),
+        }
     }
 
     /// Looks at the files every `every` until `shutdown`, reloading them
     /// when they change (see the module docs).
     pub async fn watch(self, every: Duration, shutdown: CancellationToken) {
+        let Some(watched) = self.files.clone() else {
+            // In memory: replaced by its owner, nothing to watch.
+            return;
+        };
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
@@ -274,10 +396,10 @@ impl ServerTls {
                 () = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            let files = self.files.clone();
+            let files = watched.clone();
             let reloaded = tokio::task::spawn_blocking(move || files.reload_if_changed()).await;
             match reloaded {
-                Ok(Ok(true)) => tracing::info!(cert = %self.files.cert.display(),
+                Ok(Ok(true)) => tracing::info!(cert = %watched.cert.display(),
                     "TLS certificate changed on disk; new connections use the new one"),
                 Ok(Ok(false)) => {}
                 Ok(Err(error)) => tracing::warn!(%error,

@@ -19,8 +19,11 @@
 //! A peer's successful answer must name the artifact the directory says it
 //! serves (`x-flotilla-model-digest`); one answering with another model is
 //! refused, counted (`flotilla_inference_peer_mismatch_total`) and logged,
-//! and the next peer tried. (Without per-node certificates this catches a
-//! misconfigured peer, not one that lies on purpose: see ARCHITECTURE.md.)
+//! and the next peer tried. With node identity (`--tls-node-cert`) the peer
+//! was verified as the node the directory lists (its certificate names it:
+//! [`crate::tls`]), so another node cannot answer in its place; without
+//! per-node certificates this check catches a misconfigured peer, not one
+//! that lies on purpose (see ARCHITECTURE.md).
 //!
 //! Peer URLs come from the directory checked ([`crate::routing`]) and the
 //! request's path is set on them by the URL parser ([`forward_url`]).
@@ -113,7 +116,16 @@ pub(super) async fn http(
             }
         };
         let span = forward_span(peer, "http");
-        let mut forwarded = client
+        let peer_client = match routes.peer_http_client(peer) {
+            Ok(Some(peer_client)) => peer_client,
+            Ok(None) => client.clone(),
+            Err(reason) => {
+                tracing::warn!(model, peer = %peer.node, %reason, "cannot forward to peer; trying the next");
+                failures.push(format!("{} ({reason})", peer.node));
+                continue;
+            }
+        };
+        let mut forwarded = peer_client
             .post(url.clone())
             .headers(span.in_scope(crate::telemetry::propagate::headers))
             .header(header::CONTENT_TYPE.as_str(), "application/json")
@@ -146,6 +158,8 @@ pub(super) async fn http(
             }
             Err(error) => {
                 span.record("otel.status_code", "ERROR");
+                // The whole chain: a refused peer certificate is in a source.
+                let error = crate::enrol::error_chain(&error);
                 tracing::warn!(model, peer = %peer.node, %url, %error, "cannot forward to peer; trying the next");
                 failures.push(format!("{} ({error})", peer.node));
             }
@@ -276,7 +290,7 @@ pub(super) async fn grpc(
     }
     let mut failures = Vec::new();
     for peer in &peers {
-        let channel = match routes.grpc_channel(&peer.grpc_url) {
+        let channel = match routes.peer_grpc_channel(peer) {
             Ok(channel) => channel,
             Err(error) => {
                 failures.push(format!("{} ({error})", peer.node));

@@ -168,6 +168,14 @@ fn describe() {
         "requests forwarded to a peer that serves the model, by surface"
     );
     describe_counter!(
+        "flotilla_inference_peer_mismatch_total",
+        "peer answers refused because they named another artifact than the directory"
+    );
+    describe_counter!(
+        "flotilla_inference_peer_identity_refused_total",
+        "peers refused because their certificate did not name the node the directory lists"
+    );
+    describe_counter!(
         "flotilla_inference_unauthenticated_total",
         "inference requests refused for a missing or unknown API key"
     );

@@ -6,7 +6,8 @@
 //! - controller messages: a `DesiredState` goes to the reconciler's watch
 //!   (latest wins; a generation lower than one already seen is dropped, a
 //!   repeated one is a no-op), a `HeartbeatAck` becomes a latency sample, a
-//!   `Credential` replaces the node credential in memory and in `node.toml`,
+//!   `Credential` replaces the node credential in memory and in `node.toml`
+//!   (and the node certificate, signed for the hello's signing request),
 //!   a `Directory` replaces the routing directory ([`Routes`]; this node's
 //!   own entries left out);
 //! - a `Heartbeat` every interval the latest desired state asks for (first
@@ -327,6 +328,7 @@ impl SyncAgent {
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                 inference_http_url: self.config.advertised.http.clone(),
                 inference_grpc_url: self.config.advertised.grpc.clone(),
+                certificate_signing_request: self.config.credentials.csr_pem(),
             })),
         }
     }
@@ -480,7 +482,13 @@ impl SyncAgent {
                 }
                 false
             }
-            Some(pb::controller_message::Body::Credential(credential)) => {
+            Some(pb::controller_message::Body::Credential(mut credential)) => {
+                if let Some(certificate) = credential.certificate.take() {
+                    self.config
+                        .credentials
+                        .install_certificate(certificate.into())
+                        .await;
+                }
                 if let Err(error) = self
                     .config
                     .credentials

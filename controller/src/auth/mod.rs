@@ -20,6 +20,7 @@
 //! [`Revocations`] checks on every request.
 
 mod keys;
+pub mod node_ca;
 mod revocation;
 mod role;
 

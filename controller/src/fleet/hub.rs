@@ -139,6 +139,9 @@ pub struct NodeRuntime {
 struct Entry {
     session: Option<(u64, watch::Sender<Arc<PushedState>>)>,
     endpoints: Option<Endpoints>,
+    /// When the node certificate issued on the open stream expires (in
+    /// memory only; each stream is issued its own).
+    certificate_expires_at: Option<OffsetDateTime>,
     last_heartbeat_at: Option<OffsetDateTime>,
     observed: Option<ObservedState>,
     health: Option<HealthSample>,
@@ -167,6 +170,10 @@ pub struct SyncHub {
     /// This replica's key for its routes in the store: random per process,
     /// so a restarted replica never takes over a dead one's stale slice.
     replica: String,
+    /// Whether a node is listed only while the certificate issued on its
+    /// stream is valid: set where the fleet has TLS (peers verify each
+    /// other's node certificates there; without TLS nobody could).
+    require_certificates: AtomicBool,
 }
 
 impl SyncHub {
@@ -180,6 +187,27 @@ impl SyncHub {
             directory: watch::Sender::new(Arc::new(Directory::default())),
             remote_routes: Mutex::new((Vec::new(), None)),
             replica: format!("{:016x}", rand::random::<u64>()),
+            require_certificates: AtomicBool::new(false),
+        }
+    }
+
+    /// Lists nodes only while the certificate issued on their stream is
+    /// valid (see the field).
+    pub fn set_require_certificates(&self, required: bool) {
+        self.require_certificates.store(required, Ordering::Relaxed);
+    }
+
+    /// Records that `node`'s open stream was issued a certificate valid
+    /// until `expires_at`; it stays listed until then (renewals move it).
+    pub fn certify(&self, session: &Session, expires_at: OffsetDateTime) {
+        let mut shard = self.shard(&session.node);
+        if let Some(entry) = shard.get_mut(&session.node)
+            && entry
+                .session
+                .as_ref()
+                .is_some_and(|(id, _)| *id == session.id)
+        {
+            entry.certificate_expires_at = Some(expires_at);
         }
     }
 
@@ -219,6 +247,8 @@ impl SyncHub {
         let replaced = {
             let mut shard = self.shard(node);
             let entry = shard.entry(node.clone()).or_default();
+            // A new stream is listed once it was issued its own certificate.
+            entry.certificate_expires_at = None;
             entry.session.replace((id, sender)).is_some()
         };
         metrics::gauge!("flotilla_fleet_streams").increment(1.0);
@@ -241,11 +271,16 @@ impl SyncHub {
         if let Some(entry) = shard.get_mut(node) {
             entry.endpoints = None;
             entry.observed = None;
+            entry.certificate_expires_at = None;
             if entry.session.take().is_some() {
                 metrics::gauge!("flotilla_fleet_streams").decrement(1.0);
                 tracing::info!(node = %node, "ended the stream of a replaced or removed node");
             }
         }
+    }
+
+    fn certificates_required(&self) -> bool {
+        self.require_certificates.load(Ordering::Relaxed)
     }
 
     /// Records where peers reach `node`'s inference APIs (from its hello).
@@ -319,11 +354,9 @@ impl SyncHub {
             let shard = shard
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            entries.extend(
-                shard
-                    .iter()
-                    .filter_map(|(name, entry)| directory_entry(name, entry, now, window)),
-            );
+            entries.extend(shard.iter().filter_map(|(name, entry)| {
+                directory_entry(name, entry, now, window, self.certificates_required())
+            }));
         }
         entries.sort();
         entries
@@ -351,6 +384,7 @@ impl SyncHub {
                 .is_some_and(|(id, _)| *id == session.id)
         {
             entry.session = None;
+            entry.certificate_expires_at = None;
             metrics::gauge!("flotilla_fleet_streams").decrement(1.0);
         }
     }
@@ -453,7 +487,9 @@ impl SyncHub {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (name, entry) in shard.iter() {
-                let Some(route) = directory_entry(name, entry, now, window) else {
+                let Some(route) =
+                    directory_entry(name, entry, now, window, self.certificates_required())
+                else {
                     continue;
                 };
                 let load = loads.entry(route.model).or_default();
@@ -573,14 +609,19 @@ impl SyncHub {
 /// `entry` as a directory entry when the node can take routed requests: a
 /// stream open here, approved (a pending node is not a peer, whatever it
 /// claims), a heartbeat within `window`, its assignment READY and serving,
-/// and an advertised URL.
+/// an advertised URL, and, when `require_certificate`, a node certificate
+/// issued on this stream that has not expired.
 fn directory_entry(
     name: &NodeName,
     entry: &Entry,
     now: OffsetDateTime,
     window: time::Duration,
+    require_certificate: bool,
 ) -> Option<DirectoryEntry> {
     let (_, sender) = entry.session.as_ref()?;
+    if require_certificate && entry.certificate_expires_at.is_none_or(|at| at <= now) {
+        return None;
+    }
     let recent = entry.last_heartbeat_at.is_some_and(|at| now - at <= window);
     let observed = entry.observed.as_ref()?;
     let endpoints = entry.endpoints.as_ref()?;
@@ -897,6 +938,42 @@ mod tests {
         hub.evict(&a);
         assert!(hub.local_routes().is_empty());
         assert!(session.desired.has_changed().is_err());
+    }
+
+    #[test]
+    fn where_certificates_are_required_a_node_is_listed_only_while_its_certificate_is_valid() {
+        let hub = SyncHub::new(Duration::from_secs(5));
+        hub.set_require_certificates(true);
+        let now = OffsetDateTime::now_utc();
+        let a: NodeName = "a".parse().expect("valid");
+        let session = hub.connect(&a, assigned(1, "smollm2", "aa"));
+        hub.advertise(
+            &a,
+            Endpoints {
+                http_url: "https://127.0.0.1:1000".to_owned(),
+                grpc_url: String::new(),
+            },
+        );
+        hub.observe(&a, observed("aa", AssignmentPhase::Ready));
+        hub.heartbeat(&a, sample(now, 1.0), now);
+        // Ready and heartbeating, but never issued a certificate.
+        assert!(hub.local_routes().is_empty());
+        hub.certify(&session, now + time::Duration::hours(1));
+        assert_eq!(hub.local_routes().len(), 1);
+        // Expired: gone until a renewal certifies it again.
+        hub.certify(&session, now - time::Duration::seconds(1));
+        assert!(hub.local_routes().is_empty());
+        assert!(hub.model_load().is_empty());
+        hub.certify(&session, now + time::Duration::hours(1));
+        assert_eq!(hub.local_routes().len(), 1);
+        // A new stream of the node (a replacement, say) starts uncertified,
+        // and an older session cannot certify it.
+        let newer = hub.connect(&a, assigned(1, "smollm2", "aa"));
+        hub.observe(&a, observed("aa", AssignmentPhase::Ready));
+        hub.certify(&session, now + time::Duration::hours(1));
+        assert!(hub.local_routes().is_empty());
+        hub.certify(&newer, now + time::Duration::hours(1));
+        assert_eq!(hub.local_routes().len(), 1);
     }
 
     #[test]

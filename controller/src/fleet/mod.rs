@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::auth::node_ca::NodeCa;
 use crate::auth::{AuthError, Authenticator, MintedToken, Principal, Revocations, Role};
 use crate::domain::{
     Assignment, AssignmentTarget, BootstrapSecret, BootstrapToken, DesiredAssignment,
@@ -109,6 +110,9 @@ pub struct Fleet {
     blob_base_url: Arc<RwLock<String>>,
     /// Revoked API token ids, checked on every REST request.
     revocations: Arc<Revocations>,
+    /// Issues node certificates at enrolment and renewal (`None`: nodes get
+    /// none, as from a controller before node identity).
+    node_ca: Option<Arc<NodeCa>>,
 }
 
 impl Fleet {
@@ -124,7 +128,21 @@ impl Fleet {
             require_approval: config.require_approval,
             hub: Arc::new(hub),
             blob_base_url: Arc::new(RwLock::new(String::new())),
+            node_ca: None,
         }
+    }
+
+    /// This fleet, issuing node certificates from `ca`.
+    pub fn with_node_ca(self, ca: Arc<NodeCa>) -> Self {
+        Self {
+            node_ca: Some(ca),
+            ..self
+        }
+    }
+
+    /// The node CA, when this controller issues node certificates.
+    pub fn node_ca(&self) -> Option<&Arc<NodeCa>> {
+        self.node_ca.as_ref()
     }
 
     pub fn revocations(&self) -> &Arc<Revocations> {

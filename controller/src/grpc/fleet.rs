@@ -11,6 +11,13 @@
 //! directory `watch` changes, and sends a fresh credential when the one in
 //! use is past half its life. What it hears goes to the hub in memory; the hub's flusher
 //! writes it to the store in batches.
+//!
+//! Node certificates (`auth::node_ca`): a signing request on `Enroll` or
+//! `RenewCredential` is answered with a certificate; one in the hello is
+//! signed when the stream opens and again with every credential the
+//! stream sends (at half the life of the credential or of the
+//! certificate, whichever comes first), and the hub lists the node only
+//! while the certificate issued on its stream is valid.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::auth::node_ca::{IssuedCertificate, NodeCsr};
 use crate::auth::{AuthError, NODE_CREDENTIAL_TTL, Role, bearer_token};
 use crate::domain::{
     AssignmentPhase, DesiredState, Digest, DirectoryEntry, GpuHealth, HealthSample,
@@ -77,6 +85,29 @@ struct EnrollArgs {
     bootstrap_token: String,
     node: NewNode,
     replace_existing: bool,
+    csr: Option<NodeCsr>,
+}
+
+/// A signing request field: empty is none; anything else must parse and
+/// verify (`NodeCsr::from_pem`, which bounds its size).
+fn csr_from_wire(field: &'static str, pem: &str) -> Result<Option<NodeCsr>, ProtocolError> {
+    if pem.is_empty() {
+        return Ok(None);
+    }
+    NodeCsr::from_pem(pem)
+        .map(Some)
+        .map_err(|error| ProtocolError::Invalid {
+            field,
+            message: error.to_string(),
+        })
+}
+
+fn certificate_to_wire(issued: IssuedCertificate) -> pb::NodeCertificate {
+    pb::NodeCertificate {
+        chain_pem: issued.chain_pem,
+        ca_pem: issued.ca_pem,
+        expires_at_unix: issued.expires_at.unix_timestamp(),
+    }
 }
 
 impl TryFrom<pb::EnrollRequest> for EnrollArgs {
@@ -107,7 +138,12 @@ impl TryFrom<pb::EnrollRequest> for EnrollArgs {
             .inventory
             .map(inventory_from_wire)
             .unwrap_or_default();
+        let csr = csr_from_wire(
+            "certificate_signing_request",
+            &request.certificate_signing_request,
+        )?;
         Ok(Self {
+            csr,
             bootstrap_token: request.bootstrap_token,
             node: NewNode {
                 name,
@@ -155,6 +191,9 @@ impl pb::fleet_server::Fleet for FleetService {
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let args = EnrollArgs::try_from(request.into_inner())?;
+        // Issued before enrolling (and dropped if enrolment is refused), so
+        // that a name no certificate can carry does not spend the token.
+        let certificate = self.issue(&args.node.name, args.csr.as_ref())?;
         let enrolled = self
             .fleet
             .enroll(&args.bootstrap_token, args.node, args.replace_existing)
@@ -166,6 +205,7 @@ impl pb::fleet_server::Fleet for FleetService {
             credential_expires_at_unix: enrolled.credential_expires_at.unix_timestamp(),
             status: status_to_wire(enrolled.node.status).into(),
             refresh_secret: enrolled.refresh_secret,
+            certificate: certificate.map(certificate_to_wire),
         }))
     }
 
@@ -178,15 +218,22 @@ impl pb::fleet_server::Fleet for FleetService {
         if request.refresh_secret.is_empty() {
             return Err(ProtocolError::Missing("refresh_secret").into());
         }
+        let csr = csr_from_wire(
+            "certificate_signing_request",
+            &request.certificate_signing_request,
+        )?;
         let (node, credential, expires_at) = self
             .fleet
             .renew_credential(&name, &request.refresh_secret)
             .await
             .map_err(ApiError::from)?;
+        // Only once the refresh secret proved who is asking.
+        let certificate = self.issue(&name, csr.as_ref())?;
         Ok(Response::new(pb::RenewCredentialResponse {
             credential,
             credential_expires_at_unix: expires_at.unix_timestamp(),
             status: status_to_wire(node.status).into(),
+            certificate: certificate.map(certificate_to_wire),
         }))
     }
 
@@ -230,6 +277,10 @@ impl pb::fleet_server::Fleet for FleetService {
             }
         };
         let name = parse_node_name(&hello.node_name)?;
+        let csr = csr_from_wire(
+            "hello.certificate_signing_request",
+            &hello.certificate_signing_request,
+        )?;
         let endpoints = Endpoints {
             http_url: advertised_url(
                 "inference_http_url",
@@ -302,6 +353,7 @@ impl pb::fleet_server::Fleet for FleetService {
             outbound,
             credential_renew_at: renew_time(principal.expires_at),
             principal,
+            csr,
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(stream.run());
@@ -312,6 +364,24 @@ impl pb::fleet_server::Fleet for FleetService {
 /// When to send a fresh credential: half way through the current one's life.
 fn renew_time(expires_at: OffsetDateTime) -> OffsetDateTime {
     expires_at - NODE_CREDENTIAL_TTL / 2
+}
+
+impl FleetService {
+    /// A certificate for `node`'s key in `csr`, when there is a request
+    /// and this controller has a node CA.
+    fn issue(
+        &self,
+        node: &NodeName,
+        csr: Option<&NodeCsr>,
+    ) -> Result<Option<IssuedCertificate>, Status> {
+        let (Some(csr), Some(ca)) = (csr, self.fleet.node_ca()) else {
+            return Ok(None);
+        };
+        ca.issue(node, csr).map(Some).map_err(|error| {
+            tracing::warn!(node = %node, %error, "cannot issue a node certificate");
+            Status::failed_precondition(error.to_string())
+        })
+    }
 }
 
 /// The routing view last sent to an agent (`domain::view_for`), and a
@@ -338,6 +408,8 @@ struct StreamTask {
     /// The credential the stream opened with; renewals keep its generation
     /// and are refused once the node's generation moved on.
     principal: crate::auth::Principal,
+    /// The hello's signing request, signed anew with every credential.
+    csr: Option<NodeCsr>,
     shutdown: CancellationToken,
 }
 
@@ -360,6 +432,10 @@ impl StreamTask {
     async fn serve(&mut self, hub: &crate::fleet::SyncHub) -> Result<(), Status> {
         let state = self.session.desired.borrow_and_update().clone();
         self.send_desired(&state).await?;
+        // A certificate of this stream's own, before the node is listed.
+        if self.csr.is_some() {
+            self.renew_credential().await?;
+        }
         loop {
             tokio::select! {
                 changed = self.session.desired.changed() => {
@@ -492,10 +568,32 @@ impl StreamTask {
             .mint_node_credential(&self.session.node, generation)
             .map_err(ApiError::from)?;
         self.credential_renew_at = renew_time(expires_at);
-        tracing::debug!(node = %self.session.node, %expires_at, "sent a fresh node credential");
+        let certificate = match (&self.csr, self.fleet.node_ca()) {
+            (Some(csr), Some(ca)) => match ca.issue(&self.session.node, csr) {
+                Ok(issued) => {
+                    // Renewed with the credential, or sooner when the
+                    // certificate lives shorter.
+                    let half_life =
+                        time::Duration::try_from(ca.ttl() / 2).unwrap_or(time::Duration::ZERO);
+                    self.credential_renew_at =
+                        self.credential_renew_at.min(issued.expires_at - half_life);
+                    self.fleet.hub().certify(&self.session, issued.expires_at);
+                    Some(certificate_to_wire(issued))
+                }
+                Err(error) => {
+                    // The node stays unlisted once its certificate expires.
+                    tracing::warn!(node = %self.session.node, %error, "cannot issue a node certificate");
+                    None
+                }
+            },
+            _ => None,
+        };
+        tracing::debug!(node = %self.session.node, %expires_at, certificate = certificate.is_some(),
+            "sent a fresh node credential");
         self.send(pb::controller_message::Body::Credential(pb::Credential {
             credential,
             expires_at_unix: expires_at.unix_timestamp(),
+            certificate,
         }))
         .await
     }

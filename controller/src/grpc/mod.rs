@@ -56,6 +56,9 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Where the fleet has TLS, peers verify each other's node
+    // certificates, so a node without a valid one is no peer.
+    fleet.hub().set_require_certificates(tls.is_some());
     let router = tonic::transport::Server::builder()
         .layer(crate::telemetry::grpc_layer())
         .add_service(health_service)

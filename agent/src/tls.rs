@@ -96,11 +96,16 @@ struct FixedName {
 }
 
 /// Verifies a certificate as `inner` would for `name`, whatever name the
-/// connection was made for.
+/// connection was made for: the fleet-wide `--peer-tls-name`, or the DNS
+/// name of the node the directory lists ([`VerifyAs::node`]).
 #[derive(Debug)]
 struct VerifyAs {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
     name: rustls::pki_types::ServerName<'static>,
+    /// The peer node checked by its own name: a refusal is counted and
+    /// logged (the peer may be another node holding a valid certificate of
+    /// its own).
+    node: Option<String>,
 }
 
 impl rustls::client::danger::ServerCertVerifier for VerifyAs {
@@ -114,6 +119,14 @@ impl rustls::client::danger::ServerCertVerifier for VerifyAs {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         self.inner
             .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+            .inspect_err(|error| {
+                if let Some(node) = &self.node {
+                    metrics::counter!("flotilla_inference_peer_identity_refused_total")
+                        .increment(1);
+                    tracing::warn!(peer = %node, %error,
+                        "refusing a peer whose certificate is not the node CA's certificate for the node the directory lists");
+                }
+            })
     }
 
     fn verify_tls12_signature(
@@ -208,7 +221,7 @@ impl CaTrust {
         let current = certificates
             .current()
             .ok_or_else(|| refuse("this node has no certificate yet".to_owned()))?;
-        let verifier = NodeNameVerifier::new(current.ca_pem.as_bytes(), node).map_err(&refuse)?;
+        let verifier = VerifyAs::node(current.ca_pem.as_bytes(), node).map_err(&refuse)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -319,6 +332,7 @@ impl CaTrust {
             .with_custom_certificate_verifier(Arc::new(VerifyAs {
                 inner,
                 name: server_name,
+                node: None,
             }));
         let mut http = match &self.client_identity {
             None => builder.with_no_client_auth(),
@@ -392,19 +406,11 @@ impl CaTrust {
     }
 }
 
-/// Verifies a peer's certificate against the node CA and the DNS name of
-/// the node the directory lists, whatever host the connection was made to;
-/// a refusal is counted and logged (the peer may be another node holding
-/// a valid certificate of its own).
-#[derive(Debug)]
-struct NodeNameVerifier {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    node: String,
-    name: rustls::pki_types::ServerName<'static>,
-}
-
-impl NodeNameVerifier {
-    fn new(ca_pem: &[u8], node: &str) -> Result<Self, String> {
+impl VerifyAs {
+    /// Verifies a peer's certificate against the node CA (`ca_pem`) and the
+    /// DNS name of `node`, the node the directory lists, whatever host the
+    /// connection was made to.
+    fn node(ca_pem: &[u8], node: &str) -> Result<Self, String> {
         let name = rustls::pki_types::ServerName::try_from(flotilla_tls::node_dns_name(node))
             .map_err(|_| format!("node name {node:?} makes no DNS name"))?;
         let mut roots = rustls::RootCertStore::empty();
@@ -421,50 +427,9 @@ impl NodeNameVerifier {
         .map_err(|error| error.to_string())?;
         Ok(Self {
             inner,
-            node: node.to_owned(),
             name,
+            node: Some(node.to_owned()),
         })
-    }
-}
-
-impl rustls::client::danger::ServerCertVerifier for NodeNameVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        ocsp_response: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
-            .inspect_err(|error| {
-                metrics::counter!("flotilla_inference_peer_identity_refused_total").increment(1);
-                tracing::warn!(peer = %self.node, %error,
-                    "refusing a peer whose certificate is not the node CA's certificate for the node the directory lists");
-            })
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 
@@ -473,7 +438,7 @@ impl rustls::client::danger::ServerCertVerifier for NodeNameVerifier {
 /// check of this node's certificate.
 pub fn verify_node_certificate(ca_pem: &[u8], chain_pem: &[u8], node: &str) -> Result<(), String> {
     use rustls::client::danger::ServerCertVerifier as _;
-    let verifier = NodeNameVerifier::new(ca_pem, node)?;
+    let verifier = VerifyAs::node(ca_pem, node)?;
     let chain = rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| error.to_string())?;

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-use crate::node_cert::NodeCertificates;
+use crate::node_cert::{IssuedCertificate, NodeCertificates};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
@@ -214,13 +214,7 @@ impl CaTrust {
             node: node.to_owned(),
             reason,
         };
-        let certificates = self
-            .node_identity
-            .as_ref()
-            .ok_or_else(|| refuse("no node identity configured".to_owned()))?;
-        let current = certificates
-            .current()
-            .ok_or_else(|| refuse("this node has no certificate yet".to_owned()))?;
+        let (certificates, current) = self.node_certificate().map_err(&refuse)?;
         let verifier = VerifyAs::node(current.ca_pem.as_bytes(), node).map_err(&refuse)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -244,13 +238,7 @@ impl CaTrust {
             node: node.to_owned(),
             reason,
         };
-        let certificates = self
-            .node_identity
-            .as_ref()
-            .ok_or_else(|| refuse("no node identity configured".to_owned()))?;
-        let current = certificates
-            .current()
-            .ok_or_else(|| refuse("this node has no certificate yet".to_owned()))?;
+        let (certificates, current) = self.node_certificate().map_err(&refuse)?;
         if !url.starts_with("https://") {
             return Err(refuse(format!("{url} is not an https:// URL")));
         }
@@ -264,6 +252,19 @@ impl CaTrust {
         Endpoint::from_shared(url.to_owned())
             .and_then(|endpoint| endpoint.tls_config(tls))
             .map_err(|error| refuse(error.to_string()))
+    }
+
+    /// This node's certificates and the one it holds now, for talking to
+    /// a peer by node name; why not, when it has none.
+    fn node_certificate(&self) -> Result<(&NodeCertificates, IssuedCertificate), String> {
+        let certificates = self
+            .node_identity
+            .as_deref()
+            .ok_or_else(|| "no node identity configured".to_owned())?;
+        let current = certificates
+            .current()
+            .ok_or_else(|| "this node has no certificate yet".to_owned())?;
+        Ok((certificates, current))
     }
 
     /// The private CA's PEM, when one was given.

@@ -556,6 +556,20 @@ async fn mint(fleet: &Fleet, subject: &str, role: &str) -> anyhow::Result<String
     Ok(minted["token"].as_str().unwrap_or_default().to_owned())
 }
 
+/// Revokes API token `id` as the admin; the revocation must be accepted.
+async fn revoke_api_token(fleet: &Fleet, id: &str) -> anyhow::Result<()> {
+    let (status, body) = fleet
+        .rest(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            &fleet.admin,
+            None,
+        )
+        .await?;
+    anyhow::ensure!(status == 200, "revoking token {id}: {status} {body}");
+    Ok(())
+}
+
 /// Attack: keep using an API token or a bootstrap token after an operator
 /// revoked it. Before: no token could be revoked short of rotating the key.
 #[tokio::test]
@@ -577,15 +591,7 @@ async fn revoked_tokens_are_refused() -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_owned();
     assert!(!id.is_empty(), "{listed}");
-    let (status, body) = fleet
-        .rest(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/tokens/{id}"),
-            &fleet.admin,
-            None,
-        )
-        .await?;
-    assert_eq!(status, 200, "{body}");
+    revoke_api_token(&fleet, &id).await?;
     let (status, body) = fleet
         .rest(reqwest::Method::GET, "/api/v1/nodes", &leaked, None)
         .await?;
@@ -660,15 +666,7 @@ async fn an_offline_minted_token_is_listed_and_revocable() -> anyhow::Result<()>
         "{listed}"
     );
     let id = recorded["id"].as_str().unwrap_or_default();
-    let (status, body) = fleet
-        .rest(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/tokens/{id}"),
-            &fleet.admin,
-            None,
-        )
-        .await?;
-    assert_eq!(status, 200, "{body}");
+    revoke_api_token(&fleet, id).await?;
     let (status, body) = fleet
         .rest(reqwest::Method::GET, "/api/v1/nodes", &rescue, None)
         .await?;

@@ -153,11 +153,11 @@ fn short_requests_are_answered_while_a_long_prompt_is_read() {
     .expect("start");
     // The same kind of chat alone first: the yardstick for "promptly" on
     // this machine under its current load.
-    let alone = {
-        let mut short = GenerationRequest::new(Prompt::Chat(vec![ChatMessage::new(
-            "user",
-            "What is the capital of Italy?",
-        )]));
+    // A short greedy chat, submitted and waited on until its first token:
+    // its handle and the time that took.
+    let first_token_of = |question: &str| {
+        let mut short =
+            GenerationRequest::new(Prompt::Chat(vec![ChatMessage::new("user", question)]));
         short.max_tokens = 4;
         short.sampling = SamplingParams::greedy();
         let submitted = Instant::now();
@@ -166,7 +166,10 @@ fn short_requests_are_answered_while_a_long_prompt_is_read() {
             GenerationEvent::Token(_) => {}
             other => panic!("expected the first token, got {other:?}"),
         }
-        let alone = submitted.elapsed();
+        (short, submitted.elapsed())
+    };
+    let alone = {
+        let (short, alone) = first_token_of("What is the capital of Italy?");
         short.wait().expect("the short chat finishes");
         alone
     };
@@ -178,17 +181,7 @@ fn short_requests_are_answered_while_a_long_prompt_is_read() {
         "Name a colour.",
         "What is two plus two?",
     ] {
-        let mut short =
-            GenerationRequest::new(Prompt::Chat(vec![ChatMessage::new("user", question)]));
-        short.max_tokens = 4;
-        short.sampling = SamplingParams::greedy();
-        let submitted = Instant::now();
-        let short = scheduler.submit(short).expect("submit a short chat");
-        match short.events.recv().expect("an event") {
-            GenerationEvent::Token(_) => {}
-            other => panic!("expected the first token, got {other:?}"),
-        }
-        let time_to_first_token = submitted.elapsed();
+        let (short, time_to_first_token) = first_token_of(question);
         assert!(
             long.events.try_recv().is_err(),
             "the long prompt was read before the short chat's first token ({time_to_first_token:?})"

@@ -127,7 +127,7 @@ impl From<AuthError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::NotFound(message) => Self::new(ErrorCode::NotFound, message),
+            StoreError::NotFound(missing) => Self::new(ErrorCode::NotFound, missing.to_string()),
             StoreError::AlreadyExists(message) => Self::new(ErrorCode::AlreadyExists, message),
             StoreError::FailedPrecondition(message) => {
                 Self::new(ErrorCode::FailedPrecondition, message)

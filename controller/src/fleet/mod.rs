@@ -29,7 +29,7 @@ use crate::domain::{
     Quantization, QuantizationPolicy, SecretHash, TokenRejection, resolve,
 };
 use crate::store::{
-    ApiToken, EnrollOutcome, Enrolment, NewBootstrapToken, Store, StoreBackend, StoreError,
+    ApiToken, EnrollOutcome, Enrolment, Missing, NewBootstrapToken, Store, StoreBackend, StoreError,
 };
 pub use follow::ChangeFollower;
 pub use hub::{
@@ -374,7 +374,7 @@ impl Fleet {
     ) -> Result<(Assignment, Vec<NodeDesired>), FleetError> {
         let model = &request.model;
         if self.store.get_model(model).await?.is_none() {
-            return Err(StoreError::NotFound(format!("model {model} not found")).into());
+            return Err(StoreError::NotFound(Missing::Model(model.clone())).into());
         }
         let candidates = self.store.resolvable_versions(model).await?;
         let policy = request
@@ -398,14 +398,7 @@ impl Fleet {
                     .store
                     .get_prompt(&reference.name, reference.version)
                     .await?
-                    .ok_or_else(|| {
-                        StoreError::NotFound(match reference.version {
-                            Some(version) => {
-                                format!("system prompt {}@{version} not found", reference.name)
-                            }
-                            None => format!("system prompt {} not found", reference.name),
-                        })
-                    })?;
+                    .ok_or_else(|| StoreError::NotFound(Missing::PromptRef(reference.clone())))?;
                 Some(DesiredPrompt {
                     name: prompt.name.to_string(),
                     version: prompt.version,
@@ -530,7 +523,7 @@ impl Fleet {
             .store
             .get_node(name)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("node {name} not found")))?;
+            .ok_or_else(|| StoreError::NotFound(Missing::Node(name.clone())))?;
         Ok(self.with_runtime(node))
     }
 

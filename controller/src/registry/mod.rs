@@ -58,7 +58,7 @@ pub enum RegistryError {
 impl From<StoreError> for RegistryError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::NotFound(message) => Self::NotFound(message),
+            StoreError::NotFound(missing) => Self::NotFound(missing.to_string()),
             StoreError::AlreadyExists(message) => Self::AlreadyExists(message),
             StoreError::FailedPrecondition(message) => Self::FailedPrecondition(message),
             other => Self::Store(other),

@@ -18,7 +18,7 @@ use crate::domain::{
     RolloutSpec, apply_command, fit_node, memory_budget, plan_waves,
 };
 use crate::fleet::{Fleet, FleetError};
-use crate::store::{NewRollout, RolloutUpdate, Store, StoreError};
+use crate::store::{Missing, NewRollout, RolloutUpdate, Store, StoreError};
 
 /// Most selected nodes one listing page of the fleet yields while planning.
 const NODE_PAGE: u32 = 1000;
@@ -103,7 +103,7 @@ impl Rollouts {
         }
         let model = &spec.model;
         if self.store.get_model(model).await?.is_none() {
-            return Err(StoreError::NotFound(format!("model {model} not found")).into());
+            return Err(StoreError::NotFound(Missing::Model(model.clone())).into());
         }
         let candidates = self.store.resolvable_versions(model).await?;
         let prompt = match &spec.prompt {
@@ -113,9 +113,7 @@ impl Rollouts {
                     .store
                     .get_prompt(&reference.name, reference.version)
                     .await?
-                    .ok_or_else(|| {
-                        StoreError::NotFound(format!("system prompt {reference} not found"))
-                    })?;
+                    .ok_or_else(|| StoreError::NotFound(Missing::PromptRef(reference.clone())))?;
                 Some(DesiredPrompt {
                     name: prompt.name.to_string(),
                     version: prompt.version,
@@ -272,7 +270,7 @@ impl Rollouts {
             .store
             .get_rollout(name)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("rollout {name} not found")))?;
+            .ok_or_else(|| StoreError::NotFound(Missing::Rollout(name.clone())))?;
         let mut with_nodes = Vec::with_capacity(nodes.len());
         for node in nodes {
             let current = match self.fleet.get_node(&node.node).await {
@@ -308,7 +306,7 @@ impl Rollouts {
                 .store
                 .get_rollout(name)
                 .await?
-                .ok_or_else(|| StoreError::NotFound(format!("rollout {name} not found")))?;
+                .ok_or_else(|| StoreError::NotFound(Missing::Rollout(name.clone())))?;
             let outcome = apply_command(rollout.state, command, rollout.bake_started_at.is_some())
                 .map_err(|why| {
                     StoreError::FailedPrecondition(format!(
@@ -353,7 +351,7 @@ impl Rollouts {
         if let Some(name) = rollout
             && self.store.get_rollout(name).await?.is_none()
         {
-            return Err(StoreError::NotFound(format!("rollout {name} not found")).into());
+            return Err(StoreError::NotFound(Missing::Rollout(name.clone())).into());
         }
         Ok(self
             .store

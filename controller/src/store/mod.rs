@@ -1,6 +1,9 @@
 //! Persistence of the controller's state behind one interface, [`Store`],
-//! with two implementations on sqlx: Postgres (production, several controller
-//! replicas) and SQLite (the embedded default for a single box).
+//! implemented once ([`SqlStore`]) on sqlx for two backends: Postgres
+//! (production, several controller replicas) and SQLite (the embedded
+//! default for a single box). The queries are written once over a small
+//! dialect (`sql.rs`); `postgres.rs` and `sqlite.rs` keep only what truly
+//! differs (connecting, leadership, the change feed).
 //!
 //! What is persisted: models, versions, artifacts (their metadata; the bytes
 //! live in the object store), system prompts, enrolled nodes and bootstrap
@@ -11,12 +14,14 @@
 //!
 //! Both backends pass the same conformance suite (`tests/store_conformance.rs`).
 
-mod fleet_sql;
-mod identity_sql;
+mod fleet;
+mod identity;
 mod postgres;
 mod rollout_rows;
-mod rollout_sql;
+mod rollouts;
 mod rows;
+mod sql;
+mod sql_store;
 mod sqlite;
 mod transaction;
 
@@ -31,22 +36,22 @@ use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, HealthPoint, HealthSample,
     Model, ModelName, ModelVersion, NewArtifact, NewAssignment, NewNode, Node, NodeChange,
     NodeDesired, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page,
-    PageRequest, PromptName, PromptSummary, SecretHash, SystemPrompt, TokenRejection, VersionState,
+    PageRequest, PromptName, PromptRef, PromptSummary, SecretHash, SystemPrompt, TokenRejection,
+    VersionState,
 };
 use crate::domain::{
     Event, NewEvent, Rollout, RolloutName, RolloutNode, RolloutNodeState, RolloutSpec, RolloutState,
 };
 
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use sql_store::SqlStore;
 
 /// Errors of the store. `NotFound`, `AlreadyExists` and `FailedPrecondition`
-/// are the caller's fault and carry a message that names the object;
-/// `Backend` and `Corrupt` are ours.
+/// are the caller's fault and name the object; `Backend` and `Corrupt` are
+/// ours.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
-    NotFound(String),
+    NotFound(Missing),
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{0}")]
@@ -67,6 +72,44 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a lookup or a change did not find. Each message is written here
+/// once, for the store and for the services that report a missing object
+/// the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Missing {
+    #[error("model {0} not found")]
+    Model(ModelName),
+    #[error("model {model} has no version {version}")]
+    Version {
+        model: ModelName,
+        version: semver::Version,
+    },
+    #[error("prompt {0} not found")]
+    Prompt(PromptName),
+    /// A prompt as an assignment or rollout names it (`NAME` or `NAME@N`).
+    #[error("system prompt {0} not found")]
+    PromptRef(PromptRef),
+    #[error("node {0} not found")]
+    Node(NodeName),
+    #[error("no assignment for {0}")]
+    Assignment(AssignmentTarget),
+    #[error("rollout {0} not found")]
+    Rollout(RolloutName),
+    #[error("node {node} is not part of rollout {rollout}")]
+    RolloutNode {
+        rollout: RolloutName,
+        node: NodeName,
+    },
+    #[error("bootstrap token {0} not found")]
+    BootstrapToken(String),
+    #[error("api token {0} not found")]
+    ApiToken(String),
+    /// A row that a change refers to (by foreign key) is gone; the
+    /// database's own message says which.
+    #[error("a row referenced by the change does not exist ({0})")]
+    Referenced(String),
+}
 
 /// Work to run inside the transaction that inserts an artifact, just before it
 /// commits: the registry moves the uploaded blob to its content address here,
@@ -527,9 +570,11 @@ pub trait ChangeFeed: Send {
 /// applies pending migrations.
 pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(database_url).await?))
+        let pool = postgres::connect(database_url).await?;
+        Ok(Arc::new(SqlStore::new(sql::Pool::Postgres(pool))))
     } else if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(database_url).await?))
+        let pool = sqlite::connect(database_url).await?;
+        Ok(Arc::new(SqlStore::new(sql::Pool::Sqlite(pool))))
     } else {
         Err(StoreError::FailedPrecondition(format!(
             "unsupported database url scheme in {:?}: expected postgres:// or sqlite:",

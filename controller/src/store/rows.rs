@@ -628,9 +628,8 @@ pub(super) fn map_sqlx_error(error: sqlx::Error, conflict: impl FnOnce() -> Stri
             return StoreError::AlreadyExists(conflict());
         }
         if database_error.is_foreign_key_violation() {
-            return StoreError::NotFound(format!(
-                "a row referenced by the change does not exist ({})",
-                database_error.message()
+            return StoreError::NotFound(super::Missing::Referenced(
+                database_error.message().to_owned(),
             ));
         }
     }

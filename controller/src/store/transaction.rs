@@ -2,7 +2,7 @@
 //! (one transaction), retry it when the backend says the failure was only a
 //! collision with a concurrent transaction, classify the error, and record
 //! how long it took and how it ended, labelled by backend and operation.
-//! Each backend wraps this in its `in_transaction!` macro.
+//! The store's `in_transaction!` macro (in `sql.rs`) wraps this.
 //!
 //! Nothing here is persisted; the metrics live in the process's recorder.
 
@@ -11,37 +11,31 @@ use std::time::{Duration, Instant};
 use sqlx::{Database, Transaction};
 
 use super::rows::classify;
-use super::{StoreBackend, StoreError, StoreResult};
+use super::sql::Dialect;
+use super::{StoreError, StoreResult};
 
 /// Attempts per operation: a collision that repeats three times in a row is
 /// contention worth surfacing rather than hiding behind more retries.
 const MAX_ATTEMPTS: u32 = 3;
 
-/// The attempts of one store operation. Each backend's `in_transaction!`
-/// macro runs the operation's transaction in a loop and hands every result to
+/// The attempts of one store operation. The `in_transaction!` macro runs the operation's transaction in a loop and hands every result to
 /// [`Attempts::settle`], which decides whether to try again.
 ///
 /// (A macro rather than a function taking an async closure: the futures of
 /// closures that borrow their arguments cannot be proven `Send` today, and
 /// the `Store` trait's futures must be.)
 pub(super) struct Attempts {
-    backend: StoreBackend,
+    dialect: Dialect,
     operation: &'static str,
-    is_retryable: fn(&sqlx::Error) -> bool,
     started: Instant,
     attempt_number: u32,
 }
 
 impl Attempts {
-    pub(super) fn new(
-        backend: StoreBackend,
-        operation: &'static str,
-        is_retryable: fn(&sqlx::Error) -> bool,
-    ) -> Self {
+    pub(super) fn new(dialect: Dialect, operation: &'static str) -> Self {
         Self {
-            backend,
+            dialect,
             operation,
-            is_retryable,
             started: Instant::now(),
             attempt_number: 1,
         }
@@ -51,15 +45,15 @@ impl Attempts {
     /// short pause when the attempt only collided with a concurrent
     /// transaction and should run again.
     ///
-    /// Only raw backend errors that the backend's `is_retryable` accepts are
+    /// Only raw backend errors that [`Dialect::is_retryable`] accepts are
     /// retried (serialization failures, deadlocks, a busy SQLite file);
     /// domain errors such as `AlreadyExists` are answers, not collisions.
     pub(super) async fn settle<T>(&mut self, result: StoreResult<T>) -> Option<StoreResult<T>> {
-        let backend = self.backend.as_str();
+        let backend = self.dialect.backend().as_str();
         let operation = self.operation;
         if let Err(StoreError::Backend(error)) = &result
             && self.attempt_number < MAX_ATTEMPTS
-            && (self.is_retryable)(error)
+            && self.dialect.is_retryable(error)
         {
             tracing::debug!(
                 backend,

@@ -1,16 +1,17 @@
 //! Routing between controller replicas on Postgres: the `replica_routes`
-//! table (migration 0006), one row per replica holding the routing
+//! table (Postgres migration 0006), one row per replica holding the routing
 //! directory entries of the nodes streaming to it. See
-//! [`Store::exchange_routes`](super::super::Store::exchange_routes).
+//! [`Store::exchange_routes`](super::super::Store::exchange_routes). SQLite
+//! has one controller process, so no such table.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 use sqlx::types::Json;
 
 use super::super::StoreResult;
-use super::{PostgresStore, StoreBackend, is_retryable, transaction};
+use super::super::sql::{self, Access, in_transaction};
+use super::SqlStore;
 use crate::domain::{DirectoryEntry, NodeName};
 
 /// A replica that has not marked its routes fresh for this long is gone
@@ -84,8 +85,9 @@ impl RouteRow {
     }
 }
 
-impl PostgresStore {
-    pub(super) async fn fleet_exchange_routes(
+impl SqlStore {
+    /// Only on a Postgres store: the statements are Postgres's.
+    pub(super) async fn exchange_routes_postgres(
         &self,
         replica: &str,
         routes: &[DirectoryEntry],
@@ -93,11 +95,11 @@ impl PostgresStore {
         fresh_within: Duration,
     ) -> StoreResult<Vec<DirectoryEntry>> {
         let rows: Vec<RouteRow> = routes.iter().map(RouteRow::from).collect();
-        in_transaction!(self, "exchange_routes", |conn| {
+        in_transaction!(self, "exchange_routes", Access::Write, |conn| {
             let refreshed = if changed {
                 0
             } else {
-                sqlx::query("UPDATE replica_routes SET seen_at = now() WHERE replica = $1")
+                sql::query("UPDATE replica_routes SET seen_at = now() WHERE replica = $1")
                     .bind(replica)
                     .execute(&mut *conn)
                     .await?
@@ -106,7 +108,7 @@ impl PostgresStore {
             // Changed, or the row is gone (first call, a pruned row, an
             // UNLOGGED table emptied by a crash or failover): write it whole.
             if refreshed == 0 {
-                sqlx::query(
+                sql::query(
                     "INSERT INTO replica_routes (replica, routes, changed_at, seen_at) \
                      VALUES ($1, $2, now(), now()) \
                      ON CONFLICT (replica) DO UPDATE \
@@ -117,13 +119,13 @@ impl PostgresStore {
                 .execute(&mut *conn)
                 .await?;
             }
-            sqlx::query(
+            sql::query(
                 "DELETE FROM replica_routes WHERE seen_at < now() - make_interval(secs => $1)",
             )
             .bind(FORGET_REPLICA_AFTER.as_secs_f64())
             .execute(&mut *conn)
             .await?;
-            let others: Vec<(String, Json<Vec<serde_json::Value>>)> = sqlx::query_as(
+            let others: Vec<(String, Json<Vec<serde_json::Value>>)> = sql::query_as(
                 "SELECT replica, routes FROM replica_routes \
                  WHERE replica <> $1 AND seen_at > now() - make_interval(secs => $2) \
                  ORDER BY changed_at DESC",

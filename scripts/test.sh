@@ -18,13 +18,17 @@ else
   echo "test.sh: WARNING: $model is missing; real-model tests will be skipped" >&2
 fi
 
+stage() { echo "test.sh: $* (at ${SECONDS}s)" >&2; }
+
 # After the model: ensure-python smoke-tests llama.cpp on it.
+stage "reference tools (Python clients, llama.cpp)"
 bash scripts/ensure-python.sh
 export FLOTILLA_PYTHON="$PWD/.venv/bin/python"
 # promtool (Debian's prometheus package) for tests/tests/metrics.rs.
 FLOTILLA_PROMTOOL=$(bash scripts/ensure-promtool.sh)
 export FLOTILLA_PROMTOOL
 
+stage "models and tokenizer vectors"
 # Engine architectures and tokenizers (issue 14): llama.cpp's tokenizer vectors
 # and Gemma 3 / Qwen2.5 re-quantized to Q8_0 by llama.cpp, cached under models/.
 if [ -f ../shared/fetch-models.sh ]; then
@@ -41,5 +45,7 @@ if [ -n "${FLOTILLA_TEST_MODEL:-}" ]; then
 fi
 
 # End-to-end tests run the real binaries; build them first.
+stage "build"
 cargo build --workspace --bins
+stage "test"
 cargo test --workspace "$@"

@@ -15,7 +15,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
@@ -372,7 +371,7 @@ impl NodeReporter for SyntheticNode {
         let memory_total_bytes = self.inventory.memory_total_bytes;
         Box::pin(async move {
             HealthSample {
-                taken_at: SystemTime::now(),
+                taken_at: time::OffsetDateTime::now_utc(),
                 cpu_utilisation_percent: 12.5,
                 memory_used_bytes: memory_total_bytes / 4,
                 memory_total_bytes,
@@ -405,13 +404,13 @@ impl NodeReporter for ErroringNode {
         let serving = self.observed.borrow().serving_digest;
         Box::pin(async move {
             let mut sample = sample.await;
-            sample.inference = serving.map(|digest| crate::serve::stats::InferenceSample {
+            sample.inference = serving.map(|digest| crate::health::InferenceHealth {
                 serving_digest: Some(digest.to_hex()),
                 completed_total: 70,
                 failed_total: 30,
                 completed_since_activation: 70,
                 failed_since_activation: 30,
-                ..crate::serve::stats::InferenceSample::default()
+                ..crate::health::InferenceHealth::default()
             });
             sample
         })

@@ -6,6 +6,13 @@
 //! 64 lowercase hex characters of blake3. Every list is paginated: pass
 //! `next_cursor` back as `?after=` to get the next page.
 
+/// A node's hardware and health as its agent reports them, and its health
+/// history: the fleet contract's records, shown as they are.
+pub use flotilla_contract::{
+    GpuHealth as GpuHealthInfo, HealthPoint, HealthSample as HealthInfo,
+    InferenceHealth as InferenceHealthInfo, InferenceMinute, NodeGpu as NodeGpuInfo,
+    NodeInventory as NodeInventoryInfo,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -344,27 +351,6 @@ pub struct NodeInfo {
     pub health: Option<HealthInfo>,
 }
 
-/// Hardware a node's agent reported at enrolment.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct NodeInventoryInfo {
-    pub cpu_model: String,
-    pub cpu_cores: u32,
-    pub memory_total_bytes: u64,
-    pub disk_total_bytes: u64,
-    pub os: String,
-    pub gpus: Vec<NodeGpuInfo>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct NodeGpuInfo {
-    pub index: u32,
-    pub name: String,
-    pub memory_total_bytes: u64,
-    pub driver_version: String,
-}
-
 /// What a node should serve: one artifact of a model version, and a
 /// system prompt version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -406,71 +392,6 @@ pub struct ObservedInfo {
     pub serving_digest: Option<String>,
 }
 
-/// One health sample of a node.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct HealthInfo {
-    #[serde(with = "time::serde::rfc3339")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
-    pub taken_at: OffsetDateTime,
-    pub cpu_utilisation_percent: f32,
-    pub memory_used_bytes: u64,
-    pub memory_total_bytes: u64,
-    pub disk_available_bytes: Option<u64>,
-    pub cpu_temperature_celsius: Option<f32>,
-    pub gpus: Vec<GpuHealthInfo>,
-    /// The node's inference serving; null for agents that do not serve.
-    #[serde(default)]
-    pub inference: Option<InferenceHealthInfo>,
-}
-
-/// How inference on a node is doing, from its latest heartbeat. Counters
-/// run since the agent started; the rate and the latencies cover the
-/// interval since its previous heartbeat.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct InferenceHealthInfo {
-    /// Requests queued or decoding now.
-    pub queue_depth: u32,
-    /// How many may be admitted at once.
-    pub queue_capacity: u32,
-    pub completed_total: u64,
-    /// Refused with 429 / RESOURCE_EXHAUSTED (queue full).
-    pub rejected_total: u64,
-    /// Timed out or failed.
-    pub failed_total: u64,
-    /// The client went away first.
-    pub cancelled_total: u64,
-    pub generated_tokens_total: u64,
-    pub tokens_per_second: f32,
-    /// Time to first token (queue wait included); null when no request got
-    /// its first token in the interval.
-    pub time_to_first_token_p50_ms: Option<u32>,
-    pub time_to_first_token_max_ms: Option<u32>,
-    /// The artifact served (blake3 hex), and how its requests ended since
-    /// it was activated.
-    #[serde(default)]
-    pub serving_digest: Option<String>,
-    #[serde(default)]
-    pub completed_since_activation: u64,
-    #[serde(default)]
-    pub failed_since_activation: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct GpuHealthInfo {
-    pub index: u32,
-    pub memory_used_bytes: u64,
-    pub memory_total_bytes: u64,
-    pub utilisation_percent: Option<u32>,
-    pub temperature_celsius: Option<u32>,
-    pub power_draw_milliwatts: Option<u32>,
-    pub power_limit_milliwatts: Option<u32>,
-    /// e.g. `HW_THERMAL_SLOWDOWN`; empty when not throttled.
-    pub throttle_reasons: Vec<String>,
-}
-
 /// `GET /api/v1/nodes/{name}/health`: down-sampled health history, one
 /// point per minute, oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -478,46 +399,6 @@ pub struct GpuHealthInfo {
 pub struct HealthHistory {
     pub node: String,
     pub points: Vec<HealthPoint>,
-}
-
-/// One minute of a node's health: averages, and maxima where the worst
-/// moment matters.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct HealthPoint {
-    /// Start of the minute.
-    #[serde(with = "time::serde::rfc3339")]
-    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
-    pub at: OffsetDateTime,
-    pub samples: u32,
-    pub cpu_utilisation_percent: f32,
-    pub memory_used_bytes_max: u64,
-    /// Mean over the node's GPUs; null without GPUs.
-    pub gpu_utilisation_percent: Option<f32>,
-    /// Hottest GPU; null without GPUs.
-    pub gpu_temperature_celsius_max: Option<f32>,
-    /// Whether any sample of the minute saw clock throttling.
-    pub throttled: bool,
-    /// What the node served in the minute; null when its heartbeats
-    /// carried no inference figures.
-    #[serde(default)]
-    pub inference: Option<InferenceMinute>,
-}
-
-/// One minute of a node's inference.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct InferenceMinute {
-    /// Mean over the minute's heartbeats.
-    pub tokens_per_second: f32,
-    pub queue_depth_max: u32,
-    /// Slowest first token; null when no request started.
-    pub time_to_first_token_max_ms: Option<u32>,
-    /// Requests that ended in the minute, by outcome.
-    pub completed: u64,
-    pub failed: u64,
-    /// Refused as over capacity (429 / RESOURCE_EXHAUSTED).
-    pub rejected: u64,
 }
 
 /// Query of `GET /api/v1/nodes/{name}/health`.

@@ -2,6 +2,7 @@
 //! agent builds and runs on boxes without the driver: there the GPU lists
 //! are empty. Only the NVML handle lives in memory; nothing is persisted.
 
+use flotilla_contract::GpuHealth;
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use serde::{Deserialize, Serialize};
@@ -13,21 +14,6 @@ pub struct GpuInfo {
     pub uuid: Option<String>,
     pub memory_total_bytes: u64,
     pub driver_version: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GpuSample {
-    pub index: u32,
-    pub memory_used_bytes: u64,
-    pub memory_total_bytes: u64,
-    pub utilisation_percent: Option<u32>,
-    pub temperature_celsius: Option<u32>,
-    pub power_draw_milliwatts: Option<u32>,
-    pub power_limit_milliwatts: Option<u32>,
-    /// Why the clocks are held down right now, e.g. `HW_THERMAL_SLOWDOWN`,
-    /// `SW_POWER_CAP`; empty when they are not. `GPU_IDLE` is left out: an
-    /// idle GPU is not throttled in any sense an operator cares about.
-    pub throttle_reasons: Vec<String>,
 }
 
 pub(crate) struct Gpus {
@@ -75,7 +61,7 @@ impl Gpus {
             .collect()
     }
 
-    pub(crate) fn sample(&self) -> Vec<GpuSample> {
+    pub(crate) fn sample(&self) -> Vec<GpuHealth> {
         let Some(nvml) = &self.nvml else {
             return Vec::new();
         };
@@ -86,6 +72,8 @@ impl Gpus {
                 let memory = device.memory_info().ok();
                 let throttle_reasons = device
                     .current_throttle_reasons()
+                    // `GPU_IDLE` is left out: an idle GPU is not throttled
+                    // in any sense an operator cares about.
                     .map(|reasons| {
                         reasons
                             .iter_names()
@@ -95,7 +83,7 @@ impl Gpus {
                             .collect()
                     })
                     .unwrap_or_default();
-                Some(GpuSample {
+                Some(GpuHealth {
                     index,
                     memory_used_bytes: memory.as_ref().map(|memory| memory.used).unwrap_or(0),
                     memory_total_bytes: memory.as_ref().map(|memory| memory.total).unwrap_or(0),

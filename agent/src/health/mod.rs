@@ -15,16 +15,17 @@ mod gpu;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use time::OffsetDateTime;
 
 use serde::{Deserialize, Serialize};
 use sysinfo::{
     Components, CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System,
 };
 
-pub use gpu::{GpuInfo, GpuSample};
-
-use crate::serve::stats::InferenceSample;
+/// How the box is doing right now: the fleet contract's record, which the
+/// heartbeat carries as it is.
+pub use flotilla_contract::{GpuHealth, HealthSample, InferenceHealth};
+pub use gpu::GpuInfo;
 
 /// What the box has. Changes rarely (a GPU driver upgrade, a resized disk).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -50,25 +51,6 @@ pub struct DiskInfo {
     pub mount_point: PathBuf,
     pub total_bytes: u64,
     pub available_bytes: u64,
-}
-
-/// How the box is doing right now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HealthSample {
-    pub taken_at: SystemTime,
-    /// Busy share of all CPUs since the previous sample, 0–100.
-    pub cpu_utilisation_percent: f32,
-    pub memory_used_bytes: u64,
-    pub memory_total_bytes: u64,
-    /// Free space on the data directory's filesystem.
-    pub disk_available_bytes: Option<u64>,
-    /// The hottest CPU package or core sensor, where the kernel exposes one.
-    pub cpu_temperature_celsius: Option<f32>,
-    pub gpus: Vec<GpuSample>,
-    /// How inference serving is doing (filled by the sync loop's reporter;
-    /// `None` where the agent does not serve).
-    #[serde(default)]
-    pub inference: Option<InferenceSample>,
 }
 
 /// Measures the box. Clone it freely; clones share the probe's state.
@@ -132,16 +114,7 @@ impl HealthProbe {
             Ok(sample) => sample,
             Err(error) => {
                 tracing::warn!(%error, "health sample failed");
-                HealthSample {
-                    taken_at: SystemTime::now(),
-                    cpu_utilisation_percent: 0.0,
-                    memory_used_bytes: 0,
-                    memory_total_bytes: 0,
-                    disk_available_bytes: None,
-                    cpu_temperature_celsius: None,
-                    gpus: Vec::new(),
-                    inference: None,
-                }
+                HealthSample::empty(OffsetDateTime::now_utc())
             }
         }
     }
@@ -200,7 +173,7 @@ impl ProbeState {
         });
         self.components.refresh(false);
         HealthSample {
-            taken_at: SystemTime::now(),
+            taken_at: OffsetDateTime::now_utc(),
             cpu_utilisation_percent: self.system.global_cpu_usage(),
             memory_used_bytes: self.system.used_memory(),
             memory_total_bytes: self.system.total_memory(),

@@ -13,37 +13,11 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cache::Digest;
+use crate::health::InferenceHealth;
 
 /// Time-to-first-token samples kept between two snapshots; beyond it the
 /// newest are dropped (the summary then covers the first ones).
 const MAX_LATENCY_SAMPLES: usize = 4096;
-
-/// How inference is doing, as one heartbeat reports it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct InferenceSample {
-    /// Requests admitted and not finished (queued or decoding).
-    pub queue_depth: u32,
-    /// How many may be admitted at once.
-    pub queue_capacity: u32,
-    pub completed_total: u64,
-    /// Refused because the queue was full.
-    pub rejected_total: u64,
-    /// Timed out or failed on this node.
-    pub failed_total: u64,
-    /// The client went away first.
-    pub cancelled_total: u64,
-    pub generated_tokens_total: u64,
-    /// Since the previous snapshot.
-    pub tokens_per_second: f32,
-    /// Of the requests whose first token came since the previous snapshot.
-    pub time_to_first_token_p50: Option<Duration>,
-    pub time_to_first_token_max: Option<Duration>,
-    /// The artifact served now (blake3 hex), and its outcomes since it was
-    /// activated.
-    pub serving_digest: Option<String>,
-    pub completed_since_activation: u64,
-    pub failed_since_activation: u64,
-}
 
 /// How a request ended, as the heartbeat counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +146,7 @@ impl InferenceStats {
 
     /// The figures now; the rate and latencies cover the time since the
     /// previous call, which starts a new interval.
-    pub fn snapshot(&self) -> InferenceSample {
+    pub fn snapshot(&self) -> InferenceHealth {
         let generated_tokens_total = self.generated_tokens.load(Ordering::Relaxed);
         let (tokens_per_second, mut latencies) = {
             let mut window = self.lock_window();
@@ -189,7 +163,8 @@ impl InferenceStats {
         };
         latencies.sort_unstable();
         let since = *lock(&self.activation);
-        InferenceSample {
+        let millis = |latency: &Duration| u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
+        InferenceHealth {
             queue_depth: self.in_flight.load(Ordering::Relaxed),
             queue_capacity: self.capacity.load(Ordering::Relaxed),
             completed_total: self.completed.load(Ordering::Relaxed),
@@ -199,10 +174,10 @@ impl InferenceStats {
             generated_tokens_total,
             tokens_per_second,
             // The lower median: with two samples, the faster one.
-            time_to_first_token_p50: latencies
+            time_to_first_token_p50_ms: latencies
                 .get(latencies.len().saturating_sub(1) / 2)
-                .copied(),
-            time_to_first_token_max: latencies.last().copied(),
+                .map(millis),
+            time_to_first_token_max_ms: latencies.last().map(millis),
             serving_digest: since.serving.map(|digest| digest.to_hex()),
             completed_since_activation: since.completed,
             failed_since_activation: since.failed,
@@ -257,19 +232,13 @@ mod tests {
         );
         assert_eq!(first.generated_tokens_total, 50);
         assert!(first.tokens_per_second > 0.0);
-        assert_eq!(
-            first.time_to_first_token_p50,
-            Some(Duration::from_millis(20))
-        );
-        assert_eq!(
-            first.time_to_first_token_max,
-            Some(Duration::from_millis(30))
-        );
+        assert_eq!(first.time_to_first_token_p50_ms, Some(20));
+        assert_eq!(first.time_to_first_token_max_ms, Some(30));
 
         // A new interval: no tokens and no latencies since.
         let second = stats.snapshot();
         assert_eq!(second.tokens_per_second, 0.0);
-        assert_eq!(second.time_to_first_token_p50, None);
+        assert_eq!(second.time_to_first_token_p50_ms, None);
         assert_eq!(second.generated_tokens_total, 50);
         assert_eq!(second.serving_digest, Some(Digest::of(b"model").to_hex()));
         assert_eq!(

@@ -2,16 +2,14 @@
 //! types. Validation happens here, once: a desired state that does not
 //! convert is refused (the sync loop logs it and keeps the previous one).
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use flotilla_proto::fleet::v1 as pb;
 
 use crate::cache::{CachedBlob, Digest};
-use crate::health::HealthSample;
 use crate::reconcile::{
     Assignment, DesiredState, NodeStatus, ObservedState, Phase, SystemPrompt, SystemPromptPolicy,
 };
-use crate::serve::stats::InferenceSample;
 
 /// Heartbeats are never sent more often than this, whatever the controller says.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -138,61 +136,6 @@ impl From<&ObservedState> for pb::ObservedState {
                 .serving_digest
                 .map(|digest| digest.to_hex())
                 .unwrap_or_default(),
-        }
-    }
-}
-
-impl From<&HealthSample> for pb::HealthSample {
-    fn from(sample: &HealthSample) -> Self {
-        pb::HealthSample {
-            taken_at_unix_ms: sample
-                .taken_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| {
-                    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-                }),
-            cpu_utilisation_percent: sample.cpu_utilisation_percent,
-            memory_used_bytes: sample.memory_used_bytes,
-            memory_total_bytes: sample.memory_total_bytes,
-            disk_available_bytes: sample.disk_available_bytes,
-            cpu_temperature_celsius: sample.cpu_temperature_celsius,
-            gpus: sample
-                .gpus
-                .iter()
-                .map(|gpu| pb::GpuSample {
-                    index: gpu.index,
-                    memory_used_bytes: gpu.memory_used_bytes,
-                    memory_total_bytes: gpu.memory_total_bytes,
-                    utilisation_percent: gpu.utilisation_percent,
-                    temperature_celsius: gpu.temperature_celsius,
-                    power_draw_milliwatts: gpu.power_draw_milliwatts,
-                    power_limit_milliwatts: gpu.power_limit_milliwatts,
-                    throttle_reasons: gpu.throttle_reasons.clone(),
-                })
-                .collect(),
-            inference: sample.inference.as_ref().map(pb::InferenceSample::from),
-        }
-    }
-}
-
-impl From<&InferenceSample> for pb::InferenceSample {
-    fn from(sample: &InferenceSample) -> Self {
-        let millis =
-            |latency: std::time::Duration| u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
-        pb::InferenceSample {
-            queue_depth: sample.queue_depth,
-            queue_capacity: sample.queue_capacity,
-            completed_total: sample.completed_total,
-            rejected_total: sample.rejected_total,
-            failed_total: sample.failed_total,
-            cancelled_total: sample.cancelled_total,
-            generated_tokens_total: sample.generated_tokens_total,
-            tokens_per_second: sample.tokens_per_second,
-            time_to_first_token_p50_ms: sample.time_to_first_token_p50.map(millis),
-            time_to_first_token_max_ms: sample.time_to_first_token_max.map(millis),
-            serving_digest: sample.serving_digest.clone().unwrap_or_default(),
-            completed_since_activation: sample.completed_since_activation,
-            failed_since_activation: sample.failed_since_activation,
         }
     }
 }

@@ -3,9 +3,9 @@
 use flotilla_api_types as dto;
 
 use crate::domain::{
-    Artifact, Assignment, AssignmentTarget, DesiredAssignment, HealthPoint, HealthSample, Model,
-    ModelName, ModelVersion, Node, NodeDesired, NodeName, ObservedState, Page, PageRequest,
-    PromptName, PromptPolicy, PromptSummary, SystemPrompt,
+    Artifact, Assignment, AssignmentTarget, DesiredAssignment, Model, ModelName, ModelVersion,
+    Node, NodeDesired, NodeName, ObservedState, Page, PageRequest, PromptName, PromptPolicy,
+    PromptSummary, SystemPrompt,
 };
 use crate::error::ApiError;
 use crate::registry::VersionWithArtifacts;
@@ -57,36 +57,21 @@ pub fn prompt_policy(raw: Option<&str>) -> Result<PromptPolicy, ApiError> {
 /// A node's REST view; `ready` comes from the fleet (streams and
 /// heartbeats), which the node row alone cannot tell.
 pub fn node_info(node: Node, ready: bool) -> dto::NodeInfo {
-    let inventory = node.inventory;
     dto::NodeInfo {
         name: node.name.to_string(),
         status: node.status.as_str().to_owned(),
         labels: node.labels.into(),
         agent_version: node.agent_version,
-        inventory: dto::NodeInventoryInfo {
-            cpu_model: inventory.cpu_model,
-            cpu_cores: inventory.cpu_cores,
-            memory_total_bytes: inventory.memory_total_bytes,
-            disk_total_bytes: inventory.disk_total_bytes,
-            os: inventory.os,
-            gpus: inventory
-                .gpus
-                .into_iter()
-                .map(|gpu| dto::NodeGpuInfo {
-                    index: gpu.index,
-                    name: gpu.name,
-                    memory_total_bytes: gpu.memory_total_bytes,
-                    driver_version: gpu.driver_version,
-                })
-                .collect(),
-        },
+        // The fleet contract's record, shown as it is.
+        inventory: node.inventory,
         enrolled_at: node.enrolled_at,
         ready,
         last_heartbeat_at: node.last_heartbeat_at,
         desired_generation: node.desired.generation,
         assignment: node.desired.assignment.map(assignment_info),
         observed: node.observed.map(observed_info),
-        health: node.health.map(health_info),
+        // The fleet contract's record, shown as it is.
+        health: node.health,
     }
 }
 
@@ -121,66 +106,6 @@ pub fn observed_info(observed: ObservedState) -> dto::ObservedInfo {
         bytes_total: observed.bytes_total,
         reason: observed.reason,
         serving_digest: observed.serving_digest,
-    }
-}
-
-pub fn health_info(sample: HealthSample) -> dto::HealthInfo {
-    dto::HealthInfo {
-        taken_at: sample.taken_at,
-        cpu_utilisation_percent: sample.cpu_utilisation_percent,
-        memory_used_bytes: sample.memory_used_bytes,
-        memory_total_bytes: sample.memory_total_bytes,
-        disk_available_bytes: sample.disk_available_bytes,
-        cpu_temperature_celsius: sample.cpu_temperature_celsius,
-        gpus: sample
-            .gpus
-            .into_iter()
-            .map(|gpu| dto::GpuHealthInfo {
-                index: gpu.index,
-                memory_used_bytes: gpu.memory_used_bytes,
-                memory_total_bytes: gpu.memory_total_bytes,
-                utilisation_percent: gpu.utilisation_percent,
-                temperature_celsius: gpu.temperature_celsius,
-                power_draw_milliwatts: gpu.power_draw_milliwatts,
-                power_limit_milliwatts: gpu.power_limit_milliwatts,
-                throttle_reasons: gpu.throttle_reasons,
-            })
-            .collect(),
-        inference: sample.inference.map(|inference| dto::InferenceHealthInfo {
-            queue_depth: inference.queue_depth,
-            queue_capacity: inference.queue_capacity,
-            completed_total: inference.completed_total,
-            rejected_total: inference.rejected_total,
-            failed_total: inference.failed_total,
-            cancelled_total: inference.cancelled_total,
-            generated_tokens_total: inference.generated_tokens_total,
-            tokens_per_second: inference.tokens_per_second,
-            time_to_first_token_p50_ms: inference.time_to_first_token_p50_ms,
-            time_to_first_token_max_ms: inference.time_to_first_token_max_ms,
-            serving_digest: inference.serving_digest,
-            completed_since_activation: inference.completed_since_activation,
-            failed_since_activation: inference.failed_since_activation,
-        }),
-    }
-}
-
-pub fn health_point(point: HealthPoint) -> dto::HealthPoint {
-    dto::HealthPoint {
-        at: point.at,
-        samples: point.samples,
-        cpu_utilisation_percent: point.cpu_utilisation_percent,
-        memory_used_bytes_max: point.memory_used_bytes_max,
-        gpu_utilisation_percent: point.gpu_utilisation_percent,
-        gpu_temperature_celsius_max: point.gpu_temperature_celsius_max,
-        throttled: point.throttled,
-        inference: point.inference.map(|minute| dto::InferenceMinute {
-            tokens_per_second: minute.tokens_per_second,
-            queue_depth_max: minute.queue_depth_max,
-            time_to_first_token_max_ms: minute.time_to_first_token_max_ms,
-            completed: minute.completed,
-            failed: minute.failed,
-            rejected: minute.rejected,
-        }),
     }
 }
 

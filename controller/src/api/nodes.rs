@@ -11,8 +11,8 @@ use flotilla_api_types as dto;
 
 use super::AppState;
 use super::convert::{
-    aliases, assignment_change, assignment_record, health_point, model_name, node_info, node_name,
-    page, page_request, prompt_policy,
+    aliases, assignment_change, assignment_record, model_name, node_info, node_name, page,
+    page_request, prompt_policy,
 };
 use super::extract::{Caller, Json, Path, Query};
 use crate::auth::Role;
@@ -310,7 +310,7 @@ pub async fn health_history(
         .await?;
     Ok(Json(dto::HealthHistory {
         node: name.to_string(),
-        points: points.into_iter().map(health_point).collect(),
+        points,
     }))
 }
 

@@ -18,6 +18,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub use flotilla_contract::{
+    GpuHealth, HealthPoint, HealthSample, InferenceHealth, InferenceMinute,
+};
+
 use super::{Labels, NodeName, NodeStatus};
 
 /// Whom an assignment is for.
@@ -198,92 +202,6 @@ pub struct ObservedState {
     pub bytes_total: u64,
     pub reason: Option<String>,
     pub serving_digest: Option<String>,
-}
-
-/// One health sample of a node, as its agent measured it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HealthSample {
-    #[serde(with = "time::serde::rfc3339")]
-    pub taken_at: OffsetDateTime,
-    pub cpu_utilisation_percent: f32,
-    pub memory_used_bytes: u64,
-    pub memory_total_bytes: u64,
-    pub disk_available_bytes: Option<u64>,
-    pub cpu_temperature_celsius: Option<f32>,
-    pub gpus: Vec<GpuHealth>,
-    /// The node's inference serving; absent from agents that do not serve.
-    #[serde(default)]
-    pub inference: Option<InferenceHealth>,
-}
-
-/// How inference on a node is doing, from its latest heartbeat. Counters
-/// run since the agent started; the rate and latencies cover the interval
-/// since its previous heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InferenceHealth {
-    pub queue_depth: u32,
-    pub queue_capacity: u32,
-    pub completed_total: u64,
-    pub rejected_total: u64,
-    pub failed_total: u64,
-    pub cancelled_total: u64,
-    pub generated_tokens_total: u64,
-    pub tokens_per_second: f32,
-    pub time_to_first_token_p50_ms: Option<u32>,
-    pub time_to_first_token_max_ms: Option<u32>,
-    /// The artifact served (blake3 hex) and how its requests ended since
-    /// it was activated: what the rollouts' error-rate gate reads.
-    #[serde(default)]
-    pub serving_digest: Option<String>,
-    #[serde(default)]
-    pub completed_since_activation: u64,
-    #[serde(default)]
-    pub failed_since_activation: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GpuHealth {
-    pub index: u32,
-    pub memory_used_bytes: u64,
-    pub memory_total_bytes: u64,
-    pub utilisation_percent: Option<u32>,
-    pub temperature_celsius: Option<u32>,
-    pub power_draw_milliwatts: Option<u32>,
-    pub power_limit_milliwatts: Option<u32>,
-    pub throttle_reasons: Vec<String>,
-}
-
-/// One minute of a node's health, down-sampled from its heartbeats.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthPoint {
-    /// Start of the minute.
-    pub at: OffsetDateTime,
-    pub samples: u32,
-    pub cpu_utilisation_percent: f32,
-    pub memory_used_bytes_max: u64,
-    pub gpu_utilisation_percent: Option<f32>,
-    pub gpu_temperature_celsius_max: Option<f32>,
-    pub throttled: bool,
-    /// What the node served in the minute; `None` when no sample of it
-    /// carried inference figures (an agent from before they existed).
-    pub inference: Option<InferenceMinute>,
-}
-
-/// One minute of a node's inference, from its heartbeats' figures.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InferenceMinute {
-    /// Mean of the samples' tokens per second.
-    pub tokens_per_second: f32,
-    /// Longest queue a sample saw.
-    pub queue_depth_max: u32,
-    /// Slowest first token of the minute, if any request started.
-    pub time_to_first_token_max_ms: Option<u32>,
-    /// Requests that ended in the minute, by outcome (from the agent's
-    /// running totals; an agent restart counts from its new totals).
-    pub completed: u64,
-    pub failed: u64,
-    /// Refused as over capacity (429 / RESOURCE_EXHAUSTED).
-    pub rejected: u64,
 }
 
 /// An agent's running request totals, to count a minute's requests as the

@@ -170,25 +170,7 @@ impl FromStr for NodeStatus {
     }
 }
 
-/// What a node's hardware is, as its agent reported at enrolment. Stored as
-/// JSON: placement reads it whole, and new fields must not need migrations.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInventory {
-    pub cpu_model: String,
-    pub cpu_cores: u32,
-    pub memory_total_bytes: u64,
-    pub disk_total_bytes: u64,
-    pub os: String,
-    pub gpus: Vec<NodeGpu>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeGpu {
-    pub index: u32,
-    pub name: String,
-    pub memory_total_bytes: u64,
-    pub driver_version: String,
-}
+pub use flotilla_contract::{NodeGpu, NodeInventory};
 
 /// A node that enrolled, with what it should serve and, as last persisted,
 /// what its agent reported. The controller serving the node's stream holds

@@ -33,9 +33,9 @@ use tonic::{Request, Response, Status};
 use crate::auth::node_ca::{IssuedCertificate, NodeCsr};
 use crate::auth::{AuthError, NODE_CREDENTIAL_TTL, Role, bearer_token};
 use crate::domain::{
-    AssignmentPhase, DesiredState, Digest, DirectoryEntry, GpuHealth, HealthSample,
-    InferenceHealth, Labels, NewNode, NodeGpu, NodeInventory, NodeName, NodeStatus, ObservedState,
-    PEERS_PER_OFFERING, PromptPolicy, Resend, peer_base_url, resend, view_for,
+    AssignmentPhase, DesiredState, DirectoryEntry, HealthSample, Labels, NewNode, NodeInventory,
+    NodeName, NodeStatus, ObservedState, PEERS_PER_OFFERING, PromptPolicy, Resend, peer_base_url,
+    resend, view_for,
 };
 use crate::error::ApiError;
 use crate::fleet::{Directory, Endpoints, Fleet, PushedState, Session};
@@ -49,8 +49,6 @@ const OUTBOUND_QUEUE: usize = 16;
 const MAX_REASON_LEN: usize = 2000;
 /// Longest advertised inference URL accepted.
 const MAX_URL_LEN: usize = 512;
-/// Most GPUs accepted in one health sample.
-const MAX_GPUS: usize = 64;
 
 pub(super) struct FleetService {
     pub(super) fleet: Fleet,
@@ -136,7 +134,7 @@ impl TryFrom<pb::EnrollRequest> for EnrollArgs {
         )?;
         let inventory = request
             .inventory
-            .map(inventory_from_wire)
+            .map(NodeInventory::from)
             .unwrap_or_default();
         let csr = csr_from_wire(
             "certificate_signing_request",
@@ -153,26 +151,6 @@ impl TryFrom<pb::EnrollRequest> for EnrollArgs {
             },
             replace_existing: request.replace_existing,
         })
-    }
-}
-
-fn inventory_from_wire(inventory: pb::Inventory) -> NodeInventory {
-    NodeInventory {
-        cpu_model: inventory.cpu_model,
-        cpu_cores: inventory.cpu_cores,
-        memory_total_bytes: inventory.memory_total_bytes,
-        disk_total_bytes: inventory.disk_total_bytes,
-        os: inventory.os,
-        gpus: inventory
-            .gpus
-            .into_iter()
-            .map(|gpu| NodeGpu {
-                index: gpu.index,
-                name: gpu.name,
-                memory_total_bytes: gpu.memory_total_bytes,
-                driver_version: gpu.driver_version,
-            })
-            .collect(),
     }
 }
 
@@ -313,7 +291,7 @@ impl pb::fleet_server::Fleet for FleetService {
                 desired: DesiredState::default(),
             },
         );
-        let inventory = hello.inventory.map(inventory_from_wire);
+        let inventory = hello.inventory.map(NodeInventory::from);
         let node = match self.fleet.get_node(&name).await {
             Ok(node) => {
                 self.fleet
@@ -489,8 +467,8 @@ impl StreamTask {
                 let now = OffsetDateTime::now_utc();
                 let sample = heartbeat
                     .sample
-                    .map(|sample| sample_from_wire(sample, now))
-                    .unwrap_or_else(|| empty_sample(now));
+                    .map(|sample| HealthSample::from_wire(sample, now))
+                    .unwrap_or_else(|| HealthSample::empty(now));
                 hub.heartbeat(&self.session.node, sample, now);
                 self.send(pb::controller_message::Body::HeartbeatAck(
                     pb::HeartbeatAck {
@@ -762,79 +740,4 @@ fn observed_from_wire(observed: pb::ObservedState) -> Result<ObservedState, Prot
         reason: non_empty(observed.reason.chars().take(MAX_REASON_LEN).collect()),
         serving_digest: digest_field("observed.serving_digest", observed.serving_digest)?,
     })
-}
-
-fn empty_sample(now: OffsetDateTime) -> HealthSample {
-    HealthSample {
-        taken_at: now,
-        cpu_utilisation_percent: 0.0,
-        memory_used_bytes: 0,
-        memory_total_bytes: 0,
-        disk_available_bytes: None,
-        cpu_temperature_celsius: None,
-        gpus: Vec::new(),
-        inference: None,
-    }
-}
-
-/// Converts a sample, trusting nothing: the time comes from the agent's
-/// clock, so one far off (more than a minute either way) is replaced by the
-/// controller's, and lists are capped.
-fn sample_from_wire(sample: pb::HealthSample, now: OffsetDateTime) -> HealthSample {
-    let taken_at =
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(sample.taken_at_unix_ms) * 1_000_000)
-            .ok()
-            .filter(|at| (*at - now).abs() <= time::Duration::minutes(1))
-            .unwrap_or(now);
-    let finite = |value: f32| value.is_finite().then_some(value);
-    HealthSample {
-        taken_at,
-        cpu_utilisation_percent: finite(sample.cpu_utilisation_percent)
-            .unwrap_or(0.0)
-            .clamp(0.0, 100.0),
-        memory_used_bytes: sample.memory_used_bytes,
-        memory_total_bytes: sample.memory_total_bytes,
-        disk_available_bytes: sample.disk_available_bytes,
-        cpu_temperature_celsius: sample.cpu_temperature_celsius.and_then(finite),
-        gpus: sample
-            .gpus
-            .into_iter()
-            .take(MAX_GPUS)
-            .map(|gpu| GpuHealth {
-                index: gpu.index,
-                memory_used_bytes: gpu.memory_used_bytes,
-                memory_total_bytes: gpu.memory_total_bytes,
-                utilisation_percent: gpu.utilisation_percent.map(|v| v.min(100)),
-                temperature_celsius: gpu.temperature_celsius,
-                power_draw_milliwatts: gpu.power_draw_milliwatts,
-                power_limit_milliwatts: gpu.power_limit_milliwatts,
-                throttle_reasons: gpu
-                    .throttle_reasons
-                    .into_iter()
-                    .take(16)
-                    .map(|reason| reason.chars().take(64).collect())
-                    .collect(),
-            })
-            .collect(),
-        inference: sample.inference.map(|inference| InferenceHealth {
-            queue_depth: inference.queue_depth,
-            queue_capacity: inference.queue_capacity,
-            completed_total: inference.completed_total,
-            rejected_total: inference.rejected_total,
-            failed_total: inference.failed_total,
-            cancelled_total: inference.cancelled_total,
-            generated_tokens_total: inference.generated_tokens_total,
-            tokens_per_second: finite(inference.tokens_per_second).unwrap_or(0.0).max(0.0),
-            time_to_first_token_p50_ms: inference.time_to_first_token_p50_ms,
-            time_to_first_token_max_ms: inference.time_to_first_token_max_ms,
-            // A malformed digest only costs the error-rate gate its input.
-            serving_digest: inference
-                .serving_digest
-                .parse::<Digest>()
-                .ok()
-                .map(|digest| digest.to_hex()),
-            completed_since_activation: inference.completed_since_activation,
-            failed_since_activation: inference.failed_since_activation,
-        }),
-    }
 }

@@ -19,6 +19,9 @@ use crate::store::rows::{
 use crate::store::sql::{self, ColumnType, Tx};
 use crate::store::{Enrolment, Missing, NodeReport, StoreError, StoreResult};
 
+/// An assignment's `selector` column, as bound.
+type SelectorColumn<'a> = Json<&'a BTreeMap<String, String>>;
+
 /// Reports written by one statement.
 const REPORTS_PER_STATEMENT: usize = 2000;
 
@@ -86,7 +89,7 @@ pub(in crate::store) async fn enroll(
     } else {
         ""
     };
-    sql::query(&format!(
+    sql::query(format!(
         "INSERT INTO nodes (name, labels, inventory, agent_version, status, \
          bootstrap_token_id, refresh_secret_hash, credential_generation) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8){on_conflict}"
@@ -149,7 +152,7 @@ pub(in crate::store) async fn select_node(
     conn: &mut Tx,
     name: &NodeName,
 ) -> StoreResult<Option<Node>> {
-    sql::query_as::<NodeRow>(&format!("{SELECT_NODES} WHERE name = $1"))
+    sql::query_as::<NodeRow>(format!("{SELECT_NODES} WHERE name = $1"))
         .bind(name.as_str())
         .fetch_optional(&mut *conn)
         .await?
@@ -179,7 +182,7 @@ pub(in crate::store) async fn desired_changed_since(
     conn: &mut Tx,
     after: u64,
 ) -> StoreResult<Vec<NodeDesired>> {
-    let rows = sql::query_as::<NodeRow>(&format!(
+    let rows = sql::query_as::<NodeRow>(format!(
         "{SELECT_NODES} WHERE desired_generation > $1 ORDER BY desired_generation"
     ))
     .bind(to_i64("generation", after)?)
@@ -207,7 +210,7 @@ pub(in crate::store) async fn lock_generation(conn: &mut Tx) -> StoreResult<()> 
 }
 
 pub(in crate::store) async fn load_assignments(conn: &mut Tx) -> StoreResult<Vec<Assignment>> {
-    let rows = sql::query_as::<AssignmentRow>(&format!("{SELECT_ASSIGNMENTS} ORDER BY generation"))
+    let rows = sql::query_as::<AssignmentRow>(format!("{SELECT_ASSIGNMENTS} ORDER BY generation"))
         .fetch_all(&mut *conn)
         .await?;
     convert_all(rows)
@@ -228,7 +231,7 @@ pub(in crate::store) async fn replan(
     let assignments = load_assignments(conn).await?;
     let rows: Vec<PlacementRow> = match only {
         Some(name) => {
-            sql::query_as(&format!("{SELECT_PLACEMENT} WHERE name = $1"))
+            sql::query_as(format!("{SELECT_PLACEMENT} WHERE name = $1"))
                 .bind(name.as_str())
                 .fetch_all(&mut *conn)
                 .await?
@@ -339,9 +342,9 @@ pub(in crate::store) async fn create_assignment(
     Ok((assignment, changed))
 }
 
-fn target_columns(
-    target: &AssignmentTarget,
-) -> (Option<&str>, Option<Json<&BTreeMap<String, String>>>) {
+/// The `node_name` and `selector` columns of an assignment's target: one
+/// of them is set.
+fn target_columns(target: &AssignmentTarget) -> (Option<&str>, Option<SelectorColumn<'_>>) {
     match target {
         AssignmentTarget::Node(name) => (Some(name.as_str()), None),
         AssignmentTarget::Selector(labels) => (None, Some(Json(labels.as_map()))),
@@ -384,7 +387,7 @@ pub(in crate::store) async fn list_assignments(
     after: Option<u64>,
     limit: i64,
 ) -> StoreResult<Vec<Assignment>> {
-    let rows = sql::query_as::<AssignmentRow>(&format!(
+    let rows = sql::query_as::<AssignmentRow>(format!(
         "{SELECT_ASSIGNMENTS} WHERE generation > $1 ORDER BY generation LIMIT $2"
     ))
     .bind(to_i64("cursor", after.unwrap_or(0))?)

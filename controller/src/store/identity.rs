@@ -17,7 +17,7 @@ use crate::store::{ApiToken, Missing, StoreError, StoreResult};
 pub(in crate::store) async fn list_bootstrap_tokens(
     conn: &mut Tx,
 ) -> StoreResult<Vec<BootstrapToken>> {
-    let rows = sql::query_as::<BootstrapTokenRow>(&format!(
+    let rows = sql::query_as::<BootstrapTokenRow>(format!(
         "SELECT {BOOTSTRAP_TOKEN_COLUMNS} FROM bootstrap_tokens ORDER BY created_at DESC, id"
     ))
     .fetch_all(&mut *conn)
@@ -29,7 +29,7 @@ pub(in crate::store) async fn revoke_bootstrap_token(
     conn: &mut Tx,
     id: &str,
 ) -> StoreResult<BootstrapToken> {
-    sql::query_as::<BootstrapTokenRow>(&format!(
+    sql::query_as::<BootstrapTokenRow>(format!(
         "UPDATE bootstrap_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 \
          RETURNING {BOOTSTRAP_TOKEN_COLUMNS}"
     ))
@@ -110,7 +110,7 @@ impl TryFrom<ApiTokenRow> for ApiToken {
 }
 
 pub(in crate::store) async fn list_api_tokens(conn: &mut Tx) -> StoreResult<Vec<ApiToken>> {
-    let rows = sql::query_as::<ApiTokenRow>(&format!(
+    let rows = sql::query_as::<ApiTokenRow>(format!(
         "SELECT {API_TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at DESC, jti"
     ))
     .fetch_all(&mut *conn)
@@ -119,7 +119,7 @@ pub(in crate::store) async fn list_api_tokens(conn: &mut Tx) -> StoreResult<Vec<
 }
 
 pub(in crate::store) async fn revoke_api_token(conn: &mut Tx, id: &str) -> StoreResult<ApiToken> {
-    sql::query_as::<ApiTokenRow>(&format!(
+    sql::query_as::<ApiTokenRow>(format!(
         "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE jti = $1 \
          RETURNING {API_TOKEN_COLUMNS}"
     ))

@@ -29,7 +29,7 @@ pub(in crate::store) async fn select_rollout(
     conn: &mut Tx,
     name: &RolloutName,
 ) -> StoreResult<Option<Rollout>> {
-    sql::query_as::<RolloutRow>(&format!("{SELECT_ROLLOUTS} WHERE name = $1"))
+    sql::query_as::<RolloutRow>(format!("{SELECT_ROLLOUTS} WHERE name = $1"))
         .bind(name.as_str())
         .fetch_optional(&mut *conn)
         .await?
@@ -41,7 +41,7 @@ pub(in crate::store) async fn select_nodes(
     conn: &mut Tx,
     name: &RolloutName,
 ) -> StoreResult<Vec<RolloutNode>> {
-    let rows = sql::query_as::<RolloutNodeRow>(&format!(
+    let rows = sql::query_as::<RolloutNodeRow>(format!(
         "{SELECT_ROLLOUT_NODES} WHERE rollout = $1 ORDER BY wave, node_name"
     ))
     .bind(name.as_str())
@@ -52,7 +52,7 @@ pub(in crate::store) async fn select_nodes(
 
 pub(in crate::store) async fn list_rollouts(conn: &mut Tx) -> StoreResult<Vec<Rollout>> {
     let rows =
-        sql::query_as::<RolloutRow>(&format!("{SELECT_ROLLOUTS} ORDER BY created_unix_ms, name"))
+        sql::query_as::<RolloutRow>(format!("{SELECT_ROLLOUTS} ORDER BY created_unix_ms, name"))
             .fetch_all(&mut *conn)
             .await?;
     convert_all(rows)
@@ -121,7 +121,7 @@ pub(in crate::store) async fn list_events(
     let after = to_i64("cursor", after)?;
     let rows = match rollout {
         Some(name) => {
-            sql::query_as::<EventRow>(&format!(
+            sql::query_as::<EventRow>(format!(
                 "{SELECT_EVENTS} WHERE rollout = $1 AND id > $2 ORDER BY id LIMIT $3"
             ))
             .bind(name.as_str())
@@ -131,7 +131,7 @@ pub(in crate::store) async fn list_events(
             .await?
         }
         None => {
-            sql::query_as::<EventRow>(&format!(
+            sql::query_as::<EventRow>(format!(
                 "{SELECT_EVENTS} WHERE id > $1 ORDER BY id LIMIT $2"
             ))
             .bind(after)

@@ -134,7 +134,7 @@ async fn version_id(
 }
 
 async fn version_by_id(conn: &mut Tx, id: i64) -> StoreResult<ModelVersion> {
-    sql::query_as::<VersionRow>(&format!("{SELECT_VERSIONS} WHERE v.id = $1"))
+    sql::query_as::<VersionRow>(format!("{SELECT_VERSIONS} WHERE v.id = $1"))
         .bind(id)
         .fetch_one(&mut *conn)
         .await?
@@ -147,7 +147,7 @@ async fn artifact_where(
     version_id: i64,
     value: &str,
 ) -> StoreResult<Option<Artifact>> {
-    sql::query_as::<ArtifactRow>(&format!(
+    sql::query_as::<ArtifactRow>(format!(
         "{SELECT_ARTIFACTS} WHERE a.version_id = $1 AND {condition}"
     ))
     .bind(version_id)
@@ -335,7 +335,7 @@ impl Store for SqlStore {
         version: &semver::Version,
     ) -> StoreResult<Option<ModelVersion>> {
         in_transaction!(self, "get_version", Access::Read, |conn| {
-            sql::query_as::<VersionRow>(&format!(
+            sql::query_as::<VersionRow>(format!(
                 "{SELECT_VERSIONS} WHERE m.name = $1 AND v.version = $2"
             ))
             .bind(model.as_str())
@@ -355,7 +355,7 @@ impl Store for SqlStore {
         let after = page.after.as_deref().map(parse_id_cursor).transpose()?;
         in_transaction!(self, "list_versions", Access::Read, |conn| {
             let model_id = model_id(conn, model).await?;
-            let rows = sql::query_as::<VersionRow>(&format!(
+            let rows = sql::query_as::<VersionRow>(format!(
                 "{SELECT_VERSIONS} WHERE v.model_id = $1 AND v.id > $2 ORDER BY v.id LIMIT $3"
             ))
             .bind(model_id)
@@ -451,7 +451,7 @@ impl Store for SqlStore {
                 }
             };
             let created =
-                sql::query_as::<ArtifactRow>(&format!("{SELECT_ARTIFACTS} WHERE a.id = $1"))
+                sql::query_as::<ArtifactRow>(format!("{SELECT_ARTIFACTS} WHERE a.id = $1"))
                     .bind(id)
                     .fetch_one(&mut *conn)
                     .await?
@@ -497,7 +497,7 @@ impl Store for SqlStore {
     ) -> StoreResult<Vec<Artifact>> {
         in_transaction!(self, "list_artifacts", Access::Read, |conn| {
             let version_id = version_id(conn, model, version).await?;
-            let rows = sql::query_as::<ArtifactRow>(&format!(
+            let rows = sql::query_as::<ArtifactRow>(format!(
                 "{SELECT_ARTIFACTS} WHERE a.version_id = $1 ORDER BY a.id"
             ))
             .bind(version_id)
@@ -509,7 +509,7 @@ impl Store for SqlStore {
 
     async fn find_artifacts_by_digest(&self, digest: &Digest) -> StoreResult<Vec<Artifact>> {
         in_transaction!(self, "find_artifacts_by_digest", Access::Read, |conn| {
-            let rows = sql::query_as::<ArtifactRow>(&format!(
+            let rows = sql::query_as::<ArtifactRow>(format!(
                 "{SELECT_ARTIFACTS} WHERE a.digest = $1 ORDER BY a.id"
             ))
             .bind(digest.to_hex())
@@ -524,7 +524,7 @@ impl Store for SqlStore {
         model: &ModelName,
     ) -> StoreResult<Vec<(ModelVersion, Vec<Artifact>)>> {
         in_transaction!(self, "resolvable_versions", Access::Read, |conn| {
-            let versions = sql::query_as::<VersionRow>(&format!(
+            let versions = sql::query_as::<VersionRow>(format!(
                 "{SELECT_VERSIONS} WHERE m.name = $1 \
                  AND v.state IN ('published', 'deprecated') ORDER BY v.id"
             ))
@@ -536,7 +536,7 @@ impl Store for SqlStore {
                 model_id(conn, model).await?;
                 return Ok(Vec::new());
             }
-            let artifacts = sql::query_as::<ArtifactRow>(&format!(
+            let artifacts = sql::query_as::<ArtifactRow>(format!(
                 "{SELECT_ARTIFACTS} WHERE m.name = $1 \
                  AND v.state IN ('published', 'deprecated') ORDER BY a.id"
             ))
@@ -616,7 +616,7 @@ impl Store for SqlStore {
         in_transaction!(self, "get_prompt", Access::Read, |conn| {
             let row = match version {
                 Some(version) => {
-                    sql::query_as::<PromptRow>(&format!(
+                    sql::query_as::<PromptRow>(format!(
                         "{SELECT_PROMPTS} WHERE name = $1 AND version = $2"
                     ))
                     .bind(name.as_str())
@@ -625,7 +625,7 @@ impl Store for SqlStore {
                     .await?
                 }
                 None => {
-                    sql::query_as::<PromptRow>(&format!(
+                    sql::query_as::<PromptRow>(format!(
                         "{SELECT_PROMPTS} WHERE name = $1 ORDER BY version DESC LIMIT 1"
                     ))
                     .bind(name.as_str())
@@ -668,7 +668,7 @@ impl Store for SqlStore {
             .map(parse_prompt_version_cursor)
             .transpose()?;
         in_transaction!(self, "list_prompt_versions", Access::Read, |conn| {
-            let rows = sql::query_as::<PromptRow>(&format!(
+            let rows = sql::query_as::<PromptRow>(format!(
                 "{SELECT_PROMPTS} WHERE name = $1 AND version < $2 ORDER BY version DESC LIMIT $3"
             ))
             .bind(name.as_str())
@@ -745,7 +745,7 @@ impl Store for SqlStore {
 
     async fn list_nodes(&self, page: &PageRequest) -> StoreResult<Page<Node>> {
         in_transaction!(self, "list_nodes", Access::Read, |conn| {
-            let rows = sql::query_as::<NodeRow>(&format!(
+            let rows = sql::query_as::<NodeRow>(format!(
                 "{SELECT_NODES} WHERE name > $1 ORDER BY name LIMIT $2"
             ))
             .bind(page.after.as_deref().unwrap_or(""))

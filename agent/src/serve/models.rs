@@ -79,6 +79,21 @@ impl std::fmt::Debug for ServedModel {
     }
 }
 
+/// How many requests a model admits (queued or decoding), and its
+/// scheduler's limits. Admission (a semaphore) is the one limit; the
+/// scheduler's own queue holds as many requests, so that an admitted request
+/// is never refused because the scheduler had not yet moved earlier ones
+/// into its batch (a burst arriving mid-step was refused at 17 or 18 of the
+/// 20 places a node advertised).
+fn queue_limits(config: &ServeConfig) -> (usize, SchedulerConfig) {
+    let capacity = config.queue_capacity.max(1) + config.max_batch.max(1);
+    let scheduler = SchedulerConfig {
+        queue_capacity: capacity,
+        max_batch: config.max_batch,
+    };
+    (capacity, scheduler)
+}
+
 /// A request admitted into a model's queue; dropping it frees the place.
 #[derive(Debug)]
 pub struct Admission {
@@ -121,15 +136,9 @@ impl ServedModel {
         })?;
         let engine = Arc::new(engine);
         let prompt = PromptPolicy::from_assignment(assignment, &engine)?;
-        let scheduler = Scheduler::start(
-            engine.clone(),
-            SchedulerConfig {
-                queue_capacity: config.queue_capacity,
-                max_batch: config.max_batch,
-            },
-        )
-        .map_err(|error| format!("cannot start the scheduler: {error}"))?;
-        let capacity = config.queue_capacity.max(1) + config.max_batch.max(1);
+        let (capacity, scheduler_config) = queue_limits(config);
+        let scheduler = Scheduler::start(engine.clone(), scheduler_config)
+            .map_err(|error| format!("cannot start the scheduler: {error}"))?;
         let served = ServedModel {
             info: ModelInfo {
                 name: assignment.model.clone(),
@@ -504,5 +513,23 @@ impl Activator for EngineActivator {
                 tracing::info!(model = %previous.info.name, "stopped serving");
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scheduler_queues_every_request_admission_lets_in() {
+        let config = ServeConfig {
+            queue_capacity: 16,
+            max_batch: 4,
+            ..ServeConfig::default()
+        };
+        let (capacity, scheduler) = queue_limits(&config);
+        assert_eq!(capacity, 20, "the places a node advertises");
+        assert_eq!(scheduler.queue_capacity, capacity);
+        assert_eq!(scheduler.max_batch, 4);
     }
 }

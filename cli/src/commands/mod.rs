@@ -9,6 +9,7 @@ pub mod rollout;
 pub mod token;
 
 use std::future::Future;
+use std::time::Duration;
 
 use flotilla_api_types::Page;
 
@@ -133,6 +134,21 @@ where
     Ok(Page {
         items,
         next_cursor: cursor,
+    })
+}
+
+/// A duration as people write one: `200ms`, `30s`, `5m`, `1h`, `30d`,
+/// `2w`, `1h 30m` (humantime's syntax), or a bare number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return text
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{text:?} seconds is too long"));
+    }
+    humantime::parse_duration(text).map_err(|error| {
+        format!("{text:?} is not a duration such as 200ms, 30s, 5m or 1h: {error}")
     })
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use flotilla_api_types::{CreateRolloutRequest, EventInfo, RolloutInfo, RolloutNodeInfo};
 
 use super::assignment::{Selector, parse_selector};
+use super::parse_duration;
 use super::prompt::parse_prompt_ref;
 use crate::client::ApiClient;
 use crate::output::{Printer, Table, human_bytes, human_time, label_list, short_digest};
@@ -159,27 +160,6 @@ fn parse_prompt(text: &str) -> Result<String, String> {
             "{text:?} names no version: a rollout pins one, e.g. {text}@3"
         )),
     }
-}
-
-/// `200ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 200ms, 30s, 5m or 1h"))?;
-    let millis = match unit {
-        "ms" => Some(number),
-        "" | "s" => number.checked_mul(1_000),
-        "m" => number.checked_mul(60_000),
-        "h" => number.checked_mul(3_600_000),
-        _ => None,
-    }
-    .ok_or_else(|| format!("{text:?} is not a duration such as 200ms, 30s, 5m or 1h"))?;
-    Ok(Duration::from_millis(millis))
 }
 
 pub async fn run(
@@ -513,7 +493,15 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "s", "1d", "-1s", "1.5s", "99999999999999999999h"] {
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in [
+            "",
+            "s",
+            "-1s",
+            "99999999999999999999h",
+            "99999999999999999999",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -192,33 +192,11 @@ pub async fn whoami(client: &ApiClient, printer: &Printer) -> anyhow::Result<()>
 
 /// `30d`, `12h`, `90m`, `45s`, `2w`, or a bare number of seconds.
 pub(crate) fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let count: u64 = number.parse().map_err(|_| {
-        format!("invalid duration {text:?}: expected a number with s, m, h, d or w, such as 30d")
-    })?;
-    let unit_seconds: u64 = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?}: use s, m, h, d or w"
-            ));
-        }
-    };
-    if count == 0 {
+    let ttl = super::parse_duration(text)?;
+    if ttl.is_zero() {
         return Err("the lifetime must be longer than zero".to_owned());
     }
-    count
-        .checked_mul(unit_seconds)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {text:?} is too long"))
+    Ok(ttl)
 }
 
 #[cfg(test)]

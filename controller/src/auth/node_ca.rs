@@ -292,25 +292,16 @@ fn create_ca() -> Result<(String, String), rcgen::Error> {
     Ok((certificate.pem(), key.serialize_pem()))
 }
 
-/// Parses a duration such as `24h`, `90m`, `3600s` or `2d` (a bare number
-/// is seconds), for `--node-cert-ttl`.
+/// Parses a duration such as `24h`, `90m`, `3600s` or `2d` (humantime's
+/// syntax; a bare number is seconds), for `--node-cert-ttl`.
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 24h, 90m or 3600s"))?;
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => return Err(format!("unknown unit {other:?} in {text:?} (s, m, h or d)")),
+    let ttl = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text).map_err(|error| {
+            format!("{text:?} is not a duration like 24h, 90m or 3600s: {error}")
+        })?,
     };
-    let ttl = Duration::from_secs(number.saturating_mul(seconds));
     if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(90 * 86_400) {
         return Err(format!(
             "{text:?}: a node certificate must live between 1 minute and 90 days"

@@ -1,0 +1,84 @@
+//! Builders of the hub's inputs for its parts' tests.
+
+use time::OffsetDateTime;
+
+use super::PushedState;
+use crate::domain::{
+    AssignmentPhase, DesiredAssignment, DesiredState, HealthSample, InferenceHealth, NodeStatus,
+    ObservedState, PromptPolicy,
+};
+
+/// A state without an assignment.
+pub(super) fn state(generation: u64, status: NodeStatus) -> PushedState {
+    PushedState {
+        status,
+        desired: DesiredState {
+            generation,
+            assignment: None,
+        },
+    }
+}
+
+/// A sample at `now` with `cpu` percent and 3 of 20 requests queued.
+pub(super) fn sample(now: OffsetDateTime, cpu: f32) -> HealthSample {
+    HealthSample {
+        taken_at: now,
+        cpu_utilisation_percent: cpu,
+        memory_used_bytes: 1,
+        memory_total_bytes: 2,
+        disk_available_bytes: None,
+        cpu_temperature_celsius: None,
+        gpus: Vec::new(),
+        inference: Some(InferenceHealth {
+            queue_depth: 3,
+            queue_capacity: 20,
+            completed_total: 0,
+            rejected_total: 0,
+            failed_total: 0,
+            cancelled_total: 0,
+            generated_tokens_total: 0,
+            tokens_per_second: 0.0,
+            time_to_first_token_p50_ms: None,
+            time_to_first_token_max_ms: None,
+            serving_digest: None,
+            completed_since_activation: 0,
+            failed_since_activation: 0,
+        }),
+    }
+}
+
+/// An active node's state assigning `model` v1 (artifact `digest`), alias
+/// `chat`.
+pub(super) fn assigned(generation: u64, model: &str, digest: &str) -> PushedState {
+    PushedState {
+        status: NodeStatus::Active,
+        desired: DesiredState {
+            generation,
+            assignment: Some(DesiredAssignment {
+                model: model.to_owned(),
+                version: "v1".to_owned(),
+                quantization: "Q4_1".to_owned(),
+                digest: digest.to_owned(),
+                size_bytes: 1,
+                prompt: None,
+                prompt_policy: PromptPolicy::default(),
+                aliases: vec!["chat".to_owned()],
+                assignment_generation: 1,
+                target: "node=a".to_owned(),
+            }),
+        },
+    }
+}
+
+/// A report about `digest` in `phase` (serving it when READY).
+pub(super) fn observed(digest: &str, phase: AssignmentPhase) -> ObservedState {
+    ObservedState {
+        generation: 1,
+        digest: Some(digest.to_owned()),
+        phase,
+        bytes_done: 0,
+        bytes_total: 0,
+        reason: None,
+        serving_digest: (phase == AssignmentPhase::Ready).then(|| digest.to_owned()),
+    }
+}

@@ -15,6 +15,10 @@
 //!   and each agent is sent its own view of it; counted while the
 //!   assignments fan out and settle, and over the steady window.
 //!
+//! A bootstrap token enrols at most `MAX_BOOTSTRAP_USES` (10,000) nodes, so
+//! a larger fleet is simulated in slices of that many agents, each with its
+//! own token; the ack latency figures are then the worst slice's.
+//!
 //! Run with `cargo run --release -p flotilla-tests --bin bench-fleet --
 //! --agents 10000` after `cargo build --release --bins` (it starts the
 //! release controller binary).
@@ -23,8 +27,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flotilla_agent::simulate::{Simulation, SimulationConfig};
-use flotilla_agent::sync::DirectoryTraffic;
+use flotilla_agent::simulate::{SimulatedNode, Simulation, SimulationConfig};
+use flotilla_agent::sync::{DirectoryTraffic, LatencySummary};
+use flotilla_controller::fleet::MAX_BOOTSTRAP_USES;
 use flotilla_controller::testing::TestDatabase;
 use flotilla_gguf::GgufBuilder;
 use flotilla_tests::ControllerProcess;
@@ -180,6 +185,106 @@ fn directory_json(traffic: DirectoryTraffic, agents: usize) -> serde_json::Value
     })
 }
 
+/// The simulated fleet: one [`Simulation`] per bootstrap token, each of at
+/// most `MAX_BOOTSTRAP_USES` agents, named `sim-<i>`, `sim2-<i>`, `sim3-<i>`…
+struct Simulations(Vec<Simulation>);
+
+impl Simulations {
+    /// Mints a token per slice and enrols the slices one after another.
+    async fn start(
+        http: &reqwest::Client,
+        controller: &ControllerProcess,
+        admin: &str,
+        args: &Args,
+    ) -> anyhow::Result<Self> {
+        let mut slices = Vec::new();
+        let mut left = args.agents;
+        while left > 0 {
+            let agents = left.min(MAX_BOOTSTRAP_USES as usize);
+            left -= agents;
+            let response = http
+                .post(format!("{}/api/v1/nodes/tokens", controller.rest_url))
+                .bearer_auth(admin)
+                .json(&json!({"ttl_seconds": 3600, "uses": agents}))
+                .send()
+                .await?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await?;
+            let token = body["token"]
+                .as_str()
+                .with_context(|| {
+                    format!(
+                        "no bootstrap token for slice {}: {status} {body}",
+                        slices.len() + 1
+                    )
+                })?
+                .to_owned();
+            let mut config =
+                SimulationConfig::new(format!("http://{}", controller.grpc_addr), token, agents);
+            if !slices.is_empty() {
+                config.name_prefix = format!("sim{}", slices.len() + 1);
+            }
+            config.labels = HashMap::from([("bench".to_owned(), "yes".to_owned())]);
+            config.advertise = args.advertise;
+            slices.push(Simulation::start(config).await?);
+        }
+        Ok(Self(slices))
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &SimulatedNode> {
+        self.0.iter().flat_map(Simulation::nodes)
+    }
+
+    async fn wait_for_generation(
+        &self,
+        generation: u64,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
+        for slice in &self.0 {
+            slice.wait_for_generation(generation, deadline).await?;
+        }
+        Ok(())
+    }
+
+    fn connected_streams(&self) -> u64 {
+        self.0.iter().map(Simulation::connected_streams).sum()
+    }
+
+    fn hellos(&self) -> u64 {
+        self.0.iter().map(Simulation::hellos).sum()
+    }
+
+    fn directories_received(&self) -> DirectoryTraffic {
+        let mut sum = DirectoryTraffic::default();
+        for slice in &self.0 {
+            let traffic = slice.telemetry().directories_received();
+            sum.messages += traffic.messages;
+            sum.entries += traffic.entries;
+            sum.encoded_bytes += traffic.encoded_bytes;
+        }
+        sum
+    }
+
+    /// Ack latencies since the last call: the count summed, the quantiles
+    /// the worst slice's (quantiles of separate samples do not add up).
+    fn take_ack_latencies(&self) -> LatencySummary {
+        let mut worst = LatencySummary::default();
+        for summary in self.0.iter().map(Simulation::take_ack_latencies) {
+            worst.count += summary.count;
+            worst.p50 = worst.p50.max(summary.p50);
+            worst.p99 = worst.p99.max(summary.p99);
+            worst.max = worst.max.max(summary.max);
+        }
+        worst
+    }
+
+    async fn shutdown(self) {
+        for slice in self.0 {
+            slice.shutdown().await;
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
@@ -195,27 +300,11 @@ async fn main() -> anyhow::Result<()> {
     let mut controller = ControllerProcess::start(data.path(), &controller_args).await?;
     let admin = controller.admin_token()?;
     let http = reqwest::Client::new();
-    let token: serde_json::Value = http
-        .post(format!("{}/api/v1/nodes/tokens", controller.rest_url))
-        .bearer_auth(&admin)
-        .json(&json!({"ttl_seconds": 3600, "uses": args.agents}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = token["token"].as_str().context("no token")?.to_owned();
     publish_model(&http, &controller.rest_url, &admin).await?;
 
     eprintln!("enrolling {} simulated agents…", args.agents);
     let enrol_started = Instant::now();
-    let mut config = SimulationConfig::new(
-        format!("http://{}", controller.grpc_addr),
-        token,
-        args.agents,
-    );
-    config.labels = HashMap::from([("bench".to_owned(), "yes".to_owned())]);
-    config.advertise = args.advertise;
-    let simulation = Simulation::start(config).await?;
+    let simulation = Simulations::start(&http, &controller, &admin, &args).await?;
     let enrol_seconds = enrol_started.elapsed().as_secs_f64();
     let deadline = || tokio::time::Instant::now() + Duration::from_secs(120);
     simulation.wait_for_generation(0, deadline()).await?;
@@ -226,7 +315,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Fan-out of one assignment that changes every node, three times.
-    let directories_before_fanout = simulation.telemetry().directories_received();
+    let directories_before_fanout = simulation.directories_received();
     let mut fanout_from_request = Vec::new();
     let mut fanout_from_commit = Vec::new();
     let mut fanout_all = Vec::new();
@@ -245,7 +334,6 @@ async fn main() -> anyhow::Result<()> {
         }
         let last = simulation
             .nodes()
-            .iter()
             .filter_map(|node| node.latest_desired())
             .map(|received| received.at.into_std())
             .max()
@@ -261,17 +349,14 @@ async fn main() -> anyhow::Result<()> {
     // Directory views follow nodes becoming ready (and loads, at most every
     // 5 s): wait until none has arrived for 3 s before the steady window.
     let settle_started = Instant::now();
-    let mut quiet_since = (
-        Instant::now(),
-        simulation.telemetry().directories_received(),
-    );
+    let mut quiet_since = (Instant::now(), simulation.directories_received());
     while quiet_since.0.elapsed() < Duration::from_secs(3) {
         anyhow::ensure!(
             settle_started.elapsed() < Duration::from_secs(120),
             "directory traffic did not settle within 120s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = simulation.telemetry().directories_received();
+        let now = simulation.directories_received();
         if now != quiet_since.1 {
             quiet_since = (Instant::now(), now);
         }
@@ -280,7 +365,7 @@ async fn main() -> anyhow::Result<()> {
     let settle_seconds = quiet_since.0.duration_since(settle_started).as_secs_f64();
 
     // Steady state: heartbeats only.
-    let steady_directories_before = simulation.telemetry().directories_received();
+    let steady_directories_before = simulation.directories_received();
     let pid = controller.process.id();
     let _ = simulation.take_ack_latencies();
     let cpu_before = cpu_seconds(pid)?;
@@ -294,8 +379,7 @@ async fn main() -> anyhow::Result<()> {
     let simulator_cpu_cores =
         (cpu_seconds(std::process::id())? - simulator_cpu_before) / steady_wall;
     let acks = simulation.take_ack_latencies();
-    let steady_directories =
-        simulation.telemetry().directories_received() - steady_directories_before;
+    let steady_directories = simulation.directories_received() - steady_directories_before;
     let (rss_mib, peak_rss_mib) = flotilla_tests::memory_mib(pid)?;
     eprintln!(
         "steady: {} acks, p50 {:?} p99 {:?}; controller {cpu_cores:.3} cores, RSS {rss_mib:.0} MiB; simulator {simulator_cpu_cores:.3} cores",
@@ -305,7 +389,6 @@ async fn main() -> anyhow::Result<()> {
     // Resync after a controller crash.
     let generation = simulation
         .nodes()
-        .iter()
         .filter_map(|node| node.latest_desired())
         .map(|received| received.generation)
         .min()
@@ -317,7 +400,6 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let fresh = simulation
             .nodes()
-            .iter()
             .filter(|node| {
                 node.latest_desired().is_some_and(|received| {
                     received.generation >= generation && received.at.into_std() > restarted
@@ -340,6 +422,7 @@ async fn main() -> anyhow::Result<()> {
 
     let summary = json!({
         "agents": args.agents,
+        "simulation_slices": simulation.0.len(),
         "heartbeat_interval_ms": args.heartbeat_ms,
         "enrol_seconds": enrol_seconds,
         "connect_seconds": connect_seconds,

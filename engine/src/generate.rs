@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use flotilla_gguf::GgufFile;
+use flotilla_gguf::{GgufFile, GgufHeader};
 
 use crate::EngineError;
 use crate::chat::{ChatMessage, ChatTemplate};
@@ -131,7 +131,35 @@ const PREFILL_CHUNK: usize = 128;
 impl Engine {
     /// Maps and loads a GGUF model.
     pub fn load(path: impl AsRef<Path>, options: EngineOptions) -> Result<Engine, EngineError> {
-        let file = Arc::new(GgufFile::open(path)?);
+        let (model, tokenizer, template) = Engine::open(Arc::new(GgufFile::open(path)?))?;
+        let mut pool =
+            rayon::ThreadPoolBuilder::new().thread_name(|index| format!("flotilla-engine-{index}"));
+        if let Some(threads) = options.threads {
+            pool = pool.num_threads(threads.max(1));
+        }
+        let pool = pool
+            .build()
+            .map_err(|error| EngineError::ThreadPool(error.to_string()))?;
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            pool,
+        })
+    }
+
+    /// Whether this engine can serve the file that `header` describes, judged from the
+    /// header alone: the same checks as [`Engine::load`] (architecture, every tensor's
+    /// name, shape and type, tokenizer, chat template), run over zero-filled tensor data
+    /// that is never allocated beyond the small vectors the loader reads. The controller
+    /// runs it at upload, so an artifact no node can load is known before any rollout.
+    pub fn check(header: GgufHeader) -> Result<(), EngineError> {
+        let file = GgufFile::zero_filled(header, "the uploaded file")?;
+        Engine::open(Arc::new(file)).map(drop)
+    }
+
+    /// The model, tokenizer and chat template of an opened file.
+    fn open(file: Arc<GgufFile>) -> Result<(LlamaModel, Tokenizer, ChatTemplate), EngineError> {
         let model = LlamaModel::load(Arc::clone(&file))?;
         let tokenizer = Tokenizer::from_gguf(file.header())?;
         let token_text = |token: Option<TokenId>| {
@@ -150,24 +178,17 @@ impl Engine {
             &token_text(tokenizer.bos_token()),
             &token_text(tokenizer.eos_token()),
         )?;
-        let mut pool =
-            rayon::ThreadPoolBuilder::new().thread_name(|index| format!("flotilla-engine-{index}"));
-        if let Some(threads) = options.threads {
-            pool = pool.num_threads(threads.max(1));
-        }
-        let pool = pool
-            .build()
-            .map_err(|error| EngineError::ThreadPool(error.to_string()))?;
-        Ok(Engine {
-            model,
-            tokenizer,
-            template,
-            pool,
-        })
+        Ok((model, tokenizer, template))
     }
 
     pub fn model(&self) -> &LlamaModel {
         &self.model
+    }
+
+    /// Whether the model can chat (its own template, or ChatML for a vocabulary that has
+    /// its tokens); a base model without either serves text completions only.
+    pub fn chats(&self) -> bool {
+        self.template.chats()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -42,6 +42,31 @@ impl GgufFile {
         Ok(GgufFile { path, map, header })
     }
 
+    /// A file made of `header` and all-zero tensor data, for asking what a loader makes of
+    /// a header without the file's bytes (the controller checks at upload whether the
+    /// engine can serve an artifact while the bytes stream past).
+    ///
+    /// The data is an anonymous mapping that reserves no memory or swap: a page is only
+    /// allocated when it is read, so a loader that reads its small vectors (norms, biases)
+    /// and merely slices its matrices costs kilobytes, whatever size the header declares.
+    /// `label` stands in for the path in messages.
+    pub fn zero_filled(header: GgufHeader, label: &str) -> Result<GgufFile, GgufError> {
+        let required = header.required_file_size();
+        let length = usize::try_from(required)
+            .map_err(|_| GgufError::Invalid(format!("{label} declares {required} bytes")))?;
+        let map = memmap2::MmapOptions::new()
+            .len(length.max(1))
+            .no_reserve_swap()
+            .map_anon()
+            .and_then(memmap2::MmapMut::make_read_only)
+            .map_err(GgufError::Io)?;
+        Ok(GgufFile {
+            path: PathBuf::from(label),
+            map,
+            header,
+        })
+    }
+
     /// The parsed header.
     pub fn header(&self) -> &GgufHeader {
         &self.header

@@ -128,24 +128,83 @@ impl GgufBuilder {
         self
     }
 
-    /// A tiny but valid Llama-style file for registry and fleet tests: the
-    /// metadata the controller records (architecture, `general.file_type`,
-    /// context length 2048, 2 blocks, 64 wide) and one 32×2 Q4_1 tensor
-    /// (64 parameters) whose bytes come from `seed`, so different seeds give
-    /// different digests.
+    /// A tiny Llama-style file for registry and fleet tests, complete enough that the
+    /// engine would load it (so the controller records it as servable): 2 blocks, 64 wide,
+    /// 4 query and 2 key/value heads, context 2048, a 35-token SentencePiece vocabulary,
+    /// F32 norms of ones and all-zero weight matrices (it answers with zero logits). The
+    /// matrices are Q8_0 when `file_type` is 7 (ggml's "mostly Q8_0"), F16 when it is 1,
+    /// F32 when it is 0, Q4_1 otherwise. `seed` is written into `general.name`, so
+    /// different seeds give different digests.
     pub fn tiny_llama(file_type: u32, seed: u8) -> Vec<u8> {
-        let tensor: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(seed)).collect();
-        GgufBuilder::new()
+        const WIDTH: u64 = 64;
+        const KEY_VALUE: u64 = 32;
+        const FEED_FORWARD: u64 = 64;
+        const BLOCKS: u32 = 2;
+        let matrix_type = match file_type {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            7 => GgmlType::Q8_0,
+            _ => GgmlType::Q4_1,
+        };
+        let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into(), "▁".into()];
+        tokens.extend(('a'..='z').map(String::from));
+        tokens.extend([".", ",", "?", "!", "'"].map(String::from));
+        let mut kinds = vec![2, 3, 3];
+        kinds.resize(tokens.len(), 1);
+        let vocabulary = tokens.len() as u64;
+        let ones =
+            |length: u64| -> Vec<u8> { (0..length).flat_map(|_| 1.0f32.to_le_bytes()).collect() };
+        let zeros = |columns: u64, rows: u64| -> Vec<u8> {
+            let bytes = matrix_type.bytes_for(columns * rows).unwrap_or(0);
+            vec![0; bytes as usize]
+        };
+        let mut builder = GgufBuilder::new()
             .metadata_str("general.architecture", "llama")
-            .metadata_str("general.name", "fixture")
+            .metadata_str("general.name", &format!("fixture-{seed}"))
             .metadata_u32("general.file_type", file_type)
             .metadata_u32("llama.context_length", 2048)
-            .metadata_u32("llama.block_count", 2)
-            .metadata_u32("llama.embedding_length", 64)
+            .metadata_u32("llama.block_count", BLOCKS)
+            .metadata_u32("llama.embedding_length", WIDTH as u32)
+            .metadata_u32("llama.feed_forward_length", FEED_FORWARD as u32)
             .metadata_u32("llama.attention.head_count", 4)
             .metadata_u32("llama.attention.head_count_kv", 2)
-            .tensor("blk.0.attn_q.weight", &[32, 2], GgmlType::Q4_1, &tensor)
-            .build()
+            .metadata_f32("llama.rope.freq_base", 10_000.0)
+            .metadata_f32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+            .metadata_str("tokenizer.ggml.model", "llama")
+            .metadata_str_array("tokenizer.ggml.tokens", &tokens)
+            .metadata_i32_array("tokenizer.ggml.token_type", &kinds)
+            .metadata_u32("tokenizer.ggml.bos_token_id", 1)
+            .metadata_u32("tokenizer.ggml.eos_token_id", 2)
+            .tensor(
+                "token_embd.weight",
+                &[WIDTH, vocabulary],
+                matrix_type,
+                &zeros(WIDTH, vocabulary),
+            )
+            .tensor("output_norm.weight", &[WIDTH], GgmlType::F32, &ones(WIDTH));
+        for block in 0..BLOCKS {
+            let name = |part: &str| format!("blk.{block}.{part}.weight");
+            for (part, columns, rows) in [
+                ("attn_q", WIDTH, WIDTH),
+                ("attn_k", WIDTH, KEY_VALUE),
+                ("attn_v", WIDTH, KEY_VALUE),
+                ("attn_output", WIDTH, WIDTH),
+                ("ffn_gate", WIDTH, FEED_FORWARD),
+                ("ffn_up", WIDTH, FEED_FORWARD),
+                ("ffn_down", FEED_FORWARD, WIDTH),
+            ] {
+                builder = builder.tensor(
+                    &name(part),
+                    &[columns, rows],
+                    matrix_type,
+                    &zeros(columns, rows),
+                );
+            }
+            for norm in ["attn_norm", "ffn_norm"] {
+                builder = builder.tensor(&name(norm), &[WIDTH], GgmlType::F32, &ones(WIDTH));
+            }
+        }
+        builder.build()
     }
 
     /// Writes the file: header, padding, tensor data (each tensor aligned).

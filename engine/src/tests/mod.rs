@@ -3,6 +3,7 @@
 
 #[cfg(feature = "burn")]
 mod burn_tests;
+mod check_tests;
 mod fixture;
 mod model_tests;
 mod scheduler_tests;

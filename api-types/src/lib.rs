@@ -139,6 +139,17 @@ pub struct ArtifactInfo {
     pub context_length: Option<u64>,
     /// Memory needed to run it: weights plus KV cache for the full context.
     pub memory_estimate_bytes: u64,
+    /// Whether this release's engine can load it, judged from its header at upload;
+    /// `null` for artifacts uploaded before the controller checked. Rollouts and
+    /// assignments never resolve to an unservable artifact.
+    #[serde(default)]
+    pub servable: Option<bool>,
+    /// Why the engine cannot serve it, in the engine's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unservable_reason: Option<String>,
+    /// The engine that judged it, e.g. `flotilla-engine 0.1.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_by: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: OffsetDateTime,

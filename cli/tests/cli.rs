@@ -225,19 +225,10 @@ impl Outcome {
     }
 }
 
-/// A tiny valid Q4_1 llama GGUF file: one 64×4 tensor (256 parameters).
-/// `seed` varies the weights so different seeds give different digests.
+/// A tiny servable Q4_1 llama GGUF file ([`GgufBuilder::tiny_llama`]).
+/// `seed` varies the bytes so different seeds give different digests.
 fn tiny_gguf(seed: u8) -> Vec<u8> {
-    // Q4_1 stores 32 weights in 20 bytes: 8 blocks for 256 weights.
-    let weights: Vec<u8> = (0..160u32)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect();
-    GgufBuilder::new()
-        .metadata_str("general.architecture", "llama")
-        .metadata_u32("general.file_type", 3)
-        .metadata_u32("llama.context_length", 2048)
-        .tensor("blk.0.attn_q.weight", &[64, 4], GgmlType::Q4_1, &weights)
-        .build()
+    GgufBuilder::tiny_llama(3, seed)
 }
 
 fn field<'a>(value: &'a Value, pointer: &str) -> TestResult<&'a Value> {
@@ -288,7 +279,9 @@ async fn push_then_list_show_resolve_and_retire() -> TestResult {
     assert_eq!(text_field(&artifact, "/digest")?, expected_digest);
     assert_eq!(text_field(&artifact, "/quantization")?, "Q4_1");
     assert_eq!(text_field(&artifact, "/architecture")?, "llama");
-    assert_eq!(number_field(&artifact, "/parameter_count")?, 256);
+    let parameters = flotilla_gguf::read_header(&bytes[..])?.parameter_count();
+    assert_eq!(number_field(&artifact, "/parameter_count")?, parameters);
+    assert_eq!(artifact.pointer("/servable"), Some(&Value::Bool(true)));
     assert_eq!(number_field(&artifact, "/size_bytes")?, bytes.len() as u64);
     assert_eq!(number_field(&artifact, "/context_length")?, 2048);
 
@@ -469,6 +462,108 @@ async fn drafts_take_several_quantizations_until_published() -> TestResult {
         .success()?;
     assert_eq!(text_field(&resolved.json()?, "/version")?, "0.1.0");
     Ok(())
+}
+
+/// Issue 14: a file this release's engine cannot load is stored (another
+/// release may serve it) but recorded as unservable, shown with the engine's
+/// reason, and never resolved: resolve, assign and rollout create refuse it
+/// before any node is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unservable_artifact_is_shown_and_never_rolled_out() -> TestResult {
+    let controller = TestController::start().await?;
+    // A valid GGUF header whose one matrix is a type the engine has no kernel for.
+    let unservable = GgufBuilder::tiny_llama(3, 1);
+    let mut header = flotilla_gguf::read_header(&unservable[..])?;
+    let retyped = header
+        .tensors
+        .iter_mut()
+        .find(|tensor| tensor.name == "blk.1.ffn_down.weight")
+        .ok_or("the fixture has blk.1.ffn_down.weight")?;
+    retyped.ggml_type = GgmlType::IQ4_NL;
+    let file = controller.scratch("iq4.gguf");
+    std::fs::write(&file, rebuild_with(&header, &unservable))?;
+    let pushed = controller
+        .cli()
+        .args(["model", "push"])
+        .arg_path(&file)
+        .args(["--name", "exotic", "--version", "1.0.0", "-o", "json"])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    assert_eq!(field(&pushed, "/servable")?, &Value::Bool(false));
+    let reason = text_field(&pushed, "/unservable_reason")?.to_owned();
+    assert!(reason.contains("IQ4_NL"), "{reason}");
+    controller
+        .cli()
+        .args(["model", "show", "exotic"])
+        .run()
+        .await?
+        .success()?
+        .stdout_has("NO")?
+        .stdout_has(&format!("1.0.0 Q4_1: cannot be served: {reason}"))?;
+
+    let refusal = "cannot be served by this release's engine";
+    controller
+        .cli()
+        .args(["model", "resolve", "exotic"])
+        .run()
+        .await?
+        .failure(1)?
+        .stderr_has(refusal)?;
+    controller
+        .cli()
+        .args([
+            "assign",
+            "--selector",
+            "site=lab",
+            "--model",
+            "exotic",
+            "--version",
+            "1.0.0",
+        ])
+        .run()
+        .await?
+        .failure(1)?
+        .stderr_has(refusal)?;
+    let rollout = controller
+        .cli()
+        .args([
+            "rollout",
+            "create",
+            "r1",
+            "--model",
+            "exotic",
+            "--version",
+            "^1",
+            "--selector",
+            "site=lab",
+        ])
+        .run()
+        .await?
+        .failure(1)?;
+    rollout.stderr_has(refusal)?.stderr_has("IQ4_NL")?;
+    Ok(())
+}
+
+/// `original` with its header replaced by `header`'s (tensor data laid out
+/// again for the new types: zeros, as the fixture's matrices are).
+fn rebuild_with(header: &flotilla_gguf::GgufHeader, original: &[u8]) -> Vec<u8> {
+    let source = flotilla_gguf::read_header(original).expect("the fixture parses");
+    let mut builder = GgufBuilder::new();
+    for (key, value) in source.metadata.iter() {
+        builder = builder.metadata(key, value.clone());
+    }
+    for tensor in &header.tensors {
+        let bytes = tensor.byte_size() as usize;
+        let data = if tensor.ggml_type == GgmlType::F32 {
+            (0..bytes / 4).flat_map(|_| 1.0f32.to_le_bytes()).collect()
+        } else {
+            vec![0; bytes]
+        };
+        builder = builder.tensor(&tensor.name, &tensor.dims, tensor.ggml_type, &data);
+    }
+    builder.build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

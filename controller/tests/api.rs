@@ -175,8 +175,8 @@ impl Api {
     }
 }
 
-/// A tiny but valid GGUF file: a Llama-style header and one Q4_1 tensor whose
-/// bytes depend on `seed`, so different seeds give different digests.
+/// A tiny servable GGUF file ([`GgufBuilder::tiny_llama`]); different seeds
+/// give different digests.
 fn gguf_fixture(file_type: u32, seed: u8) -> Vec<u8> {
     GgufBuilder::tiny_llama(file_type, seed)
 }
@@ -513,8 +513,20 @@ async fn upload_records_gguf_metadata_and_dedupes(store: TestStore) -> anyhow::R
     assert_eq!(artifact.digest, digest);
     assert_eq!(artifact.quantization, "Q4_1");
     assert_eq!(artifact.architecture, "llama");
-    assert_eq!(artifact.parameter_count, 64);
+    let header = flotilla_gguf::read_header(&file[..])?;
+    assert_eq!(artifact.parameter_count, header.parameter_count());
     assert_eq!(artifact.context_length, Some(2048));
+    // The engine of this release loads it (issue 14), and says which engine judged it.
+    assert_eq!(artifact.servable, Some(true));
+    assert_eq!(artifact.unservable_reason, None);
+    assert!(
+        artifact
+            .checked_by
+            .as_deref()
+            .is_some_and(|engine| engine.starts_with("flotilla-engine ")),
+        "{:?}",
+        artifact.checked_by
+    );
     assert_eq!(artifact.size_bytes, file.len() as u64);
     assert!(artifact.memory_estimate_bytes > artifact.size_bytes);
 

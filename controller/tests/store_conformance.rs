@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flotilla_controller::domain::{
     ArtifactFormat, Digest, ModelName, NewArtifact, PageRequest, PromptName, Quantization,
-    VersionState,
+    Servability, VersionState,
 };
 use flotilla_controller::store::{self, ArtifactInsert, BeforeCommit, Store, StoreError};
 
@@ -184,6 +184,7 @@ fn new_artifact(seed: &str, quantization: Quantization) -> NewArtifact {
         parameter_count: 135_000_000,
         context_length: Some(2048),
         memory_estimate_bytes: 300_000_000,
+        servability: Servability::judged(Ok(())),
     }
 }
 

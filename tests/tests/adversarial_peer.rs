@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use flotilla_gguf::{GgmlType, GgufBuilder};
+use flotilla_gguf::GgufBuilder;
 use flotilla_tests::rogue::{INJECTED, RogueListener, RogueNode, RogueTlsListener, key_and_csr};
 use flotilla_tests::serving::cli;
 use flotilla_tests::tls::{AGENT_NAME, TestTls};
@@ -29,16 +29,10 @@ const KEY: &str = "client-key-0123456789abcdef";
 /// Enrolment and directory propagation on loopback (no model is loaded).
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A tiny valid GGUF: the registry accepts it, and nobody loads it (the
+/// A tiny servable GGUF: the registry accepts it, and nobody loads it (the
 /// rogue only claims to serve it).
 fn tiny_gguf() -> Vec<u8> {
-    let weights: Vec<u8> = (0..160u32).map(|i| (i as u8).wrapping_mul(31)).collect();
-    GgufBuilder::new()
-        .metadata_str("general.architecture", "llama")
-        .metadata_u32("general.file_type", 3)
-        .metadata_u32("llama.context_length", 2048)
-        .tensor("blk.0.attn_q.weight", &[64, 4], GgmlType::Q4_1, &weights)
-        .build()
+    GgufBuilder::tiny_llama(3, 0)
 }
 
 /// How the fleet is secured.

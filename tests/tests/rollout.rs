@@ -222,22 +222,22 @@ impl Cli<'_> {
     }
 }
 
-/// A tiny valid llama GGUF: one 64×4 tensor of `kind` (256 weights), so
-/// Q8_0 needs 272 bytes and Q4_1 160; `seed` varies the bytes.
+/// A tiny servable llama GGUF whose matrices are `kind` (Q4_1 or Q8_0);
+/// `seed` varies the bytes.
 fn tiny_gguf(kind: GgmlType, seed: u8) -> Vec<u8> {
-    let (file_type, bytes) = match kind {
-        GgmlType::Q8_0 => (7, 8 * 34),
-        _ => (3, 8 * 20),
+    let file_type = match kind {
+        GgmlType::Q8_0 => 7,
+        _ => 3,
     };
-    let weights: Vec<u8> = (0..bytes)
-        .map(|i: u32| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect();
-    GgufBuilder::new()
-        .metadata_str("general.architecture", "llama")
-        .metadata_u32("general.file_type", file_type)
-        .metadata_u32("llama.context_length", 2048)
-        .tensor("blk.0.attn_q.weight", &[64, 4], kind, &weights)
-        .build()
+    GgufBuilder::tiny_llama(file_type, seed)
+}
+
+/// The controller's memory estimate for [`tiny_gguf`] of `kind` (the file's
+/// own context, 2048 tokens, is under the serving cap).
+fn memory_estimate(kind: GgmlType) -> anyhow::Result<u64> {
+    flotilla_gguf::read_header(&tiny_gguf(kind, 0)[..])?
+        .memory_estimate(2048)
+        .ok_or_else(|| anyhow::anyhow!("the fixture declares its attention shape"))
 }
 
 /// Pushes a Q4_1 and a Q8_0 artifact of `version`; returns their digests.
@@ -384,6 +384,8 @@ async fn scenario(store_args: &[&str]) -> anyhow::Result<()> {
 
     let lab = simulate(&grpc, &token, "lab", 20, &[("site", "lab")], &[], &[]).await?;
     let bad = simulate(&grpc, &token, "bad", 4, &[("site", "bad")], &["bad-2"], &[]).await?;
+    let q4_estimate = memory_estimate(GgmlType::Q4_1)?;
+    let between_q4_and_q8 = (q4_estimate + memory_estimate(GgmlType::Q8_0)?) / 2 * 40 / 27;
     let hw = simulate(
         &grpc,
         &token,
@@ -391,9 +393,11 @@ async fn scenario(store_args: &[&str]) -> anyhow::Result<()> {
         3,
         &[("role", "hw")],
         &[],
-        // hw-0 keeps 16 GiB; hw-1 can hold Q4_1 (160 bytes) but not Q8_0
-        // (272); hw-2 holds neither.
-        &[("hw-1", 300), ("hw-2", 100)],
+        // hw-0 keeps 16 GiB; hw-1 can hold Q4_1 but not Q8_0; hw-2 holds
+        // neither. A simulated node reports a quarter of its memory used,
+        // and planning keeps a 10% margin of the rest: its budget is 67.5%
+        // of its memory.
+        &[("hw-1", between_q4_and_q8), ("hw-2", q4_estimate / 2)],
     )
     .await?;
     let lab_nodes = names("lab", 20);

@@ -433,8 +433,10 @@ async fn show(name: &str, client: &ApiClient, printer: &Printer) -> anyhow::Resu
     ])?;
     printer.line("")?;
     let mut table = Table::new(&[
-        "VERSION", "STATE", "QUANT", "ARCH", "PARAMS", "SIZE", "CONTEXT", "DIGEST", "CREATED",
+        "VERSION", "STATE", "QUANT", "ARCH", "PARAMS", "SIZE", "CONTEXT", "SERVABLE", "DIGEST",
+        "CREATED",
     ]);
+    let mut refusals = Vec::new();
     for version in &detail.versions {
         if version.artifacts.is_empty() {
             table.row(vec![
@@ -446,10 +448,17 @@ async fn show(name: &str, client: &ApiClient, printer: &Printer) -> anyhow::Resu
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
                 human_time(version.created_at),
             ]);
         }
         for artifact in &version.artifacts {
+            if let Some(reason) = &artifact.unservable_reason {
+                refusals.push(format!(
+                    "{} {}: cannot be served: {reason}",
+                    version.version, artifact.quantization
+                ));
+            }
             table.row(vec![
                 version.version.clone(),
                 version.state.clone(),
@@ -460,12 +469,20 @@ async fn show(name: &str, client: &ApiClient, printer: &Printer) -> anyhow::Resu
                 artifact
                     .context_length
                     .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                servable_cell(artifact).to_owned(),
                 short_digest(&artifact.digest),
                 human_time(version.created_at),
             ]);
         }
     }
-    printer.table(&table)
+    printer.table(&table)?;
+    if !refusals.is_empty() {
+        printer.line("")?;
+        for refusal in refusals {
+            printer.line(&refusal)?;
+        }
+    }
+    Ok(())
 }
 
 async fn set_state(
@@ -528,8 +545,28 @@ fn artifact_fields(artifact: &ArtifactInfo) -> Vec<(&'static str, String)> {
                 .map_or_else(|| "unknown".to_owned(), |tokens| format!("{tokens} tokens")),
         ),
         ("memory", human_bytes(artifact.memory_estimate_bytes)),
+        ("servable", servable_text(artifact)),
         ("digest", format!("blake3:{}", artifact.digest)),
     ]
+}
+
+/// Whether this release's engine can serve the artifact, and if not why.
+fn servable_text(artifact: &ArtifactInfo) -> String {
+    match (artifact.servable, &artifact.unservable_reason) {
+        (None, _) => "unchecked (uploaded before the engine checked uploads)".to_owned(),
+        (Some(true), _) => "yes".to_owned(),
+        (Some(false), Some(reason)) => format!("no: {reason}"),
+        (Some(false), None) => "no".to_owned(),
+    }
+}
+
+/// The SERVABLE column: short, with the reasons listed under the table.
+fn servable_cell(artifact: &ArtifactInfo) -> &'static str {
+    match artifact.servable {
+        None => "-",
+        Some(true) => "yes",
+        Some(false) => "NO",
+    }
 }
 
 /// Checks a requirement here so a typo is a usage error, but sends the

@@ -5,7 +5,7 @@ use flotilla_api_types as dto;
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, DesiredAssignment, Model, ModelName, ModelVersion,
     Node, NodeDesired, NodeName, ObservedState, Page, PageRequest, PromptName, PromptPolicy,
-    PromptSummary, SystemPrompt,
+    PromptSummary, Servability, SystemPrompt,
 };
 use crate::error::ApiError;
 use crate::registry::VersionWithArtifacts;
@@ -185,6 +185,18 @@ pub fn artifact_info(artifact: Artifact) -> dto::ArtifactInfo {
         parameter_count: artifact.parameter_count,
         context_length: artifact.context_length,
         memory_estimate_bytes: artifact.memory_estimate_bytes,
+        servable: match &artifact.servability {
+            Servability::Unchecked => None,
+            Servability::Servable { .. } => Some(true),
+            Servability::Unservable { .. } => Some(false),
+        },
+        unservable_reason: artifact.servability.unservable_reason().map(str::to_owned),
+        checked_by: match artifact.servability {
+            Servability::Unchecked => None,
+            Servability::Servable { engine } | Servability::Unservable { engine, .. } => {
+                Some(engine)
+            }
+        },
         created_at: artifact.created_at,
     }
 }

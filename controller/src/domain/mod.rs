@@ -21,7 +21,9 @@ pub use assignment::{
     source_generation,
 };
 pub use flotilla_digest::{Digest, DigestParseError};
-pub use model::{Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, VersionState};
+pub use model::{
+    Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, Servability, VersionState,
+};
 pub use names::{InvalidName, ModelName, NodeName, PromptName, RolloutName};
 pub use node::{
     BootstrapSecret, BootstrapToken, InvalidLabels, InvalidNodePattern, InvalidNodeStatus, Labels,

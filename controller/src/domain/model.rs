@@ -131,6 +131,43 @@ pub struct NewArtifact {
     /// `registry::SERVING_CONTEXT_TOKENS`), plus working buffers. Drives
     /// hardware-fit decisions.
     pub memory_estimate_bytes: u64,
+    pub servability: Servability,
+}
+
+/// Whether the engine of this release can serve an artifact, judged from its header at
+/// upload (`flotilla_engine::Engine::check`): resolution never picks an unservable
+/// artifact, so a rollout of a file no node can load is refused when it is planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Servability {
+    /// Uploaded before the controller checked; resolution treats it as servable, as it
+    /// always did.
+    Unchecked,
+    Servable {
+        engine: String,
+    },
+    Unservable {
+        engine: String,
+        reason: String,
+    },
+}
+
+impl Servability {
+    /// The verdict of the engine linked into this controller.
+    pub fn judged(verdict: Result<(), String>) -> Servability {
+        let engine = format!("flotilla-engine {}", env!("CARGO_PKG_VERSION"));
+        match verdict {
+            Ok(()) => Servability::Servable { engine },
+            Err(reason) => Servability::Unservable { engine, reason },
+        }
+    }
+
+    /// Why no node can serve it, when the check said so.
+    pub fn unservable_reason(&self) -> Option<&str> {
+        match self {
+            Servability::Unservable { reason, .. } => Some(reason),
+            Servability::Unchecked | Servability::Servable { .. } => None,
+        }
+    }
 }
 
 /// One file of a model version, addressed by its blake3 digest.
@@ -146,6 +183,7 @@ pub struct Artifact {
     pub parameter_count: u64,
     pub context_length: Option<u64>,
     pub memory_estimate_bytes: u64,
+    pub servability: Servability,
     pub created_at: OffsetDateTime,
 }
 

@@ -26,6 +26,15 @@ pub enum ResolveError {
         available: String,
     },
     #[error(
+        "the {quantization} artifact of model {model} {version} cannot be served by this release's engine: {reason}"
+    )]
+    Unservable {
+        model: String,
+        version: String,
+        quantization: String,
+        reason: String,
+    },
+    #[error(
         "no artifact of model {model} {version} fits in {budget_bytes} bytes (smallest needs {smallest_bytes} bytes)"
     )]
     NothingFits {
@@ -80,23 +89,29 @@ fn pick_artifact<'a>(
     let fits = |artifact: &&Artifact| {
         memory_budget_bytes.is_none_or(|budget| artifact.memory_estimate_bytes <= budget)
     };
-    let picked = match policy {
-        QuantizationPolicy::Preferred(order) => order.iter().find_map(|wanted| {
-            artifacts
-                .iter()
-                .filter(fits)
-                .find(|artifact| &artifact.quantization == wanted)
-        }),
-        QuantizationPolicy::Auto => {
-            let mut by_precision: Vec<&Artifact> = artifacts.iter().filter(fits).collect();
-            by_precision.sort_by(|a, b| a.quantization.cmp_by_precision_desc(&b.quantization));
-            by_precision.first().copied()
-        }
-    };
+    let servable = |artifact: &&Artifact| artifact.servability.unservable_reason().is_none();
+    let picked = choose(artifacts.iter().filter(fits).filter(servable), policy);
+    // What the policy would have picked but for the engine's verdict is the
+    // error worth reporting: the operator's policy was right, the file is not.
+    if picked.is_none()
+        && let Some(refused) = choose(artifacts.iter().filter(fits), policy)
+        && let Some(reason) = refused.servability.unservable_reason()
+    {
+        return Err(ResolveError::Unservable {
+            model: model.to_owned(),
+            version: version.version.to_string(),
+            quantization: refused.quantization.to_string(),
+            reason: reason.to_owned(),
+        });
+    }
     if let Some(artifact) = picked {
         return Ok(artifact);
     }
-    let smallest = artifacts.iter().map(|a| a.memory_estimate_bytes).min();
+    let smallest = artifacts
+        .iter()
+        .filter(servable)
+        .map(|a| a.memory_estimate_bytes)
+        .min();
     match (memory_budget_bytes, smallest) {
         (Some(budget), Some(smallest)) if smallest > budget => Err(ResolveError::NothingFits {
             model: model.to_owned(),
@@ -116,12 +131,33 @@ fn pick_artifact<'a>(
     }
 }
 
+/// The artifact `policy` prefers among `candidates`.
+fn choose<'a>(
+    candidates: impl Iterator<Item = &'a Artifact>,
+    policy: &QuantizationPolicy,
+) -> Option<&'a Artifact> {
+    let candidates: Vec<&Artifact> = candidates.collect();
+    match policy {
+        QuantizationPolicy::Preferred(order) => order.iter().find_map(|wanted| {
+            candidates
+                .iter()
+                .find(|artifact| &artifact.quantization == wanted)
+                .copied()
+        }),
+        QuantizationPolicy::Auto => candidates
+            .into_iter()
+            .min_by(|a, b| a.quantization.cmp_by_precision_desc(&b.quantization)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::domain::{ArtifactFormat, Digest, ModelName, Quantization, VersionState};
+    use crate::domain::{
+        ArtifactFormat, Digest, ModelName, Quantization, Servability, VersionState,
+    };
 
     fn version(v: &str, state: VersionState) -> ModelVersion {
         ModelVersion {
@@ -147,8 +183,14 @@ mod tests {
             parameter_count: 135_000_000,
             context_length: Some(2048),
             memory_estimate_bytes: memory,
+            servability: Servability::Unchecked,
             created_at: OffsetDateTime::UNIX_EPOCH,
         }
+    }
+
+    fn unservable(mut artifact: Artifact) -> Artifact {
+        artifact.servability = Servability::judged(Err("tensor x has type IQ4_NL".into()));
+        artifact
     }
 
     fn catalogue() -> Vec<(ModelVersion, Vec<Artifact>)> {
@@ -202,6 +244,25 @@ mod tests {
         assert!(matches!(err, ResolveError::NoMatchingVersion { .. }));
         let err = resolve("m", &catalogue(), &req("=1.5.0"), &policy, None).expect_err("draft");
         assert!(matches!(err, ResolveError::NoMatchingVersion { .. }));
+    }
+
+    #[test]
+    fn an_artifact_the_engine_cannot_serve_is_never_picked() {
+        let mut catalogue = catalogue();
+        let (_, artifacts) = &mut catalogue[1];
+        artifacts[2] = unservable(artifacts[2].clone());
+        let auto = QuantizationPolicy::Auto;
+        let next_best = resolve("m", &catalogue, &req("^1"), &auto, None).expect("resolves");
+        assert_eq!(next_best.artifact.quantization, Quantization::Q8_0);
+
+        let only_f16 = "F16".parse().expect("valid policy");
+        let refused = resolve("m", &catalogue, &req("^1"), &only_f16, None)
+            .expect_err("the one F16 artifact is unservable");
+        assert_eq!(
+            refused.to_string(),
+            "the F16 artifact of model m 1.3.0 cannot be served by this release's engine: \
+             tensor x has type IQ4_NL"
+        );
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! the same chunks until the header (metadata and tensor table) is read, then
 //! keeps hashing to the end. Memory stays bounded by the channel, whatever
 //! the file's size: the bytes are never gathered in one buffer.
+//!
+//! Once the header is read, a second thread asks the engine whether it can
+//! serve the file (`Engine::check`, from the header alone) while the rest is
+//! hashed, so the verdict costs the upload no time of its own.
 
 use std::io::Read;
 
@@ -23,6 +27,8 @@ pub struct Inspection {
     pub digest: Digest,
     pub size_bytes: u64,
     pub header: Result<GgufHeader, GgufError>,
+    /// The engine's verdict on the header (`None` when there is no header).
+    pub engine_verdict: Option<Result<(), String>>,
 }
 
 /// Starts the inspector on a blocking thread; feed it through the returned
@@ -41,13 +47,30 @@ fn inspect(receiver: mpsc::Receiver<Bytes>) -> Inspection {
         size_bytes: 0,
     };
     let header = flotilla_gguf::read_header(&mut reader);
-    // Hash whatever the parser did not need (the tensor data).
-    while reader.next_chunk() {}
+    let engine_verdict = std::thread::scope(|scope| {
+        let check = header
+            .as_ref()
+            .ok()
+            .map(|header| scope.spawn(|| check_with_engine(header.clone())));
+        // Hash whatever the parser did not need (the tensor data).
+        while reader.next_chunk() {}
+        check.map(|check| {
+            check.join().unwrap_or_else(|_| {
+                Err("the engine failed while checking it (a bug: please report it)".into())
+            })
+        })
+    });
     Inspection {
         digest: Digest::from(reader.hasher.finalize()),
         size_bytes: reader.size_bytes,
         header,
+        engine_verdict,
     }
+}
+
+/// What `Engine::load` would say of this file on every node, in its words.
+fn check_with_engine(header: GgufHeader) -> Result<(), String> {
+    flotilla_engine::Engine::check(header).map_err(|error| error.to_string())
 }
 
 /// A `Read` over chunks arriving on a channel; every chunk is hashed as a

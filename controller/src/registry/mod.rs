@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use crate::domain::{
     Artifact, ArtifactFormat, Digest, Model, ModelName, ModelVersion, NewArtifact, Page,
     PageRequest, PromptName, PromptSummary, Quantization, QuantizationPolicy, Resolution,
-    SystemPrompt, VersionState, resolve,
+    ResolveError, Servability, SystemPrompt, VersionState, resolve,
 };
 use crate::objects::{BlobError, BlobStore, PendingUpload};
 use crate::store::{ArtifactInsert, BeforeCommit, Store, StoreError};
@@ -236,7 +236,10 @@ impl Registry {
             policy,
             memory_budget_bytes,
         )
-        .map_err(|e| RegistryError::NotFound(e.to_string()))
+        .map_err(|error| match error {
+            ResolveError::Unservable { .. } => RegistryError::FailedPrecondition(error.to_string()),
+            _ => RegistryError::NotFound(error.to_string()),
+        })
     }
 
     pub async fn artifacts_by_digest(&self, digest: &Digest) -> RegistryResult<Vec<Artifact>> {
@@ -501,6 +504,9 @@ fn describe_artifact(
         parameter_count: header.parameter_count(),
         context_length,
         memory_estimate_bytes,
+        servability: inspection
+            .engine_verdict
+            .map_or(Servability::Unchecked, Servability::judged),
     })
 }
 

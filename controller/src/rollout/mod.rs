@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 
 use crate::domain::{
     DEFAULT_SAFETY_MARGIN_PERCENT, DesiredAssignment, DesiredPrompt, Event, Fit, NewEvent, Node,
-    NodeStatus, PageRequest, Rollout, RolloutCommand, RolloutName, RolloutNode, RolloutNodeState,
-    RolloutSpec, apply_command, fit_node, memory_budget, plan_waves,
+    NodeStatus, PageRequest, ResolveError, Rollout, RolloutCommand, RolloutName, RolloutNode,
+    RolloutNodeState, RolloutSpec, apply_command, fit_node, memory_budget, plan_waves, resolve,
 };
 use crate::fleet::{Fleet, FleetError};
 use crate::store::{Missing, NewRollout, RolloutUpdate, Store, StoreError};
@@ -106,6 +106,17 @@ impl Rollouts {
             return Err(StoreError::NotFound(Missing::Model(model.clone())).into());
         }
         let candidates = self.store.resolvable_versions(model).await?;
+        // A file the engine cannot load would fail on every node: refuse the
+        // rollout now rather than mark each node unschedulable.
+        if let Err(error @ ResolveError::Unservable { .. }) = resolve(
+            model.as_str(),
+            &candidates,
+            &spec.requirement,
+            &spec.quantization,
+            None,
+        ) {
+            return Err(StoreError::FailedPrecondition(error.to_string()).into());
+        }
         let prompt = match &spec.prompt {
             None => None,
             Some(reference) => {

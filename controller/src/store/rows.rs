@@ -18,7 +18,7 @@ use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, DesiredAssignment, DesiredState,
     Digest, HealthPoint, HealthSample, InferenceMinute, Labels, Model, ModelName, ModelVersion,
     NewArtifact, Node, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page,
-    PromptName, PromptSummary, SecretHash, SystemPrompt, TokenRejection,
+    PromptName, PromptSummary, SecretHash, Servability, SystemPrompt, TokenRejection,
 };
 
 /// Columns of [`ArtifactRow`], joined from artifacts, their version, model and
@@ -26,7 +26,7 @@ use crate::domain::{
 pub(super) const SELECT_ARTIFACTS: &str = "\
     SELECT a.version_id, m.name AS model, v.version, a.digest, b.size_bytes, a.format, \
            a.quantization, a.architecture, a.parameter_count, a.context_length, \
-           a.memory_estimate_bytes, a.created_at \
+           a.memory_estimate_bytes, a.engine_check, a.unservable_reason, a.created_at \
     FROM artifacts a \
     JOIN model_versions v ON v.id = a.version_id \
     JOIN models m ON m.id = v.model_id \
@@ -430,6 +430,8 @@ pub(super) struct ArtifactRow {
     pub parameter_count: i64,
     pub context_length: Option<i64>,
     pub memory_estimate_bytes: i64,
+    pub engine_check: Option<String>,
+    pub unservable_reason: Option<String>,
     pub created_at: OffsetDateTime,
 }
 
@@ -463,6 +465,11 @@ impl TryFrom<ArtifactRow> for Artifact {
                 "artifacts.memory_estimate_bytes",
                 row.memory_estimate_bytes,
             )?,
+            servability: match (row.engine_check, row.unservable_reason) {
+                (None, _) => Servability::Unchecked,
+                (Some(engine), None) => Servability::Servable { engine },
+                (Some(engine), Some(reason)) => Servability::Unservable { engine, reason },
+            },
             created_at: row.created_at,
         })
     }
@@ -673,6 +680,8 @@ mod tests {
             parameter_count: 100,
             context_length: Some(2048),
             memory_estimate_bytes: 20,
+            engine_check: None,
+            unservable_reason: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
         }
     }

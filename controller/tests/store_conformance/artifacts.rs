@@ -36,6 +36,33 @@ pub(crate) async fn add_artifact_creates_then_reports_present_or_conflicting(
         created.memory_estimate_bytes,
         artifact.memory_estimate_bytes
     );
+    assert_eq!(created.servability, artifact.servability);
+    // Every verdict reads back as written: unservable with the engine's
+    // reason, and unchecked (uploaded before the check existed).
+    create_draft(store, "tiny", "1.2.4").await;
+    for (seed, quantization, servability) in [
+        (
+            "q8 bytes",
+            Quantization::Q8_0,
+            Servability::judged(Err("tensor x has type IQ4_NL".into())),
+        ),
+        ("f16 bytes", Quantization::F16, Servability::Unchecked),
+    ] {
+        let other = NewArtifact {
+            servability,
+            ..new_artifact(seed, quantization)
+        };
+        match store
+            .add_artifact(&model, &semver("1.2.4"), &other, no_op())
+            .await
+            .expect("add artifact")
+        {
+            ArtifactInsert::Created(created) => {
+                assert_eq!(created.servability, other.servability);
+            }
+            other => panic!("expected Created, got {other:?}"),
+        }
+    }
 
     // The same bytes again: reported, not written, hook not run.
     let again = store

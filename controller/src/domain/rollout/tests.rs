@@ -113,6 +113,7 @@ fn artifact(quant: Quantization, memory: u64) -> Artifact {
         parameter_count: 1,
         context_length: None,
         memory_estimate_bytes: memory,
+        servability: crate::domain::Servability::Unchecked,
         created_at: OffsetDateTime::UNIX_EPOCH,
     }
 }

@@ -36,7 +36,7 @@ use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, DirectoryEntry, Event,
     HealthPoint, Model, ModelName, ModelVersion, NewArtifact, NewAssignment, Node, NodeChange,
     NodeDesired, NodeName, Page, PageRequest, PromptName, PromptSummary, Rollout, RolloutName,
-    RolloutNode, SystemPrompt, VersionState,
+    RolloutNode, Servability, SystemPrompt, VersionState,
 };
 
 /// How many times `create_prompt_version` tries again when a concurrent
@@ -231,8 +231,9 @@ async fn insert_artifact(
 ) -> Result<i64, sqlx::Error> {
     sql::query_scalar::<i64>(
         "INSERT INTO artifacts (version_id, digest, format, quantization, architecture, \
-             parameter_count, context_length, memory_estimate_bytes) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+             parameter_count, context_length, memory_estimate_bytes, engine_check, \
+             unservable_reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
     )
     .bind(version_id)
     .bind(artifact.digest.to_hex())
@@ -242,6 +243,11 @@ async fn insert_artifact(
     .bind(numbers.parameter_count)
     .bind(numbers.context_length)
     .bind(numbers.memory_estimate_bytes)
+    .bind(match &artifact.servability {
+        Servability::Unchecked => None,
+        Servability::Servable { engine } | Servability::Unservable { engine, .. } => Some(engine),
+    })
+    .bind(artifact.servability.unservable_reason())
     .fetch_one(&mut *conn)
     .await
 }

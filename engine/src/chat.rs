@@ -41,6 +41,8 @@ pub struct ChatTemplate {
     environment: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// False for [`NO_CHAT_TEMPLATE`]: every chat is refused.
+    chats: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -103,7 +105,14 @@ impl ChatTemplate {
             environment,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            chats: source != NO_CHAT_TEMPLATE,
         })
+    }
+
+    /// Whether chats can be rendered at all: false for a base model whose file has no
+    /// template and whose vocabulary does not speak ChatML ([`NO_CHAT_TEMPLATE`]).
+    pub fn chats(&self) -> bool {
+        self.chats
     }
 
     /// Renders the conversation; `add_generation_prompt` appends the assistant header.

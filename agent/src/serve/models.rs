@@ -210,10 +210,18 @@ impl ServedModel {
     }
 
     /// A short greedy generation through the same path requests take
-    /// (system prompt, template, scheduler); it must produce a token.
+    /// (system prompt, template, scheduler); it must produce a token. A
+    /// base model that cannot chat (no template of its own or from the
+    /// system prompt, as Gemma 3 270M) is warmed up with a text completion,
+    /// the only kind of request it serves.
     fn warm_up(&self, timeout: Duration) -> Result<(), String> {
+        let input = if self.prompt.template.is_some() || self.engine.chats() {
+            Input::Chat(vec![Message::new(Role::User, "Hello")])
+        } else {
+            Input::Text("Hello".to_owned())
+        };
         let prompt = self
-            .prompt(Input::Chat(vec![Message::new(Role::User, "Hello")]))
+            .prompt(input)
             .map_err(|error| format!("warm-up prompt failed: {error}"))?;
         let mut request = GenerationRequest::new(prompt);
         request.sampling = SamplingParams::greedy();

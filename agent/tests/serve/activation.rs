@@ -89,8 +89,17 @@ async fn the_assigned_system_prompt_follows_its_policy() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_failed_activation_keeps_the_old_model_serving() -> anyhow::Result<()> {
     let harness = Harness::with_model("keeper", ServeConfig::default()).await?;
-    // A GGUF that parses but holds no runnable model.
-    let broken = flotilla_gguf::GgufBuilder::tiny_llama(3, 7);
+    // A GGUF that parses but holds no runnable model (one tensor, no shape).
+    let broken = flotilla_gguf::GgufBuilder::new()
+        .metadata_str("general.architecture", "llama")
+        .metadata_u32("general.file_type", 3)
+        .tensor(
+            "blk.0.attn_q.weight",
+            &[32, 2],
+            flotilla_gguf::GgmlType::Q4_1,
+            &[0; 40],
+        )
+        .build();
     let reason = harness
         .activate_bytes(assignment("keeper", "2.0.0", &broken), &broken)
         .await
@@ -278,5 +287,34 @@ async fn a_new_assignment_of_the_same_artifact_keeps_the_loaded_weights() -> any
     let held = after.admit(Duration::from_secs(1))?;
     assert_eq!(before.in_flight(), 1);
     drop(held);
+    Ok(())
+}
+
+/// A base model (no chat template of its own, no ChatML tokens: Gemma 3
+/// 270M is one) is activated and serves completions; a chat gets a clear
+/// 400 naming why. Before, the warm-up asked it for a chat, so the node
+/// refused the model and fetched it again forever.
+#[tokio::test]
+async fn a_base_model_without_a_chat_template_serves_completions() -> anyhow::Result<()> {
+    let harness = Harness::start(ServeConfig::default()).await?;
+    let base = flotilla_gguf::GgufBuilder::tiny_llama(3, 1);
+    harness
+        .activate_bytes(assignment("base", "1.0.0", &base), &base)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let completion = harness
+        .post(
+            "/v1/completions",
+            json!({"model": "base", "prompt": "Hello", "max_tokens": 2, "temperature": 0}),
+        )
+        .await?;
+    assert_eq!(completion.status(), 200);
+    let chat = harness
+        .post("/v1/chat/completions", greedy_chat("base", 2))
+        .await?;
+    assert_eq!(chat.status(), 400);
+    let body: Value = chat.json().await?;
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no chat template"), "{body}");
     Ok(())
 }

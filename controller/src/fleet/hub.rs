@@ -40,6 +40,7 @@ use tokio::sync::watch;
 use crate::domain::{
     DesiredState, HealthPoint, HealthSample, NodeDesired, NodeName, NodeStatus, ObservedState,
 };
+use streams::Connection;
 
 mod flusher;
 mod reports;
@@ -300,19 +301,26 @@ impl SyncHub {
     /// Whether a node counts as ready: a stream open here and a heartbeat
     /// within [`MISSED_HEARTBEATS`] intervals; for nodes streaming to
     /// another replica, a persisted heartbeat that recent (allowing for
-    /// the flush delay).
+    /// the flush delay). A node whose stream ended here is not ready until
+    /// a heartbeat newer than that end is persisted (by the replica it
+    /// moved to): before, a killed agent stayed ready for the whole window,
+    /// about 20 s, on its own last persisted heartbeat.
     pub fn is_ready(&self, node: &NodeName, persisted_heartbeat: Option<OffsetDateTime>) -> bool {
         let window = self.heartbeat_interval * MISSED_HEARTBEATS;
         let now = OffsetDateTime::now_utc();
         let recent = |at: OffsetDateTime, window: Duration| {
             (now - at) <= time::Duration::try_from(window).unwrap_or(time::Duration::MAX)
         };
-        if self.streams.is_connected(node) {
-            self.reports
+        let persisted_recent = |at: &OffsetDateTime| recent(*at, window + HEALTH_FLUSH_EVERY);
+        match self.streams.connection(node) {
+            Connection::Open => self
+                .reports
                 .last_heartbeat_at(node)
-                .is_some_and(|at| recent(at, window))
-        } else {
-            persisted_heartbeat.is_some_and(|at| recent(at, window + HEALTH_FLUSH_EVERY))
+                .is_some_and(|at| recent(at, window)),
+            Connection::Ended(ended) => persisted_heartbeat
+                .filter(|at| *at > ended)
+                .is_some_and(|at| persisted_recent(&at)),
+            Connection::Never => persisted_heartbeat.is_some_and(|at| persisted_recent(&at)),
         }
     }
 

@@ -304,4 +304,39 @@ mod tests {
         hub.restore(batch);
         assert_eq!(hub.take_dirty(|_| true).reports.len(), 1);
     }
+
+    /// Issue 19: a killed agent's stream ends at once, and so does its
+    /// readiness; its own last persisted heartbeat (seconds old, within the
+    /// window) no longer keeps it ready. A heartbeat persisted after the
+    /// end, by the replica it moved to, does.
+    #[test]
+    fn a_node_whose_stream_ended_here_is_not_ready_on_its_old_heartbeat() {
+        let hub = SyncHub::new(Duration::from_secs(5));
+        let node: NodeName = "edge-1".parse().expect("valid");
+        let never: NodeName = "edge-2".parse().expect("valid");
+        let session = hub.connect(&node, state(0, NodeStatus::Active));
+        let before = OffsetDateTime::now_utc();
+        hub.heartbeat(&node, sample(before), before);
+        assert!(hub.is_ready(&node, Some(before)));
+
+        hub.disconnect(&session);
+        assert!(
+            !hub.is_ready(&node, Some(before)),
+            "the heartbeat persisted before the stream ended"
+        );
+        let elsewhere = OffsetDateTime::now_utc() + time::Duration::milliseconds(1);
+        assert!(hub.is_ready(&node, Some(elsewhere)));
+        // A node that never streamed here is judged by what is persisted.
+        assert!(hub.is_ready(&never, Some(before)));
+        assert!(!hub.is_ready(&never, None));
+        // Streaming here again: its own heartbeats count.
+        let _again = hub.connect(&node, state(1, NodeStatus::Active));
+        let now = OffsetDateTime::now_utc();
+        hub.heartbeat(&node, sample(now), now);
+        assert!(hub.is_ready(&node, Some(before)));
+    }
+
+    fn sample(now: OffsetDateTime) -> HealthSample {
+        super::super::fixtures::sample(now, 5.0)
+    }
 }

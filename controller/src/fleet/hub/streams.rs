@@ -47,9 +47,22 @@ impl OpenStream {
     }
 }
 
+/// Whether a node streams to this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Connection {
+    Open,
+    /// Its stream here ended at this time (and no newer one opened here).
+    Ended(OffsetDateTime),
+    /// It never streamed here since this replica started.
+    Never,
+}
+
 /// See the module docs.
 pub(super) struct StreamRegistry {
     streams: ShardedMap<OpenStream>,
+    /// When each node's last stream here ended; a node is here or in
+    /// `streams`, never both.
+    ended: ShardedMap<OffsetDateTime>,
     next_session: AtomicU64,
     open: AtomicUsize,
     routes: RouteChanges,
@@ -59,6 +72,7 @@ impl StreamRegistry {
     pub(super) fn new(routes: RouteChanges) -> Self {
         Self {
             streams: ShardedMap::new(),
+            ended: ShardedMap::new(),
             next_session: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             routes,
@@ -101,6 +115,7 @@ impl StreamRegistry {
             };
             self.route_changed(node, Some(&stream));
             shard.insert(node.clone(), stream);
+            self.ended.lock(node).remove(node);
             also();
             // Dropping the old stream's sender ends that stream.
             replaced.is_some()
@@ -128,6 +143,7 @@ impl StreamRegistry {
             .is_some_and(|stream| stream.session == session.id)
         {
             shard.remove(&session.node);
+            self.mark_ended(&session.node);
             self.route_changed(&session.node, None);
             also();
             self.open.fetch_sub(1, Ordering::Relaxed);
@@ -140,6 +156,7 @@ impl StreamRegistry {
     pub(super) fn evict(&self, node: &NodeName, also: impl FnOnce()) {
         let mut shard = self.streams.lock(node);
         if shard.remove(node).is_some() {
+            self.mark_ended(node);
             self.route_changed(node, None);
             self.open.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!("flotilla_fleet_streams").decrement(1.0);
@@ -203,6 +220,28 @@ impl StreamRegistry {
 
     pub(super) fn is_connected(&self, node: &NodeName) -> bool {
         self.streams.lock(node).contains_key(node)
+    }
+
+    /// Whether `node` streams here, or when its stream here ended. The
+    /// stream's shard is held while the end time is read, so a stream that
+    /// opens or ends meanwhile is seen in one state or the other.
+    pub(super) fn connection(&self, node: &NodeName) -> Connection {
+        let streams = self.streams.lock(node);
+        if streams.contains_key(node) {
+            return Connection::Open;
+        }
+        match self.ended.lock(node).get(node) {
+            Some(&ended) => Connection::Ended(ended),
+            None => Connection::Never,
+        }
+    }
+
+    /// Called with the node's stream shard locked (lock order: streams,
+    /// then ended).
+    fn mark_ended(&self, node: &NodeName) {
+        self.ended
+            .lock(node)
+            .insert(node.clone(), OffsetDateTime::now_utc());
     }
 
     /// Where the node's open stream said it serves.

@@ -140,9 +140,9 @@ impl Tokenizer {
                 tokens.len()
             )));
         }
+        let pre_name = header.metadata.get_str("tokenizer.ggml.pre");
         let algorithm = match model {
             "gpt2" => {
-                let pre_name = header.metadata.get_str("tokenizer.ggml.pre");
                 let pre_tokenizer = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
                     EngineError::Unsupported(format!("pre-tokenizer {pre_name:?}"))
                 })?;
@@ -242,8 +242,16 @@ impl Tokenizer {
             .or_else(|| token_ids.get("<|eot_id|>").copied())
             .or_else(|| token_ids.get("<end_of_turn>").copied())
             .or_else(|| token_ids.get("<|end|>").copied());
-        // SentencePiece vocabularies default to adding BOS, as llama.cpp does.
-        let default_add_bos = matches!(algorithm, Algorithm::SentencePiece { .. });
+        // Without `add_bos_token`, llama.cpp adds BOS for SentencePiece vocabularies and for
+        // the byte-level ones whose pre-tokenizer it knows to want one (Llama 3's and its
+        // kin: llama_vocab::impl::load).
+        let default_add_bos = match algorithm {
+            Algorithm::SentencePiece { .. } => true,
+            Algorithm::BytePairs { .. } => matches!(
+                pre_name,
+                Some("llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral")
+            ),
+        };
         Ok(Tokenizer {
             bos: token_id("tokenizer.ggml.bos_token_id"),
             eos: token_id("tokenizer.ggml.eos_token_id"),

@@ -86,3 +86,24 @@ fn llama3_vocabularies_add_bos_unless_told_otherwise() {
     );
     assert_eq!(byte_level("qwen2", None).encode("hi", true, None), [3]);
 }
+
+#[test]
+fn phi3_special_tokens_drop_the_whitespace_after_them() {
+    let bytes =
+        tiny_tokenizer_builder(GgufBuilder::new().metadata_str("general.name", "Phi3")).build();
+    let phi3 = Tokenizer::from_gguf(&read_header(&bytes[..]).expect("header")).expect("tokenizer");
+    let encode = |tokenizer: &Tokenizer, text| tokenizer.encode(text, true, Some(false));
+    assert_eq!(
+        encode(&phi3, "<|im_start|>\n\t\u{b} hello<|im_end|>\n"),
+        encode(&phi3, "<|im_start|>hello<|im_end|>")
+    );
+    // Not after <|endoftext|>, and not in models that are not named Phi-3.
+    assert_ne!(
+        encode(&phi3, "<|endoftext|> hello"),
+        encode(&phi3, "<|endoftext|>hello")
+    );
+    assert_ne!(
+        encode(&tiny(), "<|im_start|>\nhello"),
+        encode(&tiny(), "<|im_start|>hello")
+    );
+}

@@ -1,8 +1,9 @@
-//! Parity with llama.cpp for the architectures beyond plain Llama (Qwen2, Gemma 3), on
-//! models llama.cpp itself re-quantized from the real files (`scripts/prepare-arch-models.sh`,
-//! into `models/requantized/`): the first-position top-1 token (unless llama.cpp's own
-//! top-2 gap is under `NEAR_TIE`), the first-position top-5 logits within
-//! `LOGIT_TOLERANCE`, and 32 greedy tokens per prompt.
+//! Parity with llama.cpp for the architectures beyond plain Llama (Qwen2, Gemma 3, Phi-3,
+//! Llama 3.1's rope scaling), on models llama.cpp itself re-quantized from the real files
+//! and on small synthetic ones (`scripts/prepare-arch-models.sh`, into `models/requantized/`
+//! and `models/synthetic/`): the first-position top-1 token (unless llama.cpp's own top-2
+//! gap is under `NEAR_TIE`), the first-position top-5 logits within `LOGIT_TOLERANCE`, and
+//! 32 greedy tokens per prompt.
 //!
 //! The reference is live llama.cpp (`tests/arch_reference/reference.py` through
 //! `FLOTILLA_PYTHON`); there are no golden files, since the models are made locally.
@@ -79,6 +80,15 @@ fn token_list(value: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// The prompt as messages show it: long ones cut to their start and length.
+fn label(prompt: &str) -> String {
+    const SHOWN: usize = 60;
+    match prompt.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{:?}… ({} chars)", &prompt[..end], prompt.chars().count()),
+        None => format!("{prompt:?}"),
+    }
+}
+
 fn check(case: &Case) {
     let (dir, required) = models_dir();
     let model = dir.join(case.model);
@@ -127,12 +137,14 @@ fn check(case: &Case) {
     let mut failures = Vec::new();
     for entry in reference["cases"].as_array().expect("cases") {
         let prompt = entry["prompt"].as_str().expect("prompt");
+        let label = label(prompt);
         let prompt_tokens = token_list(&entry["prompt_tokens"]);
         assert_eq!(
             engine.tokenizer().encode(prompt, true, None),
             prompt_tokens,
-            "tokenization of {prompt:?}"
+            "tokenization of {label}"
         );
+        let prompt_length = prompt_tokens.len();
         let expected = token_list(&entry["generated"]);
         let margins: Vec<f64> = entry["top1_margins"]
             .as_array()
@@ -153,12 +165,12 @@ fn check(case: &Case) {
         let reference_top1 = top5[0][0].as_u64().expect("id") as u32;
         if max_difference >= LOGIT_TOLERANCE {
             failures.push(format!(
-                "{prompt:?}: first-position logits differ by {max_difference}"
+                "{label}: first-position logits differ by {max_difference}"
             ));
         }
         if ours_top1 != reference_top1 && margins[0] >= NEAR_TIE {
             failures.push(format!(
-                "{prompt:?}: first-position top-1 ours {ours_top1}, llama.cpp {reference_top1}"
+                "{label}: first-position top-1 ours {ours_top1}, llama.cpp {reference_top1}"
             ));
         }
 
@@ -175,7 +187,7 @@ fn check(case: &Case) {
         // Generation may stop early at end of turn; the reference keeps going.
         let complete = agreeing == expected.len() || agreeing == output.tokens.len();
         eprintln!(
-            "{prompt:?}: {agreeing}/{} tokens agree (first-position logits within {max_difference:.3}) -> {:?}",
+            "{label} ({prompt_length} tokens): {agreeing}/{} tokens agree (first-position logits within {max_difference:.3}) -> {:?}",
             expected.len(),
             output.text
         );
@@ -183,7 +195,7 @@ fn check(case: &Case) {
             full_matches += 1;
         } else if margins[agreeing] >= NEAR_TIE {
             failures.push(format!(
-                "{prompt:?} diverges at token {agreeing} where llama.cpp's margin is {:.3}:\n  ours  {:?}\n  llama {expected:?}",
+                "{label} diverges at token {agreeing} where llama.cpp's margin is {:.3}:\n  ours  {:?}\n  llama {expected:?}",
                 margins[agreeing], output.tokens
             ));
         } else {
@@ -242,4 +254,69 @@ fn qwen2_matches_llama_cpp_on_the_original_q4_k_m() {
 #[test]
 fn gemma3_matches_llama_cpp_on_the_original_q4_k_m() {
     check(&GEMMA3_Q4_K_M);
+}
+
+/// Longer than the synthetic models' original rope context (256 positions) and Phi-3's
+/// declared sliding window (128), in both tokenizers: 300-odd tokens.
+const LONG_PROMPT: &str = "A lighthouse keeper's log from the winter of 1893 records the weather at every change of watch: the wind's direction and force, the state of the sea, the visibility in nautical miles, and whether the lamp needed trimming. \
+Most entries are short. On the night of the ninth of January the keeper wrote that the glass was falling fast, that the swell from the south-west had begun to break over the landing stage, and that a steamer had passed inside the reef at half past two, closer than any master with a sound chart would have taken her. \
+He lit the fog signal at three. By dawn the wind had backed to the south and the rain came in sheets; the relief boat could not land, so the two men on the rock rationed their oil and read the almanac to each other. \
+The supply tender reached them on the fourteenth with coal, paraffin, flour, letters and a new wick for the burner, and the log for that day runs to two full pages, listing every cask and crate by weight. \
+Historians value such records less for the storms than for the ordinary days between them, which show how a small crew kept a complicated machine running for months with no help from the shore: the clockwork that turned the lens was wound every two hours, the brass was polished each morning, and the glass of the lantern was cleaned of salt after every blow. \
+Reading the whole winter in one sitting, one notices that the keeper never once wrote about being afraid, and that he always noted the time the light was lit and the time it went out.";
+
+const PHI3_PROMPTS: &[&str] = &[
+    "<|user|>\nWhat is the capital of France?<|end|>\n<|assistant|>\n",
+    "The capital of France is",
+    "def fibonacci(n):\n",
+    "Once upon a time, in a small village,",
+    LONG_PROMPT,
+];
+
+const LLAMA3_PROMPTS: &[&str] = &[
+    "<|start_header_id|>user<|end_header_id|>\n\nWhat is the capital of France?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    "The capital of France is",
+    "def fibonacci(n):\n",
+    "Once upon a time, in a small village,",
+    LONG_PROMPT,
+];
+
+/// Synthetic models (`tests/arch_reference/synthesize.py`, written by
+/// `scripts/prepare-arch-models.sh` into `models/synthetic/`). Phi-3 and Llama 3.1 have no
+/// real model small enough for CI (Phi-3-mini is 2 GB, Llama 3.2 1B over 1 GB), so these
+/// files carry each architecture's real metadata, tensor layout and tokenizer (copied from
+/// llama.cpp's `ggml-vocab-phi-3.gguf` and `ggml-vocab-llama-bpe.gguf`) with seeded random
+/// weights scaled to a trained model's activations and peaked logits. Random weights
+/// predict nothing useful, but they run the same graph as the real models do: Phi-3's
+/// fused `attn_qkv` and `[gate | up]` projections and its ignored sliding window (128,
+/// shorter than the last prompt); Llama 3.1's `rope_freqs` divisors, computed with its
+/// formula for a 256-position original context so that the divided rope pairs turn within
+/// the prompts (the last prompt is longer than that context). The prompts also check
+/// llama.cpp's tokenizer quirks for these vocabularies: whitespace dropped after Phi-3's
+/// special tokens, and BOS added for Llama 3 without `add_bos_token`.
+///
+/// Measured (llama-cpp-python 0.3.36, debug build): all 5 prompts of each agree for 32
+/// tokens; first-position top-5 logits within 0.0005 for the short prompts and 0.09 for
+/// the 327-354-token one (attention over more positions sums in another order). One prompt
+/// is left for a near tie that another CPU's summation order may decide otherwise.
+const PHI3_SYNTHETIC: Case = Case {
+    model: "synthetic/phi3-synthetic-Q8_0.gguf",
+    prompts: PHI3_PROMPTS,
+    min_full_matches: 4,
+};
+
+const LLAMA3_SYNTHETIC: Case = Case {
+    model: "synthetic/llama3-synthetic-Q8_0.gguf",
+    prompts: LLAMA3_PROMPTS,
+    min_full_matches: 4,
+};
+
+#[test]
+fn phi3_matches_llama_cpp_on_a_synthetic_model() {
+    check(&PHI3_SYNTHETIC);
+}
+
+#[test]
+fn llama3_rope_scaling_matches_llama_cpp_on_a_synthetic_model() {
+    check(&LLAMA3_SYNTHETIC);
 }

@@ -63,6 +63,16 @@ enum Algorithm {
     },
 }
 
+/// A token matched verbatim in input text before the vocabulary's algorithm runs.
+#[derive(Debug, Clone)]
+struct SpecialToken {
+    text: String,
+    id: TokenId,
+    kind: TokenKind,
+    /// Whitespace right after it is dropped (llama.cpp's `LLAMA_TOKEN_ATTR_RSTRIP`).
+    strips_right: bool,
+}
+
 /// The tokenizer of one model.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -71,7 +81,7 @@ pub struct Tokenizer {
     kinds: Vec<TokenKind>,
     token_ids: HashMap<String, TokenId>,
     /// Tokens matched verbatim in input text, longest first.
-    special_tokens: Vec<(String, TokenId, TokenKind)>,
+    special_tokens: Vec<SpecialToken>,
     byte_to_char: [char; 256],
     char_to_byte: HashMap<char, u8>,
     bos: Option<TokenId>,
@@ -140,9 +150,9 @@ impl Tokenizer {
                 tokens.len()
             )));
         }
+        let pre_name = header.metadata.get_str("tokenizer.ggml.pre");
         let algorithm = match model {
             "gpt2" => {
-                let pre_name = header.metadata.get_str("tokenizer.ggml.pre");
                 let pre_tokenizer = PreTokenizer::from_gguf_name(pre_name).ok_or_else(|| {
                     EngineError::Unsupported(format!("pre-tokenizer {pre_name:?}"))
                 })?;
@@ -210,7 +220,14 @@ impl Tokenizer {
             .enumerate()
             .map(|(id, text)| (text.clone(), id as TokenId))
             .collect();
-        let mut special_tokens: Vec<(String, TokenId, TokenKind)> = tokens
+        // llama.cpp gives Phi-3's special tokens (all but BOS, UNK and <|endoftext|>) the
+        // RSTRIP attribute, as Phi-3's tokenizer.json does, when the model's name says Phi-3:
+        // "<|user|>\nHi" tokenizes as <|user|> ▁Hi (llama_vocab::impl::load).
+        let phi3_name = header.metadata.get_str("general.name").is_some_and(|name| {
+            let name = name.to_ascii_lowercase();
+            name.contains("phi-3") || name.contains("phi3")
+        });
+        let mut special_tokens: Vec<SpecialToken> = tokens
             .iter()
             .zip(&kinds)
             .enumerate()
@@ -221,9 +238,15 @@ impl Tokenizer {
                         TokenKind::Control | TokenKind::UserDefined | TokenKind::Unknown
                     )
             })
-            .map(|(id, (text, kind))| (text.clone(), id as TokenId, *kind))
+            .map(|(id, (text, kind))| SpecialToken {
+                text: text.clone(),
+                id: id as TokenId,
+                kind: *kind,
+                strips_right: phi3_name
+                    && !matches!(text.as_str(), "<unk>" | "<s>" | "<|endoftext|>"),
+            })
             .collect();
-        special_tokens.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        special_tokens.sort_by(|a, b| b.text.len().cmp(&a.text.len()).then(a.id.cmp(&b.id)));
         let byte_to_char = byte_to_char_table();
         let char_to_byte = byte_to_char
             .iter()
@@ -242,8 +265,16 @@ impl Tokenizer {
             .or_else(|| token_ids.get("<|eot_id|>").copied())
             .or_else(|| token_ids.get("<end_of_turn>").copied())
             .or_else(|| token_ids.get("<|end|>").copied());
-        // SentencePiece vocabularies default to adding BOS, as llama.cpp does.
-        let default_add_bos = matches!(algorithm, Algorithm::SentencePiece { .. });
+        // Without `add_bos_token`, llama.cpp adds BOS for SentencePiece vocabularies and for
+        // the byte-level ones whose pre-tokenizer it knows to want one (Llama 3's and its
+        // kin: llama_vocab::impl::load).
+        let default_add_bos = match algorithm {
+            Algorithm::SentencePiece { .. } => true,
+            Algorithm::BytePairs { .. } => matches!(
+                pre_name,
+                Some("llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral")
+            ),
+        };
         Ok(Tokenizer {
             bos: token_id("tokenizer.ggml.bos_token_id"),
             eos: token_id("tokenizer.ggml.eos_token_id"),
@@ -301,13 +332,17 @@ impl Tokenizer {
         let mut rest = text;
         while !rest.is_empty() {
             match self.find_special(rest, parse_special) {
-                Some((start, length, id)) => {
+                Some((start, special)) => {
                     if start > 0 {
                         self.encode_ordinary(&rest[..start], after_special, &mut output);
                     }
-                    output.push(id);
+                    output.push(special.id);
                     after_special = true;
-                    rest = &rest[start + length..];
+                    rest = &rest[start + special.text.len()..];
+                    if special.strips_right {
+                        // C's isspace: unlike char::is_ascii_whitespace, it includes \v.
+                        rest = rest.trim_start_matches([' ', '\t', '\n', '\x0B', '\x0C', '\r']);
+                    }
                 }
                 None => {
                     self.encode_ordinary(rest, after_special, &mut output);
@@ -318,19 +353,20 @@ impl Tokenizer {
         output
     }
 
-    /// The earliest special token in `text` (longest on ties): (byte start, byte length, id).
-    fn find_special(&self, text: &str, parse_special: bool) -> Option<(usize, usize, TokenId)> {
-        let mut best: Option<(usize, usize, TokenId)> = None;
-        for (special, id, kind) in &self.special_tokens {
-            if !parse_special && matches!(kind, TokenKind::Control | TokenKind::Unknown) {
+    /// The earliest special token in `text` (longest on ties), with its byte offset.
+    fn find_special(&self, text: &str, parse_special: bool) -> Option<(usize, &SpecialToken)> {
+        let mut best: Option<(usize, &SpecialToken)> = None;
+        for special in &self.special_tokens {
+            if !parse_special && matches!(special.kind, TokenKind::Control | TokenKind::Unknown) {
                 continue;
             }
-            if let Some(start) = text.find(special.as_str())
-                && best.is_none_or(|(best_start, best_length, _)| {
-                    start < best_start || (start == best_start && special.len() > best_length)
+            if let Some(start) = text.find(special.text.as_str())
+                && best.is_none_or(|(best_start, best)| {
+                    start < best_start
+                        || (start == best_start && special.text.len() > best.text.len())
                 })
             {
-                best = Some((start, special.len(), *id));
+                best = Some((start, special));
             }
         }
         best

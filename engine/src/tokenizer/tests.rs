@@ -54,3 +54,56 @@ fn utf8_stream_holds_back_partial_characters() {
     assert_eq!(stream.push(&crab[2..]), "🦀");
     assert_eq!(stream.finish(), "");
 }
+
+/// A byte-level vocabulary of `<|begin_of_text|>`, `h`, `i` and `hi` with pre-tokenizer `pre`.
+fn byte_level(pre: &str, add_bos: Option<bool>) -> Tokenizer {
+    let tokens = ["<|begin_of_text|>", "h", "i", "hi"].map(String::from);
+    let mut builder = GgufBuilder::new()
+        .metadata_str("tokenizer.ggml.model", "gpt2")
+        .metadata_str("tokenizer.ggml.pre", pre)
+        .metadata_str_array("tokenizer.ggml.tokens", &tokens)
+        .metadata_i32_array("tokenizer.ggml.token_type", &[3, 1, 1, 1])
+        .metadata_str_array("tokenizer.ggml.merges", &["h i".to_string()])
+        .metadata_u32("tokenizer.ggml.bos_token_id", 0);
+    if let Some(add_bos) = add_bos {
+        builder = builder.metadata_bool("tokenizer.ggml.add_bos_token", add_bos);
+    }
+    let bytes = builder.build();
+    Tokenizer::from_gguf(&read_header(&bytes[..]).expect("header")).expect("tokenizer")
+}
+
+#[test]
+fn llama3_vocabularies_add_bos_unless_told_otherwise() {
+    // llama.cpp's default for Llama 3's pre-tokenizer; its own ggml-vocab-llama-bpe.gguf and
+    // early Llama 3 conversions carry no add_bos_token.
+    assert_eq!(
+        byte_level("llama-bpe", None).encode("hi", true, None),
+        [0, 3]
+    );
+    assert_eq!(
+        byte_level("llama-bpe", Some(false)).encode("hi", true, None),
+        [3]
+    );
+    assert_eq!(byte_level("qwen2", None).encode("hi", true, None), [3]);
+}
+
+#[test]
+fn phi3_special_tokens_drop_the_whitespace_after_them() {
+    let bytes =
+        tiny_tokenizer_builder(GgufBuilder::new().metadata_str("general.name", "Phi3")).build();
+    let phi3 = Tokenizer::from_gguf(&read_header(&bytes[..]).expect("header")).expect("tokenizer");
+    let encode = |tokenizer: &Tokenizer, text| tokenizer.encode(text, true, Some(false));
+    assert_eq!(
+        encode(&phi3, "<|im_start|>\n\t\u{b} hello<|im_end|>\n"),
+        encode(&phi3, "<|im_start|>hello<|im_end|>")
+    );
+    // Not after <|endoftext|>, and not in models that are not named Phi-3.
+    assert_ne!(
+        encode(&phi3, "<|endoftext|> hello"),
+        encode(&phi3, "<|endoftext|>hello")
+    );
+    assert_ne!(
+        encode(&tiny(), "<|im_start|>\nhello"),
+        encode(&tiny(), "<|im_start|>hello")
+    );
+}

@@ -3,7 +3,7 @@
 
 use flotilla_gguf::{GgmlType, GgufBuilder, GgufHeader, read_header};
 
-use super::fixture::tiny_model_bytes;
+use super::fixture::{model_file, tiny_model_bytes};
 use crate::{Engine, EngineOptions};
 
 fn header(bytes: &[u8]) -> GgufHeader {
@@ -12,24 +12,10 @@ fn header(bytes: &[u8]) -> GgufHeader {
 
 /// `Engine::load`'s verdict on the same bytes, through a real file.
 fn load_verdict(bytes: &[u8]) -> Result<(), String> {
-    let path = std::env::temp_dir().join(format!(
-        "flotilla-check-{}-{}.gguf",
-        std::process::id(),
-        blake3_like(bytes)
-    ));
-    std::fs::write(&path, bytes).expect("write the model");
-    let verdict = Engine::load(&path, EngineOptions { threads: Some(1) })
+    let file = model_file(bytes);
+    Engine::load(&file.path, EngineOptions { threads: Some(1) })
         .map(drop)
-        .map_err(|error| error.to_string());
-    let _ = std::fs::remove_file(&path);
-    verdict
-}
-
-/// A cheap content tag so parallel tests never share a file name.
-fn blake3_like(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+        .map_err(|error| error.to_string())
 }
 
 #[test]

@@ -20,13 +20,18 @@ impl Drop for TempModel {
 }
 
 pub fn tiny_model_file() -> TempModel {
+    model_file(&tiny_model_bytes())
+}
+
+/// `bytes` in a temporary file of its own (tests run in parallel).
+pub fn model_file(bytes: &[u8]) -> TempModel {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let path = std::env::temp_dir().join(format!(
         "flotilla-engine-tiny-{}-{}.gguf",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::write(&path, tiny_model_bytes()).expect("write tiny model");
+    std::fs::write(&path, bytes).expect("write the model file");
     TempModel { path }
 }
 

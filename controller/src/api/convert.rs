@@ -191,12 +191,7 @@ pub fn artifact_info(artifact: Artifact) -> dto::ArtifactInfo {
             Servability::Unservable { .. } => Some(false),
         },
         unservable_reason: artifact.servability.unservable_reason().map(str::to_owned),
-        checked_by: match artifact.servability {
-            Servability::Unchecked => None,
-            Servability::Servable { engine } | Servability::Unservable { engine, .. } => {
-                Some(engine)
-            }
-        },
+        checked_by: artifact.servability.checked_by().map(str::to_owned),
         created_at: artifact.created_at,
     }
 }

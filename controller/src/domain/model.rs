@@ -161,6 +161,16 @@ impl Servability {
         }
     }
 
+    /// The engine that judged it, once checked.
+    pub fn checked_by(&self) -> Option<&str> {
+        match self {
+            Servability::Servable { engine } | Servability::Unservable { engine, .. } => {
+                Some(engine)
+            }
+            Servability::Unchecked => None,
+        }
+    }
+
     /// Why no node can serve it, when the check said so.
     pub fn unservable_reason(&self) -> Option<&str> {
         match self {

@@ -36,7 +36,7 @@ use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, DirectoryEntry, Event,
     HealthPoint, Model, ModelName, ModelVersion, NewArtifact, NewAssignment, Node, NodeChange,
     NodeDesired, NodeName, Page, PageRequest, PromptName, PromptSummary, Rollout, RolloutName,
-    RolloutNode, Servability, SystemPrompt, VersionState,
+    RolloutNode, SystemPrompt, VersionState,
 };
 
 /// How many times `create_prompt_version` tries again when a concurrent
@@ -243,10 +243,7 @@ async fn insert_artifact(
     .bind(numbers.parameter_count)
     .bind(numbers.context_length)
     .bind(numbers.memory_estimate_bytes)
-    .bind(match &artifact.servability {
-        Servability::Unchecked => None,
-        Servability::Servable { engine } | Servability::Unservable { engine, .. } => Some(engine),
-    })
+    .bind(artifact.servability.checked_by())
     .bind(artifact.servability.unservable_reason())
     .fetch_one(&mut *conn)
     .await

@@ -311,7 +311,7 @@ impl SyncHub {
         let recent = |at: OffsetDateTime, window: Duration| {
             (now - at) <= time::Duration::try_from(window).unwrap_or(time::Duration::MAX)
         };
-        let persisted_recent = |at: &OffsetDateTime| recent(*at, window + HEALTH_FLUSH_EVERY);
+        let persisted_recent = |at: OffsetDateTime| recent(at, window + HEALTH_FLUSH_EVERY);
         match self.streams.connection(node) {
             Connection::Open => self
                 .reports
@@ -319,8 +319,8 @@ impl SyncHub {
                 .is_some_and(|at| recent(at, window)),
             Connection::Ended(ended) => persisted_heartbeat
                 .filter(|at| *at > ended)
-                .is_some_and(|at| persisted_recent(&at)),
-            Connection::Never => persisted_heartbeat.is_some_and(|at| persisted_recent(&at)),
+                .is_some_and(persisted_recent),
+            Connection::Never => persisted_heartbeat.is_some_and(persisted_recent),
         }
     }
 

@@ -638,6 +638,31 @@ pub struct RolloutList {
     pub items: Vec<RolloutInfo>,
 }
 
+/// Query of `DELETE /api/v1/rollouts/{name}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(IntoParams))]
+pub struct DeleteRolloutQuery {
+    /// Remove the node-level assignments the rollout wrote, so that its
+    /// nodes fall back to their selector assignments (pushed at once).
+    /// Without it they stay, as plain node assignments.
+    #[serde(default)]
+    pub release_pins: bool,
+}
+
+/// `DELETE /api/v1/rollouts/{name}`: what deleting the rollout did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DeletedRolloutInfo {
+    pub name: String,
+    /// Nodes holding a node-level assignment the rollout wrote.
+    pub nodes: Vec<String>,
+    /// Whether those assignments were removed (else they stay, as plain
+    /// node assignments that win over selectors).
+    pub released: bool,
+    /// Nodes whose desired state changed.
+    pub nodes_changed: u32,
+}
+
 /// One entry of the audit log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]

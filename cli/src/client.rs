@@ -12,10 +12,11 @@ use std::time::Duration;
 use flotilla_api_types::{
     ArtifactInfo, AssignmentChange, AssignmentRecord, BootstrapTokenInfo, CreateAssignmentRequest,
     CreateBootstrapTokenRequest, CreateModelRequest, CreatePromptVersionRequest,
-    CreateRolloutRequest, CreateTokenRequest, CreateVersionRequest, DIGEST_HEADER, ErrorBody,
-    EventList, HealthHistory, ModelDetail, ModelInfo, NodeInfo, Page, PromptInfo,
-    PromptSummaryInfo, RemoveAssignmentQuery, ResolutionInfo, ResolveQuery, RolloutInfo,
-    RolloutList, TokenInfo, UpdateLabelsRequest, UpdateVersionRequest, VersionInfo, WhoAmI,
+    CreateRolloutRequest, CreateTokenRequest, CreateVersionRequest, DIGEST_HEADER,
+    DeletedRolloutInfo, ErrorBody, EventList, HealthHistory, ModelDetail, ModelInfo, NodeInfo,
+    Page, PromptInfo, PromptSummaryInfo, RemoveAssignmentQuery, ResolutionInfo, ResolveQuery,
+    RolloutInfo, RolloutList, TokenInfo, UpdateLabelsRequest, UpdateVersionRequest, VersionInfo,
+    WhoAmI,
 };
 use futures::TryStreamExt;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -504,6 +505,20 @@ impl ApiClient {
             Method::POST,
             &["rollouts", name, command],
             &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `DELETE /rollouts/{name}`: a rollout that has ended.
+    pub async fn delete_rollout(
+        &self,
+        name: &str,
+        release_pins: bool,
+    ) -> ClientResult<DeletedRolloutInfo> {
+        self.send_query(
+            Method::DELETE,
+            &["rollouts", name],
+            &[("release_pins", release_pins.to_string())],
         )
         .await
     }

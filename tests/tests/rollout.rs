@@ -530,6 +530,11 @@ async fn scenario(store_args: &[&str]) -> anyhow::Result<()> {
     ])?;
     let paused = cli.run(&["rollout", "pause", "ops"])?;
     anyhow::ensure!(paused["state"] == "paused", "{paused:#}");
+    let under_way = cli.fails(&["rollout", "delete", "ops"])?;
+    anyhow::ensure!(
+        under_way.contains("rollout ops is paused; only a rollout that has ended"),
+        "{under_way}"
+    );
     let conflict = cli.fails(&[
         "rollout",
         "create",
@@ -697,6 +702,78 @@ async fn scenario(store_args: &[&str]) -> anyhow::Result<()> {
     cli.wait_serving(&["hw-1".to_owned()], &v2_q4).await?;
     let nodes = cli.nodes()?;
     anyhow::ensure!(nodes["hw-2"]["assignment"].is_null(), "{:#}", nodes["hw-2"]);
+
+    // ---- what finished rollouts leave behind ----
+    // A selector assignment does not reach the nodes the rollout pinned,
+    // and the CLI says which.
+    let assigned = cli.text(&[
+        "assign",
+        "--selector",
+        "role=hw",
+        "--model",
+        MODEL,
+        "--version",
+        "1.0.0",
+    ])?;
+    anyhow::ensure!(
+        assigned.contains("2 matching node(s) keep a node-level assignment")
+            && assigned.contains("hw-0 (node=hw-0 (rollout hw))")
+            && assigned.contains("hw-1 (node=hw-1 (rollout hw))"),
+        "{assigned}"
+    );
+    // Deleting the record keeps what the nodes serve: its assignments stay,
+    // owned by no rollout; its events stay; its name is free again.
+    let deleted = cli.run(&["rollout", "delete", "hw"])?;
+    anyhow::ensure!(
+        deleted["nodes"] == serde_json::json!(["hw-0", "hw-1"]) && deleted["released"] == false,
+        "{deleted:#}"
+    );
+    let nodes = cli.nodes()?;
+    anyhow::ensure!(
+        nodes["hw-0"]["assignment"]["target"] == "node=hw-0"
+            && nodes["hw-0"]["assignment"]["digest"] == v2_q8.as_str(),
+        "{:#}",
+        nodes["hw-0"]
+    );
+    anyhow::ensure!(
+        cli.events("hw")?
+            .iter()
+            .any(|event| event["action"] == "rollout.delete"),
+        "no rollout.delete event"
+    );
+    anyhow::ensure!(
+        cli.fails(&["rollout", "status", "hw"])?
+            .contains("not found")
+    );
+    let reused = cli.run(&[
+        "rollout",
+        "create",
+        "hw",
+        "--model",
+        MODEL,
+        "--version",
+        "2.0.0",
+        "--selector",
+        "role=hw",
+        "--dry-run",
+    ])?;
+    anyhow::ensure!(reused["state"] == "dry_run", "{reused:#}");
+    // Releasing the pins hands the nodes back to their selector (site=lab
+    // serves 1.0.0 Q4_1, which the restart rollout also gave them).
+    let released = cli.run(&["rollout", "delete", "restart", "--release-pins"])?;
+    anyhow::ensure!(
+        released["nodes"].as_array().map(Vec::len) == Some(20) && released["released"] == true,
+        "{released:#}"
+    );
+    let nodes = cli.nodes()?;
+    anyhow::ensure!(
+        lab_nodes
+            .iter()
+            .all(|name| nodes[name]["assignment"]["target"] == "selector site=lab"),
+        "{:#}",
+        nodes["lab-0"]
+    );
+    cli.wait_serving(&lab_nodes, &v1_q4).await?;
 
     // Bad input is a clear 4xx.
     let bad_waves = cli.fails(&[

@@ -37,6 +37,21 @@ pub enum RolloutCommand {
     Abort(NameArg),
     /// Restores every node the rollout touched to what it had before.
     Rollback(NameArg),
+    /// Deletes a rollout that has ended, so that its name can be used
+    /// again; its events stay in the audit log.
+    #[command(visible_alias = "rm")]
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    pub name: String,
+    /// Also remove the node-level assignments the rollout wrote, so that
+    /// its nodes fall back to their selector assignments (which may change
+    /// what they serve, at once and without waves). Without it they stay,
+    /// as plain node assignments.
+    #[arg(long)]
+    pub release_pins: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -199,6 +214,33 @@ pub async fn run(
         RolloutCommand::Rollback(NameArg { name }) => {
             command_(client, printer, &name, "rollback").await
         }
+        RolloutCommand::Delete(args) => delete(args, client, printer).await,
+    }
+}
+
+async fn delete(args: DeleteArgs, client: &ApiClient, printer: &Printer) -> anyhow::Result<()> {
+    let deleted = client.delete_rollout(&args.name, args.release_pins).await?;
+    if printer.is_json() {
+        return printer.json(&deleted);
+    }
+    printer.line(&format!("rollout {} deleted", deleted.name))?;
+    if deleted.nodes.is_empty() {
+        return Ok(());
+    }
+    let nodes = deleted.nodes.join(", ");
+    if deleted.released {
+        printer.line(&format!(
+            "released the node assignments it wrote on {} node(s): {nodes}; they now follow \
+             their selector assignments ({} desired state(s) changed)",
+            deleted.nodes.len(),
+            deleted.nodes_changed
+        ))
+    } else {
+        printer.line(&format!(
+            "kept the node assignments it wrote on {} node(s), which win over selectors: {nodes}; \
+             `flotilla unassign --node NAME` hands a node back to its selector",
+            deleted.nodes.len()
+        ))
     }
 }
 

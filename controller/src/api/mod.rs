@@ -60,6 +60,7 @@ pub struct AppState {
         nodes::revoke_bootstrap_token, nodes::approve_replace_node, nodes::remove_node,
         tokens::list_tokens, tokens::revoke_token, rollouts::create_rollout,
         rollouts::list_rollouts, rollouts::get_rollout, rollouts::command_rollout,
+        rollouts::delete_rollout,
         rollouts::list_events, models::delete_model, models::delete_version,
     ),
     modifiers(&BearerAuth),
@@ -166,7 +167,10 @@ pub fn router(state: AppState) -> Router {
             "/rollouts",
             get(rollouts::list_rollouts).post(rollouts::create_rollout),
         )
-        .route("/rollouts/{name}", get(rollouts::get_rollout))
+        .route(
+            "/rollouts/{name}",
+            get(rollouts::get_rollout).delete(rollouts::delete_rollout),
+        )
         .route(
             "/rollouts/{name}/{command}",
             post(rollouts::command_rollout),

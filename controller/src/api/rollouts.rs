@@ -324,6 +324,31 @@ pub async fn command_rollout(
     Ok(Json(view_info(&state, view)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/rollouts/{name}", tag = "rollouts",
+    params(("name" = String, Path), dto::DeleteRolloutQuery),
+    responses((status = 200, body = dto::DeletedRolloutInfo), (status = 404, body = dto::ErrorBody),
+        (status = 409, body = dto::ErrorBody, description = "the rollout has not ended")),
+    security(("bearer" = [])))]
+pub async fn delete_rollout(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    Query(query): Query<dto::DeleteRolloutQuery>,
+) -> Result<Json<dto::DeletedRolloutInfo>, ApiError> {
+    caller.require(Role::Operator)?;
+    let name = rollout_name(&name)?;
+    let deleted = state
+        .rollouts
+        .delete(&caller.subject, &name, query.release_pins)
+        .await?;
+    Ok(Json(dto::DeletedRolloutInfo {
+        name: name.to_string(),
+        nodes: deleted.nodes.iter().map(ToString::to_string).collect(),
+        released: query.release_pins,
+        nodes_changed: u32::try_from(deleted.changed.len()).unwrap_or(u32::MAX),
+    }))
+}
+
 #[utoipa::path(get, path = "/api/v1/events", tag = "rollouts", params(dto::EventsQuery),
     responses((status = 200, body = dto::EventList), (status = 404, body = dto::ErrorBody)),
     security(("bearer" = [])))]

@@ -18,7 +18,9 @@ use crate::domain::{
     RolloutNodeState, RolloutSpec, apply_command, fit_node, memory_budget, plan_waves, resolve,
 };
 use crate::fleet::{Fleet, FleetError};
-use crate::store::{Missing, NewRollout, RolloutUpdate, Store, StoreError};
+use crate::store::{
+    DeletedRollout, Missing, NewRollout, RolloutDeletion, RolloutUpdate, Store, StoreError,
+};
 
 /// Most selected nodes one listing page of the fleet yields while planning.
 const NODE_PAGE: u32 = 1000;
@@ -353,20 +355,56 @@ impl Rollouts {
         }
     }
 
+    /// Deletes a rollout that has ended, so that its name can be used
+    /// again. Deleting a record does not change what nodes serve: the
+    /// node-level assignments it wrote stay, as plain node assignments,
+    /// unless `release_pins` removes them (then their nodes fall back to
+    /// their selector assignments, which is pushed at once). Its events
+    /// stay in the audit log.
+    pub async fn delete(
+        &self,
+        by: &str,
+        name: &RolloutName,
+        release_pins: bool,
+    ) -> Result<DeletedRollout, FleetError> {
+        let message = if release_pins {
+            "deleted; the node assignments it wrote were removed"
+        } else {
+            "deleted; the node assignments it wrote stay as plain node assignments"
+        };
+        let deleted = self
+            .store
+            .delete_rollout(&RolloutDeletion {
+                name: name.clone(),
+                release_pins,
+                event: NewEvent::rollout(by, name, "rollout.delete", message.to_owned()),
+            })
+            .await?;
+        self.fleet.hub().publish(&deleted.changed);
+        tracing::info!(rollout = %name, by, release_pins, nodes = deleted.nodes.len(),
+            nodes_changed = deleted.changed.len(), "rollout deleted");
+        Ok(deleted)
+    }
+
+    /// Events of one rollout (a deleted one's included) or of all.
     pub async fn events(
         &self,
         rollout: Option<&RolloutName>,
         after: u64,
         limit: u32,
     ) -> Result<Vec<Event>, FleetError> {
+        let events = self
+            .store
+            .list_events(rollout, after, limit.clamp(1, MAX_EVENTS))
+            .await?;
+        // A name that never had a rollout (a typo) is a 404, not silence.
         if let Some(name) = rollout
+            && events.is_empty()
+            && after == 0
             && self.store.get_rollout(name).await?.is_none()
         {
             return Err(StoreError::NotFound(Missing::Rollout(name.clone())).into());
         }
-        Ok(self
-            .store
-            .list_events(rollout, after, limit.clamp(1, MAX_EVENTS))
-            .await?)
+        Ok(events)
     }
 }

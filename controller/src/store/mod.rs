@@ -230,6 +230,27 @@ impl RolloutUpdate {
     }
 }
 
+/// A rollout to delete (see [`Store::delete_rollout`]).
+#[derive(Debug, Clone)]
+pub struct RolloutDeletion {
+    pub name: RolloutName,
+    /// Remove the node-level assignments the rollout wrote instead of
+    /// keeping them as plain node assignments.
+    pub release_pins: bool,
+    /// Recorded with the deletion.
+    pub event: NewEvent,
+}
+
+/// What deleting a rollout did.
+#[derive(Debug, Clone)]
+pub struct DeletedRollout {
+    /// The nodes whose node-level assignment the rollout had written: kept
+    /// as plain node assignments, or released.
+    pub nodes: Vec<NodeName>,
+    /// Desired states that changed, to push.
+    pub changed: Vec<NodeDesired>,
+}
+
 /// Which backend a store runs on, for `/readyz`, metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreBackend {
@@ -458,6 +479,10 @@ pub trait Store: Send + Sync + 'static {
         &self,
         update: &RolloutUpdate,
     ) -> StoreResult<(Rollout, Vec<NodeDesired>)>;
+    /// Deletes a rollout that has ended (see [`RolloutDeletion`]).
+    /// `NotFound` if no such rollout, `FailedPrecondition` while it is
+    /// still under way.
+    async fn delete_rollout(&self, deletion: &RolloutDeletion) -> StoreResult<DeletedRollout>;
     /// Nodes an operator pinned with a node-level assignment.
     async fn pinned_nodes(&self) -> StoreResult<Vec<NodeName>>;
     /// Events in id order after `after`, of one rollout or all.

@@ -23,7 +23,9 @@ use crate::store::rollout_rows::{
     SpecJson, to_unix_ms,
 };
 use crate::store::rows::{convert_all, map_sqlx_error, to_i64};
-use crate::store::{Missing, NewRollout, RolloutUpdate, StoreError, StoreResult};
+use crate::store::{
+    DeletedRollout, Missing, NewRollout, RolloutDeletion, RolloutUpdate, StoreError, StoreResult,
+};
 
 pub(in crate::store) async fn select_rollout(
     conn: &mut Tx,
@@ -398,4 +400,71 @@ async fn write_node_assignment(
         .await?;
     }
     replan(conn, Some(node), &mut generation).await
+}
+
+/// Deletes a rollout that has ended, with its nodes (events stay: they
+/// are the audit log). The node-level assignments it wrote either stay,
+/// rewritten as plain node assignments that no rollout owns (so a later
+/// rollout of the same name cannot mistake them for its own), or, with
+/// `release_pins`, are removed so that the nodes fall back to what their
+/// selectors give them. `FailedPrecondition` while it has not ended.
+pub(in crate::store) async fn delete_rollout(
+    conn: &mut Tx,
+    deletion: &RolloutDeletion,
+    now_ms: i64,
+) -> StoreResult<DeletedRollout> {
+    lock_generation(conn).await?;
+    let name = &deletion.name;
+    let rollout = select_rollout(conn, name)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(Missing::Rollout(name.clone())))?;
+    if !rollout.state.is_terminal() {
+        return Err(StoreError::FailedPrecondition(format!(
+            "rollout {name} is {}; only a rollout that has ended (succeeded, aborted or rolled \
+             back) can be deleted: abort or roll it back first",
+            rollout.state
+        )));
+    }
+    let owned: Vec<(String, Json<DesiredAssignment>)> = sql::query_as(
+        "SELECT node_name, desired FROM assignments \
+         WHERE rollout = $1 AND node_name IS NOT NULL ORDER BY node_name",
+    )
+    .bind(name.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut nodes = Vec::with_capacity(owned.len());
+    let mut changed = Vec::new();
+    let mut generation = None;
+    for (node, Json(mut desired)) in owned {
+        let node: NodeName = node.parse().map_err(|error| {
+            StoreError::Corrupt(format!("assignments.node_name holds {node}: {error}"))
+        })?;
+        sql::query("DELETE FROM assignments WHERE node_name = $1")
+            .bind(node.as_str())
+            .execute(&mut *conn)
+            .await?;
+        if !deletion.release_pins {
+            let value = next_generation(conn).await?;
+            desired.assignment_generation = value;
+            desired.target = format!("node={node}");
+            sql::query(
+                "INSERT INTO assignments (generation, node_name, desired, created_by, rollout) \
+                 VALUES ($1, $2, $3, $4, NULL)",
+            )
+            .bind(to_i64("generation", value)?)
+            .bind(node.as_str())
+            .bind(Json(&desired))
+            .bind(format!("rollout/{name}"))
+            .execute(&mut *conn)
+            .await?;
+        }
+        changed.extend(replan(conn, Some(&node), &mut generation).await?);
+        nodes.push(node);
+    }
+    sql::query("DELETE FROM rollouts WHERE name = $1")
+        .bind(name.as_str())
+        .execute(&mut *conn)
+        .await?;
+    insert_events(conn, std::slice::from_ref(&deletion.event), now_ms).await?;
+    Ok(DeletedRollout { nodes, changed })
 }

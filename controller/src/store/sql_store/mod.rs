@@ -28,9 +28,9 @@ use super::rows::{
 };
 use super::sql::{self, Access, Pool, Tx, in_transaction};
 use super::{
-    ArtifactInsert, BeforeCommit, EnrollOutcome, Enrolment, Missing, NewBootstrapToken, NewRollout,
-    NodeReport, RolloutUpdate, Store, StoreBackend, StoreError, StoreResult, fleet, identity,
-    postgres, rollouts,
+    ArtifactInsert, BeforeCommit, DeletedRollout, EnrollOutcome, Enrolment, Missing,
+    NewBootstrapToken, NewRollout, NodeReport, RolloutDeletion, RolloutUpdate, Store, StoreBackend,
+    StoreError, StoreResult, fleet, identity, postgres, rollouts,
 };
 use crate::domain::{
     Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, DirectoryEntry, Event,
@@ -912,6 +912,12 @@ impl Store for SqlStore {
     ) -> StoreResult<(Rollout, Vec<NodeDesired>)> {
         in_transaction!(self, "update_rollout", Access::Write, |conn| {
             rollouts::update_rollout(conn, update, now_ms()).await
+        })
+    }
+
+    async fn delete_rollout(&self, deletion: &RolloutDeletion) -> StoreResult<DeletedRollout> {
+        in_transaction!(self, "delete_rollout", Access::Write, |conn| {
+            rollouts::delete_rollout(conn, deletion, now_ms()).await
         })
     }
 

@@ -1213,6 +1213,60 @@ async fn node_tokens_print_alone_and_nodes_list_as_json() -> TestResult {
     Ok(())
 }
 
+/// Enrolments over gRPC are in the audit log with `flotilla events`,
+/// refused ones included, under the bootstrap token's id.
+#[tokio::test]
+async fn grpc_enrolments_are_in_the_audit_log() -> TestResult {
+    let controller = TestController::start().await?;
+    let token = controller
+        .cli()
+        .args(["node", "token", "create", "--uses", "1"])
+        .run()
+        .await?
+        .success()?;
+    let token = token.stdout.trim().to_owned();
+    enrol(&controller, &token, "edge-1").await?;
+    assert!(
+        enrol(&controller, &token, "edge-2").await.is_err(),
+        "a spent token enrolled a second node"
+    );
+    let events = controller
+        .cli()
+        .args(["events", "--action", "grpc", "-o", "json"])
+        .run()
+        .await?
+        .success()?
+        .json()?;
+    let events = field(&events, "/items")?
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let about = |node: &str| {
+        events
+            .iter()
+            .find(|event| event["node"] == node)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let enrolled = about("edge-1");
+    assert_eq!(text_field(&enrolled, "/action")?, "grpc Fleet/Enroll");
+    assert_eq!(text_field(&enrolled, "/message")?, "enrolled as active");
+    assert!(
+        text_field(&enrolled, "/actor")?.starts_with("bootstrap-token/"),
+        "{enrolled:#}"
+    );
+    let refused = about("edge-2");
+    assert!(
+        text_field(&refused, "/message")?.starts_with("refused: "),
+        "{refused:#}"
+    );
+    assert_eq!(
+        text_field(&refused, "/actor")?,
+        text_field(&enrolled, "/actor")?
+    );
+    Ok(())
+}
+
 /// Enrols `name` (labels site=lab) over gRPC, as an agent would.
 async fn enrol(controller: &TestController, token: &str, name: &str) -> TestResult {
     use flotilla_proto::fleet::v1 as pb;

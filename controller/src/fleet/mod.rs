@@ -24,9 +24,9 @@ use crate::auth::node_ca::NodeCa;
 use crate::auth::{AuthError, Authenticator, MintedToken, Principal, Revocations, Role};
 use crate::domain::{
     Assignment, AssignmentTarget, BootstrapSecret, BootstrapToken, DesiredAssignment,
-    DesiredPrompt, HealthPoint, ModelName, NewAssignment, NewNode, Node, NodeChange, NodeDesired,
-    NodeInventory, NodeName, NodePattern, NodeStatus, Page, PageRequest, PromptPolicy, PromptRef,
-    Quantization, QuantizationPolicy, SecretHash, TokenRejection, resolve,
+    DesiredPrompt, HealthPoint, ModelName, NewAssignment, NewEvent, NewNode, Node, NodeChange,
+    NodeDesired, NodeInventory, NodeName, NodePattern, NodeStatus, Page, PageRequest, PromptPolicy,
+    PromptRef, Quantization, QuantizationPolicy, SecretHash, TokenRejection, resolve,
 };
 use crate::store::{
     ApiToken, EnrollOutcome, Enrolment, Missing, NewBootstrapToken, Store, StoreBackend, StoreError,
@@ -233,7 +233,43 @@ impl Fleet {
     /// Enrols a node with a bootstrap token: takes one use of the token,
     /// records the node (`pending` when approval is required, else
     /// `active`) and mints its credential.
+    /// Recorded in the audit log, refused or not, under the token's id.
     pub async fn enroll(
+        &self,
+        bootstrap_token: &str,
+        node: NewNode,
+        replace_existing: bool,
+    ) -> Result<Enrolled, FleetError> {
+        let name = node.name.clone();
+        let actor = bootstrap_token.parse::<BootstrapSecret>().map_or_else(
+            |_| "an unknown bootstrap token".to_owned(),
+            |secret| format!("bootstrap-token/{}", secret.id()),
+        );
+        let enrolled = self
+            .enroll_with_token(bootstrap_token, node, replace_existing)
+            .await;
+        let message = match &enrolled {
+            Ok(enrolled) if replace_existing => {
+                format!(
+                    "enrolled as {}, replacing the node of that name",
+                    enrolled.node.status
+                )
+            }
+            Ok(enrolled) => format!("enrolled as {}", enrolled.node.status),
+            Err(error) => format!("refused: {error}"),
+        };
+        self.audit(NewEvent {
+            actor,
+            rollout: None,
+            node: Some(name),
+            action: "grpc Fleet/Enroll".to_owned(),
+            message,
+        })
+        .await;
+        enrolled
+    }
+
+    async fn enroll_with_token(
         &self,
         bootstrap_token: &str,
         node: NewNode,
@@ -306,7 +342,30 @@ impl Fleet {
 
     /// Mints a fresh credential for a node that proves it holds its
     /// refresh secret. Unknown nodes and wrong secrets read the same.
+    /// Recorded in the audit log, refused or not (renewals over the
+    /// stream, with a credential that still verifies, are not: they are
+    /// routine and frequent).
     pub async fn renew_credential(
+        &self,
+        name: &NodeName,
+        refresh_secret: &str,
+    ) -> Result<(Node, String, OffsetDateTime), FleetError> {
+        let renewed = self.renew_with_secret(name, refresh_secret).await;
+        self.audit(NewEvent {
+            actor: format!("node/{name}"),
+            rollout: None,
+            node: Some(name.clone()),
+            action: "grpc Fleet/RenewCredential".to_owned(),
+            message: match &renewed {
+                Ok(_) => "credential renewed with the refresh secret".to_owned(),
+                Err(error) => format!("refused: {error}"),
+            },
+        })
+        .await;
+        renewed
+    }
+
+    async fn renew_with_secret(
         &self,
         name: &NodeName,
         refresh_secret: &str,
@@ -359,6 +418,22 @@ impl Fleet {
                 .await?;
             tracing::info!(node = %node.name, %agent_version, gpus = inventory.gpus.len(),
                 "node inventory or agent version changed");
+            self.audit(NewEvent {
+                actor: format!("node/{}", node.name),
+                rollout: None,
+                node: Some(node.name.clone()),
+                action: "grpc Fleet/Sync hello".to_owned(),
+                message: format!(
+                    "inventory or agent version changed: agent {} → {agent_version}, {} → {} GPU(s), \
+                     {} → {} bytes of memory",
+                    node.agent_version,
+                    node.inventory.gpus.len(),
+                    inventory.gpus.len(),
+                    node.inventory.memory_total_bytes,
+                    inventory.memory_total_bytes
+                ),
+            })
+            .await;
             node.inventory = inventory;
             node.agent_version = agent_version;
         }
@@ -556,6 +631,15 @@ impl Fleet {
             return Err(stale());
         }
         Ok(())
+    }
+
+    /// Appends `event` to the audit log. A failure to record is logged,
+    /// not turned into a failure of what already happened (as for REST
+    /// requests, `api::audit_mutations`).
+    async fn audit(&self, event: NewEvent) {
+        if let Err(error) = self.store.append_events(std::slice::from_ref(&event)).await {
+            tracing::warn!(%error, action = %event.action, "cannot record an event in the audit log");
+        }
     }
 
     /// Lets the next enrolment under `name` replace the node (once).

@@ -379,6 +379,7 @@ impl NodeReporter for SyntheticNode {
                 cpu_temperature_celsius: Some(45.0),
                 gpus: Vec::new(),
                 inference: None,
+                state_write_error: None,
             }
         })
     }

@@ -18,6 +18,8 @@ const MAX_CLOCK_SKEW: time::Duration = time::Duration::minutes(1);
 /// grow every stored health row.
 const MAX_THROTTLE_REASONS: usize = 16;
 const MAX_THROTTLE_REASON_CHARS: usize = 64;
+/// At most this many characters of an agent's error message are kept.
+const MAX_ERROR_CHARS: usize = 500;
 
 /// One health sample of a node, as its agent measured it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +40,10 @@ pub struct HealthSample {
     /// The node's inference serving; absent from agents that do not serve.
     #[serde(default)]
     pub inference: Option<InferenceHealth>,
+    /// Why the agent's latest write of its own state failed (a full disk,
+    /// a read-only volume); absent while its writes succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_write_error: Option<String>,
 }
 
 impl HealthSample {
@@ -52,6 +58,7 @@ impl HealthSample {
             cpu_temperature_celsius: None,
             gpus: Vec::new(),
             inference: None,
+            state_write_error: None,
         }
     }
 
@@ -82,6 +89,9 @@ impl HealthSample {
                 .map(GpuHealth::from)
                 .collect(),
             inference: sample.inference.map(InferenceHealth::from),
+            state_write_error: Some(sample.state_write_error)
+                .filter(|error| !error.is_empty())
+                .map(|error| error.chars().take(MAX_ERROR_CHARS).collect()),
         }
     }
 }
@@ -98,6 +108,7 @@ impl From<&HealthSample> for pb::HealthSample {
             cpu_temperature_celsius: sample.cpu_temperature_celsius,
             gpus: sample.gpus.iter().map(pb::GpuSample::from).collect(),
             inference: sample.inference.as_ref().map(pb::InferenceSample::from),
+            state_write_error: sample.state_write_error.clone().unwrap_or_default(),
         }
     }
 }
@@ -170,6 +181,10 @@ pub struct GpuHealth {
 pub struct InferenceHealth {
     /// Requests queued or decoding now.
     pub queue_depth: u32,
+    /// Most requests admitted at once since the previous heartbeat (at
+    /// least `queue_depth`): a burst between two heartbeats shows here.
+    #[serde(default)]
+    pub queue_depth_peak: u32,
     /// How many may be admitted at once.
     pub queue_capacity: u32,
     pub completed_total: u64,
@@ -248,6 +263,7 @@ impl From<&InferenceHealth> for pb::InferenceSample {
             serving_digest: inference.serving_digest.clone().unwrap_or_default(),
             completed_since_activation: inference.completed_since_activation,
             failed_since_activation: inference.failed_since_activation,
+            queue_depth_peak: inference.queue_depth_peak,
         }
     }
 }
@@ -280,6 +296,7 @@ impl From<pb::InferenceSample> for InferenceHealth {
                 .map(|digest| digest.to_hex()),
             completed_since_activation: inference.completed_since_activation,
             failed_since_activation: inference.failed_since_activation,
+            queue_depth_peak: inference.queue_depth_peak.max(inference.queue_depth),
         }
     }
 }
@@ -294,6 +311,7 @@ mod tests {
         let mut sample = HealthSample::empty(now - time::Duration::seconds(5));
         sample.cpu_utilisation_percent = 42.0;
         sample.gpus = vec![GpuHealth::from(pb::GpuSample::default())];
+        sample.state_write_error = Some("No space left on device (os error 28)".to_owned());
         assert_eq!(
             HealthSample::from_wire(pb::HealthSample::from(&sample), now),
             sample
@@ -303,10 +321,18 @@ mod tests {
         let mut wire = pb::HealthSample::from(&skewed);
         wire.cpu_utilisation_percent = f32::INFINITY;
         wire.gpus = vec![pb::GpuSample::default(); 1000];
+        wire.state_write_error = "e".repeat(10_000);
         let decoded = HealthSample::from_wire(wire, now);
         assert_eq!(decoded.taken_at, now);
         assert_eq!(decoded.cpu_utilisation_percent, 0.0);
         assert_eq!(decoded.gpus.len(), MAX_GPUS);
+        assert_eq!(
+            decoded.state_write_error.map(|error| error.len()),
+            Some(MAX_ERROR_CHARS)
+        );
+        // Empty on the wire is no error.
+        let fine = HealthSample::from_wire(pb::HealthSample::default(), now);
+        assert_eq!(fine.state_write_error, None);
     }
 
     #[test]
@@ -314,6 +340,7 @@ mod tests {
         let digest = Digest::of(b"weights").to_hex();
         let inference = InferenceHealth {
             queue_depth: 2,
+            queue_depth_peak: 9,
             queue_capacity: 20,
             completed_total: 7,
             tokens_per_second: 41.5,
@@ -334,6 +361,12 @@ mod tests {
         };
         let tamed = InferenceHealth::from(odd);
         assert_eq!(tamed.tokens_per_second, 0.0);
+        // An agent without the peak (older) reports its depth as the peak.
+        let older = InferenceHealth::from(pb::InferenceSample {
+            queue_depth: 4,
+            ..pb::InferenceSample::default()
+        });
+        assert_eq!(older.queue_depth_peak, 4);
         assert_eq!(tamed.serving_digest, None);
 
         let gpu = pb::GpuSample {

@@ -105,6 +105,7 @@ impl Stream {
                     time_to_first_token_max_ms: Some(400),
                     ..pb::InferenceSample::default()
                 }),
+                state_write_error: String::new(),
             }),
         }))
         .await

@@ -254,6 +254,24 @@ async fn assign_and_wait_for_failure(
     Ok((agent, reason))
 }
 
+/// Writes `path` until its filesystem is full.
+fn fill(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let block = vec![0u8; 1 << 20];
+    loop {
+        match file.write_all(&block) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(28) => break,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    // The last partial megabyte.
+    let small = [0u8; 4096];
+    while file.write_all(&small).is_ok() {}
+    Ok(())
+}
+
 fn part_files(data_dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(data_dir.join("cache/tmp"))
         .map(|entries| {
@@ -316,6 +334,61 @@ async fn a_download_that_cannot_fit_is_refused_and_leaves_no_part_file() -> anyh
         state.contains("failed") || state.contains("Failed"),
         "{state}"
     );
+
+    // Something else fills the disk: the agent's next state write fails,
+    // and its heartbeat says so, until a write succeeds again.
+    let home = served.home.path();
+    let filler = small.path().join("filler");
+    fill(&filler)?;
+    cli(
+        &served.controller,
+        home,
+        &["unassign", "--node", "edge-small"],
+    )?;
+    let state_error = |node: &Value| {
+        node["health"]["state_write_error"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let reported = wait_until(
+        "the heartbeat to report the failed state write",
+        SERVE_WAIT,
+        || async {
+            node_json(&served.controller, home, "edge-small")
+                .and_then(|node| state_error(&node))
+                .is_some_and(|error| error.contains("No space left on device"))
+        },
+    )
+    .await;
+    if let Err(error) = reported {
+        eprintln!("--- agent log ---\n{}", agent.log());
+        return Err(error);
+    }
+    let shown = cli(&served.controller, home, &["node", "show", "edge-small"])?;
+    assert!(shown.contains("cannot write agent state"), "{shown}");
+    std::fs::remove_file(&filler)?;
+    cli(
+        &served.controller,
+        home,
+        &[
+            "assign",
+            "--node",
+            "edge-small",
+            "--model",
+            MODEL,
+            "--version",
+            "1.0.0",
+        ],
+    )?;
+    wait_until(
+        "the heartbeat to clear the state write error",
+        SERVE_WAIT,
+        || async {
+            node_json(&served.controller, home, "edge-small")
+                .is_some_and(|node| node["health"].is_object() && state_error(&node).is_none())
+        },
+    )
+    .await?;
     drop(agent);
     drop(mounted);
     Ok(())

@@ -181,6 +181,7 @@ impl ProbeState {
             cpu_temperature_celsius: cpu_temperature(&self.components),
             gpus: self.gpus.sample(),
             inference: None,
+            state_write_error: None,
         }
     }
 }

@@ -197,6 +197,11 @@ impl ReconcilerConfig {
 pub struct ReconcilerLink {
     pub desired: Arc<watch::Sender<Option<DesiredState>>>,
     pub observed: watch::Receiver<ObservedState>,
+    /// Why the latest write of `state.json` failed (`None`: it succeeded),
+    /// for the heartbeat: an agent that cannot keep its state would report
+    /// an older generation after a restart, and its operator should know
+    /// before that.
+    pub state_write_error: watch::Receiver<Option<String>>,
 }
 
 pub struct Reconciler {
@@ -205,6 +210,7 @@ pub struct Reconciler {
     config: ReconcilerConfig,
     desired: watch::Receiver<Option<DesiredState>>,
     observed: Arc<watch::Sender<ObservedState>>,
+    state_write_error: watch::Sender<Option<String>>,
     /// The desired state being reconciled towards.
     wanted: Option<DesiredState>,
     attempt: Option<Attempt>,
@@ -251,12 +257,14 @@ impl Reconciler {
             .unwrap_or_default();
         let (desired_sender, desired_receiver) = watch::channel(restored_desired);
         let (observed_sender, observed_receiver) = watch::channel(observed);
+        let (state_write_error, state_write_error_receiver) = watch::channel(None);
         let reconciler = Self {
             fetcher,
             activator,
             config,
             desired: desired_receiver,
             observed: Arc::new(observed_sender),
+            state_write_error,
             wanted: None,
             attempt: None,
             retry_at: None,
@@ -264,6 +272,7 @@ impl Reconciler {
         let link = ReconcilerLink {
             desired: Arc::new(desired_sender),
             observed: observed_receiver,
+            state_write_error: state_write_error_receiver,
         };
         (reconciler, link)
     }
@@ -429,14 +438,19 @@ impl Reconciler {
             desired: self.wanted.clone(),
         };
         let saved = tokio::task::spawn_blocking(move || persist::save(&state_dir, &state)).await;
-        match saved {
-            Ok(Ok(())) => {}
+        let failure = match saved {
+            Ok(Ok(())) => None,
             Ok(Err(error)) => {
                 metrics::counter!("flotilla_agent_state_write_failures_total").increment(1);
-                tracing::warn!(%error, "cannot persist the agent state")
+                tracing::warn!(%error, "cannot persist the agent state");
+                Some(error.to_string())
             }
-            Err(error) => tracing::warn!(%error, "persisting the agent state panicked"),
-        }
+            Err(error) => {
+                tracing::warn!(%error, "persisting the agent state panicked");
+                Some(format!("persisting the agent state panicked: {error}"))
+            }
+        };
+        self.state_write_error.send_replace(failure);
     }
 }
 

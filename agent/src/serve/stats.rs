@@ -35,6 +35,9 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct InferenceStats {
     in_flight: AtomicU32,
+    /// Most in flight at once since the previous snapshot: the depth alone,
+    /// sampled at the heartbeat, misses a burst between two of them.
+    in_flight_peak: AtomicU32,
     capacity: AtomicU32,
     completed: AtomicU64,
     rejected: AtomicU64,
@@ -66,6 +69,7 @@ impl Default for InferenceStats {
     fn default() -> Self {
         InferenceStats {
             in_flight: AtomicU32::new(0),
+            in_flight_peak: AtomicU32::new(0),
             capacity: AtomicU32::new(0),
             completed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -90,7 +94,8 @@ pub fn global() -> &'static InferenceStats {
 
 impl InferenceStats {
     pub fn admitted(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.in_flight_peak.fetch_max(now, Ordering::Relaxed);
     }
 
     pub fn released(&self) {
@@ -164,8 +169,15 @@ impl InferenceStats {
         latencies.sort_unstable();
         let since = *lock(&self.activation);
         let millis = |latency: &Duration| u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
+        let queue_depth = self.in_flight.load(Ordering::Relaxed);
+        // The next interval's peak starts from what is in flight now.
+        let queue_depth_peak = self
+            .in_flight_peak
+            .swap(queue_depth, Ordering::Relaxed)
+            .max(queue_depth);
         InferenceHealth {
-            queue_depth: self.in_flight.load(Ordering::Relaxed),
+            queue_depth,
+            queue_depth_peak,
             queue_capacity: self.capacity.load(Ordering::Relaxed),
             completed_total: self.completed.load(Ordering::Relaxed),
             rejected_total: self.rejected.load(Ordering::Relaxed),
@@ -220,6 +232,7 @@ mod tests {
         }
         let first = stats.snapshot();
         assert_eq!(first.queue_depth, 1, "releases never go below zero");
+        assert_eq!(first.queue_depth_peak, 2, "the burst between heartbeats");
         assert_eq!(first.queue_capacity, 20);
         assert_eq!(
             (
@@ -237,6 +250,7 @@ mod tests {
 
         // A new interval: no tokens and no latencies since.
         let second = stats.snapshot();
+        assert_eq!(second.queue_depth_peak, 1, "a peak counts for one interval");
         assert_eq!(second.tokens_per_second, 0.0);
         assert_eq!(second.time_to_first_token_p50_ms, None);
         assert_eq!(second.generated_tokens_total, 50);

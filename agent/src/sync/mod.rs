@@ -410,7 +410,9 @@ impl SyncAgent {
                 },
                 _ = tokio::time::sleep_until(next_heartbeat) => {
                     sequence += 1;
-                    let sample = self.config.node.sample().await;
+                    let mut sample = self.config.node.sample().await;
+                    sample.state_write_error =
+                        self.config.reconciler.state_write_error.borrow().clone();
                     unacked.push_back((sequence, Instant::now()));
                     if unacked.len() > UNACKED_HEARTBEATS {
                         unacked.pop_front();

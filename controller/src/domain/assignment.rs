@@ -314,7 +314,7 @@ impl MinuteAccumulator {
             let totals = RequestTotals::of(inference);
             self.inference_samples += 1;
             self.tokens_per_second_sum += f64::from(inference.tokens_per_second);
-            self.queue_depth_max = self.queue_depth_max.max(inference.queue_depth);
+            self.queue_depth_max = self.queue_depth_max.max(inference.queue_depth_peak);
             self.time_to_first_token_max_ms = self
                 .time_to_first_token_max_ms
                 .max(inference.time_to_first_token_max_ms);
@@ -500,6 +500,7 @@ mod tests {
                 },
             }],
             inference: None,
+            state_write_error: None,
         };
         minute.add(&sample(10.0, 5, 60, false));
         minute.add(&sample(30.0, 9, 80, true));
@@ -538,7 +539,9 @@ mod tests {
                     serving_digest: None,
                     completed_since_activation: 0,
                     failed_since_activation: 0,
+                    queue_depth_peak: queue,
                 }),
+                state_write_error: None,
             };
         // The first minute ever counts from its own first sample.
         let mut first =

@@ -184,19 +184,25 @@ fn health_fields(health: &HealthInfo, now: OffsetDateTime) -> Vec<(String, Strin
     if let Some(inference) = &health.inference {
         fields.push(("inference".to_owned(), inference_text(inference)));
     }
+    if let Some(error) = &health.state_write_error {
+        fields.push(("state write".to_owned(), format!("FAILING: {error}")));
+    }
     fields
 }
 
-/// `2 of 20 in queue, 41.5 tok/s, first token 120 ms (max 300 ms), 12 done,
-/// 3 rejected, 0 failed, 1 cancelled`.
+/// `2 of 20 in queue (peak 20), 41.5 tok/s, first token 120 ms (max 300 ms),
+/// 12 done, 3 rejected, 0 failed, 1 cancelled`.
 fn inference_text(inference: &InferenceHealthInfo) -> String {
-    let mut parts = vec![
-        format!(
-            "{} of {} in queue",
-            inference.queue_depth, inference.queue_capacity
-        ),
-        format!("{:.1} tok/s", inference.tokens_per_second),
-    ];
+    let mut queue = format!(
+        "{} of {} in queue",
+        inference.queue_depth, inference.queue_capacity
+    );
+    // The depth is sampled at the heartbeat; a burst between two shows
+    // only in the peak.
+    if inference.queue_depth_peak > inference.queue_depth {
+        queue.push_str(&format!(" (peak {})", inference.queue_depth_peak));
+    }
+    let mut parts = vec![queue, format!("{:.1} tok/s", inference.tokens_per_second)];
     if let (Some(p50), Some(max)) = (
         inference.time_to_first_token_p50_ms,
         inference.time_to_first_token_max_ms,
@@ -503,6 +509,7 @@ mod tests {
             gpus,
             inference: Some(InferenceHealthInfo {
                 queue_depth: 2,
+                queue_depth_peak: 20,
                 queue_capacity: 20,
                 completed_total: 12,
                 rejected_total: 3,
@@ -516,6 +523,7 @@ mod tests {
                 completed_since_activation: 10,
                 failed_since_activation: 1,
             }),
+            state_write_error: None,
         }
     }
 
@@ -664,9 +672,10 @@ mod tests {
         assert!(!value("gpu 0").contains("throttled"));
         assert_eq!(
             value("inference"),
-            "2 of 20 in queue, 41.5 tok/s, first token 120 ms (max 300 ms), \
+            "2 of 20 in queue (peak 20), 41.5 tok/s, first token 120 ms (max 300 ms), \
              12 done, 3 rejected, 0 failed, 1 cancelled"
         );
+        assert_eq!(value("state write"), "", "no line while writes succeed");
     }
 
     #[test]

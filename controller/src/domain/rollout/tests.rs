@@ -180,6 +180,7 @@ fn budget_uses_free_vram_or_ram_less_the_margin() {
             throttle_reasons: Vec::new(),
         }],
         inference: None,
+        state_write_error: None,
     };
     assert_eq!(memory_budget(&gpu_node, Some(&health), 0), 2_000);
     assert_eq!(

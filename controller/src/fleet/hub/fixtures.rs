@@ -43,7 +43,9 @@ pub(super) fn sample(now: OffsetDateTime, cpu: f32) -> HealthSample {
             serving_digest: None,
             completed_since_activation: 0,
             failed_since_activation: 0,
+            queue_depth_peak: 3,
         }),
+        state_write_error: None,
     }
 }
 

@@ -289,6 +289,7 @@ mod tests {
                 cpu_temperature_celsius: None,
                 gpus: Vec::new(),
                 inference: None,
+                state_write_error: None,
             },
             now,
         );

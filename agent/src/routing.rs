@@ -86,6 +86,8 @@ pub struct Peer {
     pub load: u32,
     /// Requests queued or decoding on the peer at its latest heartbeat.
     pub queue_depth: u32,
+    /// How many requests it admits at once (0: unknown).
+    pub queue_capacity: u32,
     /// Other names the peer answers to for the model.
     pub aliases: Vec<String>,
     /// The artifact it serves (blake3 hex; empty from a controller too old
@@ -126,6 +128,17 @@ impl Peer {
     /// What peers are ranked by: queue first, then CPU.
     pub fn busyness(&self) -> (u32, u32) {
         (self.queue_depth, self.load)
+    }
+
+    /// Whether the peer had room for another request at its latest
+    /// heartbeat; one that does not say its capacity (an older controller
+    /// or agent) only when it was idle.
+    pub fn has_room(&self) -> bool {
+        if self.queue_capacity == 0 {
+            self.queue_depth == 0
+        } else {
+            self.queue_depth < self.queue_capacity
+        }
     }
 
     pub fn url(&self, surface: Surface) -> &str {

@@ -803,6 +803,7 @@ async fn ready_nodes_reach_every_stream_in_the_routing_directory(
             load: 10,
             aliases: vec!["tiny-chat".to_owned()],
             queue_depth: 3,
+            queue_capacity: 20,
             digest: assignment.digest.clone(),
             size_bytes: assignment.size_bytes,
             quantization: assignment.quantization.clone(),

@@ -1,5 +1,6 @@
 //! Forwarding a request for a model this node does not serve to a peer that
-//! does (DESIGN.md §7), over the surface it came in on: HTTP requests are
+//! does (DESIGN.md §7), or one its full queue refused to a peer with room
+//! (overflow), over the surface it came in on: HTTP requests are
 //! replayed with the same path and body on the peer's HTTP API and its
 //! response is relayed unchanged (streamed as it arrives); gRPC calls are
 //! made again on the peer's gRPC API and its stream is relayed.
@@ -75,9 +76,45 @@ pub(super) fn grpc_hops(metadata: &tonic::metadata::MetadataMap) -> Result<u32, 
     .map_err(|error| ServeError::InvalidRequest(error.to_string()))
 }
 
+/// Why a request this node could not answer may go to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwarding {
+    /// This node does not serve the model: to any peer that does.
+    NotServedHere,
+    /// This node's queue is full: to a peer that had room at its latest
+    /// heartbeat. A peer that is full as well is skipped, and when none
+    /// takes the request the client gets this node's own refusal (429 /
+    /// RESOURCE_EXHAUSTED with its retry advice), not a gateway error.
+    Overflow,
+}
+
 /// Whether `local` (why this node could not answer) allows forwarding.
-fn forwardable(local: &ServeError, hops: u32) -> bool {
-    matches!(local, ServeError::ModelNotFound { .. }) && may_forward(hops)
+fn forwarding(local: &ServeError, hops: u32) -> Option<Forwarding> {
+    if !may_forward(hops) {
+        return None;
+    }
+    match local {
+        ServeError::ModelNotFound { .. } => Some(Forwarding::NotServedHere),
+        ServeError::Overloaded { .. } => Some(Forwarding::Overflow),
+        _ => None,
+    }
+}
+
+/// The peers to try, best first.
+fn peers_for(routes: &Routes, model: &str, surface: Surface, why: Forwarding) -> Vec<Peer> {
+    let peers = routes.candidates(model, surface);
+    match why {
+        Forwarding::NotServedHere => peers,
+        Forwarding::Overflow => peers.into_iter().filter(Peer::has_room).collect(),
+    }
+}
+
+/// Counts a request that went to a peer.
+fn count_forwarded(surface: &'static str, why: Forwarding) {
+    metrics::counter!("flotilla_inference_forwarded_total", "surface" => surface).increment(1);
+    if why == Forwarding::Overflow {
+        metrics::counter!("flotilla_inference_overflowed_total", "surface" => surface).increment(1);
+    }
 }
 
 fn no_peer_reachable(model: &str, failures: &[String]) -> ServeError {
@@ -97,10 +134,10 @@ pub(super) async fn http(
     incoming: &HttpIncoming,
     local: ServeError,
 ) -> Result<Response, ServeError> {
-    if !forwardable(&local, incoming.hops) {
+    let Some(why) = forwarding(&local, incoming.hops) else {
         return Err(local);
-    }
-    let peers = routes.candidates(model, Surface::Http);
+    };
+    let peers = peers_for(routes, model, Surface::Http, why);
     if peers.is_empty() {
         return Err(local);
     }
@@ -141,6 +178,12 @@ pub(super) async fn http(
         match sent {
             Ok(response) => {
                 span.record("http.response.status_code", response.status().as_u16());
+                if why == Forwarding::Overflow && matches!(response.status().as_u16(), 429 | 503) {
+                    tracing::debug!(model, peer = %peer.node, status = %response.status(),
+                        "a peer is full too; trying the next");
+                    failures.push(format!("{} (answered {})", peer.node, response.status()));
+                    continue;
+                }
                 let answered = response
                     .headers()
                     .get(super::http::MODEL_DIGEST_HEADER)
@@ -151,9 +194,8 @@ pub(super) async fn http(
                     failures.push(format!("{} ({reason})", peer.node));
                     continue;
                 }
-                metrics::counter!("flotilla_inference_forwarded_total", "surface" => "http")
-                    .increment(1);
-                tracing::debug!(model, peer = %peer.node, %url, "forwarded an HTTP request");
+                count_forwarded("http", why);
+                tracing::debug!(model, peer = %peer.node, %url, ?why, "forwarded an HTTP request");
                 return Ok(relay(response, &peer.node));
             }
             Err(error) => {
@@ -164,6 +206,10 @@ pub(super) async fn http(
                 failures.push(format!("{} ({error})", peer.node));
             }
         }
+    }
+    if why == Forwarding::Overflow {
+        tracing::debug!(model, failures = %failures.join("; "), "no peer took the overflow");
+        return Err(local);
     }
     Err(no_peer_reachable(model, &failures))
 }
@@ -281,10 +327,10 @@ pub(super) async fn grpc(
 ) -> Result<tonic::Response<tonic::Streaming<pb::GenerateResponse>>, tonic::Status> {
     // Set by the interceptor from what it verified, never the client's.
     let principal = incoming.get(PRINCIPAL_HEADER).cloned();
-    if !forwardable(&local, hops) {
+    let Some(why) = forwarding(&local, hops) else {
         return Err(local.into());
-    }
-    let peers = routes.candidates(model, Surface::Grpc);
+    };
+    let peers = peers_for(routes, model, Surface::Grpc, why);
     if peers.is_empty() {
         return Err(local.into());
     }
@@ -328,9 +374,8 @@ pub(super) async fn grpc(
                     failures.push(format!("{} ({reason})", peer.node));
                     continue;
                 }
-                metrics::counter!("flotilla_inference_forwarded_total", "surface" => "grpc")
-                    .increment(1);
-                tracing::debug!(model, peer = %peer.node, "forwarded a gRPC call");
+                count_forwarded("grpc", why);
+                tracing::debug!(model, peer = %peer.node, ?why, "forwarded a gRPC call");
                 let (mut answered, stream, extensions) = response.into_parts();
                 if let Ok(value) = peer.node.parse() {
                     answered.insert(SERVED_BY_HEADER, value);
@@ -359,8 +404,19 @@ pub(super) async fn grpc(
                     peer.node
                 ));
             }
+            // Full as well: the next peer may have room.
+            Err(status)
+                if why == Forwarding::Overflow
+                    && status.code() == tonic::Code::ResourceExhausted =>
+            {
+                failures.push(format!("{} ({})", peer.node, status.message()));
+            }
             Err(status) => return Err(status),
         }
+    }
+    if why == Forwarding::Overflow {
+        tracing::debug!(model, failures = %failures.join("; "), "no peer took the overflow");
+        return Err(local.into());
     }
     Err(no_peer_reachable(model, &failures).into())
 }

@@ -520,6 +520,7 @@ impl SyncAgent {
                         grpc_url: entry.grpc_url,
                         load: entry.load,
                         queue_depth: entry.queue_depth,
+                        queue_capacity: entry.queue_capacity,
                         aliases: entry.aliases,
                         digest: entry.digest,
                         size_bytes: entry.size_bytes,

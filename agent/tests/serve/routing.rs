@@ -14,6 +14,7 @@ fn peer(node: &str, model: &str, http_url: String, grpc_url: String) -> Peer {
         grpc_url,
         load: 0,
         queue_depth: 0,
+        queue_capacity: 20,
         aliases: Vec::new(),
         // The artifact the peer really serves: forwarding refuses an answer
         // that names another one.
@@ -187,5 +188,104 @@ async fn unreachable_peers_are_a_bad_gateway_naming_the_model() -> anyhow::Resul
         .ok_or_else(|| anyhow::anyhow!("an unreachable peer answered"))?;
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(status.message().contains("vanished"), "{status:?}");
+    Ok(())
+}
+
+/// A node whose queue is full sends the request to a peer that had room at
+/// its latest heartbeat; when none takes it, the client gets the node's own
+/// 429 / RESOURCE_EXHAUSTED with its retry advice, not a gateway error.
+#[tokio::test]
+async fn a_full_node_overflows_to_a_peer_with_room() -> anyhow::Result<()> {
+    let full_config = || ServeConfig {
+        queue_capacity: 1,
+        max_batch: 1,
+        ..ServeConfig::default()
+    };
+    let busy = Harness::with_model("routed", full_config()).await?;
+    let idle = Harness::with_model("routed", full_config()).await?;
+    let to_idle = peer(
+        "idle",
+        "routed",
+        idle.http.clone(),
+        format!("http://{}", idle.grpc),
+    );
+    busy.serving.routes.replace(vec![to_idle.clone()]);
+    let served = busy.served()?;
+    let _held: Vec<_> = (0..served.capacity())
+        .map(|_| served.admit(Duration::from_secs(1)))
+        .collect::<Result<_, ServeError>>()?;
+    let served_by = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("x-flotilla-served-by")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+
+    // HTTP and gRPC go to the idle peer.
+    let response = busy
+        .post("/v1/chat/completions", greedy_chat("routed", 4))
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(served_by(&response).as_deref(), Some("idle"));
+    let answered = busy
+        .grpc()
+        .await?
+        .generate(pb::GenerateRequest {
+            model: "routed".to_owned(),
+            prompt: "hello".to_owned(),
+            options: Some(pb::SamplingOptions {
+                max_tokens: Some(2),
+                temperature: Some(0.0),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    assert_eq!(
+        answered
+            .metadata()
+            .get("x-flotilla-served-by")
+            .and_then(|value| value.to_str().ok()),
+        Some("idle")
+    );
+    drop(answered);
+
+    // A peer that was full at its heartbeat is not asked at all.
+    let mut full = to_idle.clone();
+    full.queue_depth = 20;
+    busy.serving.routes.replace(vec![full]);
+    let response = busy
+        .post("/v1/chat/completions", greedy_chat("routed", 4))
+        .await?;
+    assert_eq!(response.status(), 429);
+    assert_eq!(served_by(&response), None);
+    assert!(response.headers().contains_key("retry-after"));
+
+    // One that filled up since answers 429 / RESOURCE_EXHAUSTED itself:
+    // the client still gets this node's refusal.
+    busy.serving.routes.replace(vec![to_idle]);
+    let idle_served = idle.served()?;
+    let _idle_held: Vec<_> = (0..idle_served.capacity())
+        .map(|_| idle_served.admit(Duration::from_secs(1)))
+        .collect::<Result<_, ServeError>>()?;
+    let response = busy
+        .post("/v1/chat/completions", greedy_chat("routed", 4))
+        .await?;
+    assert_eq!(response.status(), 429);
+    assert_eq!(served_by(&response), None);
+    let body: Value = response.json().await?;
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    let status = busy
+        .grpc()
+        .await?
+        .generate(pb::GenerateRequest {
+            model: "routed".to_owned(),
+            prompt: "hello".to_owned(),
+            options: None,
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a full fleet accepted a gRPC request"))?;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     Ok(())
 }

@@ -104,6 +104,9 @@ pub struct DirectoryEntry {
     /// Requests queued or decoding on the node at its latest heartbeat;
     /// peers pick by this first.
     pub queue_depth: u32,
+    /// How many requests the node admits at once (0: unknown), so that a
+    /// node whose queue is full can overflow to a peer with room.
+    pub queue_capacity: u32,
     /// The assignment's aliases of the model.
     pub aliases: Vec<String>,
     /// The served artifact (blake3 hex), its size and quantization, for
@@ -311,6 +314,7 @@ mod tests {
             grpc_url: String::new(),
             load,
             queue_depth: 0,
+            queue_capacity: 20,
             aliases: Vec::new(),
             digest: String::new(),
             size_bytes: 0,

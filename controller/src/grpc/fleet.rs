@@ -655,6 +655,7 @@ fn directory_to_wire(entries: &[DirectoryEntry]) -> pb::Directory {
                 load: entry.load,
                 aliases: entry.aliases.clone(),
                 queue_depth: entry.queue_depth,
+                queue_capacity: entry.queue_capacity,
                 digest: entry.digest.clone(),
                 size_bytes: entry.size_bytes,
                 quantization: entry.quantization.clone(),

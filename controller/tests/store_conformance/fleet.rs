@@ -584,6 +584,7 @@ fn route(node: &str, model: &str, load: u32) -> DirectoryEntry {
         grpc_url: format!("http://{node}:50052"),
         load,
         queue_depth: 2,
+        queue_capacity: 20,
         aliases: vec!["chat".to_owned()],
         digest: format!("{:064x}", load),
         size_bytes: 98_362_432,

@@ -428,6 +428,9 @@ impl NodeFacts {
             grpc_url: endpoints.grpc_url.clone(),
             load: liveness.load,
             queue_depth: liveness.queue_depth(),
+            queue_capacity: liveness
+                .inference
+                .map_or(0, |inference| inference.queue_capacity),
             aliases: assignment.aliases.clone(),
             digest: assignment.digest.clone(),
             size_bytes: assignment.size_bytes,

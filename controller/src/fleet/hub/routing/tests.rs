@@ -124,6 +124,7 @@ fn the_directory_lists_ready_streaming_nodes_and_publishes_only_changes() {
             grpc_url: "http://127.0.0.1:1001".to_owned(),
             load: 30,
             queue_depth: 3,
+            queue_capacity: 20,
             aliases: vec!["chat".to_owned()],
             digest: "aa".to_owned(),
             size_bytes: 1,
@@ -419,6 +420,9 @@ fn entry_as_walked(
         queue_depth: health
             .and_then(|health| health.inference.as_ref())
             .map_or(0, |inference| inference.queue_depth),
+        queue_capacity: health
+            .and_then(|health| health.inference.as_ref())
+            .map_or(0, |inference| inference.queue_capacity),
         aliases: assignment.aliases.clone(),
         digest: assignment.digest.clone(),
         size_bytes: assignment.size_bytes,
@@ -567,6 +571,7 @@ fn matches_a_walk(seed: u64, require_certificates: bool, route_queue: usize) {
                         grpc_url: String::new(),
                         load: 10 * dice.roll(6) as u32,
                         queue_depth: dice.roll(3) as u32,
+                        queue_capacity: 20,
                         aliases: vec!["chat".to_owned()],
                         digest: "aa".to_owned(),
                         size_bytes: 1,

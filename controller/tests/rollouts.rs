@@ -185,10 +185,30 @@ async fn bad_rollout_requests_are_refused_clearly(store: TestStore) -> anyhow::R
         .send(post.clone(), "/api/v1/rollouts/nope/pause", &admin, None)
         .await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // A name no rollout ever had and nothing was ever asked of is a 404
+    // (a typo); one that was asked of lists the refused requests, as the
+    // events of a deleted rollout stay listed.
     let (status, _) = api
-        .send(get.clone(), "/api/v1/events?rollout=nope", &admin, None)
+        .send(
+            get.clone(),
+            "/api/v1/events?rollout=never-named",
+            &admin,
+            None,
+        )
         .await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api
+        .send(get.clone(), "/api/v1/events?rollout=nope", &admin, None)
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    let refused = body["items"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !refused.is_empty()
+            && refused.iter().all(|event| event["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("-> 404"))),
+        "{body}"
+    );
     let (status, _) = api
         .send(
             get.clone(),
@@ -241,6 +261,19 @@ async fn bad_rollout_requests_are_refused_clearly(store: TestStore) -> anyhow::R
         .send(post.clone(), "/api/v1/rollouts/r1/abort", &viewer, None)
         .await?;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    let delete = reqwest::Method::DELETE;
+    let (status, _) = api
+        .send(delete.clone(), "/api/v1/rollouts/r1", &viewer, None)
+        .await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = api
+        .send(delete.clone(), "/api/v1/rollouts/nope", &admin, None)
+        .await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = api
+        .send(delete, "/api/v1/rollouts/Bad%20Name", &admin, None)
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = api
         .send(get, "/api/v1/rollouts", "not-a-token", None)
         .await?;

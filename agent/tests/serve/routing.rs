@@ -265,6 +265,14 @@ async fn a_full_node_overflows_to_a_peer_with_room() -> anyhow::Result<()> {
     // the client still gets this node's refusal.
     busy.serving.routes.replace(vec![to_idle]);
     let idle_served = idle.served()?;
+    // The calls forwarded above (the gRPC stream dropped mid-answer) may
+    // still hold their places for a moment.
+    wait_until(
+        "the idle peer's queue to drain",
+        Duration::from_secs(30),
+        || idle_served.in_flight() == 0,
+    )
+    .await;
     let _idle_held: Vec<_> = (0..idle_served.capacity())
         .map(|_| idle_served.admit(Duration::from_secs(1)))
         .collect::<Result<_, ServeError>>()?;

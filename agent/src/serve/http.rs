@@ -122,6 +122,7 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
         .route("/api/version", get(ollama::version))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
+        .route("/v1/flotilla/scrub", post(super::scrub::scrub))
         // Only the routes above need a key; probes and metrics stay open.
         .route_layer(axum::middleware::from_fn_with_state(
             serving.config.auth.clone(),

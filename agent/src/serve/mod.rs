@@ -36,6 +36,7 @@ pub mod models;
 mod ollama;
 mod openai;
 pub mod request;
+mod scrub;
 pub mod stats;
 
 use std::net::SocketAddr;

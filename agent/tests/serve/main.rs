@@ -21,6 +21,7 @@ mod api;
 mod auth;
 mod load;
 mod routing;
+mod scrub;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

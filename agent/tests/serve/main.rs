@@ -15,12 +15,15 @@
 //! - `activation`: blue/green swaps and the system-prompt policies.
 //! - `routing`: forwarding to a peer, the hop rule, unreachable peers.
 //! - `auth`: API keys on every inference route; probes stay open.
+//! - `surface`: unsupported fields refused by name, usage once per stream,
+//!   the model echoed as named, `/v1/models/{id}` and Ollama's model routes.
 
 mod activation;
 mod api;
 mod auth;
 mod load;
 mod routing;
+mod surface;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -90,6 +90,34 @@ pub(super) fn check_each(
     Ok(())
 }
 
+/// Removes the members that are `null`, as if they were absent (clients
+/// send unset fields as `null`: LangChain's older Ollama client sends every
+/// option and `images` so), at the top of a body, in its objects
+/// (`options`, `stream_options`) and in the objects of its lists
+/// (`messages`); the typed parsers then see only what was set.
+pub(super) fn drop_nulls(body: &mut Value) {
+    fn drop_in(object: &mut serde_json::Map<String, Value>) {
+        object.retain(|_, value| !value.is_null());
+    }
+    let Some(object) = body.as_object_mut() else {
+        return;
+    };
+    drop_in(object);
+    for value in object.values_mut() {
+        match value {
+            Value::Object(inner) => drop_in(inner),
+            Value::Array(items) => {
+                for item in items.iter_mut() {
+                    if let Value::Object(inner) = item {
+                        drop_in(inner);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A value as the error message shows it: its JSON, cut short.
 fn shorten(value: &Value) -> String {
     const LIMIT: usize = 80;
@@ -170,5 +198,16 @@ mod tests {
             panic!("an unknown message field was accepted");
         };
         assert_eq!(field, "messages[1].surprise");
+    }
+
+    #[test]
+    fn nulls_read_as_absent() {
+        let mut body = json!({"model": "m", "images": null, "options": {"seed": null, "top_k": 4},
+            "messages": [{"role": "user", "images": null}]});
+        drop_nulls(&mut body);
+        assert_eq!(
+            body,
+            json!({"model": "m", "options": {"top_k": 4}, "messages": [{"role": "user"}]})
+        );
     }
 }

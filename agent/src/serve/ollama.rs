@@ -271,12 +271,13 @@ fn parse_checked<T: DeserializeOwned>(
     body: &[u8],
     specific: &[(&str, Rule)],
 ) -> Result<T, ServeError> {
-    let value: Value = parse_json(body)?;
+    let mut value: Value = parse_json(body)?;
     fields::check(&value, &[COMMON_FIELDS, specific], "")?;
     if let Some(options) = value.get("options") {
         fields::check(options, &[OPTIONS_FIELDS], "options.")?;
     }
     fields::check_each(&value, "messages", MESSAGE_FIELDS)?;
+    fields::drop_nulls(&mut value);
     serde_json::from_value(value)
         .map_err(|error| ServeError::InvalidRequest(format!("invalid JSON body: {error}")))
 }

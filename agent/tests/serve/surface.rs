@@ -166,6 +166,19 @@ async fn fields_this_node_does_not_implement_get_400_naming_them() -> anyhow::Re
         )
         .await?;
     assert_eq!(response.status(), 200, "{}", response.text().await?);
+    // LangChain's older Ollama client: every option and `images` sent,
+    // unset ones as null.
+    let response = harness
+        .post(
+            "/api/generate",
+            json!({"model": "fields", "prompt": "hi", "stream": false, "images": null,
+                "options": {"mirostat": null, "mirostat_eta": null, "mirostat_tau": null,
+                    "num_ctx": null, "num_gpu": null, "num_thread": null, "repeat_last_n": null,
+                    "repeat_penalty": null, "temperature": null, "stop": null, "tfs_z": null,
+                    "top_k": null, "top_p": null, "num_predict": 2}}),
+        )
+        .await?;
+    assert_eq!(response.status(), 200, "{}", response.text().await?);
     Ok(())
 }
 

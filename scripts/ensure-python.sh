@@ -18,11 +18,13 @@ if ! .venv/bin/python -c 'import blake3' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check blake3
 fi
 # The third-party clients the inference APIs must work with, unchanged:
-# OpenAI's and Ollama's Python libraries, and gRPC code generated from
-# proto/ by another language's toolchain (grpcio-tools).
-if ! .venv/bin/python -c 'import openai, ollama, grpc_tools' 2>/dev/null; then
-  log "installing openai, ollama, grpcio-tools"
-  .venv/bin/pip install --quiet --disable-pip-version-check 'openai>=1.40' 'ollama>=0.4' 'grpcio-tools>=1.60'
+# OpenAI's and Ollama's Python libraries, gRPC code generated from proto/
+# by another language's toolchain (grpcio-tools), and gRPC's own reflection
+# client (grpcio-reflection, which speaks v1alpha).
+if ! .venv/bin/python -c 'import openai, ollama, grpc_tools, grpc_reflection' 2>/dev/null; then
+  log "installing openai, ollama, grpcio-tools, grpcio-reflection"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'openai>=1.40' 'ollama>=0.4' \
+    'grpcio-tools>=1.60' 'grpcio-reflection>=1.60'
 fi
 # gguf-py (llama.cpp's Python package for the format): an independent dequantizer the
 # engine's weight kernels are tested against (engine/tests/kernel_dequantize.rs).

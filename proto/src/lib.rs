@@ -9,6 +9,12 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));
 
+/// The encoded `FileDescriptorSet` of `flotilla.inference.v1` alone: what
+/// the agent's reflection describes, since the agent serves no other
+/// Flotilla service.
+pub const INFERENCE_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));
+
 pub mod controller {
     pub mod v1 {
         tonic::include_proto!("flotilla.controller.v1");

@@ -1,8 +1,10 @@
 """Asks a Flotilla agent one question through unmodified third-party
-clients: the official `openai` package (whole and streamed), the `ollama`
-package (generate and chat, whole and streamed) and a gRPC client whose code
-`grpc_tools.protoc` generates here from proto/. Prints one JSON object with
-every answer; the Rust test (tests/tests/clients.rs) judges them.
+clients: the official `openai` package (whole and streamed, with usage
+asked for; models listed and retrieved), the `ollama` package (generate and
+chat, whole and streamed; list, show, ps and pull), a gRPC client whose code
+`grpc_tools.protoc` generates here from proto/, and `grpcio-reflection`'s
+v1alpha client listing the services. Prints one JSON object with every
+answer; the Rust test (tests/tests/clients.rs) judges them.
 
 Usage: third_party_clients.py HTTP_URL GRPC_TARGET MODEL QUESTION PROTO_ROOT
 """
@@ -34,6 +36,23 @@ def main() -> None:
     answers["openai_chat_stream"] = "".join(
         chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices
     )
+    stream = client.chat.completions.create(
+        model=model,
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage_chunks = [chunk.usage.total_tokens for chunk in stream if chunk.usage is not None]
+    answers["openai_stream_usage_chunks"] = len(usage_chunks)
+    retrieved = client.models.retrieve(model)
+    answers["openai_retrieved"] = retrieved.id
+    try:
+        client.models.retrieve("no-such-model")
+        answers["openai_retrieve_unknown"] = "answered"
+    except openai.NotFoundError as error:
+        answers["openai_retrieve_unknown"] = f"404: {error.message}"
     try:
         client.chat.completions.create(model="no-such-model", messages=messages, max_tokens=4)
         answers["openai_unknown"] = "answered"
@@ -43,7 +62,33 @@ def main() -> None:
     import ollama
 
     local = ollama.Client(host=http_url)
-    answers["ollama_tags"] = [m.model for m in local.list().models]
+    listed = local.list().models
+    answers["ollama_tags"] = [m.model for m in listed]
+    answers["ollama_tags_details"] = [m.details.model_dump() for m in listed]
+    shown = local.show(model)
+    answers["ollama_show"] = {
+        "template": shown.template,
+        "details": shown.details.model_dump(),
+        "architecture": shown.modelinfo.get("general.architecture"),
+        "parameter_count": shown.modelinfo.get("general.parameter_count"),
+        "capabilities": shown.capabilities,
+    }
+    answers["ollama_ps"] = [
+        {
+            "model": m.model,
+            "size_vram": int(m.size_vram),
+            "expires_year": m.expires_at.year,
+            "parameter_size": m.details.parameter_size,
+        }
+        for m in local.ps().models
+    ]
+    answers["ollama_pull"] = local.pull(model).status
+    answers["ollama_pull_stream"] = [part.status for part in local.pull(model, stream=True)]
+    try:
+        local.pull("no-such-model")
+        answers["ollama_pull_unknown"] = "answered"
+    except ollama.ResponseError as error:
+        answers["ollama_pull_unknown"] = f"{error.status_code}: {error.error}"
     options = {"temperature": 0, "num_predict": 24}
     answers["ollama_generate"] = local.generate(model=model, prompt=question, options=options).response
     answers["ollama_generate_stream"] = "".join(
@@ -61,7 +106,27 @@ def main() -> None:
         answers["ollama_unknown"] = f"{error.status_code}: {error.error}"
 
     answers["grpc_chat_stream"] = grpc_chat(grpc_target, model, question, proto_root)
+    answers["grpc_reflection"] = grpc_reflection_services(grpc_target)
     print(json.dumps(answers))
+
+
+def grpc_reflection_services(target: str) -> dict:
+    """Lists the services with grpcio-reflection's v1alpha client, and
+    resolves the inference service's methods through it."""
+    import grpc
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = sorted(database.get_services())
+        inference = DescriptorPool(database).FindServiceByName("flotilla.inference.v1.Inference")
+        return {
+            "services": services,
+            "inference_methods": sorted(method.name for method in inference.methods),
+        }
 
 
 def grpc_chat(target: str, model: str, question: str, proto_root: str) -> str:

@@ -1,9 +1,10 @@
 //! Third-party clients, unchanged, against an agent serving the real
-//! SmolLM2: the official `openai` Python package (models, chat whole and
-//! streamed, a not-found), the `ollama` package (tags, generate and chat,
-//! whole and streamed, a not-found) and a Python gRPC client whose code
-//! `grpc_tools.protoc` generates from this repository's proto/ at test
-//! time. The packages come from `scripts/ensure-python.sh`; the script that
+//! SmolLM2: the official `openai` Python package (models listed and
+//! retrieved, chat whole and streamed, usage once in a stream that asks
+//! for it, a not-found), the `ollama` package (tags with details, show, ps,
+//! pull, generate and chat, whole and streamed, a not-found), a Python gRPC
+//! client whose code `grpc_tools.protoc` generates from this repository's
+//! proto/ at test time, and `grpcio-reflection`'s v1alpha client. The packages come from `scripts/ensure-python.sh`; the script that
 //! drives them is `tests/python/third_party_clients.py`.
 
 use std::process::Command;
@@ -25,13 +26,13 @@ fn python_with_clients() -> anyhow::Result<Option<std::path::PathBuf>> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
     let has_packages = Command::new(&python)
-        .args(["-c", "import openai, ollama, grpc_tools"])
+        .args(["-c", "import openai, ollama, grpc_tools, grpc_reflection"])
         .output()
         .is_ok_and(|output| output.status.success());
     match (has_packages, required) {
         (true, _) => Ok(Some(python)),
         (false, Some(_)) => anyhow::bail!(
-            "{} lacks openai, ollama or grpcio-tools; run scripts/ensure-python.sh",
+            "{} lacks openai, ollama, grpcio-tools or grpcio-reflection; run scripts/ensure-python.sh",
             python.display()
         ),
         (false, None) => Ok(None),
@@ -74,10 +75,70 @@ async fn openai_ollama_and_generated_grpc_clients_work_unchanged() -> anyhow::Re
         );
     }
     let answers: Value = serde_json::from_slice(&output.stdout)?;
-    let text = |key: &str| answers[key].as_str().unwrap_or_default().to_owned();
+    let text = |key: &str| text_of(&answers[key]);
 
     assert_eq!(answers["openai_models"][0], MODEL, "{answers}");
-    assert_eq!(answers["ollama_tags"][0], MODEL, "{answers}");
+    let tagged = format!("{MODEL}:latest");
+    assert_eq!(answers["ollama_tags"][0], tagged.as_str(), "{answers}");
+    // Ollama's details, from the GGUF: SmolLM2 is a llama with 134,515,008
+    // parameters, which Ollama writes as 134.52M.
+    let details = &answers["ollama_tags_details"][0];
+    assert_eq!(details["format"], "gguf", "{answers}");
+    assert_eq!(details["family"], "llama", "{answers}");
+    assert_eq!(
+        details["families"],
+        serde_json::json!(["llama"]),
+        "{answers}"
+    );
+    assert_eq!(details["parameter_size"], "134.52M", "{answers}");
+    assert_eq!(details["quantization_level"], "Q4_1", "{answers}");
+    let shown = &answers["ollama_show"];
+    assert!(
+        text_of(&shown["template"]).contains("im_start"),
+        "{answers}"
+    );
+    assert_eq!(shown["details"], *details, "{answers}");
+    assert_eq!(shown["architecture"], "llama", "{answers}");
+    assert_eq!(shown["parameter_count"], 134_515_008, "{answers}");
+    let loaded = &answers["ollama_ps"][0];
+    assert_eq!(loaded["model"], tagged.as_str(), "{answers}");
+    assert_eq!(loaded["size_vram"], 0, "{answers}");
+    assert!(
+        loaded["expires_year"].as_u64().unwrap_or(0) > 2300,
+        "{answers}"
+    );
+    assert_eq!(answers["ollama_pull"], "success", "{answers}");
+    assert_eq!(
+        answers["ollama_pull_stream"]
+            .as_array()
+            .and_then(|s| s.last()),
+        Some(&Value::from("success")),
+        "{answers}"
+    );
+    let refused = text_of(&answers["ollama_pull_unknown"]);
+    assert!(
+        refused.starts_with("404") && refused.contains("flotilla assign"),
+        "{refused}"
+    );
+    // OpenAI: usage once in a stream that asks for it; one model by id.
+    assert_eq!(answers["openai_stream_usage_chunks"], 1, "{answers}");
+    assert_eq!(answers["openai_retrieved"], MODEL, "{answers}");
+    // grpcio-reflection (v1alpha): exactly the agent's services.
+    assert_eq!(
+        answers["grpc_reflection"]["services"],
+        serde_json::json!([
+            "flotilla.inference.v1.Inference",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]),
+        "{answers}"
+    );
+    assert_eq!(
+        answers["grpc_reflection"]["inference_methods"],
+        serde_json::json!(["Chat", "Generate", "ListModels"]),
+        "{answers}"
+    );
     for key in [
         "openai_chat",
         "openai_chat_stream",
@@ -99,7 +160,11 @@ async fn openai_ollama_and_generated_grpc_clients_work_unchanged() -> anyhow::Re
         "{answers}"
     );
     assert!(answers["openai_usage_total"].as_u64().unwrap_or(0) > 0);
-    for key in ["openai_unknown", "ollama_unknown"] {
+    for key in [
+        "openai_unknown",
+        "ollama_unknown",
+        "openai_retrieve_unknown",
+    ] {
         let refusal = text(key);
         assert!(
             refusal.starts_with("404") && refusal.contains("no-such-model"),
@@ -107,4 +172,8 @@ async fn openai_ollama_and_generated_grpc_clients_work_unchanged() -> anyhow::Re
         );
     }
     Ok(())
+}
+
+fn text_of(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
 }

@@ -42,7 +42,11 @@ async fn one_agent_serves_the_assigned_model_over_grpc_openai_and_ollama() -> an
         .await?
         .json()
         .await?;
-    assert_eq!(tags["models"][0]["name"], MODEL, "{tags}");
+    assert_eq!(
+        tags["models"][0]["name"],
+        format!("{MODEL}:latest"),
+        "{tags}"
+    );
     let models: Value = client
         .get(format!("{http}/v1/models"))
         .send()

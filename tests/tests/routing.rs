@@ -154,7 +154,11 @@ async fn a_node_without_the_model_forwards_to_the_peer_that_serves_it() -> anyho
         .await?
         .json()
         .await?;
-    assert_eq!(tags["models"][0]["name"], MODEL, "{tags}");
+    assert_eq!(
+        tags["models"][0]["name"],
+        format!("{MODEL}:latest"),
+        "{tags}"
+    );
     assert_eq!(tags["models"][0]["local"], false, "{tags}");
     // Described as edge-a describes it: the same artifact.
     let tags_on_a: Value = client

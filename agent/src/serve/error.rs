@@ -13,6 +13,16 @@ pub enum ServeError {
     /// The request is malformed or a parameter is out of range.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The request sets a field (or a value of one) that this node does
+    /// not implement: refused, never silently dropped (`serve::fields`).
+    #[error("{field} is not supported: {why}")]
+    UnsupportedField { field: String, why: String },
+    /// `/api/pull` of a model that neither this node nor a peer serves.
+    #[error(
+        "model {requested:?} is not assigned to this node and no peer serves it: \
+         models arrive by assignment from the controller (`flotilla assign`), not by pull"
+    )]
+    NotAssigned { requested: String },
     /// Authentication is required and the request carries no valid API key
     /// or JWT.
     #[error("a valid API key or token is required: send Authorization: Bearer KEY")]
@@ -67,6 +77,8 @@ impl ServeError {
     pub fn code(&self) -> &'static str {
         match self {
             ServeError::InvalidRequest(_) => "invalid_request",
+            ServeError::UnsupportedField { .. } => "unsupported_parameter",
+            ServeError::NotAssigned { .. } => "model_not_assigned",
             ServeError::Unauthenticated => "invalid_api_key",
             ServeError::ModelNotFound { .. } => "model_not_found",
             ServeError::Overloaded { .. } => "overloaded",
@@ -81,7 +93,10 @@ impl ServeError {
 
     pub fn http_status(&self) -> StatusCode {
         match self {
-            ServeError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ServeError::InvalidRequest(_) | ServeError::UnsupportedField { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ServeError::NotAssigned { .. } => StatusCode::NOT_FOUND,
             ServeError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ServeError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -96,7 +111,10 @@ impl ServeError {
 
     pub fn grpc_code(&self) -> tonic::Code {
         match self {
-            ServeError::InvalidRequest(_) => tonic::Code::InvalidArgument,
+            ServeError::InvalidRequest(_) | ServeError::UnsupportedField { .. } => {
+                tonic::Code::InvalidArgument
+            }
+            ServeError::NotAssigned { .. } => tonic::Code::NotFound,
             ServeError::Unauthenticated => tonic::Code::Unauthenticated,
             ServeError::ModelNotFound { .. } => tonic::Code::NotFound,
             ServeError::Overloaded { .. } => tonic::Code::ResourceExhausted,

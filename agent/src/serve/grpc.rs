@@ -1,6 +1,6 @@
 //! The gRPC edge: `flotilla.inference.v1.Inference`, the standard
 //! `grpc.health.v1` service and server reflection (so `grpcurl` works without
-//! the .proto files). Wire messages are converted to domain requests here,
+//! the .proto files; reflection v1 and v1alpha). Wire messages are converted to domain requests here,
 //! once, on the way in. A call for a model this node does not serve is
 //! forwarded to a peer ([`forward::grpc`]).
 
@@ -34,6 +34,7 @@ fn params(options: Option<pb::SamplingOptions>) -> Params {
         temperature: options.temperature,
         top_p: options.top_p,
         top_k: options.top_k,
+        min_p: None,
         repetition_penalty: options.repetition_penalty,
         seed: options.seed,
         stop: options.stop,
@@ -116,7 +117,7 @@ impl InferenceService {
         match Generation::start(&self.serving.slot, &self.serving.config, request).await {
             Ok(generation) => {
                 let served = generation.model.clone();
-                let mut response = Response::new(Self::stream(generation));
+                let mut response = Response::new(Self::stream(generation, model));
                 // As the HTTP API's headers: which version and artifact
                 // answered (a forwarding peer checks the digest).
                 let answered = response.metadata_mut();
@@ -139,8 +140,10 @@ impl InferenceService {
         }
     }
 
-    fn stream(generation: Generation) -> ResponseStream {
-        let model = generation.model.name.clone();
+    /// The generation's messages, naming the model as the request did
+    /// (`requested`: an alias, or a `name:tag`).
+    fn stream(generation: Generation, requested: String) -> ResponseStream {
+        let model = requested;
         let version = generation.model.version.clone();
         let stream = generation.into_stream().map(move |item| match item {
             Ok(Chunk::Text(text)) => Ok(pb::GenerateResponse {
@@ -243,14 +246,27 @@ pub(super) async fn serve(
     health_reporter
         .set_serving::<InferenceServer<InferenceService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions (grpcurl speaks v1; older grpcurl and
+    // Python's grpcio-reflection speak v1alpha), each describing exactly
+    // what this process serves: the inference service, health and both
+    // reflection services (a builder would list only its own).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(flotilla_proto::INFERENCE_FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let router = tonic::transport::Server::builder()
         .layer(crate::telemetry::grpc_layer())
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(InferenceServer::with_interceptor(
             InferenceService {
                 serving: serving.clone(),

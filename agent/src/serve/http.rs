@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::auth::PRINCIPAL_HEADER;
 use super::forward::{self, HttpIncoming};
-use super::{ServeError, Serving, browser, ollama, openai};
+use super::{ServeError, Serving, browser, ollama, ollama_models, openai};
 
 #[derive(Clone)]
 pub(super) struct HttpState {
@@ -116,10 +116,15 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
     let cors = serving.config.browser.cors_layer();
     let router = Router::new()
         .route("/v1/models", get(openai::list_models))
+        // A wildcard: a model id may hold a `/` (`org/model`).
+        .route("/v1/models/{*id}", get(openai::retrieve_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
-        .route("/api/tags", get(ollama::tags))
-        .route("/api/version", get(ollama::version))
+        .route("/api/tags", get(ollama_models::tags))
+        .route("/api/show", post(ollama_models::show))
+        .route("/api/ps", get(ollama_models::ps))
+        .route("/api/pull", post(ollama_models::pull))
+        .route("/api/version", get(ollama_models::version))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
         .route("/v1/flotilla/scrub", post(super::scrub::scrub))

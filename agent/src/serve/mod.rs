@@ -4,6 +4,10 @@
 //! - [`models`]: [`ModelSlot`] (the served model, swapped in one step) and
 //!   [`EngineActivator`] (the reconciler's activator: load, warm up, swap).
 //! - [`request`]: requests as plain domain types, validated once.
+//! - [`card`]: what a loaded GGUF says about itself (family, parameter
+//!   size, template, metadata), for Ollama's model routes.
+//! - `fields`: the table of every request field each HTTP surface's API
+//!   defines, and the 400 for one this node does not implement.
 //! - [`generation`]: one running generation: admission into the bounded
 //!   queue, cancellation when the client goes away, the per-request timeout,
 //!   metrics.
@@ -12,7 +16,8 @@
 //! - [`browser`]: the `Host`, `Origin` and content-type checks that keep
 //!   web pages from using the HTTP API unless configured.
 //! - `http` (axum): the OpenAI-compatible `/v1/*` (`openai`) and the
-//!   Ollama-compatible `/api/*` (`ollama`) on one port, plus `/metrics`.
+//!   Ollama-compatible `/api/*` (`ollama` for generation, `ollama_models`
+//!   for tags, show, ps, pull and version) on one port, plus `/metrics`.
 //! - `grpc` (tonic): `flotilla.inference.v1.Inference`, `grpc.health.v1`
 //!   and server reflection.
 //!
@@ -26,7 +31,9 @@
 
 pub mod auth;
 pub mod browser;
+pub mod card;
 pub mod error;
+mod fields;
 mod forward;
 pub mod generation;
 mod grpc;
@@ -34,6 +41,7 @@ mod http;
 pub mod metrics;
 pub mod models;
 mod ollama;
+mod ollama_models;
 mod openai;
 pub mod request;
 mod scrub;

@@ -28,6 +28,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ServeConfig;
+use super::card::ModelCard;
 use super::error::ServeError;
 use super::request::{Input, Message, Role};
 use crate::cache::Digest;
@@ -47,6 +48,8 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// When this node started serving it.
     pub loaded_at: SystemTime,
+    /// What the file says about itself (Ollama's `/api/show`).
+    pub card: Arc<ModelCard>,
 }
 
 /// The assigned system prompt, ready to apply.
@@ -92,6 +95,26 @@ fn queue_limits(config: &ServeConfig) -> (usize, SchedulerConfig) {
         max_batch: config.max_batch,
     };
     (capacity, scheduler)
+}
+
+/// The card of `engine`'s file as `assignment` serves it: the chat template
+/// shown is the assignment's when it sets one, else the one the engine
+/// renders with.
+fn card(assignment: &Assignment, engine: &Engine) -> ModelCard {
+    let header = engine.model().file().header();
+    let template = assignment
+        .system_prompt
+        .as_ref()
+        .and_then(|prompt| prompt.chat_template.as_deref())
+        .or_else(|| header.metadata.get_str("tokenizer.chat_template"))
+        .unwrap_or_else(|| flotilla_engine::chat::fallback_template(engine.tokenizer()));
+    // A model that cannot chat shows no template, as in Ollama.
+    let template = if template == flotilla_engine::chat::NO_CHAT_TEMPLATE {
+        ""
+    } else {
+        template
+    };
+    ModelCard::from_header(header, template)
 }
 
 /// A request admitted into a model's queue; dropping it frees the place.
@@ -149,6 +172,7 @@ impl ServedModel {
                 size_bytes: assignment.size_bytes,
                 context_length: engine.context_length(),
                 loaded_at: SystemTime::now(),
+                card: Arc::new(card(assignment, &engine)),
             },
             engine,
             scheduler: Some(Arc::new(scheduler)),
@@ -191,6 +215,7 @@ impl ServedModel {
                 aliases: assignment.aliases.clone(),
                 version: assignment.version.clone(),
                 quantization: assignment.quantization.clone(),
+                card: Arc::new(card(assignment, &self.engine)),
                 ..self.info.clone()
             },
             engine: self.engine.clone(),

@@ -1,7 +1,11 @@
-//! Ollama-compatible routes: `/api/generate`, `/api/chat` (NDJSON streaming
-//! by default, one JSON object with `"stream": false`), `/api/tags` and
-//! `/api/version`. The DTOs are Ollama's wire shapes, converted to
-//! [`InferenceRequest`] on the way in. Errors are `{"error": "..."}`.
+//! Ollama-compatible generation routes: `/api/generate`, `/api/chat` (NDJSON
+//! streaming by default, one JSON object with `"stream": false`). The DTOs
+//! are Ollama's wire shapes, converted to [`InferenceRequest`] on the way
+//! in, after every field (and every `options` key) has passed its table
+//! here ([`fields`]): one this node does not implement is a 400 naming it,
+//! never dropped. Answers name the model as the request did. Errors are
+//! `{"error": "..."}`. The model routes (`/api/tags`, `/api/show`,
+//! `/api/ps`, `/api/pull`, `/api/version`) are in `ollama_models`.
 //!
 //! As in Ollama, `/api/generate` renders the prompt with the chat template
 //! (as a user turn, after `system`) unless `"raw": true`.
@@ -15,21 +19,275 @@ use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
+use super::fields::{self, Rule};
 use super::forward::HttpIncoming;
 use super::http::{HttpState, incoming, parse_json, with_retry_after, with_served_model};
 use super::{
-    Chunk, Finished, Generation, InferenceRequest, Input, Message, Params, Reached, Role,
-    ServeError,
+    Chunk, Finished, Generation, InferenceRequest, Input, Message, Params, Role, ServeError,
 };
+
+const NO_TOOLS: &str = "tool calling is not implemented on this node; only null or [] is accepted";
+const NO_FORMAT: &str =
+    "structured output is not implemented on this node; only \"\" (free text) is accepted";
+const NO_THINKING: &str = "the served models do not think aloud: only false is accepted";
+const NO_LOGPROBS: &str = "log probabilities are not implemented on this node";
+const NO_IMAGES: &str = "image generation is not implemented on this node";
+
+/// What both routes accept besides their input: implemented, or without
+/// effect on the answer (`keep_alive`: a model stays loaded for as long as
+/// it is assigned here, whatever a request asks).
+const COMMON_FIELDS: &[(&str, Rule)] = &[
+    ("model", Rule::Supported),
+    ("stream", Rule::Supported),
+    ("options", Rule::Supported),
+    ("keep_alive", Rule::NoEffect),
+    (
+        "format",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: NO_FORMAT,
+        },
+    ),
+    (
+        "think",
+        Rule::DefaultOnly {
+            accepts: fields::is_false,
+            why: NO_THINKING,
+        },
+    ),
+    (
+        "logprobs",
+        Rule::DefaultOnly {
+            accepts: fields::is_false,
+            why: NO_LOGPROBS,
+        },
+    ),
+    (
+        "top_logprobs",
+        Rule::DefaultOnly {
+            accepts: fields::is_zero,
+            why: NO_LOGPROBS,
+        },
+    ),
+];
+
+/// `/api/generate` beyond [`COMMON_FIELDS`]; `images` is refused by the
+/// typed parser with its own message.
+const GENERATE_FIELDS: &[(&str, Rule)] = &[
+    ("prompt", Rule::Supported),
+    ("system", Rule::Supported),
+    ("raw", Rule::Supported),
+    ("images", Rule::Supported),
+    (
+        "suffix",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: "insertion before a suffix is not implemented on this node",
+        },
+    ),
+    (
+        "template",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: "a request cannot replace the chat template here: the assignment sets it",
+        },
+    ),
+    (
+        "context",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: "token context from an earlier answer is not implemented on this node; send the conversation to /api/chat",
+        },
+    ),
+    (
+        "width",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: NO_IMAGES,
+        },
+    ),
+    (
+        "height",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: NO_IMAGES,
+        },
+    ),
+    (
+        "steps",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: NO_IMAGES,
+        },
+    ),
+];
+
+/// `/api/chat` beyond [`COMMON_FIELDS`]. The `ollama` client sends
+/// `"tools": []` on every chat.
+const CHAT_FIELDS: &[(&str, Rule)] = &[
+    ("messages", Rule::Supported),
+    (
+        "tools",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: NO_TOOLS,
+        },
+    ),
+];
+
+const MESSAGE_FIELDS: &[(&str, Rule)] = &[
+    ("role", Rule::Supported),
+    ("content", Rule::Supported),
+    ("images", Rule::Supported),
+    (
+        "tool_calls",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: NO_TOOLS,
+        },
+    ),
+    (
+        "tool_name",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: NO_TOOLS,
+        },
+    ),
+    (
+        "thinking",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: NO_THINKING,
+        },
+    ),
+];
+
+/// `options`: the sampling options the engine implements; the load-time
+/// ones, accepted without effect because the assignment decides how the
+/// model is loaded (`num_ctx` too: the model's whole context is used, and a
+/// prompt longer than it is refused, never cut); and the others only at
+/// the value that changes nothing (Ollama's defaults).
+const OPTIONS_FIELDS: &[(&str, Rule)] = &[
+    ("temperature", Rule::Supported),
+    ("top_p", Rule::Supported),
+    ("top_k", Rule::Supported),
+    ("min_p", Rule::Supported),
+    ("seed", Rule::Supported),
+    ("num_predict", Rule::Supported),
+    ("stop", Rule::Supported),
+    ("repeat_penalty", Rule::Supported),
+    ("numa", Rule::NoEffect),
+    ("num_ctx", Rule::NoEffect),
+    ("num_batch", Rule::NoEffect),
+    ("num_gpu", Rule::NoEffect),
+    ("main_gpu", Rule::NoEffect),
+    ("low_vram", Rule::NoEffect),
+    ("f16_kv", Rule::NoEffect),
+    ("use_mmap", Rule::NoEffect),
+    ("use_mlock", Rule::NoEffect),
+    ("num_thread", Rule::NoEffect),
+    ("num_keep", Rule::NoEffect),
+    // Deprecated in Ollama, which ignores it itself.
+    ("penalize_newline", Rule::NoEffect),
+    (
+        "repeat_last_n",
+        Rule::DefaultOnly {
+            accepts: is_engine_window,
+            why: "the repeat penalty looks at the last 64 tokens here: only 64 is accepted",
+        },
+    ),
+    (
+        "typical_p",
+        Rule::DefaultOnly {
+            accepts: fields::is_one,
+            why: "typical sampling is not implemented on this node; only 1 is accepted",
+        },
+    ),
+    (
+        "tfs_z",
+        Rule::DefaultOnly {
+            accepts: fields::is_one,
+            why: "tail-free sampling is not implemented on this node; only 1 is accepted",
+        },
+    ),
+    (
+        "presence_penalty",
+        Rule::DefaultOnly {
+            accepts: fields::is_zero,
+            why: "presence penalty is not implemented on this node; only 0 is accepted",
+        },
+    ),
+    (
+        "frequency_penalty",
+        Rule::DefaultOnly {
+            accepts: fields::is_zero,
+            why: "frequency penalty is not implemented on this node; only 0 is accepted",
+        },
+    ),
+    (
+        "mirostat",
+        Rule::DefaultOnly {
+            accepts: fields::is_zero,
+            why: "mirostat sampling is not implemented on this node; only 0 is accepted",
+        },
+    ),
+    // Read only by mirostat, which is off.
+    ("mirostat_tau", Rule::NoEffect),
+    ("mirostat_eta", Rule::NoEffect),
+    (
+        "logits_all",
+        Rule::DefaultOnly {
+            accepts: fields::is_false,
+            why: NO_LOGPROBS,
+        },
+    ),
+    (
+        "vocab_only",
+        Rule::DefaultOnly {
+            accepts: fields::is_false,
+            why: "a node loads whole models",
+        },
+    ),
+    (
+        "embedding_only",
+        Rule::DefaultOnly {
+            accepts: fields::is_false,
+            why: "embeddings are not implemented on this node",
+        },
+    ),
+];
+
+fn is_engine_window(value: &Value) -> bool {
+    value.as_u64() == Some(flotilla_engine::SamplingParams::default().repetition_window as u64)
+}
+
+/// Parses a body after checking its fields against [`COMMON_FIELDS`] and
+/// `specific`, its `options` and its messages against theirs.
+fn parse_checked<T: DeserializeOwned>(
+    body: &[u8],
+    specific: &[(&str, Rule)],
+) -> Result<T, ServeError> {
+    let mut value: Value = parse_json(body)?;
+    fields::check(&value, &[COMMON_FIELDS, specific], "")?;
+    if let Some(options) = value.get("options") {
+        fields::check(options, &[OPTIONS_FIELDS], "options.")?;
+    }
+    fields::check_each(&value, "messages", MESSAGE_FIELDS)?;
+    fields::drop_nulls(&mut value);
+    serde_json::from_value(value)
+        .map_err(|error| ServeError::InvalidRequest(format!("invalid JSON body: {error}")))
+}
 
 #[derive(Debug, Default, Deserialize)]
 struct Options {
     temperature: Option<f32>,
     top_p: Option<f32>,
     top_k: Option<u32>,
+    min_p: Option<f32>,
     seed: Option<i64>,
     num_predict: Option<i64>,
     stop: Option<Vec<String>>,
@@ -55,6 +313,7 @@ impl Options {
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,
+            min_p: self.min_p,
             repetition_penalty: self.repeat_penalty,
             // Ollama's seed is an int; a negative one means random.
             seed: self.seed.and_then(|seed| u64::try_from(seed).ok()),
@@ -119,7 +378,7 @@ fn no_images(images: &[Value]) -> Result<(), ServeError> {
     }
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default()
@@ -141,7 +400,7 @@ pub(super) async fn generate(
         Ok(forwarded) => forwarded,
         Err(error) => return error_response(&error),
     };
-    let parsed = parse_json::<GenerateRequest>(&body).and_then(|request| {
+    let parsed = parse_checked::<GenerateRequest>(&body, GENERATE_FIELDS).and_then(|request| {
         no_images(&request.images)?;
         let stream = request.stream.unwrap_or(true);
         let input = if request.raw {
@@ -171,8 +430,8 @@ pub(super) async fn generate(
     if empty_prompt {
         // Ollama's way to preload a model: answer that it is loaded.
         return match state.serving.slot.get(&request.model) {
-            Ok(model) => Json(json!({
-                "model": model.info().name,
+            Ok(_) => Json(json!({
+                "model": request.model,
                 "created_at": now_rfc3339(),
                 "response": "",
                 "done": true,
@@ -199,7 +458,7 @@ pub(super) async fn chat(
         Ok(forwarded) => forwarded,
         Err(error) => return error_response(&error),
     };
-    let parsed = parse_json::<ChatRequest>(&body).and_then(|request| {
+    let parsed = parse_checked::<ChatRequest>(&body, CHAT_FIELDS).and_then(|request| {
         if request.messages.is_empty() {
             return Err(ServeError::InvalidRequest(
                 "messages must not be empty".to_owned(),
@@ -247,7 +506,8 @@ async fn respond(
             }
         };
     let served = generation.model.clone();
-    let model = served.name.clone();
+    // As the client named it (an alias, `name:tag`), as Ollama echoes it.
+    let model = requested;
     if !stream {
         let response = match generation.complete().await {
             Ok(completion) => Json(final_object(
@@ -314,62 +574,4 @@ fn final_object(kind: Kind, model: &str, text: &str, finished: &Finished) -> Val
             .saturating_sub(finished.time_to_first_token)
     ));
     value
-}
-
-/// The node's own model (`"local": true`) and every model it can route to
-/// (`"local": false`, with the `"node"` it would ask first). Each alias is
-/// an entry of its own, with `"alias_of"` naming the registry model. A
-/// routed model's size, digest and quantization are the directory's; its
-/// load time is not known here, so `modified_at` is now.
-pub(super) async fn tags(State(state): State<HttpState>) -> Response {
-    let mut models: Vec<Value> = Vec::new();
-    for listed in state.serving.catalogue() {
-        for name in listed.names() {
-            let mut entry = match &listed.reached {
-                Reached::Local(info) => json!({
-                    "modified_at": time::OffsetDateTime::from(info.loaded_at)
-                        .format(&Rfc3339)
-                        .unwrap_or_default(),
-                    "size": info.size_bytes,
-                    "digest": info.digest.to_hex(),
-                    "details": {
-                        "parent_model": "",
-                        "format": "gguf",
-                        "family": "llama",
-                        "families": ["llama"],
-                        "parameter_size": "",
-                        "quantization_level": info.quantization,
-                    },
-                    "local": true,
-                }),
-                Reached::Peer(peer) => json!({
-                    "modified_at": now_rfc3339(),
-                    "size": peer.size_bytes,
-                    "digest": peer.digest,
-                    "details": {
-                        "parent_model": "",
-                        "format": "gguf",
-                        "family": "",
-                        "families": [],
-                        "parameter_size": "",
-                        "quantization_level": peer.quantization,
-                    },
-                    "local": false,
-                    "node": peer.node,
-                }),
-            };
-            entry["name"] = json!(name);
-            entry["model"] = json!(name);
-            entry["version"] = json!(listed.version);
-            if name != listed.name {
-                entry["alias_of"] = json!(listed.name);
-            }
-            models.push(entry);
-        }
-    }
-    Json(json!({ "models": models })).into_response()
-}
-
-pub(super) async fn version() -> Response {
-    Json(json!({"version": env!("CARGO_PKG_VERSION")})).into_response()
 }

@@ -1,7 +1,11 @@
-//! OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions` and
-//! `/v1/models`, non-streaming and streaming (server-sent events ending with
-//! `data: [DONE]`). The DTOs here are the OpenAI wire shapes; they are
-//! converted to [`InferenceRequest`] on the way in. Errors use OpenAI's
+//! OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/models` and `/v1/models/{id}`, non-streaming and streaming
+//! (server-sent events ending with `data: [DONE]`). The DTOs here are the
+//! OpenAI wire shapes; they are converted to [`InferenceRequest`] on the way
+//! in, after every field has passed its table here ([`fields`]): a field of
+//! OpenAI's API that this node does not implement is a 400 naming it, never
+//! dropped. Answers name the model as the request did (an alias, or a
+//! `name:tag`). Errors use OpenAI's
 //! `{"error": {"message", "type", "param", "code"}}` body.
 
 use std::convert::Infallible;
@@ -13,9 +17,11 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::fields::{self, Rule};
 use super::forward::HttpIncoming;
 use super::http::{
     HttpState, incoming, parse_json, unix_seconds, with_retry_after, with_served_model,
@@ -42,6 +48,307 @@ impl StopField {
     }
 }
 
+const NO_TOOLS: &str = "tool calling is not implemented on this node; only null or [] is accepted";
+const NO_LOGPROBS: &str = "log probabilities are not implemented on this node";
+const NO_PENALTIES: &str =
+    "presence and frequency penalties are not implemented on this node; only 0 is accepted";
+
+/// What both endpoints accept besides their prompt: implemented, or
+/// without effect on the answer (`user`, `safety_identifier`,
+/// `prompt_cache_key` and `metadata` identify requests in OpenAI's records;
+/// `stream_options.include_obfuscation` pads OpenAI's events, which carry
+/// nothing to hide here).
+const COMMON_FIELDS: &[(&str, Rule)] = &[
+    ("model", Rule::Supported),
+    ("max_tokens", Rule::Supported),
+    ("max_completion_tokens", Rule::Supported),
+    ("temperature", Rule::Supported),
+    ("top_p", Rule::Supported),
+    // The engine's sampler is seeded (`SamplingParams::seed`).
+    ("seed", Rule::Supported),
+    ("stop", Rule::Supported),
+    ("stream", Rule::Supported),
+    ("stream_options", Rule::Supported),
+    ("user", Rule::NoEffect),
+    ("safety_identifier", Rule::NoEffect),
+    ("prompt_cache_key", Rule::NoEffect),
+    ("metadata", Rule::NoEffect),
+    (
+        "n",
+        Rule::DefaultOnly {
+            accepts: fields::is_one,
+            why: "one choice per request is supported: n must be 1",
+        },
+    ),
+    (
+        "presence_penalty",
+        Rule::DefaultOnly {
+            accepts: fields::is_zero,
+            why: NO_PENALTIES,
+        },
+    ),
+    (
+        "frequency_penalty",
+        Rule::DefaultOnly {
+            accepts: fields::is_zero,
+            why: NO_PENALTIES,
+        },
+    ),
+    (
+        "logit_bias",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: "logit bias is not implemented on this node; only {} is accepted",
+        },
+    ),
+    (
+        "service_tier",
+        Rule::DefaultOnly {
+            accepts: is_default_tier,
+            why: "this node has one service tier: only \"auto\" or \"default\" is accepted",
+        },
+    ),
+    (
+        "store",
+        Rule::DefaultOnly {
+            accepts: fields::is_false,
+            why: "this node stores no completions",
+        },
+    ),
+];
+
+/// `/v1/chat/completions` beyond [`COMMON_FIELDS`].
+const CHAT_FIELDS: &[(&str, Rule)] = &[
+    ("messages", Rule::Supported),
+    (
+        "tools",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: NO_TOOLS,
+        },
+    ),
+    (
+        "functions",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: NO_TOOLS,
+        },
+    ),
+    (
+        "tool_choice",
+        Rule::DefaultOnly {
+            accepts: is_none_choice,
+            why: "tool calling is not implemented on this node; only \"none\" is accepted",
+        },
+    ),
+    (
+        "function_call",
+        Rule::DefaultOnly {
+            accepts: is_none_choice,
+            why: "tool calling is not implemented on this node; only \"none\" is accepted",
+        },
+    ),
+    (
+        "parallel_tool_calls",
+        Rule::DefaultOnly {
+            accepts: fields::is_true,
+            why: NO_TOOLS,
+        },
+    ),
+    (
+        "response_format",
+        Rule::DefaultOnly {
+            accepts: is_text_format,
+            why: "structured output is not implemented on this node; only {\"type\": \"text\"} is accepted",
+        },
+    ),
+    (
+        "logprobs",
+        Rule::DefaultOnly {
+            accepts: fields::is_false,
+            why: NO_LOGPROBS,
+        },
+    ),
+    (
+        "top_logprobs",
+        Rule::DefaultOnly {
+            accepts: fields::is_zero,
+            why: NO_LOGPROBS,
+        },
+    ),
+    (
+        "modalities",
+        Rule::DefaultOnly {
+            accepts: is_text_modality,
+            why: "the served models are text-only: only [\"text\"] is accepted",
+        },
+    ),
+    (
+        "audio",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: "the served models are text-only",
+        },
+    ),
+    (
+        "prediction",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: "predicted outputs are not implemented on this node",
+        },
+    ),
+    (
+        "reasoning_effort",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: "the served models are not reasoning models",
+        },
+    ),
+    (
+        "verbosity",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: "output verbosity is not implemented on this node",
+        },
+    ),
+    (
+        "web_search_options",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: "web search is not implemented on this node",
+        },
+    ),
+];
+
+/// `/v1/completions` beyond [`COMMON_FIELDS`].
+const COMPLETION_FIELDS: &[(&str, Rule)] = &[
+    ("prompt", Rule::Supported),
+    (
+        "best_of",
+        Rule::DefaultOnly {
+            accepts: fields::is_one,
+            why: "one candidate per request is generated: best_of must be 1",
+        },
+    ),
+    (
+        "echo",
+        Rule::DefaultOnly {
+            accepts: fields::is_false,
+            why: "echoing the prompt is not implemented on this node",
+        },
+    ),
+    (
+        "suffix",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: "insertion after a suffix is not implemented on this node",
+        },
+    ),
+    (
+        "logprobs",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: NO_LOGPROBS,
+        },
+    ),
+];
+
+/// A chat message's fields. A message's `name` is refused because no chat
+/// template here shows it to the model; tool calls and their results wait
+/// for tool calling. `refusal`, `audio` and `annotations` come back `null`
+/// or empty when a client replays an answer.
+const MESSAGE_FIELDS: &[(&str, Rule)] = &[
+    ("role", Rule::Supported),
+    ("content", Rule::Supported),
+    (
+        "name",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: "participant names are not passed to the model",
+        },
+    ),
+    (
+        "tool_calls",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: NO_TOOLS,
+        },
+    ),
+    (
+        "tool_call_id",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: NO_TOOLS,
+        },
+    ),
+    (
+        "function_call",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: NO_TOOLS,
+        },
+    ),
+    (
+        "refusal",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: "refusals are not passed to the model",
+        },
+    ),
+    (
+        "audio",
+        Rule::DefaultOnly {
+            accepts: fields::never,
+            why: "the served models are text-only",
+        },
+    ),
+    (
+        "annotations",
+        Rule::DefaultOnly {
+            accepts: fields::is_empty,
+            why: "annotations are not passed to the model",
+        },
+    ),
+];
+
+const STREAM_OPTIONS_FIELDS: &[(&str, Rule)] = &[
+    ("include_usage", Rule::Supported),
+    ("include_obfuscation", Rule::NoEffect),
+];
+
+fn is_default_tier(value: &Value) -> bool {
+    matches!(value.as_str(), Some("auto" | "default"))
+}
+
+fn is_none_choice(value: &Value) -> bool {
+    value.as_str() == Some("none")
+}
+
+fn is_text_format(value: &Value) -> bool {
+    value == &json!({"type": "text"})
+}
+
+fn is_text_modality(value: &Value) -> bool {
+    value == &json!(["text"])
+}
+
+/// Parses a body after checking its fields against [`COMMON_FIELDS`] and
+/// `specific` (and its messages and stream options against theirs).
+fn parse_checked<T: DeserializeOwned>(
+    body: &[u8],
+    specific: &[(&str, Rule)],
+) -> Result<T, ServeError> {
+    let mut value: Value = parse_json(body)?;
+    fields::check(&value, &[COMMON_FIELDS, specific], "")?;
+    if let Some(options) = value.get("stream_options") {
+        fields::check(options, &[STREAM_OPTIONS_FIELDS], "stream_options.")?;
+    }
+    fields::check_each(&value, "messages", MESSAGE_FIELDS)?;
+    fields::drop_nulls(&mut value);
+    serde_json::from_value(value)
+        .map_err(|error| ServeError::InvalidRequest(format!("invalid JSON body: {error}")))
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct StreamOptions {
     #[serde(default)]
@@ -61,16 +368,10 @@ struct Common {
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
-    n: Option<u32>,
 }
 
 impl Common {
-    fn params(self) -> Result<(String, Params, bool, bool), ServeError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(ServeError::InvalidRequest(
-                "n must be 1: one choice per request is supported".to_owned(),
-            ));
-        }
+    fn params(self) -> (String, Params, bool, bool) {
         let params = Params {
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
             temperature: self.temperature,
@@ -82,7 +383,7 @@ impl Common {
         let include_usage = self
             .stream_options
             .is_some_and(|options| options.include_usage);
-        Ok((self.model, params, self.stream, include_usage))
+        (self.model, params, self.stream, include_usage)
     }
 }
 
@@ -181,7 +482,9 @@ impl From<&Finished> for Usage {
 pub(super) fn error_response(error: &ServeError) -> Response {
     let kind = match error {
         ServeError::InvalidRequest(_)
+        | ServeError::UnsupportedField { .. }
         | ServeError::ModelNotFound { .. }
+        | ServeError::NotAssigned { .. }
         | ServeError::UnsupportedMediaType(_) => "invalid_request_error",
         ServeError::Forbidden(_) => "permission_error",
         ServeError::Overloaded { .. } => "rate_limit_error",
@@ -193,6 +496,7 @@ pub(super) fn error_response(error: &ServeError) -> Response {
     };
     let param = match error {
         ServeError::ModelNotFound { .. } => Value::from("model"),
+        ServeError::UnsupportedField { field, .. } => Value::from(field.as_str()),
         _ => Value::Null,
     };
     let body = json!({
@@ -233,9 +537,9 @@ pub(super) async fn chat_completions(
         Ok(forwarded) => forwarded,
         Err(error) => return error_response(&error),
     };
-    let parsed = parse_json::<ChatCompletionRequest>(&body).and_then(|request| {
+    let parsed = parse_checked::<ChatCompletionRequest>(&body, CHAT_FIELDS).and_then(|request| {
         let messages = chat_messages(request.messages)?;
-        let (model, params, stream, include_usage) = request.common.params()?;
+        let (model, params, stream, include_usage) = request.common.params();
         Ok((
             InferenceRequest {
                 model,
@@ -259,7 +563,7 @@ pub(super) async fn completions(
         Ok(forwarded) => forwarded,
         Err(error) => return error_response(&error),
     };
-    let parsed = parse_json::<CompletionRequest>(&body).and_then(|request| {
+    let parsed = parse_checked::<CompletionRequest>(&body, COMPLETION_FIELDS).and_then(|request| {
         let prompt = match request.prompt {
             PromptField::One(prompt) => prompt,
             PromptField::Many(mut prompts) if prompts.len() == 1 => prompts.remove(0),
@@ -274,7 +578,7 @@ pub(super) async fn completions(
                 "prompt must not be empty".to_owned(),
             ));
         }
-        let (model, params, stream, include_usage) = request.common.params()?;
+        let (model, params, stream, include_usage) = request.common.params();
         Ok((
             InferenceRequest {
                 model,
@@ -310,7 +614,8 @@ async fn respond(
         };
     let id = kind.id();
     let served = generation.model.clone();
-    let model = served.name.clone();
+    // As the client named it (an alias, `name:tag`), as OpenAI echoes it.
+    let model = requested;
     let created = unix_seconds(std::time::SystemTime::now());
     let response = if stream {
         let events = sse_events(generation, kind, id, model, created, include_usage);
@@ -396,10 +701,11 @@ fn data(value: &Value) -> Result<Event, Infallible> {
     Ok(Event::default().data(value.to_string()))
 }
 
-/// The SSE body: text chunks, a final chunk with the finish reason (and the
-/// usage, as llama.cpp's server also sends it), an optional usage-only chunk
-/// when `stream_options.include_usage` asked for it, then `[DONE]`. A
-/// failure after the first byte becomes an `error` object, then `[DONE]`.
+/// The SSE body: text chunks, a final chunk with the finish reason, the
+/// usage-only chunk (empty `choices`) when `stream_options.include_usage`
+/// asked for it, then `[DONE]`. The usage comes once or not at all, as
+/// OpenAI sends it: a client that meters by usage chunks counts it once.
+/// A failure after the first byte becomes an `error` object, then `[DONE]`.
 fn sse_events(
     generation: Generation,
     kind: Kind,
@@ -419,7 +725,7 @@ fn sse_events(
                 vec![data(&chunk(kind, &id, &model, created, Some(&text), None))]
             }
             Ok(Chunk::Finished(finished)) => {
-                let mut last = chunk(
+                let last = chunk(
                     kind,
                     &id,
                     &model,
@@ -427,7 +733,6 @@ fn sse_events(
                     None,
                     Some(finished.reason.as_openai()),
                 );
-                last["usage"] = json!(Usage::from(&finished));
                 let mut events = vec![data(&last)];
                 if include_usage {
                     let mut usage = chunk(kind, &id, &model, created, None, None);
@@ -453,33 +758,62 @@ fn sse_events(
 /// first), with `"local"` saying which is which. Each alias is an entry of
 /// its own, with `"alias_of"` naming the registry model.
 pub(super) async fn list_models(State(state): State<HttpState>) -> Response {
-    let mut data: Vec<Value> = Vec::new();
-    for listed in state.serving.catalogue() {
-        for name in listed.names() {
-            let mut entry = json!({
-                "id": name,
-                "object": "model",
-                "version": listed.version,
-            });
-            match &listed.reached {
-                Reached::Local(info) => {
-                    entry["created"] = json!(unix_seconds(info.loaded_at));
-                    entry["owned_by"] = json!("flotilla:local");
-                    entry["quantization"] = json!(info.quantization);
-                    entry["local"] = json!(true);
-                }
-                Reached::Peer(peer) => {
-                    entry["created"] = json!(0);
-                    entry["owned_by"] = json!(format!("flotilla:{}", peer.node));
-                    entry["quantization"] = json!(peer.quantization);
-                    entry["local"] = json!(false);
-                }
-            }
-            if name != listed.name {
-                entry["alias_of"] = json!(listed.name);
-            }
-            data.push(entry);
+    let data: Vec<Value> = state
+        .serving
+        .catalogue()
+        .iter()
+        .flat_map(|listed| listed.names().map(|name| model_entry(listed, name)))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// One model as `/v1/models` lists it, by the name the client knows
+/// (`/v1/models/{id}` answers with the entry `/v1/models` has for that id,
+/// or for a `name:tag` that names it); an unknown id is OpenAI's 404.
+pub(super) async fn retrieve_model(
+    State(state): State<HttpState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let catalogue = state.serving.catalogue();
+    let found = catalogue.iter().find(|listed| {
+        crate::routing::names_match(&id, &listed.name, &listed.aliases, &listed.version)
+    });
+    match found {
+        Some(listed) => Json(model_entry(listed, &id)).into_response(),
+        None => error_response(&ServeError::ModelNotFound {
+            requested: id,
+            served: state
+                .serving
+                .slot
+                .current()
+                .map(|model| model.info().name.clone()),
+        }),
+    }
+}
+
+/// The `/v1/models` entry of `listed` under `name`.
+fn model_entry(listed: &super::Listed, name: &str) -> Value {
+    let mut entry = json!({
+        "id": name,
+        "object": "model",
+        "version": listed.version,
+    });
+    match &listed.reached {
+        Reached::Local(info) => {
+            entry["created"] = json!(unix_seconds(info.loaded_at));
+            entry["owned_by"] = json!("flotilla:local");
+            entry["quantization"] = json!(info.quantization);
+            entry["local"] = json!(true);
+        }
+        Reached::Peer(peer) => {
+            entry["created"] = json!(0);
+            entry["owned_by"] = json!(format!("flotilla:{}", peer.node));
+            entry["quantization"] = json!(peer.quantization);
+            entry["local"] = json!(false);
         }
     }
-    Json(json!({"object": "list", "data": data})).into_response()
+    if !crate::routing::names_match(name, &listed.name, &[], &listed.version) {
+        entry["alias_of"] = json!(listed.name);
+    }
+    entry
 }

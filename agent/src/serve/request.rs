@@ -74,6 +74,7 @@ pub struct Params {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
@@ -98,6 +99,11 @@ impl Params {
             && !(top_p.is_finite() && (0.0..=1.0).contains(&top_p))
         {
             return invalid(format!("top_p {top_p} must be within [0, 1]"));
+        }
+        if let Some(min_p) = self.min_p
+            && !(min_p.is_finite() && (0.0..=1.0).contains(&min_p))
+        {
+            return invalid(format!("min_p {min_p} must be within [0, 1]"));
         }
         if let Some(penalty) = self.repetition_penalty
             && !(penalty.is_finite() && penalty > 0.0)
@@ -125,6 +131,9 @@ impl Params {
         }
         if let Some(top_k) = self.top_k {
             sampling.top_k = top_k as usize;
+        }
+        if let Some(min_p) = self.min_p {
+            sampling.min_p = min_p;
         }
         if let Some(penalty) = self.repetition_penalty {
             sampling.repetition_penalty = penalty;

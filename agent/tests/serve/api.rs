@@ -67,7 +67,7 @@ async fn nothing_loaded_and_unknown_models_are_not_found_with_the_name() -> anyh
     let models = harness.get("/v1/models").await?;
     assert_eq!(models["data"][0]["id"], "notfound");
     let tags = harness.get("/api/tags").await?;
-    assert_eq!(tags["models"][0]["name"], "notfound");
+    assert_eq!(tags["models"][0]["name"], "notfound:latest");
     assert_eq!(tags["models"][0]["details"]["quantization_level"], "Q4_1");
     let listed = harness
         .grpc()
@@ -245,7 +245,8 @@ async fn ollama_streams_ndjson_by_default_and_answers_whole_on_request() -> anyh
         .error_for_status()?
         .json()
         .await?;
-    assert_eq!(whole["model"], "ollama");
+    // Named as the client named it, tag and all.
+    assert_eq!(whole["model"], "ollama:latest");
     let mut streamed_request = generate;
     streamed_request["stream"] = json!(true);
     let lines = ndjson(
@@ -462,7 +463,7 @@ async fn grpc_health_and_reflection_answer_as_grpcurl_expects() -> anyhow::Resul
         .into_inner();
     assert_eq!(checked.status(), ServingStatus::Serving);
 
-    let mut reflection = ServerReflectionClient::new(channel);
+    let mut reflection = ServerReflectionClient::new(channel.clone());
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -478,11 +479,50 @@ async fn grpc_health_and_reflection_answer_as_grpcurl_expects() -> anyhow::Resul
     let Some(MessageResponse::ListServicesResponse(listed)) = response.message_response else {
         anyhow::bail!("unexpected reflection response {response:?}");
     };
-    let names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(
-        names.contains(&"flotilla.inference.v1.Inference"),
-        "{names:?}"
+    let mut names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    // What this process serves, and nothing of the controller's.
+    assert_eq!(
+        names,
+        [
+            "flotilla.inference.v1.Inference",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ],
     );
-    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    // v1alpha too (older grpcurl, Python's grpcio-reflection).
+    use tonic_reflection::pb::v1alpha as alpha;
+    let mut reflection = alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let response = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await?
+        .into_inner()
+        .message()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no v1alpha reflection response"))?;
+    let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(listed)) =
+        response.message_response
+    else {
+        anyhow::bail!("unexpected v1alpha reflection response {response:?}");
+    };
+    let mut names: Vec<&str> = listed.service.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "flotilla.inference.v1.Inference",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ],
+    );
     Ok(())
 }

@@ -15,6 +15,8 @@
 //! - `activation`: blue/green swaps and the system-prompt policies.
 //! - `routing`: forwarding to a peer, the hop rule, unreachable peers.
 //! - `auth`: API keys on every inference route; probes stay open.
+//! - `surface`: unsupported fields refused by name, usage once per stream,
+//!   the model echoed as named, `/v1/models/{id}` and Ollama's model routes.
 
 mod activation;
 mod api;
@@ -22,6 +24,7 @@ mod auth;
 mod load;
 mod routing;
 mod scrub;
+mod surface;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -5,7 +5,7 @@ use flotilla_agent::routing::Peer;
 
 use super::*;
 
-fn peer(node: &str, model: &str, http_url: String, grpc_url: String) -> Peer {
+pub(super) fn peer(node: &str, model: &str, http_url: String, grpc_url: String) -> Peer {
     Peer {
         model: model.to_owned(),
         version: "1.0.0".to_owned(),
@@ -99,7 +99,7 @@ async fn a_node_forwards_to_the_peer_serving_the_model_once() -> anyhow::Result<
     assert_eq!(models["data"][0]["quantization"], "Q8_0", "{models}");
     let tags = asked.get("/api/tags").await?;
     let tag = &tags["models"][0];
-    assert_eq!(tag["name"], "routed", "{tags}");
+    assert_eq!(tag["name"], "routed:latest", "{tags}");
     assert_eq!(tag["local"], false, "{tags}");
     assert_eq!(tag["node"], "owner", "{tags}");
     assert_eq!(tag["digest"], Digest::of(&tiny_model()).to_hex(), "{tags}");

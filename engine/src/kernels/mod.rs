@@ -11,14 +11,17 @@
 //! 16-element sums ([`SuperBlock`], ggml's `block_q8_K`) for K-quants. Each weight row is then
 //! consumed with integer block dot products; this both cuts memory traffic against an f32
 //! path and keeps our logits numerically close to llama.cpp's, which the greedy-decoding
-//! reference tests rely on. AVX2+FMA implementations are chosen at runtime with
-//! `is_x86_feature_detected!`; the scalar implementation is the portable fallback and the
-//! reference the SIMD code is tested against.
+//! reference tests rely on. The implementation is chosen at runtime with
+//! `is_x86_feature_detected!` ([`KernelImpl::detect`]): AVX-512 (F, BW, VL) with VNNI where
+//! the CPU has all of them, else AVX2+FMA+F16C, else the scalar implementation, which is
+//! the portable fallback and the reference the SIMD code is tested against.
 
 mod dequantize;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
 mod x86_kquants;
 
@@ -242,23 +245,42 @@ pub struct TokenActivations<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelImpl {
     Scalar,
+    /// AVX2 + FMA + F16C.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX-512 F/BW/VL with VNNI for the quantized dot products (AVX2 for the f16
+    /// attention helpers); needs everything `Avx2` does as well.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl KernelImpl {
     /// The fastest implementation this CPU supports.
     pub fn detect() -> KernelImpl {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
-            {
-                return KernelImpl::Avx2;
+        [
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx2,
+        ]
+        .into_iter()
+        .find(|kernel| kernel.is_supported())
+        .unwrap_or(KernelImpl::Scalar)
+    }
+
+    /// Whether this CPU can run the implementation (the SIMD ones assert it on use).
+    pub fn is_supported(self) -> bool {
+        match self {
+            KernelImpl::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx2 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx512 => x86_avx512::supported(),
         }
-        KernelImpl::Scalar
     }
 
     /// Dot product of one weight row with one token's activations.
@@ -277,11 +299,15 @@ impl KernelImpl {
                 KernelImpl::Scalar => scalar::dot_blocks(format, row, input.blocks),
                 #[cfg(target_arch = "x86_64")]
                 KernelImpl::Avx2 => x86::dot_blocks(format, row, input.blocks),
+                #[cfg(target_arch = "x86_64")]
+                KernelImpl::Avx512 => x86_avx512::dot_blocks(format, row, input.blocks),
             },
             ActivationKind::SuperBlocks => match self {
                 KernelImpl::Scalar => scalar::dot_super_blocks(format, row, input.super_blocks),
                 #[cfg(target_arch = "x86_64")]
                 KernelImpl::Avx2 => x86_kquants::dot_super_blocks(format, row, input.super_blocks),
+                #[cfg(target_arch = "x86_64")]
+                KernelImpl::Avx512 => x86_avx512::dot_super_blocks(format, row, input.super_blocks),
             },
         }
     }
@@ -308,6 +334,14 @@ impl KernelImpl {
                     inputs.map(|input| input.super_blocks),
                 )
             }
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx512 if format.activation_kind() == ActivationKind::Blocks => {
+                x86_avx512::dot_blocks_x4(format, row, inputs.map(|input| input.blocks))
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx512 if format.activation_kind() == ActivationKind::SuperBlocks => {
+                x86_avx512::dot_super_blocks_x4(format, row, inputs.map(|input| input.super_blocks))
+            }
             _ => inputs.map(|input| self.row_dot(format, row, input)),
         }
     }
@@ -318,7 +352,7 @@ impl KernelImpl {
         match self {
             KernelImpl::Scalar => key.iter().zip(query).map(|(k, q)| k.to_f32() * q).sum(),
             #[cfg(target_arch = "x86_64")]
-            KernelImpl::Avx2 => x86::dot_f16_f32(key, query),
+            KernelImpl::Avx2 | KernelImpl::Avx512 => x86::dot_f16_f32(key, query),
         }
     }
 
@@ -332,7 +366,7 @@ impl KernelImpl {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            KernelImpl::Avx2 => x86::add_scaled_f16(output, weight, value),
+            KernelImpl::Avx2 | KernelImpl::Avx512 => x86::add_scaled_f16(output, weight, value),
         }
     }
 }

@@ -187,6 +187,19 @@ pub(super) fn read_f16(bytes: &[u8], at: usize) -> f32 {
     ))))
 }
 
+/// A little-endian f16 converted and broadcast to eight f32 lanes.
+///
+/// Block loops should take their scales this way rather than through [`read_f16`]: for a
+/// scalar conversion LLVM moves the half into lane 0 with `vpinsrw` on top of whatever
+/// register is free, often the loop's accumulator, which chains every block's scale to
+/// the previous block's FMA. A broadcast writes the whole register and depends on nothing.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn broadcast_f16(bytes: &[u8], at: usize) -> __m256 {
+    let bits = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
+}
+
 /// Sum of signed×signed byte products, 32 lanes, into 8 i32 lanes as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -241,6 +241,34 @@ pub struct TokenActivations<'a> {
     pub super_blocks: &'a [SuperBlock],
 }
 
+/// Every token's activations of one matrix multiplication, token after token: token `t`'s
+/// values are `values[t * columns..][..columns]`, and likewise its blocks and super-blocks
+/// (`columns / 32` and `columns / 256` per token). A form the weight format does not use
+/// may be empty.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchActivations<'a> {
+    pub tokens: usize,
+    pub columns: usize,
+    pub values: &'a [f32],
+    pub blocks: &'a [ActivationBlock],
+    pub super_blocks: &'a [SuperBlock],
+}
+
+impl<'a> BatchActivations<'a> {
+    /// One token's activations; forms left empty stay empty.
+    pub fn token(&self, index: usize) -> TokenActivations<'a> {
+        fn part<T>(all: &[T], per_token: usize, index: usize) -> &[T] {
+            all.get(index * per_token..(index + 1) * per_token)
+                .unwrap_or(&[])
+        }
+        TokenActivations {
+            values: part(self.values, self.columns, index),
+            blocks: part(self.blocks, self.columns / BLOCK, index),
+            super_blocks: part(self.super_blocks, self.columns / SUPER_BLOCK, index),
+        }
+    }
+}
+
 /// Which implementation the dot products use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelImpl {
@@ -343,6 +371,68 @@ impl KernelImpl {
                 x86_avx512::dot_super_blocks_x4(format, row, inputs.map(|input| input.super_blocks))
             }
             _ => inputs.map(|input| self.row_dot(format, row, input)),
+        }
+    }
+
+    /// Dot products of several consecutive weight rows with every token of a batch:
+    /// `output[r * batch.tokens + t] = row r · token t`, where `rows` holds whole rows of
+    /// `format.row_bytes(batch.columns)` bytes. Equal, bit for bit, to one
+    /// [`KernelImpl::row_dot`] per row and token; tokens share each pass over a row in
+    /// fours ([`KernelImpl::row_dot_x4`]), and the SIMD implementations run the whole loop
+    /// inside one call, so short rows do not pay a dispatch per row and token.
+    pub fn rows_dot(
+        self,
+        format: WeightFormat,
+        rows: &[u8],
+        batch: BatchActivations<'_>,
+        output: &mut [f32],
+    ) {
+        let row_bytes = format.row_bytes(batch.columns);
+        assert!(
+            row_bytes > 0 && rows.len().is_multiple_of(row_bytes),
+            "rows are whole {format:?} rows of {} columns",
+            batch.columns
+        );
+        assert_eq!(
+            output.len(),
+            rows.len() / row_bytes * batch.tokens,
+            "one output per row and token"
+        );
+        if batch.tokens == 0 {
+            return;
+        }
+        match (self, format.activation_kind()) {
+            #[cfg(target_arch = "x86_64")]
+            (KernelImpl::Avx512, ActivationKind::Blocks) => {
+                x86_avx512::dot_blocks_rows(format, rows, row_bytes, batch.blocks, output)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (KernelImpl::Avx512, ActivationKind::SuperBlocks) => x86_avx512::dot_super_blocks_rows(
+                format,
+                rows,
+                row_bytes,
+                batch.super_blocks,
+                output,
+            ),
+            _ => {
+                for (row, row_output) in rows
+                    .chunks_exact(row_bytes)
+                    .zip(output.chunks_exact_mut(batch.tokens))
+                {
+                    let grouped = batch.tokens / 4 * 4;
+                    for first in (0..grouped).step_by(4) {
+                        let results = self.row_dot_x4(
+                            format,
+                            row,
+                            std::array::from_fn(|offset| batch.token(first + offset)),
+                        );
+                        row_output[first..first + 4].copy_from_slice(&results);
+                    }
+                    for (index, value) in row_output.iter_mut().enumerate().skip(grouped) {
+                        *value = self.row_dot(format, row, batch.token(index));
+                    }
+                }
+            }
         }
     }
 

@@ -144,6 +144,55 @@ proptest! {
     }
 }
 
+/// `rows_dot` (the matmul path) equals one `row_dot` per row and token, bit for bit, for
+/// every implementation, token count (fours and a remainder) and format.
+#[test]
+fn rows_dot_equals_row_dot_per_row_and_token() {
+    let columns = 512;
+    let row_count = 3;
+    for tokens in [1usize, 3, 4, 6, 9] {
+        let values: Vec<f32> = (0..tokens * columns)
+            .map(|i| ((i * 7919) % 1013) as f32 / 127.0 - 4.0)
+            .collect();
+        let mut blocks = Vec::new();
+        let mut super_blocks = Vec::new();
+        for token in values.chunks_exact(columns) {
+            let (token_blocks, token_super_blocks) = quantized_forms(token);
+            blocks.extend(token_blocks);
+            super_blocks.extend(token_super_blocks);
+        }
+        let batch = BatchActivations {
+            tokens,
+            columns,
+            values: &values,
+            blocks: &blocks,
+            super_blocks: &super_blocks,
+        };
+        for format in WeightFormat::ALL {
+            let rows: Vec<u8> = (0..row_count)
+                .flat_map(|row| match format.activation_kind() {
+                    ActivationKind::Float => vec![0x3C; format.row_bytes(columns)],
+                    _ => random_row(format, columns, &[row as u8, tokens as u8]),
+                })
+                .collect();
+            for kernel in simd_kernels().into_iter().chain([KernelImpl::Scalar]) {
+                let mut output = vec![f32::NAN; row_count * tokens];
+                kernel.rows_dot(format, &rows, batch, &mut output);
+                for (row_index, row) in rows.chunks_exact(format.row_bytes(columns)).enumerate() {
+                    for token in 0..tokens {
+                        let single = kernel.row_dot(format, row, batch.token(token));
+                        assert_eq!(
+                            output[row_index * tokens + token].to_bits(),
+                            single.to_bits(),
+                            "{kernel:?} {format:?} row {row_index} token {token} of {tokens}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn super_block_quantization_follows_ggml() {
     // The scale comes from the signed extreme: a negative extreme gives a positive

@@ -27,8 +27,14 @@ use super::x86::{broadcast_f16, horizontal_sum, read_f16};
 use super::x86_kquants::{Unpacked, unpack};
 use super::{ActivationBlock, SuperBlock, WeightFormat};
 
-/// Whether this CPU has every feature the kernels below are compiled for.
+/// Whether this CPU has every feature the kernels below are compiled for (detected once;
+/// the entry points check it on every row).
 pub(super) fn supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(detect)
+}
+
+fn detect() -> bool {
     std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
@@ -58,6 +64,81 @@ pub(super) fn dot_blocks_x4(
     blocks: [&[ActivationBlock]; 4],
 ) -> [f32; 4] {
     dot_blocks_n(format, row, blocks)
+}
+
+/// Every token's dot product with each of several rows: `output[r * tokens + t]`, where
+/// `blocks` holds the tokens' activation blocks one token after another (`tokens` is
+/// `output.len()` over the row count). Bit-identical to [`dot_blocks`] per row and token.
+pub(super) fn dot_blocks_rows(
+    format: WeightFormat,
+    rows: &[u8],
+    row_bytes: usize,
+    blocks: &[ActivationBlock],
+    output: &mut [f32],
+) {
+    assert_supported();
+    let row_count = rows.len() / row_bytes;
+    assert_eq!(rows.len(), row_count * row_bytes, "whole rows");
+    assert_eq!(row_bytes % format.block_bytes(), 0, "whole blocks");
+    let tokens = output.len() / row_count.max(1);
+    assert_eq!(
+        output.len(),
+        row_count * tokens,
+        "one output per row and token"
+    );
+    let per_token = blocks.len() / tokens.max(1);
+    assert!(
+        per_token >= row_bytes / format.block_bytes(),
+        "fewer activation blocks than weight blocks"
+    );
+    // SAFETY: the CPU features were asserted above; the functions read `rows` and `blocks`
+    // only through bounds-checked slices, with unaligned loads of exactly the bytes sliced.
+    unsafe {
+        match format {
+            WeightFormat::Q8_0 => rows_generic::<Q8_0>(rows, row_bytes, blocks, per_token, output),
+            WeightFormat::Q4_0 => rows_generic::<Q4_0>(rows, row_bytes, blocks, per_token, output),
+            WeightFormat::Q4_1 => rows_generic::<Q4_1>(rows, row_bytes, blocks, per_token, output),
+            WeightFormat::Q5_0 => rows_generic::<Q5_0>(rows, row_bytes, blocks, per_token, output),
+            WeightFormat::Q5_1 => rows_generic::<Q5_1>(rows, row_bytes, blocks, per_token, output),
+            _ => unreachable!("{format:?} is not a 32-element block format"),
+        }
+    }
+}
+
+/// The row and token loops of [`dot_blocks_rows`]: tokens in fours, then one at a time,
+/// through the same kernel as [`dot_blocks_x4`] and [`dot_blocks`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn rows_generic<const FORMAT: u8>(
+    rows: &[u8],
+    row_bytes: usize,
+    blocks: &[ActivationBlock],
+    per_token: usize,
+    output: &mut [f32],
+) {
+    let row_count = rows.len() / row_bytes;
+    let tokens = output.len() / row_count;
+    let token = |index: usize| &blocks[index * per_token..(index + 1) * per_token];
+    for (row, row_output) in rows
+        .chunks_exact(row_bytes)
+        .zip(output.chunks_exact_mut(tokens))
+    {
+        let grouped = tokens / 4 * 4;
+        for first in (0..grouped).step_by(4) {
+            let results = dot_blocks_generic::<FORMAT, 4>(
+                row,
+                [
+                    token(first),
+                    token(first + 1),
+                    token(first + 2),
+                    token(first + 3),
+                ],
+            );
+            row_output[first..first + 4].copy_from_slice(&results);
+        }
+        for (index, value) in row_output.iter_mut().enumerate().skip(grouped) {
+            *value = dot_blocks_generic::<FORMAT, 1>(row, [token(index)])[0];
+        }
+    }
 }
 
 fn dot_blocks_n<const N: usize>(
@@ -292,6 +373,69 @@ pub(super) fn dot_super_blocks_x4(
     blocks: [&[SuperBlock]; 4],
 ) -> [f32; 4] {
     dot_super_blocks_n(format, row, blocks)
+}
+
+/// [`dot_blocks_rows`] for K-quant rows and q8_K activations.
+pub(super) fn dot_super_blocks_rows(
+    format: WeightFormat,
+    rows: &[u8],
+    row_bytes: usize,
+    blocks: &[SuperBlock],
+    output: &mut [f32],
+) {
+    assert_supported();
+    let row_count = rows.len() / row_bytes;
+    assert_eq!(rows.len(), row_count * row_bytes, "whole rows");
+    assert_eq!(row_bytes % format.block_bytes(), 0, "whole super-blocks");
+    let tokens = output.len() / row_count.max(1);
+    assert_eq!(
+        output.len(),
+        row_count * tokens,
+        "one output per row and token"
+    );
+    let per_token = blocks.len() / tokens.max(1);
+    assert!(
+        per_token >= row_bytes / format.block_bytes(),
+        "fewer activation super-blocks than weight super-blocks"
+    );
+    // SAFETY: as in `dot_blocks_rows`.
+    unsafe { k_rows(format, rows, row_bytes, blocks, per_token, output) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn k_rows(
+    format: WeightFormat,
+    rows: &[u8],
+    row_bytes: usize,
+    blocks: &[SuperBlock],
+    per_token: usize,
+    output: &mut [f32],
+) {
+    let row_count = rows.len() / row_bytes;
+    let tokens = output.len() / row_count;
+    let token = |index: usize| &blocks[index * per_token..(index + 1) * per_token];
+    for (row, row_output) in rows
+        .chunks_exact(row_bytes)
+        .zip(output.chunks_exact_mut(tokens))
+    {
+        let grouped = tokens / 4 * 4;
+        for first in (0..grouped).step_by(4) {
+            let results = dot_k_n(
+                format,
+                row,
+                [
+                    token(first),
+                    token(first + 1),
+                    token(first + 2),
+                    token(first + 3),
+                ],
+            );
+            row_output[first..first + 4].copy_from_slice(&results);
+        }
+        for (index, value) in row_output.iter_mut().enumerate().skip(grouped) {
+            *value = dot_k_n(format, row, [token(index)])[0];
+        }
+    }
 }
 
 fn dot_super_blocks_n<const N: usize>(

@@ -23,7 +23,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86::{broadcast_f16, horizontal_sum, read_f16};
+use super::x86::{broadcast_f16, broadcast_f16_pair, horizontal_sum, read_f16};
 use super::x86_kquants::{Unpacked, unpack};
 use super::{ActivationBlock, SuperBlock, WeightFormat};
 
@@ -466,12 +466,7 @@ fn accumulate_unsigned<const N: usize>(
     sums: Option<&[f32; 4]>,
     chain: &mut Chain<N>,
 ) {
-    // Both halves converted at once, [d, m, d, m, …], so that `d` is a whole-register
-    // broadcast (see `broadcast_f16` for why a lone scalar conversion is slow).
-    let pair = u32::from_le_bytes([block[0], block[1], block[2], block[3]]);
-    let both = _mm256_cvtph_ps(_mm_set1_epi32(pair as i32));
-    let d = _mm256_moveldup_ps(both);
-    let m = _mm256_cvtss_f32(_mm256_movehdup_ps(both));
+    let (d, m) = broadcast_f16_pair(block);
     for (token, activations) in blocks.iter().enumerate() {
         let activation = &activations[index];
         let sum = sums.map_or(activation.s, |sums| sums[token]);

@@ -15,6 +15,9 @@
 //! `is_x86_feature_detected!` ([`KernelImpl::detect`]): AVX-512 (F, BW, VL) with VNNI where
 //! the CPU has all of them, else AVX2+FMA+F16C, else the scalar implementation, which is
 //! the portable fallback and the reference the SIMD code is tested against.
+//! [`KernelImpl::rows_dot`] is the matrix multiplication's entry point: a run of weight
+//! rows against every token of a batch, tokens sharing each pass over a row in fours,
+//! bit-identical to one [`KernelImpl::row_dot`] per row and token.
 
 mod dequantize;
 mod scalar;
@@ -283,9 +286,11 @@ pub enum KernelImpl {
 }
 
 impl KernelImpl {
-    /// The fastest implementation this CPU supports.
+    /// The fastest implementation this CPU supports, or the one `FLOTILLA_KERNEL` names
+    /// (`scalar`, `avx2`, `avx512`; for comparing implementations on one machine) when
+    /// this CPU supports it. An unknown or unsupported name is ignored.
     pub fn detect() -> KernelImpl {
-        [
+        let fastest = [
             #[cfg(target_arch = "x86_64")]
             KernelImpl::Avx512,
             #[cfg(target_arch = "x86_64")]
@@ -293,7 +298,24 @@ impl KernelImpl {
         ]
         .into_iter()
         .find(|kernel| kernel.is_supported())
-        .unwrap_or(KernelImpl::Scalar)
+        .unwrap_or(KernelImpl::Scalar);
+        std::env::var("FLOTILLA_KERNEL")
+            .ok()
+            .and_then(|name| KernelImpl::named(&name))
+            .filter(|kernel| kernel.is_supported())
+            .unwrap_or(fastest)
+    }
+
+    /// The implementation a `FLOTILLA_KERNEL` value names, if any.
+    fn named(name: &str) -> Option<KernelImpl> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(KernelImpl::Scalar),
+            #[cfg(target_arch = "x86_64")]
+            "avx2" => Some(KernelImpl::Avx2),
+            #[cfg(target_arch = "x86_64")]
+            "avx512" => Some(KernelImpl::Avx512),
+            _ => None,
+        }
     }
 
     /// Whether this CPU can run the implementation (the SIMD ones assert it on use).

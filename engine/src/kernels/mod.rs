@@ -420,20 +420,38 @@ impl KernelImpl {
             rows.len() / row_bytes * batch.tokens,
             "one output per row and token"
         );
-        if batch.tokens == 0 {
+        let covered = match format.activation_kind() {
+            ActivationKind::Float => batch.values.len() >= batch.tokens * batch.columns,
+            ActivationKind::Blocks => batch.blocks.len() >= batch.tokens * (batch.columns / BLOCK),
+            ActivationKind::SuperBlocks => {
+                batch.super_blocks.len() >= batch.tokens * (batch.columns / SUPER_BLOCK)
+            }
+        };
+        assert!(
+            covered,
+            "the batch lacks the {format:?} activations of its {} tokens",
+            batch.tokens
+        );
+        if batch.tokens == 0 || rows.is_empty() {
             return;
         }
         match (self, format.activation_kind()) {
             #[cfg(target_arch = "x86_64")]
-            (KernelImpl::Avx512, ActivationKind::Blocks) => {
-                x86_avx512::dot_blocks_rows(format, rows, row_bytes, batch.blocks, output)
-            }
+            (KernelImpl::Avx512, ActivationKind::Blocks) => x86_avx512::dot_blocks_rows(
+                format,
+                rows,
+                row_bytes,
+                batch.blocks,
+                batch.columns / BLOCK,
+                output,
+            ),
             #[cfg(target_arch = "x86_64")]
             (KernelImpl::Avx512, ActivationKind::SuperBlocks) => x86_avx512::dot_super_blocks_rows(
                 format,
                 rows,
                 row_bytes,
                 batch.super_blocks,
+                batch.columns / SUPER_BLOCK,
                 output,
             ),
             _ => {

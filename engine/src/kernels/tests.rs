@@ -193,6 +193,35 @@ fn rows_dot_equals_row_dot_per_row_and_token() {
     }
 }
 
+/// No rows, or no tokens, is an empty multiplication for every implementation.
+#[test]
+fn rows_dot_with_no_rows_or_no_tokens_does_nothing() {
+    let columns = 256;
+    let values = vec![0.5f32; columns];
+    let (blocks, super_blocks) = quantized_forms(&values);
+    for format in WeightFormat::ALL {
+        let row = vec![0u8; format.row_bytes(columns)];
+        for kernel in simd_kernels().into_iter().chain([KernelImpl::Scalar]) {
+            let one = BatchActivations {
+                tokens: 1,
+                columns,
+                values: &values,
+                blocks: &blocks,
+                super_blocks: &super_blocks,
+            };
+            kernel.rows_dot(format, &[], one, &mut []);
+            let none = BatchActivations {
+                tokens: 0,
+                values: &[],
+                blocks: &[],
+                super_blocks: &[],
+                ..one
+            };
+            kernel.rows_dot(format, &row, none, &mut []);
+        }
+    }
+}
+
 #[test]
 fn super_block_quantization_follows_ggml() {
     // The scale comes from the signed extreme: a negative extreme gives a positive

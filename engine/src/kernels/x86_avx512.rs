@@ -66,31 +66,56 @@ pub(super) fn dot_blocks_x4(
     dot_blocks_n(format, row, blocks)
 }
 
+/// Checks the shapes of a `*_rows` call and returns (rows, tokens): `rows` is whole rows
+/// of `row_bytes` (whole blocks of `block_bytes`), `output` one value per row and token,
+/// and each of the tokens has `per_token` activation blocks in `activations`, at least as
+/// many as a row has weight blocks.
+fn rows_shape(
+    rows: &[u8],
+    row_bytes: usize,
+    block_bytes: usize,
+    activations: usize,
+    per_token: usize,
+    output: usize,
+) -> (usize, usize) {
+    assert!(
+        row_bytes > 0 && row_bytes.is_multiple_of(block_bytes),
+        "rows are whole blocks"
+    );
+    let row_count = rows.len() / row_bytes;
+    assert_eq!(rows.len(), row_count * row_bytes, "whole rows");
+    let tokens = output / row_count.max(1);
+    assert_eq!(output, row_count * tokens, "one output per row and token");
+    assert!(
+        per_token >= row_bytes / block_bytes && activations >= tokens * per_token,
+        "fewer activation blocks than weight blocks"
+    );
+    (row_count, tokens)
+}
+
 /// Every token's dot product with each of several rows: `output[r * tokens + t]`, where
-/// `blocks` holds the tokens' activation blocks one token after another (`tokens` is
-/// `output.len()` over the row count). Bit-identical to [`dot_blocks`] per row and token.
+/// `blocks` holds the tokens' activation blocks, `per_token` a token, one token after
+/// another. Bit-identical to [`dot_blocks`] per row and token.
 pub(super) fn dot_blocks_rows(
     format: WeightFormat,
     rows: &[u8],
     row_bytes: usize,
     blocks: &[ActivationBlock],
+    per_token: usize,
     output: &mut [f32],
 ) {
     assert_supported();
-    let row_count = rows.len() / row_bytes;
-    assert_eq!(rows.len(), row_count * row_bytes, "whole rows");
-    assert_eq!(row_bytes % format.block_bytes(), 0, "whole blocks");
-    let tokens = output.len() / row_count.max(1);
-    assert_eq!(
+    let (row_count, tokens) = rows_shape(
+        rows,
+        row_bytes,
+        format.block_bytes(),
+        blocks.len(),
+        per_token,
         output.len(),
-        row_count * tokens,
-        "one output per row and token"
     );
-    let per_token = blocks.len() / tokens.max(1);
-    assert!(
-        per_token >= row_bytes / format.block_bytes(),
-        "fewer activation blocks than weight blocks"
-    );
+    if row_count == 0 || tokens == 0 {
+        return;
+    }
     // SAFETY: the CPU features were asserted above; the functions read `rows` and `blocks`
     // only through bounds-checked slices, with unaligned loads of exactly the bytes sliced.
     unsafe {
@@ -501,23 +526,21 @@ pub(super) fn dot_super_blocks_rows(
     rows: &[u8],
     row_bytes: usize,
     blocks: &[SuperBlock],
+    per_token: usize,
     output: &mut [f32],
 ) {
     assert_supported();
-    let row_count = rows.len() / row_bytes;
-    assert_eq!(rows.len(), row_count * row_bytes, "whole rows");
-    assert_eq!(row_bytes % format.block_bytes(), 0, "whole super-blocks");
-    let tokens = output.len() / row_count.max(1);
-    assert_eq!(
+    let (row_count, tokens) = rows_shape(
+        rows,
+        row_bytes,
+        format.block_bytes(),
+        blocks.len(),
+        per_token,
         output.len(),
-        row_count * tokens,
-        "one output per row and token"
     );
-    let per_token = blocks.len() / tokens.max(1);
-    assert!(
-        per_token >= row_bytes / format.block_bytes(),
-        "fewer activation super-blocks than weight super-blocks"
-    );
+    if row_count == 0 || tokens == 0 {
+        return;
+    }
     // SAFETY: as in `dot_blocks_rows`.
     unsafe { k_rows(format, rows, row_bytes, blocks, per_token, output) }
 }

@@ -34,8 +34,8 @@
 //!
 //! # Map
 //!
-//! - [`kernels`]: quantized mat-vec kernels (AVX2/FMA/F16C with a scalar fallback); the
-//!   only module with `unsafe`.
+//! - [`kernels`]: quantized mat-vec kernels (AVX-512 + VNNI, AVX2/FMA/F16C, chosen at
+//!   run time, and a scalar fallback); the only module with `unsafe`.
 //! - [`model`]: hyper-parameters and per-family differences as data, weights borrowed
 //!   from the mapped file, the batched forward pass, the per-sequence KV cache.
 //! - [`tokenizer`]: byte-level BPE (each family's pre-tokenizer) and SentencePiece from

@@ -11,14 +11,20 @@
 //! 16-element sums ([`SuperBlock`], ggml's `block_q8_K`) for K-quants. Each weight row is then
 //! consumed with integer block dot products; this both cuts memory traffic against an f32
 //! path and keeps our logits numerically close to llama.cpp's, which the greedy-decoding
-//! reference tests rely on. AVX2+FMA implementations are chosen at runtime with
-//! `is_x86_feature_detected!`; the scalar implementation is the portable fallback and the
-//! reference the SIMD code is tested against.
+//! reference tests rely on. The implementation is chosen at runtime with
+//! `is_x86_feature_detected!` ([`KernelImpl::detect`]): AVX-512 (F, BW, VL) with VNNI where
+//! the CPU has all of them, else AVX2+FMA+F16C, else the scalar implementation, which is
+//! the portable fallback and the reference the SIMD code is tested against.
+//! [`KernelImpl::rows_dot`] is the matrix multiplication's entry point: a run of weight
+//! rows against every token of a batch, tokens sharing each pass over a row in fours,
+//! bit-identical to one [`KernelImpl::row_dot`] per row and token.
 
 mod dequantize;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
 mod x86_kquants;
 
@@ -238,27 +244,93 @@ pub struct TokenActivations<'a> {
     pub super_blocks: &'a [SuperBlock],
 }
 
+/// Every token's activations of one matrix multiplication, token after token: token `t`'s
+/// values are `values[t * columns..][..columns]`, and likewise its blocks and super-blocks
+/// (`columns / 32` and `columns / 256` per token). A form the weight format does not use
+/// may be empty.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchActivations<'a> {
+    pub tokens: usize,
+    pub columns: usize,
+    pub values: &'a [f32],
+    pub blocks: &'a [ActivationBlock],
+    pub super_blocks: &'a [SuperBlock],
+}
+
+impl<'a> BatchActivations<'a> {
+    /// One token's activations; forms left empty stay empty.
+    pub fn token(&self, index: usize) -> TokenActivations<'a> {
+        fn part<T>(all: &[T], per_token: usize, index: usize) -> &[T] {
+            all.get(index * per_token..(index + 1) * per_token)
+                .unwrap_or(&[])
+        }
+        TokenActivations {
+            values: part(self.values, self.columns, index),
+            blocks: part(self.blocks, self.columns / BLOCK, index),
+            super_blocks: part(self.super_blocks, self.columns / SUPER_BLOCK, index),
+        }
+    }
+}
+
 /// Which implementation the dot products use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelImpl {
     Scalar,
+    /// AVX2 + FMA + F16C.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX-512 F/BW/VL with VNNI for the quantized dot products (AVX2 for the f16
+    /// attention helpers); needs everything `Avx2` does as well.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl KernelImpl {
-    /// The fastest implementation this CPU supports.
+    /// The fastest implementation this CPU supports, or the one `FLOTILLA_KERNEL` names
+    /// (`scalar`, `avx2`, `avx512`; for comparing implementations on one machine) when
+    /// this CPU supports it. An unknown or unsupported name is ignored.
     pub fn detect() -> KernelImpl {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
-            {
-                return KernelImpl::Avx2;
-            }
+        let fastest = [
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx2,
+        ]
+        .into_iter()
+        .find(|kernel| kernel.is_supported())
+        .unwrap_or(KernelImpl::Scalar);
+        std::env::var("FLOTILLA_KERNEL")
+            .ok()
+            .and_then(|name| KernelImpl::named(&name))
+            .filter(|kernel| kernel.is_supported())
+            .unwrap_or(fastest)
+    }
+
+    /// The implementation a `FLOTILLA_KERNEL` value names, if any.
+    fn named(name: &str) -> Option<KernelImpl> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(KernelImpl::Scalar),
+            #[cfg(target_arch = "x86_64")]
+            "avx2" => Some(KernelImpl::Avx2),
+            #[cfg(target_arch = "x86_64")]
+            "avx512" => Some(KernelImpl::Avx512),
+            _ => None,
         }
-        KernelImpl::Scalar
+    }
+
+    /// Whether this CPU can run the implementation (the SIMD ones assert it on use).
+    pub fn is_supported(self) -> bool {
+        match self {
+            KernelImpl::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx2 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx512 => x86_avx512::supported(),
+        }
     }
 
     /// Dot product of one weight row with one token's activations.
@@ -277,11 +349,15 @@ impl KernelImpl {
                 KernelImpl::Scalar => scalar::dot_blocks(format, row, input.blocks),
                 #[cfg(target_arch = "x86_64")]
                 KernelImpl::Avx2 => x86::dot_blocks(format, row, input.blocks),
+                #[cfg(target_arch = "x86_64")]
+                KernelImpl::Avx512 => x86_avx512::dot_blocks(format, row, input.blocks),
             },
             ActivationKind::SuperBlocks => match self {
                 KernelImpl::Scalar => scalar::dot_super_blocks(format, row, input.super_blocks),
                 #[cfg(target_arch = "x86_64")]
                 KernelImpl::Avx2 => x86_kquants::dot_super_blocks(format, row, input.super_blocks),
+                #[cfg(target_arch = "x86_64")]
+                KernelImpl::Avx512 => x86_avx512::dot_super_blocks(format, row, input.super_blocks),
             },
         }
     }
@@ -308,7 +384,95 @@ impl KernelImpl {
                     inputs.map(|input| input.super_blocks),
                 )
             }
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx512 if format.activation_kind() == ActivationKind::Blocks => {
+                x86_avx512::dot_blocks_x4(format, row, inputs.map(|input| input.blocks))
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelImpl::Avx512 if format.activation_kind() == ActivationKind::SuperBlocks => {
+                x86_avx512::dot_super_blocks_x4(format, row, inputs.map(|input| input.super_blocks))
+            }
             _ => inputs.map(|input| self.row_dot(format, row, input)),
+        }
+    }
+
+    /// Dot products of several consecutive weight rows with every token of a batch:
+    /// `output[r * batch.tokens + t] = row r · token t`, where `rows` holds whole rows of
+    /// `format.row_bytes(batch.columns)` bytes. Equal, bit for bit, to one
+    /// [`KernelImpl::row_dot`] per row and token; tokens share each pass over a row in
+    /// fours ([`KernelImpl::row_dot_x4`]), and the SIMD implementations run the whole loop
+    /// inside one call, so short rows do not pay a dispatch per row and token.
+    pub fn rows_dot(
+        self,
+        format: WeightFormat,
+        rows: &[u8],
+        batch: BatchActivations<'_>,
+        output: &mut [f32],
+    ) {
+        let row_bytes = format.row_bytes(batch.columns);
+        assert!(
+            row_bytes > 0 && rows.len().is_multiple_of(row_bytes),
+            "rows are whole {format:?} rows of {} columns",
+            batch.columns
+        );
+        assert_eq!(
+            output.len(),
+            rows.len() / row_bytes * batch.tokens,
+            "one output per row and token"
+        );
+        let covered = match format.activation_kind() {
+            ActivationKind::Float => batch.values.len() >= batch.tokens * batch.columns,
+            ActivationKind::Blocks => batch.blocks.len() >= batch.tokens * (batch.columns / BLOCK),
+            ActivationKind::SuperBlocks => {
+                batch.super_blocks.len() >= batch.tokens * (batch.columns / SUPER_BLOCK)
+            }
+        };
+        assert!(
+            covered,
+            "the batch lacks the {format:?} activations of its {} tokens",
+            batch.tokens
+        );
+        if batch.tokens == 0 || rows.is_empty() {
+            return;
+        }
+        match (self, format.activation_kind()) {
+            #[cfg(target_arch = "x86_64")]
+            (KernelImpl::Avx512, ActivationKind::Blocks) => x86_avx512::dot_blocks_rows(
+                format,
+                rows,
+                row_bytes,
+                batch.blocks,
+                batch.columns / BLOCK,
+                output,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            (KernelImpl::Avx512, ActivationKind::SuperBlocks) => x86_avx512::dot_super_blocks_rows(
+                format,
+                rows,
+                row_bytes,
+                batch.super_blocks,
+                batch.columns / SUPER_BLOCK,
+                output,
+            ),
+            _ => {
+                for (row, row_output) in rows
+                    .chunks_exact(row_bytes)
+                    .zip(output.chunks_exact_mut(batch.tokens))
+                {
+                    let grouped = batch.tokens / 4 * 4;
+                    for first in (0..grouped).step_by(4) {
+                        let results = self.row_dot_x4(
+                            format,
+                            row,
+                            std::array::from_fn(|offset| batch.token(first + offset)),
+                        );
+                        row_output[first..first + 4].copy_from_slice(&results);
+                    }
+                    for (index, value) in row_output.iter_mut().enumerate().skip(grouped) {
+                        *value = self.row_dot(format, row, batch.token(index));
+                    }
+                }
+            }
         }
     }
 
@@ -318,7 +482,7 @@ impl KernelImpl {
         match self {
             KernelImpl::Scalar => key.iter().zip(query).map(|(k, q)| k.to_f32() * q).sum(),
             #[cfg(target_arch = "x86_64")]
-            KernelImpl::Avx2 => x86::dot_f16_f32(key, query),
+            KernelImpl::Avx2 | KernelImpl::Avx512 => x86::dot_f16_f32(key, query),
         }
     }
 
@@ -332,7 +496,7 @@ impl KernelImpl {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            KernelImpl::Avx2 => x86::add_scaled_f16(output, weight, value),
+            KernelImpl::Avx2 | KernelImpl::Avx512 => x86::add_scaled_f16(output, weight, value),
         }
     }
 }

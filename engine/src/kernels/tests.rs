@@ -55,6 +55,25 @@ fn random_row(format: WeightFormat, columns: usize, seed: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// Every SIMD implementation this CPU can run; the ones it cannot are reported on stderr
+/// (visible with `--nocapture`) so a run on an AVX2-only machine says what it skipped.
+fn simd_kernels() -> Vec<KernelImpl> {
+    #[cfg(target_arch = "x86_64")]
+    let candidates = [KernelImpl::Avx2, KernelImpl::Avx512];
+    #[cfg(not(target_arch = "x86_64"))]
+    let candidates: [KernelImpl; 0] = [];
+    candidates
+        .into_iter()
+        .filter(|kernel| {
+            let supported = kernel.is_supported();
+            if !supported {
+                eprintln!("skipping {kernel:?} kernels: this CPU does not support them");
+            }
+            supported
+        })
+        .collect()
+}
+
 fn quantized_forms(input: &[f32]) -> (Vec<ActivationBlock>, Vec<SuperBlock>) {
     let mut blocks = Vec::new();
     quantize_activations(input, &mut blocks);
@@ -76,9 +95,11 @@ proptest! {
         let (blocks, super_blocks) = quantized_forms(&input);
         let activations = TokenActivations { values: &input, blocks: &blocks, super_blocks: &super_blocks };
         let scalar = KernelImpl::Scalar.row_dot(format, &row, activations);
-        let detected = KernelImpl::detect().row_dot(format, &row, activations);
-        // Integer block sums are exact in both; only the float summation order differs.
-        prop_assert!((scalar - detected).abs() <= 1e-4 * (1.0 + scalar.abs()), "{format:?}: {scalar} vs {detected}");
+        for kernel in simd_kernels() {
+            let simd = kernel.row_dot(format, &row, activations);
+            // Integer block sums are exact in both; only the float summation order differs.
+            prop_assert!((scalar - simd).abs() <= 1e-4 * (1.0 + scalar.abs()), "{kernel:?} {format:?}: {scalar} vs {simd}");
+        }
 
         let others: Vec<(Vec<f32>, Vec<ActivationBlock>, Vec<SuperBlock>)> = (1..4)
             .map(|shift| {
@@ -94,10 +115,12 @@ proptest! {
                 TokenActivations { values, blocks, super_blocks }
             }
         };
-        let four = KernelImpl::detect().row_dot_x4(format, &row, [token(0), token(1), token(2), token(3)]);
-        for (index, value) in four.iter().enumerate() {
-            let single = KernelImpl::detect().row_dot(format, &row, token(index));
-            prop_assert_eq!(value.to_bits(), single.to_bits(), "{:?} token {} differs", format, index);
+        for kernel in simd_kernels().into_iter().chain([KernelImpl::Scalar]) {
+            let four = kernel.row_dot_x4(format, &row, [token(0), token(1), token(2), token(3)]);
+            for (index, value) in four.iter().enumerate() {
+                let single = kernel.row_dot(format, &row, token(index));
+                prop_assert_eq!(value.to_bits(), single.to_bits(), "{:?} {:?} token {} differs", kernel, format, index);
+            }
         }
 
         // Against f32 maths on the dequantized row: the only approximation is the 8-bit
@@ -118,6 +141,84 @@ proptest! {
             .sum();
         let tolerance = 1.01 * rounding + 2e-3 * magnitude + 1e-5;
         prop_assert!((exact - scalar).abs() <= tolerance, "{format:?}: {exact} vs {scalar} (tolerance {tolerance})");
+    }
+}
+
+/// `rows_dot` (the matmul path) equals one `row_dot` per row and token, bit for bit, for
+/// every implementation, token count (fours and a remainder) and format.
+#[test]
+fn rows_dot_equals_row_dot_per_row_and_token() {
+    let columns = 512;
+    let row_count = 3;
+    for tokens in [1usize, 3, 4, 6, 9] {
+        let values: Vec<f32> = (0..tokens * columns)
+            .map(|i| ((i * 7919) % 1013) as f32 / 127.0 - 4.0)
+            .collect();
+        let mut blocks = Vec::new();
+        let mut super_blocks = Vec::new();
+        for token in values.chunks_exact(columns) {
+            let (token_blocks, token_super_blocks) = quantized_forms(token);
+            blocks.extend(token_blocks);
+            super_blocks.extend(token_super_blocks);
+        }
+        let batch = BatchActivations {
+            tokens,
+            columns,
+            values: &values,
+            blocks: &blocks,
+            super_blocks: &super_blocks,
+        };
+        for format in WeightFormat::ALL {
+            let rows: Vec<u8> = (0..row_count)
+                .flat_map(|row| match format.activation_kind() {
+                    ActivationKind::Float => vec![0x3C; format.row_bytes(columns)],
+                    _ => random_row(format, columns, &[row as u8, tokens as u8]),
+                })
+                .collect();
+            for kernel in simd_kernels().into_iter().chain([KernelImpl::Scalar]) {
+                let mut output = vec![f32::NAN; row_count * tokens];
+                kernel.rows_dot(format, &rows, batch, &mut output);
+                for (row_index, row) in rows.chunks_exact(format.row_bytes(columns)).enumerate() {
+                    for token in 0..tokens {
+                        let single = kernel.row_dot(format, row, batch.token(token));
+                        assert_eq!(
+                            output[row_index * tokens + token].to_bits(),
+                            single.to_bits(),
+                            "{kernel:?} {format:?} row {row_index} token {token} of {tokens}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// No rows, or no tokens, is an empty multiplication for every implementation.
+#[test]
+fn rows_dot_with_no_rows_or_no_tokens_does_nothing() {
+    let columns = 256;
+    let values = vec![0.5f32; columns];
+    let (blocks, super_blocks) = quantized_forms(&values);
+    for format in WeightFormat::ALL {
+        let row = vec![0u8; format.row_bytes(columns)];
+        for kernel in simd_kernels().into_iter().chain([KernelImpl::Scalar]) {
+            let one = BatchActivations {
+                tokens: 1,
+                columns,
+                values: &values,
+                blocks: &blocks,
+                super_blocks: &super_blocks,
+            };
+            kernel.rows_dot(format, &[], one, &mut []);
+            let none = BatchActivations {
+                tokens: 0,
+                values: &[],
+                blocks: &[],
+                super_blocks: &[],
+                ..one
+            };
+            kernel.rows_dot(format, &row, none, &mut []);
+        }
     }
 }
 
@@ -173,5 +274,132 @@ fn fast_rounding_matches_round_ties_even() {
             value.round_ties_even(),
             "{value}"
         );
+    }
+}
+
+/// Every implementation this CPU has is exercised by the property test above; this says
+/// which, so a CI log shows whether the AVX-512 path ran.
+#[test]
+fn simd_kernels_under_test_are_reported() {
+    let kernels = simd_kernels();
+    eprintln!(
+        "kernels compared with the scalar reference: {kernels:?} (detected: {:?})",
+        KernelImpl::detect()
+    );
+    assert!(kernels.iter().all(|kernel| kernel.is_supported()));
+    assert!(KernelImpl::detect().is_supported());
+}
+
+/// Edge values the random rows rarely hit: Q8_0 weights of −128 and activations of ±127,
+/// all-ones high bits in Q5 blocks, and the largest 6-bit K-quant scales and minimums.
+#[test]
+fn simd_kernels_match_scalar_on_extreme_blocks() {
+    let input: Vec<f32> = (0..512)
+        .map(|i| {
+            if i % 3 == 0 {
+                -4.0
+            } else {
+                4.0 - i as f32 / 256.0
+            }
+        })
+        .collect();
+    let (blocks, super_blocks) = quantized_forms(&input);
+    let activations = TokenActivations {
+        values: &input,
+        blocks: &blocks,
+        super_blocks: &super_blocks,
+    };
+    for format in QUANTIZED {
+        for fill in [0x00u8, 0x80, 0xFF] {
+            let mut row = random_row(format, input.len(), &[fill]);
+            for block in row.chunks_exact_mut(format.block_bytes()) {
+                let scales = scale_offsets(format);
+                for (offset, byte) in block.iter_mut().enumerate() {
+                    if !scales.iter().any(|&s| offset == s || offset == s + 1) {
+                        *byte = fill;
+                    }
+                }
+            }
+            let scalar = KernelImpl::Scalar.row_dot(format, &row, activations);
+            for kernel in simd_kernels() {
+                let simd = kernel.row_dot(format, &row, activations);
+                assert!(
+                    (scalar - simd).abs() <= 1e-4 * (1.0 + scalar.abs()),
+                    "{kernel:?} {format:?} fill {fill:#x}: {scalar} vs {simd}"
+                );
+            }
+        }
+    }
+}
+
+/// Rough kernel throughput, for comparing implementations on one machine:
+/// `cargo test --release -p flotilla-engine --lib kernel_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a timing report, not a check"]
+fn kernel_throughput() {
+    use std::time::Instant;
+    let columns = 4864; // Qwen2.5-0.5B's ffn_down width: whole super-blocks and blocks
+    let rows = 64; // stays in L2: this measures the kernels, not memory
+    let input: Vec<f32> = (0..columns)
+        .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+        .collect();
+    let (blocks, super_blocks) = quantized_forms(&input);
+    let activations = TokenActivations {
+        values: &input,
+        blocks: &blocks,
+        super_blocks: &super_blocks,
+    };
+    // The fastest of several trials: the machine this runs on is usually shared.
+    let fastest = |run: &mut dyn FnMut() -> f32| {
+        (0..15)
+            .map(|_| {
+                let start = Instant::now();
+                std::hint::black_box(run());
+                start.elapsed().as_secs_f64() / rows as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    for format in QUANTIZED {
+        let matrix: Vec<Vec<u8>> = (0..rows)
+            .map(|r| random_row(format, columns, &[r as u8, 7]))
+            .collect();
+        for kernel in simd_kernels() {
+            let one = fastest(&mut || {
+                matrix
+                    .iter()
+                    .map(|row| kernel.row_dot(format, row, activations))
+                    .sum()
+            });
+            let four = fastest(&mut || {
+                matrix
+                    .iter()
+                    .map(|row| kernel.row_dot_x4(format, row, [activations; 4])[3])
+                    .sum()
+            });
+            // The matmul path: all rows in one call, eight tokens.
+            let tokens = 8;
+            let values = input.repeat(tokens);
+            let batch_blocks = blocks.repeat(tokens);
+            let batch_super_blocks = super_blocks.repeat(tokens);
+            let batch = BatchActivations {
+                tokens,
+                columns,
+                values: &values,
+                blocks: &batch_blocks,
+                super_blocks: &batch_super_blocks,
+            };
+            let all_rows = matrix.concat();
+            let mut output = vec![0.0f32; rows * tokens];
+            let eight = fastest(&mut || {
+                kernel.rows_dot(format, &all_rows, batch, &mut output);
+                output[0]
+            });
+            eprintln!(
+                "{format:?} {kernel:?}: {:.0} ns/row (1 token), {:.0} ns/row (4 tokens), {:.0} ns/row (rows_dot, 8 tokens)",
+                one * 1e9,
+                four * 1e9,
+                eight * 1e9
+            );
+        }
     }
 }

@@ -68,8 +68,7 @@ fn dot_q4_1_x4(row: &[u8], blocks: [&[ActivationBlock]; 4]) -> [f32; 4] {
     let mut offsets = [0.0f32; 4];
     let ones = _mm256_set1_epi16(1);
     for (index, block) in row.chunks_exact(20).enumerate() {
-        let d = read_f16(block, 0);
-        let m = read_f16(block, 2);
+        let (d, m) = broadcast_f16_pair(block);
         let weights = unpack_nibbles(&block[4..20]);
         for token in 0..4 {
             let activation = &blocks[token][index];
@@ -77,7 +76,7 @@ fn dot_q4_1_x4(row: &[u8], blocks: [&[ActivationBlock]; 4]) -> [f32; 4] {
             let pairs = _mm256_maddubs_epi16(weights, load_activations(activation));
             let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
             accumulators[token] = _mm256_fmadd_ps(
-                _mm256_set1_ps(d * activation.d),
+                _mm256_mul_ps(d, _mm256_set1_ps(activation.d)),
                 products,
                 accumulators[token],
             );
@@ -95,13 +94,13 @@ fn dot_q4_1_x4(row: &[u8], blocks: [&[ActivationBlock]; 4]) -> [f32; 4] {
 fn dot_q8_0_x4(row: &[u8], blocks: [&[ActivationBlock]; 4]) -> [f32; 4] {
     let mut accumulators = [_mm256_setzero_ps(); 4];
     for (index, block) in row.chunks_exact(34).enumerate() {
-        let d = read_f16(block, 0);
+        let d = broadcast_f16(block, 0);
         let quants = &block[2..34];
         // SAFETY: `quants` is exactly 32 bytes; unaligned load.
         let weights = unsafe { _mm256_loadu_si256(quants.as_ptr().cast()) };
         for token in 0..4 {
             let activation = &blocks[token][index];
-            let scale = _mm256_set1_ps(d * activation.d);
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(activation.d));
             let products = signed_dot(weights, load_activations(activation));
             accumulators[token] = _mm256_fmadd_ps(scale, products, accumulators[token]);
         }
@@ -187,6 +186,33 @@ pub(super) fn read_f16(bytes: &[u8], at: usize) -> f32 {
     ))))
 }
 
+/// A little-endian f16 converted and broadcast to eight f32 lanes.
+///
+/// Block loops should take their scales this way rather than through [`read_f16`]: for a
+/// scalar conversion LLVM moves the half into lane 0 with `vpinsrw` on top of whatever
+/// register is free, often the loop's accumulator, which chains every block's scale to
+/// the previous block's FMA. A broadcast writes the whole register and depends on nothing.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn broadcast_f16(bytes: &[u8], at: usize) -> __m256 {
+    let bits = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
+}
+
+/// A block's leading f16 pair `d`, `m` (Q4_1, Q5_1): `d` broadcast to eight lanes and `m`
+/// as a scalar, both from one conversion of the pair broadcast, so that neither is the
+/// lone scalar conversion [`broadcast_f16`] warns about.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn broadcast_f16_pair(block: &[u8]) -> (__m256, f32) {
+    let pair = u32::from_le_bytes([block[0], block[1], block[2], block[3]]);
+    let both = _mm256_cvtph_ps(_mm_set1_epi32(pair as i32)); // [d, m, d, m, …]
+    (
+        _mm256_moveldup_ps(both),
+        _mm256_cvtss_f32(_mm256_movehdup_ps(both)),
+    )
+}
+
 /// Sum of signed×signed byte products, 32 lanes, into 8 i32 lanes as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -236,7 +262,7 @@ pub(super) fn horizontal_sum(vector: __m256) -> f32 {
 fn dot_q8_0(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     let mut accumulator = _mm256_setzero_ps();
     for (block, activation) in row.chunks_exact(34).zip(blocks) {
-        let scale = _mm256_set1_ps(read_f16(block, 0) * activation.d);
+        let scale = _mm256_mul_ps(broadcast_f16(block, 0), _mm256_set1_ps(activation.d));
         let quants = &block[2..34];
         // SAFETY: `quants` is exactly 32 bytes; unaligned load.
         let weights = unsafe { _mm256_loadu_si256(quants.as_ptr().cast()) };
@@ -251,7 +277,7 @@ fn dot_q4_0(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     let mut accumulator = _mm256_setzero_ps();
     let eight = _mm256_set1_epi8(8);
     for (block, activation) in row.chunks_exact(18).zip(blocks) {
-        let scale = _mm256_set1_ps(read_f16(block, 0) * activation.d);
+        let scale = _mm256_mul_ps(broadcast_f16(block, 0), _mm256_set1_ps(activation.d));
         let weights = _mm256_sub_epi8(unpack_nibbles(&block[2..18]), eight);
         let products = signed_dot(weights, load_activations(activation));
         accumulator = _mm256_fmadd_ps(scale, products, accumulator);
@@ -265,14 +291,17 @@ fn dot_q4_1(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     let mut offsets = 0.0f32;
     let ones = _mm256_set1_epi16(1);
     for (block, activation) in row.chunks_exact(20).zip(blocks) {
-        let d = read_f16(block, 0);
-        let m = read_f16(block, 2);
+        let (d, m) = broadcast_f16_pair(block);
         offsets += m * activation.s;
         let weights = unpack_nibbles(&block[4..20]);
         // Nibbles are unsigned already, so maddubs takes them directly.
         let pairs = _mm256_maddubs_epi16(weights, load_activations(activation));
         let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        accumulator = _mm256_fmadd_ps(_mm256_set1_ps(d * activation.d), products, accumulator);
+        accumulator = _mm256_fmadd_ps(
+            _mm256_mul_ps(d, _mm256_set1_ps(activation.d)),
+            products,
+            accumulator,
+        );
     }
     horizontal_sum(accumulator) + offsets
 }
@@ -311,7 +340,7 @@ fn q5_0_weights(block: &[u8]) -> __m256i {
 fn dot_q5_0(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     let mut accumulator = _mm256_setzero_ps();
     for (block, activation) in row.chunks_exact(22).zip(blocks) {
-        let scale = _mm256_set1_ps(read_f16(block, 0) * activation.d);
+        let scale = _mm256_mul_ps(broadcast_f16(block, 0), _mm256_set1_ps(activation.d));
         let products = signed_dot(q5_0_weights(block), load_activations(activation));
         accumulator = _mm256_fmadd_ps(scale, products, accumulator);
     }
@@ -322,12 +351,12 @@ fn dot_q5_0(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
 fn dot_q5_0_x4(row: &[u8], blocks: [&[ActivationBlock]; 4]) -> [f32; 4] {
     let mut accumulators = [_mm256_setzero_ps(); 4];
     for (index, block) in row.chunks_exact(22).enumerate() {
-        let d = read_f16(block, 0);
+        let d = broadcast_f16(block, 0);
         let weights = q5_0_weights(block);
         let absolute = _mm256_sign_epi8(weights, weights);
         for token in 0..4 {
             let activation = &blocks[token][index];
-            let scale = _mm256_set1_ps(d * activation.d);
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(activation.d));
             // The same operations as `signed_dot`, with the weight magnitudes shared.
             let signed = _mm256_sign_epi8(load_activations(activation), weights);
             let pairs = _mm256_maddubs_epi16(absolute, signed);
@@ -344,15 +373,18 @@ fn dot_q5_1(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
     let mut offsets = 0.0f32;
     let ones = _mm256_set1_epi16(1);
     for (block, activation) in row.chunks_exact(24).zip(blocks) {
-        let d = read_f16(block, 0);
-        let m = read_f16(block, 2);
+        let (d, m) = broadcast_f16_pair(block);
         offsets += m * activation.s;
         let high = _mm256_and_si256(bytes_from_bits(&block[4..8]), _mm256_set1_epi8(0x10));
         let weights = _mm256_or_si256(unpack_nibbles(&block[8..24]), high);
         // Quants are unsigned (0..31), so maddubs takes them directly.
         let pairs = _mm256_maddubs_epi16(weights, load_activations(activation));
         let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        accumulator = _mm256_fmadd_ps(_mm256_set1_ps(d * activation.d), products, accumulator);
+        accumulator = _mm256_fmadd_ps(
+            _mm256_mul_ps(d, _mm256_set1_ps(activation.d)),
+            products,
+            accumulator,
+        );
     }
     horizontal_sum(accumulator) + offsets
 }

@@ -57,17 +57,17 @@ pub(super) fn dot_super_blocks_x4(
 }
 
 /// A super-block in the common shape described in the module comment.
-struct Unpacked {
+pub(super) struct Unpacked {
     /// Unsigned quants, 32 elements per vector.
-    quants: [__m256i; 8],
+    pub(super) quants: [__m256i; 8],
     /// Per vector: the scale of elements 0-15 in the low 8 i16 lanes, of 16-31 in the high.
-    scales: [__m256i; 8],
+    pub(super) scales: [__m256i; 8],
     /// Per 16-element group, subtracted as `Σ offset·bsum` from the scaled sum (times `d`).
-    bias: __m256i,
+    pub(super) bias: __m256i,
     /// Per 16-element group, the minimum (times `dmin`); zero for non-affine formats.
-    mins: __m256i,
-    d: f32,
-    dmin: f32,
+    pub(super) mins: __m256i,
+    pub(super) d: f32,
+    pub(super) dmin: f32,
 }
 
 #[inline]
@@ -98,7 +98,7 @@ fn scale_vectors(scales: &[i16; 16]) -> [__m256i; 8] {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn unpack(format: WeightFormat, block: &[u8]) -> Unpacked {
+pub(super) fn unpack(format: WeightFormat, block: &[u8]) -> Unpacked {
     let low2 = _mm256_set1_epi8(3);
     let low4 = _mm256_set1_epi8(0x0F);
     let one = _mm256_set1_epi8(1);

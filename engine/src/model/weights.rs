@@ -15,8 +15,8 @@ use rayon::prelude::*;
 
 use crate::EngineError;
 use crate::kernels::{
-    ActivationBlock, ActivationKind, KernelImpl, SUPER_BLOCK, SuperBlock, TokenActivations,
-    WeightFormat, dequantize_row, quantize_super_blocks,
+    ActivationBlock, ActivationKind, BatchActivations, KernelImpl, SuperBlock, WeightFormat,
+    dequantize_row, quantize_super_blocks,
 };
 
 /// A 2-D weight (`rows` outputs × `columns` inputs) borrowed from the mapped model file.
@@ -159,8 +159,6 @@ pub fn matmul(
     debug_assert_eq!(input.columns, weights.columns);
     debug_assert_eq!(output.len(), tokens * weights.rows);
     let kind = weights.format.activation_kind();
-    let blocks_per_token = input.columns / crate::kernels::BLOCK;
-    let super_blocks_per_token = input.columns / SUPER_BLOCK;
     scratch.super_blocks.clear();
     if kind == ActivationKind::SuperBlocks {
         for values in input.values.chunks_exact(input.columns) {
@@ -170,52 +168,29 @@ pub fn matmul(
                 .extend_from_slice(&scratch.token_super_blocks);
         }
     }
-    let super_blocks = &scratch.super_blocks;
+    let batch = BatchActivations {
+        tokens,
+        columns: input.columns,
+        values: input.values,
+        blocks: match kind {
+            ActivationKind::Blocks => input.blocks,
+            _ => &[],
+        },
+        super_blocks: &scratch.super_blocks,
+    };
     scratch.transposed.resize(weights.rows * tokens, 0.0);
     let rows_per_task = (weights.rows / (rayon::current_num_threads() * 8)).clamp(16, 256);
+    let row_bytes = weights.format.row_bytes(weights.columns);
+    let bytes = weights.bytes();
     scratch
         .transposed
         .par_chunks_mut(rows_per_task * tokens)
         .enumerate()
         .for_each(|(task, chunk)| {
+            // Each weight row is read once for all tokens of the batch (in fours).
             let first_row = task * rows_per_task;
-            let token = |token: usize| TokenActivations {
-                values: &input.values[token * input.columns..(token + 1) * input.columns],
-                blocks: match kind {
-                    ActivationKind::Blocks => {
-                        &input.blocks[token * blocks_per_token..(token + 1) * blocks_per_token]
-                    }
-                    _ => &[],
-                },
-                super_blocks: match kind {
-                    ActivationKind::SuperBlocks => {
-                        &super_blocks
-                            [token * super_blocks_per_token..(token + 1) * super_blocks_per_token]
-                    }
-                    _ => &[],
-                },
-            };
-            for (offset, row_output) in chunk.chunks_exact_mut(tokens).enumerate() {
-                let row = weights.row(first_row + offset);
-                // Four tokens at a time share one decode of the weight row.
-                let grouped = tokens / 4 * 4;
-                for first in (0..grouped).step_by(4) {
-                    let results = kernel.row_dot_x4(
-                        weights.format,
-                        row,
-                        [
-                            token(first),
-                            token(first + 1),
-                            token(first + 2),
-                            token(first + 3),
-                        ],
-                    );
-                    row_output[first..first + 4].copy_from_slice(&results);
-                }
-                for (index, value) in row_output.iter_mut().enumerate().skip(grouped) {
-                    *value = kernel.row_dot(weights.format, row, token(index));
-                }
-            }
+            let rows = &bytes[first_row * row_bytes..][..chunk.len() / tokens * row_bytes];
+            kernel.rows_dot(weights.format, rows, batch, chunk);
         });
     for (row, values) in scratch.transposed.chunks_exact(tokens).enumerate() {
         for (token, &value) in values.iter().enumerate() {

@@ -4,9 +4,9 @@
 //! that fails its check is ordinary text, which is what keeps precision up
 //! on the digit-heavy types.
 
-/// The Luhn checksum of a payment card number (digits only, 13–19 of them).
+/// The Luhn checksum of a payment card number (digits only, 12–19 of them).
 pub(crate) fn luhn(digits: &[u8]) -> bool {
-    if !(13..=19).contains(&digits.len()) {
+    if !(12..=19).contains(&digits.len()) {
         return false;
     }
     let mut sum = 0u32;
@@ -21,6 +21,37 @@ pub(crate) fn luhn(digits: &[u8]) -> bool {
         sum += value;
     }
     sum.is_multiple_of(10)
+}
+
+/// Whether the digits start in an issuer's range: Amex, Diners and JCB 3;
+/// Visa 4; Mastercard 2 and 5; Discover and UnionPay 6; and Maestro, whose
+/// cards may be 12 digits long, 50 and 56–69 (and the old UK range 0604).
+pub(crate) fn issued_card(digits: &[u8]) -> bool {
+    match digits {
+        [2..=4, ..] => digits.len() >= 13,
+        [5, 0 | 6..=9, ..] | [6, ..] => true,
+        [5, ..] => digits.len() >= 13,
+        [0, 6, 0, 4, ..] => true,
+        _ => false,
+    }
+}
+
+/// The EAN-13 check digit (weights 1 and 3), which barcodes carry.
+pub(crate) fn ean13(digits: &[u8]) -> bool {
+    if digits.len() != 13 {
+        return false;
+    }
+    let sum: u32 = digits[..12]
+        .iter()
+        .enumerate()
+        .map(|(position, digit)| u32::from(*digit) * if position % 2 == 0 { 1 } else { 3 })
+        .sum();
+    (10 - sum % 10) % 10 == u32::from(digits[12])
+}
+
+/// An ISBN-13: 978 or 979, then the EAN-13 check digit.
+pub(crate) fn isbn13(digits: &[u8]) -> bool {
+    matches!(digits, [9, 7, 8 | 9, ..]) && ean13(digits)
 }
 
 /// The lengths of the IBANs of the countries that issue them (the SWIFT
@@ -120,7 +151,22 @@ pub(crate) fn random_secret(token: &str) -> bool {
     let upper = has(char::is_ascii_uppercase);
     let lower = has(char::is_ascii_lowercase);
     let digit = has(char::is_ascii_digit);
-    upper && lower && digit && entropy(token) >= 4.0
+    if !(upper && lower) || entropy(token) < 4.0 {
+        return false;
+    }
+    // Without digits, letters whose case flips as often as a coin's
+    // ("aAUjecMUmbbLOavOdlkIDVfs"), not the humps of a CamelCase name.
+    digit || case_flips(token) * 3 >= length
+}
+
+/// How many neighbouring letters differ in case.
+fn case_flips(token: &str) -> usize {
+    let letters: Vec<bool> = token
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.is_ascii_uppercase())
+        .collect();
+    letters.windows(2).filter(|pair| pair[0] != pair[1]).count()
 }
 
 #[cfg(test)]
@@ -158,6 +204,21 @@ mod tests {
     }
 
     #[test]
+    fn issuers_ranges_and_barcodes() {
+        assert!(issued_card(&digits("6759 6332 1624")), "maestro, 12 digits");
+        assert!(issued_card(&digits("0604 2204 3657")), "maestro uk");
+        assert!(
+            !issued_card(&digits("4111 1111 1111")),
+            "visa has no 12-digit cards"
+        );
+        assert!(!issued_card(&digits("1234 5678 9012 3456")));
+        assert!(ean13(&digits("6321163432861")));
+        assert!(isbn13(&digits("978-0-8443-2651-1")));
+        assert!(!isbn13(&digits("978-0-8443-2651-2")), "check digit");
+        assert!(!isbn13(&digits("6321163432861")), "not 978/979");
+    }
+
+    #[test]
     fn ssn_rules() {
         assert!(ssn(123, 45, 6789));
         for (area, group, serial) in [
@@ -177,5 +238,13 @@ mod tests {
         assert!(!random_secret("internationalisation_matters_a_lot"));
         assert!(!random_secret("0123456789abcdef0123456789abcdef"));
         assert!(!random_secret("short1A"));
+        assert!(
+            random_secret("aAUjecMUmbbLOavOdlkIDVfs"),
+            "no digit, case flips"
+        );
+        assert!(
+            !random_secret("InternationalBusinessMachines"),
+            "camel case"
+        );
     }
 }

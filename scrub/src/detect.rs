@@ -27,8 +27,9 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
         r"(?i)\b[a-z0-9][a-z0-9._%+-]*@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.[a-z]{2,}\b",
     )
 });
-/// 13–19 digits, single spaces or dashes allowed between them.
-static CARD: LazyLock<Regex> = LazyLock::new(|| regex(r"\b\d(?:[ -]?\d){12,18}\b"));
+/// 12–19 digits (Maestro issues 12), single spaces or dashes allowed
+/// between them.
+static CARD: LazyLock<Regex> = LazyLock::new(|| regex(r"\b\d(?:[ -]?\d){11,18}\b"));
 /// A country code, check digits, then 11–30 letters or digits, in groups.
 static IBAN: LazyLock<Regex> = LazyLock::new(|| regex(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"));
 static SSN: LazyLock<Regex> = LazyLock::new(|| regex(r"\b(\d{3})([- ])(\d{2})([- ])(\d{4})\b"));
@@ -39,9 +40,26 @@ static SSN_BARE: LazyLock<Regex> = LazyLock::new(|| {
 static IPV4: LazyLock<Regex> = LazyLock::new(|| regex(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"));
 static IPV6: LazyLock<Regex> =
     LazyLock::new(|| regex(r"(?i)(?:\b|::)[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}\b"));
-/// A leading `+country`, an `(area)`, then groups of digits.
+/// A leading `+country`, an `(area)` (or the `(0)` of a trunk prefix),
+/// then groups of digits; a group may be long (`+44 1314960229`).
 static PHONE: LazyLock<Regex> = LazyLock::new(|| {
-    regex(r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{1,5}(?:[ .-]\d{1,5}){0,5}")
+    regex(r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{1,12}(?:[ .-]\d{1,12}){0,5}")
+});
+/// Words that say the digits after them are a phone number, in the
+/// languages of the corpus, so that a bare run such as `3520456288` counts
+/// only where it is introduced as one.
+static PHONE_CUE: LazyLock<Regex> = LazyLock::new(|| {
+    regex(
+        r"(?i)\b(?:phone|mobile|cell|tel|call(?: me)?|ring|telefon\w*|handy|appel\w*|portable|bel(?: me)?|llám\w*|llam\w*|tel[ée]fono|m[óo]vil|chiam\w*|cellulare)\b[.:]?(?:\s+\w{1,5}){0,3}\s*:?\s*$",
+    )
+});
+/// A date at the start of a would-be phone number ("03.07.1999 07", the
+/// hour of the time after it).
+static DATE_PREFIX: LazyLock<Regex> =
+    LazyLock::new(|| regex(r"^(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4})\b"));
+/// Words before a dotted quad that make it a version, not an address.
+static VERSION_CUE: LazyLock<Regex> = LazyLock::new(|| {
+    regex(r"(?i)(?:\b(?:version|release|build|upgraded?|updated?|v)\b(?:[^.!?]|\.\w){0,30}|\bv)$")
 });
 /// Token shapes of well-known providers and formats.
 static KNOWN_SECRET: LazyLock<Regex> = LazyLock::new(|| {
@@ -58,9 +76,11 @@ static KNOWN_SECRET: LazyLock<Regex> = LazyLock::new(|| {
     ))
 });
 /// `password: …`, `api_key=…`: the value, whatever it looks like.
+/// The label may be in another language (`Passwort`, `mot de passe`); with
+/// a bare "is" and no colon the value must look made up (see `secrets`).
 static LABELLED_SECRET: LazyLock<Regex> = LazyLock::new(|| {
     regex(
-        r#"(?i)\b(?:password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token|auth[_-]?token|token)\s*(?:is\s*)?[:=]\s*["']?([^\s"',;]{6,})"#,
+        r#"(?i)\b(?:password|passwort|kennwort|wachtwoord|mot de passe|contrase[ñn]a|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token|auth[_-]?token|token)\s*(?:(is)\s+|(?:is\s*)?[:=]\s*)["']?([^\s"',;]{6,})"#,
     )
 });
 static TOKEN: LazyLock<Regex> = LazyLock::new(|| regex(r"[A-Za-z0-9+/_=-]{24,}"));
@@ -137,8 +157,15 @@ fn cards(text: &str, candidates: &mut Vec<Candidate>) {
         // Issuers' ranges (Amex, Diners, JCB: 3; Visa: 4; Mastercard: 2, 5;
         // Discover, UnionPay: 6), so that an order number that happens to
         // pass Luhn is not a card.
-        let issued = matches!(digits.first(), Some(2..=6));
-        if issued && checks::luhn(&digits) {
+        if !checks::issued_card(&digits) || !checks::luhn(&digits) {
+            continue;
+        }
+        // "+39 07650459129" is a phone number whose digits pass Luhn.
+        let after_plus = text[..found.start()].ends_with('+');
+        // A 13-digit EAN barcode passes Luhn one time in ten; cards of 13
+        // digits are Visa's, which start with 4.
+        let barcode = digits.len() == 13 && digits[0] != 4 && checks::ean13(&digits);
+        if !after_plus && !barcode {
             push(candidates, Kind::PaymentCard, found.start(), found.end(), 5);
         }
     }
@@ -222,8 +249,14 @@ fn ips(text: &str, candidates: &mut Vec<Candidate>) {
         if dotted(before) || dotted_after {
             continue;
         }
-        if found.as_str().parse::<Ipv4Addr>().is_ok() {
-            push(candidates, Kind::IpAddress, found.start(), found.end(), 3);
+        // 0.0.0.0/8 is "this network", never a host's address; a dotted
+        // quad after "version" or "upgraded to" is a version string.
+        let version = VERSION_CUE.is_match(&text[..found.start()]);
+        match found.as_str().parse::<Ipv4Addr>() {
+            Ok(address) if address.octets()[0] != 0 && !version => {
+                push(candidates, Kind::IpAddress, found.start(), found.end(), 3);
+            }
+            _ => {}
         }
     }
     for found in IPV6.find_iter(text) {
@@ -246,14 +279,25 @@ fn phones(text: &str, candidates: &mut Vec<Candidate>) {
         // an identifier or a figure, not a phone number.
         let before = text[..start].chars().next_back();
         let after = text[end..].chars().next();
+        // Followed by a colon, the last group is the hour of a time.
         if before.is_some_and(|c| c.is_alphanumeric() || c == '.' || c == ',' || c == '/')
-            || after.is_some_and(|c| c.is_alphanumeric() || c == '/')
+            || after.is_some_and(|c| c.is_alphanumeric() || c == '/' || c == ':')
         {
             continue;
         }
-        let digits = number.chars().filter(char::is_ascii_digit).count();
+        let digit_values: Vec<u8> = number
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .map(|b| b - b'0')
+            .collect();
+        let digits = digit_values.len();
         // Shaped as a social security number: that detector's to judge.
-        if !(7..=15).contains(&digits) || DATE.is_match(number) || SSN_SHAPE.is_match(number) {
+        if !(7..=15).contains(&digits)
+            || DATE.is_match(number)
+            || DATE_PREFIX.is_match(number)
+            || SSN_SHAPE.is_match(number)
+            || checks::isbn13(&digit_values)
+        {
             continue;
         }
         let international = number.starts_with('+');
@@ -262,10 +306,15 @@ fn phones(text: &str, candidates: &mut Vec<Candidate>) {
             .split([' ', '.', '-'])
             .filter(|group| !group.is_empty())
             .count();
+        // A national number starts with its trunk prefix, a single 0
+        // ("0221446579", "05376 863488").
+        let trunk = number.starts_with('0') && !number.starts_with("00") && digits >= 9;
+        let introduced = PHONE_CUE.is_match(&text[..start]) && digits >= 9;
         // Plain digit runs and figures with one separator are mostly other
         // numbers; a phone number is written with a country code, an area
-        // code in brackets, or in three or more groups.
-        if international || area || groups >= 3 {
+        // code in brackets, in three or more groups, with a trunk prefix, or
+        // right after a word that says it is one.
+        if international || area || groups >= 3 || (trunk && groups <= 2) || introduced {
             push(candidates, Kind::Phone, start, end, 2);
         }
     }
@@ -276,7 +325,19 @@ fn secrets(text: &str, candidates: &mut Vec<Candidate>) {
         push(candidates, Kind::Secret, found.start(), found.end(), 7);
     }
     for captures in LABELLED_SECRET.captures_iter(text) {
-        if let Some(value) = captures.get(1) {
+        let Some(value) = captures.get(2) else {
+            continue;
+        };
+        // "The password is stored in the vault": after a bare "is", only a
+        // value with a digit or a capital inside it is taken for one.
+        let bare_is = captures.get(1).is_some();
+        let made_up = value
+            .as_str()
+            .chars()
+            .skip(1)
+            .any(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+            || value.as_str().starts_with(|c: char| c.is_ascii_digit());
+        if !bare_is || made_up {
             push(candidates, Kind::Secret, value.start(), value.end(), 7);
         }
     }

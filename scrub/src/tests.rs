@@ -91,6 +91,82 @@ fn each_kind_is_found_in_a_sentence() {
     }
 }
 
+/// Cases the labelled corpus (`eval/corpus.jsonl`) found missed.
+#[test]
+fn corpus_misses_are_found() {
+    let cases = [
+        // Maestro issues 12-digit cards.
+        (
+            "card 6763-8590-5184 please",
+            Kind::PaymentCard,
+            "6763-8590-5184",
+        ),
+        (
+            "The card number is 560019623068.",
+            Kind::PaymentCard,
+            "560019623068",
+        ),
+        (
+            "Use 0604 2204 3657 for it",
+            Kind::PaymentCard,
+            "0604 2204 3657",
+        ),
+        // Long groups, the (0) of a trunk prefix, compact international.
+        (
+            "My mobile is +31(0)37-4291763.",
+            Kind::Phone,
+            "+31(0)37-4291763",
+        ),
+        ("Bel op +441314960229 nu", Kind::Phone, "+441314960229"),
+        ("Tel.: +39 07650459129", Kind::Phone, "+39 07650459129"),
+        ("Ruf an: 0221446579, bitte", Kind::Phone, "0221446579"),
+        ("Llámame al 05376 863488 hoy", Kind::Phone, "05376 863488"),
+        // A bare run introduced as a phone number.
+        (
+            "Meine Telefonnummer ist 6636349339.",
+            Kind::Phone,
+            "6636349339",
+        ),
+        ("Bel me even op 3520456288 als", Kind::Phone, "3520456288"),
+        // Labelled passwords in other words and languages.
+        (
+            "The wifi password is 3Mm4acuS1hWY",
+            Kind::Secret,
+            "3Mm4acuS1hWY",
+        ),
+        ("Passwort: G6qSQXRLAv", Kind::Secret, "G6qSQXRLAv"),
+        ("mot de passe : uYlFzvaeu2", Kind::Secret, "uYlFzvaeu2"),
+        // Random letters with no digit.
+        (
+            "The token aAUjecMUmbbLOavOdlkIDVfs expired",
+            Kind::Secret,
+            "aAUjecMUmbbLOavOdlkIDVfs",
+        ),
+    ];
+    for (text, kind, value) in cases {
+        assert_eq!(found(text), vec![(kind, value)], "{text}");
+    }
+}
+
+/// Look-alikes the labelled corpus found taken for personal data.
+#[test]
+fn corpus_false_alarms_are_left_alone() {
+    for text in [
+        "ISBN 978-0-8443-2651-1 is the second edition.",
+        "Flight KL6374 departs 03.07.1999 07:39:42 from gate D19.",
+        "Flight IB7355 departs 2017-02-13 03:46 from gate A44.",
+        "Barcode 6321163432861 is out of stock.", // EAN-13, passes Luhn
+        "We upgraded from version 2.15.19 to 3.19.15.6 last night.",
+        "Release 4.28.8.1 is out.",
+        "The default route 0.13.5.4 is no host.",
+        "Call the support line in the app, not by phone, and quote case 7626353660.",
+        "The password is stored in the vault.",
+        "InternationalBusinessMachinesCorporation",
+    ] {
+        assert_eq!(found(text), vec![], "{text}");
+    }
+}
+
 #[test]
 fn look_alikes_are_left_alone() {
     for text in [

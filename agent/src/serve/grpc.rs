@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::auth::{PRINCIPAL_HEADER, admit};
+use super::embedding::{self, EmbeddingInput, EmbeddingRequest, Overflow};
 use super::forward::{self, GrpcCall};
 use super::http::{MODEL_DIGEST_HEADER, MODEL_VERSION_HEADER};
 use super::{
@@ -76,6 +77,33 @@ impl TryFrom<pb::ChatRequest> for InferenceRequest {
             model: wire.model,
             input: Input::Chat(messages),
             params: params(wire.options),
+        })
+    }
+}
+
+impl TryFrom<pb::EmbedRequest> for EmbeddingRequest {
+    type Error = ServeError;
+
+    fn try_from(wire: pb::EmbedRequest) -> Result<Self, ServeError> {
+        if wire.inputs.is_empty() {
+            return Err(ServeError::InvalidRequest(
+                "inputs must not be empty".to_owned(),
+            ));
+        }
+        if wire.inputs.iter().any(String::is_empty) {
+            return Err(ServeError::InvalidRequest(
+                "inputs must not contain an empty string".to_owned(),
+            ));
+        }
+        Ok(EmbeddingRequest {
+            model: wire.model,
+            inputs: wire.inputs.into_iter().map(EmbeddingInput::Text).collect(),
+            overflow: if wire.truncate {
+                Overflow::Truncate
+            } else {
+                Overflow::Refuse
+            },
+            dimensions: None,
         })
     }
 }
@@ -196,6 +224,40 @@ impl Inference for InferenceService {
         let parsed = InferenceRequest::try_from(wire.clone())?;
         self.answer(parsed, &metadata, hops, GrpcCall::Chat(wire))
             .await
+    }
+
+    /// Answered here only: a unary call is not forwarded to a peer yet (the
+    /// forwarding path relays generation streams), so a model served
+    /// elsewhere gets NOT_FOUND naming what this node serves.
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let request = EmbeddingRequest::try_from(request.into_inner())?;
+        let model = request.model.clone();
+        let embeddings =
+            embedding::embed(&self.serving.slot, &self.serving.config, request).await?;
+        let mut response = Response::new(pb::EmbedResponse {
+            model,
+            prompt_tokens: saturating_u32(embeddings.prompt_tokens as u128),
+            version: embeddings.model.version.clone(),
+            embeddings: embeddings
+                .vectors
+                .into_iter()
+                .map(|mut values| {
+                    flotilla_engine::normalize(&mut values);
+                    pb::Embedding { values }
+                })
+                .collect(),
+        });
+        let answered = response.metadata_mut();
+        if let Ok(value) = embeddings.model.version.parse() {
+            answered.insert(MODEL_VERSION_HEADER, value);
+        }
+        if let Ok(value) = embeddings.model.digest.to_hex().parse() {
+            answered.insert(MODEL_DIGEST_HEADER, value);
+        }
+        Ok(response)
     }
 
     async fn list_models(

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{PRINCIPAL_HEADER, admit};
 use super::embedding::{self, EmbeddingInput, EmbeddingRequest, Overflow};
-use super::forward::{self, GrpcCall};
+use super::forward::{self, GrpcAnswer, GrpcCall};
 use super::http::{MODEL_DIGEST_HEADER, MODEL_VERSION_HEADER};
 use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
@@ -161,7 +161,13 @@ impl InferenceService {
                 let relayed =
                     forward::grpc(&self.serving.routes, &model, metadata, hops, call, local)
                         .await?;
-                let (answered, stream, _) = relayed.into_parts();
+                let (answered, relayed, _) = relayed.into_parts();
+                let GrpcAnswer::Stream(stream) = relayed else {
+                    return Err(ServeError::Internal(
+                        "a peer answered a generation with an embedding".to_owned(),
+                    )
+                    .into());
+                };
                 let stream: ResponseStream = Box::pin(stream);
                 Ok(Response::from_parts(answered, stream, Default::default()))
             }
@@ -226,17 +232,39 @@ impl Inference for InferenceService {
             .await
     }
 
-    /// Answered here only: a unary call is not forwarded to a peer yet (the
-    /// forwarding path relays generation streams), so a model served
-    /// elsewhere gets NOT_FOUND naming what this node serves.
+    /// Answered here, or re-called on a peer serving the model.
     async fn embed(
         &self,
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
-        let request = EmbeddingRequest::try_from(request.into_inner())?;
+        let hops = forward::grpc_hops(request.metadata())?;
+        let metadata = request.metadata().clone();
+        let wire = request.into_inner();
+        let request = EmbeddingRequest::try_from(wire.clone())?;
         let model = request.model.clone();
         let embeddings =
-            embedding::embed(&self.serving.slot, &self.serving.config, request).await?;
+            match embedding::embed(&self.serving.slot, &self.serving.config, request).await {
+                Ok(embeddings) => embeddings,
+                Err(local) => {
+                    let relayed = forward::grpc(
+                        &self.serving.routes,
+                        &model,
+                        &metadata,
+                        hops,
+                        GrpcCall::Embed(wire),
+                        local,
+                    )
+                    .await?;
+                    let (answered, relayed, extensions) = relayed.into_parts();
+                    let GrpcAnswer::Embed(answer) = relayed else {
+                        return Err(ServeError::Internal(
+                            "a peer answered an embedding with a stream".to_owned(),
+                        )
+                        .into());
+                    };
+                    return Ok(Response::from_parts(answered, answer, extensions));
+                }
+            };
         let mut response = Response::new(pb::EmbedResponse {
             model,
             prompt_tokens: saturating_u32(embeddings.prompt_tokens as u128),

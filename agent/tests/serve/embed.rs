@@ -1,7 +1,8 @@
 //! The embedding routes: OpenAI's `/v1/embeddings`, Ollama's `/api/embed`
 //! and `/api/embeddings`, and gRPC's `Embed`, on the tiny model: their
 //! shapes, that a batch gives each input's own vector, which ones are unit
-//! vectors, the 400s, and a model served elsewhere (forwarded, or 404).
+//! vectors, the 400s, and a model served elsewhere (forwarded, over HTTP
+//! and gRPC, or 404).
 
 use base64::Engine as _;
 use flotilla_engine::Prompt;
@@ -363,5 +364,21 @@ async fn embeddings_for_a_model_served_elsewhere_are_forwarded_or_404() -> anyho
         let forwarded: Value = response.json().await?;
         assert_eq!(forwarded.pointer(key), direct.pointer(key), "{path}");
     }
+    // gRPC: the call is made again on the peer.
+    let call = pb::EmbedRequest {
+        model: "embedder-routed".to_owned(),
+        inputs: vec!["hi".to_owned()],
+        truncate: false,
+    };
+    let direct = owner.grpc().await?.embed(call.clone()).await?.into_inner();
+    let response = asked.grpc().await?.embed(call).await?;
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-flotilla-served-by")
+            .and_then(|value| value.to_str().ok()),
+        Some("owner")
+    );
+    assert_eq!(response.into_inner(), direct);
     Ok(())
 }

@@ -219,12 +219,14 @@ mod tests {
 
     #[test]
     fn declared_pooling_defaults_to_mean_and_refuses_per_token_and_rank() {
-        assert_eq!(Pooling::declared(None).unwrap(), Pooling::Mean);
-        assert_eq!(Pooling::declared(Some(1)).unwrap(), Pooling::Mean);
-        assert_eq!(Pooling::declared(Some(2)).unwrap(), Pooling::Cls);
-        assert_eq!(Pooling::declared(Some(3)).unwrap(), Pooling::Last);
+        assert_eq!(Pooling::declared(None).ok(), Some(Pooling::Mean));
+        assert_eq!(Pooling::declared(Some(1)).ok(), Some(Pooling::Mean));
+        assert_eq!(Pooling::declared(Some(2)).ok(), Some(Pooling::Cls));
+        assert_eq!(Pooling::declared(Some(3)).ok(), Some(Pooling::Last));
         for refused in [0, 4, 9] {
-            let error = Pooling::declared(Some(refused)).unwrap_err().to_string();
+            let error = Pooling::declared(Some(refused))
+                .expect_err("refused")
+                .to_string();
             assert!(error.contains("pooling type"), "{error}");
         }
     }

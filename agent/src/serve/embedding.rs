@@ -82,6 +82,13 @@ pub async fn embed(
             ),
         });
     }
+    // A model whose declared pooling gives no single vector cannot embed:
+    // the request asks for something this model does not do (a 400, not a
+    // server failure).
+    served
+        .engine()
+        .pooling()
+        .map_err(|error| ServeError::InvalidRequest(format!("model {name:?}: {error}")))?;
     if request.inputs.is_empty() {
         return Err(ServeError::InvalidRequest(
             "input must not be empty".to_owned(),

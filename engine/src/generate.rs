@@ -233,6 +233,15 @@ impl Engine {
         self.pool.install(|| self.model.forward(sequences))
     }
 
+    /// Runs one batched forward pass inside the engine's thread pool and returns every
+    /// new position's hidden state after the output norm (see [`LlamaModel::forward_hidden`]).
+    pub fn forward_hidden(
+        &self,
+        sequences: &mut [SequenceInput<'_>],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.pool.install(|| self.model.forward_hidden(sequences))
+    }
+
     /// Feeds a whole prompt into a fresh cache, in chunks; returns the last logits.
     pub fn prefill(
         &self,

@@ -45,11 +45,14 @@
 //! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeds.
 //! - `generate`: [`Engine`] and the per-request state machine (stop sequences, streaming,
 //!   cancellation); `scheduler`: [`Scheduler`], the bounded queue and batching worker.
+//! - `embed`: [`Engine::embed`], a prompt's normed final hidden states pooled (mean, cls
+//!   or last) into one vector.
 //! - `burn_graph` (feature `burn`, GPU via feature `gpu`): the same graph on burn tensors.
 
 #[cfg(feature = "burn")]
 pub mod burn_graph;
 pub mod chat;
+mod embed;
 mod error;
 mod generate;
 pub mod kernels;
@@ -65,6 +68,7 @@ pub use error::EngineError;
 #[cfg(test)]
 mod tests;
 pub use chat::ChatMessage;
+pub use embed::{Embedding, Pooling, cosine, normalize};
 pub use generate::{
     CancellationFlag, Engine, EngineOptions, FinishReason, GenerationOutput, GenerationRequest,
     Prompt, TokenEvent,

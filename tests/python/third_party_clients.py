@@ -58,6 +58,14 @@ def main() -> None:
         answers["openai_unknown"] = "answered"
     except openai.NotFoundError as error:
         answers["openai_unknown"] = f"404: {error.message}"
+    texts = ["The capital of Germany is Berlin.", "Paris is in France."]
+    # The client asks for base64 unless told otherwise; both are checked.
+    embedded = client.embeddings.create(model=model, input=texts)
+    answers["openai_embeddings"] = [item.embedding for item in embedded.data]
+    answers["openai_embeddings_prompt_tokens"] = embedded.usage.prompt_tokens
+    answers["openai_embeddings_float"] = client.embeddings.create(
+        model=model, input=texts[0], encoding_format="float"
+    ).data[0].embedding
 
     import ollama
 
@@ -99,6 +107,8 @@ def main() -> None:
         part.message.content or ""
         for part in local.chat(model=model, messages=messages, options=options, stream=True)
     )
+    answers["ollama_embed"] = local.embed(model=model, input=texts).embeddings
+    answers["ollama_embeddings"] = local.embeddings(model=model, prompt=texts[0]).embedding
     try:
         local.chat(model="no-such-model", messages=messages)
         answers["ollama_unknown"] = "answered"

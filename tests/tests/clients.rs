@@ -1,8 +1,9 @@
 //! Third-party clients, unchanged, against an agent serving the real
 //! SmolLM2: the official `openai` Python package (models listed and
 //! retrieved, chat whole and streamed, usage once in a stream that asks
-//! for it, a not-found), the `ollama` package (tags with details, show, ps,
-//! pull, generate and chat, whole and streamed, a not-found), a Python gRPC
+//! for it, embeddings as base64 and floats, a not-found), the `ollama`
+//! package (tags with details, show, ps, pull, generate and chat, whole and
+//! streamed, embed and the legacy embeddings, a not-found), a Python gRPC
 //! client whose code `grpc_tools.protoc` generates from this repository's
 //! proto/ at test time, and `grpcio-reflection`'s v1alpha client. The packages come from `scripts/ensure-python.sh`; the script that
 //! drives them is `tests/python/third_party_clients.py`.
@@ -136,7 +137,7 @@ async fn openai_ollama_and_generated_grpc_clients_work_unchanged() -> anyhow::Re
     );
     assert_eq!(
         answers["grpc_reflection"]["inference_methods"],
-        serde_json::json!(["Chat", "Generate", "ListModels"]),
+        serde_json::json!(["Chat", "Embed", "Generate", "ListModels"]),
         "{answers}"
     );
     for key in [
@@ -160,6 +161,43 @@ async fn openai_ollama_and_generated_grpc_clients_work_unchanged() -> anyhow::Re
         "{answers}"
     );
     assert!(answers["openai_usage_total"].as_u64().unwrap_or(0) > 0);
+    // Embeddings: the openai client's base64 and float answers and Ollama's
+    // /api/embed are the same unit vectors; Ollama's legacy route points the
+    // same way without being normalised, as Ollama's own.
+    let vectors = |key: &str| -> Vec<Vec<f64>> {
+        serde_json::from_value(answers[key].clone()).unwrap_or_default()
+    };
+    let openai = vectors("openai_embeddings");
+    let ollama = vectors("ollama_embed");
+    assert_eq!(openai.len(), 2, "{answers}");
+    assert_eq!(ollama.len(), 2, "{answers}");
+    let float: Vec<f64> = serde_json::from_value(answers["openai_embeddings_float"].clone())?;
+    let legacy: Vec<f64> = serde_json::from_value(answers["ollama_embeddings"].clone())?;
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let cosine = |a: &[f64], b: &[f64]| {
+        a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>() / (norm(a) * norm(b))
+    };
+    for vector in openai.iter().chain(&ollama) {
+        assert_eq!(vector.len(), 576, "SmolLM2's width");
+        assert!((norm(vector) - 1.0).abs() < 1e-4);
+    }
+    for (a, b) in openai.iter().zip(&ollama) {
+        assert!(cosine(a, b) > 0.999_999);
+    }
+    assert!(cosine(&float, &openai[0]) > 0.999_999);
+    assert!(cosine(&legacy, &ollama[0]) > 0.999_999);
+    assert!(
+        (norm(&legacy) - 1.0).abs() > 1e-2,
+        "the legacy vector was normalised"
+    );
+    // Two different sentences are not the same vector.
+    assert!(cosine(&openai[0], &openai[1]) < 0.99);
+    assert!(
+        answers["openai_embeddings_prompt_tokens"]
+            .as_u64()
+            .unwrap_or(0)
+            > 8
+    );
     for key in [
         "openai_unknown",
         "ollama_unknown",

@@ -313,6 +313,14 @@ fn forwarded<T>(
 pub(super) enum GrpcCall {
     Generate(pb::GenerateRequest),
     Chat(pb::ChatRequest),
+    Embed(pb::EmbedRequest),
+}
+
+/// A peer's answer to a [`GrpcCall`]: a generation's stream, or an
+/// embedding call's one message.
+pub(super) enum GrpcAnswer {
+    Stream(tonic::Streaming<pb::GenerateResponse>),
+    Embed(pb::EmbedResponse),
 }
 
 /// Forwards a gRPC call that this node answered with `local`; returns the
@@ -324,7 +332,7 @@ pub(super) async fn grpc(
     hops: u32,
     call: GrpcCall,
     local: ServeError,
-) -> Result<tonic::Response<tonic::Streaming<pb::GenerateResponse>>, tonic::Status> {
+) -> Result<tonic::Response<GrpcAnswer>, tonic::Status> {
     // Set by the interceptor from what it verified, never the client's.
     let principal = incoming.get(PRINCIPAL_HEADER).cloned();
     let Some(why) = forwarding(&local, hops) else {
@@ -347,16 +355,18 @@ pub(super) async fn grpc(
         let span = forward_span(peer, "grpc");
         let answered = async {
             match call.clone() {
-                GrpcCall::Generate(request) => {
-                    client
-                        .generate(forwarded(request, hops, principal.as_ref()))
-                        .await
-                }
-                GrpcCall::Chat(request) => {
-                    client
-                        .chat(forwarded(request, hops, principal.as_ref()))
-                        .await
-                }
+                GrpcCall::Generate(request) => client
+                    .generate(forwarded(request, hops, principal.as_ref()))
+                    .await
+                    .map(|response| response.map(GrpcAnswer::Stream)),
+                GrpcCall::Chat(request) => client
+                    .chat(forwarded(request, hops, principal.as_ref()))
+                    .await
+                    .map(|response| response.map(GrpcAnswer::Stream)),
+                GrpcCall::Embed(request) => client
+                    .embed(forwarded(request, hops, principal.as_ref()))
+                    .await
+                    .map(|response| response.map(GrpcAnswer::Embed)),
             }
         }
         .instrument(span.clone())

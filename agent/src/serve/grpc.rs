@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::auth::{PRINCIPAL_HEADER, admit};
-use super::forward::{self, GrpcCall};
+use super::embedding::{self, EmbeddingInput, EmbeddingRequest, Overflow};
+use super::forward::{self, GrpcAnswer, GrpcCall};
 use super::http::{MODEL_DIGEST_HEADER, MODEL_VERSION_HEADER};
 use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
@@ -80,6 +81,33 @@ impl TryFrom<pb::ChatRequest> for InferenceRequest {
     }
 }
 
+impl TryFrom<pb::EmbedRequest> for EmbeddingRequest {
+    type Error = ServeError;
+
+    fn try_from(wire: pb::EmbedRequest) -> Result<Self, ServeError> {
+        if wire.inputs.is_empty() {
+            return Err(ServeError::InvalidRequest(
+                "inputs must not be empty".to_owned(),
+            ));
+        }
+        if wire.inputs.iter().any(String::is_empty) {
+            return Err(ServeError::InvalidRequest(
+                "inputs must not contain an empty string".to_owned(),
+            ));
+        }
+        Ok(EmbeddingRequest {
+            model: wire.model,
+            inputs: wire.inputs.into_iter().map(EmbeddingInput::Text).collect(),
+            overflow: if wire.truncate {
+                Overflow::Truncate
+            } else {
+                Overflow::Refuse
+            },
+            dimensions: None,
+        })
+    }
+}
+
 fn finish_reason(reason: FinishReason) -> pb::FinishReason {
     match reason {
         FinishReason::Stop => pb::FinishReason::Stop,
@@ -133,7 +161,13 @@ impl InferenceService {
                 let relayed =
                     forward::grpc(&self.serving.routes, &model, metadata, hops, call, local)
                         .await?;
-                let (answered, stream, _) = relayed.into_parts();
+                let (answered, relayed, _) = relayed.into_parts();
+                let GrpcAnswer::Stream(stream) = relayed else {
+                    return Err(ServeError::Internal(
+                        "a peer answered a generation with an embedding".to_owned(),
+                    )
+                    .into());
+                };
                 let stream: ResponseStream = Box::pin(stream);
                 Ok(Response::from_parts(answered, stream, Default::default()))
             }
@@ -196,6 +230,62 @@ impl Inference for InferenceService {
         let parsed = InferenceRequest::try_from(wire.clone())?;
         self.answer(parsed, &metadata, hops, GrpcCall::Chat(wire))
             .await
+    }
+
+    /// Answered here, or re-called on a peer serving the model.
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let hops = forward::grpc_hops(request.metadata())?;
+        let metadata = request.metadata().clone();
+        let wire = request.into_inner();
+        let request = EmbeddingRequest::try_from(wire.clone())?;
+        let model = request.model.clone();
+        let embeddings =
+            match embedding::embed(&self.serving.slot, &self.serving.config, request).await {
+                Ok(embeddings) => embeddings,
+                Err(local) => {
+                    let relayed = forward::grpc(
+                        &self.serving.routes,
+                        &model,
+                        &metadata,
+                        hops,
+                        GrpcCall::Embed(wire),
+                        local,
+                    )
+                    .await?;
+                    let (answered, relayed, extensions) = relayed.into_parts();
+                    let GrpcAnswer::Embed(answer) = relayed else {
+                        return Err(ServeError::Internal(
+                            "a peer answered an embedding with a stream".to_owned(),
+                        )
+                        .into());
+                    };
+                    return Ok(Response::from_parts(answered, answer, extensions));
+                }
+            };
+        let mut response = Response::new(pb::EmbedResponse {
+            model,
+            prompt_tokens: saturating_u32(embeddings.prompt_tokens as u128),
+            version: embeddings.model.version.clone(),
+            embeddings: embeddings
+                .vectors
+                .into_iter()
+                .map(|mut values| {
+                    flotilla_engine::normalize(&mut values);
+                    pb::Embedding { values }
+                })
+                .collect(),
+        });
+        let answered = response.metadata_mut();
+        if let Ok(value) = embeddings.model.version.parse() {
+            answered.insert(MODEL_VERSION_HEADER, value);
+        }
+        if let Ok(value) = embeddings.model.digest.to_hex().parse() {
+            answered.insert(MODEL_DIGEST_HEADER, value);
+        }
+        Ok(response)
     }
 
     async fn list_models(

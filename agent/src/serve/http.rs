@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::auth::PRINCIPAL_HEADER;
 use super::forward::{self, HttpIncoming};
-use super::{ServeError, Serving, browser, ollama, ollama_models, openai};
+use super::{ServeError, Serving, browser, embed_routes, ollama, ollama_models, openai};
 
 #[derive(Clone)]
 pub(super) struct HttpState {
@@ -120,6 +120,7 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
         .route("/v1/models/{*id}", get(openai::retrieve_model))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embed_routes::openai_embeddings))
         .route("/api/tags", get(ollama_models::tags))
         .route("/api/show", post(ollama_models::show))
         .route("/api/ps", get(ollama_models::ps))
@@ -127,6 +128,8 @@ pub(super) fn router(serving: Serving, metrics: Option<PrometheusHandle>) -> Rou
         .route("/api/version", get(ollama_models::version))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
+        .route("/api/embed", post(embed_routes::ollama_embed))
+        .route("/api/embeddings", post(embed_routes::ollama_embeddings))
         .route("/v1/flotilla/scrub", post(super::scrub::scrub))
         // Only the routes above need a key; probes and metrics stay open.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -11,6 +11,9 @@
 //! - [`generation`]: one running generation: admission into the bounded
 //!   queue, cancellation when the client goes away, the per-request timeout,
 //!   metrics.
+//! - [`embedding`]: one embedding request: admission into the same queue,
+//!   the engine's pooled vectors off the tokio workers; `embed_routes`: its
+//!   OpenAI and Ollama routes.
 //! - [`stats`]: the inference figures each heartbeat carries.
 //! - [`error`]: [`ServeError`], mapped to HTTP and gRPC statuses in one place.
 //! - [`browser`]: the `Host`, `Origin` and content-type checks that keep
@@ -32,6 +35,8 @@
 pub mod auth;
 pub mod browser;
 pub mod card;
+mod embed_routes;
+pub mod embedding;
 pub mod error;
 mod fields;
 mod forward;

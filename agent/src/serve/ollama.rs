@@ -171,7 +171,7 @@ const MESSAGE_FIELDS: &[(&str, Rule)] = &[
 /// model is loaded (`num_ctx` too: the model's whole context is used, and a
 /// prompt longer than it is refused, never cut); and the others only at
 /// the value that changes nothing (Ollama's defaults).
-const OPTIONS_FIELDS: &[(&str, Rule)] = &[
+pub(super) const OPTIONS_FIELDS: &[(&str, Rule)] = &[
     ("temperature", Rule::Supported),
     ("top_p", Rule::Supported),
     ("top_k", Rule::Supported),
@@ -256,7 +256,7 @@ const OPTIONS_FIELDS: &[(&str, Rule)] = &[
         "embedding_only",
         Rule::DefaultOnly {
             accepts: fields::is_false,
-            why: "embeddings are not implemented on this node",
+            why: "a node loads whole models; embeddings come from /api/embed",
         },
     ),
 ];

@@ -13,6 +13,7 @@
 //!   not-found, health and reflection.
 //! - `load`: the bounded queue, the timeout, disconnects, metrics.
 //! - `activation`: blue/green swaps and the system-prompt policies.
+//! - `embed`: the embedding routes of every surface.
 //! - `routing`: forwarding to a peer, the hop rule, unreachable peers.
 //! - `auth`: API keys on every inference route; probes stay open.
 //! - `surface`: unsupported fields refused by name, usage once per stream,
@@ -21,6 +22,7 @@
 mod activation;
 mod api;
 mod auth;
+mod embed;
 mod load;
 mod routing;
 mod scrub;

@@ -83,6 +83,9 @@ pub struct LlamaConfig {
     /// RoPE base and position scale of the sliding-window layers.
     pub rope_freq_base_sliding: f32,
     pub rope_freq_scale_sliding: f32,
+    /// `<arch>.pooling_type` as the file declares it (llama.cpp's numbering: 0 none,
+    /// 1 mean, 2 cls, 3 last, 4 rank); `None` when absent. Only embeddings read it.
+    pub pooling_type: Option<u64>,
 }
 
 impl LlamaConfig {
@@ -221,6 +224,7 @@ impl LlamaConfig {
             sliding_layers: vec![false; block_count],
             rope_freq_base_sliding: rope_freq_base,
             rope_freq_scale_sliding: rope_freq_scale,
+            pooling_type: optional("pooling_type").map(|value| value as u64),
             architecture: architecture.clone(),
         };
         match family {

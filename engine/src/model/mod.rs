@@ -69,6 +69,14 @@ pub struct ModelWeights<'a> {
     pub output: &'a Matrix,
 }
 
+/// What [`LlamaModel::decode`] leaves for the head: the residual stream of every new
+/// token, how many new tokens each sequence had, and the scratch buffers to reuse.
+struct Decoded {
+    hidden: Vec<f32>,
+    new_tokens: Vec<usize>,
+    state: ForwardState,
+}
+
 /// The tokens one sequence contributes to a forward pass.
 pub struct SequenceInput<'a> {
     pub cache: &'a mut KvCache,
@@ -214,6 +222,80 @@ impl LlamaModel {
         &self,
         sequences: &mut [SequenceInput<'_>],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let config = &self.config;
+        let d = config.embedding_length;
+        let epsilon = config.rms_norm_epsilon;
+        let Decoded {
+            hidden,
+            new_tokens,
+            mut state,
+        } = self.decode(sequences)?;
+
+        // Only the last token of each sequence needs logits.
+        let mut last_hidden = Vec::with_capacity(sequences.len() * d);
+        let mut end = 0;
+        for &count in &new_tokens {
+            end += count;
+            last_hidden.extend_from_slice(&hidden[(end - 1) * d..end * d]);
+        }
+        let mut normed = vec![0.0; last_hidden.len()];
+        rms_norm(&last_hidden, &self.output_norm, epsilon, &mut normed);
+        let mut blocks = Vec::new();
+        quantize_rows(&normed, d, &mut blocks);
+        let mut logits = vec![0.0; sequences.len() * config.vocab_size];
+        let input = Activations {
+            values: &normed,
+            blocks: &blocks,
+            columns: d,
+        };
+        matmul(
+            self.kernel,
+            &self.output,
+            &input,
+            &mut state.scratch,
+            &mut logits,
+        );
+        if let Some(cap) = config.final_logit_softcap {
+            soft_cap(&mut logits, cap);
+        }
+        Ok(logits
+            .chunks_exact(config.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// Runs the new tokens of every sequence through the decoder like [`Self::forward`],
+    /// but returns, per sequence, the hidden state of every new token after the output
+    /// norm (llama.cpp's `result_norm`, what its embeddings pool), row after row
+    /// (`tokens × embedding_length`), instead of the logits. The output head is not run.
+    pub fn forward_hidden(
+        &self,
+        sequences: &mut [SequenceInput<'_>],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let d = self.config.embedding_length;
+        let Decoded {
+            hidden, new_tokens, ..
+        } = self.decode(sequences)?;
+        let mut normed = vec![0.0; hidden.len()];
+        rms_norm(
+            &hidden,
+            &self.output_norm,
+            self.config.rms_norm_epsilon,
+            &mut normed,
+        );
+        let mut rows = Vec::with_capacity(new_tokens.len());
+        let mut start = 0;
+        for count in new_tokens {
+            rows.push(normed[start * d..(start + count) * d].to_vec());
+            start += count;
+        }
+        Ok(rows)
+    }
+
+    /// The layer loop shared by [`Self::forward`] and [`Self::forward_hidden`]: embeds
+    /// the new tokens, runs every layer, appends to and commits the caches, and returns
+    /// the residual stream of every new token (before the output norm), in batch order.
+    fn decode(&self, sequences: &mut [SequenceInput<'_>]) -> Result<Decoded, EngineError> {
         let config = &self.config;
         let d = config.embedding_length;
         let q_dim = config.query_dim();
@@ -418,38 +500,11 @@ impl LlamaModel {
         for (sequence, &count) in sequences.iter_mut().zip(&new_tokens) {
             sequence.cache.commit(count);
         }
-
-        // Only the last token of each sequence needs logits.
-        let mut last_hidden = Vec::with_capacity(sequences.len() * d);
-        let mut end = 0;
-        for &count in &new_tokens {
-            end += count;
-            last_hidden.extend_from_slice(&hidden[(end - 1) * d..end * d]);
-        }
-        let mut normed = vec![0.0; last_hidden.len()];
-        rms_norm(&last_hidden, &self.output_norm, epsilon, &mut normed);
-        let mut blocks = Vec::new();
-        quantize_rows(&normed, d, &mut blocks);
-        let mut logits = vec![0.0; sequences.len() * config.vocab_size];
-        let input = Activations {
-            values: &normed,
-            blocks: &blocks,
-            columns: d,
-        };
-        matmul(
-            self.kernel,
-            &self.output,
-            &input,
-            &mut state.scratch,
-            &mut logits,
-        );
-        if let Some(cap) = config.final_logit_softcap {
-            soft_cap(&mut logits, cap);
-        }
-        Ok(logits
-            .chunks_exact(config.vocab_size)
-            .map(<[f32]>::to_vec)
-            .collect())
+        Ok(Decoded {
+            hidden,
+            new_tokens,
+            state,
+        })
     }
 
     /// Causal grouped-query attention of every new token over its sequence's cache (the

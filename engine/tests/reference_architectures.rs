@@ -299,10 +299,17 @@ const LLAMA3_PROMPTS: &[&str] = &[
 /// tokens; first-position top-5 logits within 0.0005 for the short prompts and 0.09 for
 /// the 327-354-token one (attention over more positions sums in another order). One prompt
 /// is left for a near tie that another CPU's summation order may decide otherwise.
+// Three, not four: the synthetic model's random weights leave near ties
+// mid-sequence (llama.cpp margins 0.05 and 0.07 on two of the five
+// prompts), where the AVX-512 kernels' summation order parts from
+// llama.cpp's and the AVX2 kernels' does not. Parting there is allowed
+// (`NEAR_TIE`); a real defect (the key/value thirds of `attn_qkv` or the
+// gate/up halves of `ffn_up` swapped) moves the first-position logits by 8
+// or more, which `LOGIT_TOLERANCE` catches on every prompt.
 const PHI3_SYNTHETIC: Case = Case {
     model: "synthetic/phi3-synthetic-Q8_0.gguf",
     prompts: PHI3_PROMPTS,
-    min_full_matches: 4,
+    min_full_matches: 3,
 };
 
 const LLAMA3_SYNTHETIC: Case = Case {

@@ -82,14 +82,14 @@ pub(in crate::store) async fn pinned_nodes(conn: &mut Tx) -> StoreResult<Vec<Nod
     )
     .fetch_all(&mut *conn)
     .await?;
-    names
-        .into_iter()
-        .map(|name| {
-            name.parse::<NodeName>().map_err(|error| {
-                StoreError::Corrupt(format!("assignments.node_name holds {name}: {error}"))
-            })
-        })
-        .collect()
+    names.iter().map(|name| assigned_node(name)).collect()
+}
+
+/// A node name read back from `assignments.node_name`.
+fn assigned_node(name: &str) -> StoreResult<NodeName> {
+    name.parse().map_err(|error| {
+        StoreError::Corrupt(format!("assignments.node_name holds {name}: {error}"))
+    })
 }
 
 pub(in crate::store) async fn insert_events(
@@ -280,7 +280,9 @@ pub(in crate::store) async fn update_rollout(
             Some((desired, Some(_))) => Some(desired),
             None => None,
         };
-        changed.extend(write_node_assignment(conn, name, node_name, Some(desired)).await?);
+        changed.extend(
+            write_node_assignment(conn, name, node_name, Some(desired), Holder::Rollout).await?,
+        );
         sql::query(
             "UPDATE rollout_nodes SET state = $3, previous = $4, reason = NULL \
              WHERE rollout = $1 AND node_name = $2",
@@ -298,8 +300,14 @@ pub(in crate::store) async fn update_rollout(
                 // Ours: put back what was there before.
                 Some((_, Some(owner))) if owner == name.as_str() => {
                     changed.extend(
-                        write_node_assignment(conn, name, &node.node, node.previous.as_ref())
-                            .await?,
+                        write_node_assignment(
+                            conn,
+                            name,
+                            &node.node,
+                            node.previous.as_ref(),
+                            Holder::Rollout,
+                        )
+                        .await?,
                     );
                 }
                 // Pinned or re-assigned since: the operator's
@@ -365,14 +373,25 @@ async fn set_node_state(
     Ok(())
 }
 
-/// Replaces a node's node-level assignment with one owned by the
-/// rollout (or removes it, for `None`), with a generation of its
-/// own, and re-places the node.
+/// Who holds a node-level assignment a rollout writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// The rollout: it may replace or restore the row later.
+    Rollout,
+    /// Nobody: a plain node assignment, as an operator's pin (what a
+    /// deleted rollout leaves).
+    Node,
+}
+
+/// Replaces a node's node-level assignment with `desired` written by the
+/// rollout and held as `holder` says (or removes it, for `None`), with a
+/// generation of its own, and re-places the node.
 async fn write_node_assignment(
     conn: &mut Tx,
     rollout: &RolloutName,
     node: &NodeName,
     desired: Option<&DesiredAssignment>,
+    holder: Holder,
 ) -> StoreResult<Vec<NodeDesired>> {
     sql::query("DELETE FROM assignments WHERE node_name = $1")
         .bind(node.as_str())
@@ -386,7 +405,10 @@ async fn write_node_assignment(
         desired.assignment_generation = value;
         // Says whose it is: a rollout's node-level row wins over
         // selector assignments like an operator's pin does.
-        desired.target = format!("node={node} (rollout {rollout})");
+        desired.target = match holder {
+            Holder::Rollout => format!("node={node} (rollout {rollout})"),
+            Holder::Node => format!("node={node}"),
+        };
         sql::query(
             "INSERT INTO assignments (generation, node_name, desired, created_by, rollout) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -395,7 +417,7 @@ async fn write_node_assignment(
         .bind(node.as_str())
         .bind(Json(&desired))
         .bind(format!("rollout/{rollout}"))
-        .bind(rollout.as_str())
+        .bind((holder == Holder::Rollout).then_some(rollout.as_str()))
         .execute(&mut *conn)
         .await?;
     }
@@ -434,31 +456,10 @@ pub(in crate::store) async fn delete_rollout(
     .await?;
     let mut nodes = Vec::with_capacity(owned.len());
     let mut changed = Vec::new();
-    let mut generation = None;
-    for (node, Json(mut desired)) in owned {
-        let node: NodeName = node.parse().map_err(|error| {
-            StoreError::Corrupt(format!("assignments.node_name holds {node}: {error}"))
-        })?;
-        sql::query("DELETE FROM assignments WHERE node_name = $1")
-            .bind(node.as_str())
-            .execute(&mut *conn)
-            .await?;
-        if !deletion.release_pins {
-            let value = next_generation(conn).await?;
-            desired.assignment_generation = value;
-            desired.target = format!("node={node}");
-            sql::query(
-                "INSERT INTO assignments (generation, node_name, desired, created_by, rollout) \
-                 VALUES ($1, $2, $3, $4, NULL)",
-            )
-            .bind(to_i64("generation", value)?)
-            .bind(node.as_str())
-            .bind(Json(&desired))
-            .bind(format!("rollout/{name}"))
-            .execute(&mut *conn)
-            .await?;
-        }
-        changed.extend(replan(conn, Some(&node), &mut generation).await?);
+    for (node, Json(desired)) in owned {
+        let node = assigned_node(&node)?;
+        let kept = (!deletion.release_pins).then_some(&desired);
+        changed.extend(write_node_assignment(conn, name, &node, kept, Holder::Node).await?);
         nodes.push(node);
     }
     sql::query("DELETE FROM rollouts WHERE name = $1")

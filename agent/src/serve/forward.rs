@@ -117,11 +117,24 @@ fn count_forwarded(surface: &'static str, why: Forwarding) {
     }
 }
 
-fn no_peer_reachable(model: &str, failures: &[String]) -> ServeError {
-    ServeError::PeerUnavailable(format!(
-        "model {model:?} is not served by this node and no peer serving it could be reached: {}",
-        failures.join("; ")
-    ))
+/// What to answer when no peer took the request: this node's own refusal
+/// for an overflow, else that no peer serving the model could be reached.
+fn no_peer_took(
+    why: Forwarding,
+    model: &str,
+    local: ServeError,
+    failures: &[String],
+) -> ServeError {
+    match why {
+        Forwarding::Overflow => {
+            tracing::debug!(model, failures = %failures.join("; "), "no peer took the overflow");
+            local
+        }
+        Forwarding::NotServedHere => ServeError::PeerUnavailable(format!(
+            "model {model:?} is not served by this node and no peer serving it could be reached: {}",
+            failures.join("; ")
+        )),
+    }
 }
 
 /// Forwards an HTTP request that this node answered with `local`; returns
@@ -207,11 +220,7 @@ pub(super) async fn http(
             }
         }
     }
-    if why == Forwarding::Overflow {
-        tracing::debug!(model, failures = %failures.join("; "), "no peer took the overflow");
-        return Err(local);
-    }
-    Err(no_peer_reachable(model, &failures))
+    Err(no_peer_took(why, model, local, &failures))
 }
 
 /// The `forward` span (CLIENT kind) of one attempt on `peer`: the peer's
@@ -424,9 +433,5 @@ pub(super) async fn grpc(
             Err(status) => return Err(status),
         }
     }
-    if why == Forwarding::Overflow {
-        tracing::debug!(model, failures = %failures.join("; "), "no peer took the overflow");
-        return Err(local.into());
-    }
-    Err(no_peer_reachable(model, &failures).into())
+    Err(no_peer_took(why, model, local, &failures).into())
 }

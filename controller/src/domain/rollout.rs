@@ -564,6 +564,17 @@ impl NewEvent {
             ..Self::rollout(actor, rollout, action, message)
         }
     }
+
+    /// About a node and no rollout (an enrolment, a renewal).
+    pub fn fleet(actor: &str, node: &NodeName, action: &str, message: String) -> Self {
+        Self {
+            actor: actor.to_owned(),
+            rollout: None,
+            node: Some(node.clone()),
+            action: action.to_owned(),
+            message,
+        }
+    }
 }
 
 // ---- hardware fit ----

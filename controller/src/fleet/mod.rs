@@ -258,14 +258,8 @@ impl Fleet {
             Ok(enrolled) => format!("enrolled as {}", enrolled.node.status),
             Err(error) => format!("refused: {error}"),
         };
-        self.audit(NewEvent {
-            actor,
-            rollout: None,
-            node: Some(name),
-            action: "grpc Fleet/Enroll".to_owned(),
-            message,
-        })
-        .await;
+        self.audit(NewEvent::fleet(&actor, &name, "grpc Fleet/Enroll", message))
+            .await;
         enrolled
     }
 
@@ -351,16 +345,16 @@ impl Fleet {
         refresh_secret: &str,
     ) -> Result<(Node, String, OffsetDateTime), FleetError> {
         let renewed = self.renew_with_secret(name, refresh_secret).await;
-        self.audit(NewEvent {
-            actor: format!("node/{name}"),
-            rollout: None,
-            node: Some(name.clone()),
-            action: "grpc Fleet/RenewCredential".to_owned(),
-            message: match &renewed {
-                Ok(_) => "credential renewed with the refresh secret".to_owned(),
-                Err(error) => format!("refused: {error}"),
-            },
-        })
+        let message = match &renewed {
+            Ok(_) => "credential renewed with the refresh secret".to_owned(),
+            Err(error) => format!("refused: {error}"),
+        };
+        self.audit(NewEvent::fleet(
+            &format!("node/{name}"),
+            name,
+            "grpc Fleet/RenewCredential",
+            message,
+        ))
         .await;
         renewed
     }
@@ -418,12 +412,11 @@ impl Fleet {
                 .await?;
             tracing::info!(node = %node.name, %agent_version, gpus = inventory.gpus.len(),
                 "node inventory or agent version changed");
-            self.audit(NewEvent {
-                actor: format!("node/{}", node.name),
-                rollout: None,
-                node: Some(node.name.clone()),
-                action: "grpc Fleet/Sync hello".to_owned(),
-                message: format!(
+            self.audit(NewEvent::fleet(
+                &format!("node/{}", node.name),
+                &node.name,
+                "grpc Fleet/Sync hello",
+                format!(
                     "inventory or agent version changed: agent {} → {agent_version}, {} → {} GPU(s), \
                      {} → {} bytes of memory",
                     node.agent_version,
@@ -432,7 +425,7 @@ impl Fleet {
                     node.inventory.memory_total_bytes,
                     inventory.memory_total_bytes
                 ),
-            })
+            ))
             .await;
             node.inventory = inventory;
             node.agent_version = agent_version;

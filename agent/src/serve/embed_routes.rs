@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::embedding::{self, EmbeddingInput, EmbeddingRequest, Embeddings, Overflow};
 use super::fields::{self, Rule};
-use super::http::{HttpState, incoming, parse_json, with_served_model};
+use super::http::{HttpState, incoming, with_served_model};
 use super::{ServeError, ollama, openai};
 
 /// `/v1/embeddings`: every field of OpenAI's request (`user` identifies the
@@ -58,17 +58,21 @@ const OLLAMA_EMBEDDINGS_FIELDS: &[(&str, Rule)] = &[
 
 fn parse_checked<T: DeserializeOwned>(
     body: &[u8],
-    table: &[(&str, Rule)],
-    options: Option<&[(&str, Rule)]>,
+    table: &fields::Table,
+    options: Option<&fields::Table>,
 ) -> Result<T, ServeError> {
-    let mut value: Value = parse_json(body)?;
-    fields::check(&value, &[table], "")?;
-    if let (Some(options), Some(table)) = (value.get("options"), options) {
-        fields::check(options, &[table], "options.")?;
-    }
-    fields::drop_nulls(&mut value);
-    serde_json::from_value(value)
-        .map_err(|error| ServeError::InvalidRequest(format!("invalid JSON body: {error}")))
+    let options: Vec<(&str, &fields::Table)> = options
+        .map(|table| ("options", table))
+        .into_iter()
+        .collect();
+    fields::parse_checked(
+        body,
+        &fields::Shape {
+            top: &[table],
+            objects: &options,
+            lists: &[],
+        },
+    )
 }
 
 /// OpenAI's `input`: a string, a list of strings, a list of token ids, or

@@ -15,9 +15,11 @@
 //! The tables live with their surfaces (`openai.rs`, `ollama.rs`); the
 //! README's endpoint table says the same in prose.
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::ServeError;
+use super::http::parse_json;
 
 /// What a surface does with one field.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +75,39 @@ pub(super) fn check(
         }
     }
     Ok(())
+}
+
+/// A field table.
+pub(super) type Table = [(&'static str, Rule)];
+
+/// Where a request body's fields are checked: its own against `top`, the
+/// object under each key of `objects` (`options`) and the objects in the
+/// list under each key of `lists` (`messages`) against theirs.
+pub(super) struct Shape<'a> {
+    pub top: &'a [&'a Table],
+    pub objects: &'a [(&'a str, &'a Table)],
+    pub lists: &'a [(&'a str, &'a Table)],
+}
+
+/// Parses a JSON body as `T` once every field passed its rule ([`check`],
+/// in the order of `shape`), with `null` members dropped ([`drop_nulls`]).
+pub(super) fn parse_checked<T: DeserializeOwned>(
+    body: &[u8],
+    shape: &Shape<'_>,
+) -> Result<T, ServeError> {
+    let mut value: Value = parse_json(body)?;
+    check(&value, shape.top, "")?;
+    for (key, table) in shape.objects {
+        if let Some(object) = value.get(*key) {
+            check(object, &[table], &format!("{key}."))?;
+        }
+    }
+    for (key, table) in shape.lists {
+        check_each(&value, key, table)?;
+    }
+    drop_nulls(&mut value);
+    serde_json::from_value(value)
+        .map_err(|error| ServeError::InvalidRequest(format!("invalid JSON body: {error}")))
 }
 
 /// Checks each element of the array `object[key]` (a list of messages, say)

@@ -25,7 +25,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::fields::{self, Rule};
 use super::forward::HttpIncoming;
-use super::http::{HttpState, incoming, parse_json, with_retry_after, with_served_model};
+use super::http::{HttpState, incoming, with_retry_after, with_served_model};
 use super::{
     Chunk, Finished, Generation, InferenceRequest, Input, Message, Params, Role, ServeError,
 };
@@ -269,17 +269,16 @@ fn is_engine_window(value: &Value) -> bool {
 /// `specific`, its `options` and its messages against theirs.
 fn parse_checked<T: DeserializeOwned>(
     body: &[u8],
-    specific: &[(&str, Rule)],
+    specific: &'static fields::Table,
 ) -> Result<T, ServeError> {
-    let mut value: Value = parse_json(body)?;
-    fields::check(&value, &[COMMON_FIELDS, specific], "")?;
-    if let Some(options) = value.get("options") {
-        fields::check(options, &[OPTIONS_FIELDS], "options.")?;
-    }
-    fields::check_each(&value, "messages", MESSAGE_FIELDS)?;
-    fields::drop_nulls(&mut value);
-    serde_json::from_value(value)
-        .map_err(|error| ServeError::InvalidRequest(format!("invalid JSON body: {error}")))
+    fields::parse_checked(
+        body,
+        &fields::Shape {
+            top: &[COMMON_FIELDS, specific],
+            objects: &[("options", OPTIONS_FIELDS)],
+            lists: &[("messages", MESSAGE_FIELDS)],
+        },
+    )
 }
 
 #[derive(Debug, Default, Deserialize)]

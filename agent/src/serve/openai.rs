@@ -23,9 +23,7 @@ use serde_json::{Value, json};
 
 use super::fields::{self, Rule};
 use super::forward::HttpIncoming;
-use super::http::{
-    HttpState, incoming, parse_json, unix_seconds, with_retry_after, with_served_model,
-};
+use super::http::{HttpState, incoming, unix_seconds, with_retry_after, with_served_model};
 use super::{
     Chunk, Completion, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
     Role, ServeError,
@@ -336,17 +334,16 @@ fn is_text_modality(value: &Value) -> bool {
 /// `specific` (and its messages and stream options against theirs).
 fn parse_checked<T: DeserializeOwned>(
     body: &[u8],
-    specific: &[(&str, Rule)],
+    specific: &'static fields::Table,
 ) -> Result<T, ServeError> {
-    let mut value: Value = parse_json(body)?;
-    fields::check(&value, &[COMMON_FIELDS, specific], "")?;
-    if let Some(options) = value.get("stream_options") {
-        fields::check(options, &[STREAM_OPTIONS_FIELDS], "stream_options.")?;
-    }
-    fields::check_each(&value, "messages", MESSAGE_FIELDS)?;
-    fields::drop_nulls(&mut value);
-    serde_json::from_value(value)
-        .map_err(|error| ServeError::InvalidRequest(format!("invalid JSON body: {error}")))
+    fields::parse_checked(
+        body,
+        &fields::Shape {
+            top: &[COMMON_FIELDS, specific],
+            objects: &[("stream_options", STREAM_OPTIONS_FIELDS)],
+            lists: &[("messages", MESSAGE_FIELDS)],
+        },
+    )
 }
 
 #[derive(Debug, Default, Deserialize)]

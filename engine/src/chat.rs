@@ -19,12 +19,21 @@ use serde::Serialize;
 
 use crate::EngineError;
 use crate::tokenizer::Tokenizer;
+use crate::tools::{self, ToolCall, ToolSpec};
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// Calls an assistant message made, in the shape templates read
+    /// (`[{"type": "function", "function": {"name", "arguments"}}]`); absent when empty so
+    /// that templates' `message.tool_calls is defined` checks stay false.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "tool_calls_as_templates_read_them"
+    )]
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl ChatMessage {
@@ -32,8 +41,21 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
         }
     }
+}
+
+fn tool_calls_as_templates_read_them<S: serde::Serializer>(
+    calls: &[ToolCall],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(calls.iter().map(|call| {
+        serde_json::json!({
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        })
+    }))
 }
 
 /// A compiled chat template.
@@ -43,6 +65,8 @@ pub struct ChatTemplate {
     eos_token: String,
     /// False for [`NO_CHAT_TEMPLATE`]: every chat is refused.
     chats: bool,
+    /// The template renders tools itself in the `<tool_call>` syntax (see [`crate::tools`]).
+    native_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -106,6 +130,7 @@ impl ChatTemplate {
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             chats: source != NO_CHAT_TEMPLATE,
+            native_tools: source.contains("<tool_call>"),
         })
     }
 
@@ -122,6 +147,27 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<String, EngineError> {
         self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Renders a conversation in which the model may call `tools`: through the template's
+    /// own tools branch when it writes `<tool_call>` blocks, otherwise with the tools and
+    /// earlier calls written into the messages (see [`crate::tools`]).
+    pub fn render_tool_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[ToolSpec],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        if self.native_tools {
+            let specs: Vec<serde_json::Value> = tools.iter().map(ToolSpec::to_json).collect();
+            self.render_with_tools(
+                messages,
+                Some(&serde_json::Value::Array(specs)),
+                add_generation_prompt,
+            )
+        } else {
+            self.render(&tools::inline_tools(messages, tools), add_generation_prompt)
+        }
     }
 
     /// Renders the conversation with tool definitions (OpenAI-style JSON function specs),
@@ -175,6 +221,13 @@ fn python_json(value: &Value, kwargs: minijinja::value::Kwargs) -> Result<Value,
     let mut output = String::new();
     write_python_json(&json, indent, 0, &mut output);
     Ok(Value::from_safe_string(output))
+}
+
+/// `value` as Python's `json.dumps` writes it (`", "` and `": "` separators).
+pub(crate) fn python_json_string(value: &serde_json::Value) -> String {
+    let mut output = String::new();
+    write_python_json(value, None, 0, &mut output);
+    output
 }
 
 fn write_python_json(

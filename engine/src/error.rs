@@ -26,6 +26,9 @@ pub enum EngineError {
         max_tokens: usize,
         context: usize,
     },
+    /// The grammar of a constrained request failed while decoding (llguidance's words).
+    #[error("constrained decoding failed: {0}")]
+    Constraint(String),
     #[error("request queue is full ({capacity} requests waiting)")]
     QueueFull { capacity: usize },
     #[error("engine is shut down")]

@@ -5,7 +5,7 @@
 //! engine owns the model, tokenizer, chat template and the thread pool the kernels run on.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,9 +13,11 @@ use flotilla_gguf::{GgufFile, GgufHeader};
 
 use crate::EngineError;
 use crate::chat::{ChatMessage, ChatTemplate};
+use crate::constraint::{Constraints, Grammar, OutputConstraint};
 use crate::model::{KvCache, LlamaModel, SequenceInput};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{TokenId, Tokenizer, Utf8Stream};
+use crate::tools::ToolSpec;
 
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +49,8 @@ pub enum Prompt {
     Text(String),
     /// A conversation rendered with the model's chat template plus the assistant header.
     Chat(Vec<ChatMessage>),
+    /// A conversation in which the model may call these tools (see [`crate::tools`]).
+    ToolChat(Vec<ChatMessage>, Vec<ToolSpec>),
     /// Pre-tokenized input.
     Tokens(Vec<TokenId>),
 }
@@ -59,6 +63,11 @@ pub struct GenerationRequest {
     pub max_tokens: usize,
     /// Generation ends before the first occurrence of any of these strings.
     pub stop: Vec<String>,
+    /// A grammar the output must match (structured output, tool calls); generation ends
+    /// when the output is complete.
+    pub grammar: Option<Grammar>,
+    /// Report each token's log probability and this many likeliest alternatives.
+    pub logprobs: Option<usize>,
     pub cancel: CancellationFlag,
 }
 
@@ -69,6 +78,8 @@ impl GenerationRequest {
             sampling: SamplingParams::default(),
             max_tokens: 256,
             stop: Vec::new(),
+            grammar: None,
+            logprobs: None,
             cancel: CancellationFlag::new(),
         }
     }
@@ -93,6 +104,56 @@ pub struct TokenEvent {
     /// Text that became final with this token (may be empty while UTF-8 or a possible stop
     /// sequence is incomplete).
     pub text: String,
+    /// The token's log probability and the most likely alternatives, when asked for
+    /// ([`GenerationRequest::logprobs`]).
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// Log probabilities (natural log) of one generated token and its likeliest
+/// alternatives, from the distribution the sampler drew from before temperature and
+/// truncation: the model's logits after the presence and frequency penalties and any
+/// output constraint, as OpenAI reports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    /// Most likely first; as many as asked for (fewer when fewer tokens are possible).
+    pub top: Vec<(TokenId, f32)>,
+}
+
+impl TokenLogprobs {
+    /// Log-softmax of `logits` at `token`, and the `top` likeliest tokens.
+    fn of(logits: &[f32], token: TokenId, top: usize) -> TokenLogprobs {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits
+            .iter()
+            .filter(|logit| logit.is_finite())
+            .map(|&logit| f64::from(logit - max).exp())
+            .sum();
+        let log_total = max + sum.ln() as f32;
+        let logprob = |logit: f32| logit - log_total;
+        let mut best: Vec<(TokenId, f32)> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            for (index, &logit) in logits.iter().enumerate() {
+                if !logit.is_finite() {
+                    continue;
+                }
+                if best.len() < top || logit > best[best.len() - 1].1 {
+                    let at = best.partition_point(|&(_, other)| other >= logit);
+                    best.insert(at, (index as TokenId, logit));
+                    best.truncate(top);
+                }
+            }
+        }
+        TokenLogprobs {
+            logprob: logits
+                .get(token as usize)
+                .map_or(f32::NEG_INFINITY, |&logit| logprob(logit)),
+            top: best
+                .into_iter()
+                .map(|(token, logit)| (token, logprob(logit)))
+                .collect(),
+        }
+    }
 }
 
 /// The result of a finished generation.
@@ -113,6 +174,8 @@ pub struct Engine {
     tokenizer: Tokenizer,
     template: ChatTemplate,
     pool: rayon::ThreadPool,
+    /// The grammar compiler over this vocabulary, built by the first constrained request.
+    constraints: OnceLock<Result<Constraints, String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -145,6 +208,7 @@ impl Engine {
             tokenizer,
             template,
             pool,
+            constraints: OnceLock::new(),
         })
     }
 
@@ -213,6 +277,20 @@ impl Engine {
         self.template.render(messages, add_generation_prompt)
     }
 
+    /// Compiles `grammar` for this model's vocabulary, as a request carrying it would be:
+    /// lets a server refuse a bad schema before it queues the request.
+    pub fn check_grammar(&self, grammar: &Grammar) -> Result<(), EngineError> {
+        self.start_constraint(grammar).map(drop)
+    }
+
+    fn start_constraint(&self, grammar: &Grammar) -> Result<OutputConstraint, EngineError> {
+        self.constraints
+            .get_or_init(|| Constraints::new(&self.tokenizer).map_err(|error| error.to_string()))
+            .as_ref()
+            .map_err(|message| EngineError::InvalidRequest(message.clone()))?
+            .start(grammar)
+    }
+
     /// Tokenizes a prompt.
     pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<TokenId>, EngineError> {
         Ok(match prompt {
@@ -221,6 +299,11 @@ impl Engine {
                 self.tokenizer
                     .encode(&self.render_chat(messages, true)?, true, None)
             }
+            Prompt::ToolChat(messages, tools) => self.tokenizer.encode(
+                &self.template.render_tool_chat(messages, tools, true)?,
+                true,
+                None,
+            ),
             Prompt::Tokens(tokens) => tokens.clone(),
         })
     }
@@ -274,6 +357,9 @@ impl Engine {
             if let Some(event) = sequence.accept_logits(self, &mut logits) {
                 on_token(&event);
             }
+            if let Some(error) = sequence.take_failure() {
+                return Err(error);
+            }
             if sequence.finished.is_some() {
                 return Ok(sequence.finish());
             }
@@ -292,6 +378,10 @@ pub(crate) struct Sequence {
     pub(crate) cache: KvCache,
     pub(crate) prompt: Vec<TokenId>,
     sampler: Sampler,
+    logprobs: Option<usize>,
+    constraint: Option<OutputConstraint>,
+    /// Set when constrained decoding failed; the sequence is then finished.
+    failure: Option<EngineError>,
     history: Vec<TokenId>,
     generated: Vec<TokenId>,
     utf8: Utf8Stream,
@@ -329,6 +419,13 @@ impl Sequence {
         Ok(Sequence {
             cache: engine.model.new_cache(),
             sampler: Sampler::new(request.sampling.clone()),
+            logprobs: request.logprobs,
+            constraint: request
+                .grammar
+                .as_ref()
+                .map(|grammar| engine.start_constraint(grammar))
+                .transpose()?,
+            failure: None,
             history: prompt.clone(),
             prompt,
             generated: Vec::new(),
@@ -373,14 +470,32 @@ impl Sequence {
             self.finished = Some(FinishReason::Length);
             return None;
         }
+        self.sampler.penalize(logits, &self.generated);
+        if let Some(constraint) = &mut self.constraint
+            && let Err(error) = constraint.mask(logits)
+        {
+            return self.fail(error);
+        }
+        // Before sampling: the sampler may change the logits (its repetition penalty).
+        let reported = self.logprobs.map(|top| (logits.to_vec(), top));
         let token = self.sampler.sample(logits, &self.history);
+        let logprobs = reported.map(|(logits, top)| TokenLogprobs::of(&logits, token, top));
+        if let Some(constraint) = &mut self.constraint
+            && let Err(error) = constraint.accept(token)
+        {
+            return self.fail(error);
+        }
         self.first_token_at.get_or_insert_with(Instant::now);
         self.history.push(token);
         self.generated.push(token);
         if engine.tokenizer.is_end_of_generation(token) {
             self.finished = Some(FinishReason::EndOfSequence);
             let text = self.take_final_text();
-            return Some(TokenEvent { token, text });
+            return Some(TokenEvent {
+                token,
+                text,
+                logprobs,
+            });
         }
         let piece = self.utf8.push(&engine.tokenizer.token_bytes(token, false));
         self.text.push_str(&piece);
@@ -405,6 +520,15 @@ impl Sequence {
             }
         }
         if self.finished.is_none()
+            && self
+                .constraint
+                .as_ref()
+                .is_some_and(OutputConstraint::is_stopped)
+        {
+            // The grammar admits nothing more: the output is complete.
+            self.finished = Some(FinishReason::EndOfSequence);
+        }
+        if self.finished.is_none()
             && (self.generated.len() >= self.max_tokens
                 || self.cache.len() + 1 >= engine.context_length())
         {
@@ -417,7 +541,23 @@ impl Sequence {
             self.emitted = safe_end;
             text
         };
-        Some(TokenEvent { token, text })
+        Some(TokenEvent {
+            token,
+            text,
+            logprobs,
+        })
+    }
+
+    /// Ends the sequence because its constraint failed; the caller reports the error.
+    fn fail(&mut self, error: EngineError) -> Option<TokenEvent> {
+        self.failure = Some(error);
+        self.finished = Some(FinishReason::Cancelled);
+        None
+    }
+
+    /// The error that ended the sequence, if one did.
+    pub(crate) fn take_failure(&mut self) -> Option<EngineError> {
+        self.failure.take()
     }
 
     fn take_final_text(&mut self) -> String {
@@ -436,6 +576,9 @@ impl Sequence {
             cache: engine.model.new_cache(),
             prompt: Vec::new(),
             sampler: Sampler::new(SamplingParams::greedy()),
+            logprobs: None,
+            constraint: None,
+            failure: None,
             history: Vec::new(),
             generated: Vec::new(),
             utf8: Utf8Stream::default(),

@@ -52,6 +52,7 @@
 #[cfg(feature = "burn")]
 pub mod burn_graph;
 pub mod chat;
+mod constraint;
 mod embed;
 mod error;
 mod generate;
@@ -62,14 +63,17 @@ mod scheduler;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokenizer;
+pub mod tools;
 
 pub use error::EngineError;
 
 #[cfg(test)]
 mod tests;
 pub use chat::ChatMessage;
+pub use constraint::Grammar;
 pub use embed::{Embedding, Pooling, cosine, normalize};
 pub use generate::{
+    TokenLogprobs,
     CancellationFlag, Engine, EngineOptions, FinishReason, GenerationOutput, GenerationRequest,
     Prompt, TokenEvent,
 };

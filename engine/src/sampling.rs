@@ -18,6 +18,12 @@ pub struct SamplingParams {
     pub repetition_penalty: f32,
     /// How many recent tokens the penalty looks at.
     pub repetition_window: usize,
+    /// Subtracted once from the logit of every token already generated (OpenAI's
+    /// `presence_penalty`, within [-2, 2]; 0 disables).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated (OpenAI's
+    /// `frequency_penalty`, within [-2, 2]; 0 disables).
+    pub frequency_penalty: f32,
     /// Seed for reproducible sampling; `None` seeds from the clock.
     pub seed: Option<u64>,
 }
@@ -31,6 +37,8 @@ impl Default for SamplingParams {
             min_p: 0.05,
             repetition_penalty: 1.0,
             repetition_window: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: None,
         }
     }
@@ -61,6 +69,14 @@ impl SamplingParams {
                 "repetition_penalty {} must be > 0",
                 self.repetition_penalty
             ));
+        }
+        for (name, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(value.is_finite() && (-2.0..=2.0).contains(&value)) {
+                return Err(format!("{name} {value} must be within [-2, 2]"));
+            }
         }
         Ok(())
     }
@@ -122,6 +138,24 @@ impl Sampler {
         Sampler {
             rng: Rng::new(seed),
             params,
+        }
+    }
+
+    /// Applies the presence and frequency penalties for the tokens `generated` so far
+    /// (OpenAI's definition: the prompt does not count).
+    pub fn penalize(&self, logits: &mut [f32], generated: &[TokenId]) {
+        let (presence, frequency) = (self.params.presence_penalty, self.params.frequency_penalty);
+        if (presence == 0.0 && frequency == 0.0) || generated.is_empty() {
+            return;
+        }
+        let mut counts: std::collections::HashMap<TokenId, u32> = std::collections::HashMap::new();
+        for &token in generated {
+            *counts.entry(token).or_default() += 1;
+        }
+        for (token, count) in counts {
+            if let Some(logit) = logits.get_mut(token as usize) {
+                *logit -= presence + frequency * count as f32;
+            }
         }
     }
 
@@ -278,6 +312,23 @@ mod tests {
         let mut values = logits();
         let best = argmax(&values);
         assert_ne!(sampler.sample(&mut values, &[best]), best);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_generated_tokens() {
+        let sampler = Sampler::new(SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..SamplingParams::greedy()
+        });
+        let mut values = vec![1.0f32; 4];
+        sampler.penalize(&mut values, &[2, 2, 3]);
+        assert_eq!(values, vec![1.0, 1.0, 1.0 - 0.5 - 0.5, 1.0 - 0.5 - 0.25]);
+        let out_of_range = SamplingParams {
+            frequency_penalty: 2.5,
+            ..SamplingParams::default()
+        };
+        assert!(out_of_range.validate().is_err());
     }
 
     #[test]

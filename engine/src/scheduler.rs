@@ -273,6 +273,10 @@ fn deliver(engine: &Engine, active: &mut Active, logits: &mut [f32]) -> bool {
         // The receiver is gone: the client stopped listening.
         return false;
     }
+    if let Some(error) = active.sequence.take_failure() {
+        let _ = active.events.send(GenerationEvent::Failed(error));
+        return false;
+    }
     if active.sequence.finished.is_some() {
         let sequence = std::mem::replace(&mut active.sequence, Sequence::placeholder(engine));
         let _ = active

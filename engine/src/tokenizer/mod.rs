@@ -312,6 +312,15 @@ impl Tokenizer {
         Some(token) == self.eos || Some(token) == self.eot
     }
 
+    /// Whether a token is a control token (`<|im_end|>`, `<|eot_id|>`): never part of text
+    /// (unknown and unused entries count too, since text never produces them).
+    pub fn is_control(&self, token: TokenId) -> bool {
+        matches!(
+            self.kinds.get(token as usize),
+            Some(TokenKind::Control | TokenKind::Unknown | TokenKind::Unused)
+        )
+    }
+
     /// The raw vocabulary entry of a token.
     pub fn token_text(&self, token: TokenId) -> Option<&str> {
         self.tokens.get(token as usize).map(String::as_str)

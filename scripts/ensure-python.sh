@@ -26,6 +26,14 @@ if ! .venv/bin/python -c 'import openai, ollama, grpc_tools, grpc_reflection' 2>
   .venv/bin/pip install --quiet --disable-pip-version-check 'openai>=1.40' 'ollama>=0.4' \
     'grpcio-tools>=1.60' 'grpcio-reflection>=1.60'
 fi
+# The orchestration layer users build on a node (issue 17): LangChain with
+# its OpenAI, Ollama and Chroma integrations, Chroma itself, and LiteLLM.
+if ! .venv/bin/python -c 'import langchain_openai, langchain_ollama, langchain_chroma, chromadb, litellm' 2>/dev/null; then
+  log "installing langchain-openai, langchain-ollama, langchain-chroma, chromadb, litellm"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'langchain-core>=0.3' \
+    'langchain-openai>=0.3' 'langchain-ollama>=0.3' 'langchain-chroma>=0.2' 'chromadb>=1.0' \
+    'litellm>=1.60'
+fi
 # gguf-py (llama.cpp's Python package for the format): an independent dequantizer the
 # engine's weight kernels are tested against (engine/tests/kernel_dequantize.rs).
 if ! .venv/bin/python -c 'import gguf.quants' 2>/dev/null; then

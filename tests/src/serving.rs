@@ -257,12 +257,14 @@ async fn grpc_chat_over(
             messages: vec![pb::ChatMessage {
                 role: "user".to_owned(),
                 content: question.to_owned(),
+                ..Default::default()
             }],
             options: Some(pb::SamplingOptions {
                 temperature: Some(0.0),
                 max_tokens: Some(max_tokens),
                 ..pb::SamplingOptions::default()
             }),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -359,6 +361,7 @@ pub async fn assert_unknown_model_not_found(http: &str, grpc: &str) -> anyhow::R
             model: UNKNOWN.to_owned(),
             prompt: "Hello".to_owned(),
             options: None,
+            ..Default::default()
         })
         .await
         .err()

@@ -106,12 +106,14 @@ async fn traced_grpc_chat(url: &str, traceparent: &str) -> anyhow::Result<()> {
         messages: vec![pb::ChatMessage {
             role: "user".to_owned(),
             content: "Say hi.".to_owned(),
+            ..Default::default()
         }],
         options: Some(pb::SamplingOptions {
             temperature: Some(0.0),
             max_tokens: Some(4),
             ..pb::SamplingOptions::default()
         }),
+        ..Default::default()
     });
     request
         .metadata_mut()

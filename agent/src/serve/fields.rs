@@ -169,10 +169,6 @@ pub(super) fn is_false(value: &Value) -> bool {
     value == &Value::Bool(false)
 }
 
-pub(super) fn is_true(value: &Value) -> bool {
-    value == &Value::Bool(true)
-}
-
 pub(super) fn is_zero(value: &Value) -> bool {
     value.as_f64() == Some(0.0)
 }

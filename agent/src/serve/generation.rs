@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use flotilla_engine::{EngineError, GenerationEvent, GenerationRequest, RequestHandle};
+use flotilla_engine::{
+    EngineError, GenerationEvent, GenerationRequest, RequestHandle, TokenId, TokenLogprobs,
+};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -75,19 +77,62 @@ pub struct Finished {
 }
 
 /// A piece of a generation's stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Chunk {
-    /// Text that became final (never empty).
-    Text(String),
+    /// Text that became final (never empty), with the log probabilities of the tokens
+    /// that made it when the request asked for them.
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The last chunk.
     Finished(Finished),
 }
 
+/// One generated token's log probability (natural log) and its likeliest alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: Alternative,
+    pub top: Vec<Alternative>,
+}
+
+/// A token as the logprob APIs show it: its text (invalid UTF-8 of a partial
+/// character lossily), its bytes, and its log probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alternative {
+    pub text: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+impl TokenLogprob {
+    fn new(engine: &flotilla_engine::Engine, token: TokenId, logprobs: TokenLogprobs) -> Self {
+        let alternative = |token: TokenId, logprob: f32| {
+            let bytes = engine.tokenizer().token_bytes(token, true);
+            Alternative {
+                text: String::from_utf8_lossy(&bytes).into_owned(),
+                bytes,
+                logprob,
+            }
+        };
+        TokenLogprob {
+            token: alternative(token, logprobs.logprob),
+            top: logprobs
+                .top
+                .into_iter()
+                .map(|(token, logprob)| alternative(token, logprob))
+                .collect(),
+        }
+    }
+}
+
 /// A whole answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub text: String,
     pub finished: Finished,
+    /// Per token, when the request asked for them.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// A generation that the engine accepted and started: its first chunk (or
@@ -182,8 +227,12 @@ impl Generation {
         config: &ServeConfig,
         request: InferenceRequest,
     ) -> Result<(RequestHandle, Admission), ServeError> {
-        request.params.validate()?;
-        let mut engine_request = GenerationRequest::new(served.prompt(request.input)?);
+        request.validate()?;
+        let grammar = request.grammar();
+        let tools = request.tools.map(|tools| tools.specs);
+        let mut engine_request = GenerationRequest::new(served.prompt(request.input, tools)?);
+        engine_request.grammar = grammar;
+        engine_request.logprobs = request.logprobs;
         engine_request.sampling = request.params.sampling();
         engine_request.max_tokens = request
             .params
@@ -216,10 +265,23 @@ impl Generation {
     /// Collects the whole answer.
     pub async fn complete(mut self) -> Result<Completion, ServeError> {
         let mut text = String::new();
+        let mut all_logprobs = Vec::new();
         while let Some(chunk) = self.next().await {
             match chunk? {
-                Chunk::Text(piece) => text.push_str(&piece),
-                Chunk::Finished(finished) => return Ok(Completion { text, finished }),
+                Chunk::Text {
+                    text: piece,
+                    logprobs,
+                } => {
+                    text.push_str(&piece);
+                    all_logprobs.extend(logprobs);
+                }
+                Chunk::Finished(finished) => {
+                    return Ok(Completion {
+                        text,
+                        finished,
+                        logprobs: all_logprobs,
+                    });
+                }
             }
         }
         Err(ServeError::Internal(
@@ -303,6 +365,8 @@ impl Bridge {
     fn forward(&mut self, model: &str) -> Result<Option<Finished>, ServeError> {
         let mut first_token_at: Option<Instant> = None;
         let mut previous_token_at: Option<Instant> = None;
+        // Log probabilities of tokens whose text is not final yet.
+        let mut pending_logprobs: Vec<TokenLogprob> = Vec::new();
         loop {
             if self.sender.is_closed() {
                 self.handle.cancel.cancel();
@@ -329,10 +393,19 @@ impl Bridge {
                         model,
                         previous_token_at.replace(now).map(|at| now - at),
                     );
+                    let engine = self.served.engine();
+                    if let Some(logprobs) = token.logprobs
+                        && !engine.tokenizer().is_end_of_generation(token.token)
+                    {
+                        pending_logprobs.push(TokenLogprob::new(engine, token.token, logprobs));
+                    }
                     if !token.text.is_empty()
                         && self
                             .sender
-                            .blocking_send(Ok(Chunk::Text(token.text)))
+                            .blocking_send(Ok(Chunk::Text {
+                                text: token.text,
+                                logprobs: std::mem::take(&mut pending_logprobs),
+                            }))
                             .is_err()
                     {
                         self.handle.cancel.cancel();

@@ -17,10 +17,12 @@ use super::auth::{PRINCIPAL_HEADER, admit};
 use super::embedding::{self, EmbeddingInput, EmbeddingRequest, Overflow};
 use super::forward::{self, GrpcAnswer, GrpcCall};
 use super::http::{MODEL_DIGEST_HEADER, MODEL_VERSION_HEADER};
+use super::request::{OutputFormat, Tools};
 use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
     Role, ServeError, Serving,
 };
+use flotilla_engine::tools::{ToolCall, ToolChoice, ToolSpec, parse_tool_calls};
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateResponse, Status>> + Send>>;
 
@@ -37,6 +39,8 @@ fn params(options: Option<pb::SamplingOptions>) -> Params {
         top_k: options.top_k,
         min_p: None,
         repetition_penalty: options.repetition_penalty,
+        presence_penalty: options.presence_penalty,
+        frequency_penalty: options.frequency_penalty,
         seed: options.seed,
         stop: options.stop,
     }
@@ -51,11 +55,10 @@ impl TryFrom<pb::GenerateRequest> for InferenceRequest {
                 "prompt must not be empty".to_owned(),
             ));
         }
-        Ok(InferenceRequest {
-            model: wire.model,
-            input: Input::Text(wire.prompt),
-            params: params(wire.options),
-        })
+        let mut request =
+            InferenceRequest::new(wire.model, Input::Text(wire.prompt), params(wire.options));
+        request.format = output_format(wire.format)?;
+        Ok(request)
     }
 }
 
@@ -71,14 +74,80 @@ impl TryFrom<pb::ChatRequest> for InferenceRequest {
         let messages = wire
             .messages
             .into_iter()
-            .map(|message| Ok(Message::new(Role::parse(&message.role)?, message.content)))
+            .map(|message| {
+                let mut parsed = Message::new(Role::parse(&message.role)?, message.content);
+                parsed.tool_calls = message
+                    .tool_calls
+                    .into_iter()
+                    .map(|call| {
+                        Ok(ToolCall {
+                            arguments: json_text(
+                                &call.arguments_json,
+                                "tool_calls.arguments_json",
+                            )?
+                            .unwrap_or_else(|| serde_json::json!({})),
+                            name: call.name,
+                        })
+                    })
+                    .collect::<Result<_, ServeError>>()?;
+                Ok(parsed)
+            })
             .collect::<Result<Vec<_>, ServeError>>()?;
-        Ok(InferenceRequest {
-            model: wire.model,
-            input: Input::Chat(messages),
-            params: params(wire.options),
-        })
+        let specs = wire
+            .tools
+            .into_iter()
+            .map(|tool| {
+                Ok(ToolSpec {
+                    parameters: json_text(&tool.parameters_json, "tools.parameters_json")?
+                        .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+                    description: (!tool.description.is_empty()).then_some(tool.description),
+                    name: tool.name,
+                })
+            })
+            .collect::<Result<Vec<_>, ServeError>>()?;
+        let choice = match wire.tool_choice.as_str() {
+            "none" => None,
+            "" | "auto" => (!specs.is_empty()).then_some(ToolChoice::Auto),
+            "required" => Some(ToolChoice::Required),
+            name => Some(ToolChoice::Function(name.to_owned())),
+        };
+        let mut request =
+            InferenceRequest::new(wire.model, Input::Chat(messages), params(wire.options));
+        request.format = output_format(wire.format)?;
+        request.tools = choice.map(|choice| Tools {
+            specs,
+            choice,
+            parallel: !wire.single_tool_call,
+        });
+        Ok(request)
     }
+}
+
+/// JSON text from a wire field; `None` when empty.
+fn json_text(text: &str, field: &str) -> Result<Option<serde_json::Value>, ServeError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|error| ServeError::InvalidRequest(format!("{field} is not JSON: {error}")))
+}
+
+fn output_format(format: Option<pb::OutputFormat>) -> Result<OutputFormat, ServeError> {
+    Ok(match format.and_then(|format| format.kind) {
+        None | Some(pb::output_format::Kind::JsonObject(false)) => OutputFormat::Text,
+        Some(pb::output_format::Kind::JsonObject(true)) => OutputFormat::JsonObject,
+        Some(pb::output_format::Kind::JsonSchema(schema)) => {
+            match json_text(&schema, "format.json_schema")? {
+                Some(schema @ serde_json::Value::Object(_)) => OutputFormat::JsonSchema(schema),
+                _ => {
+                    return Err(ServeError::InvalidRequest(
+                        "format.json_schema must be a JSON Schema object".to_owned(),
+                    ));
+                }
+            }
+        }
+    })
 }
 
 impl TryFrom<pb::EmbedRequest> for EmbeddingRequest {
@@ -142,10 +211,16 @@ impl InferenceService {
         call: GrpcCall,
     ) -> Result<Response<ResponseStream>, Status> {
         let model = request.model.clone();
+        let calls_tools = request.tools.is_some();
         match Generation::start(&self.serving.slot, &self.serving.config, request).await {
             Ok(generation) => {
                 let served = generation.model.clone();
-                let mut response = Response::new(Self::stream(generation, model));
+                let stream = if calls_tools {
+                    Self::whole_with_calls(generation, model).await?
+                } else {
+                    Self::stream(generation, model)
+                };
+                let mut response = Response::new(stream);
                 // As the HTTP API's headers: which version and artifact
                 // answered (a forwarding peer checks the digest).
                 let answered = response.metadata_mut();
@@ -174,19 +249,63 @@ impl InferenceService {
         }
     }
 
+    /// An answer that may call tools, whole: its text in one message, then
+    /// the final one with the calls (a call is known only once complete).
+    async fn whole_with_calls(
+        generation: Generation,
+        requested: String,
+    ) -> Result<ResponseStream, Status> {
+        let version = generation.model.version.clone();
+        let completion = generation.complete().await?;
+        let (text, calls) = parse_tool_calls(&completion.text);
+        let reason = if calls.is_empty() {
+            finish_reason(completion.finished.reason)
+        } else {
+            pb::FinishReason::ToolCalls
+        };
+        let messages = [
+            pb::GenerateResponse {
+                model: requested.clone(),
+                text,
+                done: false,
+                finish_reason: pb::FinishReason::Unspecified.into(),
+                usage: None,
+                version: String::new(),
+                tool_calls: Vec::new(),
+            },
+            pb::GenerateResponse {
+                model: requested,
+                text: String::new(),
+                done: true,
+                finish_reason: reason.into(),
+                usage: Some(usage(&completion.finished)),
+                version,
+                tool_calls: calls
+                    .into_iter()
+                    .map(|call| pb::ToolCall {
+                        name: call.name,
+                        arguments_json: call.arguments.to_string(),
+                    })
+                    .collect(),
+            },
+        ];
+        Ok(Box::pin(futures::stream::iter(messages.map(Ok))))
+    }
+
     /// The generation's messages, naming the model as the request did
     /// (`requested`: an alias, or a `name:tag`).
     fn stream(generation: Generation, requested: String) -> ResponseStream {
         let model = requested;
         let version = generation.model.version.clone();
         let stream = generation.into_stream().map(move |item| match item {
-            Ok(Chunk::Text(text)) => Ok(pb::GenerateResponse {
+            Ok(Chunk::Text { text, .. }) => Ok(pb::GenerateResponse {
                 model: model.clone(),
                 text,
                 done: false,
                 finish_reason: pb::FinishReason::Unspecified.into(),
                 usage: None,
                 version: String::new(),
+                tool_calls: Vec::new(),
             }),
             // The version once, with the usage: which one answered.
             Ok(Chunk::Finished(finished)) => Ok(pb::GenerateResponse {
@@ -196,6 +315,7 @@ impl InferenceService {
                 finish_reason: finish_reason(finished.reason).into(),
                 usage: Some(usage(&finished)),
                 version: version.clone(),
+                tool_calls: Vec::new(),
             }),
             Err(error) => Err(error.to_grpc_status()),
         });

@@ -51,6 +51,7 @@ mod openai;
 pub mod request;
 mod scrub;
 pub mod stats;
+mod tool_wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

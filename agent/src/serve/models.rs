@@ -20,6 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use flotilla_engine::chat::ChatTemplate;
+use flotilla_engine::tools::ToolSpec;
 use flotilla_engine::{
     ChatMessage, Engine, EngineOptions, GenerationEvent, GenerationRequest, Prompt, SamplingParams,
     Scheduler, SchedulerConfig,
@@ -246,7 +247,7 @@ impl ServedModel {
             Input::Text("Hello".to_owned())
         };
         let prompt = self
-            .prompt(input)
+            .prompt(input, None)
             .map_err(|error| format!("warm-up prompt failed: {error}"))?;
         let mut request = GenerationRequest::new(prompt);
         request.sampling = SamplingParams::greedy();
@@ -334,17 +335,21 @@ impl ServedModel {
     /// The engine prompt for `input`: raw text as is; a chat with the
     /// assigned system prompt applied under its policy and rendered with the
     /// assignment's template if it has one.
-    pub fn prompt(&self, input: Input) -> Result<Prompt, ServeError> {
+    /// With `tools`, the model is told it may call them (see `flotilla_engine::tools`).
+    pub fn prompt(&self, input: Input, tools: Option<Vec<ToolSpec>>) -> Result<Prompt, ServeError> {
         match input {
             Input::Text(text) => Ok(Prompt::Text(text)),
             Input::Chat(messages) => {
                 let messages = self.prompt.apply(messages)?;
-                match &self.prompt.template {
-                    None => Ok(Prompt::Chat(messages)),
-                    Some(template) => template
-                        .render(&messages, true)
-                        .map(Prompt::Text)
-                        .map_err(|error| ServeError::InvalidRequest(error.to_string())),
+                match (&self.prompt.template, tools) {
+                    (None, None) => Ok(Prompt::Chat(messages)),
+                    (None, Some(tools)) => Ok(Prompt::ToolChat(messages, tools)),
+                    (Some(template), tools) => match tools {
+                        None => template.render(&messages, true),
+                        Some(tools) => template.render_tool_chat(&messages, &tools, true),
+                    }
+                    .map(Prompt::Text)
+                    .map_err(|error| ServeError::InvalidRequest(error.to_string())),
                 }
             }
         }
@@ -438,9 +443,11 @@ impl PromptPolicy {
             }
             (None, _) => {}
         }
-        out.extend(
-            messages.map(|message| ChatMessage::new(message.role.as_str(), message.content)),
-        );
+        out.extend(messages.map(|message| {
+            let mut chat = ChatMessage::new(message.role.as_str(), message.content);
+            chat.tool_calls = message.tool_calls;
+            chat
+        }));
         Ok(out)
     }
 }

@@ -23,16 +23,17 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
+use flotilla_engine::tools::{ToolChoice, parse_tool_calls};
+
 use super::fields::{self, Rule};
 use super::forward::HttpIncoming;
 use super::http::{HttpState, incoming, with_retry_after, with_served_model};
+use super::request::Tools;
+use super::tool_wire::{ToolCallIn, ToolIn, ollama_format, replayed_calls, tool_specs};
 use super::{
     Chunk, Finished, Generation, InferenceRequest, Input, Message, Params, Role, ServeError,
 };
 
-const NO_TOOLS: &str = "tool calling is not implemented on this node; only null or [] is accepted";
-const NO_FORMAT: &str =
-    "structured output is not implemented on this node; only \"\" (free text) is accepted";
 const NO_THINKING: &str = "the served models do not think aloud: only false is accepted";
 const NO_LOGPROBS: &str = "log probabilities are not implemented on this node";
 const NO_IMAGES: &str = "image generation is not implemented on this node";
@@ -45,13 +46,8 @@ const COMMON_FIELDS: &[(&str, Rule)] = &[
     ("stream", Rule::Supported),
     ("options", Rule::Supported),
     ("keep_alive", Rule::NoEffect),
-    (
-        "format",
-        Rule::DefaultOnly {
-            accepts: fields::is_empty,
-            why: NO_FORMAT,
-        },
-    ),
+    // `"json"` or a JSON Schema, enforced by constrained decoding.
+    ("format", Rule::Supported),
     (
         "think",
         Rule::DefaultOnly {
@@ -127,36 +123,18 @@ const GENERATE_FIELDS: &[(&str, Rule)] = &[
 ];
 
 /// `/api/chat` beyond [`COMMON_FIELDS`]. The `ollama` client sends
-/// `"tools": []` on every chat.
-const CHAT_FIELDS: &[(&str, Rule)] = &[
-    ("messages", Rule::Supported),
-    (
-        "tools",
-        Rule::DefaultOnly {
-            accepts: fields::is_empty,
-            why: NO_TOOLS,
-        },
-    ),
-];
+/// `"tools": []` on every chat; with tools, the model may call them (as
+/// OpenAI's `"auto"`).
+const CHAT_FIELDS: &[(&str, Rule)] = &[("messages", Rule::Supported), ("tools", Rule::Supported)];
 
 const MESSAGE_FIELDS: &[(&str, Rule)] = &[
     ("role", Rule::Supported),
     ("content", Rule::Supported),
     ("images", Rule::Supported),
-    (
-        "tool_calls",
-        Rule::DefaultOnly {
-            accepts: fields::is_empty,
-            why: NO_TOOLS,
-        },
-    ),
-    (
-        "tool_name",
-        Rule::DefaultOnly {
-            accepts: fields::is_empty,
-            why: NO_TOOLS,
-        },
-    ),
+    ("tool_calls", Rule::Supported),
+    // Pairs a result with its call; the templates pair them by order, as
+    // the models were trained.
+    ("tool_name", Rule::NoEffect),
     (
         "thinking",
         Rule::DefaultOnly {
@@ -180,6 +158,8 @@ pub(super) const OPTIONS_FIELDS: &[(&str, Rule)] = &[
     ("num_predict", Rule::Supported),
     ("stop", Rule::Supported),
     ("repeat_penalty", Rule::Supported),
+    ("presence_penalty", Rule::Supported),
+    ("frequency_penalty", Rule::Supported),
     ("numa", Rule::NoEffect),
     ("num_ctx", Rule::NoEffect),
     ("num_batch", Rule::NoEffect),
@@ -212,20 +192,6 @@ pub(super) const OPTIONS_FIELDS: &[(&str, Rule)] = &[
         Rule::DefaultOnly {
             accepts: fields::is_one,
             why: "tail-free sampling is not implemented on this node; only 1 is accepted",
-        },
-    ),
-    (
-        "presence_penalty",
-        Rule::DefaultOnly {
-            accepts: fields::is_zero,
-            why: "presence penalty is not implemented on this node; only 0 is accepted",
-        },
-    ),
-    (
-        "frequency_penalty",
-        Rule::DefaultOnly {
-            accepts: fields::is_zero,
-            why: "frequency penalty is not implemented on this node; only 0 is accepted",
         },
     ),
     (
@@ -291,6 +257,8 @@ struct Options {
     num_predict: Option<i64>,
     stop: Option<Vec<String>>,
     repeat_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
 }
 
 impl Options {
@@ -314,6 +282,8 @@ impl Options {
             top_k: self.top_k,
             min_p: self.min_p,
             repetition_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
             // Ollama's seed is an int; a negative one means random.
             seed: self.seed.and_then(|seed| u64::try_from(seed).ok()),
             stop: self.stop.unwrap_or_default(),
@@ -334,6 +304,7 @@ struct GenerateRequest {
     options: Options,
     #[serde(default)]
     images: Vec<Value>,
+    format: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +314,7 @@ struct ChatMessageIn {
     content: String,
     #[serde(default)]
     images: Vec<Value>,
+    tool_calls: Option<Vec<ToolCallIn>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -353,6 +325,8 @@ struct ChatRequest {
     stream: Option<bool>,
     #[serde(default)]
     options: Options,
+    format: Option<Value>,
+    tools: Option<Vec<ToolIn>>,
 }
 
 /// `{"error": "..."}` with the status and `Retry-After` the error maps to.
@@ -412,15 +386,9 @@ pub(super) async fn generate(
             messages.push(Message::new(Role::User, request.prompt.clone()));
             Input::Chat(messages)
         };
-        Ok((
-            request.prompt.is_empty(),
-            InferenceRequest {
-                model: request.model,
-                input,
-                params: request.options.params()?,
-            },
-            stream,
-        ))
+        let mut inference = InferenceRequest::new(request.model, input, request.options.params()?);
+        inference.format = ollama_format(request.format)?;
+        Ok((request.prompt.is_empty(), inference, stream))
     });
     let (empty_prompt, request, stream) = match parsed {
         Ok(parsed) => parsed,
@@ -468,17 +436,24 @@ pub(super) async fn chat(
             .into_iter()
             .map(|message| {
                 no_images(&message.images)?;
-                Ok(Message::new(Role::parse(&message.role)?, message.content))
+                let mut parsed = Message::new(Role::parse(&message.role)?, message.content);
+                parsed.tool_calls = replayed_calls(message.tool_calls.unwrap_or_default())?;
+                Ok(parsed)
             })
             .collect::<Result<Vec<_>, ServeError>>()?;
-        Ok((
-            InferenceRequest {
-                model: request.model,
-                input: Input::Chat(messages),
-                params: request.options.params()?,
-            },
-            request.stream.unwrap_or(true),
-        ))
+        let specs = tool_specs(request.tools.unwrap_or_default())?;
+        let mut inference = InferenceRequest::new(
+            request.model,
+            Input::Chat(messages),
+            request.options.params()?,
+        );
+        inference.format = ollama_format(request.format)?;
+        inference.tools = (!specs.is_empty()).then(|| Tools {
+            specs,
+            choice: ToolChoice::Auto,
+            parallel: true,
+        });
+        Ok((inference, request.stream.unwrap_or(true)))
     });
     let (request, stream) = match parsed {
         Ok(parsed) => parsed,
@@ -495,6 +470,7 @@ async fn respond(
     forwarded: HttpIncoming,
 ) -> Response {
     let requested = request.model.clone();
+    let calls_tools = request.tools.is_some();
     let generation =
         match Generation::start(&state.serving.slot, &state.serving.config, request).await {
             Ok(generation) => generation,
@@ -507,22 +483,46 @@ async fn respond(
     let served = generation.model.clone();
     // As the client named it (an alias, `name:tag`), as Ollama echoes it.
     let model = requested;
-    if !stream {
-        let response = match generation.complete().await {
-            Ok(completion) => Json(final_object(
-                kind,
-                &model,
-                &completion.text,
-                &completion.finished,
-            ))
-            .into_response(),
-            Err(error) => error_response(&error),
+    if !stream || calls_tools {
+        // A call is known only once its block is complete, so an answer that
+        // may call tools is streamed as a whole: one message, then the end.
+        let completion = match generation.complete().await {
+            Ok(completion) => completion,
+            Err(error) => return with_served_model(&served, error_response(&error)),
         };
+        let (content, calls) = if calls_tools {
+            parse_tool_calls(&completion.text)
+        } else {
+            (completion.text.clone(), Vec::new())
+        };
+        let with_calls = |mut value: Value| {
+            if !calls.is_empty() {
+                value["message"]["tool_calls"] = calls
+                    .iter()
+                    .map(|call| json!({"function": {"name": call.name, "arguments": call.arguments}}))
+                    .collect();
+            }
+            value
+        };
+        if !stream {
+            let whole = final_object(kind, &model, &content, &completion.finished);
+            return with_served_model(&served, Json(with_calls(whole)).into_response());
+        }
+        let body = format!(
+            "{}\n{}\n",
+            with_calls(piece(kind, &model, &content)),
+            final_object(kind, &model, "", &completion.finished)
+        );
+        let response = (
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            Body::from(body),
+        )
+            .into_response();
         return with_served_model(&served, response);
     }
     let lines = generation.into_stream().map(move |item| {
         let value = match item {
-            Ok(Chunk::Text(text)) => piece(kind, &model, &text),
+            Ok(Chunk::Text { text, .. }) => piece(kind, &model, &text),
             Ok(Chunk::Finished(finished)) => final_object(kind, &model, "", &finished),
             Err(error) => json!({"error": error.to_string()}),
         };

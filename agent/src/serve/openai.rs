@@ -21,9 +21,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use flotilla_engine::tools::{ToolCall, ToolChoice, parse_tool_calls};
+
 use super::fields::{self, Rule};
 use super::forward::HttpIncoming;
+use super::generation::{Alternative, TokenLogprob};
 use super::http::{HttpState, incoming, unix_seconds, with_retry_after, with_served_model};
+use super::request::{OutputFormat, Tools};
+use super::tool_wire::{ResponseFormatIn, ToolCallIn, ToolIn, replayed_calls, tool_specs};
 use super::{
     Chunk, Completion, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
     Role, ServeError,
@@ -46,10 +51,10 @@ impl StopField {
     }
 }
 
-const NO_TOOLS: &str = "tool calling is not implemented on this node; only null or [] is accepted";
-const NO_LOGPROBS: &str = "log probabilities are not implemented on this node";
-const NO_PENALTIES: &str =
-    "presence and frequency penalties are not implemented on this node; only 0 is accepted";
+const NO_FUNCTIONS: &str =
+    "the deprecated functions API is not implemented on this node; send tools and tool_choice";
+const NO_LOGPROBS: &str =
+    "log probabilities are implemented for chat completions only (logprobs, top_logprobs)";
 
 /// What both endpoints accept besides their prompt: implemented, or
 /// without effect on the answer (`user`, `safety_identifier`,
@@ -78,20 +83,8 @@ const COMMON_FIELDS: &[(&str, Rule)] = &[
             why: "one choice per request is supported: n must be 1",
         },
     ),
-    (
-        "presence_penalty",
-        Rule::DefaultOnly {
-            accepts: fields::is_zero,
-            why: NO_PENALTIES,
-        },
-    ),
-    (
-        "frequency_penalty",
-        Rule::DefaultOnly {
-            accepts: fields::is_zero,
-            why: NO_PENALTIES,
-        },
-    ),
+    ("presence_penalty", Rule::Supported),
+    ("frequency_penalty", Rule::Supported),
     (
         "logit_bias",
         Rule::DefaultOnly {
@@ -118,62 +111,29 @@ const COMMON_FIELDS: &[(&str, Rule)] = &[
 /// `/v1/chat/completions` beyond [`COMMON_FIELDS`].
 const CHAT_FIELDS: &[(&str, Rule)] = &[
     ("messages", Rule::Supported),
-    (
-        "tools",
-        Rule::DefaultOnly {
-            accepts: fields::is_empty,
-            why: NO_TOOLS,
-        },
-    ),
+    // Calls are constrained to the tool's schema (`flotilla_engine::tools`).
+    ("tools", Rule::Supported),
+    ("tool_choice", Rule::Supported),
+    ("parallel_tool_calls", Rule::Supported),
     (
         "functions",
         Rule::DefaultOnly {
             accepts: fields::is_empty,
-            why: NO_TOOLS,
-        },
-    ),
-    (
-        "tool_choice",
-        Rule::DefaultOnly {
-            accepts: is_none_choice,
-            why: "tool calling is not implemented on this node; only \"none\" is accepted",
+            why: NO_FUNCTIONS,
         },
     ),
     (
         "function_call",
         Rule::DefaultOnly {
             accepts: is_none_choice,
-            why: "tool calling is not implemented on this node; only \"none\" is accepted",
+            why: NO_FUNCTIONS,
         },
     ),
-    (
-        "parallel_tool_calls",
-        Rule::DefaultOnly {
-            accepts: fields::is_true,
-            why: NO_TOOLS,
-        },
-    ),
-    (
-        "response_format",
-        Rule::DefaultOnly {
-            accepts: is_text_format,
-            why: "structured output is not implemented on this node; only {\"type\": \"text\"} is accepted",
-        },
-    ),
-    (
-        "logprobs",
-        Rule::DefaultOnly {
-            accepts: fields::is_false,
-            why: NO_LOGPROBS,
-        },
-    ),
-    (
-        "top_logprobs",
-        Rule::DefaultOnly {
-            accepts: fields::is_zero,
-            why: NO_LOGPROBS,
-        },
-    ),
+    // Enforced by constrained decoding: the answer always parses.
+    ("response_format", Rule::Supported),
+    // From the distribution the sampler draws from (`flotilla_engine::TokenLogprobs`).
+    ("logprobs", Rule::Supported),
+    ("top_logprobs", Rule::Supported),
     (
         "modalities",
         Rule::DefaultOnly {
@@ -251,39 +211,23 @@ const COMPLETION_FIELDS: &[(&str, Rule)] = &[
     ),
 ];
 
-/// A chat message's fields. A message's `name` is refused because no chat
-/// template here shows it to the model; tool calls and their results wait
-/// for tool calling. `refusal`, `audio` and `annotations` come back `null`
-/// or empty when a client replays an answer.
+/// A chat message's fields. `name` is accepted on tool results only (the
+/// tool's name, which LangChain sends); on other messages it is refused in
+/// [`chat_messages`], because no chat template here shows participant names
+/// to the model. `tool_call_id` pairs a result with its call; the templates
+/// pair them by order, as the models were trained. `refusal`, `audio` and
+/// `annotations` come back `null` or empty when a client replays an answer.
 const MESSAGE_FIELDS: &[(&str, Rule)] = &[
     ("role", Rule::Supported),
     ("content", Rule::Supported),
-    (
-        "name",
-        Rule::DefaultOnly {
-            accepts: fields::never,
-            why: "participant names are not passed to the model",
-        },
-    ),
-    (
-        "tool_calls",
-        Rule::DefaultOnly {
-            accepts: fields::is_empty,
-            why: NO_TOOLS,
-        },
-    ),
-    (
-        "tool_call_id",
-        Rule::DefaultOnly {
-            accepts: fields::never,
-            why: NO_TOOLS,
-        },
-    ),
+    ("name", Rule::Supported),
+    ("tool_calls", Rule::Supported),
+    ("tool_call_id", Rule::NoEffect),
     (
         "function_call",
         Rule::DefaultOnly {
             accepts: fields::never,
-            why: NO_TOOLS,
+            why: NO_FUNCTIONS,
         },
     ),
     (
@@ -322,10 +266,6 @@ fn is_none_choice(value: &Value) -> bool {
     value.as_str() == Some("none")
 }
 
-fn is_text_format(value: &Value) -> bool {
-    value == &json!({"type": "text"})
-}
-
 fn is_text_modality(value: &Value) -> bool {
     value == &json!(["text"])
 }
@@ -360,6 +300,8 @@ struct Common {
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     top_p: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
     seed: Option<u64>,
     stop: Option<StopField>,
     #[serde(default)]
@@ -373,6 +315,8 @@ impl Common {
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
             temperature: self.temperature,
             top_p: self.top_p,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
             seed: self.seed,
             stop: self.stop.map(StopField::into_vec).unwrap_or_default(),
             ..Params::default()
@@ -403,13 +347,78 @@ struct ContentPart {
 struct ChatMessageIn {
     role: String,
     content: Option<Content>,
+    name: Option<String>,
+    tool_calls: Option<Vec<ToolCallIn>>,
 }
 
 #[derive(Debug, Deserialize)]
 struct ChatCompletionRequest {
     messages: Vec<ChatMessageIn>,
+    tools: Option<Vec<ToolIn>>,
+    tool_choice: Option<ToolChoiceIn>,
+    parallel_tool_calls: Option<bool>,
+    response_format: Option<ResponseFormatIn>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<usize>,
     #[serde(flatten)]
     common: Common,
+}
+
+/// `tool_choice`: `"none"`, `"auto"`, `"required"` or
+/// `{"type": "function", "function": {"name": …}}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ToolChoiceIn {
+    Mode(String),
+    Named { function: NamedFunction },
+}
+
+#[derive(Debug, Deserialize)]
+struct NamedFunction {
+    name: String,
+}
+
+impl ChatCompletionRequest {
+    /// How many alternatives per token to report, if log probabilities were asked for.
+    fn logprobs(logprobs: bool, top_logprobs: Option<usize>) -> Result<Option<usize>, ServeError> {
+        match (logprobs, top_logprobs) {
+            (true, top) => Ok(Some(top.unwrap_or(0))),
+            (false, None | Some(0)) => Ok(None),
+            (false, Some(_)) => Err(ServeError::InvalidRequest(
+                "top_logprobs needs logprobs set to true".to_owned(),
+            )),
+        }
+    }
+
+    /// The tools the model may call: none with `tool_choice: "none"` or
+    /// without tools (the tools are then not shown to the model either).
+    fn tools(
+        tools: Option<Vec<ToolIn>>,
+        choice: Option<ToolChoiceIn>,
+        parallel: Option<bool>,
+    ) -> Result<Option<Tools>, ServeError> {
+        let specs = tool_specs(tools.unwrap_or_default())?;
+        let choice = match choice {
+            None => (!specs.is_empty()).then_some(ToolChoice::Auto),
+            Some(ToolChoiceIn::Mode(mode)) => match mode.as_str() {
+                "none" => None,
+                "auto" => (!specs.is_empty()).then_some(ToolChoice::Auto),
+                "required" => Some(ToolChoice::Required),
+                other => {
+                    return Err(ServeError::InvalidRequest(format!(
+                        "tool_choice {other:?} is not one of none, auto, required or a function"
+                    )));
+                }
+            },
+            Some(ToolChoiceIn::Named { function }) => Some(ToolChoice::Function(function.name)),
+        };
+        Ok(choice.map(|choice| Tools {
+            specs,
+            choice,
+            parallel: parallel.unwrap_or(true),
+        }))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -434,8 +443,16 @@ fn chat_messages(messages: Vec<ChatMessageIn>) -> Result<Vec<Message>, ServeErro
     }
     messages
         .into_iter()
-        .map(|message| {
+        .enumerate()
+        .map(|(index, message)| {
             let role = Role::parse(&message.role)?;
+            if message.name.is_some() && role != Role::Tool {
+                return Err(ServeError::UnsupportedField {
+                    field: format!("messages[{index}].name"),
+                    why: "participant names are not passed to the model (only a tool result may name its tool)".to_owned(),
+                });
+            }
+            let tool_calls = replayed_calls(message.tool_calls.unwrap_or_default())?;
             let content = match message.content {
                 None => String::new(),
                 Some(Content::Text(text)) => text,
@@ -453,7 +470,11 @@ fn chat_messages(messages: Vec<ChatMessageIn>) -> Result<Vec<Message>, ServeErro
                     text
                 }
             };
-            Ok(Message { role, content })
+            Ok(Message {
+                role,
+                content,
+                tool_calls,
+            })
         })
         .collect()
 }
@@ -536,16 +557,22 @@ pub(super) async fn chat_completions(
     };
     let parsed = parse_checked::<ChatCompletionRequest>(&body, CHAT_FIELDS).and_then(|request| {
         let messages = chat_messages(request.messages)?;
+        let tools = ChatCompletionRequest::tools(
+            request.tools,
+            request.tool_choice,
+            request.parallel_tool_calls,
+        )?;
+        let format = match request.response_format {
+            None => OutputFormat::Text,
+            Some(format) => format.into_format()?,
+        };
+        let logprobs = ChatCompletionRequest::logprobs(request.logprobs, request.top_logprobs)?;
         let (model, params, stream, include_usage) = request.common.params();
-        Ok((
-            InferenceRequest {
-                model,
-                input: Input::Chat(messages),
-                params,
-            },
-            stream,
-            include_usage,
-        ))
+        let mut inference = InferenceRequest::new(model, Input::Chat(messages), params);
+        inference.format = format;
+        inference.tools = tools;
+        inference.logprobs = logprobs;
+        Ok((inference, stream, include_usage))
     });
     respond(state, Kind::Chat, parsed, forwarded).await
 }
@@ -577,11 +604,7 @@ pub(super) async fn completions(
         }
         let (model, params, stream, include_usage) = request.common.params();
         Ok((
-            InferenceRequest {
-                model,
-                input: Input::Text(prompt),
-                params,
-            },
+            InferenceRequest::new(model, Input::Text(prompt), params),
             stream,
             include_usage,
         ))
@@ -600,6 +623,8 @@ async fn respond(
         Err(error) => return error_response(&error),
     };
     let requested = request.model.clone();
+    let calls_tools = request.tools.is_some();
+    let with_logprobs = request.logprobs.is_some();
     let generation =
         match Generation::start(&state.serving.slot, &state.serving.config, request).await {
             Ok(generation) => generation,
@@ -614,37 +639,134 @@ async fn respond(
     // As the client named it (an alias, `name:tag`), as OpenAI echoes it.
     let model = requested;
     let created = unix_seconds(std::time::SystemTime::now());
-    let response = if stream {
-        let events = sse_events(generation, kind, id, model, created, include_usage);
+    let response = if stream && calls_tools {
+        // A call is known only once its block is complete, so an answer that may call
+        // tools is streamed as a whole: its text or its calls, then the end.
+        match generation.complete().await {
+            Ok(completion) => {
+                let answer = Answer::of(&completion, calls_tools, with_logprobs);
+                let events = answer_events(&answer, &id, &model, created, include_usage);
+                Sse::new(futures::stream::iter(events)).into_response()
+            }
+            Err(error) => error_response(&error),
+        }
+    } else if stream {
+        let events = sse_events(
+            generation,
+            kind,
+            id,
+            model,
+            created,
+            include_usage,
+            with_logprobs,
+        );
         Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response()
     } else {
         match generation.complete().await {
-            Ok(completion) => Json(whole(kind, &id, &model, created, &completion)).into_response(),
+            Ok(completion) => {
+                let answer = Answer::of(&completion, calls_tools, with_logprobs);
+                Json(whole(kind, &id, &model, created, &answer)).into_response()
+            }
             Err(error) => error_response(&error),
         }
     };
     with_served_model(&served, response)
 }
 
-fn whole(kind: Kind, id: &str, model: &str, created: u64, completion: &Completion) -> Value {
-    let reason = completion.finished.reason.as_openai();
-    let usage = Usage::from(&completion.finished);
+/// A finished answer as OpenAI reports it: text, or text and tool calls.
+struct Answer<'a> {
+    content: String,
+    calls: Vec<ToolCall>,
+    finished: &'a Finished,
+    /// `choices[].logprobs`: `null` unless asked for.
+    logprobs: Value,
+}
+
+impl<'a> Answer<'a> {
+    /// Calls are parsed out of the text only when the request offered tools.
+    fn of(completion: &'a Completion, calls_tools: bool, with_logprobs: bool) -> Answer<'a> {
+        let (content, calls) = if calls_tools {
+            parse_tool_calls(&completion.text)
+        } else {
+            (completion.text.clone(), Vec::new())
+        };
+        Answer {
+            content,
+            calls,
+            finished: &completion.finished,
+            logprobs: if with_logprobs {
+                logprobs_json(&completion.logprobs)
+            } else {
+                Value::Null
+            },
+        }
+    }
+
+    fn finish_reason(&self) -> &'static str {
+        if self.calls.is_empty() {
+            self.finished.reason.as_openai()
+        } else {
+            "tool_calls"
+        }
+    }
+
+    /// `content` is `null` beside calls when there is no text, as OpenAI's is.
+    fn content(&self) -> Value {
+        if self.content.is_empty() && !self.calls.is_empty() {
+            Value::Null
+        } else {
+            json!(self.content)
+        }
+    }
+
+    /// OpenAI's `tool_calls`: ids are fresh, arguments are JSON text;
+    /// `with_index` adds the `index` that streamed deltas carry.
+    fn tool_calls(&self, with_index: bool) -> Value {
+        let calls: Vec<Value> = self
+            .calls
+            .iter()
+            .enumerate()
+            .map(|(index, call)| {
+                let mut value = json!({
+                    "id": format!("call_{:016x}", rand::random::<u64>()),
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments.to_string()},
+                });
+                if with_index {
+                    value["index"] = json!(index);
+                }
+                value
+            })
+            .collect();
+        Value::Array(calls)
+    }
+}
+
+fn whole(kind: Kind, id: &str, model: &str, created: u64, answer: &Answer<'_>) -> Value {
+    let reason = answer.finish_reason();
+    let usage = Usage::from(answer.finished);
     match kind {
-        Kind::Chat => json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text},
-                "logprobs": null,
-                "finish_reason": reason,
-            }],
-            "usage": usage,
-        }),
+        Kind::Chat => {
+            let mut message = json!({"role": "assistant", "content": answer.content()});
+            if !answer.calls.is_empty() {
+                message["tool_calls"] = answer.tool_calls(false);
+            }
+            json!({
+                "id": id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": message,
+                    "logprobs": answer.logprobs,
+                    "finish_reason": reason,
+                }],
+                "usage": usage,
+            })
+        }
         Kind::Text => json!({
             "id": id,
             "object": "text_completion",
@@ -652,13 +774,53 @@ fn whole(kind: Kind, id: &str, model: &str, created: u64, completion: &Completio
             "model": model,
             "choices": [{
                 "index": 0,
-                "text": completion.text,
+                "text": answer.content,
                 "logprobs": null,
                 "finish_reason": reason,
             }],
             "usage": usage,
         }),
     }
+}
+
+/// The SSE events of a whole chat answer that may hold tool calls: the
+/// role, the text (if any), the calls (if any), the end, the usage when
+/// asked for, `[DONE]`.
+fn answer_events(
+    answer: &Answer<'_>,
+    id: &str,
+    model: &str,
+    created: u64,
+    include_usage: bool,
+) -> Vec<Result<Event, Infallible>> {
+    let kind = Kind::Chat;
+    let mut events = vec![data(&chunk(kind, id, model, created, Some(""), None))];
+    if !answer.content.is_empty() {
+        let mut text = chunk(kind, id, model, created, Some(&answer.content), None);
+        text["choices"][0]["logprobs"] = answer.logprobs.clone();
+        events.push(data(&text));
+    }
+    if !answer.calls.is_empty() {
+        let mut calls = chunk(kind, id, model, created, None, None);
+        calls["choices"][0]["delta"] = json!({"tool_calls": answer.tool_calls(true)});
+        events.push(data(&calls));
+    }
+    events.push(data(&chunk(
+        kind,
+        id,
+        model,
+        created,
+        None,
+        Some(answer.finish_reason()),
+    )));
+    if include_usage {
+        let mut usage = chunk(kind, id, model, created, None, None);
+        usage["choices"] = json!([]);
+        usage["usage"] = json!(Usage::from(answer.finished));
+        events.push(data(&usage));
+    }
+    events.push(Ok(Event::default().data("[DONE]")));
+    events
 }
 
 /// One streamed chunk object.
@@ -694,6 +856,26 @@ fn chunk(
     }
 }
 
+/// OpenAI's `logprobs` object of a choice or a chunk.
+fn logprobs_json(logprobs: &[TokenLogprob]) -> Value {
+    let entry = |alternative: &Alternative| {
+        json!({
+            "token": alternative.text,
+            "logprob": alternative.logprob,
+            "bytes": alternative.bytes,
+        })
+    };
+    let content: Vec<Value> = logprobs
+        .iter()
+        .map(|token| {
+            let mut value = entry(&token.token);
+            value["top_logprobs"] = token.top.iter().map(entry).collect();
+            value
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
 fn data(value: &Value) -> Result<Event, Infallible> {
     Ok(Event::default().data(value.to_string()))
 }
@@ -710,6 +892,7 @@ fn sse_events(
     model: String,
     created: u64,
     include_usage: bool,
+    with_logprobs: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let opening = match kind {
         // The first chat chunk names the role, as OpenAI's does.
@@ -718,8 +901,12 @@ fn sse_events(
     };
     let body = generation.into_stream().flat_map(move |item| {
         let events: Vec<Result<Event, Infallible>> = match item {
-            Ok(Chunk::Text(text)) => {
-                vec![data(&chunk(kind, &id, &model, created, Some(&text), None))]
+            Ok(Chunk::Text { text, logprobs }) => {
+                let mut piece = chunk(kind, &id, &model, created, Some(&text), None);
+                if with_logprobs {
+                    piece["choices"][0]["logprobs"] = logprobs_json(&logprobs);
+                }
+                vec![data(&piece)]
             }
             Ok(Chunk::Finished(finished)) => {
                 let last = chunk(

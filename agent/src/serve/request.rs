@@ -3,7 +3,9 @@
 //! their wire bodies into these once, on the way in, and validation happens
 //! here.
 
-use flotilla_engine::SamplingParams;
+use flotilla_engine::tools::{ToolCall, ToolChoice, ToolSpec, tool_call_grammar};
+use flotilla_engine::{Grammar, SamplingParams};
+use serde_json::Value;
 
 use super::ServeError;
 
@@ -46,6 +48,8 @@ impl Role {
 pub struct Message {
     pub role: Role,
     pub content: String,
+    /// Calls an assistant message made (replayed by the client with their results).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl Message {
@@ -53,7 +57,80 @@ impl Message {
         Message {
             role,
             content: content.into(),
+            tool_calls: Vec::new(),
         }
+    }
+}
+
+/// The shape an answer must take; anything but `Text` is enforced by constrained
+/// decoding, so the answer always parses (and validates against a schema).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// A JSON value valid against this schema.
+    JsonSchema(Value),
+}
+
+/// Tools the model may call in a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tools {
+    pub specs: Vec<ToolSpec>,
+    pub choice: ToolChoice,
+    /// More than one call per answer.
+    pub parallel: bool,
+}
+
+/// Tools a request may carry.
+pub const MAX_TOOLS: usize = 64;
+
+impl Tools {
+    /// Checks names (unique, OpenAI's `^[a-zA-Z0-9_-]{1,64}$`), parameter schemas (objects)
+    /// and that a named choice names one of the tools.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        let invalid = |message: String| Err(ServeError::InvalidRequest(message));
+        if self.specs.is_empty() {
+            return invalid("tools must not be empty when a tool choice asks for a call".into());
+        }
+        if self.specs.len() > MAX_TOOLS {
+            return invalid(format!(
+                "{} tools given; at most {MAX_TOOLS} are allowed",
+                self.specs.len()
+            ));
+        }
+        for (index, spec) in self.specs.iter().enumerate() {
+            let name_ok = (1..=64).contains(&spec.name.len())
+                && spec
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !name_ok {
+                return invalid(format!(
+                    "tools[{index}]: function name {:?} must be 1-64 letters, digits, _ or -",
+                    spec.name
+                ));
+            }
+            if self.specs[..index]
+                .iter()
+                .any(|other| other.name == spec.name)
+            {
+                return invalid(format!("tools[{index}]: {:?} is defined twice", spec.name));
+            }
+            if !spec.parameters.is_object() {
+                return invalid(format!(
+                    "tools[{index}]: parameters of {:?} must be a JSON Schema object",
+                    spec.name
+                ));
+            }
+        }
+        if let ToolChoice::Function(name) = &self.choice
+            && !self.specs.iter().any(|spec| &spec.name == name)
+        {
+            return invalid(format!("tool_choice names {name:?}, which is not in tools"));
+        }
+        Ok(())
     }
 }
 
@@ -76,6 +153,9 @@ pub struct Params {
     pub top_k: Option<u32>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    /// OpenAI's penalties for tokens already generated, within [-2, 2].
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
 }
@@ -110,6 +190,16 @@ impl Params {
         {
             return invalid(format!("repetition penalty {penalty} must be > 0"));
         }
+        for (name, penalty) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if let Some(penalty) = penalty
+                && !(penalty.is_finite() && (-2.0..=2.0).contains(&penalty))
+            {
+                return invalid(format!("{name} {penalty} must be within [-2, 2]"));
+            }
+        }
         if self.stop.len() > MAX_STOP_SEQUENCES {
             return invalid(format!(
                 "{} stop sequences given; at most {MAX_STOP_SEQUENCES} are allowed",
@@ -138,6 +228,8 @@ impl Params {
         if let Some(penalty) = self.repetition_penalty {
             sampling.repetition_penalty = penalty;
         }
+        sampling.presence_penalty = self.presence_penalty.unwrap_or(0.0);
+        sampling.frequency_penalty = self.frequency_penalty.unwrap_or(0.0);
         sampling.seed = self.seed;
         sampling
     }
@@ -150,6 +242,71 @@ pub struct InferenceRequest {
     pub model: String,
     pub input: Input,
     pub params: Params,
+    pub format: OutputFormat,
+    /// Tools the model may call (chats only); `None` when it may call none.
+    pub tools: Option<Tools>,
+    /// Report each token's log probability and this many likeliest alternatives
+    /// (at most [`MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<usize>,
+}
+
+/// OpenAI's limit on `top_logprobs`.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+impl InferenceRequest {
+    pub fn new(model: String, input: Input, params: Params) -> InferenceRequest {
+        InferenceRequest {
+            model,
+            input,
+            params,
+            format: OutputFormat::Text,
+            tools: None,
+            logprobs: None,
+        }
+    }
+
+    /// The grammar the answer is held to, if any.
+    pub fn grammar(&self) -> Option<Grammar> {
+        if let Some(tools) = &self.tools {
+            return Some(tool_call_grammar(
+                &tools.specs,
+                &tools.choice,
+                tools.parallel,
+            ));
+        }
+        match &self.format {
+            OutputFormat::Text => None,
+            OutputFormat::JsonObject => Some(Grammar::json_object()),
+            OutputFormat::JsonSchema(schema) => Some(Grammar::json_schema(schema.clone())),
+        }
+    }
+
+    /// Checks what the parameters alone cannot: tools need a chat, and an answer is
+    /// either constrained to a format or to tool calls, not both.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        self.params.validate()?;
+        if let Some(top) = self.logprobs
+            && top > MAX_TOP_LOGPROBS
+        {
+            return Err(ServeError::InvalidRequest(format!(
+                "top_logprobs {top} must be within [0, {MAX_TOP_LOGPROBS}]"
+            )));
+        }
+        if let Some(tools) = &self.tools {
+            tools.validate()?;
+            if matches!(self.input, Input::Text(_)) {
+                return Err(ServeError::InvalidRequest(
+                    "tools need a chat: a text completion cannot call them".to_owned(),
+                ));
+            }
+            if self.format != OutputFormat::Text {
+                return Err(ServeError::InvalidRequest(
+                    "a structured output format together with tools is not supported: send one of them".to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +331,14 @@ mod tests {
             },
             Params {
                 top_p: Some(1.5),
+                ..Params::default()
+            },
+            Params {
+                presence_penalty: Some(2.5),
+                ..Params::default()
+            },
+            Params {
+                frequency_penalty: Some(f32::NAN),
                 ..Params::default()
             },
             Params {

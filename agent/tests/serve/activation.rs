@@ -28,7 +28,7 @@ async fn served_with_policy(
 }
 
 fn shown(served: &ServedModel, messages: Vec<Message>) -> Result<String, ServeError> {
-    match served.prompt(Input::Chat(messages))? {
+    match served.prompt(Input::Chat(messages), None)? {
         Prompt::Text(text) => Ok(text),
         other => panic!("an assigned template renders to text, got {other:?}"),
     }

@@ -54,8 +54,10 @@ async fn nothing_loaded_and_unknown_models_are_not_found_with_the_name() -> anyh
             messages: vec![pb::ChatMessage {
                 role: "user".to_owned(),
                 content: "hi".to_owned(),
+                ..Default::default()
             }],
             options: None,
+            ..Default::default()
         })
         .await
         .err()
@@ -352,6 +354,7 @@ async fn bad_requests_get_400_with_a_message() -> anyhow::Result<()> {
             model: "bad".to_owned(),
             messages: vec![],
             options: None,
+            ..Default::default()
         })
         .await
         .err()
@@ -367,6 +370,7 @@ async fn bad_requests_get_400_with_a_message() -> anyhow::Result<()> {
                 temperature: Some(-1.0),
                 ..pb::SamplingOptions::default()
             }),
+            ..Default::default()
         })
         .await
         .err()
@@ -386,12 +390,14 @@ async fn grpc_streams_text_then_usage_and_the_finish_reason() -> anyhow::Result<
             messages: vec![pb::ChatMessage {
                 role: "user".to_owned(),
                 content: "hello".to_owned(),
+                ..Default::default()
             }],
             options: Some(pb::SamplingOptions {
                 temperature: Some(0.0),
                 max_tokens: Some(5),
                 ..pb::SamplingOptions::default()
             }),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -429,6 +435,7 @@ async fn grpc_streams_text_then_usage_and_the_finish_reason() -> anyhow::Result<
                 max_tokens: Some(1),
                 ..pb::SamplingOptions::default()
             }),
+            ..Default::default()
         })
         .await?
         .into_inner();

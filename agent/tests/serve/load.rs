@@ -45,6 +45,7 @@ async fn a_full_queue_gets_429_with_retry_after_and_resource_exhausted() -> anyh
             model: "busy".to_owned(),
             prompt: "hello".to_owned(),
             options: None,
+            ..Default::default()
         })
         .await
         .err()

@@ -81,6 +81,7 @@ async fn a_node_forwards_to_the_peer_serving_the_model_once() -> anyhow::Result<
                 temperature: Some(0.0),
                 ..pb::SamplingOptions::default()
             }),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -130,6 +131,7 @@ async fn a_node_forwards_to_the_peer_serving_the_model_once() -> anyhow::Result<
         model: "routed".to_owned(),
         prompt: "hello".to_owned(),
         options: None,
+        ..Default::default()
     });
     request
         .metadata_mut()
@@ -180,8 +182,10 @@ async fn unreachable_peers_are_a_bad_gateway_naming_the_model() -> anyhow::Resul
             messages: vec![pb::ChatMessage {
                 role: "user".to_owned(),
                 content: "hi".to_owned(),
+                ..Default::default()
             }],
             options: None,
+            ..Default::default()
         })
         .await
         .err()
@@ -239,6 +243,7 @@ async fn a_full_node_overflows_to_a_peer_with_room() -> anyhow::Result<()> {
                 temperature: Some(0.0),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await?;
     assert_eq!(
@@ -290,6 +295,7 @@ async fn a_full_node_overflows_to_a_peer_with_room() -> anyhow::Result<()> {
             model: "routed".to_owned(),
             prompt: "hello".to_owned(),
             options: None,
+            ..Default::default()
         })
         .await
         .err()

@@ -34,23 +34,8 @@ fn with(mut base: Value, field: &str, value: Value) -> Value {
 async fn fields_this_node_does_not_implement_get_400_naming_them() -> anyhow::Result<()> {
     let harness = Harness::with_model("fields", ServeConfig::default()).await?;
     let refused_by_openai: Vec<(&str, Value)> = vec![
-        (
-            "tools",
-            json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-        ),
-        ("tool_choice", json!("auto")),
         ("functions", json!([{"name": "f", "parameters": {}}])),
         ("function_call", json!("auto")),
-        ("parallel_tool_calls", json!(false)),
-        ("response_format", json!({"type": "json_object"})),
-        (
-            "response_format",
-            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
-        ),
-        ("logprobs", json!(true)),
-        ("top_logprobs", json!(3)),
-        ("presence_penalty", json!(0.5)),
-        ("frequency_penalty", json!(-0.5)),
         ("n", json!(2)),
         ("logit_bias", json!({"50256": -100})),
         ("audio", json!({"voice": "alloy", "format": "wav"})),
@@ -108,23 +93,14 @@ async fn fields_this_node_does_not_implement_get_400_naming_them() -> anyhow::Re
     assert_eq!(response.status(), 200, "{}", response.text().await?);
 
     let refused_by_ollama: Vec<(&str, &str, Value)> = vec![
-        ("/api/chat", "format", json!("json")),
-        ("/api/chat", "format", json!({"type": "object"})),
-        (
-            "/api/chat",
-            "tools",
-            json!([{"type": "function", "function": {"name": "f"}}]),
-        ),
         ("/api/chat", "think", json!(true)),
         ("/api/chat", "logprobs", json!(true)),
         ("/api/chat", "options.mirostat", json!(2)),
-        ("/api/chat", "options.presence_penalty", json!(0.4)),
         ("/api/chat", "options.typical_p", json!(0.5)),
         ("/api/chat", "options.tfs_z", json!(0.9)),
         ("/api/chat", "options.repeat_last_n", json!(128)),
         ("/api/chat", "options.no_such_option", json!(1)),
         ("/api/chat", "surprise", json!(1)),
-        ("/api/generate", "format", json!("json")),
         ("/api/generate", "suffix", json!("}")),
         ("/api/generate", "template", json!("{{ .Prompt }}")),
         ("/api/generate", "context", json!([1, 2, 3])),
@@ -143,10 +119,10 @@ async fn fields_this_node_does_not_implement_get_400_naming_them() -> anyhow::Re
         let message = error["error"].as_str().unwrap_or_default();
         assert!(message.contains(field), "{path} {field}: {error}");
     }
-    let message_tool_call = json!({"model": "fields", "stream": false, "messages": [
-        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]},
+    let message_thinking = json!({"model": "fields", "stream": false, "messages": [
+        {"role": "assistant", "content": "", "thinking": "hmm"},
         {"role": "user", "content": "hi"}]});
-    let response = harness.post("/api/chat", message_tool_call).await?;
+    let response = harness.post("/api/chat", message_thinking).await?;
     assert_eq!(response.status(), 400);
 
     // What the `ollama` client sends on every chat (`tools: []`), the
@@ -295,6 +271,7 @@ async fn answers_name_the_model_as_the_client_did() -> anyhow::Result<()> {
                     max_tokens: Some(2),
                     ..pb::SamplingOptions::default()
                 }),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -472,5 +449,248 @@ async fn ollama_model_routes_describe_the_model_from_its_gguf() -> anyhow::Resul
         message.contains("llama3:8b") && message.contains("flotilla assign"),
         "{message}"
     );
+    Ok(())
+}
+
+/// Structured output and tool calls through every surface on the tiny
+/// random model: its logits are noise, so whatever comes out is the
+/// grammar's doing. The schemas leave one valid answer, which must be it.
+#[tokio::test]
+async fn constrained_answers_parse_on_every_surface() -> anyhow::Result<()> {
+    let harness = Harness::with_model("shaped", ServeConfig::default()).await?;
+    let schema = json!({"type": "object", "properties": {"ok": {"const": true}},
+        "required": ["ok"]});
+    let mut body = chat("shaped");
+    body["max_tokens"] = json!(32);
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "ok", "schema": schema}});
+    let answer: Value = harness
+        .post("/v1/chat/completions", body)
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        r#"{"ok": true}"#
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+
+    // Ollama's `format` (a schema), on chat and generate.
+    let mut body = ollama_chat("shaped");
+    body["options"]["num_predict"] = json!(32);
+    body["format"] = schema.clone();
+    let answer: Value = harness
+        .post("/api/chat", body)
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(answer["message"]["content"], r#"{"ok": true}"#, "{answer}");
+    let answer: Value = harness
+        .post(
+            "/api/generate",
+            json!({"model": "shaped", "prompt": "hi", "stream": false, "raw": true,
+                "format": schema, "options": {"num_predict": 32}}),
+        )
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(answer["response"], r#"{"ok": true}"#, "{answer}");
+
+    // A required call of a tool without arguments: the call is the only answer.
+    let tool = json!({"type": "function", "function": {"name": "ping",
+        "parameters": {"type": "object", "properties": {}}}});
+    let mut body = chat("shaped");
+    body["max_tokens"] = json!(96);
+    body["tools"] = json!([tool]);
+    body["tool_choice"] = json!("required");
+    body["parallel_tool_calls"] = json!(false);
+    let answer: Value = harness
+        .post("/v1/chat/completions", body.clone())
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{answer}");
+    assert_eq!(
+        choice["message"]["tool_calls"][0]["function"]["name"],
+        "ping"
+    );
+    assert_eq!(
+        choice["message"]["tool_calls"][0]["function"]["arguments"],
+        "{}"
+    );
+    body["stream"] = json!(true);
+    let text = harness
+        .post("/v1/chat/completions", body)
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let (payloads, done) = sse_payloads(&text);
+    assert!(done);
+    assert!(
+        payloads.iter().any(
+            |chunk| chunk["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "ping"
+        ),
+        "{text}"
+    );
+
+    // gRPC: a JSON object answer parses; a named tool is called.
+    let mut client = harness.grpc().await?;
+    let mut stream = client
+        .chat(pb::ChatRequest {
+            model: "shaped".to_owned(),
+            messages: vec![pb::ChatMessage {
+                role: "user".to_owned(),
+                content: "hi".to_owned(),
+                tool_calls: Vec::new(),
+            }],
+            options: Some(pb::SamplingOptions {
+                max_tokens: Some(32),
+                ..Default::default()
+            }),
+            format: Some(pb::OutputFormat {
+                kind: Some(pb::output_format::Kind::JsonSchema(schema.to_string())),
+            }),
+            tools: Vec::new(),
+            tool_choice: String::new(),
+            single_tool_call: false,
+        })
+        .await?
+        .into_inner();
+    let mut text = String::new();
+    while let Some(message) = stream.message().await? {
+        text.push_str(&message.text);
+    }
+    assert_eq!(text, r#"{"ok": true}"#);
+    let mut stream = client
+        .chat(pb::ChatRequest {
+            model: "shaped".to_owned(),
+            messages: vec![pb::ChatMessage {
+                role: "user".to_owned(),
+                content: "hi".to_owned(),
+                tool_calls: Vec::new(),
+            }],
+            options: Some(pb::SamplingOptions {
+                max_tokens: Some(96),
+                ..Default::default()
+            }),
+            format: None,
+            tools: vec![pb::Tool {
+                name: "ping".to_owned(),
+                description: String::new(),
+                parameters_json: String::new(),
+            }],
+            tool_choice: "ping".to_owned(),
+            single_tool_call: true,
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(message) = stream.message().await? {
+        last = Some(message);
+    }
+    let last = last.ok_or_else(|| anyhow::anyhow!("no final message"))?;
+    assert_eq!(last.finish_reason, pb::FinishReason::ToolCalls as i32);
+    assert_eq!(last.tool_calls[0].name, "ping");
+
+    // Log probabilities, greedy: the chosen token is the likeliest, each
+    // token of the text has its entry, whole and streamed.
+    let mut body = greedy_chat("shaped", 6);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(2);
+    let answer: Value = harness
+        .post("/v1/chat/completions", body.clone())
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let content = answer["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!content.is_empty(), "{answer}");
+    let mut joined = Vec::new();
+    for entry in &content {
+        let logprob = entry["logprob"].as_f64().unwrap_or(1.0);
+        assert!(logprob <= 0.0, "{entry}");
+        let top = entry["top_logprobs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(top.len(), 2, "{entry}");
+        assert_eq!(
+            top[0]["token"], entry["token"],
+            "greedy takes the likeliest: {entry}"
+        );
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
+        let bytes: Vec<u8> = serde_json::from_value(entry["bytes"].clone())?;
+        joined.extend(bytes);
+    }
+    let text = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        String::from_utf8_lossy(&joined).starts_with(text),
+        "the tokens spell the text: {answer}"
+    );
+    body["stream"] = json!(true);
+    let streamed = harness
+        .post("/v1/chat/completions", body)
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let (payloads, _) = sse_payloads(&streamed);
+    let streamed_entries: usize = payloads
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["logprobs"]["content"].as_array())
+        .map(Vec::len)
+        .sum();
+    assert_eq!(streamed_entries, content.len(), "{streamed}");
+    for bad in [
+        json!({"top_logprobs": 2}),
+        json!({"logprobs": true, "top_logprobs": 21}),
+    ] {
+        let mut body = greedy_chat("shaped", 2);
+        for (key, value) in bad.as_object().into_iter().flatten() {
+            body[key] = value.clone();
+        }
+        let response = harness.post("/v1/chat/completions", body).await?;
+        assert_eq!(response.status(), 400);
+    }
+
+    // Replayed calls and their results are accepted on both HTTP surfaces.
+    let replay = json!({"model": "shaped", "max_tokens": 2, "messages": [
+        {"role": "user", "content": "ping?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+            "type": "function", "function": {"name": "ping", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "name": "ping", "content": "pong"}],
+        "tools": [tool]});
+    harness
+        .post("/v1/chat/completions", replay)
+        .await?
+        .error_for_status()?;
+    let replay = json!({"model": "shaped", "stream": false, "options": {"num_predict": 2},
+        "messages": [
+        {"role": "user", "content": "ping?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "ping", "arguments": {}}}]},
+        {"role": "tool", "tool_name": "ping", "content": "pong"}],
+        "tools": [tool]});
+    harness
+        .post("/api/chat", replay)
+        .await?
+        .error_for_status()?;
+    // A bad replayed call is a 400.
+    let bad = json!({"model": "shaped", "max_tokens": 2, "messages": [
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+            "type": "function", "function": {"name": "ping", "arguments": "{not json"}}]},
+        {"role": "user", "content": "hi"}]});
+    let response = harness.post("/v1/chat/completions", bad).await?;
+    assert_eq!(response.status(), 400);
     Ok(())
 }

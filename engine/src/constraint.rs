@@ -89,8 +89,17 @@ fn close_in_place(schema: &mut Value) {
                 }
             }
             // One schema, or a list of them.
-            "items" | "additionalProperties" | "not" | "contains" | "if" | "then" | "else"
-            | "anyOf" | "oneOf" | "allOf" | "prefixItems" => match value {
+            "items"
+            | "additionalProperties"
+            | "not"
+            | "contains"
+            | "if"
+            | "then"
+            | "else"
+            | "anyOf"
+            | "oneOf"
+            | "allOf"
+            | "prefixItems" => match value {
                 Value::Array(schemas) => schemas.iter_mut().for_each(close_in_place),
                 other => close_in_place(other),
             },
@@ -102,11 +111,10 @@ fn close_in_place(schema: &mut Value) {
 /// Asks llguidance for JSON without optional whitespace (see the module docs).
 fn compact(mut schema: Value) -> Value {
     if let Value::Object(map) = &mut schema {
-        map.entry("x-guidance")
-            .or_insert_with(|| {
-                // Python's `json.dumps` separators: the JSON models saw most in training.
-                json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
-            });
+        map.entry("x-guidance").or_insert_with(|| {
+            // Python's `json.dumps` separators: the JSON models saw most in training.
+            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+        });
     }
     schema
 }
@@ -253,7 +261,10 @@ mod tests {
                 "properties": {"type": "string"},
             },
         }));
-        assert_eq!(schema["properties"]["properties"], json!({"type": "string"}));
+        assert_eq!(
+            schema["properties"]["properties"],
+            json!({"type": "string"})
+        );
         assert_eq!(schema["additionalProperties"], json!(false));
         assert_eq!(
             schema["properties"]["inner"]["additionalProperties"],

@@ -5,8 +5,8 @@
 //! engine owns the model, tokenizer, chat template and the thread pool the kernels run on.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use flotilla_gguf::{GgufFile, GgufHeader};

@@ -73,9 +73,8 @@ pub use chat::ChatMessage;
 pub use constraint::Grammar;
 pub use embed::{Embedding, Pooling, cosine, normalize};
 pub use generate::{
-    TokenLogprobs,
     CancellationFlag, Engine, EngineOptions, FinishReason, GenerationOutput, GenerationRequest,
-    Prompt, TokenEvent,
+    Prompt, TokenEvent, TokenLogprobs,
 };
 pub use model::{KvCache, LlamaConfig, LlamaModel, SequenceInput};
 pub use sampling::SamplingParams;

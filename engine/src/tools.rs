@@ -218,7 +218,9 @@ pub(crate) fn inline_tools(messages: &[ChatMessage], tools: &[ToolSpec]) -> Vec<
                 let block = format!("<tool_response>\n{}\n</tool_response>", message.content);
                 match out.last_mut() {
                     // Consecutive results share one user turn, as Qwen2.5's template does.
-                    Some(last) if last.role == "user" && last.content.ends_with("</tool_response>") => {
+                    Some(last)
+                        if last.role == "user" && last.content.ends_with("</tool_response>") =>
+                    {
                         last.content.push('\n');
                         last.content.push_str(&block);
                     }

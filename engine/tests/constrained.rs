@@ -55,7 +55,10 @@ fn assert_person(text: &str) {
     assert_eq!(object.len(), 3, "only the schema's keys: {text}");
     assert!(object["name"].as_str().is_some_and(|name| name.len() <= 40));
     assert!(object["age"].as_u64().is_some_and(|age| age <= 150));
-    assert!(matches!(object["city"].as_str(), Some("Oslo" | "Paris" | "Lima")));
+    assert!(matches!(
+        object["city"].as_str(),
+        Some("Oslo" | "Paris" | "Lima")
+    ));
 }
 
 #[test]
@@ -218,7 +221,10 @@ fn qwen_calls_a_tool_through_its_own_template() {
         .prompt_tokens(&Prompt::ToolChat(messages.clone(), tools.clone()))
         .expect("render");
     let text = engine.tokenizer().decode(&rendered, true);
-    assert!(text.contains("<tools>") && text.contains("\"name\": \"multiply\""), "{text}");
+    assert!(
+        text.contains("<tools>") && text.contains("\"name\": \"multiply\""),
+        "{text}"
+    );
     let grammar = tool_call_grammar(&tools, &ToolChoice::Auto, true);
     let output = engine
         .generate(

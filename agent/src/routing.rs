@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use flotilla_contract::DirectoryEntry;
 use tonic::transport::Channel;
 
 use crate::tls::CaTrust;
@@ -72,7 +73,10 @@ pub fn forward_url(base: &str, path: &str, https_only: bool) -> Result<url::Url,
     Ok(url)
 }
 
-/// One ready peer serving one model.
+/// One ready peer serving one model: the directory's entry
+/// ([`DirectoryEntry`], decoded and checked by the contract) as the
+/// inference servers read it, in text, and with its URLs as
+/// [`Routes::replace`] left them after checking them again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
     pub model: String,
@@ -95,6 +99,28 @@ pub struct Peer {
     pub digest: String,
     pub size_bytes: u64,
     pub quantization: String,
+}
+
+impl From<DirectoryEntry> for Peer {
+    fn from(entry: DirectoryEntry) -> Self {
+        Self {
+            model: entry.model.to_string(),
+            version: entry.version,
+            node: entry.node.to_string(),
+            http_url: entry.http_url,
+            grpc_url: entry.grpc_url,
+            load: entry.load,
+            queue_depth: entry.queue_depth,
+            queue_capacity: entry.queue_capacity,
+            aliases: entry.aliases.iter().map(ToString::to_string).collect(),
+            digest: entry
+                .digest
+                .map(|digest| digest.to_hex())
+                .unwrap_or_default(),
+            size_bytes: entry.size_bytes,
+            quantization: entry.quantization,
+        }
+    }
 }
 
 /// Whether a client asking for `requested` means the model `name` (with
@@ -505,6 +531,41 @@ mod tests {
         );
         assert!(routes.candidates("smollm2", Surface::Grpc).is_empty());
         assert_eq!(routes.peers()[1].http_url, "https://b:11434");
+    }
+
+    #[test]
+    fn a_peer_is_the_checked_entry_in_text() {
+        use flotilla_proto::fleet::v1 as pb;
+        let digest = flotilla_digest::Digest::of(b"weights").to_hex();
+        let wire = pb::DirectoryEntry {
+            model: "smollm2".to_owned(),
+            version: "1".to_owned(),
+            node: "a".to_owned(),
+            http_url: "http://a:11434".to_owned(),
+            aliases: vec!["chat".to_owned()],
+            digest: digest.clone(),
+            queue_capacity: 20,
+            ..pb::DirectoryEntry::default()
+        };
+        let entry = DirectoryEntry::try_from(wire.clone()).expect("a valid entry");
+        let peer = Peer::from(entry);
+        assert_eq!(
+            peer,
+            Peer {
+                aliases: vec!["chat".to_owned()],
+                digest,
+                queue_capacity: 20,
+                grpc_url: String::new(),
+                ..peer("a", "smollm2", 0)
+            }
+        );
+        // From a controller too old to name the artifact: no digest to check.
+        let unnamed = pb::DirectoryEntry {
+            digest: String::new(),
+            ..wire
+        };
+        let entry = DirectoryEntry::try_from(unnamed).expect("a valid entry");
+        assert_eq!(Peer::from(entry).digest, "");
     }
 
     #[test]

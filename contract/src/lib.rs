@@ -6,11 +6,16 @@
 //! need), keeps them in its store as JSON, and the REST API shows them as
 //! they are.
 //!
-//! Their serde shape is what the controller's store holds in its `health`
-//! columns: renaming or retyping a field needs a migration.
+//! Their serde shape is what the controller's store holds (the `health`
+//! columns, the replicas' `replica_routes` rows): renaming or retyping a
+//! field needs a migration, or a reader for the old shape.
 
+mod directory;
 mod health;
 mod inventory;
+mod names;
 
+pub use directory::{DirectoryEntry, InvalidDirectoryEntry};
 pub use health::{GpuHealth, HealthPoint, HealthSample, InferenceHealth, InferenceMinute};
 pub use inventory::{NodeGpu, NodeInventory};
+pub use names::{InvalidName, ModelName, NodeName, PromptName, RolloutName};

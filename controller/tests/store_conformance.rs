@@ -155,6 +155,7 @@ conformance_suite!(
     fleet::assignments_place_nodes_and_generations_only_grow,
     fleet::reports_and_health_history_are_written_in_batches,
     fleet::replicas_exchange_routes_and_forget_withdrawn_ones,
+    fleet::routes_stored_by_the_previous_version_still_read,
     rollouts::rollouts_write_assignments_conflict_and_roll_back,
     rollouts::one_engine_leader_at_a_time,
 );

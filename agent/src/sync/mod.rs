@@ -33,6 +33,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_contract::DirectoryEntry;
 use flotilla_proto::fleet::v1 as pb;
 use flotilla_proto::fleet::v1::fleet_client::FleetClient;
 use futures::future::BoxFuture;
@@ -511,21 +512,17 @@ impl SyncAgent {
                 let peers: Vec<Peer> = directory
                     .entries
                     .into_iter()
-                    .filter(|entry| entry.node != node)
-                    .map(|entry| Peer {
-                        model: entry.model,
-                        version: entry.version,
-                        node: entry.node,
-                        http_url: entry.http_url,
-                        grpc_url: entry.grpc_url,
-                        load: entry.load,
-                        queue_depth: entry.queue_depth,
-                        queue_capacity: entry.queue_capacity,
-                        aliases: entry.aliases,
-                        digest: entry.digest,
-                        size_bytes: entry.size_bytes,
-                        quantization: entry.quantization,
+                    .filter_map(|entry| match DirectoryEntry::try_from(entry) {
+                        Ok(entry) => Some(entry),
+                        // One entry no controller could have sent costs
+                        // only itself: the rest of the directory routes.
+                        Err(error) => {
+                            tracing::warn!(node, %error, "ignoring a directory entry");
+                            None
+                        }
                     })
+                    .filter(|entry| entry.node.as_str() != node)
+                    .map(Peer::from)
                     .collect();
                 tracing::debug!(node, peers = peers.len(), "routing directory replaced");
                 self.config.routes.replace(peers);

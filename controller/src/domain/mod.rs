@@ -5,7 +5,6 @@
 
 mod assignment;
 mod model;
-mod names;
 mod node;
 mod page;
 mod prompt;
@@ -20,11 +19,11 @@ pub use assignment::{
     MinuteAccumulator, NewAssignment, NodeDesired, ObservedState, Placement, PromptPolicy, place,
     source_generation,
 };
+pub use flotilla_contract::{InvalidName, ModelName, NodeName, PromptName, RolloutName};
 pub use flotilla_digest::{Digest, DigestParseError};
 pub use model::{
     Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, Servability, VersionState,
 };
-pub use names::{InvalidName, ModelName, NodeName, PromptName, RolloutName};
 pub use node::{
     BootstrapSecret, BootstrapToken, InvalidLabels, InvalidNodePattern, InvalidNodeStatus, Labels,
     MalformedBootstrapToken, NewNode, Node, NodeChange, NodeGpu, NodeInventory, NodePattern,

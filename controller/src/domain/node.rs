@@ -14,7 +14,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::names::NodeName;
+use super::NodeName;
 use super::{DesiredState, HealthSample, ObservedState};
 
 /// Most labels a node may carry; selectors stay cheap and rows small.

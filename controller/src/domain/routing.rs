@@ -25,7 +25,9 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use super::NodeName;
+use super::{ModelName, NodeName};
+
+pub use flotilla_contract::DirectoryEntry;
 
 /// Peers per offering in an agent's view: enough to fail over past a few
 /// unreachable ones, few enough that a view stays small however many nodes
@@ -90,56 +92,9 @@ pub fn peer_base_url(raw: &str, require_https: bool) -> Result<String, InvalidPe
     Ok(url.origin().ascii_serialization())
 }
 
-/// One ready node serving one model.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DirectoryEntry {
-    pub model: String,
-    pub version: String,
-    pub node: NodeName,
-    pub http_url: String,
-    pub grpc_url: String,
-    /// CPU utilisation in percent, rounded down to a multiple of the hub's
-    /// load step so that small wobbles do not republish the directory.
-    pub load: u32,
-    /// Requests queued or decoding on the node at its latest heartbeat;
-    /// peers pick by this first.
-    pub queue_depth: u32,
-    /// How many requests the node admits at once (0: unknown), so that a
-    /// node whose queue is full can overflow to a peer with room.
-    pub queue_capacity: u32,
-    /// The assignment's aliases of the model.
-    pub aliases: Vec<String>,
-    /// The served artifact (blake3 hex), its size and quantization, for
-    /// peers' model listings.
-    pub digest: String,
-    pub size_bytes: u64,
-    pub quantization: String,
-}
-
-impl DirectoryEntry {
-    /// Busier sorts later: queued requests first, then CPU load.
-    fn busyness(&self) -> (u32, u32) {
-        (self.queue_depth, self.load)
-    }
-
-    /// Whether `other` describes the same peer serving the same artifact at
-    /// the same addresses, whatever the loads.
-    pub fn same_peer(&self, other: &DirectoryEntry) -> bool {
-        self.model == other.model
-            && self.version == other.version
-            && self.node == other.node
-            && self.http_url == other.http_url
-            && self.grpc_url == other.grpc_url
-            && self.aliases == other.aliases
-            && self.digest == other.digest
-            && self.size_bytes == other.size_bytes
-            && self.quantization == other.quantization
-    }
-}
-
 /// What a client can ask a node for: entries with the same offering are
 /// interchangeable.
-type Offering<'a> = (&'a str, &'a str, &'a [String]);
+type Offering<'a> = (&'a ModelName, &'a str, &'a [ModelName]);
 
 fn offering(entry: &DirectoryEntry) -> Offering<'_> {
     (&entry.model, &entry.version, &entry.aliases)
@@ -307,7 +262,7 @@ mod tests {
 
     fn entry(node: &str, model: &str, load: u32) -> DirectoryEntry {
         DirectoryEntry {
-            model: model.to_owned(),
+            model: model.parse().expect("valid name"),
             version: "1.0.0".to_owned(),
             node: node.parse().expect("valid name"),
             http_url: format!("http://{node}:11434"),
@@ -316,7 +271,7 @@ mod tests {
             queue_depth: 0,
             queue_capacity: 20,
             aliases: Vec::new(),
-            digest: String::new(),
+            digest: None,
             size_bytes: 0,
             quantization: String::new(),
         }
@@ -426,7 +381,7 @@ mod tests {
     #[test]
     fn offerings_with_other_aliases_or_versions_are_chosen_apart() {
         let mut aliased = entry("x", "m", 90);
-        aliased.aliases = vec!["chat".to_owned()];
+        aliased.aliases = vec!["chat".parse().expect("valid name")];
         let mut newer = entry("y", "m", 90);
         newer.version = "2.0.0".to_owned();
         let mut entries = vec![entry("a", "m", 0), entry("b", "m", 0), aliased, newer];

@@ -644,23 +644,7 @@ async fn deferred(until: Option<tokio::time::Instant>) {
 
 fn directory_to_wire(entries: &[DirectoryEntry]) -> pb::Directory {
     pb::Directory {
-        entries: entries
-            .iter()
-            .map(|entry| pb::DirectoryEntry {
-                model: entry.model.clone(),
-                version: entry.version.clone(),
-                node: entry.node.to_string(),
-                http_url: entry.http_url.clone(),
-                grpc_url: entry.grpc_url.clone(),
-                load: entry.load,
-                aliases: entry.aliases.clone(),
-                queue_depth: entry.queue_depth,
-                queue_capacity: entry.queue_capacity,
-                digest: entry.digest.clone(),
-                size_bytes: entry.size_bytes,
-                quantization: entry.quantization.clone(),
-            })
-            .collect(),
+        entries: entries.iter().map(pb::DirectoryEntry::from).collect(),
     }
 }
 

@@ -577,7 +577,7 @@ pub(crate) async fn reports_and_health_history_are_written_in_batches(database: 
 
 fn route(node: &str, model: &str, load: u32) -> DirectoryEntry {
     DirectoryEntry {
-        model: model.to_owned(),
+        model: model_name(model),
         version: "1.0.0".to_owned(),
         node: node_name(node),
         http_url: format!("http://{node}:11434"),
@@ -585,8 +585,8 @@ fn route(node: &str, model: &str, load: u32) -> DirectoryEntry {
         load,
         queue_depth: 2,
         queue_capacity: 20,
-        aliases: vec!["chat".to_owned()],
-        digest: format!("{:064x}", load),
+        aliases: vec![model_name("chat")],
+        digest: Some(format!("{:064x}", load).parse().expect("64 hex digits")),
         size_bytes: 98_362_432,
         quantization: "Q4_1".to_owned(),
     }
@@ -647,6 +647,59 @@ pub(crate) async fn replicas_exchange_routes_and_forget_withdrawn_ones(database:
     )
     .await;
     assert!(seen_by_b.is_empty(), "stale routes count: {seen_by_b:?}");
+}
+
+/// A row as a replica of the previous version wrote it (its own row
+/// struct, every field present, the digest as hex or empty), beside one
+/// that no replica could have written.
+const ROUTES_OF_THE_PREVIOUS_VERSION: &str = r#"[
+    {"model": "tiny", "version": "1.0.0", "node": "edge-9",
+     "http_url": "http://edge-9:11434", "grpc_url": "http://edge-9:50052",
+     "load": 10, "queue_depth": 2, "queue_capacity": 20, "aliases": ["chat"],
+     "digest": "000000000000000000000000000000000000000000000000000000000000000a",
+     "size_bytes": 98362432, "quantization": "Q4_1"},
+    {"model": "tiny", "node": "edge-8", "digest": "",
+     "http_url": "http://edge-8:11434"},
+    {"model": "tiny", "node": "Not A Node", "http_url": "http://x:1"}
+]"#;
+
+/// The routes a replica of the previous version stored still read, so a
+/// rolling upgrade keeps the directory whole; a bad row costs only itself.
+pub(crate) async fn routes_stored_by_the_previous_version_still_read(database: &TestDatabase) {
+    if database.store().backend() != StoreBackend::Postgres {
+        return;
+    }
+    let pool = sqlx::PgPool::connect(&database.url)
+        .await
+        .expect("connect to the test database");
+    sqlx::query(
+        "INSERT INTO replica_routes (replica, routes, changed_at, seen_at) \
+         VALUES ('replica-old', $1::jsonb, now(), now())",
+    )
+    .bind(ROUTES_OF_THE_PREVIOUS_VERSION)
+    .execute(&pool)
+    .await
+    .expect("store a row the old way");
+    pool.close().await;
+
+    let fresh = Duration::from_secs(10);
+    let seen = exchange(database.store().as_ref(), "replica-new", &[], true, fresh).await;
+    let edge_9 = route("edge-9", "tiny", 10);
+    let edge_8 = DirectoryEntry {
+        model: model_name("tiny"),
+        version: String::new(),
+        node: node_name("edge-8"),
+        http_url: "http://edge-8:11434".to_owned(),
+        grpc_url: String::new(),
+        load: 0,
+        queue_depth: 0,
+        queue_capacity: 0,
+        aliases: Vec::new(),
+        digest: None,
+        size_bytes: 0,
+        quantization: String::new(),
+    };
+    assert_eq!(seen, [edge_9, edge_8]);
 }
 
 /// One replica's exchange, on Postgres: the routes the others published.

@@ -4,8 +4,8 @@ use time::OffsetDateTime;
 
 use super::PushedState;
 use crate::domain::{
-    AssignmentPhase, DesiredAssignment, DesiredState, HealthSample, InferenceHealth, NodeStatus,
-    ObservedState, PromptPolicy,
+    AssignmentPhase, DesiredAssignment, DesiredState, Digest, HealthSample, InferenceHealth,
+    NodeStatus, ObservedState, PromptPolicy,
 };
 
 /// A state without an assignment.
@@ -49,8 +49,8 @@ pub(super) fn sample(now: OffsetDateTime, cpu: f32) -> HealthSample {
     }
 }
 
-/// An active node's state assigning `model` v1 (artifact `digest`), alias
-/// `chat`.
+/// An active node's state assigning `model` v1 (the artifact that
+/// `digest` stands for, [`digest_of`]), alias `chat`.
 pub(super) fn assigned(generation: u64, model: &str, digest: &str) -> PushedState {
     PushedState {
         status: NodeStatus::Active,
@@ -60,7 +60,7 @@ pub(super) fn assigned(generation: u64, model: &str, digest: &str) -> PushedStat
                 model: model.to_owned(),
                 version: "v1".to_owned(),
                 quantization: "Q4_1".to_owned(),
-                digest: digest.to_owned(),
+                digest: digest_of(digest).to_hex(),
                 size_bytes: 1,
                 prompt: None,
                 prompt_policy: PromptPolicy::default(),
@@ -72,15 +72,22 @@ pub(super) fn assigned(generation: u64, model: &str, digest: &str) -> PushedStat
     }
 }
 
-/// A report about `digest` in `phase` (serving it when READY).
+/// The artifact a fixture's short `label` ("aa") stands for: the directory
+/// carries real digests.
+pub(super) fn digest_of(label: &str) -> Digest {
+    Digest::of(label.as_bytes())
+}
+
+/// A report about the artifact `digest` stands for in `phase` (serving it
+/// when READY).
 pub(super) fn observed(digest: &str, phase: AssignmentPhase) -> ObservedState {
     ObservedState {
         generation: 1,
-        digest: Some(digest.to_owned()),
+        digest: Some(digest_of(digest).to_hex()),
         phase,
         bytes_done: 0,
         bytes_total: 0,
         reason: None,
-        serving_digest: (phase == AssignmentPhase::Ready).then(|| digest.to_owned()),
+        serving_digest: (phase == AssignmentPhase::Ready).then(|| digest_of(digest).to_hex()),
     }
 }

@@ -47,8 +47,8 @@ use super::{
     Directory, Endpoints, LOAD_STEP, MISSED_HEARTBEATS, ModelLoad, PushedState, ROUTES_FRESH_FOR,
 };
 use crate::domain::{
-    AssignmentPhase, DirectoryEntry, HealthSample, NodeName, NodeStatus, ObservedState,
-    POOL_PER_OFFERING, merge_routes, pool,
+    AssignmentPhase, DesiredAssignment, Digest, DirectoryEntry, HealthSample, ModelName, NodeName,
+    NodeStatus, ObservedState, POOL_PER_OFFERING, merge_routes, pool,
 };
 
 /// How often queued changes are applied even when nobody reads the index,
@@ -314,9 +314,9 @@ enum Lapse {
 /// are interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Offering {
-    model: String,
+    model: ModelName,
     version: String,
-    aliases: Vec<String>,
+    aliases: Vec<ModelName>,
 }
 
 impl Offering {
@@ -420,23 +420,67 @@ impl NodeFacts {
         let assignment = stream.pushed.desired.assignment.as_ref()?;
         let endpoints = stream.endpoints.as_ref()?;
         let liveness = self.liveness.as_ref()?;
-        Some(DirectoryEntry {
-            model: assignment.model.clone(),
-            version: assignment.version.clone(),
-            node: node.clone(),
-            http_url: endpoints.http_url.clone(),
-            grpc_url: endpoints.grpc_url.clone(),
-            load: liveness.load,
-            queue_depth: liveness.queue_depth(),
-            queue_capacity: liveness
+        directory_entry(
+            node,
+            assignment,
+            endpoints,
+            liveness.load,
+            liveness.queue_depth(),
+            liveness
                 .inference
                 .map_or(0, |inference| inference.queue_capacity),
-            aliases: assignment.aliases.clone(),
-            digest: assignment.digest.clone(),
-            size_bytes: assignment.size_bytes,
-            quantization: assignment.quantization.clone(),
-        })
+        )
     }
+}
+
+/// `node`'s entry, serving `assignment` at `endpoints` with these figures.
+/// The assignment holds its names and digest as text, checked when it was
+/// made; one that does not parse is a corrupt record, and its node is not
+/// routed to rather than sent to peers with a half-empty entry.
+pub(super) fn directory_entry(
+    node: &NodeName,
+    assignment: &DesiredAssignment,
+    endpoints: &Endpoints,
+    load: u32,
+    queue_depth: u32,
+    queue_capacity: u32,
+) -> Option<DirectoryEntry> {
+    let parsed = assignment.model.parse::<ModelName>().and_then(|model| {
+        let aliases = assignment
+            .aliases
+            .iter()
+            .map(|alias| alias.parse::<ModelName>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((model, aliases))
+    });
+    let (model, aliases) = match parsed {
+        Ok(names) => names,
+        Err(error) => {
+            tracing::warn!(node = %node, %error, "not routing to a node whose assignment names do not parse");
+            return None;
+        }
+    };
+    let digest = match assignment.digest.parse::<Digest>() {
+        Ok(digest) => digest,
+        Err(error) => {
+            tracing::warn!(node = %node, %error, "not routing to a node whose assignment digest does not parse");
+            return None;
+        }
+    };
+    Some(DirectoryEntry {
+        model,
+        version: assignment.version.clone(),
+        node: node.clone(),
+        http_url: endpoints.http_url.clone(),
+        grpc_url: endpoints.grpc_url.clone(),
+        load,
+        queue_depth,
+        queue_capacity,
+        aliases,
+        digest: Some(digest),
+        size_bytes: assignment.size_bytes,
+        quantization: assignment.quantization.clone(),
+    })
 }
 
 #[derive(Debug, Default)]
@@ -742,7 +786,7 @@ impl Index {
             let Some(listed) = &route.listed else {
                 continue;
             };
-            let load = loads.entry(listed.entry.model.clone()).or_default();
+            let load = loads.entry(listed.entry.model.to_string()).or_default();
             load.nodes += 1;
             let Some(inference) = route.facts.liveness.and_then(|live| live.inference) else {
                 continue;

@@ -6,85 +6,32 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
 use super::super::StoreResult;
 use super::super::sql::{self, Access, in_transaction};
 use super::SqlStore;
-use crate::domain::{DirectoryEntry, NodeName};
+use crate::domain::DirectoryEntry;
 
 /// A replica that has not marked its routes fresh for this long is gone
 /// for good; its row is deleted.
 const FORGET_REPLICA_AFTER: Duration = Duration::from_secs(3600);
 
-/// [`DirectoryEntry`] as stored. Every field has a default, so that rows
-/// written by an older or newer replica during an upgrade still read.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-struct RouteRow {
-    model: String,
-    version: String,
-    node: String,
-    http_url: String,
-    grpc_url: String,
-    load: u32,
-    queue_depth: u32,
-    queue_capacity: u32,
-    aliases: Vec<String>,
-    digest: String,
-    size_bytes: u64,
-    quantization: String,
-}
-
-impl From<&DirectoryEntry> for RouteRow {
-    fn from(entry: &DirectoryEntry) -> Self {
-        Self {
-            model: entry.model.clone(),
-            version: entry.version.clone(),
-            node: entry.node.to_string(),
-            http_url: entry.http_url.clone(),
-            grpc_url: entry.grpc_url.clone(),
-            load: entry.load,
-            queue_depth: entry.queue_depth,
-            queue_capacity: entry.queue_capacity,
-            aliases: entry.aliases.clone(),
-            digest: entry.digest.clone(),
-            size_bytes: entry.size_bytes,
-            quantization: entry.quantization.clone(),
+/// A stored route, or `None` (with a warning) for a row no replica of this
+/// version could have written: one bad row must not cost the others. The
+/// entry's serde shape is the row's (see `flotilla_contract::DirectoryEntry`:
+/// rows of the previous version read, and it reads this version's).
+fn read_route(replica: &str, route: serde_json::Value) -> Option<DirectoryEntry> {
+    match serde_json::from_value::<DirectoryEntry>(route) {
+        Ok(entry) if entry.has_address() => Some(entry),
+        Ok(entry) => {
+            tracing::warn!(%replica, node = %entry.node, "skipping a stored route without an address");
+            None
         }
-    }
-}
-
-impl RouteRow {
-    /// The entry, or `None` (with a warning) for a row no replica of this
-    /// version could have written: one bad row must not cost the others.
-    fn into_entry(self, replica: &str) -> Option<DirectoryEntry> {
-        let node = match self.node.parse::<NodeName>() {
-            Ok(node) => node,
-            Err(error) => {
-                tracing::warn!(%replica, %error, "skipping a stored route with a bad node name");
-                return None;
-            }
-        };
-        if self.model.is_empty() || (self.http_url.is_empty() && self.grpc_url.is_empty()) {
-            tracing::warn!(%replica, node = %node, "skipping a stored route without a model or an address");
-            return None;
+        Err(error) => {
+            tracing::warn!(%replica, %error, "skipping an unreadable stored route");
+            None
         }
-        Some(DirectoryEntry {
-            model: self.model,
-            version: self.version,
-            node,
-            http_url: self.http_url,
-            grpc_url: self.grpc_url,
-            load: self.load,
-            queue_depth: self.queue_depth,
-            queue_capacity: self.queue_capacity,
-            aliases: self.aliases,
-            digest: self.digest,
-            size_bytes: self.size_bytes,
-            quantization: self.quantization,
-        })
     }
 }
 
@@ -97,7 +44,6 @@ impl SqlStore {
         changed: bool,
         fresh_within: Duration,
     ) -> StoreResult<Vec<DirectoryEntry>> {
-        let rows: Vec<RouteRow> = routes.iter().map(RouteRow::from).collect();
         in_transaction!(self, "exchange_routes", Access::Write, |conn| {
             let refreshed = if changed {
                 0
@@ -118,7 +64,7 @@ impl SqlStore {
                      SET routes = EXCLUDED.routes, changed_at = now(), seen_at = now()",
                 )
                 .bind(replica)
-                .bind(Json(&rows))
+                .bind(Json(routes))
                 .execute(&mut *conn)
                 .await?;
             }
@@ -140,15 +86,9 @@ impl SqlStore {
             Ok(others
                 .into_iter()
                 .flat_map(|(other, Json(routes))| {
-                    routes.into_iter().filter_map(move |route| {
-                        match serde_json::from_value::<RouteRow>(route) {
-                            Ok(row) => row.into_entry(&other),
-                            Err(error) => {
-                                tracing::warn!(replica = %other, %error, "skipping an unreadable stored route");
-                                None
-                            }
-                        }
-                    })
+                    routes
+                        .into_iter()
+                        .filter_map(move |route| read_route(&other, route))
                 })
                 .collect())
         })

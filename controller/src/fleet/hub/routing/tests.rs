@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::super::fixtures::{assigned, observed, sample};
+use super::super::fixtures::{assigned, digest_of, observed, sample};
 use super::super::{Endpoints, ModelLoad, NodeRuntime, PushedState, Session, SyncHub};
 use super::*;
 use crate::domain::{DirectoryEntry, NodeName, NodeStatus};
@@ -117,7 +117,7 @@ fn the_directory_lists_ready_streaming_nodes_and_publishes_only_changes() {
     assert_eq!(
         listed.entries,
         vec![DirectoryEntry {
-            model: "smollm2".to_owned(),
+            model: "smollm2".parse().expect("valid"),
             version: "v1".to_owned(),
             node: a.clone(),
             http_url: "http://127.0.0.1:1000".to_owned(),
@@ -125,8 +125,8 @@ fn the_directory_lists_ready_streaming_nodes_and_publishes_only_changes() {
             load: 30,
             queue_depth: 3,
             queue_capacity: 20,
-            aliases: vec!["chat".to_owned()],
-            digest: "aa".to_owned(),
+            aliases: vec!["chat".parse().expect("valid")],
+            digest: Some(digest_of("aa")),
             size_bytes: 1,
             quantization: "Q4_1".to_owned(),
         }]
@@ -410,24 +410,18 @@ fn entry_as_walked(
     let percent = health.map_or(0, |health| {
         health.cpu_utilisation_percent.clamp(0.0, 100.0) as u32
     });
-    Some(DirectoryEntry {
-        model: assignment.model.clone(),
-        version: assignment.version.clone(),
-        node: node.clone(),
-        http_url: endpoints.http_url.clone(),
-        grpc_url: endpoints.grpc_url.clone(),
-        load: percent - percent % LOAD_STEP,
-        queue_depth: health
+    directory_entry(
+        node,
+        assignment,
+        endpoints,
+        percent - percent % LOAD_STEP,
+        health
             .and_then(|health| health.inference.as_ref())
             .map_or(0, |inference| inference.queue_depth),
-        queue_capacity: health
+        health
             .and_then(|health| health.inference.as_ref())
             .map_or(0, |inference| inference.queue_capacity),
-        aliases: assignment.aliases.clone(),
-        digest: assignment.digest.clone(),
-        size_bytes: assignment.size_bytes,
-        quantization: assignment.quantization.clone(),
-    })
+    )
 }
 
 /// Random changes to 96 nodes (more than a pool per offering), after
@@ -451,7 +445,7 @@ fn matches_a_walk(seed: u64, require_certificates: bool, route_queue: usize) {
         let mut state = assigned(generation, model, "aa");
         if let Some(assignment) = &mut state.desired.assignment {
             if dice.roll(10) == 0 {
-                assignment.digest = "bb".to_owned();
+                assignment.digest = digest_of("bb").to_hex();
             }
             if dice.roll(10) == 0 {
                 assignment.aliases = vec!["other".to_owned()];
@@ -564,7 +558,7 @@ fn matches_a_walk(seed: u64, require_certificates: bool, route_queue: usize) {
                 } else {
                     let other = dice.pick(&nodes);
                     remote.push(DirectoryEntry {
-                        model: "alpha".to_owned(),
+                        model: "alpha".parse().expect("valid"),
                         version: "v1".to_owned(),
                         node: other.clone(),
                         http_url: format!("https://{other}.elsewhere:1"),
@@ -572,8 +566,8 @@ fn matches_a_walk(seed: u64, require_certificates: bool, route_queue: usize) {
                         load: 10 * dice.roll(6) as u32,
                         queue_depth: dice.roll(3) as u32,
                         queue_capacity: 20,
-                        aliases: vec!["chat".to_owned()],
-                        digest: "aa".to_owned(),
+                        aliases: vec!["chat".parse().expect("valid")],
+                        digest: Some(digest_of("aa")),
                         size_bytes: 1,
                         quantization: "Q4_1".to_owned(),
                     });

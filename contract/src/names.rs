@@ -1,8 +1,13 @@
 //! Validated names of registry objects. Names appear in URLs, object keys and
 //! CLI arguments, so they are restricted to a safe, unambiguous alphabet.
+//! Here, in the contract, because the records both sides hold carry them
+//! (the directory entry names a node and a model); the controller's domain
+//! re-exports them.
 
 use std::fmt;
 use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
@@ -70,6 +75,22 @@ macro_rules! name_type {
         impl fmt::Debug for $type {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "{}({:?})", stringify!($type), self.0)
+            }
+        }
+
+        /// As the plain string, so a stored record reads the same as one
+        /// that held a `String`.
+        impl Serialize for $type {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        /// Checked like [`FromStr`]: a stored or received name is input.
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let name = String::deserialize(deserializer)?;
+                Self::try_from(name).map_err(serde::de::Error::custom)
             }
         }
     };

@@ -548,9 +548,9 @@ mod tests {
             ..pb::DirectoryEntry::default()
         };
         let entry = DirectoryEntry::try_from(wire.clone()).expect("a valid entry");
-        let peer = Peer::from(entry);
+        let converted = Peer::from(entry);
         assert_eq!(
-            peer,
+            converted,
             Peer {
                 aliases: vec!["chat".to_owned()],
                 digest,

@@ -27,6 +27,8 @@ mod x86;
 mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
 mod x86_kquants;
+#[cfg(target_arch = "x86_64")]
+mod x86_tiles;
 
 use half::f16;
 
@@ -436,6 +438,15 @@ impl KernelImpl {
             return;
         }
         match (self, format.activation_kind()) {
+            #[cfg(target_arch = "x86_64")]
+            (KernelImpl::Avx2, ActivationKind::Blocks) => x86_tiles::dot_blocks_rows(
+                format,
+                rows,
+                row_bytes,
+                batch.blocks,
+                batch.columns / BLOCK,
+                output,
+            ),
             #[cfg(target_arch = "x86_64")]
             (KernelImpl::Avx512, ActivationKind::Blocks) => x86_avx512::dot_blocks_rows(
                 format,

@@ -149,7 +149,7 @@ proptest! {
 #[test]
 fn rows_dot_equals_row_dot_per_row_and_token() {
     let columns = 512;
-    let row_count = 3;
+    let row_count = 7;
     for tokens in [1usize, 3, 4, 6, 9] {
         let values: Vec<f32> = (0..tokens * columns)
             .map(|i| ((i * 7919) % 1013) as f32 / 127.0 - 4.0)
@@ -338,7 +338,10 @@ fn simd_kernels_match_scalar_on_extreme_blocks() {
 #[ignore = "a timing report, not a check"]
 fn kernel_throughput() {
     use std::time::Instant;
-    let columns = 4864; // Qwen2.5-0.5B's ffn_down width: whole super-blocks and blocks
+    let columns = std::env::var("KT_COLUMNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4864); // Qwen2.5-0.5B's ffn_down width: whole super-blocks and blocks
     let rows = 64; // stays in L2: this measures the kernels, not memory
     let input: Vec<f32> = (0..columns)
         .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
@@ -394,10 +397,24 @@ fn kernel_throughput() {
                 kernel.rows_dot(format, &all_rows, batch, &mut output);
                 output[0]
             });
+            // The decoding path: all rows in one call, one token.
+            let single_batch = BatchActivations {
+                tokens: 1,
+                columns,
+                values: &input,
+                blocks: &blocks,
+                super_blocks: &super_blocks,
+            };
+            let mut single_output = vec![0.0f32; rows];
+            let single = fastest(&mut || {
+                kernel.rows_dot(format, &all_rows, single_batch, &mut single_output);
+                single_output[0]
+            });
             eprintln!(
-                "{format:?} {kernel:?}: {:.0} ns/row (1 token), {:.0} ns/row (4 tokens), {:.0} ns/row (rows_dot, 8 tokens)",
+                "{format:?} {kernel:?}: {:.0} ns/row (1 token), {:.0} ns/row (4 tokens), {:.0} ns/row (rows_dot, 1 token), {:.0} ns/row (rows_dot, 8 tokens)",
                 one * 1e9,
                 four * 1e9,
+                single * 1e9,
                 eight * 1e9
             );
         }

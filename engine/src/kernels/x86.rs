@@ -36,6 +36,33 @@ pub(super) fn assert_supported() {
     );
 }
 
+/// Checks the shapes of a `*_rows` call and returns (rows, tokens): `rows` is whole rows
+/// of `row_bytes` (whole blocks of `block_bytes`), `output` one value per row and token,
+/// and each of the tokens has `per_token` activation blocks in `activations`, at least as
+/// many as a row has weight blocks.
+pub(super) fn rows_shape(
+    rows: &[u8],
+    row_bytes: usize,
+    block_bytes: usize,
+    activations: usize,
+    per_token: usize,
+    output: usize,
+) -> (usize, usize) {
+    assert!(
+        row_bytes > 0 && row_bytes.is_multiple_of(block_bytes),
+        "rows are whole blocks"
+    );
+    let row_count = rows.len() / row_bytes;
+    assert_eq!(rows.len(), row_count * row_bytes, "whole rows");
+    let tokens = output / row_count.max(1);
+    assert_eq!(output, row_count * tokens, "one output per row and token");
+    assert!(
+        per_token >= row_bytes / block_bytes && activations >= tokens * per_token,
+        "fewer activation blocks than weight blocks"
+    );
+    (row_count, tokens)
+}
+
 /// Four tokens' dot products with one weight row, unpacking each weight block once. The
 /// per-token arithmetic is exactly that of [`dot_blocks`], so results are bit-identical
 /// to four separate calls (batching must not change answers).
@@ -227,7 +254,7 @@ fn signed_dot(weights: __m256i, activations: __m256i) -> __m256 {
 /// Expands 16 bytes of packed nibbles into 32 bytes: low nibbles first, then high nibbles.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn unpack_nibbles(packed: &[u8]) -> __m256i {
+pub(super) fn unpack_nibbles(packed: &[u8]) -> __m256i {
     let packed: &[u8; 16] = packed
         .try_into()
         .expect("a block's nibble field is 16 bytes");
@@ -241,7 +268,7 @@ fn unpack_nibbles(packed: &[u8]) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load_activations(block: &ActivationBlock) -> __m256i {
+pub(super) fn load_activations(block: &ActivationBlock) -> __m256i {
     // SAFETY: `qs` is a 32-byte array; the load is unaligned.
     unsafe { _mm256_loadu_si256(block.qs.as_ptr().cast()) }
 }
@@ -310,7 +337,7 @@ fn dot_q4_1(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
 /// (ggml's `bytes_from_bits_32`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bytes_from_bits(qh: &[u8]) -> __m256i {
+pub(super) fn bytes_from_bits(qh: &[u8]) -> __m256i {
     let bits = i32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
     let shuffle = _mm256_set_epi64x(
         0x0303_0303_0303_0303,
@@ -327,7 +354,7 @@ fn bytes_from_bits(qh: &[u8]) -> __m256i {
 /// so OR-ing 0xF0 into the nibble yields its two's-complement `nibble − 16`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0_weights(block: &[u8]) -> __m256i {
+pub(super) fn q5_0_weights(block: &[u8]) -> __m256i {
     let nibbles = unpack_nibbles(&block[6..22]);
     let high = _mm256_andnot_si256(
         bytes_from_bits(&block[2..6]),

@@ -1,13 +1,13 @@
 //! AVX2 matrix multiplication of 32-element block rows (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) by a
-//! batch of tokens, in tiles of several rows × several tokens (llamafile's tinyBLAS idea).
+//! batch of tokens, in tiles of rows × tokens (llamafile's tinyBLAS idea) walked inside one
+//! `target_feature` function, so short rows pay no dispatch per row and token.
 //!
 //! Inside a tile every weight block is decoded once for all its tokens, every activation
 //! block is loaded once for all its rows, and each (row, token) pair keeps its own
 //! accumulator in a register. A tile's arithmetic per (row, token) is exactly that of
 //! [`super::x86::dot_blocks`] (same products, same FMA chain in block order, same horizontal
 //! sum), so results are bit-identical to one `row_dot` per row and token whatever the tile
-//! shape; batching must not change answers. A single token (decoding) runs as tiles of four
-//! rows × one token, which gives the FMA four independent chains instead of one.
+//! shape; batching must not change answers.
 //! This module, like `x86`, is allowed `unsafe` for the intrinsics.
 #![allow(unsafe_code)]
 
@@ -41,13 +41,6 @@ const fn format_bytes(format: u8) -> usize {
 const fn is_affine(format: u8) -> bool {
     format == Q4_1 || format == Q5_1
 }
-
-/// Rows per tile when tokens go in fours. One: two rows × four tokens (eight accumulators)
-/// measured 5% slower than one row (`kernel_throughput`, Q5_0): the loop is bound by the
-/// multiply ports, not by loading activations, and two rows spill registers.
-const ROWS_PER_TILE: usize = 1;
-/// Rows per tile for the tokens left over after the fours.
-const ROWS_PER_TAIL_TILE: usize = 4;
 
 /// Every token's dot product with each of several rows: `output[r * tokens + t]`, where
 /// `blocks` holds the tokens' activation blocks, `per_token` a token, one token after
@@ -86,8 +79,11 @@ pub(super) fn dot_blocks_rows(
     }
 }
 
-/// Walks the output in tiles: tokens in fours with [`ROWS_PER_TILE`] rows, the leftover
-/// tokens with [`ROWS_PER_TAIL_TILE`] rows, and leftover rows one at a time.
+/// Walks the output in tiles of one row × four tokens, then the leftover tokens one at a
+/// time. Larger tiles were slower here (`kernel_throughput`, Zen 2): two rows × four tokens
+/// by 5% (the loop is bound by the integer multiplies, not by loading activations, and
+/// eight accumulators spill), and four rows × one token cut decoding on Qwen2.5-0.5B from
+/// ~12-15 to ~9-12 tokens/s although it was faster on rows in cache.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn rows_generic<const FORMAT: u8>(
     rows: &[u8],
@@ -102,47 +98,17 @@ fn rows_generic<const FORMAT: u8>(
     let row = |index: usize| &rows[index * row_bytes..(index + 1) * row_bytes];
     let token = |index: usize| &blocks[index * per_token..][..row_blocks];
     let grouped = tokens / 4 * 4;
-    let mut first_row = 0;
-    while first_row < row_count {
-        let tile_rows = if row_count - first_row >= ROWS_PER_TILE {
-            ROWS_PER_TILE
-        } else {
-            1
-        };
+    for row_index in 0..row_count {
         for first in (0..grouped).step_by(4) {
-            let inputs = std::array::from_fn(|offset| token(first + offset));
-            if tile_rows == ROWS_PER_TILE {
-                let results = tile::<FORMAT, ROWS_PER_TILE, 4>(
-                    std::array::from_fn(|offset| row(first_row + offset)),
-                    inputs,
-                );
-                for (offset, values) in results.iter().enumerate() {
-                    output[(first_row + offset) * tokens + first..][..4].copy_from_slice(values);
-                }
-            } else {
-                let [values] = tile::<FORMAT, 1, 4>([row(first_row)], inputs);
-                output[first_row * tokens + first..][..4].copy_from_slice(&values);
-            }
-        }
-        first_row += tile_rows;
-    }
-    // Leftover tokens one at a time, rows in fours: independent FMA chains for decoding.
-    for index in grouped..tokens {
-        let input = [token(index)];
-        let mut first_row = 0;
-        while row_count - first_row >= ROWS_PER_TAIL_TILE {
-            let results = tile::<FORMAT, ROWS_PER_TAIL_TILE, 1>(
-                std::array::from_fn(|offset| row(first_row + offset)),
-                input,
+            let [values] = tile::<FORMAT, 1, 4>(
+                [row(row_index)],
+                std::array::from_fn(|offset| token(first + offset)),
             );
-            for (offset, [value]) in results.into_iter().enumerate() {
-                output[(first_row + offset) * tokens + index] = value;
-            }
-            first_row += ROWS_PER_TAIL_TILE;
+            output[row_index * tokens + first..][..4].copy_from_slice(&values);
         }
-        for remaining in first_row..row_count {
-            let [[value]] = tile::<FORMAT, 1, 1>([row(remaining)], input);
-            output[remaining * tokens + index] = value;
+        for index in grouped..tokens {
+            let [[value]] = tile::<FORMAT, 1, 1>([row(row_index)], [token(index)]);
+            output[row_index * tokens + index] = value;
         }
     }
 }

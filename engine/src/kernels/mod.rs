@@ -448,6 +448,15 @@ impl KernelImpl {
                 output,
             ),
             #[cfg(target_arch = "x86_64")]
+            (KernelImpl::Avx2, ActivationKind::SuperBlocks) => x86_kquants::dot_super_blocks_rows(
+                format,
+                rows,
+                row_bytes,
+                batch.super_blocks,
+                batch.columns / SUPER_BLOCK,
+                output,
+            ),
+            #[cfg(target_arch = "x86_64")]
             (KernelImpl::Avx512, ActivationKind::Blocks) => x86_avx512::dot_blocks_rows(
                 format,
                 rows,

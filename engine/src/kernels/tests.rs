@@ -150,7 +150,7 @@ proptest! {
 fn rows_dot_equals_row_dot_per_row_and_token() {
     let columns = 512;
     let row_count = 7;
-    for tokens in [1usize, 3, 4, 6, 9] {
+    for tokens in [1usize, 3, 4, 6, 9, 29] {
         let values: Vec<f32> = (0..tokens * columns)
             .map(|i| ((i * 7919) % 1013) as f32 / 127.0 - 4.0)
             .collect();
@@ -379,8 +379,12 @@ fn kernel_throughput() {
                     .map(|row| kernel.row_dot_x4(format, row, [activations; 4])[3])
                     .sum()
             });
-            // The matmul path: all rows in one call, eight tokens.
-            let tokens = 8;
+            // The matmul path: all rows in one call, eight tokens (or `KT_TOKENS`; `KT_COLUMNS`
+            // sets the row width, 896 for most of Qwen2.5-0.5B's rows).
+            let tokens = std::env::var("KT_TOKENS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(8);
             let values = input.repeat(tokens);
             let batch_blocks = blocks.repeat(tokens);
             let batch_super_blocks = super_blocks.repeat(tokens);
@@ -411,7 +415,7 @@ fn kernel_throughput() {
                 single_output[0]
             });
             eprintln!(
-                "{format:?} {kernel:?}: {:.0} ns/row (1 token), {:.0} ns/row (4 tokens), {:.0} ns/row (rows_dot, 1 token), {:.0} ns/row (rows_dot, 8 tokens)",
+                "{format:?} {kernel:?}: {:.0} ns/row (1 token), {:.0} ns/row (4 tokens), {:.0} ns/row (rows_dot, 1 token), {:.0} ns/row (rows_dot, {tokens} tokens)",
                 one * 1e9,
                 four * 1e9,
                 single * 1e9,

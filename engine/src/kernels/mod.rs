@@ -162,12 +162,28 @@ pub struct ActivationBlock {
     pub qs: [i8; BLOCK],
 }
 
-/// Quantizes one activation vector (length a multiple of 32) into blocks.
+/// Quantizes one activation vector (length a multiple of 32) into blocks, with AVX2 where
+/// the CPU has it (bit-identical to [`quantize_activations_scalar`]: the same IEEE
+/// operations, 8 lanes at a time).
 pub fn quantize_activations(input: &[f32], output: &mut Vec<ActivationBlock>) {
+    #[cfg(target_arch = "x86_64")]
+    if KernelImpl::Avx2.is_supported() {
+        output.clear();
+        output.extend(
+            input
+                .chunks_exact(BLOCK)
+                .map(|chunk| x86::quantize_block(chunk.try_into().expect("32-value chunks"))),
+        );
+        return;
+    }
+    quantize_activations_scalar(input, output);
+}
+
+/// The portable form of [`quantize_activations`], and its reference.
+pub fn quantize_activations_scalar(input: &[f32], output: &mut Vec<ActivationBlock>) {
     output.clear();
     for chunk in input.chunks_exact(BLOCK) {
         let max_abs = chunk.iter().fold(0.0f32, |max, value| max.max(value.abs()));
-        let d = max_abs / 127.0;
         let inverse = if max_abs != 0.0 { 127.0 / max_abs } else { 0.0 };
         let mut qs = [0i8; BLOCK];
         let mut sum = 0i32;
@@ -177,11 +193,18 @@ pub fn quantize_activations(input: &[f32], output: &mut Vec<ActivationBlock>) {
             *quantized = rounded;
             sum += i32::from(rounded);
         }
-        output.push(ActivationBlock {
-            d: f16::from_f32(d).to_f32(),
-            s: f16::from_f32(d * sum as f32).to_f32(),
-            qs,
-        });
+        output.push(activation_block(max_abs, qs, sum));
+    }
+}
+
+/// A block from its largest magnitude, quants and quant sum: `d` and `s` rounded through
+/// f16 exactly as llama.cpp stores them.
+fn activation_block(max_abs: f32, qs: [i8; BLOCK], sum: i32) -> ActivationBlock {
+    let d = max_abs / 127.0;
+    ActivationBlock {
+        d: f16::from_f32(d).to_f32(),
+        s: f16::from_f32(d * sum as f32).to_f32(),
+        qs,
     }
 }
 

@@ -277,6 +277,33 @@ fn fast_rounding_matches_round_ties_even() {
     }
 }
 
+/// The AVX2 activation quantization gives the scalar reference's blocks bit for bit.
+#[test]
+fn activation_quantization_matches_the_scalar_reference() {
+    let mut input: Vec<f32> = (0..32 * 64)
+        .map(|i| ((i * 7919) % 2003) as f32 / 97.0 - 10.0)
+        .collect();
+    // Ties at the rounding step, an all-zero block and a block of one large value.
+    input[..32].copy_from_slice(&[0.0; 32]);
+    for (i, value) in input[32..64].iter_mut().enumerate() {
+        *value = (i as f32 - 16.0) * 0.5;
+    }
+    input[64..96].fill(0.0);
+    input[70] = -1e30;
+    let mut fast = Vec::new();
+    let mut reference = Vec::new();
+    quantize_activations(&input, &mut fast);
+    quantize_activations_scalar(&input, &mut reference);
+    assert_eq!(fast.len(), reference.len());
+    for (index, (a, b)) in fast.iter().zip(&reference).enumerate() {
+        assert_eq!(
+            (a.d.to_bits(), a.s.to_bits(), a.qs),
+            (b.d.to_bits(), b.s.to_bits(), b.qs),
+            "block {index}"
+        );
+    }
+}
+
 /// Every implementation this CPU has is exercised by the property test above; this says
 /// which, so a CI log shows whether the AVX-512 path ran.
 #[test]

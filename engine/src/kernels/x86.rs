@@ -140,6 +140,50 @@ fn dot_q8_0_x4(row: &[u8], blocks: [&[ActivationBlock]; 4]) -> [f32; 4] {
     ]
 }
 
+/// One block of [`super::quantize_activations`] with AVX2: the largest magnitude, `v ·
+/// (127 / max)` rounded to nearest-even by the conversion (the default rounding mode, as
+/// the scalar `round_ties_even_small` relies on too), and the quants' sum. Bit-identical to
+/// the scalar code; it ran serially between the parallel matmuls.
+pub(super) fn quantize_block(chunk: &[f32; super::BLOCK]) -> ActivationBlock {
+    assert_supported();
+    // SAFETY: CPU features asserted above; the loads read exactly the 32 values of `chunk`
+    // and the store writes exactly the 32 bytes of `qs`.
+    let (max_abs, qs, sum) = unsafe { quantize_block_avx2(chunk) };
+    super::activation_block(max_abs, qs, sum)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_block_avx2(chunk: &[f32; super::BLOCK]) -> (f32, [i8; super::BLOCK], i32) {
+    // SAFETY: four loads of eight f32 within the 32-value array; unaligned.
+    let values: [__m256; 4] =
+        std::array::from_fn(|part| unsafe { _mm256_loadu_ps(chunk.as_ptr().add(8 * part)) });
+    let sign = _mm256_set1_ps(-0.0);
+    let mut max = _mm256_setzero_ps();
+    for value in values {
+        max = _mm256_max_ps(max, _mm256_andnot_ps(sign, value));
+    }
+    let folded = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
+    let folded = _mm_max_ps(folded, _mm_movehl_ps(folded, folded));
+    let max_abs = _mm_cvtss_f32(_mm_max_ss(folded, _mm_movehdup_ps(folded)));
+    let inverse = _mm256_set1_ps(if max_abs != 0.0 { 127.0 / max_abs } else { 0.0 });
+    let [a, b, c, d] = values.map(|value| _mm256_cvtps_epi32(_mm256_mul_ps(value, inverse)));
+    // Packing works within 128-bit lanes: the bytes come out in groups of four values as
+    // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7; one dword permutation restores the order.
+    let bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+    let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let mut qs = [0i8; super::BLOCK];
+    // SAFETY: `qs` is 32 bytes; unaligned store.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), bytes) };
+    let sums = _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d));
+    let sums = _mm_add_epi32(
+        _mm256_castsi256_si128(sums),
+        _mm256_extracti128_si256(sums, 1),
+    );
+    let sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0b01_00_11_10));
+    let sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0b10_11_00_01));
+    (max_abs, qs, _mm_cvtsi128_si32(sums))
+}
+
 /// `Σ key[i] · query[i]` with 8-wide F16C conversion.
 pub(super) fn dot_f16_f32(key: &[f16], query: &[f32]) -> f32 {
     assert_supported();

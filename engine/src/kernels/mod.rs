@@ -16,8 +16,10 @@
 //! the CPU has all of them, else AVX2+FMA+F16C, else the scalar implementation, which is
 //! the portable fallback and the reference the SIMD code is tested against.
 //! [`KernelImpl::rows_dot`] is the matrix multiplication's entry point: a run of weight
-//! rows against every token of a batch, tokens sharing each pass over a row in fours,
-//! bit-identical to one [`KernelImpl::row_dot`] per row and token.
+//! rows against every token of a batch, tokens sharing each pass over a row in fours (up to
+//! sixteen for the AVX2 K-quants, whose super-blocks are costly to unpack), bit-identical
+//! to one [`KernelImpl::row_dot`] per row and token; the SIMD implementations run the whole
+//! run inside one call (`x86_tiles`, `x86_kquants`, `x86_avx512`).
 
 mod dequantize;
 mod scalar;

@@ -16,8 +16,10 @@
 //! the CPU has all of them, else AVX2+FMA+F16C, else the scalar implementation, which is
 //! the portable fallback and the reference the SIMD code is tested against.
 //! [`KernelImpl::rows_dot`] is the matrix multiplication's entry point: a run of weight
-//! rows against every token of a batch, tokens sharing each pass over a row in fours,
-//! bit-identical to one [`KernelImpl::row_dot`] per row and token.
+//! rows against every token of a batch, tokens sharing each pass over a row in fours (up to
+//! sixteen for the AVX2 K-quants, whose super-blocks are costly to unpack), bit-identical
+//! to one [`KernelImpl::row_dot`] per row and token; the SIMD implementations run the whole
+//! run inside one call (`x86_tiles`, `x86_kquants`, `x86_avx512`).
 
 mod dequantize;
 mod scalar;
@@ -27,6 +29,8 @@ mod x86;
 mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
 mod x86_kquants;
+#[cfg(target_arch = "x86_64")]
+mod x86_tiles;
 
 use half::f16;
 
@@ -160,12 +164,28 @@ pub struct ActivationBlock {
     pub qs: [i8; BLOCK],
 }
 
-/// Quantizes one activation vector (length a multiple of 32) into blocks.
+/// Quantizes one activation vector (length a multiple of 32) into blocks, with AVX2 where
+/// the CPU has it (bit-identical to [`quantize_activations_scalar`]: the same IEEE
+/// operations, 8 lanes at a time).
 pub fn quantize_activations(input: &[f32], output: &mut Vec<ActivationBlock>) {
+    #[cfg(target_arch = "x86_64")]
+    if KernelImpl::Avx2.is_supported() {
+        output.clear();
+        output.extend(
+            input
+                .chunks_exact(BLOCK)
+                .map(|chunk| x86::quantize_block(chunk.try_into().expect("32-value chunks"))),
+        );
+        return;
+    }
+    quantize_activations_scalar(input, output);
+}
+
+/// The portable form of [`quantize_activations`], and its reference.
+pub fn quantize_activations_scalar(input: &[f32], output: &mut Vec<ActivationBlock>) {
     output.clear();
     for chunk in input.chunks_exact(BLOCK) {
         let max_abs = chunk.iter().fold(0.0f32, |max, value| max.max(value.abs()));
-        let d = max_abs / 127.0;
         let inverse = if max_abs != 0.0 { 127.0 / max_abs } else { 0.0 };
         let mut qs = [0i8; BLOCK];
         let mut sum = 0i32;
@@ -175,11 +195,18 @@ pub fn quantize_activations(input: &[f32], output: &mut Vec<ActivationBlock>) {
             *quantized = rounded;
             sum += i32::from(rounded);
         }
-        output.push(ActivationBlock {
-            d: f16::from_f32(d).to_f32(),
-            s: f16::from_f32(d * sum as f32).to_f32(),
-            qs,
-        });
+        output.push(activation_block(max_abs, qs, sum));
+    }
+}
+
+/// A block from its largest magnitude, quants and quant sum: `d` and `s` rounded through
+/// f16 exactly as llama.cpp stores them.
+fn activation_block(max_abs: f32, qs: [i8; BLOCK], sum: i32) -> ActivationBlock {
+    let d = max_abs / 127.0;
+    ActivationBlock {
+        d: f16::from_f32(d).to_f32(),
+        s: f16::from_f32(d * sum as f32).to_f32(),
+        qs,
     }
 }
 
@@ -436,6 +463,24 @@ impl KernelImpl {
             return;
         }
         match (self, format.activation_kind()) {
+            #[cfg(target_arch = "x86_64")]
+            (KernelImpl::Avx2, ActivationKind::Blocks) => x86_tiles::dot_blocks_rows(
+                format,
+                rows,
+                row_bytes,
+                batch.blocks,
+                batch.columns / BLOCK,
+                output,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            (KernelImpl::Avx2, ActivationKind::SuperBlocks) => x86_kquants::dot_super_blocks_rows(
+                format,
+                rows,
+                row_bytes,
+                batch.super_blocks,
+                batch.columns / SUPER_BLOCK,
+                output,
+            ),
             #[cfg(target_arch = "x86_64")]
             (KernelImpl::Avx512, ActivationKind::Blocks) => x86_avx512::dot_blocks_rows(
                 format,

@@ -149,8 +149,8 @@ proptest! {
 #[test]
 fn rows_dot_equals_row_dot_per_row_and_token() {
     let columns = 512;
-    let row_count = 3;
-    for tokens in [1usize, 3, 4, 6, 9] {
+    let row_count = 7;
+    for tokens in [1usize, 3, 4, 6, 9, 29] {
         let values: Vec<f32> = (0..tokens * columns)
             .map(|i| ((i * 7919) % 1013) as f32 / 127.0 - 4.0)
             .collect();
@@ -277,6 +277,33 @@ fn fast_rounding_matches_round_ties_even() {
     }
 }
 
+/// The AVX2 activation quantization gives the scalar reference's blocks bit for bit.
+#[test]
+fn activation_quantization_matches_the_scalar_reference() {
+    let mut input: Vec<f32> = (0..32 * 64)
+        .map(|i| ((i * 7919) % 2003) as f32 / 97.0 - 10.0)
+        .collect();
+    // Ties at the rounding step, an all-zero block and a block of one large value.
+    input[..32].copy_from_slice(&[0.0; 32]);
+    for (i, value) in input[32..64].iter_mut().enumerate() {
+        *value = (i as f32 - 16.0) * 0.5;
+    }
+    input[64..96].fill(0.0);
+    input[70] = -1e30;
+    let mut fast = Vec::new();
+    let mut reference = Vec::new();
+    quantize_activations(&input, &mut fast);
+    quantize_activations_scalar(&input, &mut reference);
+    assert_eq!(fast.len(), reference.len());
+    for (index, (a, b)) in fast.iter().zip(&reference).enumerate() {
+        assert_eq!(
+            (a.d.to_bits(), a.s.to_bits(), a.qs),
+            (b.d.to_bits(), b.s.to_bits(), b.qs),
+            "block {index}"
+        );
+    }
+}
+
 /// Every implementation this CPU has is exercised by the property test above; this says
 /// which, so a CI log shows whether the AVX-512 path ran.
 #[test]
@@ -338,7 +365,10 @@ fn simd_kernels_match_scalar_on_extreme_blocks() {
 #[ignore = "a timing report, not a check"]
 fn kernel_throughput() {
     use std::time::Instant;
-    let columns = 4864; // Qwen2.5-0.5B's ffn_down width: whole super-blocks and blocks
+    let columns = std::env::var("KT_COLUMNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4864); // Qwen2.5-0.5B's ffn_down width: whole super-blocks and blocks
     let rows = 64; // stays in L2: this measures the kernels, not memory
     let input: Vec<f32> = (0..columns)
         .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
@@ -376,8 +406,12 @@ fn kernel_throughput() {
                     .map(|row| kernel.row_dot_x4(format, row, [activations; 4])[3])
                     .sum()
             });
-            // The matmul path: all rows in one call, eight tokens.
-            let tokens = 8;
+            // The matmul path: all rows in one call, eight tokens (or `KT_TOKENS`; `KT_COLUMNS`
+            // sets the row width, 896 for most of Qwen2.5-0.5B's rows).
+            let tokens = std::env::var("KT_TOKENS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(8);
             let values = input.repeat(tokens);
             let batch_blocks = blocks.repeat(tokens);
             let batch_super_blocks = super_blocks.repeat(tokens);
@@ -394,10 +428,24 @@ fn kernel_throughput() {
                 kernel.rows_dot(format, &all_rows, batch, &mut output);
                 output[0]
             });
+            // The decoding path: all rows in one call, one token.
+            let single_batch = BatchActivations {
+                tokens: 1,
+                columns,
+                values: &input,
+                blocks: &blocks,
+                super_blocks: &super_blocks,
+            };
+            let mut single_output = vec![0.0f32; rows];
+            let single = fastest(&mut || {
+                kernel.rows_dot(format, &all_rows, single_batch, &mut single_output);
+                single_output[0]
+            });
             eprintln!(
-                "{format:?} {kernel:?}: {:.0} ns/row (1 token), {:.0} ns/row (4 tokens), {:.0} ns/row (rows_dot, 8 tokens)",
+                "{format:?} {kernel:?}: {:.0} ns/row (1 token), {:.0} ns/row (4 tokens), {:.0} ns/row (rows_dot, 1 token), {:.0} ns/row (rows_dot, {tokens} tokens)",
                 one * 1e9,
                 four * 1e9,
+                single * 1e9,
                 eight * 1e9
             );
         }

@@ -36,6 +36,33 @@ pub(super) fn assert_supported() {
     );
 }
 
+/// Checks the shapes of a `*_rows` call and returns (rows, tokens): `rows` is whole rows
+/// of `row_bytes` (whole blocks of `block_bytes`), `output` one value per row and token,
+/// and each of the tokens has `per_token` activation blocks in `activations`, at least as
+/// many as a row has weight blocks.
+pub(super) fn rows_shape(
+    rows: &[u8],
+    row_bytes: usize,
+    block_bytes: usize,
+    activations: usize,
+    per_token: usize,
+    output: usize,
+) -> (usize, usize) {
+    assert!(
+        row_bytes > 0 && row_bytes.is_multiple_of(block_bytes),
+        "rows are whole blocks"
+    );
+    let row_count = rows.len() / row_bytes;
+    assert_eq!(rows.len(), row_count * row_bytes, "whole rows");
+    let tokens = output / row_count.max(1);
+    assert_eq!(output, row_count * tokens, "one output per row and token");
+    assert!(
+        per_token >= row_bytes / block_bytes && activations >= tokens * per_token,
+        "fewer activation blocks than weight blocks"
+    );
+    (row_count, tokens)
+}
+
 /// Four tokens' dot products with one weight row, unpacking each weight block once. The
 /// per-token arithmetic is exactly that of [`dot_blocks`], so results are bit-identical
 /// to four separate calls (batching must not change answers).
@@ -111,6 +138,50 @@ fn dot_q8_0_x4(row: &[u8], blocks: [&[ActivationBlock]; 4]) -> [f32; 4] {
         horizontal_sum(accumulators[2]),
         horizontal_sum(accumulators[3]),
     ]
+}
+
+/// One block of [`super::quantize_activations`] with AVX2: the largest magnitude, `v ·
+/// (127 / max)` rounded to nearest-even by the conversion (the default rounding mode, as
+/// the scalar `round_ties_even_small` relies on too), and the quants' sum. Bit-identical to
+/// the scalar code; it ran serially between the parallel matmuls.
+pub(super) fn quantize_block(chunk: &[f32; super::BLOCK]) -> ActivationBlock {
+    assert_supported();
+    // SAFETY: CPU features asserted above; the loads read exactly the 32 values of `chunk`
+    // and the store writes exactly the 32 bytes of `qs`.
+    let (max_abs, qs, sum) = unsafe { quantize_block_avx2(chunk) };
+    super::activation_block(max_abs, qs, sum)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_block_avx2(chunk: &[f32; super::BLOCK]) -> (f32, [i8; super::BLOCK], i32) {
+    // SAFETY: four loads of eight f32 within the 32-value array; unaligned.
+    let values: [__m256; 4] =
+        std::array::from_fn(|part| unsafe { _mm256_loadu_ps(chunk.as_ptr().add(8 * part)) });
+    let sign = _mm256_set1_ps(-0.0);
+    let mut max = _mm256_setzero_ps();
+    for value in values {
+        max = _mm256_max_ps(max, _mm256_andnot_ps(sign, value));
+    }
+    let folded = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps(max, 1));
+    let folded = _mm_max_ps(folded, _mm_movehl_ps(folded, folded));
+    let max_abs = _mm_cvtss_f32(_mm_max_ss(folded, _mm_movehdup_ps(folded)));
+    let inverse = _mm256_set1_ps(if max_abs != 0.0 { 127.0 / max_abs } else { 0.0 });
+    let [a, b, c, d] = values.map(|value| _mm256_cvtps_epi32(_mm256_mul_ps(value, inverse)));
+    // Packing works within 128-bit lanes: the bytes come out in groups of four values as
+    // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7; one dword permutation restores the order.
+    let bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+    let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let mut qs = [0i8; super::BLOCK];
+    // SAFETY: `qs` is 32 bytes; unaligned store.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), bytes) };
+    let sums = _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d));
+    let sums = _mm_add_epi32(
+        _mm256_castsi256_si128(sums),
+        _mm256_extracti128_si256(sums, 1),
+    );
+    let sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0b01_00_11_10));
+    let sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0b10_11_00_01));
+    (max_abs, qs, _mm_cvtsi128_si32(sums))
 }
 
 /// `Σ key[i] · query[i]` with 8-wide F16C conversion.
@@ -227,7 +298,7 @@ fn signed_dot(weights: __m256i, activations: __m256i) -> __m256 {
 /// Expands 16 bytes of packed nibbles into 32 bytes: low nibbles first, then high nibbles.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn unpack_nibbles(packed: &[u8]) -> __m256i {
+pub(super) fn unpack_nibbles(packed: &[u8]) -> __m256i {
     let packed: &[u8; 16] = packed
         .try_into()
         .expect("a block's nibble field is 16 bytes");
@@ -241,7 +312,7 @@ fn unpack_nibbles(packed: &[u8]) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load_activations(block: &ActivationBlock) -> __m256i {
+pub(super) fn load_activations(block: &ActivationBlock) -> __m256i {
     // SAFETY: `qs` is a 32-byte array; the load is unaligned.
     unsafe { _mm256_loadu_si256(block.qs.as_ptr().cast()) }
 }
@@ -310,7 +381,7 @@ fn dot_q4_1(row: &[u8], blocks: &[ActivationBlock]) -> f32 {
 /// (ggml's `bytes_from_bits_32`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bytes_from_bits(qh: &[u8]) -> __m256i {
+pub(super) fn bytes_from_bits(qh: &[u8]) -> __m256i {
     let bits = i32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
     let shuffle = _mm256_set_epi64x(
         0x0303_0303_0303_0303,
@@ -327,7 +398,7 @@ fn bytes_from_bits(qh: &[u8]) -> __m256i {
 /// so OR-ing 0xF0 into the nibble yields its two's-complement `nibble − 16`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0_weights(block: &[u8]) -> __m256i {
+pub(super) fn q5_0_weights(block: &[u8]) -> __m256i {
     let nibbles = unpack_nibbles(&block[6..22]);
     let high = _mm256_andnot_si256(
         bytes_from_bits(&block[2..6]),

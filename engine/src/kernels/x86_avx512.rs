@@ -23,7 +23,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86::{broadcast_f16, broadcast_f16_pair, horizontal_sum, read_f16};
+use super::x86::{broadcast_f16, broadcast_f16_pair, horizontal_sum, read_f16, rows_shape};
 use super::x86_kquants::{Unpacked, unpack};
 use super::{ActivationBlock, SuperBlock, WeightFormat};
 
@@ -64,33 +64,6 @@ pub(super) fn dot_blocks_x4(
     blocks: [&[ActivationBlock]; 4],
 ) -> [f32; 4] {
     dot_blocks_n(format, row, blocks)
-}
-
-/// Checks the shapes of a `*_rows` call and returns (rows, tokens): `rows` is whole rows
-/// of `row_bytes` (whole blocks of `block_bytes`), `output` one value per row and token,
-/// and each of the tokens has `per_token` activation blocks in `activations`, at least as
-/// many as a row has weight blocks.
-fn rows_shape(
-    rows: &[u8],
-    row_bytes: usize,
-    block_bytes: usize,
-    activations: usize,
-    per_token: usize,
-    output: usize,
-) -> (usize, usize) {
-    assert!(
-        row_bytes > 0 && row_bytes.is_multiple_of(block_bytes),
-        "rows are whole blocks"
-    );
-    let row_count = rows.len() / row_bytes;
-    assert_eq!(rows.len(), row_count * row_bytes, "whole rows");
-    let tokens = output / row_count.max(1);
-    assert_eq!(output, row_count * tokens, "one output per row and token");
-    assert!(
-        per_token >= row_bytes / block_bytes && activations >= tokens * per_token,
-        "fewer activation blocks than weight blocks"
-    );
-    (row_count, tokens)
 }
 
 /// Every token's dot product with each of several rows: `output[r * tokens + t]`, where

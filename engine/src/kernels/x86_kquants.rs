@@ -56,6 +56,65 @@ pub(super) fn dot_super_blocks_x4(
     unsafe { dot_n(format, row, blocks) }
 }
 
+/// Every token's dot product with each of several K-quant rows: `output[r * tokens + t]`,
+/// where `blocks` holds the tokens' super-blocks, `per_token` a token, one token after
+/// another. Each super-block is unpacked once per eight tokens (then four, then one), and
+/// the whole run is one call; bit-identical to [`dot_super_blocks`] per row and token.
+pub(super) fn dot_super_blocks_rows(
+    format: WeightFormat,
+    rows: &[u8],
+    row_bytes: usize,
+    blocks: &[SuperBlock],
+    per_token: usize,
+    output: &mut [f32],
+) {
+    assert_supported();
+    let (row_count, tokens) = super::x86::rows_shape(
+        rows,
+        row_bytes,
+        format.block_bytes(),
+        blocks.len(),
+        per_token,
+        output.len(),
+    );
+    if row_count == 0 || tokens == 0 {
+        return;
+    }
+    let row_blocks = row_bytes / format.block_bytes();
+    let token = |index: usize| &blocks[index * per_token..][..row_blocks];
+    for (row, row_output) in rows
+        .chunks_exact(row_bytes)
+        .zip(output.chunks_exact_mut(tokens))
+    {
+        let mut first = 0;
+        while tokens - first >= 16 {
+            // SAFETY: as below.
+            let results =
+                unsafe { dot_n::<16>(format, row, std::array::from_fn(|t| token(first + t))) };
+            row_output[first..first + 16].copy_from_slice(&results);
+            first += 16;
+        }
+        // SAFETY (all three calls): CPU features asserted above; the row is whole
+        // super-blocks and every token's slice covers it (`rows_shape`); all reads go
+        // through bounds-checked slices.
+        while tokens - first >= 8 {
+            let results =
+                unsafe { dot_n::<8>(format, row, std::array::from_fn(|t| token(first + t))) };
+            row_output[first..first + 8].copy_from_slice(&results);
+            first += 8;
+        }
+        if tokens - first >= 4 {
+            let results =
+                unsafe { dot_n::<4>(format, row, std::array::from_fn(|t| token(first + t))) };
+            row_output[first..first + 4].copy_from_slice(&results);
+            first += 4;
+        }
+        for (index, value) in row_output.iter_mut().enumerate().skip(first) {
+            *value = unsafe { dot_n::<1>(format, row, [token(index)]) }[0];
+        }
+    }
+}
+
 /// A super-block in the common shape described in the module comment.
 pub(super) struct Unpacked {
     /// Unsigned quants, 32 elements per vector.

@@ -192,9 +192,25 @@ pub fn matmul(
             let rows = &bytes[first_row * row_bytes..][..chunk.len() / tokens * row_bytes];
             kernel.rows_dot(weights.format, rows, batch, chunk);
         });
-    for (row, values) in scratch.transposed.chunks_exact(tokens).enumerate() {
-        for (token, &value) in values.iter().enumerate() {
-            output[token * weights.rows + row] = value;
-        }
+    // Transposed back to token-major in the pool too, eight tokens per item: each item
+    // reads 32 contiguous bytes per row and writes eight sequential streams. On one thread
+    // the strided writes were ~4% of prefill.
+    let transposed = &scratch.transposed;
+    if tokens == 1 {
+        output.copy_from_slice(transposed);
+        return;
     }
+    const TOKENS_PER_ITEM: usize = 8;
+    output
+        .par_chunks_mut(weights.rows * TOKENS_PER_ITEM)
+        .enumerate()
+        .for_each(|(item, item_output)| {
+            let first = item * TOKENS_PER_ITEM;
+            let count = item_output.len() / weights.rows;
+            for (row, values) in transposed.chunks_exact(tokens).enumerate() {
+                for (offset, &value) in values[first..first + count].iter().enumerate() {
+                    item_output[offset * weights.rows + row] = value;
+                }
+            }
+        });
 }

@@ -7,10 +7,19 @@
 //! they are.
 //!
 //! Their serde shape is what the controller's store holds in its `health`
-//! columns: renaming or retyping a field needs a migration.
+//! columns (and, for the escalation policy, `escalation_policies.spec` and
+//! the agent's `state.json`): renaming or retyping a field needs a
+//! migration.
 
 mod health;
 mod inventory;
+mod policy;
 
+/// The scrubber's kinds of personal data, which a policy chooses from.
+pub use flotilla_scrub::Kind as ScrubKind;
 pub use health::{GpuHealth, HealthPoint, HealthSample, InferenceHealth, InferenceMinute};
 pub use inventory::{NodeGpu, NodeInventory};
+pub use policy::{
+    AssignedPolicy, ESCALATE_HEADER, Egress, Feature, InvalidPolicy, MAX_TRIGGER_MODEL_NAMES,
+    PolicyDocument, PolicySpec, SecretRef, Triggers, TriggersDocument, Upstream, UpstreamDocument,
+};

@@ -8,6 +8,7 @@ mod model;
 mod names;
 mod node;
 mod page;
+mod policy;
 mod prompt;
 mod quantization;
 mod resolve;
@@ -24,13 +25,16 @@ pub use flotilla_digest::{Digest, DigestParseError};
 pub use model::{
     Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, Servability, VersionState,
 };
-pub use names::{InvalidName, ModelName, NodeName, PromptName, RolloutName};
+pub use names::{InvalidName, ModelName, NodeName, PolicyName, PromptName, RolloutName};
 pub use node::{
     BootstrapSecret, BootstrapToken, InvalidLabels, InvalidNodePattern, InvalidNodeStatus, Labels,
     MalformedBootstrapToken, NewNode, Node, NodeChange, NodeGpu, NodeInventory, NodePattern,
     NodeStatus, SecretHash, TokenRejection,
 };
 pub use page::{Page, PageRequest};
+pub use policy::{
+    AssignedPolicy, EscalationPolicy, InvalidPolicy, PolicyRef, PolicySpec, PolicySummary,
+};
 pub use prompt::{PromptRef, PromptSummary, SystemPrompt};
 pub use quantization::{InvalidQuantization, Quantization, QuantizationPolicy};
 pub use resolve::{Resolution, ResolveError, resolve};

@@ -92,6 +92,11 @@ name_type!(
     "prompt"
 );
 name_type!(
+    /// An escalation policy's registry name, e.g. `hybrid-eu`.
+    PolicyName,
+    "policy"
+);
+name_type!(
     /// A rollout's name, e.g. `smollm2-1.3-berlin`.
     RolloutName,
     "rollout"

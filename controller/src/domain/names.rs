@@ -31,6 +31,12 @@ fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidName> {
     }
 }
 
+/// What kind of object a name type names (`"prompt"`), for messages that
+/// speak of it generically.
+pub trait NameKind {
+    const KIND: &'static str;
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $type:ident, $kind:literal) => {
         $(#[$doc])*
@@ -41,6 +47,10 @@ macro_rules! name_type {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+        }
+
+        impl NameKind for $type {
+            const KIND: &'static str = $kind;
         }
 
         impl FromStr for $type {

@@ -58,7 +58,8 @@ mod tests {
         assert_eq!(pinned.to_string(), "hybrid-eu@2");
         let latest: PolicyRef = "hybrid-eu".parse().expect("valid ref");
         assert_eq!(latest.version, None);
-        assert!("hybrid@0".parse::<PolicyRef>().is_err());
+        let zero = "hybrid@0".parse::<PolicyRef>().expect_err("no version 0");
+        assert!(zero.contains("invalid policy version"), "{zero}");
         assert!("hybrid@x".parse::<PolicyRef>().is_err());
         assert!("Hybrid@1".parse::<PolicyRef>().is_err());
     }

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use time::OffsetDateTime;
 
+use super::names::NameKind;
 use super::{InvalidName, PromptName};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub struct VersionedRef<N> {
 /// A system prompt as an assignment or rollout names it.
 pub type PromptRef = VersionedRef<PromptName>;
 
-impl<N: FromStr<Err = InvalidName>> FromStr for VersionedRef<N> {
+impl<N: FromStr<Err = InvalidName> + NameKind> FromStr for VersionedRef<N> {
     type Err = String;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
@@ -49,7 +50,10 @@ impl<N: FromStr<Err = InvalidName>> FromStr for VersionedRef<N> {
                     .ok()
                     .filter(|v| *v > 0)
                     .ok_or_else(|| {
-                        format!("invalid version in {input:?}: expected NAME@N with N ≥ 1")
+                        format!(
+                            "invalid {} version in {input:?}: expected NAME@N with N ≥ 1",
+                            N::KIND
+                        )
                     })?;
                 (name, Some(version))
             }

@@ -13,6 +13,11 @@ pub use flotilla_contract::{
     InferenceHealth as InferenceHealthInfo, InferenceMinute, NodeGpu as NodeGpuInfo,
     NodeInventory as NodeInventoryInfo,
 };
+/// An escalation policy's content as JSON: the body of `POST
+/// /api/v1/policies/{name}/versions` and what `GET` shows. Defined by the
+/// fleet contract, where it is validated for the controller and the agent
+/// alike.
+pub use flotilla_contract::{PolicyDocument, TriggersDocument, UpstreamDocument};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -223,6 +228,32 @@ pub struct PromptSummaryInfo {
     pub updated_at: OffsetDateTime,
 }
 
+// ---- escalation policies ----
+
+/// One version of an escalation policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PolicyInfo {
+    pub name: String,
+    pub version: u32,
+    /// The policy; its upstream credential is a reference (`env:NAME`,
+    /// `file:/path`) resolved on the node, never a key.
+    pub spec: PolicyDocument,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PolicySummaryInfo {
+    pub name: String,
+    pub latest_version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub updated_at: OffsetDateTime,
+}
+
 // ---- auth ----
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -379,6 +410,14 @@ pub struct AssignmentInfo {
     pub prompt_policy: String,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// `name@version` of the escalation policy; null for none (the node
+    /// never calls out).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// What the policy lets the node do: `forbidden`, or `allowed: MODEL at
+    /// URL (key REF)` with the credential's reference, never its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
     /// The generation of the operator's assignment this comes from.
     pub generation: u64,
     /// What the assignment targeted: `node=NAME` or `selector k=v,...`.
@@ -452,6 +491,9 @@ pub struct CreateAssignmentRequest {
     /// Other names clients may ask for the model by (model-style names).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// `name@version` of an escalation policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// An operator's assignment as recorded.
@@ -473,6 +515,9 @@ pub struct AssignmentRecord {
     pub prompt_policy: String,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// `name@version` of the escalation policy, or null.
+    #[serde(default)]
+    pub policy: Option<String>,
     pub created_by: String,
     #[serde(with = "time::serde::rfc3339")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
@@ -526,6 +571,10 @@ pub struct CreateRolloutRequest {
     /// Other names clients may ask for the model by (model-style names).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// `name@version` of an escalation policy (default: each node keeps
+    /// its current one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// Cumulative waves such as `1,10%,50%,100%` (default `1,100%`).
     pub waves: Option<String>,
     /// How long every node of a wave must stay ready before the next
@@ -595,6 +644,9 @@ pub struct ServingSummary {
     pub prompt_policy: String,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// `name@version` of the escalation policy, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// A rollout and its nodes.
@@ -610,6 +662,9 @@ pub struct RolloutInfo {
     pub version: String,
     pub quantization: String,
     pub prompt: Option<String>,
+    /// `name@version` of the escalation policy it assigns, if any.
+    #[serde(default)]
+    pub policy: Option<String>,
     pub selector: std::collections::BTreeMap<String, String>,
     pub waves: String,
     pub wave_count: u32,

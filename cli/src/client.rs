@@ -14,9 +14,9 @@ use flotilla_api_types::{
     CreateBootstrapTokenRequest, CreateModelRequest, CreatePromptVersionRequest,
     CreateRolloutRequest, CreateTokenRequest, CreateVersionRequest, DIGEST_HEADER,
     DeletedRolloutInfo, ErrorBody, EventList, HealthHistory, ModelDetail, ModelInfo, NodeInfo,
-    Page, PromptInfo, PromptSummaryInfo, RemoveAssignmentQuery, ResolutionInfo, ResolveQuery,
-    RolloutInfo, RolloutList, TokenInfo, UpdateLabelsRequest, UpdateVersionRequest, VersionInfo,
-    WhoAmI,
+    Page, PolicyDocument, PolicyInfo, PolicySummaryInfo, PromptInfo, PromptSummaryInfo,
+    RemoveAssignmentQuery, ResolutionInfo, ResolveQuery, RolloutInfo, RolloutList, TokenInfo,
+    UpdateLabelsRequest, UpdateVersionRequest, VersionInfo, WhoAmI,
 };
 use futures::TryStreamExt;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -377,6 +377,47 @@ impl ApiClient {
         after: Option<&str>,
     ) -> ClientResult<Page<PromptInfo>> {
         self.get(&["prompts", name, "versions"], &page_query(limit, after))
+            .await
+    }
+
+    // ---- escalation policies ----
+
+    pub async fn list_policies(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+    ) -> ClientResult<Page<PolicySummaryInfo>> {
+        self.get(&["policies"], &page_query(limit, after)).await
+    }
+
+    pub async fn create_policy_version(
+        &self,
+        name: &str,
+        request: &PolicyDocument,
+    ) -> ClientResult<PolicyInfo> {
+        self.send_json(Method::POST, &["policies", name, "versions"], request)
+            .await
+    }
+
+    /// The latest version when `version` is `None`.
+    pub async fn policy(&self, name: &str, version: Option<u32>) -> ClientResult<PolicyInfo> {
+        match version {
+            None => self.get(&["policies", name], &[]).await,
+            Some(version) => {
+                self.get(&["policies", name, "versions", &version.to_string()], &[])
+                    .await
+            }
+        }
+    }
+
+    /// Every version of a policy, newest first.
+    pub async fn list_policy_versions(
+        &self,
+        name: &str,
+        limit: u32,
+        after: Option<&str>,
+    ) -> ClientResult<Page<PolicyInfo>> {
+        self.get(&["policies", name, "versions"], &page_query(limit, after))
             .await
     }
 

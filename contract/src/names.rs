@@ -36,6 +36,12 @@ fn validate_name(kind: &'static str, name: &str) -> Result<(), InvalidName> {
     }
 }
 
+/// What kind of object a name type names (`"prompt"`), for messages that
+/// speak of it generically.
+pub trait NameKind {
+    const KIND: &'static str;
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $type:ident, $kind:literal) => {
         $(#[$doc])*
@@ -46,6 +52,10 @@ macro_rules! name_type {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+        }
+
+        impl NameKind for $type {
+            const KIND: &'static str = $kind;
         }
 
         impl FromStr for $type {
@@ -111,6 +121,11 @@ name_type!(
     /// A system prompt's registry name, e.g. `support-agent`.
     PromptName,
     "prompt"
+);
+name_type!(
+    /// An escalation policy's registry name, e.g. `hybrid-eu`.
+    PolicyName,
+    "policy"
 );
 name_type!(
     /// A rollout's name, e.g. `smollm2-1.3-berlin`.

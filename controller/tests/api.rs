@@ -22,6 +22,8 @@ flotilla_controller::on_both_stores!(
     resolution_skips_yanked_versions,
     blobs_serve_ranges,
     prompts_are_versioned,
+    policies_are_versioned_checked_and_audited,
+    assignments_and_rollouts_name_known_policies_only,
     tokens_are_minted_by_admins_only,
     interrupted_and_oversized_uploads_leave_nothing_behind,
 );
@@ -868,6 +870,287 @@ async fn prompts_are_versioned(store: TestStore) -> anyhow::Result<()> {
         .get("/api/v1/prompts/support/versions/9", api.admin())
         .await?;
     assert_eq!(error_code(missing).await?.0, StatusCode::NOT_FOUND);
+    api.controller.stop().await
+}
+
+/// A policy that escalates to an upstream whose key the node reads from
+/// `credential`.
+fn hybrid_policy(credential: &str) -> serde_json::Value {
+    json!({
+        "egress": "allowed",
+        "upstream": {
+            "base_url": "https://llm.example.com/v1",
+            "model": "big",
+            "credential": credential,
+        },
+        "triggers": {"model_names": ["auto", "frontier"], "header": true, "on_overload": true},
+        "scrub": ["email", "phone"],
+    })
+}
+
+async fn policies_are_versioned_checked_and_audited(store: TestStore) -> anyhow::Result<()> {
+    let api = Api::start(store).await?;
+    let created = api
+        .post(
+            "/api/v1/policies/hybrid/versions",
+            api.admin(),
+            hybrid_policy("env:UPSTREAM_KEY"),
+        )
+        .await?;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created: dto::PolicyInfo = created.json().await?;
+    assert_eq!((created.name.as_str(), created.version), ("hybrid", 1));
+    let forbidding = api
+        .post(
+            "/api/v1/policies/hybrid/versions",
+            api.admin(),
+            json!({"egress": "forbidden"}),
+        )
+        .await?;
+    assert_eq!(forbidding.status(), StatusCode::CREATED);
+
+    let latest: dto::PolicyInfo = api
+        .get("/api/v1/policies/hybrid", api.admin())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        (latest.version, latest.spec.egress.as_str()),
+        (2, "forbidden")
+    );
+    let first: dto::PolicyInfo = api
+        .get("/api/v1/policies/hybrid/versions/1", api.admin())
+        .await?
+        .json()
+        .await?;
+    let upstream = first.spec.upstream.expect("version 1 has an upstream");
+    assert_eq!(upstream.credential, "env:UPSTREAM_KEY");
+    assert_eq!(
+        first.spec.scrub,
+        Some(vec!["email".to_owned(), "phone".to_owned()])
+    );
+    let versions: dto::Page<dto::PolicyInfo> = api
+        .get("/api/v1/policies/hybrid/versions", api.admin())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        versions.items.iter().map(|p| p.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    let listing: dto::Page<dto::PolicySummaryInfo> = api
+        .get("/api/v1/policies", api.admin())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listing.items.len(), 1);
+    assert_eq!(listing.items[0].latest_version, 2);
+
+    // A literal key is refused, and the refusal does not repeat it.
+    let key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD";
+    let (status, code, message) = error_code(
+        api.post(
+            "/api/v1/policies/hybrid/versions",
+            api.admin(),
+            hybrid_policy(key),
+        )
+        .await?,
+    )
+    .await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_argument")
+    );
+    assert!(message.contains("looks like a literal key"), "{message}");
+    assert!(
+        !message.contains(key),
+        "the refusal repeats the key: {message}"
+    );
+    // Every other refusal is a 400 naming what is wrong.
+    let mut in_url = hybrid_policy("env:UPSTREAM_KEY");
+    in_url["upstream"]["base_url"] = json!("https://me:secret@llm.example.com/v1");
+    let mut no_upstream = hybrid_policy("env:UPSTREAM_KEY");
+    no_upstream["upstream"] = serde_json::Value::Null;
+    let mut threshold = hybrid_policy("env:UPSTREAM_KEY");
+    threshold["triggers"]["self_check_threshold_percent"] = json!(0);
+    let mut kind = hybrid_policy("env:UPSTREAM_KEY");
+    kind["scrub"] = json!(["email", "blood_type"]);
+    let mut misspelt = hybrid_policy("env:UPSTREAM_KEY");
+    misspelt["triggers"]["on_overlaod"] = json!(true);
+    for (body, expected) in [
+        (in_url, "user or password"),
+        (no_upstream, "no upstream"),
+        (threshold, "1 to 99"),
+        (kind, "blood_type"),
+        (misspelt, "on_overlaod"),
+        (json!({"egress": "sometimes"}), "allowed or forbidden"),
+        (
+            json!({"egress": "forbidden", "upstream": {"base_url": "https://x.example", "model": "m", "credential": "env:K"}}),
+            "names no upstream",
+        ),
+    ] {
+        let (status, _, message) = error_code(
+            api.post("/api/v1/policies/hybrid/versions", api.admin(), body)
+                .await?,
+        )
+        .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+        assert!(
+            message.contains(expected),
+            "{expected:?} not in {message:?}"
+        );
+    }
+    let (status, _, _) = error_code(
+        api.post(
+            "/api/v1/policies/Bad%20Name/versions",
+            api.admin(),
+            json!({"egress": "forbidden"}),
+        )
+        .await?,
+    )
+    .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // None of the refusals made a version.
+    let latest: dto::PolicyInfo = api
+        .get("/api/v1/policies/hybrid", api.admin())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(latest.version, 2);
+
+    // Not found: a missing policy or version.
+    for path in [
+        "/api/v1/policies/absent",
+        "/api/v1/policies/hybrid/versions/9",
+        "/api/v1/policies/absent/versions",
+    ] {
+        let (status, code, _) = error_code(api.get(path, api.admin()).await?).await?;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{path}"
+        );
+    }
+
+    // Roles: a viewer reads but cannot create; no token, nothing.
+    let auth = Authenticator::new(&api.keys()?, "flotilla")?;
+    let (viewer, _) = auth.mint("vera", Role::Viewer, Duration::from_secs(60))?;
+    let (status, code, _) = error_code(
+        api.post(
+            "/api/v1/policies/hybrid/versions",
+            &viewer,
+            json!({"egress": "forbidden"}),
+        )
+        .await?,
+    )
+    .await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "permission_denied")
+    );
+    assert_eq!(
+        api.get("/api/v1/policies/hybrid", &viewer).await?.status(),
+        StatusCode::OK
+    );
+    let (operator, _) = auth.mint("olga", Role::Operator, Duration::from_secs(60))?;
+    let by_operator = api
+        .post(
+            "/api/v1/policies/edge/versions",
+            &operator,
+            json!({"egress": "forbidden"}),
+        )
+        .await?;
+    assert_eq!(by_operator.status(), StatusCode::CREATED);
+    let anonymous = api.client.get(api.url("/api/v1/policies")).send().await?;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    // Every creation is in the audit log, by whom and with its result.
+    let events: dto::EventList = api.get("/api/v1/events", api.admin()).await?.json().await?;
+    let creations: Vec<&dto::EventInfo> = events
+        .items
+        .iter()
+        .filter(|event| event.action == "api POST /api/v1/policies/{name}/versions")
+        .collect();
+    assert!(
+        creations
+            .iter()
+            .any(|event| event.actor == "olga" && event.message.contains("201")),
+        "{creations:?}"
+    );
+    assert!(
+        creations.iter().any(|event| event.message.contains("400")),
+        "refusals are recorded too: {creations:?}"
+    );
+    assert!(
+        events
+            .items
+            .iter()
+            .all(|event| !event.message.contains(key)),
+        "the audit log holds the key"
+    );
+    api.controller.stop().await
+}
+
+async fn assignments_and_rollouts_name_known_policies_only(store: TestStore) -> anyhow::Result<()> {
+    let api = Api::start(store).await?;
+    api.draft("tiny", "1.0.0").await?;
+    let uploaded = api
+        .upload("tiny", "1.0.0", gguf_fixture(Q4_1, 1), None)
+        .await?;
+    assert_eq!(uploaded.status(), StatusCode::CREATED);
+    api.publish("tiny", "1.0.0").await?;
+    let created = api
+        .post(
+            "/api/v1/policies/hybrid/versions",
+            api.admin(),
+            hybrid_policy("file:/etc/flotilla/upstream.key"),
+        )
+        .await?;
+    assert_eq!(created.status(), StatusCode::CREATED);
+
+    let assign = |policy: &str| json!({"selector": {"site": "berlin"}, "model": "tiny", "version": "1.0.0", "policy": policy});
+    for (policy, status) in [
+        ("hybrid@2", StatusCode::NOT_FOUND),
+        ("absent@1", StatusCode::NOT_FOUND),
+        ("Bad@1", StatusCode::BAD_REQUEST),
+        ("hybrid@0", StatusCode::BAD_REQUEST),
+    ] {
+        let response = api
+            .post("/api/v1/assignments", api.admin(), assign(policy))
+            .await?;
+        assert_eq!(response.status(), status, "assign --policy {policy}");
+    }
+    let response = api
+        .post("/api/v1/assignments", api.admin(), assign("hybrid@1"))
+        .await?;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let change: dto::AssignmentChange = response.json().await?;
+    assert_eq!(
+        change
+            .assignment
+            .and_then(|assignment| assignment.policy)
+            .as_deref(),
+        Some("hybrid@1")
+    );
+    let listed: dto::Page<dto::AssignmentRecord> = api
+        .get("/api/v1/assignments", api.admin())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed.items[0].policy.as_deref(), Some("hybrid@1"));
+
+    // A rollout naming an unknown policy is refused when it is planned.
+    let rollout = json!({
+        "name": "to-berlin", "model": "tiny", "version": "1.0.0",
+        "selector": {"site": "berlin"}, "policy": "absent@3", "dry_run": true,
+    });
+    let (status, _, message) =
+        error_code(api.post("/api/v1/rollouts", api.admin(), rollout).await?).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        message.contains("escalation policy absent@3 not found"),
+        "{message}"
+    );
     api.controller.stop().await
 }
 

@@ -124,6 +124,8 @@ mod fleet;
 mod migrations;
 #[path = "store_conformance/models.rs"]
 mod models;
+#[path = "store_conformance/policies.rs"]
+mod policies;
 #[path = "store_conformance/prompts.rs"]
 mod prompts;
 #[path = "store_conformance/rollouts.rs"]
@@ -147,6 +149,8 @@ conformance_suite!(
     artifacts::resolvable_versions_are_published_or_deprecated_with_artifacts,
     prompts::prompts_are_versioned_and_listed,
     prompts::concurrent_prompt_versions_get_distinct_numbers,
+    policies::policies_are_versioned_and_listed,
+    policies::concurrent_policy_versions_get_distinct_numbers,
     migrations::migrations_are_idempotent_and_keep_data,
     fleet::enrolment_checks_and_uses_up_the_token,
     fleet::forged_unknown_and_expired_tokens_are_rejected,

@@ -16,12 +16,18 @@
 //! `crate::serve::EngineActivator` in the agent binary; [`AcceptVerifiedBlob`]
 //! in the simulator and the tests).
 //!
+//! The escalation policy rides on the assignment but needs no download: the
+//! reconciler publishes it ([`policy`], [`ReconcilerLink::policy`]) as soon
+//! as a desired state is applied, and a change of policy alone never
+//! reloads the model.
+//!
 //! What is persisted: `DATA_DIR/state.json` (see [`persist`]) after each
-//! settled transition and each newly applied generation. Download progress
-//! lives only in memory.
+//! settled transition and each newly applied generation, the desired
+//! state's policy with it. Download progress lives only in memory.
 
 pub mod model;
 pub mod persist;
+pub mod policy;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -40,6 +46,7 @@ pub use model::{
     SystemPrompt, SystemPromptPolicy,
 };
 pub use persist::PersistedState;
+pub use policy::{ActivePolicy, PolicyWatch};
 
 /// Reports fetch progress; called from inside the fetch.
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
@@ -202,6 +209,8 @@ pub struct ReconcilerLink {
     /// an older generation after a restart, and its operator should know
     /// before that.
     pub state_write_error: watch::Receiver<Option<String>>,
+    /// The escalation policy in force, for the serving layer.
+    pub policy: PolicyWatch,
 }
 
 pub struct Reconciler {
@@ -211,6 +220,7 @@ pub struct Reconciler {
     desired: watch::Receiver<Option<DesiredState>>,
     observed: Arc<watch::Sender<ObservedState>>,
     state_write_error: watch::Sender<Option<String>>,
+    policy: watch::Sender<ActivePolicy>,
     /// The desired state being reconciled towards.
     wanted: Option<DesiredState>,
     attempt: Option<Attempt>,
@@ -255,6 +265,10 @@ impl Reconciler {
                 }
             })
             .unwrap_or_default();
+        // The saved policy is in force from the start: a restarted agent
+        // that cannot reach the controller keeps the operator's choice
+        // (above all a forbidding one).
+        let (policy_sender, policy_receiver) = watch::channel(policy_of(restored_desired.as_ref()));
         let (desired_sender, desired_receiver) = watch::channel(restored_desired);
         let (observed_sender, observed_receiver) = watch::channel(observed);
         let (state_write_error, state_write_error_receiver) = watch::channel(None);
@@ -265,6 +279,7 @@ impl Reconciler {
             desired: desired_receiver,
             observed: Arc::new(observed_sender),
             state_write_error,
+            policy: policy_sender,
             wanted: None,
             attempt: None,
             retry_at: None,
@@ -273,6 +288,7 @@ impl Reconciler {
             desired: Arc::new(desired_sender),
             observed: observed_receiver,
             state_write_error: state_write_error_receiver,
+            policy: PolicyWatch::new(policy_receiver),
         };
         (reconciler, link)
     }
@@ -324,7 +340,14 @@ impl Reconciler {
             return;
         }
         self.retry_at = None;
+        self.publish_policy(&desired);
         let previous_assignment = self.wanted.as_ref().and_then(|w| w.assignment.clone());
+        // The policy does not change what is served: compare without it.
+        let same_serving = |assignment: &Assignment| {
+            previous_assignment
+                .as_ref()
+                .is_some_and(|previous| previous.serves_the_same_as(assignment))
+        };
         match &desired.assignment {
             None => {
                 self.attempt = None;
@@ -343,9 +366,8 @@ impl Reconciler {
                     .attempt
                     .as_ref()
                     .is_some_and(|attempt| attempt.digest == assignment.digest);
-                let serving_it = current.phase == Phase::Ready
-                    && previous_assignment.as_ref() == Some(assignment);
-                if fetching_it && previous_assignment.as_ref() == Some(assignment) || serving_it {
+                let serving_it = current.phase == Phase::Ready && same_serving(assignment);
+                if fetching_it && same_serving(assignment) || serving_it {
                     // Same work under a new generation: keep going.
                     self.observed
                         .send_modify(|observed| observed.generation = desired.generation);
@@ -359,6 +381,25 @@ impl Reconciler {
         }
         self.wanted = Some(desired);
         self.persist().await;
+    }
+
+    /// Makes `desired`'s escalation policy the one in force, telling the
+    /// serving layer only when it changed.
+    fn publish_policy(&self, desired: &DesiredState) {
+        let next = policy_of(Some(desired));
+        self.policy.send_if_modified(|current| {
+            if *current == next {
+                return false;
+            }
+            match &next {
+                Some(policy) => {
+                    tracing::info!(policy = %policy, egress = policy.spec.upstream().is_some(), "escalation policy in force")
+                }
+                None => tracing::info!("no escalation policy: this node does not call out"),
+            }
+            *current = next.clone();
+            true
+        });
     }
 
     /// Replaces any attempt in flight with a fetch-and-activate of `assignment`.
@@ -452,6 +493,14 @@ impl Reconciler {
         };
         self.state_write_error.send_replace(failure);
     }
+}
+
+/// The escalation policy a desired state puts in force.
+fn policy_of(desired: Option<&DesiredState>) -> ActivePolicy {
+    desired
+        .and_then(|desired| desired.assignment.as_ref())
+        .and_then(|assignment| assignment.escalation_policy.clone())
+        .map(Arc::new)
 }
 
 /// Turns fetch progress into observed-state updates for `digest`: at most one

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use flotilla_contract::AssignedPolicy;
+
 use crate::cache::Digest;
 
 /// How often to heartbeat until the controller says otherwise.
@@ -42,8 +44,25 @@ pub struct Assignment {
     pub system_prompt_policy: SystemPromptPolicy,
     /// Other names clients may ask for the model by.
     pub aliases: Vec<String>,
+    /// The escalation policy in force with this assignment (`None`: never
+    /// call out); published by the reconciler (`policy.rs`).
+    pub escalation_policy: Option<AssignedPolicy>,
     /// The generation of the operator's assignment this came from.
     pub assignment_generation: u64,
+}
+
+impl Assignment {
+    /// Whether `other` serves the same thing: everything but the escalation
+    /// policy, which changes without reloading the model.
+    pub fn serves_the_same_as(&self, other: &Assignment) -> bool {
+        Assignment {
+            escalation_policy: None,
+            ..self.clone()
+        } == Assignment {
+            escalation_policy: None,
+            ..other.clone()
+        }
+    }
 }
 
 /// How the assigned system prompt combines with a chat request's own system

@@ -10,6 +10,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use flotilla_contract::AssignedPolicy;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
@@ -79,6 +80,10 @@ struct AssignmentRow {
     /// Added later: absent in older state files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     aliases: Vec<String>,
+    /// The escalation policy in the fleet contract's JSON shape (its
+    /// credential a reference, never a key); added later, absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    escalation_policy: Option<AssignedPolicy>,
     assignment_generation: u64,
 }
 
@@ -123,6 +128,7 @@ impl From<&DesiredState> for DesiredRow {
                 }
                 .to_owned(),
                 aliases: assignment.aliases.clone(),
+                escalation_policy: assignment.escalation_policy.clone(),
                 assignment_generation: assignment.assignment_generation,
             }),
         }
@@ -165,6 +171,7 @@ impl TryFrom<DesiredRow> for DesiredState {
                         }),
                         system_prompt_policy,
                         aliases: assignment.aliases,
+                        escalation_policy: assignment.escalation_policy,
                         assignment_generation: assignment.assignment_generation,
                     })
                 })
@@ -342,6 +349,21 @@ mod tests {
                         }),
                         system_prompt_policy: SystemPromptPolicy::Forbid,
                         aliases: vec!["support-bot".to_owned()],
+                        escalation_policy: Some(AssignedPolicy {
+                            name: "hybrid".to_owned(),
+                            version: 2,
+                            spec: flotilla_contract::PolicySpec::try_from(
+                                serde_json::from_str::<flotilla_contract::PolicyDocument>(
+                                    r#"{"egress": "allowed",
+                                        "upstream": {"base_url": "https://llm.example.com/v1",
+                                                     "model": "big", "credential": "env:UPSTREAM_KEY"},
+                                        "triggers": {"model_names": ["auto"]},
+                                        "scrub": ["email"]}"#,
+                                )
+                                .expect("a document"),
+                            )
+                            .expect("a valid policy"),
+                        }),
                         assignment_generation: 6,
                     }),
                 }),

@@ -104,6 +104,7 @@ fn assignment(name: &str) -> Assignment {
         system_prompt: None,
         system_prompt_policy: SystemPromptPolicy::Prepend,
         aliases: Vec::new(),
+        escalation_policy: None,
         assignment_generation: 1,
     }
 }
@@ -429,4 +430,87 @@ async fn a_restart_serves_the_restored_assignment_without_the_controller() {
     // The controller's copy of the same state, once it is back, is a no-op.
     harness.want(desired(7, Some(alpha.clone())));
     assert_eq!(harness.link.observed.borrow().phase, Phase::Ready);
+}
+
+fn forbidding_policy(version: u32) -> flotilla_contract::AssignedPolicy {
+    flotilla_contract::AssignedPolicy {
+        name: "air-gapped".to_owned(),
+        version,
+        spec: flotilla_contract::PolicySpec {
+            egress: flotilla_contract::Egress::Forbidden,
+            triggers: flotilla_contract::Triggers::default(),
+            scrub: flotilla_contract::ScrubKind::ALL.into_iter().collect(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn the_policy_is_published_at_once_kept_across_restarts_and_never_reloads_the_model() {
+    let harness = Harness::start(None);
+    let mut policy_watch = harness.link.policy.clone();
+    assert!(
+        policy_watch.current().is_none(),
+        "no policy before any desired state"
+    );
+    let mut alpha = assignment("alpha");
+    alpha.escalation_policy = Some(forbidding_policy(1));
+    harness.want(desired(1, Some(alpha.clone())));
+    // In force before the artifact is even fetched.
+    let published = tokio::time::timeout(DEADLINE, policy_watch.changed())
+        .await
+        .expect("the policy should be published")
+        .expect("reconciler alive");
+    assert_eq!(published.map(|policy| policy.version), Some(1));
+    harness.fetcher.wait_for_fetch(alpha.digest).await;
+    harness
+        .fetcher
+        .finish(alpha.digest, Ok(PathBuf::from("/blobs/alpha")));
+    harness.wait_for("ready", |s| s.phase == Phase::Ready).await;
+
+    // A new version of the policy alone: published, the model untouched.
+    alpha.escalation_policy = Some(forbidding_policy(2));
+    harness.want(desired(2, Some(alpha.clone())));
+    let published = tokio::time::timeout(DEADLINE, policy_watch.changed())
+        .await
+        .expect("the new policy should be published")
+        .expect("reconciler alive");
+    assert_eq!(published.map(|policy| policy.version), Some(2));
+    harness
+        .wait_for("generation 2", |s| {
+            s.generation == 2 && s.phase == Phase::Ready
+        })
+        .await;
+    assert_eq!(
+        harness.fetcher.fetches(),
+        1,
+        "a policy change fetched again"
+    );
+    assert_eq!(harness.activator.activated.lock().expect("lock").len(), 1);
+
+    // A restarted agent applies the saved policy before the controller speaks.
+    let saved = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Ok(Some(state)) = persist::load(harness.state_dir.path())
+                && state.applied_generation == 2
+            {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("state.json should hold generation 2");
+    let restarted = Harness::start(Some(saved));
+    assert_eq!(
+        restarted.link.policy.current().map(|policy| policy.version),
+        Some(2)
+    );
+
+    // Unassigned: no policy, so the node never calls out.
+    harness.want(desired(3, None));
+    let published = tokio::time::timeout(DEADLINE, policy_watch.changed())
+        .await
+        .expect("the removal should be published")
+        .expect("reconciler alive");
+    assert!(published.is_none());
 }

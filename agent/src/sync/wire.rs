@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use flotilla_contract::AssignedPolicy;
 use flotilla_proto::fleet::v1 as pb;
 
 use crate::cache::{CachedBlob, Digest};
@@ -98,6 +99,16 @@ impl TryFrom<pb::Assignment> for Assignment {
                 .filter(|alias| !alias.is_empty())
                 .take(MAX_ALIASES)
                 .collect(),
+            // A policy this agent cannot accept fails the desired state
+            // closed, as the controller's own check would have.
+            escalation_policy: wire
+                .escalation_policy
+                .map(AssignedPolicy::try_from)
+                .transpose()
+                .map_err(|error| ProtocolError::Invalid {
+                    field: "assignment.escalation_policy",
+                    reason: error.to_string(),
+                })?,
             assignment_generation: wire.assignment_generation,
         })
     }
@@ -168,6 +179,7 @@ mod tests {
                 assignment_generation: 2,
                 system_prompt_policy: pb::SystemPromptPolicy::Unspecified.into(),
                 aliases: vec!["chat".to_owned(), String::new()],
+                escalation_policy: None,
             }),
             heartbeat_interval_ms: 0,
         }
@@ -203,6 +215,67 @@ mod tests {
             DesiredState::try_from(no_status),
             Err(ProtocolError::Missing("desired.status"))
         );
+    }
+
+    fn wire_policy() -> pb::EscalationPolicy {
+        pb::EscalationPolicy {
+            name: "hybrid".to_owned(),
+            version: 2,
+            egress: "allowed".to_owned(),
+            upstream: Some(pb::Upstream {
+                base_url: "https://llm.example.com/v1".to_owned(),
+                model: "big".to_owned(),
+                credential: "file:/etc/flotilla/upstream.key".to_owned(),
+            }),
+            triggers: Some(pb::EscalationTriggers {
+                model_names: vec!["auto".to_owned()],
+                ..pb::EscalationTriggers::default()
+            }),
+            scrub: None,
+        }
+    }
+
+    #[test]
+    fn an_assignments_policy_arrives_checked() {
+        let mut with_policy = wire_desired();
+        if let Some(assignment) = with_policy.assignment.as_mut() {
+            assignment.escalation_policy = Some(wire_policy());
+        }
+        let desired = DesiredState::try_from(with_policy).expect("valid");
+        let policy = desired
+            .assignment
+            .and_then(|assignment| assignment.escalation_policy)
+            .expect("the policy arrived");
+        assert_eq!(policy.to_string(), "hybrid@2");
+        assert_eq!(
+            policy
+                .spec
+                .upstream()
+                .map(|upstream| upstream.credential.to_string()),
+            Some("file:/etc/flotilla/upstream.key".to_owned())
+        );
+        assert_eq!(
+            policy.spec.scrub.len(),
+            flotilla_contract::ScrubKind::ALL.len(),
+            "no scrub settings on the wire reads as scrubbing everything"
+        );
+
+        // A literal key where the reference belongs fails the state closed.
+        let mut with_key = wire_desired();
+        if let Some(assignment) = with_key.assignment.as_mut() {
+            let mut policy = wire_policy();
+            if let Some(upstream) = policy.upstream.as_mut() {
+                upstream.credential = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789".to_owned();
+            }
+            assignment.escalation_policy = Some(policy);
+        }
+        assert!(matches!(
+            DesiredState::try_from(with_key),
+            Err(ProtocolError::Invalid {
+                field: "assignment.escalation_policy",
+                ..
+            })
+        ));
     }
 
     #[test]

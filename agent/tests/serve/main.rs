@@ -74,6 +74,7 @@ fn assignment(model: &str, version: &str, bytes: &[u8]) -> Assignment {
         system_prompt: None,
         system_prompt_policy: SystemPromptPolicy::Prepend,
         aliases: Vec::new(),
+        escalation_policy: None,
         assignment_generation: 1,
     }
 }

@@ -69,6 +69,9 @@ pub struct ServingArgs {
     /// Another name clients may ask for the model by (repeatable).
     #[arg(long = "alias", value_name = "NAME")]
     pub aliases: Vec<String>,
+    /// An escalation policy version the nodes apply (see `flotilla policy`).
+    #[arg(long, value_name = "NAME@VERSION", value_parser = super::policy::parse_pinned_policy)]
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +152,7 @@ pub async fn assign(args: AssignArgs, client: &ApiClient, printer: &Printer) -> 
         prompt: args.prompt,
         prompt_policy: args.serving.prompt_policy,
         aliases: args.serving.aliases,
+        policy: args.serving.policy,
     };
     let change = client.create_assignment(&request).await?;
     if printer.is_json() {
@@ -176,6 +180,10 @@ pub async fn assign(args: AssignArgs, client: &ApiClient, printer: &Printer) -> 
             ("prompt", prompt_text(assignment)),
             ("prompt policy", assignment.prompt_policy.clone()),
             ("aliases", alias_text(&assignment.aliases)),
+            (
+                "policy",
+                assignment.policy.clone().unwrap_or_else(|| "-".to_owned()),
+            ),
         ])?;
         printer.line("")?;
     }
@@ -381,6 +389,7 @@ mod tests {
             prompt: None,
             prompt_policy: "prepend".into(),
             aliases: Vec::new(),
+            policy: None,
             created_by: "alice".into(),
             created_at: OffsetDateTime::UNIX_EPOCH,
         };

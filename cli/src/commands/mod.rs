@@ -4,6 +4,7 @@
 pub mod assignment;
 pub mod model;
 pub mod node;
+pub mod policy;
 pub mod prompt;
 pub mod rollout;
 pub mod token;
@@ -35,6 +36,10 @@ pub enum Command {
     /// Versioned system prompts.
     #[command(subcommand)]
     Prompt(prompt::PromptCommand),
+    /// Versioned escalation policies: when a node may send a request to an
+    /// upstream model, and what it scrubs first.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Staged, health-gated rollouts of a model version to many nodes.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
@@ -64,6 +69,7 @@ pub async fn run(command: Command, settings: &Settings, printer: Printer) -> any
         Command::Model(command) => model::run(command, &client, &printer).await,
         Command::Node(command) => node::run(command, &client, &printer).await,
         Command::Prompt(command) => prompt::run(command, &client, &printer).await,
+        Command::Policy(command) => policy::run(command, &client, &printer).await,
         Command::Rollout(command) => rollout::run(command, &client, &printer).await,
         Command::Events(args) => rollout::events(args, &client, &printer).await,
         Command::Token(command) => token::run(command, &client, &printer).await,

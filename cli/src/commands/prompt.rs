@@ -158,12 +158,12 @@ pub async fn run(
 }
 
 /// The whole text of a file (or stdin for `-`), which must be UTF-8.
-fn read_text(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn read_text(path: &Path) -> anyhow::Result<String> {
     if path.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
-            .context("cannot read the prompt from stdin (is it UTF-8?)")?;
+            .context("cannot read stdin (is it UTF-8?)")?;
         return Ok(text);
     }
     std::fs::read_to_string(path)
@@ -181,7 +181,8 @@ fn preview(text: &str) -> String {
     shown
 }
 
-/// `NAME` or `NAME@VERSION`, where VERSION is a positive whole number.
+/// `NAME` or `NAME@VERSION`, where VERSION is a positive whole number (of a
+/// prompt or an escalation policy: both are versioned alike).
 pub(crate) fn parse_prompt_ref(text: &str) -> Result<PromptRef, String> {
     let (name, version) = match text.rsplit_once('@') {
         None => (text, None),
@@ -191,15 +192,13 @@ pub(crate) fn parse_prompt_ref(text: &str) -> Result<PromptRef, String> {
                 .ok()
                 .filter(|v| *v > 0)
                 .ok_or_else(|| {
-                    format!(
-                        "invalid prompt version {version:?}: expected a number such as {name}@2"
-                    )
+                    format!("invalid version {version:?}: expected a number such as {name}@2")
                 })?;
             (name, Some(version))
         }
     };
     if name.is_empty() {
-        return Err("the prompt name is empty".to_owned());
+        return Err("the name is empty".to_owned());
     }
     Ok(PromptRef {
         name: name.to_owned(),

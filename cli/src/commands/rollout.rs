@@ -267,6 +267,7 @@ async fn create(args: CreateArgs, client: &ApiClient, printer: &Printer) -> anyh
         prompt: args.prompt,
         prompt_policy: args.serving.prompt_policy,
         aliases: args.serving.aliases,
+        policy: args.serving.policy,
         waves: Some(args.waves),
         bake_ms: Some(u64::try_from(args.bake.as_millis()).unwrap_or(u64::MAX)),
         max_unavailable: Some(args.max_unavailable),
@@ -361,6 +362,9 @@ fn serving_summary(serving: &flotilla_api_types::ServingSummary) -> String {
     } else {
         text.push_str(&format!(", aliases {}", serving.aliases.join(",")));
     }
+    if let Some(policy) = &serving.policy {
+        text.push_str(&format!(", policy {policy}"));
+    }
     text
 }
 
@@ -379,7 +383,11 @@ pub fn render_status(rollout: &RolloutInfo) -> String {
         rollout
             .prompt
             .as_deref()
-            .map_or_else(String::new, |p| format!(" prompt {p}")),
+            .map_or_else(String::new, |p| format!(" prompt {p}"))
+            + &rollout
+                .policy
+                .as_deref()
+                .map_or_else(String::new, |p| format!(" policy {p}")),
         label_list(&rollout.selector)
     ));
     out.push_str(&format!(

@@ -3,9 +3,10 @@
 use flotilla_api_types as dto;
 
 use crate::domain::{
-    Artifact, Assignment, AssignmentTarget, DesiredAssignment, Model, ModelName, ModelVersion,
-    Node, NodeDesired, NodeName, ObservedState, Page, PageRequest, PromptName, PromptPolicy,
-    PromptSummary, Servability, SystemPrompt,
+    Artifact, AssignedPolicy, Assignment, AssignmentTarget, DesiredAssignment, EscalationPolicy,
+    Model, ModelName, ModelVersion, Node, NodeDesired, NodeName, ObservedState, Page, PageRequest,
+    PolicyName, PolicyRef, PolicySummary, PromptName, PromptPolicy, PromptSummary, Servability,
+    SystemPrompt,
 };
 use crate::error::ApiError;
 use crate::registry::VersionWithArtifacts;
@@ -18,6 +19,17 @@ pub fn model_name(raw: &str) -> Result<ModelName, ApiError> {
 pub fn prompt_name(raw: &str) -> Result<PromptName, ApiError> {
     raw.parse()
         .map_err(|e: crate::domain::InvalidName| ApiError::invalid_argument(e.to_string()))
+}
+
+pub fn policy_name(raw: &str) -> Result<PolicyName, ApiError> {
+    raw.parse()
+        .map_err(|e: crate::domain::InvalidName| ApiError::invalid_argument(e.to_string()))
+}
+
+/// `NAME@N` (or `NAME`: the latest) of an escalation policy.
+pub fn policy_ref(raw: Option<&str>) -> Result<Option<PolicyRef>, ApiError> {
+    raw.map(|raw| raw.parse::<PolicyRef>().map_err(ApiError::invalid_argument))
+        .transpose()
 }
 
 pub fn node_name(raw: &str) -> Result<NodeName, ApiError> {
@@ -82,9 +94,31 @@ fn prompt_label(assignment: &DesiredAssignment) -> Option<String> {
         .map(|prompt| format!("{}@{}", prompt.name, prompt.version))
 }
 
+/// `name@version` of an assignment's escalation policy.
+pub fn policy_label(assignment: &DesiredAssignment) -> Option<String> {
+    assignment
+        .escalation_policy
+        .as_ref()
+        .map(AssignedPolicy::to_string)
+}
+
+/// What a policy lets a node do, for views: the upstream and the
+/// credential's reference (where the node finds the key), never a key.
+fn egress_label(policy: &AssignedPolicy) -> String {
+    match policy.spec.upstream() {
+        None => "forbidden".to_owned(),
+        Some(upstream) => format!(
+            "allowed: {} at {} (key {})",
+            upstream.model, upstream.base_url, upstream.credential
+        ),
+    }
+}
+
 pub fn assignment_info(assignment: DesiredAssignment) -> dto::AssignmentInfo {
     dto::AssignmentInfo {
         prompt: prompt_label(&assignment),
+        policy: policy_label(&assignment),
+        egress: assignment.escalation_policy.as_ref().map(egress_label),
         model: assignment.model,
         version: assignment.version,
         quantization: assignment.quantization,
@@ -120,6 +154,7 @@ pub fn assignment_record(assignment: Assignment) -> dto::AssignmentRecord {
         node,
         selector,
         prompt: prompt_label(&desired),
+        policy: policy_label(&desired),
         model: desired.model,
         version: desired.version,
         quantization: desired.quantization,
@@ -224,6 +259,23 @@ pub fn prompt_info(prompt: SystemPrompt) -> dto::PromptInfo {
 
 pub fn prompt_summary_info(summary: PromptSummary) -> dto::PromptSummaryInfo {
     dto::PromptSummaryInfo {
+        name: summary.name.to_string(),
+        latest_version: summary.latest_version,
+        updated_at: summary.updated_at,
+    }
+}
+
+pub fn policy_info(policy: EscalationPolicy) -> dto::PolicyInfo {
+    dto::PolicyInfo {
+        name: policy.name.to_string(),
+        version: policy.version,
+        spec: dto::PolicyDocument::from(&policy.spec),
+        created_at: policy.created_at,
+    }
+}
+
+pub fn policy_summary_info(summary: PolicySummary) -> dto::PolicySummaryInfo {
+    dto::PolicySummaryInfo {
         name: summary.name.to_string(),
         latest_version: summary.latest_version,
         updated_at: summary.updated_at,

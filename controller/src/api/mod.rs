@@ -15,6 +15,7 @@ mod convert;
 mod extract;
 mod models;
 mod nodes;
+mod policies;
 mod prompts;
 mod rollouts;
 mod tokens;
@@ -52,7 +53,9 @@ pub struct AppState {
         models::list_models, models::create_model, models::get_model, models::list_versions,
         models::create_version, models::get_version, models::update_version, models::upload_artifact,
         models::resolve, prompts::list_prompts, prompts::create_prompt_version, prompts::get_prompt,
-        prompts::list_prompt_versions, prompts::get_prompt_version, blobs::get_blob,
+        prompts::list_prompt_versions, prompts::get_prompt_version, policies::list_policies,
+        policies::create_policy_version, policies::get_policy, policies::list_policy_versions,
+        policies::get_policy_version, blobs::get_blob,
         tokens::create_token, tokens::whoami, nodes::create_bootstrap_token, nodes::list_nodes,
         nodes::get_node, nodes::approve_node, nodes::cordon_node, nodes::uncordon_node,
         nodes::drain_node, nodes::update_labels, nodes::health_history, nodes::create_assignment,
@@ -64,7 +67,7 @@ pub struct AppState {
         rollouts::list_events, models::delete_model, models::delete_version,
     ),
     modifiers(&BearerAuth),
-    tags((name = "models"), (name = "prompts"), (name = "blobs"), (name = "auth"), (name = "nodes"), (name = "assignments"), (name = "rollouts"))
+    tags((name = "models"), (name = "prompts"), (name = "policies"), (name = "blobs"), (name = "auth"), (name = "nodes"), (name = "assignments"), (name = "rollouts"))
 )]
 struct ApiDoc;
 
@@ -132,6 +135,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/prompts/{name}/versions/{version}",
             get(prompts::get_prompt_version),
+        )
+        .route("/policies", get(policies::list_policies))
+        .route("/policies/{name}", get(policies::get_policy))
+        .route(
+            "/policies/{name}/versions",
+            get(policies::list_policy_versions).post(policies::create_policy_version),
+        )
+        .route(
+            "/policies/{name}/versions/{version}",
+            get(policies::get_policy_version),
         )
         .route("/blobs/{digest}", get(blobs::get_blob))
         .route("/nodes", get(nodes::list_nodes))

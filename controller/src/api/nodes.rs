@@ -12,7 +12,7 @@ use flotilla_api_types as dto;
 use super::AppState;
 use super::convert::{
     aliases, assignment_change, assignment_record, model_name, node_info, node_name, page,
-    page_request, prompt_policy,
+    page_request, policy_ref, prompt_policy,
 };
 use super::extract::{Caller, Json, Path, Query};
 use crate::auth::Role;
@@ -352,6 +352,7 @@ pub async fn create_assignment(
                 prompt,
                 prompt_policy: prompt_policy(request.prompt_policy.as_deref())?,
                 aliases: aliases(&request.aliases)?,
+                escalation_policy: policy_ref(request.policy.as_deref())?,
             },
         )
         .await?;

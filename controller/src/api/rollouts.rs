@@ -72,6 +72,7 @@ fn spec(request: &dto::CreateRolloutRequest) -> Result<RolloutSpec, ApiError> {
         .map(ToString::to_string)
         .collect();
     let prompt_policy = super::convert::prompt_policy(request.prompt_policy.as_deref())?;
+    let escalation_policy = super::convert::policy_ref(request.policy.as_deref())?;
     let max_error_rate_percent = request.max_error_rate_percent;
     if max_error_rate_percent.is_some_and(|percent| percent >= 100) {
         return Err(invalid(
@@ -97,6 +98,7 @@ fn spec(request: &dto::CreateRolloutRequest) -> Result<RolloutSpec, ApiError> {
         prompt,
         prompt_policy,
         aliases,
+        escalation_policy,
         waves,
         max_unavailable,
         bake,
@@ -159,6 +161,7 @@ fn serving_summary(desired: &crate::domain::DesiredAssignment) -> dto::ServingSu
             .map(|prompt| format!("{}@{}", prompt.name, prompt.version)),
         prompt_policy: desired.prompt_policy.as_str().to_owned(),
         aliases: desired.aliases.clone(),
+        policy: super::convert::policy_label(desired),
     }
 }
 
@@ -171,6 +174,7 @@ fn rollout_info(rollout: Rollout, nodes: Vec<dto::RolloutNodeInfo>) -> dto::Roll
         version: spec.requirement.to_string(),
         quantization: spec.quantization.to_string(),
         prompt: spec.prompt.as_ref().map(ToString::to_string),
+        policy: spec.escalation_policy.as_ref().map(ToString::to_string),
         selector: spec.selector.as_map().clone(),
         waves: spec.waves.to_string(),
         wave_count: rollout.wave_count,

@@ -22,7 +22,7 @@ pub use flotilla_contract::{
     GpuHealth, HealthPoint, HealthSample, InferenceHealth, InferenceMinute,
 };
 
-use super::{Labels, NodeName, NodeStatus};
+use super::{AssignedPolicy, Labels, NodeName, NodeStatus};
 
 /// Whom an assignment is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +125,10 @@ pub struct DesiredAssignment {
     /// Other names clients may ask for the model by (model-style names).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The escalation policy version the node applies (`None`: it never
+    /// calls out). Holds the upstream's credential as a reference only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation_policy: Option<AssignedPolicy>,
     /// The generation of the operator's assignment this came from.
     pub assignment_generation: u64,
     /// The assignment's target, for views (`node=a`, `selector k=v`).
@@ -421,6 +425,7 @@ mod tests {
                 prompt: None,
                 prompt_policy: PromptPolicy::default(),
                 aliases: Vec::new(),
+                escalation_policy: None,
                 assignment_generation: generation,
                 target: target.to_string(),
             },

@@ -7,6 +7,7 @@ mod assignment;
 mod model;
 mod node;
 mod page;
+mod policy;
 mod prompt;
 mod quantization;
 mod resolve;
@@ -19,7 +20,9 @@ pub use assignment::{
     MinuteAccumulator, NewAssignment, NodeDesired, ObservedState, Placement, PromptPolicy, place,
     source_generation,
 };
-pub use flotilla_contract::{InvalidName, ModelName, NodeName, PromptName, RolloutName};
+pub use flotilla_contract::{
+    InvalidName, ModelName, NodeName, PolicyName, PromptName, RolloutName,
+};
 pub use flotilla_digest::{Digest, DigestParseError};
 pub use model::{
     Artifact, ArtifactFormat, Model, ModelVersion, NewArtifact, Servability, VersionState,
@@ -30,6 +33,9 @@ pub use node::{
     NodeStatus, SecretHash, TokenRejection,
 };
 pub use page::{Page, PageRequest};
+pub use policy::{
+    AssignedPolicy, EscalationPolicy, InvalidPolicy, PolicyRef, PolicySpec, PolicySummary,
+};
 pub use prompt::{PromptRef, PromptSummary, SystemPrompt};
 pub use quantization::{InvalidQuantization, Quantization, QuantizationPolicy};
 pub use resolve::{Resolution, ResolveError, resolve};

@@ -6,7 +6,8 @@ use std::str::FromStr;
 
 use time::OffsetDateTime;
 
-use super::PromptName;
+use super::{InvalidName, PromptName};
+use flotilla_contract::NameKind;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemPrompt {
@@ -26,14 +27,19 @@ pub struct PromptSummary {
     pub updated_at: OffsetDateTime,
 }
 
-/// `NAME@VERSION` (or `NAME` for the latest), as the CLI and rollouts write it.
+/// `NAME@VERSION` (or `NAME` for the latest) of a versioned registry
+/// object, as the CLI, assignments and rollouts write it: a system prompt
+/// here, an escalation policy in `policy.rs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PromptRef {
-    pub name: PromptName,
+pub struct VersionedRef<N> {
+    pub name: N,
     pub version: Option<u32>,
 }
 
-impl FromStr for PromptRef {
+/// A system prompt as an assignment or rollout names it.
+pub type PromptRef = VersionedRef<PromptName>;
+
+impl<N: FromStr<Err = InvalidName> + NameKind> FromStr for VersionedRef<N> {
     type Err = String;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
@@ -44,18 +50,21 @@ impl FromStr for PromptRef {
                     .ok()
                     .filter(|v| *v > 0)
                     .ok_or_else(|| {
-                        format!("invalid prompt version in {input:?}: expected NAME@N with N ≥ 1")
+                        format!(
+                            "invalid {} version in {input:?}: expected NAME@N with N ≥ 1",
+                            N::KIND
+                        )
                     })?;
                 (name, Some(version))
             }
             None => (input, None),
         };
-        let name = name.parse::<PromptName>().map_err(|e| e.to_string())?;
+        let name = name.parse::<N>().map_err(|e| e.to_string())?;
         Ok(Self { name, version })
     }
 }
 
-impl fmt::Display for PromptRef {
+impl<N: fmt::Display> fmt::Display for VersionedRef<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.version {
             Some(version) => write!(f, "{}@{version}", self.name),

@@ -24,8 +24,8 @@ use time::OffsetDateTime;
 
 use super::{
     Artifact, AssignmentPhase, DesiredAssignment, HealthSample, Labels, ModelName, ModelVersion,
-    NodeInventory, NodeName, PromptPolicy, PromptRef, QuantizationPolicy, Resolution, RolloutName,
-    resolve,
+    NodeInventory, NodeName, PolicyRef, PromptPolicy, PromptRef, QuantizationPolicy, Resolution,
+    RolloutName, resolve,
 };
 
 /// Most waves a rollout may have.
@@ -233,6 +233,9 @@ pub struct RolloutSpec {
     pub prompt: Option<PromptRef>,
     pub prompt_policy: PromptPolicy,
     pub aliases: Vec<String>,
+    /// The escalation policy version its nodes apply (`None`: each keeps
+    /// its current one).
+    pub escalation_policy: Option<PolicyRef>,
     pub waves: Waves,
     /// Nodes of a wave that may be changing (not yet ready) at once; ≥ 1.
     pub max_unavailable: u32,

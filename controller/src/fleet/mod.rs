@@ -23,10 +23,11 @@ use time::OffsetDateTime;
 use crate::auth::node_ca::NodeCa;
 use crate::auth::{AuthError, Authenticator, MintedToken, Principal, Revocations, Role};
 use crate::domain::{
-    Assignment, AssignmentTarget, BootstrapSecret, BootstrapToken, DesiredAssignment,
-    DesiredPrompt, HealthPoint, ModelName, NewAssignment, NewEvent, NewNode, Node, NodeChange,
-    NodeDesired, NodeInventory, NodeName, NodePattern, NodeStatus, Page, PageRequest, PromptPolicy,
-    PromptRef, Quantization, QuantizationPolicy, SecretHash, TokenRejection, resolve,
+    AssignedPolicy, Assignment, AssignmentTarget, BootstrapSecret, BootstrapToken,
+    DesiredAssignment, DesiredPrompt, HealthPoint, ModelName, NewAssignment, NewEvent, NewNode,
+    Node, NodeChange, NodeDesired, NodeInventory, NodeName, NodePattern, NodeStatus, Page,
+    PageRequest, PolicyRef, PromptPolicy, PromptRef, Quantization, QuantizationPolicy, SecretHash,
+    TokenRejection, resolve,
 };
 use crate::store::{
     ApiToken, EnrollOutcome, Enrolment, Missing, NewBootstrapToken, Store, StoreBackend, StoreError,
@@ -90,6 +91,8 @@ pub struct AssignRequest {
     pub prompt_policy: PromptPolicy,
     /// Other names the node answers to for the model.
     pub aliases: Vec<ModelName>,
+    /// The escalation policy version the node applies.
+    pub escalation_policy: Option<PolicyRef>,
 }
 
 /// Tunables of the fleet.
@@ -433,6 +436,20 @@ impl Fleet {
         Ok(node)
     }
 
+    /// The policy version `reference` names (its latest without a version),
+    /// as an assignment carries it; an unknown one is `NotFound`.
+    pub async fn assigned_policy(
+        &self,
+        reference: &PolicyRef,
+    ) -> Result<AssignedPolicy, FleetError> {
+        let policy = self
+            .store
+            .get_policy(&reference.name, reference.version)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(Missing::PolicyRef(reference.clone())))?;
+        Ok(policy.assigned())
+    }
+
     /// Resolves what an operator asked for to one artifact (and prompt
     /// text), records the assignment and pushes the changed desired states.
     pub async fn assign(
@@ -475,6 +492,10 @@ impl Fleet {
                 })
             }
         };
+        let escalation_policy = match &request.escalation_policy {
+            None => None,
+            Some(reference) => Some(self.assigned_policy(reference).await?),
+        };
         let artifact = &resolution.artifact;
         let new = NewAssignment {
             target: request.target.clone(),
@@ -487,6 +508,7 @@ impl Fleet {
                 prompt,
                 prompt_policy: request.prompt_policy,
                 aliases: request.aliases.iter().map(ToString::to_string).collect(),
+                escalation_policy,
                 assignment_generation: 0,
                 target: String::new(),
             },

@@ -681,6 +681,12 @@ fn desired_to_wire(
                 }
                 .into(),
                 aliases: assignment.aliases.clone(),
+                // The policy goes as stored: its credential is a reference
+                // the node resolves, so nothing secret is on the stream.
+                escalation_policy: assignment
+                    .escalation_policy
+                    .as_ref()
+                    .map(pb::EscalationPolicy::from),
             }),
         heartbeat_interval_ms: u32::try_from(heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
     }

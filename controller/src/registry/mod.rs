@@ -1,4 +1,5 @@
-//! The model registry: models, semver versions, artifacts and system prompts,
+//! The model registry: models, semver versions, artifacts, system prompts and
+//! escalation policies (`policies.rs`),
 //! and the resolution of a requirement to an exact artifact.
 //!
 //! This is business logic over the [`Store`] (rows) and the [`BlobStore`]
@@ -9,6 +10,7 @@
 //! exists without its blob and a failed insert leaves no blob behind.
 
 mod inspect;
+mod policies;
 
 use std::sync::Arc;
 

@@ -135,6 +135,12 @@ impl Rollouts {
                 })
             }
         };
+        // An unknown policy is refused now, at plan time, like an unknown
+        // prompt, rather than reaching no node.
+        let escalation_policy = match &spec.escalation_policy {
+            None => None,
+            Some(reference) => Some(self.fleet.assigned_policy(reference).await?),
+        };
         let target = crate::domain::AssignmentTarget::Selector(spec.selector.clone());
         let selected: Vec<Node> = self
             .all_nodes()
@@ -183,6 +189,12 @@ impl Rollouts {
                     Some(current) if spec.aliases.is_empty() => current.aliases.clone(),
                     _ => spec.aliases.clone(),
                 };
+                // The escalation policy carries over the same way.
+                let node_escalation_policy = match (&escalation_policy, current) {
+                    (Some(policy), _) => Some(policy.clone()),
+                    (None, Some(current)) => current.escalation_policy.clone(),
+                    (None, None) => None,
+                };
                 let (state, desired, reason) = match fit {
                     Fit::Fits(fits) => (
                         RolloutNodeState::Waiting,
@@ -195,6 +207,7 @@ impl Rollouts {
                             prompt: node_prompt,
                             prompt_policy,
                             aliases,
+                            escalation_policy: node_escalation_policy,
                             assignment_generation: 0,
                             target: String::new(),
                         }),

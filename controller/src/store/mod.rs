@@ -6,7 +6,8 @@
 //! differs (connecting, leadership, the change feed).
 //!
 //! What is persisted: models, versions, artifacts (their metadata; the bytes
-//! live in the object store), system prompts, enrolled nodes and bootstrap
+//! live in the object store), system prompts, escalation policies (their
+//! upstream credential as a reference only), enrolled nodes and bootstrap
 //! tokens (a hash of each token's secret, never the secret). Nothing else is kept in memory
 //! across requests. Invariants are enforced by the schema (unique constraints,
 //! foreign keys), so concurrent writers cannot create duplicates, and every
@@ -16,6 +17,7 @@
 
 mod fleet;
 mod identity;
+mod policies;
 mod postgres;
 mod rollout_rows;
 mod rollouts;
@@ -33,11 +35,11 @@ use futures::future::BoxFuture;
 
 use crate::domain::DirectoryEntry;
 use crate::domain::{
-    Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, HealthPoint, HealthSample,
-    Model, ModelName, ModelVersion, NewArtifact, NewAssignment, NewNode, Node, NodeChange,
-    NodeDesired, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page,
-    PageRequest, PromptName, PromptRef, PromptSummary, SecretHash, SystemPrompt, TokenRejection,
-    VersionState,
+    Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, EscalationPolicy, HealthPoint,
+    HealthSample, Model, ModelName, ModelVersion, NewArtifact, NewAssignment, NewNode, Node,
+    NodeChange, NodeDesired, NodeInventory, NodeName, NodePattern, NodeStatus, ObservedState, Page,
+    PageRequest, PolicyName, PolicyRef, PolicySpec, PolicySummary, PromptName, PromptRef,
+    PromptSummary, SecretHash, SystemPrompt, TokenRejection, VersionState,
 };
 use crate::domain::{
     Event, NewEvent, Rollout, RolloutName, RolloutNode, RolloutNodeState, RolloutSpec, RolloutState,
@@ -90,6 +92,11 @@ pub enum Missing {
     /// A prompt as an assignment or rollout names it (`NAME` or `NAME@N`).
     #[error("system prompt {0} not found")]
     PromptRef(PromptRef),
+    #[error("escalation policy {0} not found")]
+    Policy(PolicyName),
+    /// A policy as an assignment or rollout names it (`NAME` or `NAME@N`).
+    #[error("escalation policy {0} not found")]
+    PolicyRef(PolicyRef),
     #[error("node {0} not found")]
     Node(NodeName),
     #[error("no assignment for {0}")]
@@ -367,6 +374,29 @@ pub trait Store: Send + Sync + 'static {
         name: &PromptName,
         page: &PageRequest,
     ) -> StoreResult<Page<SystemPrompt>>;
+
+    // ---- escalation policies ----
+
+    /// Appends a new immutable version (previous latest + 1, starting at 1).
+    async fn create_policy_version(
+        &self,
+        name: &PolicyName,
+        spec: &PolicySpec,
+    ) -> StoreResult<EscalationPolicy>;
+    /// One version, or the latest when `version` is `None`.
+    async fn get_policy(
+        &self,
+        name: &PolicyName,
+        version: Option<u32>,
+    ) -> StoreResult<Option<EscalationPolicy>>;
+    /// Policies ordered by name; the cursor is the last name of the page.
+    async fn list_policies(&self, page: &PageRequest) -> StoreResult<Page<PolicySummary>>;
+    /// Versions of one policy, newest first.
+    async fn list_policy_versions(
+        &self,
+        name: &PolicyName,
+        page: &PageRequest,
+    ) -> StoreResult<Page<EscalationPolicy>>;
 
     // ---- fleet ----
 

@@ -49,6 +49,9 @@ pub(super) struct SpecJson {
     #[serde(default)]
     prompt_policy: PromptPolicy,
     aliases: Vec<String>,
+    /// The escalation policy (`NAME@N`); added later, absent reads as none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    escalation_policy: Option<String>,
     waves: String,
     max_unavailable: u32,
     bake_ms: u64,
@@ -66,6 +69,7 @@ impl From<&RolloutSpec> for SpecJson {
             prompt: spec.prompt.as_ref().map(ToString::to_string),
             prompt_policy: spec.prompt_policy,
             aliases: spec.aliases.clone(),
+            escalation_policy: spec.escalation_policy.as_ref().map(ToString::to_string),
             waves: spec.waves.to_string(),
             max_unavailable: spec.max_unavailable,
             bake_ms: u64::try_from(spec.bake.as_millis()).unwrap_or(u64::MAX),
@@ -106,6 +110,15 @@ impl TryFrom<SpecJson> for RolloutSpec {
                 .transpose()?,
             prompt_policy: json.prompt_policy,
             aliases: json.aliases,
+            escalation_policy: json
+                .escalation_policy
+                .as_deref()
+                .map(|policy| {
+                    policy
+                        .parse()
+                        .map_err(|error| bad("escalation_policy", policy, error))
+                })
+                .transpose()?,
             waves: json
                 .waves
                 .parse()

@@ -263,8 +263,24 @@ pub(crate) fn desired(model: &str) -> DesiredAssignment {
         prompt: None,
         prompt_policy: PromptPolicy::Replace,
         aliases: vec!["chat".to_owned()],
+        escalation_policy: None,
         assignment_generation: 0,
         target: String::new(),
+    }
+}
+
+fn escalation_policy() -> flotilla_contract::AssignedPolicy {
+    let document: flotilla_contract::PolicyDocument = serde_json::from_str(
+        r#"{"egress": "allowed",
+            "upstream": {"base_url": "https://llm.example.com/v1", "model": "big",
+                         "credential": "env:UPSTREAM_KEY"},
+            "triggers": {"on_overload": true}}"#,
+    )
+    .expect("a document");
+    flotilla_contract::AssignedPolicy {
+        name: "hybrid".to_owned(),
+        version: 1,
+        spec: document.try_into().expect("a valid policy"),
     }
 }
 
@@ -305,7 +321,10 @@ pub(crate) async fn assignments_place_nodes_and_generations_only_grow(database: 
     let (berlin, changed) = store
         .create_assignment(&NewAssignment {
             target: selector("site=berlin"),
-            desired: desired("small"),
+            desired: DesiredAssignment {
+                escalation_policy: Some(escalation_policy()),
+                ..desired("small")
+            },
             created_by: "op".to_owned(),
         })
         .await
@@ -320,6 +339,19 @@ pub(crate) async fn assignments_place_nodes_and_generations_only_grow(database: 
     );
     assert_eq!(berlin.desired.assignment_generation, berlin.generation);
     assert_eq!(desired_of(&*store, "paris-1").await, (0, None));
+    // The escalation policy rides in the node's stored desired state.
+    let berlin_1 = store
+        .get_node(&node_name("berlin-1"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        berlin_1
+            .desired
+            .assignment
+            .and_then(|assignment| assignment.escalation_policy),
+        Some(escalation_policy())
+    );
 
     // A node's own assignment wins over the selector.
     let (own, changed) = store

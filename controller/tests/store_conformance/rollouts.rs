@@ -27,6 +27,8 @@ fn spec() -> RolloutSpec {
         prompt: None,
         prompt_policy: PromptPolicy::Forbid,
         aliases: vec!["chat".to_owned()],
+        // Stored as the operator wrote it; resolved when the rollout is planned.
+        escalation_policy: Some("hybrid@2".parse().expect("valid")),
         waves: "1,100%".parse::<Waves>().expect("valid"),
         max_unavailable: 2,
         bake: Duration::from_millis(200),

@@ -115,6 +115,16 @@ pub fn node_fields(node: &NodeInfo, now: OffsetDateTime) -> Vec<(String, String)
                     .clone()
                     .unwrap_or_else(|| "none".to_owned()),
             );
+            // The policy and where the node finds the upstream's key (a
+            // reference: the controller never has the key itself).
+            add(
+                "policy",
+                match (&assignment.policy, &assignment.egress) {
+                    (Some(policy), Some(egress)) => format!("{policy}, egress {egress}"),
+                    (Some(policy), None) => policy.clone(),
+                    (None, _) => "none (never calls out)".to_owned(),
+                },
+            );
         }
     }
     match &node.observed {
@@ -558,6 +568,10 @@ mod tests {
             prompt: None,
             prompt_policy: "prepend".into(),
             aliases: Vec::new(),
+            policy: Some("hybrid@2".into()),
+            egress: Some(
+                "allowed: big at https://llm.example.com/v1 (key env:UPSTREAM_KEY)".into(),
+            ),
             generation: 7,
             target: "selector zone=eu".into(),
         });
@@ -676,6 +690,44 @@ mod tests {
              12 done, 3 rejected, 0 failed, 1 cancelled"
         );
         assert_eq!(value("state write"), "", "no line while writes succeed");
+    }
+
+    #[test]
+    fn show_names_the_policy_and_its_key_reference() {
+        let mut shown = node("edge-1");
+        shown.assignment = Some(AssignmentInfo {
+            model: "llama".into(),
+            version: "1.2.0".into(),
+            quantization: "Q4_1".into(),
+            digest: "ab".repeat(32),
+            size_bytes: 1 << 30,
+            prompt: None,
+            prompt_policy: "prepend".into(),
+            aliases: Vec::new(),
+            policy: Some("hybrid@2".into()),
+            egress: Some(
+                "allowed: big at https://llm.example.com/v1 (key env:UPSTREAM_KEY)".into(),
+            ),
+            generation: 7,
+            target: "node=edge-1".into(),
+        });
+        let policy = |node: &NodeInfo| {
+            node_fields(node, now())
+                .into_iter()
+                .find(|(key, _)| key == "policy")
+                .map(|(_, value)| value)
+        };
+        assert_eq!(
+            policy(&shown).as_deref(),
+            Some(
+                "hybrid@2, egress allowed: big at https://llm.example.com/v1 (key env:UPSTREAM_KEY)"
+            )
+        );
+        if let Some(assignment) = shown.assignment.as_mut() {
+            assignment.policy = None;
+            assignment.egress = None;
+        }
+        assert_eq!(policy(&shown).as_deref(), Some("none (never calls out)"));
     }
 
     #[test]

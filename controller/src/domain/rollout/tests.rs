@@ -237,6 +237,7 @@ fn spec(max_unavailable: u32) -> RolloutSpec {
         prompt: None,
         prompt_policy: PromptPolicy::default(),
         aliases: Vec::new(),
+        escalation_policy: None,
         waves: Waves::default(),
         max_unavailable,
         bake: Duration::from_secs(10),
@@ -272,6 +273,7 @@ fn desired(digest: &str) -> DesiredAssignment {
         prompt: None,
         prompt_policy: PromptPolicy::Replace,
         aliases: vec!["chat".to_owned()],
+        escalation_policy: None,
         assignment_generation: 0,
         target: String::new(),
     }

@@ -65,6 +65,7 @@ pub(super) fn assigned(generation: u64, model: &str, digest: &str) -> PushedStat
                 prompt: None,
                 prompt_policy: PromptPolicy::default(),
                 aliases: vec!["chat".to_owned()],
+                escalation_policy: None,
                 assignment_generation: 1,
                 target: "node=a".to_owned(),
             }),

@@ -30,17 +30,19 @@ use super::sql::{self, Access, Pool, Tx, in_transaction};
 use super::{
     ArtifactInsert, BeforeCommit, DeletedRollout, EnrollOutcome, Enrolment, Missing,
     NewBootstrapToken, NewRollout, NodeReport, RolloutDeletion, RolloutUpdate, Store, StoreBackend,
-    StoreError, StoreResult, fleet, identity, postgres, rollouts,
+    StoreError, StoreResult, fleet, identity, policies, postgres, rollouts,
 };
 use crate::domain::{
-    Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, DirectoryEntry, Event,
-    HealthPoint, Model, ModelName, ModelVersion, NewArtifact, NewAssignment, Node, NodeChange,
-    NodeDesired, NodeName, Page, PageRequest, PromptName, PromptSummary, Rollout, RolloutName,
-    RolloutNode, SystemPrompt, VersionState,
+    Artifact, Assignment, AssignmentTarget, BootstrapToken, Digest, DirectoryEntry,
+    EscalationPolicy, Event, HealthPoint, Model, ModelName, ModelVersion, NewArtifact,
+    NewAssignment, Node, NodeChange, NodeDesired, NodeName, Page, PageRequest, PolicyName,
+    PolicySpec, PolicySummary, PromptName, PromptSummary, Rollout, RolloutName, RolloutNode,
+    SystemPrompt, VersionState,
 };
 
-/// How many times `create_prompt_version` tries again when a concurrent
-/// creator took the version number it computed.
+/// How many times `create_prompt_version` (and `create_policy_version`)
+/// tries again when a concurrent creator took the version number it
+/// computed.
 const PROMPT_VERSION_ATTEMPTS: u32 = 5;
 
 /// The store on either backend; see the module's documentation.
@@ -686,6 +688,53 @@ impl Store for SqlStore {
             Ok(Page::from_overfetched(prompts, page.limit, |prompt| {
                 prompt.version.to_string()
             }))
+        })
+    }
+
+    async fn create_policy_version(
+        &self,
+        name: &PolicyName,
+        spec: &PolicySpec,
+    ) -> StoreResult<EscalationPolicy> {
+        let mut attempt = 1;
+        loop {
+            let result = in_transaction!(self, "create_policy_version", Access::Write, |conn| {
+                policies::create_policy_version(conn, name, spec).await
+            });
+            // The keyed lock makes a collision rare; the unique constraint
+            // and this retry remain the guarantee if it is ever bypassed.
+            match result {
+                Err(StoreError::AlreadyExists(_)) if attempt < PROMPT_VERSION_ATTEMPTS => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_policy(
+        &self,
+        name: &PolicyName,
+        version: Option<u32>,
+    ) -> StoreResult<Option<EscalationPolicy>> {
+        in_transaction!(self, "get_policy", Access::Read, |conn| {
+            policies::get_policy(conn, name, version).await
+        })
+    }
+
+    async fn list_policies(&self, page: &PageRequest) -> StoreResult<Page<PolicySummary>> {
+        in_transaction!(self, "list_policies", Access::Read, |conn| {
+            policies::list_policies(conn, page).await
+        })
+    }
+
+    async fn list_policy_versions(
+        &self,
+        name: &PolicyName,
+        page: &PageRequest,
+    ) -> StoreResult<Page<EscalationPolicy>> {
+        in_transaction!(self, "list_policy_versions", Access::Read, |conn| {
+            policies::list_policy_versions(conn, name, page).await
         })
     }
 

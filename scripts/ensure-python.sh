@@ -28,7 +28,9 @@ if ! .venv/bin/python -c 'import openai, ollama, grpc_tools, grpc_reflection' 2>
 fi
 # The orchestration layer users build on a node (issue 17): LangChain with
 # its OpenAI, Ollama and Chroma integrations, Chroma itself, and LiteLLM.
-if ! .venv/bin/python -c 'import langchain_openai, langchain_ollama, langchain_chroma, chromadb, litellm' 2>/dev/null; then
+# (LiteLLM fetches a price list at import unless told to use its own copy.)
+if ! LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/python -c \
+  'import langchain_openai, langchain_ollama, langchain_chroma, chromadb, litellm' 2>/dev/null; then
   log "installing langchain-openai, langchain-ollama, langchain-chroma, chromadb, litellm"
   .venv/bin/pip install --quiet --disable-pip-version-check 'langchain-core>=0.3' \
     'langchain-openai>=0.3' 'langchain-ollama>=0.3' 'langchain-chroma>=0.2' 'chromadb>=1.0' \

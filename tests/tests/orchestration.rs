@@ -52,6 +52,8 @@ fn python_with_libraries() -> anyhow::Result<Option<PathBuf>> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
     let usable = Command::new(&python)
+        // LiteLLM fetches a price list at import unless told to use its own.
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .args([
             "-c",
             "import langchain_openai, langchain_ollama, langchain_chroma, chromadb, litellm, ollama",

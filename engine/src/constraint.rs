@@ -109,7 +109,7 @@ fn close_in_place(schema: &mut Value) {
 }
 
 /// Asks llguidance for JSON without optional whitespace (see the module docs).
-fn compact(mut schema: Value) -> Value {
+pub(crate) fn compact(mut schema: Value) -> Value {
     if let Value::Object(map) = &mut schema {
         map.entry("x-guidance").or_insert_with(|| {
             // Python's `json.dumps` separators: the JSON models saw most in training.

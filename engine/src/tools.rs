@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::chat::{ChatMessage, python_json_string};
-use crate::constraint::{Grammar, closed};
+use crate::constraint::{Grammar, closed, compact};
 
 /// A function the model may call (the `function` object of OpenAI's `tools`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,12 @@ pub struct ToolSpec {
 }
 
 impl ToolSpec {
+    /// The parameter schema of a function without arguments (OpenAI's meaning of an
+    /// omitted `parameters`).
+    pub fn no_parameters() -> Value {
+        json!({"type": "object", "properties": {}})
+    }
+
     /// The OpenAI tool object templates render (`{"type": "function", "function": {…}}`).
     pub fn to_json(&self) -> Value {
         let mut function = json!({"name": self.name});
@@ -95,10 +101,7 @@ pub fn tool_call_grammar(tools: &[ToolSpec], choice: &ToolChoice, parallel: bool
             })
         })
         .collect();
-    let call_schema = json!({
-        "anyOf": calls,
-        "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "},
-    });
+    let call_schema = compact(json!({"anyOf": calls}));
     let calls_rule = if parallel {
         "tool_call (\"\\n\" tool_call)* | call_json"
     } else {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
+use flotilla_engine::tools::{ToolCall, parse_tool_calls};
 use flotilla_engine::{
     EngineError, GenerationEvent, GenerationRequest, RequestHandle, TokenId, TokenLogprobs,
 };
@@ -133,6 +134,18 @@ pub struct Completion {
     pub finished: Finished,
     /// Per token, when the request asked for them.
     pub logprobs: Vec<TokenLogprob>,
+}
+
+impl Completion {
+    /// The answer's text and the tool calls in it; calls are parsed out only when the
+    /// request offered tools (an answer to one that did not is all text).
+    pub fn text_and_calls(&self, offered_tools: bool) -> (String, Vec<ToolCall>) {
+        if offered_tools {
+            parse_tool_calls(&self.text)
+        } else {
+            (self.text.clone(), Vec::new())
+        }
+    }
 }
 
 /// A generation that the engine accepted and started: its first chunk (or

@@ -22,7 +22,7 @@ use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
     Role, ServeError, Serving,
 };
-use flotilla_engine::tools::{ToolCall, ToolChoice, ToolSpec, parse_tool_calls};
+use flotilla_engine::tools::{ToolCall, ToolChoice, ToolSpec};
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateResponse, Status>> + Send>>;
 
@@ -99,7 +99,7 @@ impl TryFrom<pb::ChatRequest> for InferenceRequest {
             .map(|tool| {
                 Ok(ToolSpec {
                     parameters: json_text(&tool.parameters_json, "tools.parameters_json")?
-                        .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+                        .unwrap_or_else(ToolSpec::no_parameters),
                     description: (!tool.description.is_empty()).then_some(tool.description),
                     name: tool.name,
                 })
@@ -200,6 +200,28 @@ fn usage(finished: &Finished) -> pb::Usage {
     }
 }
 
+/// A message of text that became final.
+fn text_message(model: &str, text: String) -> pb::GenerateResponse {
+    pb::GenerateResponse {
+        model: model.to_owned(),
+        text,
+        ..pb::GenerateResponse::default()
+    }
+}
+
+/// The last message: done, why, the usage, and the version once (which one
+/// answered).
+fn final_message(model: &str, finished: &Finished, version: &str) -> pb::GenerateResponse {
+    pb::GenerateResponse {
+        model: model.to_owned(),
+        done: true,
+        finish_reason: finish_reason(finished.reason).into(),
+        usage: Some(usage(finished)),
+        version: version.to_owned(),
+        ..pb::GenerateResponse::default()
+    }
+}
+
 impl InferenceService {
     /// Answers locally, or forwards `call` when this node does not serve
     /// the model.
@@ -257,38 +279,19 @@ impl InferenceService {
     ) -> Result<ResponseStream, Status> {
         let version = generation.model.version.clone();
         let completion = generation.complete().await?;
-        let (text, calls) = parse_tool_calls(&completion.text);
-        let reason = if calls.is_empty() {
-            finish_reason(completion.finished.reason)
-        } else {
-            pb::FinishReason::ToolCalls
-        };
-        let messages = [
-            pb::GenerateResponse {
-                model: requested.clone(),
-                text,
-                done: false,
-                finish_reason: pb::FinishReason::Unspecified.into(),
-                usage: None,
-                version: String::new(),
-                tool_calls: Vec::new(),
-            },
-            pb::GenerateResponse {
-                model: requested,
-                text: String::new(),
-                done: true,
-                finish_reason: reason.into(),
-                usage: Some(usage(&completion.finished)),
-                version,
-                tool_calls: calls
-                    .into_iter()
-                    .map(|call| pb::ToolCall {
-                        name: call.name,
-                        arguments_json: call.arguments.to_string(),
-                    })
-                    .collect(),
-            },
-        ];
+        let (text, calls) = completion.text_and_calls(true);
+        let mut last = final_message(&requested, &completion.finished, &version);
+        if !calls.is_empty() {
+            last.finish_reason = pb::FinishReason::ToolCalls.into();
+            last.tool_calls = calls
+                .into_iter()
+                .map(|call| pb::ToolCall {
+                    name: call.name,
+                    arguments_json: call.arguments.to_string(),
+                })
+                .collect();
+        }
+        let messages = [text_message(&requested, text), last];
         Ok(Box::pin(futures::stream::iter(messages.map(Ok))))
     }
 
@@ -298,25 +301,8 @@ impl InferenceService {
         let model = requested;
         let version = generation.model.version.clone();
         let stream = generation.into_stream().map(move |item| match item {
-            Ok(Chunk::Text { text, .. }) => Ok(pb::GenerateResponse {
-                model: model.clone(),
-                text,
-                done: false,
-                finish_reason: pb::FinishReason::Unspecified.into(),
-                usage: None,
-                version: String::new(),
-                tool_calls: Vec::new(),
-            }),
-            // The version once, with the usage: which one answered.
-            Ok(Chunk::Finished(finished)) => Ok(pb::GenerateResponse {
-                model: model.clone(),
-                text: String::new(),
-                done: true,
-                finish_reason: finish_reason(finished.reason).into(),
-                usage: Some(usage(&finished)),
-                version: version.clone(),
-                tool_calls: Vec::new(),
-            }),
+            Ok(Chunk::Text { text, .. }) => Ok(text_message(&model, text)),
+            Ok(Chunk::Finished(finished)) => Ok(final_message(&model, &finished, &version)),
             Err(error) => Err(error.to_grpc_status()),
         });
         Box::pin(stream)

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
-use flotilla_engine::tools::{ToolChoice, parse_tool_calls};
+use flotilla_engine::tools::ToolChoice;
 
 use super::fields::{self, Rule};
 use super::forward::HttpIncoming;
@@ -490,11 +490,7 @@ async fn respond(
             Ok(completion) => completion,
             Err(error) => return with_served_model(&served, error_response(&error)),
         };
-        let (content, calls) = if calls_tools {
-            parse_tool_calls(&completion.text)
-        } else {
-            (completion.text.clone(), Vec::new())
-        };
+        let (content, calls) = completion.text_and_calls(calls_tools);
         let with_calls = |mut value: Value| {
             if !calls.is_empty() {
                 value["message"]["tool_calls"] = calls

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use flotilla_engine::tools::{ToolCall, ToolChoice, parse_tool_calls};
+use flotilla_engine::tools::{ToolCall, ToolChoice};
 
 use super::fields::{self, Rule};
 use super::forward::HttpIncoming;
@@ -685,13 +685,8 @@ struct Answer<'a> {
 }
 
 impl<'a> Answer<'a> {
-    /// Calls are parsed out of the text only when the request offered tools.
     fn of(completion: &'a Completion, calls_tools: bool, with_logprobs: bool) -> Answer<'a> {
-        let (content, calls) = if calls_tools {
-            parse_tool_calls(&completion.text)
-        } else {
-            (completion.text.clone(), Vec::new())
-        };
+        let (content, calls) = completion.text_and_calls(calls_tools);
         Answer {
             content,
             calls,

@@ -47,7 +47,7 @@ pub(super) fn tool_specs(tools: Vec<ToolIn>) -> Result<Vec<ToolSpec>, ServeError
                 parameters: tool
                     .function
                     .parameters
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                    .unwrap_or_else(ToolSpec::no_parameters),
             })
         })
         .collect()

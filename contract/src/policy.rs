@@ -361,7 +361,7 @@ impl TryFrom<PolicyDocument> for PolicySpec {
             }
         };
         let scrub = match document.scrub {
-            None => Kind::ALL.into_iter().collect(),
+            None => Kind::PATTERNS.into_iter().collect(),
             Some(kinds) => kinds
                 .iter()
                 .map(|kind| {

@@ -89,7 +89,18 @@ static DATE: LazyLock<Regex> =
     LazyLock::new(|| regex(r"^(?:\d{4}[-.]\d{1,2}[-.]\d{1,2}|\d{1,2}[-.]\d{1,2}[-.]\d{4})$"));
 
 pub(crate) fn find(text: &str, kinds: &[Kind]) -> Vec<Finding> {
+    find_with_names(text, kinds, &[])
+}
+
+/// [`find`], plus every occurrence of each of `names` (literal values a
+/// model found), ranked below every pattern.
+pub(crate) fn find_with_names(text: &str, kinds: &[Kind], names: &[(Kind, &str)]) -> Vec<Finding> {
     let mut candidates = Vec::new();
+    for (kind, name) in names {
+        for (start, found) in text.match_indices(name) {
+            push(&mut candidates, *kind, start, start + found.len(), 0);
+        }
+    }
     for kind in kinds {
         match kind {
             Kind::Email => emails(text, &mut candidates),
@@ -99,6 +110,8 @@ pub(crate) fn find(text: &str, kinds: &[Kind]) -> Vec<Finding> {
             Kind::IpAddress => ips(text, &mut candidates),
             Kind::Phone => phones(text, &mut candidates),
             Kind::Secret => secrets(text, &mut candidates),
+            // Found by a model: passed in as `names`.
+            Kind::Person | Kind::Organisation | Kind::Address => {}
         }
     }
     settle(candidates)

@@ -35,10 +35,31 @@ pub enum Kind {
     UsSsn,
     IpAddress,
     Secret,
+    /// A person's name: no pattern finds it; the caller's model lists
+    /// them ([`Scrubber::scrub_with_names`]).
+    Person,
+    /// An organisation's name (found as [`Kind::Person`]).
+    Organisation,
+    /// A street address (found as [`Kind::Person`]).
+    Address,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 10] = [
+        Kind::Email,
+        Kind::Phone,
+        Kind::PaymentCard,
+        Kind::Iban,
+        Kind::UsSsn,
+        Kind::IpAddress,
+        Kind::Secret,
+        Kind::Person,
+        Kind::Organisation,
+        Kind::Address,
+    ];
+
+    /// The kinds found by pattern and check, in this crate: the default.
+    pub const PATTERNS: [Kind; 7] = [
         Kind::Email,
         Kind::Phone,
         Kind::PaymentCard,
@@ -47,6 +68,14 @@ impl Kind {
         Kind::IpAddress,
         Kind::Secret,
     ];
+
+    /// The kinds a language model has to find (names have no pattern).
+    pub const NAMES: [Kind; 3] = [Kind::Person, Kind::Organisation, Kind::Address];
+
+    /// Whether this kind is found by a model rather than a pattern.
+    pub fn needs_model(self) -> bool {
+        Kind::NAMES.contains(&self)
+    }
 
     /// The name used in configuration and APIs (`email`, `payment_card`, …).
     pub fn as_str(self) -> &'static str {
@@ -58,6 +87,9 @@ impl Kind {
             Kind::UsSsn => "us_ssn",
             Kind::IpAddress => "ip_address",
             Kind::Secret => "secret",
+            Kind::Person => "person",
+            Kind::Organisation => "organisation",
+            Kind::Address => "address",
         }
     }
 
@@ -71,6 +103,9 @@ impl Kind {
             Kind::UsSsn => "SSN",
             Kind::IpAddress => "IP",
             Kind::Secret => "SECRET",
+            Kind::Person => "PERSON",
+            Kind::Organisation => "ORG",
+            Kind::Address => "ADDRESS",
         }
     }
 }
@@ -123,9 +158,10 @@ pub struct Scrubber {
     kinds: Vec<Kind>,
 }
 
+/// The pattern kinds ([`Kind::PATTERNS`]): the names need a model.
 impl Default for Scrubber {
     fn default() -> Self {
-        Self::new(Kind::ALL)
+        Self::new(Kind::PATTERNS)
     }
 }
 
@@ -152,10 +188,30 @@ impl Scrubber {
     /// `placeholders`, which remembers the originals for [`Placeholders::restore`].
     /// The same value gets the same placeholder every time.
     pub fn scrub(&self, text: &str, placeholders: &mut Placeholders) -> String {
+        self.scrub_with_names(text, &[], placeholders)
+    }
+
+    /// [`Scrubber::scrub`], also replacing every occurrence of `names`
+    /// (values of the [`Kind::NAMES`] kinds a model found, for those kinds
+    /// this scrubber was made for). A pattern's finding wins where the two
+    /// overlap.
+    pub fn scrub_with_names(
+        &self,
+        text: &str,
+        names: &[(Kind, String)],
+        placeholders: &mut Placeholders,
+    ) -> String {
         placeholders.reserve_from(text);
+        let names: Vec<(Kind, &str)> = names
+            .iter()
+            .filter(|(kind, name)| {
+                kind.needs_model() && self.kinds.contains(kind) && !name.is_empty()
+            })
+            .map(|(kind, name)| (*kind, name.as_str()))
+            .collect();
         let mut scrubbed = String::with_capacity(text.len());
         let mut copied = 0;
-        for finding in self.find(text) {
+        for finding in detect::find_with_names(text, &self.kinds, &names) {
             scrubbed.push_str(&text[copied..finding.range.start]);
             scrubbed
                 .push_str(placeholders.placeholder_for(finding.kind, &text[finding.range.clone()]));

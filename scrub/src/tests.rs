@@ -284,3 +284,27 @@ fn odd_input_never_panics() {
         assert_eq!(placeholders.restore(&scrubbed), text);
     }
 }
+
+#[test]
+fn names_a_model_found_are_replaced_wherever_they_occur_and_patterns_win() {
+    let scrubber = Scrubber::new([Kind::Email, Kind::Person, Kind::Organisation]);
+    let names = [
+        (Kind::Person, "Jane Doe".to_owned()),
+        (Kind::Organisation, "Acme".to_owned()),
+        // Inside an e-mail address: the pattern's finding wins.
+        (Kind::Person, "jane".to_owned()),
+        // Not a kind this scrubber is for.
+        (Kind::Address, "12 Baker Street".to_owned()),
+    ];
+    let mut placeholders = Placeholders::new();
+    let text = "Jane Doe of Acme (jane@acme.test) lives at 12 Baker Street; ask Jane Doe.";
+    let scrubbed = scrubber.scrub_with_names(text, &names, &mut placeholders);
+    assert_eq!(
+        scrubbed,
+        "<PERSON_1> of <ORG_1> (<EMAIL_1>) lives at 12 Baker Street; ask <PERSON_1>."
+    );
+    assert_eq!(placeholders.restore(&scrubbed), text);
+    // Names are never found without them: the default is the pattern kinds.
+    assert_eq!(Scrubber::default().kinds(), Kind::PATTERNS);
+    assert!(Kind::NAMES.iter().all(|kind| kind.needs_model()));
+}

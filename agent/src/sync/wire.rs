@@ -256,8 +256,8 @@ mod tests {
         );
         assert_eq!(
             policy.spec.scrub.len(),
-            flotilla_contract::ScrubKind::ALL.len(),
-            "no scrub settings on the wire reads as scrubbing everything"
+            flotilla_contract::ScrubKind::PATTERNS.len(),
+            "no scrub settings on the wire reads as scrubbing every pattern kind"
         );
 
         // A literal key where the reference belongs fails the state closed.

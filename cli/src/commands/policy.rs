@@ -85,8 +85,10 @@ pub struct CreateArgs {
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=99))]
     pub self_check: Option<u32>,
     /// Kinds of personal data to scrub before a request leaves the node
-    /// [default: all]: email, phone, payment_card, iban, us_ssn,
-    /// ip_address, secret.
+    /// [default: the pattern kinds]: email, phone, payment_card, iban,
+    /// us_ssn, ip_address, secret; and person, organisation, address,
+    /// which the node's local model finds (a request escalates only once
+    /// they are found).
     #[arg(long, value_name = "KIND[,KIND]", value_delimiter = ',')]
     pub scrub: Option<Vec<String>>,
 }

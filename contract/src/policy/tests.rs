@@ -30,7 +30,7 @@ fn refusal(document: PolicyDocument) -> String {
 }
 
 #[test]
-fn a_full_policy_validates_and_defaults_to_scrubbing_everything() {
+fn a_full_policy_validates_and_defaults_to_scrubbing_every_pattern_kind() {
     let spec = PolicySpec::try_from(allowed("env:OPENAI_API_KEY")).expect("valid");
     let upstream = spec.upstream().expect("egress allowed");
     assert_eq!(upstream.base_url, "https://api.openai.com/v1");
@@ -38,7 +38,7 @@ fn a_full_policy_validates_and_defaults_to_scrubbing_everything() {
         upstream.credential,
         SecretRef::Env("OPENAI_API_KEY".to_owned())
     );
-    assert_eq!(spec.scrub.len(), Kind::ALL.len());
+    assert_eq!(spec.scrub.len(), Kind::PATTERNS.len());
     assert_eq!(spec.triggers.features, BTreeSet::from([Feature::Tools]));
     assert_eq!(spec.triggers.self_check_threshold_percent, Some(40));
 }
@@ -204,7 +204,7 @@ fn policies_round_trip_through_json_and_the_wire() {
     let mut no_scrub = wire.clone();
     no_scrub.scrub = None;
     let read = AssignedPolicy::try_from(no_scrub).expect("valid");
-    assert_eq!(read.spec.scrub.len(), Kind::ALL.len());
+    assert_eq!(read.spec.scrub.len(), Kind::PATTERNS.len());
 
     // Invalid on the wire is refused as it is at the controller.
     let mut bad = wire;

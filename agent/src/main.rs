@@ -594,6 +594,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ReconcilerConfig::new(Some(data_dir.clone())),
         restored,
     );
+    // The serving layer escalates under the policy the reconciler applies.
+    let serving = serving.with_policy(link.policy.clone());
     let sync = SyncConfig {
         advertised,
         routes: serving.routes.clone(),

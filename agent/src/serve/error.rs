@@ -53,6 +53,13 @@ pub enum ServeError {
     /// reached (the message says which were tried).
     #[error("{0}")]
     PeerUnavailable(String),
+    /// The prompt does not fit the model's context window.
+    #[error("{0}")]
+    ContextOverflow(String),
+    /// The escalation policy's upstream could not be reached, refused the
+    /// call, or failed during it (issue 20).
+    #[error("the escalation upstream failed: {0}")]
+    UpstreamUnavailable(String),
     /// A bug or an engine failure; the message is safe to show.
     #[error("internal error: {0}")]
     Internal(String),
@@ -85,6 +92,8 @@ impl ServeError {
             ServeError::Timeout(_) => "timeout",
             ServeError::Unavailable(_) => "unavailable",
             ServeError::PeerUnavailable(_) => "peer_unavailable",
+            ServeError::ContextOverflow(_) => "context_length_exceeded",
+            ServeError::UpstreamUnavailable(_) => "upstream_unavailable",
             ServeError::Internal(_) => "internal",
             ServeError::Forbidden(_) => "forbidden",
             ServeError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -93,16 +102,18 @@ impl ServeError {
 
     pub fn http_status(&self) -> StatusCode {
         match self {
-            ServeError::InvalidRequest(_) | ServeError::UnsupportedField { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ServeError::InvalidRequest(_)
+            | ServeError::UnsupportedField { .. }
+            | ServeError::ContextOverflow(_) => StatusCode::BAD_REQUEST,
             ServeError::NotAssigned { .. } => StatusCode::NOT_FOUND,
             ServeError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ServeError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             ServeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ServeError::PeerUnavailable(_) => StatusCode::BAD_GATEWAY,
+            ServeError::PeerUnavailable(_) | ServeError::UpstreamUnavailable(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
             ServeError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -111,15 +122,17 @@ impl ServeError {
 
     pub fn grpc_code(&self) -> tonic::Code {
         match self {
-            ServeError::InvalidRequest(_) | ServeError::UnsupportedField { .. } => {
-                tonic::Code::InvalidArgument
-            }
+            ServeError::InvalidRequest(_)
+            | ServeError::UnsupportedField { .. }
+            | ServeError::ContextOverflow(_) => tonic::Code::InvalidArgument,
             ServeError::NotAssigned { .. } => tonic::Code::NotFound,
             ServeError::Unauthenticated => tonic::Code::Unauthenticated,
             ServeError::ModelNotFound { .. } => tonic::Code::NotFound,
             ServeError::Overloaded { .. } => tonic::Code::ResourceExhausted,
             ServeError::Timeout(_) => tonic::Code::DeadlineExceeded,
-            ServeError::Unavailable(_) | ServeError::PeerUnavailable(_) => tonic::Code::Unavailable,
+            ServeError::Unavailable(_)
+            | ServeError::PeerUnavailable(_)
+            | ServeError::UpstreamUnavailable(_) => tonic::Code::Unavailable,
             ServeError::Internal(_) => tonic::Code::Internal,
             ServeError::Forbidden(_) => tonic::Code::PermissionDenied,
             ServeError::UnsupportedMediaType(_) => tonic::Code::InvalidArgument,
@@ -153,8 +166,8 @@ impl ServeError {
     /// Maps an engine failure of one request.
     pub fn from_engine(error: EngineError) -> ServeError {
         match error {
+            EngineError::ContextOverflow { .. } => ServeError::ContextOverflow(error.to_string()),
             EngineError::InvalidRequest(_)
-            | EngineError::ContextOverflow { .. }
             | EngineError::Template(_)
             | EngineError::Tokenizer(_) => ServeError::InvalidRequest(error.to_string()),
             EngineError::QueueFull { .. } => ServeError::Internal(error.to_string()),

@@ -1,15 +1,17 @@
-//! Forwarding a request for a model this node does not serve to a peer that
-//! does (DESIGN.md §7), or one its full queue refused to a peer with room
-//! (overflow), over the surface it came in on: HTTP requests are
-//! replayed with the same path and body on the peer's HTTP API and its
-//! response is relayed unchanged (streamed as it arrives); gRPC calls are
-//! made again on the peer's gRPC API and its stream is relayed.
+//! Relaying a request to the peers `dispatch` chose (DESIGN.md §7): a model
+//! this node does not serve goes to a peer that does, one its full queue
+//! refused to a peer with room (overflow), over the surface it came in on:
+//! HTTP requests are replayed with the same path and body on the peer's
+//! HTTP API and its response is relayed unchanged (streamed as it
+//! arrives); gRPC calls are made again on the peer's gRPC API and its
+//! stream is relayed.
 //!
 //! Peers are tried best first ([`Routes::candidates`]); one that cannot be
 //! reached is skipped for the next. A forwarded request carries
 //! [`HOPS_HEADER`] one higher than it arrived with, and a request that
-//! arrived forwarded is not forwarded again ([`may_forward`]), so requests
-//! cannot loop between nodes whose directories disagree.
+//! arrived forwarded is not forwarded again (`routing::may_forward`, which
+//! `dispatch` asks), so requests cannot loop between nodes whose
+//! directories disagree.
 //!
 //! The client's credential stays here: a forwarded request carries the
 //! principal this agent admitted ([`PRINCIPAL_HEADER`]) instead, which a
@@ -46,7 +48,8 @@ use tracing::Instrument as _;
 
 use super::ServeError;
 use super::auth::PRINCIPAL_HEADER;
-use crate::routing::{HOPS_HEADER, Peer, Routes, Surface, forward_url, may_forward, parse_hops};
+use super::dispatch::{Arrival, Forward, Forwarding};
+use crate::routing::{HOPS_HEADER, Peer, Routes, Surface, forward_url, parse_hops};
 
 /// The response header naming the node that answered a forwarded request.
 pub(super) const SERVED_BY_HEADER: &str = "x-flotilla-served-by";
@@ -55,9 +58,21 @@ pub(super) const SERVED_BY_HEADER: &str = "x-flotilla-served-by";
 pub(super) struct HttpIncoming {
     pub path: String,
     pub hops: u32,
+    /// The client asked for escalation (issue 20).
+    pub escalate: bool,
     pub body: Bytes,
     /// Who this agent admitted (never the client's credential).
     pub principal: Option<HeaderValue>,
+}
+
+impl HttpIncoming {
+    pub fn arrival(&self) -> Arrival {
+        Arrival {
+            hops: self.hops,
+            escalate: self.escalate,
+            surface: Surface::Http,
+        }
+    }
 }
 
 /// The hop count of an HTTP request; a malformed one is a 400.
@@ -74,39 +89,6 @@ pub(super) fn grpc_hops(metadata: &tonic::metadata::MetadataMap) -> Result<u32, 
             .map(tonic::metadata::MetadataValue::as_encoded_bytes),
     )
     .map_err(|error| ServeError::InvalidRequest(error.to_string()))
-}
-
-/// Why a request this node could not answer may go to a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Forwarding {
-    /// This node does not serve the model: to any peer that does.
-    NotServedHere,
-    /// This node's queue is full: to a peer that had room at its latest
-    /// heartbeat. A peer that is full as well is skipped, and when none
-    /// takes the request the client gets this node's own refusal (429 /
-    /// RESOURCE_EXHAUSTED with its retry advice), not a gateway error.
-    Overflow,
-}
-
-/// Whether `local` (why this node could not answer) allows forwarding.
-fn forwarding(local: &ServeError, hops: u32) -> Option<Forwarding> {
-    if !may_forward(hops) {
-        return None;
-    }
-    match local {
-        ServeError::ModelNotFound { .. } => Some(Forwarding::NotServedHere),
-        ServeError::Overloaded { .. } => Some(Forwarding::Overflow),
-        _ => None,
-    }
-}
-
-/// The peers to try, best first.
-fn peers_for(routes: &Routes, model: &str, surface: Surface, why: Forwarding) -> Vec<Peer> {
-    let peers = routes.candidates(model, surface);
-    match why {
-        Forwarding::NotServedHere => peers,
-        Forwarding::Overflow => peers.into_iter().filter(Peer::has_room).collect(),
-    }
 }
 
 /// Counts a request that went to a peer.
@@ -137,23 +119,21 @@ fn no_peer_took(
     }
 }
 
-/// Forwards an HTTP request that this node answered with `local`; returns
-/// the peer's response, or the error to answer with (`local` itself when
-/// forwarding is not allowed or no peer serves the model).
+/// Relays an HTTP request to the peers `forward` names, best first;
+/// returns the first acceptable answer, or the error to answer with.
 pub(super) async fn http(
     client: &reqwest::Client,
     routes: &Routes,
-    model: &str,
+    forward: Forward,
     incoming: &HttpIncoming,
-    local: ServeError,
 ) -> Result<Response, ServeError> {
-    let Some(why) = forwarding(&local, incoming.hops) else {
-        return Err(local);
-    };
-    let peers = peers_for(routes, model, Surface::Http, why);
-    if peers.is_empty() {
-        return Err(local);
-    }
+    let Forward {
+        model,
+        peers,
+        why,
+        local,
+    } = forward;
+    let model = model.as_str();
     let mut failures = Vec::new();
     for peer in &peers {
         let url = match forward_url(&peer.http_url, &incoming.path, routes.https_only()) {
@@ -332,25 +312,24 @@ pub(super) enum GrpcAnswer {
     Embed(pb::EmbedResponse),
 }
 
-/// Forwards a gRPC call that this node answered with `local`; returns the
-/// peer's stream, or the status to answer with.
+/// Relays a gRPC call to the peers `forward` names, best first; returns
+/// the first acceptable answer, or the status to answer with.
 pub(super) async fn grpc(
     routes: &Routes,
-    model: &str,
+    forward: Forward,
     incoming: &tonic::metadata::MetadataMap,
     hops: u32,
     call: GrpcCall,
-    local: ServeError,
 ) -> Result<tonic::Response<GrpcAnswer>, tonic::Status> {
     // Set by the interceptor from what it verified, never the client's.
     let principal = incoming.get(PRINCIPAL_HEADER).cloned();
-    let Some(why) = forwarding(&local, hops) else {
-        return Err(local.into());
-    };
-    let peers = peers_for(routes, model, Surface::Grpc, why);
-    if peers.is_empty() {
-        return Err(local.into());
-    }
+    let Forward {
+        model,
+        peers,
+        why,
+        local,
+    } = forward;
+    let model = model.as_str();
     let mut failures = Vec::new();
     for peer in &peers {
         let channel = match routes.peer_grpc_channel(peer) {

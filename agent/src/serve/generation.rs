@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 use super::ServeConfig;
 use super::error::ServeError;
 use super::metrics;
-use super::models::{Admission, ModelInfo, ModelSlot, ServedModel};
+use super::models::{Admission, ModelInfo, ServedModel};
 use super::request::InferenceRequest;
 
 /// How often the bridge looks for a departed client while the engine is
@@ -148,31 +148,57 @@ impl Completion {
     }
 }
 
-/// A generation that the engine accepted and started: its first chunk (or
-/// error) is already known, so a surface can still choose its status code.
+/// Who answered a generation.
+#[derive(Debug, Clone)]
+pub enum AnsweredBy {
+    /// The model served here.
+    Local(ModelInfo),
+    /// The escalation policy's upstream (issue 20).
+    Upstream {
+        /// The upstream's model.
+        model: String,
+        /// Why the request escalated (`model_name`, `overload`, …).
+        reason: &'static str,
+    },
+}
+
+impl AnsweredBy {
+    /// The registry version that answered; empty for an upstream.
+    pub fn version(&self) -> &str {
+        match self {
+            AnsweredBy::Local(model) => &model.version,
+            AnsweredBy::Upstream { .. } => "",
+        }
+    }
+}
+
+/// A generation that started, here or upstream: its first chunk (or error)
+/// is already known, so a surface can still choose its status code.
 #[derive(Debug)]
 pub struct Generation {
-    pub model: ModelInfo,
+    pub answered_by: AnsweredBy,
+    /// Set when the request was to escalate and the upstream failed, so it
+    /// was answered here instead: why (said in a response header).
+    pub escalation_failed: Option<String>,
     first: Option<Result<Chunk, ServeError>>,
     events: mpsc::Receiver<Result<Chunk, ServeError>>,
 }
 
 impl Generation {
-    /// Validates `request`, admits it into its model's queue and waits for
-    /// its first output. Errors before any output (unknown model, bad
-    /// parameters, full queue, prompt too long) come back here.
+    /// Validates `request`, admits it into `served`'s queue and waits for
+    /// its first output. Errors before any output (bad parameters, full
+    /// queue, prompt too long) come back here. Which model serves it was
+    /// decided before (`dispatch`).
     ///
     /// The `inference` span lasts until the engine is done with the request
     /// (it travels with the bridge), so that it can carry the token counts
     /// and the time to first token (OTel's GenAI conventions where they
     /// have a name, `flotilla.*` where they have none).
     pub async fn start(
-        slot: &ModelSlot,
+        served: Arc<ServedModel>,
         config: &ServeConfig,
         request: InferenceRequest,
     ) -> Result<Generation, ServeError> {
-        // Not served here (it may be forwarded): no inference on this node.
-        let served = slot.get(&request.model)?;
         let span = tracing::info_span!(
             "inference",
             gen_ai.operation.name = "chat",
@@ -227,10 +253,53 @@ impl Generation {
             ))
         })?;
         Ok(Generation {
-            model,
+            answered_by: AnsweredBy::Local(model),
+            escalation_failed: None,
             first: Some(Ok(first)),
             events,
         })
+    }
+
+    /// The response headers (HTTP) or metadata (gRPC) saying who answered:
+    /// the local model's version and artifact digest, or that the policy's
+    /// upstream did (`x-flotilla-served-by: upstream`, its model and the
+    /// reason), and whether an escalation failed and the answer is local.
+    pub fn answer_headers(&self) -> Vec<(&'static str, String)> {
+        use super::escalate::{
+            ESCALATION_ERROR_HEADER, ESCALATION_HEADER, ESCALATION_REASON_HEADER,
+            SERVED_BY_UPSTREAM, UPSTREAM_MODEL_HEADER,
+        };
+        let mut headers = match &self.answered_by {
+            AnsweredBy::Local(model) => super::http::served_model_headers(model),
+            AnsweredBy::Upstream { model, reason } => vec![
+                (
+                    super::forward::SERVED_BY_HEADER,
+                    SERVED_BY_UPSTREAM.to_owned(),
+                ),
+                (UPSTREAM_MODEL_HEADER, header_safe(model)),
+                (ESCALATION_REASON_HEADER, (*reason).to_owned()),
+            ],
+        };
+        if let Some(why) = &self.escalation_failed {
+            headers.push((ESCALATION_HEADER, "failed".to_owned()));
+            headers.push((ESCALATION_ERROR_HEADER, header_safe(why)));
+        }
+        headers
+    }
+
+    /// A generation produced elsewhere (the escalation upstream) whose first
+    /// chunk has arrived.
+    pub(super) fn relayed(
+        answered_by: AnsweredBy,
+        first: Chunk,
+        events: mpsc::Receiver<Result<Chunk, ServeError>>,
+    ) -> Generation {
+        Generation {
+            answered_by,
+            escalation_failed: None,
+            first: Some(Ok(first)),
+            events,
+        }
     }
 
     /// Checks the request, takes a place in the queue and hands the request
@@ -308,6 +377,20 @@ impl Generation {
             generation.next().await.map(|chunk| (chunk, generation))
         })
     }
+}
+
+/// `text` as a header value: printable ASCII, at most 200 characters.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(200)
+        .collect()
 }
 
 /// Carries one request's engine events to its async receiver.

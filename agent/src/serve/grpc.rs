@@ -1,8 +1,9 @@
 //! The gRPC edge: `flotilla.inference.v1.Inference`, the standard
 //! `grpc.health.v1` service and server reflection (so `grpcurl` works without
-//! the .proto files; reflection v1 and v1alpha). Wire messages are converted to domain requests here,
-//! once, on the way in. A call for a model this node does not serve is
-//! forwarded to a peer ([`forward::grpc`]).
+//! the .proto files; reflection v1 and v1alpha). Wire messages are
+//! converted to domain requests here, once, on the way in; `dispatch`
+//! decides where each goes, and a call for a peer is relayed
+//! ([`forward::grpc`]).
 
 use std::pin::Pin;
 
@@ -14,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::auth::{PRINCIPAL_HEADER, admit};
+use super::dispatch::{self, Arrival, Dispatched};
 use super::embedding::{self, EmbeddingInput, EmbeddingRequest, Overflow};
+use super::escalate;
 use super::forward::{self, GrpcAnswer, GrpcCall};
 use super::http::{MODEL_DIGEST_HEADER, MODEL_VERSION_HEADER};
 use super::request::{OutputFormat, Tools};
@@ -22,6 +25,7 @@ use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
     Role, ServeError, Serving,
 };
+use crate::routing::Surface;
 use flotilla_engine::tools::{ToolCall, ToolChoice, ToolSpec};
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateResponse, Status>> + Send>>;
@@ -223,8 +227,8 @@ fn final_message(model: &str, finished: &Finished, version: &str) -> pb::Generat
 }
 
 impl InferenceService {
-    /// Answers locally, or forwards `call` when this node does not serve
-    /// the model.
+    /// Answers where `dispatch` says: here or upstream, or relays `call` to
+    /// a peer.
     async fn answer(
         &self,
         request: InferenceRequest,
@@ -234,30 +238,20 @@ impl InferenceService {
     ) -> Result<Response<ResponseStream>, Status> {
         let model = request.model.clone();
         let calls_tools = request.tools.is_some();
-        match Generation::start(&self.serving.slot, &self.serving.config, request).await {
-            Ok(generation) => {
-                let served = generation.model.clone();
-                let stream = if calls_tools {
-                    Self::whole_with_calls(generation, model).await?
-                } else {
-                    Self::stream(generation, model)
-                };
-                let mut response = Response::new(stream);
-                // As the HTTP API's headers: which version and artifact
-                // answered (a forwarding peer checks the digest).
-                let answered = response.metadata_mut();
-                if let Ok(value) = served.version.parse() {
-                    answered.insert(MODEL_VERSION_HEADER, value);
-                }
-                if let Ok(value) = served.digest.to_hex().parse() {
-                    answered.insert(MODEL_DIGEST_HEADER, value);
-                }
-                Ok(response)
-            }
-            Err(local) => {
+        let arrival = Arrival {
+            hops,
+            escalate: escalate::header_asks(
+                metadata
+                    .get(escalate::ESCALATE_HEADER)
+                    .map(tonic::metadata::MetadataValue::as_encoded_bytes),
+            )?,
+            surface: Surface::Grpc,
+        };
+        let generation = match dispatch::run(&self.serving, request, arrival).await {
+            Dispatched::Generated(generation) => generation,
+            Dispatched::Forward(forward) => {
                 let relayed =
-                    forward::grpc(&self.serving.routes, &model, metadata, hops, call, local)
-                        .await?;
+                    forward::grpc(&self.serving.routes, forward, metadata, hops, call).await?;
                 let (answered, relayed, _) = relayed.into_parts();
                 let GrpcAnswer::Stream(stream) = relayed else {
                     return Err(ServeError::Internal(
@@ -266,9 +260,26 @@ impl InferenceService {
                     .into());
                 };
                 let stream: ResponseStream = Box::pin(stream);
-                Ok(Response::from_parts(answered, stream, Default::default()))
+                return Ok(Response::from_parts(answered, stream, Default::default()));
+            }
+            Dispatched::Refused(error) => return Err(error.into()),
+        };
+        // As the HTTP API's headers: who answered (a forwarding peer checks
+        // the digest).
+        let headers = generation.answer_headers();
+        let stream = if calls_tools {
+            Self::whole_with_calls(generation, model).await?
+        } else {
+            Self::stream(generation, model)
+        };
+        let mut response = Response::new(stream);
+        let answered = response.metadata_mut();
+        for (name, value) in headers {
+            if let Ok(value) = value.parse() {
+                answered.insert(name, value);
             }
         }
+        Ok(response)
     }
 
     /// An answer that may call tools, whole: its text in one message, then
@@ -277,7 +288,7 @@ impl InferenceService {
         generation: Generation,
         requested: String,
     ) -> Result<ResponseStream, Status> {
-        let version = generation.model.version.clone();
+        let version = generation.answered_by.version().to_owned();
         let completion = generation.complete().await?;
         let (text, calls) = completion.text_and_calls(true);
         let mut last = final_message(&requested, &completion.finished, &version);
@@ -299,7 +310,7 @@ impl InferenceService {
     /// (`requested`: an alias, or a `name:tag`).
     fn stream(generation: Generation, requested: String) -> ResponseStream {
         let model = requested;
-        let version = generation.model.version.clone();
+        let version = generation.answered_by.version().to_owned();
         let stream = generation.into_stream().map(move |item| match item {
             Ok(Chunk::Text { text, .. }) => Ok(text_message(&model, text)),
             Ok(Chunk::Finished(finished)) => Ok(final_message(&model, &finished, &version)),
@@ -352,13 +363,18 @@ impl Inference for InferenceService {
             match embedding::embed(&self.serving.slot, &self.serving.config, request).await {
                 Ok(embeddings) => embeddings,
                 Err(local) => {
+                    let arrival = Arrival {
+                        hops,
+                        escalate: false,
+                        surface: Surface::Grpc,
+                    };
+                    let forward = dispatch::forward_instead(&self.serving, &model, arrival, local)?;
                     let relayed = forward::grpc(
                         &self.serving.routes,
-                        &model,
+                        forward,
                         &metadata,
                         hops,
                         GrpcCall::Embed(wire),
-                        local,
                     )
                     .await?;
                     let (answered, relayed, extensions) = relayed.into_parts();

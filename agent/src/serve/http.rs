@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 
 use super::auth::PRINCIPAL_HEADER;
+use super::dispatch::{self, Dispatched, Forward};
 use super::forward::{self, HttpIncoming};
 use super::{ServeError, Serving, browser, embed_routes, ollama, ollama_models, openai};
 
@@ -28,8 +29,22 @@ pub(super) struct HttpState {
 }
 
 impl HttpState {
-    /// Answers with `local`'s error unless the request can go to a peer;
-    /// `error_response` gives the error its surface's shape.
+    /// Relays `forward` to its peers; `error_response` gives a refusal its
+    /// surface's shape.
+    pub async fn relay(
+        &self,
+        forward: Forward,
+        incoming: &HttpIncoming,
+        error_response: fn(&ServeError) -> Response,
+    ) -> Response {
+        match forward::http(&self.client, &self.serving.routes, forward, incoming).await {
+            Ok(response) => response,
+            Err(error) => error_response(&error),
+        }
+    }
+
+    /// Answers with `local`'s error unless the request can go to a peer
+    /// (for requests that do not generate: embeddings, a preload).
     pub async fn forward_or(
         &self,
         model: &str,
@@ -37,10 +52,19 @@ impl HttpState {
         local: ServeError,
         error_response: fn(&ServeError) -> Response,
     ) -> Response {
-        match forward::http(&self.client, &self.serving.routes, model, incoming, local).await {
-            Ok(response) => response,
+        match dispatch::forward_instead(&self.serving, model, incoming.arrival(), local) {
+            Ok(forward) => self.relay(forward, incoming, error_response).await,
             Err(error) => error_response(&error),
         }
+    }
+
+    /// Routes and runs a generation (`dispatch::run`).
+    pub async fn dispatch(
+        &self,
+        request: super::InferenceRequest,
+        incoming: &HttpIncoming,
+    ) -> Dispatched {
+        dispatch::run(&self.serving, request, incoming.arrival()).await
     }
 }
 
@@ -106,6 +130,11 @@ pub(super) fn incoming(
     Ok(HttpIncoming {
         path: uri.path().to_owned(),
         hops: forward::http_hops(headers)?,
+        escalate: super::escalate::header_asks(
+            headers
+                .get(super::escalate::ESCALATE_HEADER)
+                .map(axum::http::HeaderValue::as_bytes),
+        )?,
         body: body.clone(),
         // Set by `authorize` from what it verified, never the client's.
         principal: headers.get(PRINCIPAL_HEADER).cloned(),
@@ -204,16 +233,32 @@ pub const MODEL_VERSION_HEADER: &str = "x-flotilla-model-version";
 /// The response header with the served artifact's blake3 digest.
 pub const MODEL_DIGEST_HEADER: &str = "x-flotilla-model-digest";
 
-/// Says which version and artifact answered, so that clients and operators
-/// can tell a rollout's versions apart in responses (the bodies keep each
-/// surface's own shape).
-pub(super) fn with_served_model(model: &super::ModelInfo, mut response: Response) -> Response {
+/// Says who answered, so that clients and operators can tell a rollout's
+/// versions apart in responses, and an escalated answer from a local one
+/// (the bodies keep each surface's own shape): see
+/// [`super::Generation::answer_headers`].
+pub(super) fn with_served_model(model: &super::ModelInfo, response: Response) -> Response {
+    with_answer_headers(&served_model_headers(model), response)
+}
+
+/// The version and artifact digest of a model served here.
+pub(super) fn served_model_headers(model: &super::ModelInfo) -> Vec<(&'static str, String)> {
+    vec![
+        (MODEL_VERSION_HEADER, model.version.clone()),
+        (MODEL_DIGEST_HEADER, model.digest.to_hex()),
+    ]
+}
+
+/// Adds `answered` (a generation's [`super::Generation::answer_headers`]).
+pub(super) fn with_answer_headers(
+    answered: &[(&'static str, String)],
+    mut response: Response,
+) -> Response {
     let headers = response.headers_mut();
-    if let Ok(value) = model.version.parse() {
-        headers.insert(MODEL_VERSION_HEADER, value);
-    }
-    if let Ok(value) = model.digest.to_hex().parse() {
-        headers.insert(MODEL_DIGEST_HEADER, value);
+    for (name, value) in answered {
+        if let Ok(value) = axum::http::HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
     }
     response
 }

@@ -35,9 +35,11 @@
 pub mod auth;
 pub mod browser;
 pub mod card;
+mod dispatch;
 mod embed_routes;
 pub mod embedding;
 pub mod error;
+mod escalate;
 mod fields;
 mod forward;
 pub mod generation;
@@ -59,6 +61,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::reconcile::PolicyWatch;
 use crate::routing::{Peer, Routes};
 use crate::tls::CaTrust;
 use flotilla_tls::ServerTls;
@@ -68,7 +71,7 @@ use tokio_util::sync::CancellationToken;
 pub use auth::{ApiKeys, InferenceAuth, JwtVerifier};
 pub use browser::BrowserPolicy;
 pub use error::ServeError;
-pub use generation::{Chunk, Completion, FinishReason, Finished, Generation};
+pub use generation::{AnsweredBy, Chunk, Completion, FinishReason, Finished, Generation};
 pub use models::{EngineActivator, ModelInfo, ModelSlot, ServedModel};
 pub use request::{InferenceRequest, Input, Message, Params, Role};
 
@@ -147,6 +150,12 @@ pub struct Serving {
     pub config: Arc<ServeConfig>,
     /// Peers serving other models (the sync loop fills it).
     pub routes: Arc<Routes>,
+    /// The escalation policy in force (issue 20; the reconciler publishes
+    /// it): none means this node never calls out.
+    pub policy: PolicyWatch,
+    /// Calls the policy's upstream (the system's roots: an upstream is a
+    /// public API, not a fleet node).
+    pub upstream_client: reqwest::Client,
 }
 
 impl Serving {
@@ -158,7 +167,21 @@ impl Serving {
                 config.peer_https_only,
             )),
             config: Arc::new(config),
+            policy: PolicyWatch::none(),
+            upstream_client: reqwest::Client::builder()
+                .connect_timeout(escalate::UPSTREAM_CONNECT_TIMEOUT)
+                .build()
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, "cannot build the upstream client; using the defaults");
+                    reqwest::Client::new()
+                }),
         }
+    }
+
+    /// Serves under the escalation policy `policy` publishes.
+    pub fn with_policy(mut self, policy: PolicyWatch) -> Serving {
+        self.policy = policy;
+        self
     }
 
     /// Every model reachable through this node, for the listing APIs

@@ -25,14 +25,13 @@ use time::format_description::well_known::Rfc3339;
 
 use flotilla_engine::tools::ToolChoice;
 
+use super::dispatch::Dispatched;
 use super::fields::{self, Rule};
 use super::forward::HttpIncoming;
-use super::http::{HttpState, incoming, with_retry_after, with_served_model};
+use super::http::{HttpState, incoming, with_answer_headers, with_retry_after};
 use super::request::Tools;
 use super::tool_wire::{ToolCallIn, ToolIn, ollama_format, replayed_calls, tool_specs};
-use super::{
-    Chunk, Finished, Generation, InferenceRequest, Input, Message, Params, Role, ServeError,
-};
+use super::{Chunk, Finished, InferenceRequest, Input, Message, Params, Role, ServeError};
 
 const NO_THINKING: &str = "the served models do not think aloud: only false is accepted";
 const NO_LOGPROBS: &str = "log probabilities are not implemented on this node";
@@ -471,16 +470,14 @@ async fn respond(
 ) -> Response {
     let requested = request.model.clone();
     let calls_tools = request.tools.is_some();
-    let generation =
-        match Generation::start(&state.serving.slot, &state.serving.config, request).await {
-            Ok(generation) => generation,
-            Err(local) => {
-                return state
-                    .forward_or(&requested, &forwarded, local, error_response)
-                    .await;
-            }
-        };
-    let served = generation.model.clone();
+    let generation = match state.dispatch(request, &forwarded).await {
+        Dispatched::Generated(generation) => generation,
+        Dispatched::Forward(forward) => {
+            return state.relay(forward, &forwarded, error_response).await;
+        }
+        Dispatched::Refused(error) => return error_response(&error),
+    };
+    let answered = generation.answer_headers();
     // As the client named it (an alias, `name:tag`), as Ollama echoes it.
     let model = requested;
     if !stream || calls_tools {
@@ -488,7 +485,7 @@ async fn respond(
         // may call tools is streamed as a whole: one message, then the end.
         let completion = match generation.complete().await {
             Ok(completion) => completion,
-            Err(error) => return with_served_model(&served, error_response(&error)),
+            Err(error) => return with_answer_headers(&answered, error_response(&error)),
         };
         let (content, calls) = completion.text_and_calls(calls_tools);
         let with_calls = |mut value: Value| {
@@ -502,7 +499,7 @@ async fn respond(
         };
         if !stream {
             let whole = final_object(kind, &model, &content, &completion.finished);
-            return with_served_model(&served, Json(with_calls(whole)).into_response());
+            return with_answer_headers(&answered, Json(with_calls(whole)).into_response());
         }
         let body = format!(
             "{}\n{}\n",
@@ -514,7 +511,7 @@ async fn respond(
             Body::from(body),
         )
             .into_response();
-        return with_served_model(&served, response);
+        return with_answer_headers(&answered, response);
     }
     let lines = generation.into_stream().map(move |item| {
         let value = match item {
@@ -531,7 +528,7 @@ async fn respond(
         Body::from_stream(lines),
     )
         .into_response();
-    with_served_model(&served, response)
+    with_answer_headers(&answered, response)
 }
 
 fn piece(kind: Kind, model: &str, text: &str) -> Value {

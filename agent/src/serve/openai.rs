@@ -23,10 +23,11 @@ use serde_json::{Value, json};
 
 use flotilla_engine::tools::{ToolCall, ToolChoice};
 
+use super::dispatch::Dispatched;
 use super::fields::{self, Rule};
 use super::forward::HttpIncoming;
 use super::generation::{Alternative, TokenLogprob};
-use super::http::{HttpState, incoming, unix_seconds, with_retry_after, with_served_model};
+use super::http::{HttpState, incoming, unix_seconds, with_answer_headers, with_retry_after};
 use super::request::{OutputFormat, Tools};
 use super::tool_wire::{ResponseFormatIn, ToolCallIn, ToolIn, replayed_calls, tool_specs};
 use super::{
@@ -503,6 +504,7 @@ pub(super) fn error_response(error: &ServeError) -> Response {
         | ServeError::UnsupportedField { .. }
         | ServeError::ModelNotFound { .. }
         | ServeError::NotAssigned { .. }
+        | ServeError::ContextOverflow(_)
         | ServeError::UnsupportedMediaType(_) => "invalid_request_error",
         ServeError::Forbidden(_) => "permission_error",
         ServeError::Overloaded { .. } => "rate_limit_error",
@@ -510,6 +512,7 @@ pub(super) fn error_response(error: &ServeError) -> Response {
         ServeError::Timeout(_)
         | ServeError::Unavailable(_)
         | ServeError::PeerUnavailable(_)
+        | ServeError::UpstreamUnavailable(_)
         | ServeError::Internal(_) => "server_error",
     };
     let param = match error {
@@ -625,17 +628,15 @@ async fn respond(
     let requested = request.model.clone();
     let calls_tools = request.tools.is_some();
     let with_logprobs = request.logprobs.is_some();
-    let generation =
-        match Generation::start(&state.serving.slot, &state.serving.config, request).await {
-            Ok(generation) => generation,
-            Err(local) => {
-                return state
-                    .forward_or(&requested, &forwarded, local, error_response)
-                    .await;
-            }
-        };
+    let generation = match state.dispatch(request, &forwarded).await {
+        Dispatched::Generated(generation) => generation,
+        Dispatched::Forward(forward) => {
+            return state.relay(forward, &forwarded, error_response).await;
+        }
+        Dispatched::Refused(error) => return error_response(&error),
+    };
     let id = kind.id();
-    let served = generation.model.clone();
+    let answered = generation.answer_headers();
     // As the client named it (an alias, `name:tag`), as OpenAI echoes it.
     let model = requested;
     let created = unix_seconds(std::time::SystemTime::now());
@@ -672,7 +673,7 @@ async fn respond(
             Err(error) => error_response(&error),
         }
     };
-    with_served_model(&served, response)
+    with_answer_headers(&answered, response)
 }
 
 /// A finished answer as OpenAI reports it: text, or text and tool calls.

@@ -72,6 +72,9 @@ pub enum OutputFormat {
     JsonObject,
     /// A JSON value valid against this schema.
     JsonSchema(Value),
+    /// Exactly one of these words: the agent's own questions to its model
+    /// (escalation's self-check); no API surface asks for it.
+    OneOf(Vec<String>),
 }
 
 /// Tools the model may call in a chat.
@@ -278,6 +281,17 @@ impl InferenceRequest {
             OutputFormat::Text => None,
             OutputFormat::JsonObject => Some(Grammar::json_object()),
             OutputFormat::JsonSchema(schema) => Some(Grammar::json_schema(schema.clone())),
+            OutputFormat::OneOf(words) => {
+                // JSON string syntax is Lark's string literal syntax.
+                let alternatives: Vec<String> = words
+                    .iter()
+                    .map(|word| Value::String(word.clone()).to_string())
+                    .collect();
+                Some(Grammar::lark(format!(
+                    "start: {}",
+                    alternatives.join(" | ")
+                )))
+            }
         }
     }
 

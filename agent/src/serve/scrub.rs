@@ -5,19 +5,21 @@
 //! the text is logged or kept; the redactions are counted by kind.
 
 use axum::Json;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use flotilla_scrub::{Kind, Placeholders, Scrubber};
 use serde::{Deserialize, Serialize};
 
 use super::ServeError;
-use super::http::parse_json;
+use super::http::{HttpState, parse_json};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScrubRequest {
     text: String,
     /// Which kinds to replace (`email`, `phone`, `payment_card`, `iban`,
-    /// `us_ssn`, `ip_address`, `secret`); all when absent.
+    /// `us_ssn`, `ip_address`, `secret`; `person`, `organisation` and
+    /// `address` through the local model); the pattern kinds when absent.
     #[serde(default)]
     kinds: Option<Vec<String>>,
 }
@@ -35,14 +37,14 @@ struct PlaceholderInfo {
     original: String,
 }
 
-pub(super) async fn scrub(body: axum::body::Bytes) -> Response {
-    match answer(&body) {
+pub(super) async fn scrub(State(state): State<HttpState>, body: axum::body::Bytes) -> Response {
+    match answer(&state, &body).await {
         Ok(response) => Json(response).into_response(),
         Err(error) => super::openai::error_response(&error),
     }
 }
 
-fn answer(body: &[u8]) -> Result<ScrubResponse, ServeError> {
+async fn answer(state: &HttpState, body: &[u8]) -> Result<ScrubResponse, ServeError> {
     let request: ScrubRequest = parse_json(body)?;
     let scrubber = match &request.kinds {
         None => Scrubber::default(),
@@ -54,8 +56,34 @@ fn answer(body: &[u8]) -> Result<ScrubResponse, ServeError> {
                 .map_err(|error| ServeError::InvalidRequest(format!("kinds: {error}")))?,
         ),
     };
+    let wanted: Vec<Kind> = scrubber
+        .kinds()
+        .iter()
+        .copied()
+        .filter(|kind| kind.needs_model())
+        .collect();
+    let names = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        let local = state.serving.slot.current().ok_or_else(|| {
+            ServeError::Unavailable(
+                "person, organisation and address are found by the local model, and none is \
+                 loaded yet"
+                    .to_owned(),
+            )
+        })?;
+        let model = local.info().name.clone();
+        super::escalate::find_names(
+            local,
+            &state.serving.config,
+            &model,
+            &[request.text.as_str()],
+            &wanted,
+        )
+        .await?
+    };
     let mut placeholders = Placeholders::new();
-    let text = scrubber.scrub(&request.text, &mut placeholders);
+    let text = scrubber.scrub_with_names(&request.text, &names, &mut placeholders);
     for (kind, count) in placeholders.counts() {
         metrics::counter!("flotilla_scrub_redactions_total", "kind" => kind.as_str())
             .increment(count as u64);

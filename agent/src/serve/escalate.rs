@@ -1,0 +1,933 @@
+//! Escalation (issue 20): answering a request through the policy's
+//! OpenAI-compatible upstream instead of the local model, with personal
+//! data and secrets scrubbed before anything leaves the node and put back
+//! in the answer on the way in.
+//!
+//! [`Escalation::on_request`] and [`Escalation::after_local`] decide, from
+//! the policy in force, whether a request escalates and why; `dispatch`
+//! asks them. [`start`] makes the call: the request, as the surfaces parsed
+//! it ([`InferenceRequest`]), becomes one streamed `chat/completions` call
+//! (a plain-text prompt goes as one user message: frontier APIs are
+//! chat-first), and the upstream's stream comes back as the same [`Chunk`]s
+//! a local generation yields, so the OpenAI, Ollama and gRPC surfaces encode
+//! an escalated answer exactly as a local one. Tool calls the upstream makes
+//! are written into the text in the Hermes syntax the local engine uses
+//! (`<tool_call>{…}</tool_call>`), so that one parser
+//! ([`super::Completion::text_and_calls`]) finds the calls of both.
+//!
+//! Scrubbing covers every message and the arguments of replayed tool calls;
+//! tool definitions and output schemas are the application's, not the
+//! user's, and go as they are. The policy's kinds are found by pattern,
+//! and people's and organisations' names and street addresses, where the
+//! policy asks for them, by the local model ([`find_names`]), before the
+//! call; when they cannot be found, nothing is sent. One [`Placeholders`] serves the whole
+//! exchange, so a value gets the same placeholder in every message and the
+//! answer's placeholders are restored whether they arrive whole or split
+//! between chunks ([`flotilla_scrub::Restorer`]).
+//!
+//! Each escalation is an audit event (`flotilla::audit` target, at info):
+//! the policy, the reason, the upstream's host and model, redaction counts
+//! by kind and token counts, never the text; and Prometheus counters
+//! (`flotilla_inference_escalated_total{reason,outcome}`). The key is read
+//! at call time ([`resolve_credential`]) and never logged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_engine::tools::ToolChoice;
+use flotilla_scrub::{Kind, Placeholders, Scrubber};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::ServeError;
+use super::generation::{AnsweredBy, Chunk, FinishReason, Finished, Generation};
+use super::request::{InferenceRequest, Input, Message, OutputFormat, Role};
+pub(super) use crate::reconcile::policy::ESCALATE_HEADER;
+use crate::reconcile::policy::{AssignedPolicy, Feature, Upstream, resolve_credential};
+
+/// The response header saying that escalation was tried and failed, so the
+/// answer is the local model's (`failed`).
+pub(super) const ESCALATION_HEADER: &str = "x-flotilla-escalation";
+/// With [`ESCALATION_HEADER`]: what the upstream said or why it failed.
+pub(super) const ESCALATION_ERROR_HEADER: &str = "x-flotilla-escalation-error";
+/// On an escalated answer: why it escalated ([`Reason::as_str`]).
+pub(super) const ESCALATION_REASON_HEADER: &str = "x-flotilla-escalation-reason";
+/// On an escalated answer: the upstream's model.
+pub(super) const UPSTREAM_MODEL_HEADER: &str = "x-flotilla-upstream-model";
+/// What [`super::forward::SERVED_BY_HEADER`] says of an escalated answer.
+pub(super) const SERVED_BY_UPSTREAM: &str = "upstream";
+
+/// How long the upstream may take to accept the connection.
+pub(super) const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most of an upstream's error body quoted back to the client.
+const MAX_ERROR_BODY_QUOTED: usize = 300;
+
+/// Chunks buffered between the upstream reader and a slow client.
+const CHANNEL_CAPACITY: usize = 64;
+
+/// Why a request escalated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reason {
+    /// The client asked for one of the policy's model names (`auto`).
+    ModelName,
+    /// The client set [`ESCALATE_HEADER`].
+    Header,
+    /// It uses a feature the local model must not serve.
+    Feature(Feature),
+    /// The prompt does not fit the local model's context.
+    PromptOverContext,
+    /// The local queue was full.
+    Overload,
+    /// The local generation failed before its first output.
+    Failure,
+    /// The local model judged itself unlikely to answer well.
+    SelfCheck,
+}
+
+impl Reason {
+    /// As metrics, audit events and the `x-flotilla-escalation-reason`
+    /// header name it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Reason::ModelName => "model_name",
+            Reason::Header => "header",
+            Reason::Feature(Feature::Tools) => "tools",
+            Reason::Feature(Feature::ResponseFormat) => "response_format",
+            Reason::PromptOverContext => "prompt_over_context",
+            Reason::Overload => "overload",
+            Reason::Failure => "failure",
+            Reason::SelfCheck => "self_check",
+        }
+    }
+}
+
+/// A decision to escalate: the policy that allows it and why.
+#[derive(Debug, Clone)]
+pub(super) struct Escalation {
+    pub policy: Arc<AssignedPolicy>,
+    pub reason: Reason,
+}
+
+impl Escalation {
+    /// Whether `request` escalates before anything runs here: asked for by
+    /// model name or header, or using a feature the policy keeps off the
+    /// local model. `None` without a policy or where egress is forbidden.
+    pub(super) fn on_request(
+        policy: Option<&Arc<AssignedPolicy>>,
+        request: &InferenceRequest,
+        header: bool,
+    ) -> Option<Escalation> {
+        let policy = policy.filter(|policy| policy.spec.upstream().is_some())?;
+        let triggers = &policy.spec.triggers;
+        let reason = if triggers
+            .model_names
+            .iter()
+            .any(|name| *name == request.model)
+        {
+            Reason::ModelName
+        } else if triggers.header && header {
+            Reason::Header
+        } else if triggers.features.contains(&Feature::Tools) && request.tools.is_some() {
+            Reason::Feature(Feature::Tools)
+        } else if triggers.features.contains(&Feature::ResponseFormat)
+            && request.format != OutputFormat::Text
+        {
+            Reason::Feature(Feature::ResponseFormat)
+        } else {
+            return None;
+        };
+        Some(Escalation {
+            policy: policy.clone(),
+            reason,
+        })
+    }
+
+    /// Whether a request the local model could not take escalates: `local`
+    /// is why it could not.
+    pub(super) fn after_local(
+        policy: Option<&Arc<AssignedPolicy>>,
+        local: &ServeError,
+    ) -> Option<Escalation> {
+        let policy = policy.filter(|policy| policy.spec.upstream().is_some())?;
+        let triggers = &policy.spec.triggers;
+        let reason = match local {
+            ServeError::Overloaded { .. } if triggers.on_overload => Reason::Overload,
+            ServeError::ContextOverflow(_) if triggers.prompt_over_context => {
+                Reason::PromptOverContext
+            }
+            ServeError::Internal(_) | ServeError::Unavailable(_) | ServeError::Timeout(_)
+                if triggers.on_failure =>
+            {
+                Reason::Failure
+            }
+            _ => return None,
+        };
+        Some(Escalation {
+            policy: policy.clone(),
+            reason,
+        })
+    }
+
+    /// The upstream (a policy without one never escalates).
+    fn upstream(&self) -> Result<&Upstream, ServeError> {
+        self.policy.spec.upstream().ok_or_else(|| {
+            ServeError::Internal("escalating under a policy that forbids egress".to_owned())
+        })
+    }
+}
+
+/// What the local model is told when it lists names (the request's text
+/// follows in the user message).
+const NAMES_SYSTEM: &str = "You find personal data in text. List every person's name, \
+    organisation name and street address that appears in the text, each copied exactly \
+    as written. Use empty lists when there are none.";
+
+/// The most of a request's text the local model reads for names.
+const NAMES_MAX_READ: usize = 6000;
+
+/// The most names of one kind taken from one request.
+const NAMES_MAX_PER_KIND: usize = 32;
+
+/// Tokens the local model may spend listing names.
+const NAMES_MAX_TOKENS: u32 = 384;
+
+/// Asks the local model for the people, organisations and street addresses
+/// in `texts` (constrained to a JSON object of three string lists, so the
+/// answer always parses), for the kinds of `wanted`. Only names that occur
+/// in the text verbatim are kept: a model's invention cannot redact
+/// anything, and a name it missed is not scrubbed, which is why these
+/// kinds are opt-in and the pattern kinds are the default.
+pub(super) async fn find_names(
+    local: Arc<super::models::ServedModel>,
+    config: &super::ServeConfig,
+    model: &str,
+    texts: &[&str],
+    wanted: &[Kind],
+) -> Result<Vec<(Kind, String)>, ServeError> {
+    let lists = [
+        ("people", Kind::Person),
+        ("organisations", Kind::Organisation),
+        ("addresses", Kind::Address),
+    ];
+    let text: String = texts.join("\n\n").chars().take(NAMES_MAX_READ).collect();
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let list =
+        json!({"type": "array", "items": {"type": "string"}, "maxItems": NAMES_MAX_PER_KIND});
+    let schema = json!({
+        "type": "object",
+        "properties": {"people": list, "organisations": list, "addresses": list},
+        "required": ["people", "organisations", "addresses"],
+        "additionalProperties": false,
+    });
+    let messages = vec![
+        Message::new(Role::System, NAMES_SYSTEM),
+        Message::new(Role::User, format!("Text:\n{text}")),
+    ];
+    let params = super::Params {
+        max_tokens: Some(NAMES_MAX_TOKENS),
+        temperature: Some(0.0),
+        ..super::Params::default()
+    };
+    let mut ask = InferenceRequest::new(model.to_owned(), Input::Chat(messages), params);
+    ask.format = OutputFormat::JsonSchema(schema);
+    let completion = Generation::start(local, config, ask)
+        .await?
+        .complete()
+        .await?;
+    if completion.finished.reason == FinishReason::Length {
+        // A cut-off list may have missed names: refuse rather than send
+        // what may still hold some.
+        return Err(ServeError::Internal(format!(
+            "the local model's list of names did not end within {NAMES_MAX_TOKENS} tokens"
+        )));
+    }
+    let answer: Value = serde_json::from_str(&completion.text).map_err(|error| {
+        ServeError::Internal(format!(
+            "the local model's list of names is not JSON: {error}"
+        ))
+    })?;
+    let mut names = Vec::new();
+    for (field, kind) in lists {
+        if !wanted.contains(&kind) {
+            continue;
+        }
+        for name in answer[field].as_array().into_iter().flatten() {
+            let Some(name) = name.as_str().map(str::trim) else {
+                continue;
+            };
+            let counts = name.chars().count() >= 2
+                && name.chars().any(char::is_alphanumeric)
+                && text.contains(name);
+            if counts
+                && !names
+                    .iter()
+                    .any(|(k, n): &(Kind, String)| *k == kind && n == name)
+            {
+                names.push((kind, name.to_owned()));
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The question of the self-check: the system message, then the request.
+const SELF_CHECK_SYSTEM: &str = "You decide whether you, a small local model, can answer a \
+    request accurately and completely without help. Reply with yes or no only.";
+
+/// The most of the request quoted in the self-check's question.
+const SELF_CHECK_MAX_QUOTED: usize = 4000;
+
+/// Alternatives read from the self-check's one token.
+const SELF_CHECK_ALTERNATIVES: usize = 10;
+
+/// The local model's confidence, in percent, that it can answer `request`
+/// (the policy's self-check trigger): one token, constrained to `yes` or
+/// `no`, and the probability mass of the answer's alternatives that spell
+/// the start of `yes`, against those that spell `no`. `None` when the
+/// model gave no probabilities to read (the request is then answered
+/// here: the check is advice, not a gate).
+pub(super) async fn self_check(
+    local: Arc<super::models::ServedModel>,
+    config: &super::ServeConfig,
+    request: &InferenceRequest,
+) -> Result<Option<u8>, ServeError> {
+    let asked = match &request.input {
+        Input::Text(prompt) => prompt.as_str(),
+        Input::Chat(messages) => messages
+            .iter()
+            .rev()
+            .find(|message| message.role == Role::User)
+            .map_or("", |message| message.content.as_str()),
+    };
+    let asked: String = asked.chars().take(SELF_CHECK_MAX_QUOTED).collect();
+    let messages = vec![
+        Message::new(Role::System, SELF_CHECK_SYSTEM),
+        Message::new(
+            Role::User,
+            format!("Request:\n{asked}\n\nCan you answer this request accurately? yes or no"),
+        ),
+    ];
+    let params = super::Params {
+        max_tokens: Some(1),
+        temperature: Some(0.0),
+        ..super::Params::default()
+    };
+    let mut check = InferenceRequest::new(request.model.clone(), Input::Chat(messages), params);
+    check.format = OutputFormat::OneOf(vec!["yes".to_owned(), "no".to_owned()]);
+    check.logprobs = Some(SELF_CHECK_ALTERNATIVES);
+    let completion = Generation::start(local, config, check)
+        .await?
+        .complete()
+        .await?;
+    Ok(completion
+        .logprobs
+        .first()
+        .and_then(|first| confidence(&first.top)))
+}
+
+/// `yes`' share of the probability of the alternatives that start `yes`
+/// or `no`, in percent.
+fn confidence(alternatives: &[super::generation::Alternative]) -> Option<u8> {
+    let (mut yes, mut no) = (0.0f64, 0.0f64);
+    for alternative in alternatives {
+        let text = alternative.text.trim().to_ascii_lowercase();
+        let probability = f64::from(alternative.logprob).exp();
+        if text.is_empty() || !probability.is_finite() {
+            continue;
+        }
+        if "yes".starts_with(&text) {
+            yes += probability;
+        } else if "no".starts_with(&text) {
+            no += probability;
+        }
+    }
+    let total = yes + no;
+    (total > 0.0).then(|| (100.0 * yes / total).round().clamp(0.0, 100.0) as u8)
+}
+
+/// Whether the client asked for escalation: `true` or `1` in
+/// [`ESCALATE_HEADER`]; `false`, `0` or no header is no; anything else is
+/// refused rather than guessed.
+pub(super) fn header_asks(value: Option<&[u8]>) -> Result<bool, ServeError> {
+    match value.map(|value| String::from_utf8_lossy(value).trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(value) if value == "true" || value == "1" => Ok(true),
+        Some(value) if value == "false" || value == "0" || value.is_empty() => Ok(false),
+        Some(_) => Err(ServeError::InvalidRequest(format!(
+            "{ESCALATE_HEADER} must be true or false"
+        ))),
+    }
+}
+
+/// Sends `request`, scrubbed, to the escalation's upstream and returns its
+/// answer as a generation, once its first output arrived: an upstream that
+/// cannot be reached, refuses the call or fails before any output comes
+/// back here as [`ServeError::UpstreamUnavailable`], so that the caller can
+/// still answer locally.
+pub(super) async fn start(
+    client: &reqwest::Client,
+    config: &super::ServeConfig,
+    local: Option<Arc<super::models::ServedModel>>,
+    escalation: &Escalation,
+    request: &InferenceRequest,
+) -> Result<Generation, ServeError> {
+    let upstream = escalation.upstream()?;
+    let started = Instant::now();
+    let timeout = config.request_timeout;
+    let scrubber = Scrubber::new(escalation.policy.spec.scrub.iter().copied());
+    let names = names_for(local, config, &scrubber, request).await?;
+    let mut placeholders = Placeholders::new();
+    let body = upstream_body(upstream, request, &scrubber, &names, &mut placeholders);
+    let audit = Audit {
+        policy: escalation.policy.to_string(),
+        reason: escalation.reason,
+        upstream_host: host_of(&upstream.base_url),
+        upstream_model: upstream.model.clone(),
+        redactions: placeholders
+            .counts()
+            .into_iter()
+            .map(|(kind, count)| format!("{}={count}", kind.as_str()))
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    for (kind, count) in placeholders.counts() {
+        metrics::counter!("flotilla_scrub_redactions_total", "kind" => kind.as_str())
+            .increment(count as u64);
+    }
+    let sent = call(client, timeout, upstream, &body).await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(error) => {
+            audit.failed(&error);
+            return Err(error);
+        }
+    };
+    let (sender, mut events) = mpsc::channel(CHANNEL_CAPACITY);
+    let offered_tools = request.tools.is_some();
+    tokio::spawn(relay(
+        response,
+        placeholders,
+        offered_tools,
+        started,
+        timeout,
+        sender,
+        audit,
+    ));
+    let first = events.recv().await.unwrap_or_else(|| {
+        Err(ServeError::UpstreamUnavailable(
+            "the upstream's answer ended without output".to_owned(),
+        ))
+    })?;
+    Ok(Generation::relayed(
+        AnsweredBy::Upstream {
+            model: upstream.model.clone(),
+            reason: escalation.reason.as_str(),
+        },
+        first,
+        events,
+    ))
+}
+
+/// The names in `request` of the model-found kinds the scrubber is for,
+/// from the local model; none wanted, none asked. Fails closed: when they
+/// are wanted and cannot be found (no local model, a full queue, a failed
+/// generation), the request does not leave.
+async fn names_for(
+    local: Option<Arc<super::models::ServedModel>>,
+    config: &super::ServeConfig,
+    scrubber: &Scrubber,
+    request: &InferenceRequest,
+) -> Result<Vec<(Kind, String)>, ServeError> {
+    let wanted: Vec<Kind> = scrubber
+        .kinds()
+        .iter()
+        .copied()
+        .filter(|kind| kind.needs_model())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refused = |why: String| {
+        ServeError::UpstreamUnavailable(format!(
+            "the request was not sent: the policy scrubs names, and {why}"
+        ))
+    };
+    let local = local.ok_or_else(|| refused("no local model is loaded to find them".to_owned()))?;
+    let texts: Vec<&str> = match &request.input {
+        Input::Text(prompt) => vec![prompt.as_str()],
+        Input::Chat(messages) => messages
+            .iter()
+            .map(|message| message.content.as_str())
+            .collect(),
+    };
+    let model = local.info().name.clone();
+    find_names(local, config, &model, &texts, &wanted)
+        .await
+        .map_err(|error| refused(format!("the local model could not list them: {error}")))
+}
+
+/// The upstream's host (and port), for audit events: the URL's path may
+/// carry an account or deployment name.
+fn host_of(base_url: &str) -> String {
+    reqwest::Url::parse(base_url)
+        .ok()
+        .and_then(|url| {
+            url.host_str().map(|host| match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// The `chat/completions` body: the request's messages scrubbed, its
+/// parameters as OpenAI names them, the upstream's model.
+fn upstream_body(
+    upstream: &Upstream,
+    request: &InferenceRequest,
+    scrubber: &Scrubber,
+    names: &[(Kind, String)],
+    placeholders: &mut Placeholders,
+) -> Value {
+    let messages = match &request.input {
+        Input::Chat(messages) => messages.clone(),
+        Input::Text(prompt) => vec![Message::new(Role::User, prompt.clone())],
+    };
+    let mut wire = Vec::with_capacity(messages.len());
+    // OpenAI pairs a tool result with its call by id; the surfaces keep
+    // calls in order, so ids are given here, in order, and each tool
+    // message answers the next unanswered call.
+    let mut call_ids: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut next_call = 0usize;
+    for message in &messages {
+        let content = scrubber.scrub_with_names(&message.content, names, placeholders);
+        let mut entry = json!({"role": message.role.as_str(), "content": content});
+        if !message.tool_calls.is_empty() {
+            let calls: Vec<Value> = message
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    next_call += 1;
+                    let id = format!("call_{next_call}");
+                    call_ids.push_back(id.clone());
+                    let arguments = scrub_value(&call.arguments, scrubber, names, placeholders);
+                    json!({
+                        "id": id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": arguments.to_string()},
+                    })
+                })
+                .collect();
+            entry["tool_calls"] = Value::Array(calls);
+        }
+        if message.role == Role::Tool {
+            let id = call_ids.pop_front().unwrap_or_else(|| {
+                next_call += 1;
+                format!("call_{next_call}")
+            });
+            entry["tool_call_id"] = json!(id);
+        }
+        wire.push(entry);
+    }
+    let params = &request.params;
+    let mut body = json!({
+        "model": upstream.model,
+        "messages": wire,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let mut set = |name: &str, value: Value| {
+        body[name] = value;
+    };
+    if let Some(max_tokens) = params.max_tokens {
+        set("max_tokens", json!(max_tokens));
+    }
+    if let Some(temperature) = params.temperature {
+        set("temperature", json!(temperature));
+    }
+    if let Some(top_p) = params.top_p {
+        set("top_p", json!(top_p));
+    }
+    if let Some(penalty) = params.presence_penalty {
+        set("presence_penalty", json!(penalty));
+    }
+    if let Some(penalty) = params.frequency_penalty {
+        set("frequency_penalty", json!(penalty));
+    }
+    if let Some(seed) = params.seed {
+        set("seed", json!(seed));
+    }
+    if !params.stop.is_empty() {
+        set("stop", json!(params.stop));
+    }
+    match &request.format {
+        OutputFormat::Text | OutputFormat::OneOf(_) => {}
+        OutputFormat::JsonObject => set("response_format", json!({"type": "json_object"})),
+        OutputFormat::JsonSchema(schema) => set(
+            "response_format",
+            json!({
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": schema, "strict": true},
+            }),
+        ),
+    }
+    if let Some(tools) = &request.tools {
+        let specs: Vec<Value> = tools
+            .specs
+            .iter()
+            .map(|spec| {
+                let mut function = json!({"name": spec.name, "parameters": spec.parameters});
+                if let Some(description) = &spec.description {
+                    function["description"] = json!(description);
+                }
+                json!({"type": "function", "function": function})
+            })
+            .collect();
+        set("tools", Value::Array(specs));
+        set(
+            "tool_choice",
+            match &tools.choice {
+                ToolChoice::Auto => json!("auto"),
+                ToolChoice::Required => json!("required"),
+                ToolChoice::Function(name) => {
+                    json!({"type": "function", "function": {"name": name}})
+                }
+            },
+        );
+        set("parallel_tool_calls", json!(tools.parallel));
+    }
+    body
+}
+
+/// `value` with every string in it scrubbed (tool-call arguments).
+fn scrub_value(
+    value: &Value,
+    scrubber: &Scrubber,
+    names: &[(Kind, String)],
+    placeholders: &mut Placeholders,
+) -> Value {
+    match value {
+        Value::String(text) => Value::String(scrubber.scrub_with_names(text, names, placeholders)),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| scrub_value(item, scrubber, names, placeholders))
+                .collect(),
+        ),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(name, item)| {
+                    (
+                        name.clone(),
+                        scrub_value(item, scrubber, names, placeholders),
+                    )
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Makes the call; a refusal or an unreachable upstream is
+/// [`ServeError::UpstreamUnavailable`] with what the upstream said (its
+/// status and the start of its error body, which holds no key of ours).
+async fn call(
+    client: &reqwest::Client,
+    timeout: Duration,
+    upstream: &Upstream,
+    body: &Value,
+) -> Result<reqwest::Response, ServeError> {
+    let key = resolve_credential(&upstream.credential).map_err(|error| {
+        ServeError::UpstreamUnavailable(format!("cannot read the upstream's key: {error}"))
+    })?;
+    let url = format!(
+        "{}/chat/completions",
+        upstream.base_url.trim_end_matches('/')
+    );
+    let response = client
+        .post(&url)
+        .bearer_auth(key.expose())
+        .timeout(timeout)
+        .json(body)
+        .send()
+        .await
+        .map_err(|error| {
+            ServeError::UpstreamUnavailable(format!(
+                "the upstream could not be reached: {}",
+                crate::enrol::error_chain(&error)
+            ))
+        })?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let said = response.text().await.unwrap_or_default();
+    let said: String = said.chars().take(MAX_ERROR_BODY_QUOTED).collect();
+    Err(ServeError::UpstreamUnavailable(format!(
+        "the upstream answered {status}: {said}"
+    )))
+}
+
+/// One tool call as the upstream streams it, by index.
+#[derive(Debug, Default)]
+struct CallParts {
+    name: String,
+    arguments: String,
+}
+
+/// What the audit event of one escalation says (never the text).
+struct Audit {
+    policy: String,
+    reason: Reason,
+    upstream_host: String,
+    upstream_model: String,
+    /// `kind=count,…`.
+    redactions: String,
+}
+
+impl Audit {
+    fn answered(&self, finished: &Finished) {
+        metrics::counter!("flotilla_inference_escalated_total",
+            "reason" => self.reason.as_str(), "outcome" => "answered")
+        .increment(1);
+        tracing::info!(
+            target: "flotilla::audit",
+            event = "escalated",
+            policy = %self.policy,
+            reason = self.reason.as_str(),
+            upstream = %self.upstream_host,
+            upstream_model = %self.upstream_model,
+            redactions = %self.redactions,
+            prompt_tokens = finished.prompt_tokens,
+            completion_tokens = finished.completion_tokens,
+            "a request was answered by the policy's upstream"
+        );
+    }
+
+    fn failed(&self, error: &ServeError) {
+        metrics::counter!("flotilla_inference_escalated_total",
+            "reason" => self.reason.as_str(), "outcome" => "failed")
+        .increment(1);
+        tracing::warn!(
+            target: "flotilla::audit",
+            event = "escalation_failed",
+            policy = %self.policy,
+            reason = self.reason.as_str(),
+            upstream = %self.upstream_host,
+            upstream_model = %self.upstream_model,
+            redactions = %self.redactions,
+            %error,
+            "a request could not be escalated"
+        );
+    }
+}
+
+/// Reads the upstream's event stream into chunks, restoring placeholders,
+/// until its end, the client going away, or the deadline.
+async fn relay(
+    response: reqwest::Response,
+    placeholders: Placeholders,
+    offered_tools: bool,
+    started: Instant,
+    timeout: Duration,
+    sender: mpsc::Sender<Result<Chunk, ServeError>>,
+    audit: Audit,
+) {
+    let mut restorer = placeholders.restorer();
+    let mut events = std::pin::pin!(sse_data(response.bytes_stream()));
+    let mut calls: Vec<CallParts> = Vec::new();
+    let mut reason = FinishReason::Stop;
+    let mut usage = (0usize, 0usize);
+    let mut first_output: Option<Instant> = None;
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    loop {
+        let next = tokio::select! {
+            next = events.next() => next,
+            () = tokio::time::sleep_until(deadline) => Some(Err(ServeError::Timeout(timeout))),
+            () = sender.closed() => return,
+        };
+        let data = match next {
+            None => break,
+            Some(Ok(data)) => data,
+            Some(Err(error)) => {
+                audit.failed(&error);
+                let _ = sender.send(Err(error)).await;
+                return;
+            }
+        };
+        if data.trim() == "[DONE]" {
+            break;
+        }
+        let event: Value = match serde_json::from_str(&data) {
+            Ok(event) => event,
+            Err(error) => {
+                let error = ServeError::UpstreamUnavailable(format!(
+                    "the upstream sent an event that is not JSON: {error}"
+                ));
+                audit.failed(&error);
+                let _ = sender.send(Err(error)).await;
+                return;
+            }
+        };
+        if let Some(counted) = event.get("usage").filter(|usage| usage.is_object()) {
+            let count = |name: &str| {
+                counted
+                    .get(name)
+                    .and_then(Value::as_u64)
+                    .map_or(0, |n| n as usize)
+            };
+            usage = (count("prompt_tokens"), count("completion_tokens"));
+        }
+        let Some(choice) = event.get("choices").and_then(|choices| choices.get(0)) else {
+            continue;
+        };
+        if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+            reason = match finish {
+                "length" => FinishReason::Length,
+                _ => FinishReason::Stop,
+            };
+        }
+        let Some(delta) = choice.get("delta") else {
+            continue;
+        };
+        if let Some(content) = delta.get("content").and_then(Value::as_str) {
+            let text = restorer.push(content);
+            if !text.is_empty() {
+                first_output.get_or_insert_with(Instant::now);
+                let chunk = Chunk::Text {
+                    text,
+                    logprobs: Vec::new(),
+                };
+                if sender.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        for part in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let index = part
+                .get("index")
+                .and_then(Value::as_u64)
+                .map_or(calls.len(), |index| index as usize);
+            if index > calls.len() + 64 {
+                continue;
+            }
+            while calls.len() <= index {
+                calls.push(CallParts::default());
+            }
+            let function = part.get("function");
+            if let Some(name) = function
+                .and_then(|function| function.get("name"))
+                .and_then(Value::as_str)
+            {
+                calls[index].name.push_str(name);
+            }
+            if let Some(arguments) = function
+                .and_then(|function| function.get("arguments"))
+                .and_then(Value::as_str)
+            {
+                calls[index].arguments.push_str(arguments);
+            }
+        }
+    }
+    let mut rest = restorer.finish();
+    if offered_tools {
+        for call in calls.iter().filter(|call| !call.name.is_empty()) {
+            let arguments = placeholders.restore(&call.arguments);
+            let arguments: Value =
+                serde_json::from_str(&arguments).unwrap_or_else(|_| Value::String(arguments));
+            rest.push_str(&format!(
+                "<tool_call>\n{}\n</tool_call>",
+                json!({"name": call.name, "arguments": arguments})
+            ));
+        }
+    }
+    if !rest.is_empty() {
+        first_output.get_or_insert_with(Instant::now);
+        let chunk = Chunk::Text {
+            text: rest,
+            logprobs: Vec::new(),
+        };
+        if sender.send(Ok(chunk)).await.is_err() {
+            return;
+        }
+    }
+    let finished = Finished {
+        reason,
+        prompt_tokens: usage.0,
+        completion_tokens: usage.1,
+        time_to_first_token: first_output.unwrap_or_else(Instant::now) - started,
+        total_time: started.elapsed(),
+    };
+    audit.answered(&finished);
+    let _ = sender.send(Ok(Chunk::Finished(finished))).await;
+}
+
+/// The `data:` payloads of a server-sent event stream, one per event.
+fn sse_data(
+    bytes: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<String, ServeError>> + Send + 'static {
+    use eventsource_stream::Eventsource as _;
+    bytes.eventsource().filter_map(|event| async move {
+        match event {
+            Ok(event) => Some(Ok(event.data)),
+            Err(error) => Some(Err(ServeError::UpstreamUnavailable(format!(
+                "the upstream's stream broke: {error}"
+            )))),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alternative(text: &str, probability: f64) -> super::super::generation::Alternative {
+        super::super::generation::Alternative {
+            text: text.to_owned(),
+            bytes: text.as_bytes().to_vec(),
+            logprob: probability.ln() as f32,
+        }
+    }
+
+    #[test]
+    fn self_check_confidence_is_the_share_of_yes() {
+        let split = [
+            alternative("yes", 0.3),
+            alternative("y", 0.1),
+            alternative("no", 0.4),
+        ];
+        assert_eq!(confidence(&split), Some(50));
+        assert_eq!(confidence(&[alternative(" No", 0.9)]), Some(0));
+        assert_eq!(confidence(&[alternative("Yes", 0.2)]), Some(100));
+        assert_eq!(confidence(&[alternative("maybe", 0.9)]), None);
+        assert_eq!(confidence(&[]), None);
+    }
+
+    #[test]
+    fn the_escalate_header_is_a_boolean() {
+        assert_eq!(header_asks(None), Ok(false));
+        assert_eq!(header_asks(Some(b"true")), Ok(true));
+        assert_eq!(header_asks(Some(b"1")), Ok(true));
+        assert_eq!(header_asks(Some(b"False")), Ok(false));
+        assert!(header_asks(Some(b"please")).is_err());
+    }
+
+    #[test]
+    fn audit_events_name_the_host_not_the_path() {
+        assert_eq!(
+            host_of("https://api.example.test:8443/v1/acct-123"),
+            "api.example.test:8443"
+        );
+        assert_eq!(host_of("not a url"), "");
+    }
+}

@@ -484,13 +484,13 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
                 policy,
             ])?;
             let (name, version) = policy.split_once('@').unwrap_or((policy, "1"));
+            let version: u64 = version.parse()?;
             wait_until(
                 &format!("edge-2 to serve tiny under {policy}"),
                 WAIT,
                 || async {
-                    let applied = saved_policy(&agent_dir).is_some_and(|saved| {
-                        saved["name"] == name && saved["version"].to_string() == version
-                    });
+                    let applied = saved_policy(&agent_dir)
+                        .is_some_and(|saved| saved["name"] == name && saved["version"] == version);
                     let served = match http.get(format!("{base}/v1/models")).send().await {
                         Ok(response) => response.text().await.unwrap_or_default().contains("tiny"),
                         Err(_) => false,

@@ -46,18 +46,6 @@ use super::request::{InferenceRequest, Input, Message, OutputFormat, Role};
 pub(super) use crate::reconcile::policy::ESCALATE_HEADER;
 use crate::reconcile::policy::{AssignedPolicy, Feature, Upstream, resolve_credential};
 
-/// The response header saying that escalation was tried and failed, so the
-/// answer is the local model's (`failed`).
-pub(super) const ESCALATION_HEADER: &str = "x-flotilla-escalation";
-/// With [`ESCALATION_HEADER`]: what the upstream said or why it failed.
-pub(super) const ESCALATION_ERROR_HEADER: &str = "x-flotilla-escalation-error";
-/// On an escalated answer: why it escalated ([`Reason::as_str`]).
-pub(super) const ESCALATION_REASON_HEADER: &str = "x-flotilla-escalation-reason";
-/// On an escalated answer: the upstream's model.
-pub(super) const UPSTREAM_MODEL_HEADER: &str = "x-flotilla-upstream-model";
-/// What [`super::forward::SERVED_BY_HEADER`] says of an escalated answer.
-pub(super) const SERVED_BY_UPSTREAM: &str = "upstream";
-
 /// How long the upstream may take to accept the connection.
 pub(super) const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,8 +75,7 @@ pub(super) enum Reason {
 }
 
 impl Reason {
-    /// As metrics, audit events and the `x-flotilla-escalation-reason`
-    /// header name it.
+    /// As metrics, audit events and the escalation-reason header name it.
     pub(super) fn as_str(self) -> &'static str {
         match self {
             Reason::ModelName => "model_name",
@@ -121,11 +108,7 @@ impl Escalation {
     ) -> Option<Escalation> {
         let policy = policy.filter(|policy| policy.spec.upstream().is_some())?;
         let triggers = &policy.spec.triggers;
-        let reason = if triggers
-            .model_names
-            .iter()
-            .any(|name| *name == request.model)
-        {
+        let reason = if triggers.model_names.contains(&request.model) {
             Reason::ModelName
         } else if triggers.header && header {
             Reason::Header

@@ -49,10 +49,8 @@ use tracing::Instrument as _;
 use super::ServeError;
 use super::auth::PRINCIPAL_HEADER;
 use super::dispatch::{Arrival, Forward, Forwarding};
+use super::headers::{MODEL_DIGEST_HEADER, MODEL_VERSION_HEADER, SERVED_BY_HEADER};
 use crate::routing::{HOPS_HEADER, Peer, Routes, Surface, forward_url, parse_hops};
-
-/// The response header naming the node that answered a forwarded request.
-pub(super) const SERVED_BY_HEADER: &str = "x-flotilla-served-by";
 
 /// What a forwarded HTTP request needs besides the model.
 pub(super) struct HttpIncoming {
@@ -179,7 +177,7 @@ pub(super) async fn http(
                 }
                 let answered = response
                     .headers()
-                    .get(super::http::MODEL_DIGEST_HEADER)
+                    .get(MODEL_DIGEST_HEADER)
                     .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
                 if let Err(reason) = check_answer(response.status().as_u16(), answered, peer) {
                     span.record("otel.status_code", "ERROR");
@@ -255,8 +253,8 @@ fn relay(response: reqwest::Response, node: &str) -> Response {
         header::CONTENT_TYPE,
         header::RETRY_AFTER,
         header::CACHE_CONTROL,
-        HeaderName::from_static(super::http::MODEL_VERSION_HEADER),
-        HeaderName::from_static(super::http::MODEL_DIGEST_HEADER),
+        HeaderName::from_static(MODEL_VERSION_HEADER),
+        HeaderName::from_static(MODEL_DIGEST_HEADER),
     ] {
         if let Some(value) = response.headers().get(name.as_str())
             && let Ok(value) = HeaderValue::from_bytes(value.as_bytes())
@@ -363,7 +361,7 @@ pub(super) async fn grpc(
             Ok(response) => {
                 let digest = response
                     .metadata()
-                    .get(super::http::MODEL_DIGEST_HEADER)
+                    .get(MODEL_DIGEST_HEADER)
                     .and_then(|value| value.to_str().ok())
                     .map(str::to_owned);
                 if let Err(reason) = check_answer(200, digest, peer) {

@@ -265,17 +265,14 @@ impl Generation {
     /// upstream did (`x-flotilla-served-by: upstream`, its model and the
     /// reason), and whether an escalation failed and the answer is local.
     pub fn answer_headers(&self) -> Vec<(&'static str, String)> {
-        use super::escalate::{
-            ESCALATION_ERROR_HEADER, ESCALATION_HEADER, ESCALATION_REASON_HEADER,
+        use super::headers::{
+            ESCALATION_ERROR_HEADER, ESCALATION_HEADER, ESCALATION_REASON_HEADER, SERVED_BY_HEADER,
             SERVED_BY_UPSTREAM, UPSTREAM_MODEL_HEADER,
         };
         let mut headers = match &self.answered_by {
-            AnsweredBy::Local(model) => super::http::served_model_headers(model),
+            AnsweredBy::Local(model) => super::headers::served_model(model),
             AnsweredBy::Upstream { model, reason } => vec![
-                (
-                    super::forward::SERVED_BY_HEADER,
-                    SERVED_BY_UPSTREAM.to_owned(),
-                ),
+                (SERVED_BY_HEADER, SERVED_BY_UPSTREAM.to_owned()),
                 (UPSTREAM_MODEL_HEADER, header_safe(model)),
                 (ESCALATION_REASON_HEADER, (*reason).to_owned()),
             ],

@@ -19,7 +19,7 @@ use super::dispatch::{self, Arrival, Dispatched};
 use super::embedding::{self, EmbeddingInput, EmbeddingRequest, Overflow};
 use super::escalate;
 use super::forward::{self, GrpcAnswer, GrpcCall};
-use super::http::{MODEL_DIGEST_HEADER, MODEL_VERSION_HEADER};
+use super::headers::{MODEL_DIGEST_HEADER, MODEL_VERSION_HEADER};
 use super::request::{OutputFormat, Tools};
 use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,

@@ -228,25 +228,12 @@ pub(super) fn with_retry_after(error: &ServeError, mut response: Response) -> Re
     response
 }
 
-/// The response header with the served model's version (registry semver).
-pub const MODEL_VERSION_HEADER: &str = "x-flotilla-model-version";
-/// The response header with the served artifact's blake3 digest.
-pub const MODEL_DIGEST_HEADER: &str = "x-flotilla-model-digest";
-
 /// Says who answered, so that clients and operators can tell a rollout's
 /// versions apart in responses, and an escalated answer from a local one
 /// (the bodies keep each surface's own shape): see
 /// [`super::Generation::answer_headers`].
 pub(super) fn with_served_model(model: &super::ModelInfo, response: Response) -> Response {
-    with_answer_headers(&served_model_headers(model), response)
-}
-
-/// The version and artifact digest of a model served here.
-pub(super) fn served_model_headers(model: &super::ModelInfo) -> Vec<(&'static str, String)> {
-    vec![
-        (MODEL_VERSION_HEADER, model.version.clone()),
-        (MODEL_DIGEST_HEADER, model.digest.to_hex()),
-    ]
+    with_answer_headers(&super::headers::served_model(model), response)
 }
 
 /// Adds `answered` (a generation's [`super::Generation::answer_headers`]).

@@ -44,6 +44,7 @@ mod fields;
 mod forward;
 pub mod generation;
 mod grpc;
+mod headers;
 mod http;
 pub mod metrics;
 pub mod models;

@@ -177,6 +177,16 @@ impl Scrubber {
         &self.kinds
     }
 
+    /// The kinds a model has to find for this scrubber (names), which the
+    /// caller passes to [`Scrubber::scrub_with_names`].
+    pub fn model_kinds(&self) -> Vec<Kind> {
+        self.kinds
+            .iter()
+            .copied()
+            .filter(|kind| kind.needs_model())
+            .collect()
+    }
+
     /// Every finding of the scrubber's kinds, in text order, none
     /// overlapping (where two detectors claim the same characters, the
     /// checked one or the longer one wins).

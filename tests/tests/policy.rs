@@ -6,6 +6,9 @@
 //! environment, appears nowhere: not in the controller's views, not in the
 //! agent's state file. A literal key given to `policy create` is refused,
 //! and an unknown policy refused at assign time.
+//!
+//! Then the serving side (items 2 to 4): escalation against a real HTTP
+//! server standing in for the cloud provider.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,16 +22,16 @@ const WAIT: Duration = Duration::from_secs(60);
 /// What the agent's environment holds under `UPSTREAM_KEY`: must never show.
 const KEY_VALUE: &str = "sk-e2e-test-key-that-must-never-leave-the-node-0123456789";
 
-struct Cli<'a> {
-    controller: &'a ControllerProcess,
+struct Cli {
+    rest_url: String,
     admin: String,
-    home: &'a Path,
+    home: tempfile::TempDir,
 }
 
-impl Cli<'_> {
+impl Cli {
     /// Exit status, stdout and stderr of `flotilla args…`.
     fn outcome(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-        let output = flotilla(&self.controller.rest_url, &self.admin, self.home, args)?;
+        let output = flotilla(&self.rest_url, &self.admin, self.home.path(), args)?;
         Ok((
             output.status.success(),
             String::from_utf8(output.stdout)?,
@@ -49,6 +52,73 @@ impl Cli<'_> {
     }
 }
 
+/// A controller with the tiny model pushed as `tiny` 1.0.0, and the CLI.
+struct Fleet {
+    controller: ControllerProcess,
+    cli: Cli,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+impl Fleet {
+    async fn start() -> anyhow::Result<Fleet> {
+        let data = tempfile::tempdir()?;
+        let files = tempfile::tempdir()?;
+        let controller =
+            ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
+        let cli = Cli {
+            rest_url: controller.rest_url.clone(),
+            admin: controller.admin_token()?,
+            home: tempfile::tempdir()?,
+        };
+        let model = files.path().join("tiny.gguf");
+        std::fs::write(&model, flotilla_gguf::GgufBuilder::tiny_llama(3, 11))?;
+        let model = model.to_string_lossy().into_owned();
+        cli.json(&[
+            "model", "push", &model, "--name", "tiny", "--version", "1.0.0",
+        ])?;
+        Ok(Fleet {
+            controller,
+            cli,
+            _dirs: [data, files],
+        })
+    }
+
+    /// Enrols an agent named `name` with the upstream's key in its
+    /// environment, in `dir`; returns once the controller lists it.
+    async fn agent(&self, name: &str, dir: &Path) -> anyhow::Result<AgentProcess> {
+        let token = self
+            .cli
+            .text(&["node", "token", "create", "--ttl", "10m", "--uses", "1"])?
+            .trim()
+            .to_owned();
+        let grpc = format!("http://{}", self.controller.grpc_addr);
+        let agent = AgentProcess::start_with_env(
+            dir,
+            &[
+                "--controller",
+                &grpc,
+                "--bootstrap-token",
+                &token,
+                "--name",
+                name,
+            ],
+            &[("UPSTREAM_KEY", KEY_VALUE)],
+        )?;
+        wait_until(&format!("{name} to enrol"), WAIT, || async {
+            self.cli
+                .json(&["node", "ls"])
+                .map(|nodes| {
+                    nodes["items"]
+                        .as_array()
+                        .is_some_and(|items| !items.is_empty())
+                })
+                .unwrap_or(false)
+        })
+        .await?;
+        Ok(agent)
+    }
+}
+
 /// The policy in the agent's `state.json`, once there.
 fn saved_policy(data_dir: &Path) -> Option<Value> {
     let text = std::fs::read_to_string(data_dir.join("state.json")).ok()?;
@@ -60,28 +130,9 @@ fn saved_policy(data_dir: &Path) -> Option<Value> {
 #[tokio::test]
 async fn a_policy_assigned_with_the_cli_reaches_the_agent_and_shows_per_node() -> anyhow::Result<()>
 {
-    let data = tempfile::tempdir()?;
-    let home = tempfile::tempdir()?;
-    let files = tempfile::tempdir()?;
     let agent_dir = tempfile::tempdir()?;
-    let controller =
-        ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
-    let cli = Cli {
-        controller: &controller,
-        admin: controller.admin_token()?,
-        home: home.path(),
-    };
-    let model = files.path().join("tiny.gguf");
-    std::fs::write(&model, flotilla_gguf::GgufBuilder::tiny_llama(3, 11))?;
-    cli.json(&[
-        "model",
-        "push",
-        &model.to_string_lossy(),
-        "--name",
-        "tiny",
-        "--version",
-        "1.0.0",
-    ])?;
+    let fleet = Fleet::start().await?;
+    let cli = &fleet.cli;
 
     // A literal key is refused, and the refusal does not echo it.
     let (success, _, stderr) = cli.outcome(&[
@@ -133,33 +184,7 @@ async fn a_policy_assigned_with_the_cli_reaches_the_agent_and_shows_per_node() -
     let listed = cli.text(&["policy", "ls"])?;
     assert!(listed.contains("hybrid"), "{listed}");
 
-    let token = cli
-        .text(&["node", "token", "create", "--ttl", "10m", "--uses", "1"])?
-        .trim()
-        .to_owned();
-    let grpc = format!("http://{}", controller.grpc_addr);
-    let agent = AgentProcess::start_with_env(
-        agent_dir.path(),
-        &[
-            "--controller",
-            &grpc,
-            "--bootstrap-token",
-            &token,
-            "--name",
-            "edge-1",
-        ],
-        &[("UPSTREAM_KEY", KEY_VALUE)],
-    )?;
-    wait_until("edge-1 to enrol", WAIT, || async {
-        cli.json(&["node", "ls"])
-            .map(|nodes| {
-                nodes["items"]
-                    .as_array()
-                    .is_some_and(|items| !items.is_empty())
-            })
-            .unwrap_or(false)
-    })
-    .await?;
+    let agent = fleet.agent("edge-1", agent_dir.path()).await?;
 
     // An unknown policy is refused at assign time; nothing is assigned.
     let (success, _, stderr) = cli.outcome(&[
@@ -381,35 +406,16 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
 /// Issue 20's end-to-end check: a real agent under a policy escalates
 /// requests with planted personal data of every kind to a real HTTP server
 /// standing in for the cloud provider, over OpenAI (whole, streamed, with
-/// tools), Ollama and gRPC. The provider receives none of the planted
-/// values; the client gets them back in the answer. Under a policy that
-/// forbids egress nothing calls out; with the upstream down the local model
-/// answers and the response says the escalation failed.
+/// tools), Ollama and gRPC, and a prompt too long for the local context by
+/// rule. The provider receives none of the planted values; the client gets
+/// them back in the answer. Under a policy that forbids egress nothing
+/// calls out; with the upstream down the local model answers and the
+/// response says the escalation failed.
 #[tokio::test]
 async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::Result<()> {
-    let data = tempfile::tempdir()?;
-    let home = tempfile::tempdir()?;
-    let files = tempfile::tempdir()?;
     let agent_dir = tempfile::tempdir()?;
-    let controller =
-        ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
-    let cli = Cli {
-        controller: &controller,
-        admin: controller.admin_token()?,
-        home: home.path(),
-    };
-    let model = files.path().join("tiny.gguf");
-    std::fs::write(&model, flotilla_gguf::GgufBuilder::tiny_llama(3, 11))?;
-    let model = model.to_string_lossy().into_owned();
-    cli.json(&[
-        "model",
-        "push",
-        &model,
-        "--name",
-        "tiny",
-        "--version",
-        "1.0.0",
-    ])?;
+    let fleet = Fleet::start().await?;
+    let cli = &fleet.cli;
     let (upstream_url, received) = stand_in_upstream().await?;
     let dead_url = format!("http://{}/v1", flotilla_tests::free_addr()?);
     for (name, url) in [("hybrid", upstream_url.as_str()), ("deadend", &dead_url)] {
@@ -428,46 +434,20 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
             "--escalate-model",
             "auto",
             "--header",
+            "--prompt-over-context",
         ])?;
     }
     cli.json(&["policy", "create", "airgap", "--egress", "forbidden"])?;
 
-    let token = cli
-        .text(&["node", "token", "create", "--ttl", "10m", "--uses", "1"])?
-        .trim()
-        .to_owned();
-    let grpc = format!("http://{}", controller.grpc_addr);
-    let agent = AgentProcess::start_with_env(
-        agent_dir.path(),
-        &[
-            "--controller",
-            &grpc,
-            "--bootstrap-token",
-            &token,
-            "--name",
-            "edge-2",
-        ],
-        &[("UPSTREAM_KEY", KEY_VALUE)],
-    )?;
+    let agent = fleet.agent("edge-2", agent_dir.path()).await?;
     let base = format!(
         "http://{}",
         agent
             .http_addr
             .ok_or_else(|| anyhow::anyhow!("no HTTP address"))?
     );
-    wait_until("edge-2 to enrol", WAIT, || async {
-        cli.json(&["node", "ls"])
-            .map(|nodes| {
-                nodes["items"]
-                    .as_array()
-                    .is_some_and(|items| !items.is_empty())
-            })
-            .unwrap_or(false)
-    })
-    .await?;
     let http = reqwest::Client::new();
     let assign = |policy: &'static str| {
-        let cli = &cli;
         let agent_dir = agent_dir.path().to_owned();
         let http = http.clone();
         let base = base.clone();
@@ -653,8 +633,21 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
     }
     assert!(restored(&text), "not restored: {text}");
 
+    // A prompt the local model's context cannot hold goes upstream by rule.
+    let response = http
+        .post(format!("{base}/v1/completions"))
+        .json(&serde_json::json!({"model": "tiny", "prompt": "word ".repeat(2500),
+            "max_tokens": 4}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-flotilla-escalation-reason"),
+        "prompt_over_context"
+    );
+
     let sent = calls(&received);
-    assert_eq!(sent.len(), 5, "one upstream call per escalated request");
+    assert_eq!(sent.len(), 6, "one upstream call per escalated request");
     for (_, body) in &sent {
         let body = body.to_string();
         assert!(leaked(&body).is_empty(), "leaked {:?}", leaked(&body));
@@ -693,7 +686,7 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
         .send()
         .await?;
     assert_eq!(response.status(), 404);
-    assert_eq!(calls(&received).len(), 5, "a forbidding policy called out");
+    assert_eq!(calls(&received).len(), 6, "a forbidding policy called out");
 
     // The upstream down: the local model answers, and says escalation failed.
     assign("deadend@1").await?;

@@ -24,6 +24,7 @@
 
 use std::sync::Arc;
 
+use super::ask_local;
 use super::escalate::{self, Escalation, Reason};
 use super::generation::Generation;
 use super::models::ServedModel;
@@ -142,7 +143,7 @@ async fn self_check(
 ) -> Option<Escalation> {
     let policy = policy.filter(|policy| policy.spec.upstream().is_some())?;
     let threshold = policy.spec.triggers.self_check_threshold_percent?;
-    match escalate::self_check(local.clone(), &serving.config, request).await {
+    match ask_local::self_check(local.clone(), &serving.config, request).await {
         Ok(Some(confidence)) => {
             metrics::histogram!("flotilla_inference_self_check_confidence_percent")
                 .record(f64::from(confidence));

@@ -19,11 +19,12 @@
 //! tool definitions and output schemas are the application's, not the
 //! user's, and go as they are. The policy's kinds are found by pattern,
 //! and people's and organisations' names and street addresses, where the
-//! policy asks for them, by the local model ([`find_names`]), before the
-//! call; when they cannot be found, nothing is sent. One [`Placeholders`] serves the whole
-//! exchange, so a value gets the same placeholder in every message and the
-//! answer's placeholders are restored whether they arrive whole or split
-//! between chunks ([`flotilla_scrub::Restorer`]).
+//! policy asks for them, by the local model (`ask_local::find_names`)
+//! before the call; when they cannot be found, nothing is sent. One
+//! [`Placeholders`] serves the whole exchange, so a value gets the same
+//! placeholder in every message and the answer's placeholders are
+//! restored whether they arrive whole or split between chunks
+//! ([`flotilla_scrub::Restorer`]).
 //!
 //! Each escalation is an audit event (`flotilla::audit` target, at info):
 //! the policy, the reason, the upstream's host and model, redaction counts
@@ -161,177 +162,6 @@ impl Escalation {
     }
 }
 
-/// What the local model is told when it lists names (the request's text
-/// follows in the user message).
-const NAMES_SYSTEM: &str = "You find personal data in text. List every person's name, \
-    organisation name and street address that appears in the text, each copied exactly \
-    as written. Use empty lists when there are none.";
-
-/// The most of a request's text the local model reads for names.
-const NAMES_MAX_READ: usize = 6000;
-
-/// The most names of one kind taken from one request.
-const NAMES_MAX_PER_KIND: usize = 32;
-
-/// Tokens the local model may spend listing names.
-const NAMES_MAX_TOKENS: u32 = 384;
-
-/// Asks the local model for the people, organisations and street addresses
-/// in `texts` (constrained to a JSON object of three string lists, so the
-/// answer always parses), for the kinds of `wanted`. Only names that occur
-/// in the text verbatim are kept: a model's invention cannot redact
-/// anything, and a name it missed is not scrubbed, which is why these
-/// kinds are opt-in and the pattern kinds are the default.
-pub(super) async fn find_names(
-    local: Arc<super::models::ServedModel>,
-    config: &super::ServeConfig,
-    model: &str,
-    texts: &[&str],
-    wanted: &[Kind],
-) -> Result<Vec<(Kind, String)>, ServeError> {
-    let lists = [
-        ("people", Kind::Person),
-        ("organisations", Kind::Organisation),
-        ("addresses", Kind::Address),
-    ];
-    let text: String = texts.join("\n\n").chars().take(NAMES_MAX_READ).collect();
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let list =
-        json!({"type": "array", "items": {"type": "string"}, "maxItems": NAMES_MAX_PER_KIND});
-    let schema = json!({
-        "type": "object",
-        "properties": {"people": list, "organisations": list, "addresses": list},
-        "required": ["people", "organisations", "addresses"],
-        "additionalProperties": false,
-    });
-    let messages = vec![
-        Message::new(Role::System, NAMES_SYSTEM),
-        Message::new(Role::User, format!("Text:\n{text}")),
-    ];
-    let params = super::Params {
-        max_tokens: Some(NAMES_MAX_TOKENS),
-        temperature: Some(0.0),
-        ..super::Params::default()
-    };
-    let mut ask = InferenceRequest::new(model.to_owned(), Input::Chat(messages), params);
-    ask.format = OutputFormat::JsonSchema(schema);
-    let completion = Generation::start(local, config, ask)
-        .await?
-        .complete()
-        .await?;
-    if completion.finished.reason == FinishReason::Length {
-        // A cut-off list may have missed names: refuse rather than send
-        // what may still hold some.
-        return Err(ServeError::Internal(format!(
-            "the local model's list of names did not end within {NAMES_MAX_TOKENS} tokens"
-        )));
-    }
-    let answer: Value = serde_json::from_str(&completion.text).map_err(|error| {
-        ServeError::Internal(format!(
-            "the local model's list of names is not JSON: {error}"
-        ))
-    })?;
-    let mut names = Vec::new();
-    for (field, kind) in lists {
-        if !wanted.contains(&kind) {
-            continue;
-        }
-        for name in answer[field].as_array().into_iter().flatten() {
-            let Some(name) = name.as_str().map(str::trim) else {
-                continue;
-            };
-            let counts = name.chars().count() >= 2
-                && name.chars().any(char::is_alphanumeric)
-                && text.contains(name);
-            if counts
-                && !names
-                    .iter()
-                    .any(|(k, n): &(Kind, String)| *k == kind && n == name)
-            {
-                names.push((kind, name.to_owned()));
-            }
-        }
-    }
-    Ok(names)
-}
-
-/// The question of the self-check: the system message, then the request.
-const SELF_CHECK_SYSTEM: &str = "You decide whether you, a small local model, can answer a \
-    request accurately and completely without help. Reply with yes or no only.";
-
-/// The most of the request quoted in the self-check's question.
-const SELF_CHECK_MAX_QUOTED: usize = 4000;
-
-/// Alternatives read from the self-check's one token.
-const SELF_CHECK_ALTERNATIVES: usize = 10;
-
-/// The local model's confidence, in percent, that it can answer `request`
-/// (the policy's self-check trigger): one token, constrained to `yes` or
-/// `no`, and the probability mass of the answer's alternatives that spell
-/// the start of `yes`, against those that spell `no`. `None` when the
-/// model gave no probabilities to read (the request is then answered
-/// here: the check is advice, not a gate).
-pub(super) async fn self_check(
-    local: Arc<super::models::ServedModel>,
-    config: &super::ServeConfig,
-    request: &InferenceRequest,
-) -> Result<Option<u8>, ServeError> {
-    let asked = match &request.input {
-        Input::Text(prompt) => prompt.as_str(),
-        Input::Chat(messages) => messages
-            .iter()
-            .rev()
-            .find(|message| message.role == Role::User)
-            .map_or("", |message| message.content.as_str()),
-    };
-    let asked: String = asked.chars().take(SELF_CHECK_MAX_QUOTED).collect();
-    let messages = vec![
-        Message::new(Role::System, SELF_CHECK_SYSTEM),
-        Message::new(
-            Role::User,
-            format!("Request:\n{asked}\n\nCan you answer this request accurately? yes or no"),
-        ),
-    ];
-    let params = super::Params {
-        max_tokens: Some(1),
-        temperature: Some(0.0),
-        ..super::Params::default()
-    };
-    let mut check = InferenceRequest::new(request.model.clone(), Input::Chat(messages), params);
-    check.format = OutputFormat::OneOf(vec!["yes".to_owned(), "no".to_owned()]);
-    check.logprobs = Some(SELF_CHECK_ALTERNATIVES);
-    let completion = Generation::start(local, config, check)
-        .await?
-        .complete()
-        .await?;
-    Ok(completion
-        .logprobs
-        .first()
-        .and_then(|first| confidence(&first.top)))
-}
-
-/// `yes`' share of the probability of the alternatives that start `yes`
-/// or `no`, in percent.
-fn confidence(alternatives: &[super::generation::Alternative]) -> Option<u8> {
-    let (mut yes, mut no) = (0.0f64, 0.0f64);
-    for alternative in alternatives {
-        let text = alternative.text.trim().to_ascii_lowercase();
-        let probability = f64::from(alternative.logprob).exp();
-        if text.is_empty() || !probability.is_finite() {
-            continue;
-        }
-        if "yes".starts_with(&text) {
-            yes += probability;
-        } else if "no".starts_with(&text) {
-            no += probability;
-        }
-    }
-    let total = yes + no;
-    (total > 0.0).then(|| (100.0 * yes / total).round().clamp(0.0, 100.0) as u8)
-}
-
 /// Whether the client asked for escalation: `true` or `1` in
 /// [`ESCALATE_HEADER`]; `false`, `0` or no header is no; anything else is
 /// refused rather than guessed.
@@ -362,7 +192,7 @@ pub(super) async fn start(
     let started = Instant::now();
     let timeout = config.request_timeout;
     let scrubber = Scrubber::new(escalation.policy.spec.scrub.iter().copied());
-    let names = names_for(local, config, &scrubber, request).await?;
+    let names = ask_local::names_for(local, config, &scrubber, request).await?;
     let mut placeholders = Placeholders::new();
     let body = upstream_body(upstream, request, &scrubber, &names, &mut placeholders);
     let audit = Audit {
@@ -413,44 +243,6 @@ pub(super) async fn start(
         first,
         events,
     ))
-}
-
-/// The names in `request` of the model-found kinds the scrubber is for,
-/// from the local model; none wanted, none asked. Fails closed: when they
-/// are wanted and cannot be found (no local model, a full queue, a failed
-/// generation), the request does not leave.
-async fn names_for(
-    local: Option<Arc<super::models::ServedModel>>,
-    config: &super::ServeConfig,
-    scrubber: &Scrubber,
-    request: &InferenceRequest,
-) -> Result<Vec<(Kind, String)>, ServeError> {
-    let wanted: Vec<Kind> = scrubber
-        .kinds()
-        .iter()
-        .copied()
-        .filter(|kind| kind.needs_model())
-        .collect();
-    if wanted.is_empty() {
-        return Ok(Vec::new());
-    }
-    let refused = |why: String| {
-        ServeError::UpstreamUnavailable(format!(
-            "the request was not sent: the policy scrubs names, and {why}"
-        ))
-    };
-    let local = local.ok_or_else(|| refused("no local model is loaded to find them".to_owned()))?;
-    let texts: Vec<&str> = match &request.input {
-        Input::Text(prompt) => vec![prompt.as_str()],
-        Input::Chat(messages) => messages
-            .iter()
-            .map(|message| message.content.as_str())
-            .collect(),
-    };
-    let model = local.info().name.clone();
-    find_names(local, config, &model, &texts, &wanted)
-        .await
-        .map_err(|error| refused(format!("the local model could not list them: {error}")))
 }
 
 /// The upstream's host (and port), for audit events: the URL's path may
@@ -873,28 +665,6 @@ fn sse_data(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn alternative(text: &str, probability: f64) -> super::super::generation::Alternative {
-        super::super::generation::Alternative {
-            text: text.to_owned(),
-            bytes: text.as_bytes().to_vec(),
-            logprob: probability.ln() as f32,
-        }
-    }
-
-    #[test]
-    fn self_check_confidence_is_the_share_of_yes() {
-        let split = [
-            alternative("yes", 0.3),
-            alternative("y", 0.1),
-            alternative("no", 0.4),
-        ];
-        assert_eq!(confidence(&split), Some(50));
-        assert_eq!(confidence(&[alternative(" No", 0.9)]), Some(0));
-        assert_eq!(confidence(&[alternative("Yes", 0.2)]), Some(100));
-        assert_eq!(confidence(&[alternative("maybe", 0.9)]), None);
-        assert_eq!(confidence(&[]), None);
-    }
 
     #[test]
     fn the_escalate_header_is_a_boolean() {

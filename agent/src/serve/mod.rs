@@ -32,6 +32,7 @@
 //! unless it was forwarded already; with no peer it gets the not-found that
 //! names the model.
 
+mod ask_local;
 pub mod auth;
 pub mod browser;
 pub mod card;

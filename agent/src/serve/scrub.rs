@@ -56,12 +56,7 @@ async fn answer(state: &HttpState, body: &[u8]) -> Result<ScrubResponse, ServeEr
                 .map_err(|error| ServeError::InvalidRequest(format!("kinds: {error}")))?,
         ),
     };
-    let wanted: Vec<Kind> = scrubber
-        .kinds()
-        .iter()
-        .copied()
-        .filter(|kind| kind.needs_model())
-        .collect();
+    let wanted = scrubber.model_kinds();
     let names = if wanted.is_empty() {
         Vec::new()
     } else {
@@ -72,11 +67,9 @@ async fn answer(state: &HttpState, body: &[u8]) -> Result<ScrubResponse, ServeEr
                     .to_owned(),
             )
         })?;
-        let model = local.info().name.clone();
-        super::escalate::find_names(
+        super::ask_local::find_names(
             local,
             &state.serving.config,
-            &model,
             &[request.text.as_str()],
             &wanted,
         )

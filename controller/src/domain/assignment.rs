@@ -545,6 +545,8 @@ mod tests {
                     completed_since_activation: 0,
                     failed_since_activation: 0,
                     queue_depth_peak: queue,
+                    escalated_total: 0,
+                    escalated_since_activation: 0,
                 }),
                 state_write_error: None,
             };

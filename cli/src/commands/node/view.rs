@@ -201,7 +201,7 @@ fn health_fields(health: &HealthInfo, now: OffsetDateTime) -> Vec<(String, Strin
 }
 
 /// `2 of 20 in queue (peak 20), 41.5 tok/s, first token 120 ms (max 300 ms),
-/// 12 done, 3 rejected, 0 failed, 1 cancelled`.
+/// 12 done, 4 escalated, 3 rejected, 0 failed, 1 cancelled`.
 fn inference_text(inference: &InferenceHealthInfo) -> String {
     let mut queue = format!(
         "{} of {} in queue",
@@ -219,13 +219,17 @@ fn inference_text(inference: &InferenceHealthInfo) -> String {
     ) {
         parts.push(format!("first token {p50} ms (max {max} ms)"));
     }
-    parts.push(format!(
-        "{} done, {} rejected, {} failed, {} cancelled",
-        inference.completed_total,
-        inference.rejected_total,
-        inference.failed_total,
-        inference.cancelled_total
+    let mut outcomes = vec![format!("{} done", inference.completed_total)];
+    // Only a node with an escalation policy ever escalates: elsewhere a
+    // standing "0 escalated" would be noise.
+    if inference.escalated_total > 0 {
+        outcomes.push(format!("{} escalated", inference.escalated_total));
+    }
+    outcomes.push(format!(
+        "{} rejected, {} failed, {} cancelled",
+        inference.rejected_total, inference.failed_total, inference.cancelled_total
     ));
+    parts.extend(outcomes);
     parts.join(", ")
 }
 
@@ -532,6 +536,8 @@ mod tests {
                 serving_digest: Some("ab".repeat(32)),
                 completed_since_activation: 10,
                 failed_since_activation: 1,
+                escalated_total: 4,
+                escalated_since_activation: 2,
             }),
             state_write_error: None,
         }
@@ -687,7 +693,15 @@ mod tests {
         assert_eq!(
             value("inference"),
             "2 of 20 in queue (peak 20), 41.5 tok/s, first token 120 ms (max 300 ms), \
-             12 done, 3 rejected, 0 failed, 1 cancelled"
+             12 done, 4 escalated, 3 rejected, 0 failed, 1 cancelled"
+        );
+        // A node that never escalated says nothing of escalation.
+        let mut local_only = health(Vec::new()).inference.expect("the fixture serves");
+        local_only.escalated_total = 0;
+        assert!(
+            !inference_text(&local_only).contains("escalated"),
+            "{}",
+            inference_text(&local_only)
         );
         assert_eq!(value("state write"), "", "no line while writes succeed");
     }

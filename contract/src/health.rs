@@ -155,6 +155,10 @@ pub struct InferenceMinute {
     pub failed: u64,
     /// Refused as over capacity (429 / RESOURCE_EXHAUSTED).
     pub rejected: u64,
+    /// Answered by the escalation policy's upstream instead of the local
+    /// model. Added later: minutes stored before read as none.
+    #[serde(default)]
+    pub escalated: u64,
 }
 
 /// One GPU's state in a heartbeat.

@@ -500,6 +500,7 @@ async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::
             completed: 0,
             failed: 0,
             rejected: 0,
+            escalated: 0,
         })
     );
 

@@ -417,16 +417,27 @@ pub fn history_fields(
         let queue = series(|p| p.inference.as_ref().map(|i| f64::from(i.queue_depth_max)));
         fields.push(("tokens/s".to_owned(), drawn(&tokens, "")));
         fields.push(("queue".to_owned(), drawn(&queue, "")));
-        let (completed, failed, rejected) = slots
+        let (completed, failed, rejected, escalated) = slots
             .iter()
             .flatten()
             .filter_map(|p| p.inference.as_ref())
-            .fold((0, 0, 0), |(c, f, r), i| {
-                (c + i.completed, f + i.failed, r + i.rejected)
+            .fold((0, 0, 0, 0), |(c, f, r, e), i| {
+                (
+                    c + i.completed,
+                    f + i.failed,
+                    r + i.rejected,
+                    e + i.escalated,
+                )
             });
+        // As in `show`: escalations only where there were any.
+        let escalated = if escalated > 0 {
+            format!(", {escalated} escalated")
+        } else {
+            String::new()
+        };
         fields.push((
             "requests".to_owned(),
-            format!("{completed} done, {failed} failed, {rejected} rejected"),
+            format!("{completed} done{escalated}, {failed} failed, {rejected} rejected"),
         ));
     }
     let throttled = slots.iter().flatten().filter(|p| p.throttled).count();
@@ -807,6 +818,7 @@ mod tests {
                 completed,
                 failed: 1,
                 rejected: 3,
+                escalated: 2,
             }),
             ..point(minutes_ago, 50.0, None)
         };
@@ -817,6 +829,6 @@ mod tests {
             ["cpu use", "tokens/s", "queue", "requests", "minutes"]
         );
         assert_eq!(fields[1].1, "▁█  10–40");
-        assert_eq!(fields[3].1, "12 done, 2 failed, 6 rejected");
+        assert_eq!(fields[3].1, "12 done, 4 escalated, 2 failed, 6 rejected");
     }
 }

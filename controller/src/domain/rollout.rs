@@ -818,8 +818,8 @@ fn escalation_rate_trip(
         return None;
     }
     // escalated / answered > max / 100, in integers.
-    (u128::from(requests.escalated) * 100 > u128::from(max_percent) * u128::from(answered))
-        .then(|| {
+    (u128::from(requests.escalated) * 100 > u128::from(max_percent) * u128::from(answered)).then(
+        || {
             GateTrip(format!(
                 "node {} escalated {} of {} requests ({}%) on {} {} (threshold {max_percent}%)",
                 node.node,
@@ -829,7 +829,8 @@ fn escalation_rate_trip(
                 desired.model,
                 desired.version
             ))
-        })
+        },
+    )
 }
 
 // ---- the reconciler's decision ----

@@ -764,73 +764,81 @@ pub fn evaluate_gates(
     None
 }
 
-/// The error-rate gate for one node: only requests answered by the
-/// artifact this rollout gave the node count, and only once there are
-/// enough of them.
+/// The error-rate gate for one node: failed over finished requests.
 fn error_rate_trip(
     gates: &GateThresholds,
     node: &RolloutNode,
     observation: &NodeObservation,
 ) -> Option<GateTrip> {
-    let max_percent = gates.max_error_rate_percent?;
-    let requests = observation.requests.as_ref()?;
-    let desired = node.desired.as_ref()?;
-    if requests.digest != desired.digest {
-        return None;
-    }
-    let finished = requests.completed.saturating_add(requests.failed);
-    if finished == 0 || finished < u64::from(gates.min_requests_for_error_rate) {
-        return None;
-    }
-    // failed / finished > max / 100, in integers.
-    (u128::from(requests.failed) * 100 > u128::from(max_percent) * u128::from(finished)).then(
-        || {
-            GateTrip(format!(
-                "node {} failed {} of {} requests ({}%) on {} {} (threshold {max_percent}%)",
-                node.node,
+    rate_trip(
+        gates.max_error_rate_percent?,
+        gates.min_requests_for_error_rate,
+        node,
+        observation,
+        "failed",
+        |requests| {
+            (
                 requests.failed,
-                finished,
-                requests.failed * 100 / finished,
-                desired.model,
-                desired.version
-            ))
+                requests.completed.saturating_add(requests.failed),
+            )
         },
     )
 }
 
-/// The escalation-rate gate for one node, counted like the error rate
-/// (the new artifact's requests only, once there are enough) over the
-/// requests the node answered, locally or upstream: failures say nothing
+/// The escalation-rate gate for one node: escalated over answered
+/// requests (locally or upstream). Failures are left out: they say nothing
 /// about how often the new version hands a request on.
 fn escalation_rate_trip(
     gates: &GateThresholds,
     node: &RolloutNode,
     observation: &NodeObservation,
 ) -> Option<GateTrip> {
-    let max_percent = gates.max_escalation_rate_percent?;
+    rate_trip(
+        gates.max_escalation_rate_percent?,
+        gates.min_requests_for_error_rate,
+        node,
+        observation,
+        "escalated",
+        |requests| {
+            (
+                requests.escalated,
+                requests.completed.saturating_add(requests.escalated),
+            )
+        },
+    )
+}
+
+/// A rate gate for one node: trips when `share` (part, whole) of the
+/// requests it served on the artifact this rollout gave it is over
+/// `max_percent`. Only that artifact's requests count, and only once there
+/// are `min_requests` of them: a single early failure is not a trend.
+fn rate_trip(
+    max_percent: u32,
+    min_requests: u32,
+    node: &RolloutNode,
+    observation: &NodeObservation,
+    verb: &str,
+    share: impl Fn(&ServedRequests) -> (u64, u64),
+) -> Option<GateTrip> {
     let requests = observation.requests.as_ref()?;
     let desired = node.desired.as_ref()?;
     if requests.digest != desired.digest {
         return None;
     }
-    let answered = requests.completed.saturating_add(requests.escalated);
-    if answered == 0 || answered < u64::from(gates.min_requests_for_error_rate) {
+    let (part, whole) = share(requests);
+    if whole == 0 || whole < u64::from(min_requests) {
         return None;
     }
-    // escalated / answered > max / 100, in integers.
-    (u128::from(requests.escalated) * 100 > u128::from(max_percent) * u128::from(answered)).then(
-        || {
-            GateTrip(format!(
-                "node {} escalated {} of {} requests ({}%) on {} {} (threshold {max_percent}%)",
-                node.node,
-                requests.escalated,
-                answered,
-                u128::from(requests.escalated) * 100 / u128::from(answered),
-                desired.model,
-                desired.version
-            ))
-        },
-    )
+    // part / whole > max / 100, in integers wide enough not to overflow.
+    (u128::from(part) * 100 > u128::from(max_percent) * u128::from(whole)).then(|| {
+        GateTrip(format!(
+            "node {} {verb} {part} of {whole} requests ({}%) on {} {} (threshold {max_percent}%)",
+            node.node,
+            u128::from(part) * 100 / u128::from(whole),
+            desired.model,
+            desired.version
+        ))
+    })
 }
 
 // ---- the reconciler's decision ----

@@ -7,8 +7,10 @@
 //! [`SimulationConfig::agents_per_channel`], enrol with bounded concurrency,
 //! and keep their credentials in memory only. Failure is injectable: nodes
 //! named in [`SimulationConfig::failing_nodes`] report FAILED for every
-//! assignment, and those in [`SimulationConfig::erroring_nodes`] report
-//! that 30 of the 100 requests their model answered failed. With
+//! assignment, those in [`SimulationConfig::erroring_nodes`] report that
+//! 30 of the 100 requests their model answered failed, and those in
+//! [`SimulationConfig::escalating_nodes`] that 40 of 100 went to an
+//! escalation policy's upstream. With
 //! [`SimulationConfig::advertise`] the nodes advertise inference URLs, so
 //! the controller routes between them (the URLs are never dialled).
 
@@ -53,6 +55,10 @@ pub struct SimulationConfig {
     /// Nodes whose heartbeats say 30 of the 100 requests answered by what
     /// they serve failed (what rollouts' error-rate gate reads).
     pub erroring_nodes: HashSet<String>,
+    /// Nodes whose heartbeats say 40 of the 100 requests they answered
+    /// since activating what they serve were escalated upstream (what
+    /// rollouts' escalation-rate gate reads).
+    pub escalating_nodes: HashSet<String>,
     /// RAM of named nodes, in bytes (others have 16 GiB); a quarter of it
     /// reads as used in their health samples. Rollouts size artifacts by it.
     pub node_memory_bytes: HashMap<String, u64>,
@@ -81,6 +87,7 @@ impl SimulationConfig {
             labels: HashMap::new(),
             failing_nodes: HashSet::new(),
             erroring_nodes: HashSet::new(),
+            escalating_nodes: HashSet::new(),
             node_memory_bytes: HashMap::new(),
             advertise: false,
             agents_per_channel: 50,
@@ -193,13 +200,20 @@ impl Simulation {
                 ReconcilerConfig::new(None),
                 None,
             );
-            let reporter = if config.erroring_nodes.contains(&name) {
-                Arc::new(ErroringNode {
+            let served = if config.erroring_nodes.contains(&name) {
+                Some(ServedFigures::ERRORING)
+            } else if config.escalating_nodes.contains(&name) {
+                Some(ServedFigures::ESCALATING)
+            } else {
+                None
+            };
+            let reporter = match served {
+                Some(figures) => Arc::new(ServingNode {
                     inner: reporter,
                     observed: link.observed.clone(),
-                }) as Arc<dyn NodeReporter>
-            } else {
-                reporter
+                    figures,
+                }) as Arc<dyn NodeReporter>,
+                None => reporter,
             };
             let telemetry = Arc::new(NodeTelemetry::default());
             let advertised = if config.advertise {
@@ -389,13 +403,39 @@ impl NodeReporter for SyntheticNode {
     }
 }
 
-/// A node whose served model fails 30% of its requests.
-struct ErroringNode {
-    inner: Arc<dyn NodeReporter>,
-    observed: watch::Receiver<ObservedState>,
+/// How the requests a [`ServingNode`] answered ended, as its heartbeats
+/// say: the same figures since start and since activation.
+#[derive(Debug, Clone, Copy)]
+struct ServedFigures {
+    completed: u64,
+    failed: u64,
+    escalated: u64,
 }
 
-impl NodeReporter for ErroringNode {
+impl ServedFigures {
+    /// 30 of 100 requests failed.
+    const ERRORING: Self = Self {
+        completed: 70,
+        failed: 30,
+        escalated: 0,
+    };
+    /// 40 of 100 answered requests escalated upstream, none failed.
+    const ESCALATING: Self = Self {
+        completed: 60,
+        failed: 0,
+        escalated: 40,
+    };
+}
+
+/// A node whose heartbeats report fixed [`ServedFigures`] for the model it
+/// serves.
+struct ServingNode {
+    inner: Arc<dyn NodeReporter>,
+    observed: watch::Receiver<ObservedState>,
+    figures: ServedFigures,
+}
+
+impl NodeReporter for ServingNode {
     fn inventory(&self) -> BoxFuture<'static, Inventory> {
         self.inner.inventory()
     }
@@ -403,14 +443,17 @@ impl NodeReporter for ErroringNode {
     fn sample(&self) -> BoxFuture<'static, HealthSample> {
         let sample = self.inner.sample();
         let serving = self.observed.borrow().serving_digest;
+        let figures = self.figures;
         Box::pin(async move {
             let mut sample = sample.await;
             sample.inference = serving.map(|digest| crate::health::InferenceHealth {
                 serving_digest: Some(digest.to_hex()),
-                completed_total: 70,
-                failed_total: 30,
-                completed_since_activation: 70,
-                failed_since_activation: 30,
+                completed_total: figures.completed,
+                failed_total: figures.failed,
+                escalated_total: figures.escalated,
+                completed_since_activation: figures.completed,
+                failed_since_activation: figures.failed,
+                escalated_since_activation: figures.escalated,
                 ..crate::health::InferenceHealth::default()
             });
             sample

@@ -591,9 +591,15 @@ pub struct CreateRolloutRequest {
     /// percentage of its requests since activating the new version
     /// (default: no error-rate gate).
     pub max_error_rate_percent: Option<u32>,
-    /// Requests a node must have answered before its error rate counts
-    /// (default 20).
+    /// Requests a node must have answered before its error rate (and its
+    /// escalation rate) counts (default 20).
     pub min_requests_for_error_rate: Option<u32>,
+    /// Halt when a node of the current wave has sent more than this
+    /// percentage of the requests it answered to its escalation policy's
+    /// upstream since activating the new version (default: no
+    /// escalation-rate gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_escalation_rate_percent: Option<u32>,
     /// Plan only: report which node would get which artifact.
     #[serde(default)]
     pub dry_run: bool,

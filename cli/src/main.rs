@@ -223,6 +223,47 @@ mod tests {
     }
 
     #[test]
+    fn min_requests_needs_a_rate_gate_and_rates_stay_below_100() {
+        let create = |extra: &[&'static str]| {
+            let mut args = vec![
+                "rollout",
+                "create",
+                "canary",
+                "--model",
+                "tiny",
+                "--version",
+                "2.0.0",
+                "--selector",
+                "site=a",
+            ];
+            args.extend_from_slice(extra);
+            args
+        };
+        assert_eq!(
+            usage_error(&create(&["--min-requests", "50"])),
+            ErrorKind::MissingRequiredArgument
+        );
+        for gate in ["--max-error-rate", "--max-escalation-rate"] {
+            assert!(parse(&create(&[gate, "10", "--min-requests", "50"])).is_ok());
+            assert_eq!(
+                usage_error(&create(&[gate, "100"])),
+                ErrorKind::ValueValidation
+            );
+        }
+        let Ok(Cli {
+            command: Command::Rollout(crate::commands::rollout::RolloutCommand::Create(args)),
+            ..
+        }) = parse(&create(&["--max-escalation-rate", "25"]))
+        else {
+            panic!("expected a rollout create");
+        };
+        assert_eq!(
+            (args.max_escalation_rate, args.max_error_rate),
+            (Some(25), None)
+        );
+    }
+
+    #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
     }

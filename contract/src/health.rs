@@ -155,6 +155,10 @@ pub struct InferenceMinute {
     pub failed: u64,
     /// Refused as over capacity (429 / RESOURCE_EXHAUSTED).
     pub rejected: u64,
+    /// Answered by the escalation policy's upstream instead of the local
+    /// model. Added later: minutes stored before read as none.
+    #[serde(default)]
+    pub escalated: u64,
 }
 
 /// One GPU's state in a heartbeat.
@@ -208,6 +212,16 @@ pub struct InferenceHealth {
     pub completed_since_activation: u64,
     #[serde(default)]
     pub failed_since_activation: u64,
+    /// Requests answered by the escalation policy's upstream instead of
+    /// the local model, since the agent started and since the artifact
+    /// served now was activated. Neither completed nor failed: the
+    /// escalation rate is `escalated / (completed + escalated)`, what the
+    /// rollouts' escalation-rate gate reads. Added later, hence the
+    /// defaults: samples stored before read as none escalated.
+    #[serde(default)]
+    pub escalated_total: u64,
+    #[serde(default)]
+    pub escalated_since_activation: u64,
 }
 
 impl From<&GpuHealth> for pb::GpuSample {
@@ -264,6 +278,8 @@ impl From<&InferenceHealth> for pb::InferenceSample {
             completed_since_activation: inference.completed_since_activation,
             failed_since_activation: inference.failed_since_activation,
             queue_depth_peak: inference.queue_depth_peak,
+            escalated_total: inference.escalated_total,
+            escalated_since_activation: inference.escalated_since_activation,
         }
     }
 }
@@ -297,6 +313,8 @@ impl From<pb::InferenceSample> for InferenceHealth {
             completed_since_activation: inference.completed_since_activation,
             failed_since_activation: inference.failed_since_activation,
             queue_depth_peak: inference.queue_depth_peak.max(inference.queue_depth),
+            escalated_total: inference.escalated_total,
+            escalated_since_activation: inference.escalated_since_activation,
         }
     }
 }
@@ -347,6 +365,8 @@ mod tests {
             time_to_first_token_p50_ms: Some(120),
             serving_digest: Some(digest),
             completed_since_activation: 3,
+            escalated_total: 5,
+            escalated_since_activation: 2,
             ..InferenceHealth::default()
         };
         assert_eq!(

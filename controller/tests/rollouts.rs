@@ -103,6 +103,16 @@ async fn bad_rollout_requests_are_refused_clearly(store: TestStore) -> anyhow::R
             "at least one node",
         ),
         (
+            json!({"max_error_rate_percent": 100}),
+            StatusCode::BAD_REQUEST,
+            "max_error_rate_percent must be below 100",
+        ),
+        (
+            json!({"max_escalation_rate_percent": 100}),
+            StatusCode::BAD_REQUEST,
+            "max_escalation_rate_percent must be below 100",
+        ),
+        (
             json!({"max_unavailable": 0}),
             StatusCode::BAD_REQUEST,
             "max_unavailable",

@@ -103,6 +103,8 @@ impl Stream {
                     tokens_per_second: 55.5,
                     time_to_first_token_p50_ms: Some(120),
                     time_to_first_token_max_ms: Some(400),
+                    escalated_total: 9,
+                    escalated_since_activation: 4,
                     ..pb::InferenceSample::default()
                 }),
                 state_write_error: String::new(),
@@ -475,6 +477,13 @@ async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::
         .expect("inference figures");
     assert_eq!((inference.queue_depth, inference.completed_total), (3, 40));
     assert_eq!(inference.time_to_first_token_p50_ms, Some(120));
+    assert_eq!(
+        (
+            inference.escalated_total,
+            inference.escalated_since_activation
+        ),
+        (9, 4)
+    );
     assert_eq!(node.assignment.expect("assigned").digest, digest);
     assert!(!harness.node("edge-2").await?.ready, "no heartbeat yet");
 
@@ -500,6 +509,7 @@ async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::
             completed: 0,
             failed: 0,
             rejected: 0,
+            escalated: 0,
         })
     );
 

@@ -106,6 +106,86 @@ async fn a_canary_failing_requests_trips_the_error_rate_gate() -> anyhow::Result
     Ok(())
 }
 
+/// The escalation-rate gate: the canary's heartbeats say 40 of the 100
+/// requests its new version answered went upstream, over a 25% gate, so
+/// the rollout halts after the first wave (no auto-rollback: it waits for
+/// an operator), and a rollback puts the canary back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_escalating_requests_trips_the_escalation_rate_gate() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let home = tempfile::tempdir()?;
+    let files = tempfile::tempdir()?;
+    let controller =
+        ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
+    let cli = Cli {
+        rest_url: controller.rest_url.clone(),
+        admin: controller.admin_token()?,
+        home: home.path(),
+    };
+    let grpc = format!("http://{}", controller.grpc_addr);
+    let (v1, _) = push_version(&cli, files.path(), "1.0.0", 1)?;
+    let (v2, _) = push_version(&cli, files.path(), "2.0.0", 2)?;
+    let token = cli.text(&["node", "token", "create", "--ttl", "10m", "--uses", "3"])?;
+    let mut config = simulation_config(&grpc, &token, "esc", 3, &[("site", "esc")]);
+    config.escalating_nodes = HashSet::from(["esc-0".to_owned()]);
+    let _simulation = Simulation::start(config).await?;
+    let nodes = names("esc", 3);
+    cli.run(&[
+        "assign",
+        "--selector",
+        "site=esc",
+        "--model",
+        MODEL,
+        "--version",
+        "1.0.0",
+        "--quant",
+        "Q4_1",
+    ])?;
+    cli.wait_serving(&nodes, &v1).await?;
+    // The node view shows what the gate reads, once a heartbeat with
+    // the figures is in.
+    wait_until("esc-0's view to show its escalations", WAIT, || {
+        let shown = cli.text(&["node", "show", "esc-0"]).unwrap_or_default();
+        async move { shown.contains("40 escalated") }
+    })
+    .await?;
+    cli.run(&[
+        "rollout",
+        "create",
+        "canary",
+        "--model",
+        MODEL,
+        "--version",
+        "2.0.0",
+        "--selector",
+        "site=esc",
+        "--quant",
+        "Q4_1",
+        "--waves",
+        "1,100%",
+        "--bake",
+        "30s",
+        "--max-escalation-rate",
+        "25",
+        "--min-requests",
+        "50",
+    ])?;
+    let halted = cli.wait_state("canary", &["halted"]).await?;
+    let reason = halted["reason"].as_str().unwrap_or_default();
+    anyhow::ensure!(
+        reason.contains("node esc-0 escalated 40 of 100 requests (40%)"),
+        "{reason}"
+    );
+    // Halted, not rolled back: the canary still serves 2.0.0, the rest
+    // were never touched.
+    cli.wait_serving(&nodes[..1], &v2).await?;
+    cli.wait_serving(&nodes[1..], &v1).await?;
+    cli.run(&["rollout", "rollback", "canary"])?;
+    cli.wait_state("canary", &["rolled_back"]).await?;
+    cli.wait_serving(&nodes, &v1).await?;
+    Ok(())
+}
+
 struct Cli<'a> {
     rest_url: String,
     admin: String,

@@ -1,7 +1,8 @@
 //! The inference figures the agent sends with every heartbeat (queue depth,
-//! outcomes, tokens per second, time to first token), so that the
-//! controller's node view and its routing directory know how busy and how
-//! healthy serving is without scraping each node's `/metrics`.
+//! outcomes, requests escalated upstream, tokens per second, time to first
+//! token), so that the controller's node view, its routing directory and
+//! the rollouts' gates know how busy and how healthy serving is without
+//! scraping each node's `/metrics`.
 //!
 //! Process-wide, like the Prometheus recorder beside it ([`super::metrics`]
 //! feeds both): an agent process serves one node. Counters only grow;
@@ -43,6 +44,12 @@ pub struct InferenceStats {
     rejected: AtomicU64,
     failed: AtomicU64,
     cancelled: AtomicU64,
+    /// Answered by the escalation policy's upstream instead of the local
+    /// model. Not an [`Outcome`]: the serving path counts such a request
+    /// here only, never through [`InferenceStats::finished`], so the
+    /// escalation rate is `escalated / (completed + escalated)`, the share
+    /// of answered requests that left the box.
+    escalated: AtomicU64,
     generated_tokens: AtomicU64,
     window: Mutex<Window>,
     activation: Mutex<SinceActivation>,
@@ -56,6 +63,7 @@ struct SinceActivation {
     serving: Option<Digest>,
     completed: u64,
     failed: u64,
+    escalated: u64,
 }
 
 #[derive(Debug)]
@@ -75,6 +83,7 @@ impl Default for InferenceStats {
             rejected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            escalated: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             window: Mutex::new(Window {
                 since: Instant::now(),
@@ -138,6 +147,15 @@ impl InferenceStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request was answered by the escalation policy's upstream: counted
+    /// here once, in place of [`InferenceStats::finished`], so that the
+    /// rollouts' escalation-rate gate reads `escalated / (completed +
+    /// escalated)` for the artifact served now.
+    pub fn escalated(&self) {
+        lock(&self.activation).escalated += 1;
+        self.escalated.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn tokens_generated(&self, tokens: u64) {
         self.generated_tokens.fetch_add(tokens, Ordering::Relaxed);
     }
@@ -183,6 +201,7 @@ impl InferenceStats {
             rejected_total: self.rejected.load(Ordering::Relaxed),
             failed_total: self.failed.load(Ordering::Relaxed),
             cancelled_total: self.cancelled.load(Ordering::Relaxed),
+            escalated_total: self.escalated.load(Ordering::Relaxed),
             generated_tokens_total,
             tokens_per_second,
             // The lower median: with two samples, the faster one.
@@ -193,6 +212,7 @@ impl InferenceStats {
             serving_digest: since.serving.map(|digest| digest.to_hex()),
             completed_since_activation: since.completed,
             failed_since_activation: since.failed,
+            escalated_since_activation: since.escalated,
         }
     }
 
@@ -276,5 +296,38 @@ mod tests {
             (0, 1)
         );
         assert_eq!(third.failed_total, 2);
+    }
+
+    #[test]
+    fn escalations_count_apart_from_outcomes_and_restart_with_each_activation() {
+        let stats = InferenceStats::default();
+        stats.activated(Some(Digest::of(b"model")), 4);
+        stats.finished(Outcome::Completed);
+        stats.escalated();
+        stats.escalated();
+        let first = stats.snapshot();
+        assert_eq!(
+            (first.escalated_total, first.escalated_since_activation),
+            (2, 2)
+        );
+        // An escalated request is neither completed nor failed.
+        assert_eq!((first.completed_total, first.failed_total), (1, 0));
+        assert_eq!(
+            (
+                first.completed_since_activation,
+                first.failed_since_activation
+            ),
+            (1, 0)
+        );
+
+        // The next model's escalation rate starts from nothing; the total
+        // runs on.
+        stats.activated(Some(Digest::of(b"next")), 4);
+        stats.escalated();
+        let second = stats.snapshot();
+        assert_eq!(
+            (second.escalated_total, second.escalated_since_activation),
+            (3, 1)
+        );
     }
 }

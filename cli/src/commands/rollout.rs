@@ -60,6 +60,10 @@ pub struct NameArg {
 }
 
 #[derive(Debug, clap::Args)]
+// `--min-requests` means something only beside a rate gate.
+#[command(group(clap::ArgGroup::new("rate_gates")
+    .args(["max_error_rate", "max_escalation_rate"])
+    .multiple(true)))]
 pub struct CreateArgs {
     pub name: String,
     /// The model's name.
@@ -100,9 +104,15 @@ pub struct CreateArgs {
     #[arg(long, value_name = "PERCENT",
         value_parser = clap::value_parser!(u32).range(0..100))]
     pub max_error_rate: Option<u32>,
+    /// Halt when a node of the current wave sends more than this share of
+    /// the requests it answers on the new version to its escalation
+    /// policy's upstream [default: no escalation-rate gate].
+    #[arg(long, value_name = "PERCENT",
+        value_parser = clap::value_parser!(u32).range(0..100))]
+    pub max_escalation_rate: Option<u32>,
     /// Requests a node must have answered on the new version before its
-    /// error rate counts [default: 20].
-    #[arg(long, value_name = "N", requires = "max_error_rate")]
+    /// error and escalation rates count [default: 20].
+    #[arg(long, value_name = "N", requires = "rate_gates")]
     pub min_requests: Option<u32>,
     #[command(flatten)]
     pub serving: super::assignment::ServingArgs,
@@ -275,6 +285,7 @@ async fn create(args: CreateArgs, client: &ApiClient, printer: &Printer) -> anyh
         max_failed_activations: Some(args.max_failed),
         max_error_rate_percent: args.max_error_rate,
         min_requests_for_error_rate: args.min_requests,
+        max_escalation_rate_percent: args.max_escalation_rate,
         dry_run: args.dry_run,
     };
     let rollout = client.create_rollout(&request).await?;

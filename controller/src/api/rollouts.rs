@@ -79,6 +79,14 @@ fn spec(request: &dto::CreateRolloutRequest) -> Result<RolloutSpec, ApiError> {
             "max_error_rate_percent must be below 100 (omit it for no error-rate gate)".to_owned(),
         ));
     }
+    let max_escalation_rate_percent = request.max_escalation_rate_percent;
+    // 100% could never be exceeded: a gate that cannot trip is a mistake.
+    if max_escalation_rate_percent.is_some_and(|percent| percent >= 100) {
+        return Err(invalid(
+            "max_escalation_rate_percent must be below 100 (omit it for no escalation-rate gate)"
+                .to_owned(),
+        ));
+    }
     let max_unavailable = request.max_unavailable.unwrap_or(1);
     if max_unavailable == 0 {
         return Err(invalid("max_unavailable must be at least 1".to_owned()));
@@ -109,6 +117,7 @@ fn spec(request: &dto::CreateRolloutRequest) -> Result<RolloutSpec, ApiError> {
             min_requests_for_error_rate: request
                 .min_requests_for_error_rate
                 .unwrap_or(crate::domain::DEFAULT_MIN_REQUESTS_FOR_ERROR_RATE),
+            max_escalation_rate_percent,
             ..GateThresholds::default()
         },
     })

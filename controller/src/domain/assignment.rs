@@ -215,6 +215,7 @@ struct RequestTotals {
     completed: u64,
     failed: u64,
     rejected: u64,
+    escalated: u64,
 }
 
 impl RequestTotals {
@@ -223,6 +224,7 @@ impl RequestTotals {
             completed: inference.completed_total,
             failed: inference.failed_total,
             rejected: inference.rejected_total,
+            escalated: inference.escalated_total,
         }
     }
 
@@ -234,6 +236,7 @@ impl RequestTotals {
             completed: delta(self.completed, earlier.completed),
             failed: delta(self.failed, earlier.failed),
             rejected: delta(self.rejected, earlier.rejected),
+            escalated: delta(self.escalated, earlier.escalated),
         }
     }
 }
@@ -356,6 +359,7 @@ impl MinuteAccumulator {
             completed: requests.completed,
             failed: requests.failed,
             rejected: requests.rejected,
+            escalated: requests.escalated,
         })
     }
 }
@@ -545,6 +549,9 @@ mod tests {
                     completed_since_activation: 0,
                     failed_since_activation: 0,
                     queue_depth_peak: queue,
+                    // One request escalated for every five completed.
+                    escalated_total: completed / 5,
+                    escalated_since_activation: 0,
                 }),
                 state_write_error: None,
             };
@@ -554,7 +561,7 @@ mod tests {
         first.add(&sample(65, 100, 1, 2, 10.0));
         first.add(&sample(95, 110, 1, 5, 30.0));
         let point = first.finish().inference.expect("figures");
-        assert_eq!((point.completed, point.failed), (10, 0));
+        assert_eq!((point.completed, point.failed, point.escalated), (10, 0, 2));
         assert_eq!(point.queue_depth_max, 5);
         assert_eq!(point.time_to_first_token_max_ms, Some(500));
         assert!((point.tokens_per_second - 20.0).abs() < 1e-3);
@@ -564,12 +571,12 @@ mod tests {
         let mut second = first.next(OffsetDateTime::from_unix_timestamp(125).expect("valid"));
         second.add(&sample(125, 115, 3, 0, 0.0));
         let point = second.finish().inference.expect("figures");
-        assert_eq!((point.completed, point.failed), (5, 2));
+        assert_eq!((point.completed, point.failed, point.escalated), (5, 2, 1));
 
         // The agent restarted: its totals start again from zero.
         let mut third = second.next(OffsetDateTime::from_unix_timestamp(185).expect("valid"));
         third.add(&sample(185, 4, 0, 0, 0.0));
         let point = third.finish().inference.expect("figures");
-        assert_eq!((point.completed, point.failed), (4, 0));
+        assert_eq!((point.completed, point.failed, point.escalated), (4, 0, 0));
     }
 }

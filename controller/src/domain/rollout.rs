@@ -198,9 +198,18 @@ pub struct GateThresholds {
     #[serde(default)]
     pub max_error_rate_percent: Option<u32>,
     /// Requests a node must have finished on the new artifact before its
-    /// error rate counts (a single early failure is not a trend).
+    /// error rate counts (a single early failure is not a trend); also the
+    /// answered requests before its escalation rate counts.
     #[serde(default = "default_min_requests_for_error_rate")]
     pub min_requests_for_error_rate: u32,
+    /// Halt when a node of the current wave sent more than this share of
+    /// the requests it answered (percent) to its escalation policy's
+    /// upstream since activating the rollout's artifact: a new version
+    /// that cannot handle what the old one did costs money and sends data
+    /// off the box. `None`: no escalation-rate gate. Added later, hence
+    /// the serde default (rollouts stored before have none).
+    #[serde(default)]
+    pub max_escalation_rate_percent: Option<u32>,
 }
 
 /// See [`GateThresholds::min_requests_for_error_rate`].
@@ -218,6 +227,7 @@ impl Default for GateThresholds {
             halt_on_throttling: true,
             max_error_rate_percent: None,
             min_requests_for_error_rate: DEFAULT_MIN_REQUESTS_FOR_ERROR_RATE,
+            max_escalation_rate_percent: None,
         }
     }
 }
@@ -667,6 +677,9 @@ pub struct ServedRequests {
     pub digest: String,
     pub completed: u64,
     pub failed: u64,
+    /// Answered by the escalation policy's upstream instead (neither
+    /// completed nor failed).
+    pub escalated: u64,
 }
 
 impl NodeObservation {
@@ -703,7 +716,7 @@ pub struct GateTrip(pub String);
 /// Evaluates the gates over the nodes the rollout has touched so far:
 /// failed activations over the threshold, a touched node of the current
 /// wave gone not-ready, (while baking) a throttling GPU in it, or one
-/// failing too many requests on its new artifact.
+/// failing or escalating too many requests on its new artifact.
 pub fn evaluate_gates(
     gates: &GateThresholds,
     nodes: &[(&RolloutNode, &NodeObservation)],
@@ -744,42 +757,88 @@ pub fn evaluate_gates(
         if let Some(trip) = error_rate_trip(gates, node, observation) {
             return Some(trip);
         }
+        if let Some(trip) = escalation_rate_trip(gates, node, observation) {
+            return Some(trip);
+        }
     }
     None
 }
 
-/// The error-rate gate for one node: only requests answered by the
-/// artifact this rollout gave the node count, and only once there are
-/// enough of them.
+/// The error-rate gate for one node: failed over finished requests.
 fn error_rate_trip(
     gates: &GateThresholds,
     node: &RolloutNode,
     observation: &NodeObservation,
 ) -> Option<GateTrip> {
-    let max_percent = gates.max_error_rate_percent?;
+    rate_trip(
+        gates.max_error_rate_percent?,
+        gates.min_requests_for_error_rate,
+        node,
+        observation,
+        "failed",
+        |requests| {
+            (
+                requests.failed,
+                requests.completed.saturating_add(requests.failed),
+            )
+        },
+    )
+}
+
+/// The escalation-rate gate for one node: escalated over answered
+/// requests (locally or upstream). Failures are left out: they say nothing
+/// about how often the new version hands a request on.
+fn escalation_rate_trip(
+    gates: &GateThresholds,
+    node: &RolloutNode,
+    observation: &NodeObservation,
+) -> Option<GateTrip> {
+    rate_trip(
+        gates.max_escalation_rate_percent?,
+        gates.min_requests_for_error_rate,
+        node,
+        observation,
+        "escalated",
+        |requests| {
+            (
+                requests.escalated,
+                requests.completed.saturating_add(requests.escalated),
+            )
+        },
+    )
+}
+
+/// A rate gate for one node: trips when `share` (part, whole) of the
+/// requests it served on the artifact this rollout gave it is over
+/// `max_percent`. Only that artifact's requests count, and only once there
+/// are `min_requests` of them: a single early failure is not a trend.
+fn rate_trip(
+    max_percent: u32,
+    min_requests: u32,
+    node: &RolloutNode,
+    observation: &NodeObservation,
+    verb: &str,
+    share: impl Fn(&ServedRequests) -> (u64, u64),
+) -> Option<GateTrip> {
     let requests = observation.requests.as_ref()?;
     let desired = node.desired.as_ref()?;
     if requests.digest != desired.digest {
         return None;
     }
-    let finished = requests.completed.saturating_add(requests.failed);
-    if finished == 0 || finished < u64::from(gates.min_requests_for_error_rate) {
+    let (part, whole) = share(requests);
+    if whole == 0 || whole < u64::from(min_requests) {
         return None;
     }
-    // failed / finished > max / 100, in integers.
-    (u128::from(requests.failed) * 100 > u128::from(max_percent) * u128::from(finished)).then(
-        || {
-            GateTrip(format!(
-                "node {} failed {} of {} requests ({}%) on {} {} (threshold {max_percent}%)",
-                node.node,
-                requests.failed,
-                finished,
-                requests.failed * 100 / finished,
-                desired.model,
-                desired.version
-            ))
-        },
-    )
+    // part / whole > max / 100, in integers wide enough not to overflow.
+    (u128::from(part) * 100 > u128::from(max_percent) * u128::from(whole)).then(|| {
+        GateTrip(format!(
+            "node {} {verb} {part} of {whole} requests ({}%) on {} {} (threshold {max_percent}%)",
+            node.node,
+            u128::from(part) * 100 / u128::from(whole),
+            desired.model,
+            desired.version
+        ))
+    })
 }
 
 // ---- the reconciler's decision ----

@@ -271,6 +271,7 @@ fn observe(
                     digest: inference.serving_digest.clone()?,
                     completed: inference.completed_since_activation,
                     failed: inference.failed_since_activation,
+                    escalated: inference.escalated_since_activation,
                 })
             }),
         pinned: pinned.contains(name),

@@ -574,6 +574,7 @@ pub(crate) async fn reports_and_health_history_are_written_in_batches(database: 
             completed: 12,
             failed: 1,
             rejected: 4,
+            escalated: 2,
         }),
     };
     store

@@ -33,7 +33,13 @@ fn spec() -> RolloutSpec {
         max_unavailable: 2,
         bake: Duration::from_millis(200),
         auto_rollback: true,
-        gates: GateThresholds::default(),
+        // Every threshold survives the store, the rate gates included.
+        gates: GateThresholds {
+            max_error_rate_percent: Some(10),
+            min_requests_for_error_rate: 50,
+            max_escalation_rate_percent: Some(25),
+            ..GateThresholds::default()
+        },
     }
 }
 

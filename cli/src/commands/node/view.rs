@@ -201,7 +201,7 @@ fn health_fields(health: &HealthInfo, now: OffsetDateTime) -> Vec<(String, Strin
 }
 
 /// `2 of 20 in queue (peak 20), 41.5 tok/s, first token 120 ms (max 300 ms),
-/// 12 done, 3 rejected, 0 failed, 1 cancelled`.
+/// 12 done, 4 escalated, 3 rejected, 0 failed, 1 cancelled`.
 fn inference_text(inference: &InferenceHealthInfo) -> String {
     let mut queue = format!(
         "{} of {} in queue",
@@ -219,13 +219,17 @@ fn inference_text(inference: &InferenceHealthInfo) -> String {
     ) {
         parts.push(format!("first token {p50} ms (max {max} ms)"));
     }
-    parts.push(format!(
-        "{} done, {} rejected, {} failed, {} cancelled",
-        inference.completed_total,
-        inference.rejected_total,
-        inference.failed_total,
-        inference.cancelled_total
+    let mut outcomes = vec![format!("{} done", inference.completed_total)];
+    // Only a node with an escalation policy ever escalates: elsewhere a
+    // standing "0 escalated" would be noise.
+    if inference.escalated_total > 0 {
+        outcomes.push(format!("{} escalated", inference.escalated_total));
+    }
+    outcomes.push(format!(
+        "{} rejected, {} failed, {} cancelled",
+        inference.rejected_total, inference.failed_total, inference.cancelled_total
     ));
+    parts.extend(outcomes);
     parts.join(", ")
 }
 
@@ -413,16 +417,27 @@ pub fn history_fields(
         let queue = series(|p| p.inference.as_ref().map(|i| f64::from(i.queue_depth_max)));
         fields.push(("tokens/s".to_owned(), drawn(&tokens, "")));
         fields.push(("queue".to_owned(), drawn(&queue, "")));
-        let (completed, failed, rejected) = slots
+        let (completed, failed, rejected, escalated) = slots
             .iter()
             .flatten()
             .filter_map(|p| p.inference.as_ref())
-            .fold((0, 0, 0), |(c, f, r), i| {
-                (c + i.completed, f + i.failed, r + i.rejected)
+            .fold((0, 0, 0, 0), |(c, f, r, e), i| {
+                (
+                    c + i.completed,
+                    f + i.failed,
+                    r + i.rejected,
+                    e + i.escalated,
+                )
             });
+        // As in `show`: escalations only where there were any.
+        let escalated = if escalated > 0 {
+            format!(", {escalated} escalated")
+        } else {
+            String::new()
+        };
         fields.push((
             "requests".to_owned(),
-            format!("{completed} done, {failed} failed, {rejected} rejected"),
+            format!("{completed} done{escalated}, {failed} failed, {rejected} rejected"),
         ));
     }
     let throttled = slots.iter().flatten().filter(|p| p.throttled).count();
@@ -532,6 +547,8 @@ mod tests {
                 serving_digest: Some("ab".repeat(32)),
                 completed_since_activation: 10,
                 failed_since_activation: 1,
+                escalated_total: 4,
+                escalated_since_activation: 2,
             }),
             state_write_error: None,
         }
@@ -687,7 +704,15 @@ mod tests {
         assert_eq!(
             value("inference"),
             "2 of 20 in queue (peak 20), 41.5 tok/s, first token 120 ms (max 300 ms), \
-             12 done, 3 rejected, 0 failed, 1 cancelled"
+             12 done, 4 escalated, 3 rejected, 0 failed, 1 cancelled"
+        );
+        // A node that never escalated says nothing of escalation.
+        let mut local_only = health(Vec::new()).inference.expect("the fixture serves");
+        local_only.escalated_total = 0;
+        assert!(
+            !inference_text(&local_only).contains("escalated"),
+            "{}",
+            inference_text(&local_only)
         );
         assert_eq!(value("state write"), "", "no line while writes succeed");
     }
@@ -793,6 +818,7 @@ mod tests {
                 completed,
                 failed: 1,
                 rejected: 3,
+                escalated: 2,
             }),
             ..point(minutes_ago, 50.0, None)
         };
@@ -803,6 +829,6 @@ mod tests {
             ["cpu use", "tokens/s", "queue", "requests", "minutes"]
         );
         assert_eq!(fields[1].1, "▁█  10–40");
-        assert_eq!(fields[3].1, "12 done, 2 failed, 6 rejected");
+        assert_eq!(fields[3].1, "12 done, 4 escalated, 2 failed, 6 rejected");
     }
 }

@@ -505,6 +505,7 @@ fn the_error_rate_gate_counts_only_the_new_artifacts_requests_once_there_are_eno
             digest: digest.to_owned(),
             completed,
             failed,
+            escalated: 0,
         });
         move |_: &NodeName| NodeObservation {
             requests: requests.clone(),
@@ -540,6 +541,56 @@ fn the_error_rate_gate_counts_only_the_new_artifacts_requests_once_there_are_eno
 }
 
 #[test]
+fn the_escalation_rate_gate_counts_answered_requests_on_the_new_artifact() {
+    let mut baking = rollout(RolloutState::Baking, 0, 2);
+    baking.bake_started_at = Some(NOW);
+    baking.spec.gates.max_escalation_rate_percent = Some(20);
+    baking.spec.gates.min_requests_for_error_rate = 20;
+    let ready = [node("a", 0, RolloutNodeState::Ready)];
+    let serving = |digest: &str, completed: u64, failed: u64, escalated: u64| {
+        let requests = Some(ServedRequests {
+            digest: digest.to_owned(),
+            completed,
+            failed,
+            escalated,
+        });
+        move |_: &NodeName| NodeObservation {
+            requests: requests.clone(),
+            ..ready_new()
+        }
+    };
+    // 9 of 30 answered upstream (30% > 20%): tripped, naming the node and
+    // the numbers; failures are not in the count.
+    let Some(Transition::Trip(GateTrip(why))) =
+        decide(&baking, &ready, serving("new", 21, 5, 9), NOW).transition
+    else {
+        panic!("expected a trip");
+    };
+    assert!(
+        why.contains("node a escalated 9 of 30 requests (30%)"),
+        "{why}"
+    );
+    // Exactly at the threshold, too few answered (failures do not make up
+    // the number), or the old artifact's escalations: no trip.
+    for quiet in [
+        serving("new", 24, 0, 6),
+        serving("new", 5, 40, 10),
+        serving("old", 0, 0, 50),
+    ] {
+        assert_eq!(decide(&baking, &ready, quiet, NOW).transition, None);
+    }
+    // The error-rate gate alone does not read escalations, and without a
+    // threshold there is no escalation-rate gate.
+    let mut off = baking.clone();
+    off.spec.gates.max_escalation_rate_percent = None;
+    off.spec.gates.max_error_rate_percent = Some(10);
+    assert_eq!(
+        decide(&off, &ready, serving("new", 0, 0, 50), NOW).transition,
+        None
+    );
+}
+
+#[test]
 fn a_pin_takes_a_node_out_of_the_wave() {
     let r = rollout(RolloutState::Progressing, 0, 1);
     let nodes = [
@@ -560,4 +611,16 @@ fn a_pin_takes_a_node_out_of_the_wave() {
     assert_eq!(d.node_updates.len(), 1);
     assert_eq!(d.node_updates[0].1, RolloutNodeState::Pinned);
     assert_eq!(d.transition, Some(Transition::BeginBake));
+}
+
+#[test]
+fn gates_stored_before_the_escalation_rate_gate_read_as_without_it() {
+    // The store keeps the thresholds as JSON; rollouts created before the
+    // escalation-rate gate existed must still load.
+    let stored = r#"{"max_failed_activations":0,"halt_on_not_ready":true,
+        "halt_on_throttling":true,"max_error_rate_percent":10,
+        "min_requests_for_error_rate":50}"#;
+    let gates: GateThresholds = serde_json::from_str(stored).expect("older gates parse");
+    assert_eq!(gates.max_escalation_rate_percent, None);
+    assert_eq!(gates.max_error_rate_percent, Some(10));
 }

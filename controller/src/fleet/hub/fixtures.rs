@@ -44,6 +44,8 @@ pub(super) fn sample(now: OffsetDateTime, cpu: f32) -> HealthSample {
             completed_since_activation: 0,
             failed_since_activation: 0,
             queue_depth_peak: 3,
+            escalated_total: 0,
+            escalated_since_activation: 0,
         }),
         state_write_error: None,
     }

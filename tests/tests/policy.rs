@@ -74,7 +74,13 @@ impl Fleet {
         std::fs::write(&model, flotilla_gguf::GgufBuilder::tiny_llama(3, 11))?;
         let model = model.to_string_lossy().into_owned();
         cli.json(&[
-            "model", "push", &model, "--name", "tiny", "--version", "1.0.0",
+            "model",
+            "push",
+            &model,
+            "--name",
+            "tiny",
+            "--version",
+            "1.0.0",
         ])?;
         Ok(Fleet {
             controller,
@@ -636,8 +642,10 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
     // A prompt the local model's context cannot hold goes upstream by rule.
     let response = http
         .post(format!("{base}/v1/completions"))
-        .json(&serde_json::json!({"model": "tiny", "prompt": "word ".repeat(2500),
-            "max_tokens": 4}))
+        .json(
+            &serde_json::json!({"model": "tiny", "prompt": "word ".repeat(2500),
+            "max_tokens": 4}),
+        )
         .send()
         .await?;
     assert_eq!(response.status(), 200);
@@ -661,6 +669,13 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
     assert!(log.contains("hybrid@1"), "{log}");
     assert!(leaked(&log).is_empty(), "the log holds {:?}", leaked(&log));
     assert!(!log.contains(KEY_VALUE), "the log holds the key");
+    // The heartbeat carries the count to the node view (and the rollout
+    // gate on escalation rate).
+    wait_until("node show to count the escalations", WAIT, || async {
+        cli.text(&["node", "show", "edge-2"])
+            .is_ok_and(|text| text.contains("6 escalated"))
+    })
+    .await?;
     let metrics = flotilla_tests::scrape(&base).await?;
     assert!(
         metrics.contains("flotilla_inference_escalated_total"),

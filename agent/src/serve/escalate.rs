@@ -192,7 +192,7 @@ pub(super) async fn start(
     let started = Instant::now();
     let timeout = config.request_timeout;
     let scrubber = Scrubber::new(escalation.policy.spec.scrub.iter().copied());
-    let names = ask_local::names_for(local, config, &scrubber, request).await?;
+    let names = super::ask_local::names_for(local, config, &scrubber, request).await?;
     let mut placeholders = Placeholders::new();
     let body = upstream_body(upstream, request, &scrubber, &names, &mut placeholders);
     let audit = Audit {
@@ -470,6 +470,9 @@ impl Audit {
         metrics::counter!("flotilla_inference_escalated_total",
             "reason" => self.reason.as_str(), "outcome" => "answered")
         .increment(1);
+        // For the heartbeat and the rollout gate on escalation rate; not
+        // counted as a local completion.
+        super::stats::global().escalated();
         tracing::info!(
             target: "flotilla::audit",
             event = "escalated",

@@ -102,22 +102,10 @@ pub(super) async fn run(
         Ok(generation) => return Dispatched::Generated(generation),
         Err(refused) => refused,
     };
-    if matches!(refused, ServeError::Overloaded { .. }) && may_forward(arrival.hops) {
-        let peers: Vec<Peer> = serving
-            .routes
-            .candidates(&request.model, arrival.surface)
-            .into_iter()
-            .filter(Peer::has_room)
-            .collect();
-        if !peers.is_empty() {
-            return Dispatched::Forward(Forward {
-                model: request.model.clone(),
-                peers,
-                why: Forwarding::Overflow,
-                local: refused,
-            });
-        }
-    }
+    let refused = match overflow(serving, &request.model, arrival, refused) {
+        Ok(forward) => return Dispatched::Forward(forward),
+        Err(refused) => refused,
+    };
     match Escalation::after_local(policy.as_ref(), &refused) {
         // The local answer failed already: the client hears the local
         // reason when the upstream fails too.
@@ -194,25 +182,38 @@ pub(super) fn forward_instead(
                 "routing produced a generation for a forward".to_owned(),
             )),
         },
-        ServeError::Overloaded { .. } if may_forward(arrival.hops) => {
-            let peers: Vec<Peer> = serving
-                .routes
-                .candidates(model, arrival.surface)
-                .into_iter()
-                .filter(Peer::has_room)
-                .collect();
-            if peers.is_empty() {
-                return Err(local);
-            }
-            Ok(Forward {
-                model: model.to_owned(),
-                peers,
-                why: Forwarding::Overflow,
-                local,
-            })
-        }
+        ServeError::Overloaded { .. } => overflow(serving, model, arrival, local),
         other => Err(other),
     }
+}
+
+/// A request the full local queue refused (`local`), for the peers serving
+/// the model that had room at their latest heartbeat; `local` back when
+/// none had or the request may not be forwarded.
+fn overflow(
+    serving: &Serving,
+    model: &str,
+    arrival: Arrival,
+    local: ServeError,
+) -> Result<Forward, ServeError> {
+    if !matches!(local, ServeError::Overloaded { .. }) || !may_forward(arrival.hops) {
+        return Err(local);
+    }
+    let peers: Vec<Peer> = serving
+        .routes
+        .candidates(model, arrival.surface)
+        .into_iter()
+        .filter(Peer::has_room)
+        .collect();
+    if peers.is_empty() {
+        return Err(local);
+    }
+    Ok(Forward {
+        model: model.to_owned(),
+        peers,
+        why: Forwarding::Overflow,
+        local,
+    })
 }
 
 /// Escalates a request the policy sends upstream on its face; if the

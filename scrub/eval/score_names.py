@@ -10,7 +10,10 @@ what. A finding counts when its kind is the label's and their overlap
 covers at least half of each (compare_presidio.py's rule, imported from
 it). Beside the per-kind scores is a kind-agnostic one, where any of the
 three kinds counts for any of the three labels: an organisation redacted
-as a person is still redacted, which is what matters for privacy.
+as a person is still redacted, which is what matters for privacy. And
+`protected` counts the labels at least half of whose characters were
+redacted as any name kind, however long the findings (a whole sentence
+redacted as one name protects the name in it, and fails the overlap rule).
 
 A request the agent refuses (the model's list did not end in time, say)
 is counted in `errors` and scored as finding nothing.
@@ -143,6 +146,7 @@ def score(corpus, records):
     findings_by_id = {record["id"]: record["findings"] for record in records}
     scores = {kind: {"labels": 0, "found": 0, "findings": 0, "right": 0} for kind in [*KINDS, ANY]}
     clean = {"messages": 0, "with_findings": 0}
+    protected = {"labels": 0, "protected": 0}
     for message in corpus:
         labels = message["spans"]
         findings = findings_by_id[message["id"]]
@@ -153,13 +157,24 @@ def score(corpus, records):
             for finding in findings_:
                 scores[finding["kind"]]["findings"] += 1
                 scores[finding["kind"]]["right"] += any(matches(label, finding) for label in labels_)
+        redacted = {at for finding in findings for at in range(finding["start"], finding["end"])}
+        for label in labels:
+            inside = sum(at in redacted for at in range(label["start"], label["end"]))
+            protected["labels"] += 1
+            protected["protected"] += inside * 2 >= label["end"] - label["start"]
         if not labels:
             clean["messages"] += 1
             clean["with_findings"] += bool(findings)
     for counts in scores.values():
         counts["recall"] = round(counts["found"] / counts["labels"], 4) if counts["labels"] else None
         counts["precision"] = round(counts["right"] / counts["findings"], 4) if counts["findings"] else None
-    return {"kinds": {k: scores[k] for k in KINDS}, "any_name": scores[ANY], "clean_messages": clean}
+    protected["recall"] = round(protected["protected"] / protected["labels"], 4) if protected["labels"] else None
+    return {
+        "kinds": {k: scores[k] for k in KINDS},
+        "any_name": scores[ANY],
+        "protected": protected,
+        "clean_messages": clean,
+    }
 
 
 def main():

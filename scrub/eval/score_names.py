@@ -30,7 +30,10 @@ A script to run by hand against a serving agent, not part of CI:
 
     python3 scrub/eval/score_names.py --agent-url http://127.0.0.1:11434 \\
         --limit 200 --findings /tmp/qwen.jsonl
-    python3 scrub/eval/score_names.py --rescore /tmp/qwen.jsonl   # no agent
+    python3 scrub/eval/score_names.py --agent-url http://127.0.0.1:11434 \\
+        --skip 200 --limit 100 --findings /tmp/qwen-more.jsonl    # the next 100
+    cat /tmp/qwen.jsonl /tmp/qwen-more.jsonl > /tmp/qwen-all.jsonl
+    python3 scrub/eval/score_names.py --rescore /tmp/qwen-all.jsonl   # no agent
 """
 
 import argparse
@@ -181,7 +184,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agent-url", help="the agent's HTTP root, e.g. http://127.0.0.1:11434")
     parser.add_argument("--corpus", default=HERE / "names_corpus.jsonl")
-    parser.add_argument("--limit", type=int, help="score the first N messages only")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N messages")
+    parser.add_argument("--limit", type=int, help="score N messages only (after --skip)")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for one answer")
     parser.add_argument("--findings", help="write each message's findings here (JSON lines) as they come")
     parser.add_argument("--rescore", help="score findings written by --findings instead of asking an agent")
@@ -191,7 +195,8 @@ def main():
     if not arguments.agent_url and not arguments.rescore and not arguments.presidio:
         parser.error("give --agent-url, --rescore or --presidio")
 
-    corpus = load_corpus(arguments.corpus)[: arguments.limit]
+    corpus = load_corpus(arguments.corpus)[arguments.skip :]
+    corpus = corpus[: arguments.limit]
     summary = {
         "corpus": str(arguments.corpus),
         "messages": len(corpus),

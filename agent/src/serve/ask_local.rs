@@ -110,13 +110,14 @@ pub(super) async fn find_names(
     .await?;
     if completion.finished.reason == FinishReason::Length {
         // A cut-off list may have missed names: refuse rather than send
-        // what may still hold some.
-        return Err(ServeError::Internal(format!(
+        // what may still hold some. 503, not 500: the model, not a bug;
+        // less text may do.
+        return Err(ServeError::Unavailable(format!(
             "the local model's list of names did not end within {NAMES_MAX_TOKENS} tokens"
         )));
     }
     let answer: Value = serde_json::from_str(&completion.text).map_err(|error| {
-        ServeError::Internal(format!(
+        ServeError::Unavailable(format!(
             "the local model's list of names is not JSON: {error}"
         ))
     })?;

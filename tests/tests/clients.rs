@@ -137,7 +137,7 @@ async fn openai_ollama_and_generated_grpc_clients_work_unchanged() -> anyhow::Re
     );
     assert_eq!(
         answers["grpc_reflection"]["inference_methods"],
-        serde_json::json!(["Chat", "Embed", "Generate", "ListModels"]),
+        serde_json::json!(["Chat", "Embed", "Generate", "ListModels", "Scrub"]),
         "{answers}"
     );
     for key in [

@@ -21,6 +21,7 @@ use super::escalate;
 use super::forward::{self, GrpcAnswer, GrpcCall};
 use super::headers::{MODEL_DIGEST_HEADER, MODEL_VERSION_HEADER};
 use super::request::{OutputFormat, Tools};
+use super::scrub;
 use super::{
     Chunk, FinishReason, Finished, Generation, InferenceRequest, Input, Message, Params, Reached,
     Role, ServeError, Serving,
@@ -408,6 +409,28 @@ impl Inference for InferenceService {
             answered.insert(MODEL_DIGEST_HEADER, value);
         }
         Ok(response)
+    }
+
+    /// The scrubber on its own, as `POST /v1/flotilla/scrub`.
+    async fn scrub(
+        &self,
+        request: Request<pb::ScrubRequest>,
+    ) -> Result<Response<pb::ScrubResponse>, Status> {
+        let request = request.into_inner();
+        let kinds = (!request.kinds.is_empty()).then_some(request.kinds.as_slice());
+        let scrubbed = scrub::scrub_text(&self.serving, &request.text, kinds).await?;
+        Ok(Response::new(pb::ScrubResponse {
+            text: scrubbed.text,
+            placeholders: scrubbed
+                .placeholders
+                .into_iter()
+                .map(|info| pb::Placeholder {
+                    placeholder: info.placeholder,
+                    kind: info.kind.to_owned(),
+                    original: info.original,
+                })
+                .collect(),
+        }))
     }
 
     async fn list_models(

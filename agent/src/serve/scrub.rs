@@ -1,4 +1,5 @@
-//! `POST /v1/flotilla/scrub`: the on-box scrubber on its own (issue 20), for
+//! `POST /v1/flotilla/scrub` (and gRPC `Scrub`, through [`scrub_text`]):
+//! the on-box scrubber on its own (issue 20), for
 //! pipelines that want text free of personal data and secrets before it
 //! goes anywhere: the text with placeholders, and which original each
 //! stands for, so that the caller can restore an answer itself. Nothing of
@@ -10,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use flotilla_scrub::{Kind, Placeholders, Scrubber};
 use serde::{Deserialize, Serialize};
 
-use super::ServeError;
 use super::http::{HttpState, parse_json};
+use super::{ServeError, Serving};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,28 +26,39 @@ struct ScrubRequest {
 }
 
 #[derive(Debug, Serialize)]
-struct ScrubResponse {
-    text: String,
-    placeholders: Vec<PlaceholderInfo>,
-}
-
-#[derive(Debug, Serialize)]
-struct PlaceholderInfo {
-    placeholder: String,
-    kind: &'static str,
-    original: String,
+pub(super) struct PlaceholderInfo {
+    pub placeholder: String,
+    pub kind: &'static str,
+    pub original: String,
 }
 
 pub(super) async fn scrub(State(state): State<HttpState>, body: axum::body::Bytes) -> Response {
-    match answer(&state, &body).await {
-        Ok(response) => Json(response).into_response(),
+    let answered = match parse_json::<ScrubRequest>(&body) {
+        Ok(request) => scrub_text(&state.serving, &request.text, request.kinds.as_deref()).await,
+        Err(error) => Err(error),
+    };
+    match answered {
+        Ok(scrubbed) => Json(scrubbed).into_response(),
         Err(error) => super::openai::error_response(&error),
     }
 }
 
-async fn answer(state: &HttpState, body: &[u8]) -> Result<ScrubResponse, ServeError> {
-    let request: ScrubRequest = parse_json(body)?;
-    let scrubber = match &request.kinds {
+/// What the scrubber made of a text, for either surface.
+#[derive(Debug, Serialize)]
+pub(super) struct Scrubbed {
+    pub text: String,
+    /// In the order they appear in `text`.
+    pub placeholders: Vec<PlaceholderInfo>,
+}
+
+/// Scrubs `text` of `kinds` (their API names; `None`: the pattern kinds),
+/// names through the model served here.
+pub(super) async fn scrub_text(
+    serving: &Serving,
+    text: &str,
+    kinds: Option<&[String]>,
+) -> Result<Scrubbed, ServeError> {
+    let scrubber = match kinds {
         None => Scrubber::default(),
         Some(names) => Scrubber::new(
             names
@@ -60,23 +72,17 @@ async fn answer(state: &HttpState, body: &[u8]) -> Result<ScrubResponse, ServeEr
     let names = if wanted.is_empty() {
         Vec::new()
     } else {
-        let local = state.serving.slot.current().ok_or_else(|| {
+        let local = serving.slot.current().ok_or_else(|| {
             ServeError::Unavailable(
                 "person, organisation and address are found by the local model, and none is \
                  loaded yet"
                     .to_owned(),
             )
         })?;
-        super::ask_local::find_names(
-            local,
-            &state.serving.config,
-            &[request.text.as_str()],
-            &wanted,
-        )
-        .await?
+        super::ask_local::find_names(local, &serving.config, &[text], &wanted).await?
     };
     let mut placeholders = Placeholders::new();
-    let text = scrubber.scrub_with_names(&request.text, &names, &mut placeholders);
+    let scrubbed = scrubber.scrub_with_names(text, &names, &mut placeholders);
     for (kind, count) in placeholders.counts() {
         metrics::counter!("flotilla_scrub_redactions_total", "kind" => kind.as_str())
             .increment(count as u64);
@@ -89,10 +95,9 @@ async fn answer(state: &HttpState, body: &[u8]) -> Result<ScrubResponse, ServeEr
             original: original.to_owned(),
         })
         .collect();
-    // In the order they appear in the scrubbed text.
-    listed.sort_by_key(|info| text.find(&info.placeholder).unwrap_or(usize::MAX));
-    Ok(ScrubResponse {
-        text,
+    listed.sort_by_key(|info| scrubbed.find(&info.placeholder).unwrap_or(usize::MAX));
+    Ok(Scrubbed {
+        text: scrubbed,
         placeholders: listed,
     })
 }

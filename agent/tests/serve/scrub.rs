@@ -59,3 +59,50 @@ async fn scrub_replaces_personal_data_and_names_the_originals() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// The same scrubber over gRPC `Scrub`; names need a loaded model.
+#[tokio::test]
+async fn grpc_scrub_answers_as_http_does() -> anyhow::Result<()> {
+    let harness = Harness::start(ServeConfig::default()).await?;
+    let mut client = harness.grpc().await?;
+    let scrubbed = client
+        .scrub(pb::ScrubRequest {
+            text: "Mail jane@example.com from 10.0.0.1".to_owned(),
+            kinds: Vec::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(scrubbed.text, "Mail <EMAIL_1> from <IP_1>");
+    assert_eq!(
+        scrubbed
+            .placeholders
+            .iter()
+            .map(|p| (p.placeholder.as_str(), p.kind.as_str(), p.original.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("<EMAIL_1>", "email", "jane@example.com"),
+            ("<IP_1>", "ip_address", "10.0.0.1"),
+        ]
+    );
+    let unknown = client
+        .scrub(pb::ScrubRequest {
+            text: "x".to_owned(),
+            kinds: vec!["names".to_owned()],
+        })
+        .await
+        .expect_err("an unknown kind was accepted");
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    let no_model = client
+        .scrub(pb::ScrubRequest {
+            text: "Ask Maria Garcia".to_owned(),
+            kinds: vec!["person".to_owned()],
+        })
+        .await
+        .expect_err("names were listed without a model");
+    assert_eq!(no_model.code(), tonic::Code::Unavailable);
+    assert!(
+        no_model.message().contains("none is loaded"),
+        "{no_model:?}"
+    );
+    Ok(())
+}

@@ -38,63 +38,115 @@ async fn rollouts_on_postgres() -> anyhow::Result<()> {
     scenario(&["--database-url", &database.url]).await
 }
 
+/// Three simulated nodes (`prefix-0` to `-2`, label `site=prefix`) serving
+/// version 1.0.0 of a controller that also has 2.0.0; `first_node` sets
+/// what the first one reports (see the gate tests).
+struct GateFleet {
+    controller: ControllerProcess,
+    _simulation: Simulation,
+    home: tempfile::TempDir,
+    _dirs: [tempfile::TempDir; 2],
+    nodes: Vec<String>,
+    v1: String,
+    v2: String,
+}
+
+impl GateFleet {
+    async fn start(
+        prefix: &str,
+        first_node: impl FnOnce(&mut SimulationConfig, String),
+    ) -> anyhow::Result<GateFleet> {
+        let data = tempfile::tempdir()?;
+        let home = tempfile::tempdir()?;
+        let files = tempfile::tempdir()?;
+        let controller =
+            ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
+        let cli = Cli {
+            rest_url: controller.rest_url.clone(),
+            admin: controller.admin_token()?,
+            home: home.path(),
+        };
+        let grpc = format!("http://{}", controller.grpc_addr);
+        let (v1, _) = push_version(&cli, files.path(), "1.0.0", 1)?;
+        let (v2, _) = push_version(&cli, files.path(), "2.0.0", 2)?;
+        let token = cli.text(&["node", "token", "create", "--ttl", "10m", "--uses", "3"])?;
+        let site = format!("site={prefix}");
+        let mut config = simulation_config(&grpc, &token, prefix, 3, &[("site", prefix)]);
+        first_node(&mut config, format!("{prefix}-0"));
+        let simulation = Simulation::start(config).await?;
+        let nodes = names(prefix, 3);
+        cli.run(&[
+            "assign",
+            "--selector",
+            &site,
+            "--model",
+            MODEL,
+            "--version",
+            "1.0.0",
+            "--quant",
+            "Q4_1",
+        ])?;
+        cli.wait_serving(&nodes, &v1).await?;
+        drop(cli);
+        Ok(GateFleet {
+            controller,
+            _simulation: simulation,
+            home,
+            _dirs: [data, files],
+            nodes,
+            v1,
+            v2,
+        })
+    }
+
+    fn cli(&self) -> anyhow::Result<Cli<'_>> {
+        Ok(Cli {
+            rest_url: self.controller.rest_url.clone(),
+            admin: self.controller.admin_token()?,
+            home: self.home.path(),
+        })
+    }
+
+    /// Starts the rollout of 2.0.0 to every node, the first alone in the
+    /// first wave, with `gate` (the gate's flags).
+    fn roll_out(&self, prefix: &str, gate: &[&str]) -> anyhow::Result<()> {
+        let site = format!("site={prefix}");
+        let mut args = vec![
+            "rollout",
+            "create",
+            "canary",
+            "--model",
+            MODEL,
+            "--version",
+            "2.0.0",
+            "--selector",
+            &site,
+            "--quant",
+            "Q4_1",
+            "--waves",
+            "1,100%",
+            "--bake",
+            "30s",
+            "--min-requests",
+            "50",
+        ];
+        args.extend_from_slice(gate);
+        self.cli()?.run(&args)?;
+        Ok(())
+    }
+}
+
 /// The error-rate gate: the canary's heartbeats say 30 of the 100
 /// requests its new version answered failed, over a 10% gate, so the
 /// rollout stops after the first wave and puts the canary back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_failing_requests_trips_the_error_rate_gate() -> anyhow::Result<()> {
-    let data = tempfile::tempdir()?;
-    let home = tempfile::tempdir()?;
-    let files = tempfile::tempdir()?;
-    let controller =
-        ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
-    let cli = Cli {
-        rest_url: controller.rest_url.clone(),
-        admin: controller.admin_token()?,
-        home: home.path(),
-    };
-    let grpc = format!("http://{}", controller.grpc_addr);
-    let (v1, _) = push_version(&cli, files.path(), "1.0.0", 1)?;
-    push_version(&cli, files.path(), "2.0.0", 2)?;
-    let token = cli.text(&["node", "token", "create", "--ttl", "10m", "--uses", "3"])?;
-    let mut config = simulation_config(&grpc, &token, "err", 3, &[("site", "err")]);
-    config.erroring_nodes = HashSet::from(["err-0".to_owned()]);
-    let _simulation = Simulation::start(config).await?;
-    let nodes = names("err", 3);
-    cli.run(&[
-        "assign",
-        "--selector",
-        "site=err",
-        "--model",
-        MODEL,
-        "--version",
-        "1.0.0",
-        "--quant",
-        "Q4_1",
-    ])?;
-    cli.wait_serving(&nodes, &v1).await?;
-    cli.run(&[
-        "rollout",
-        "create",
-        "canary",
-        "--model",
-        MODEL,
-        "--version",
-        "2.0.0",
-        "--selector",
-        "site=err",
-        "--quant",
-        "Q4_1",
-        "--waves",
-        "1,100%",
-        "--bake",
-        "30s",
-        "--max-error-rate",
-        "10",
-        "--min-requests",
-        "50",
-        "--auto-rollback",
-    ])?;
+    let fleet = GateFleet::start("err", |config, first| {
+        config.erroring_nodes = HashSet::from([first]);
+    })
+    .await?;
+    let cli = fleet.cli()?;
+    fleet.roll_out("err", &["--max-error-rate", "10", "--auto-rollback"])?;
     let rolled_back = cli.wait_state("canary", &["rolled_back"]).await?;
     let reason = rolled_back["reason"].as_str().unwrap_or_default();
     anyhow::ensure!(
@@ -102,7 +154,7 @@ async fn a_canary_failing_requests_trips_the_error_rate_gate() -> anyhow::Result
         "{reason}"
     );
     // Only the canary was touched, and it serves 1.0.0 again.
-    cli.wait_serving(&nodes, &v1).await?;
+    cli.wait_serving(&fleet.nodes, &fleet.v1).await?;
     Ok(())
 }
 
@@ -112,36 +164,11 @@ async fn a_canary_failing_requests_trips_the_error_rate_gate() -> anyhow::Result
 /// an operator), and a rollback puts the canary back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_escalating_requests_trips_the_escalation_rate_gate() -> anyhow::Result<()> {
-    let data = tempfile::tempdir()?;
-    let home = tempfile::tempdir()?;
-    let files = tempfile::tempdir()?;
-    let controller =
-        ControllerProcess::start(data.path(), &["--heartbeat-interval-ms", "500"]).await?;
-    let cli = Cli {
-        rest_url: controller.rest_url.clone(),
-        admin: controller.admin_token()?,
-        home: home.path(),
-    };
-    let grpc = format!("http://{}", controller.grpc_addr);
-    let (v1, _) = push_version(&cli, files.path(), "1.0.0", 1)?;
-    let (v2, _) = push_version(&cli, files.path(), "2.0.0", 2)?;
-    let token = cli.text(&["node", "token", "create", "--ttl", "10m", "--uses", "3"])?;
-    let mut config = simulation_config(&grpc, &token, "esc", 3, &[("site", "esc")]);
-    config.escalating_nodes = HashSet::from(["esc-0".to_owned()]);
-    let _simulation = Simulation::start(config).await?;
-    let nodes = names("esc", 3);
-    cli.run(&[
-        "assign",
-        "--selector",
-        "site=esc",
-        "--model",
-        MODEL,
-        "--version",
-        "1.0.0",
-        "--quant",
-        "Q4_1",
-    ])?;
-    cli.wait_serving(&nodes, &v1).await?;
+    let fleet = GateFleet::start("esc", |config, first| {
+        config.escalating_nodes = HashSet::from([first]);
+    })
+    .await?;
+    let cli = fleet.cli()?;
     // The node view shows what the gate reads, once a heartbeat with
     // the figures is in.
     wait_until("esc-0's view to show its escalations", WAIT, || {
@@ -149,27 +176,7 @@ async fn a_canary_escalating_requests_trips_the_escalation_rate_gate() -> anyhow
         async move { shown.contains("40 escalated") }
     })
     .await?;
-    cli.run(&[
-        "rollout",
-        "create",
-        "canary",
-        "--model",
-        MODEL,
-        "--version",
-        "2.0.0",
-        "--selector",
-        "site=esc",
-        "--quant",
-        "Q4_1",
-        "--waves",
-        "1,100%",
-        "--bake",
-        "30s",
-        "--max-escalation-rate",
-        "25",
-        "--min-requests",
-        "50",
-    ])?;
+    fleet.roll_out("esc", &["--max-escalation-rate", "25"])?;
     let halted = cli.wait_state("canary", &["halted"]).await?;
     let reason = halted["reason"].as_str().unwrap_or_default();
     anyhow::ensure!(
@@ -178,11 +185,12 @@ async fn a_canary_escalating_requests_trips_the_escalation_rate_gate() -> anyhow
     );
     // Halted, not rolled back: the canary still serves 2.0.0, the rest
     // were never touched.
-    cli.wait_serving(&nodes[..1], &v2).await?;
-    cli.wait_serving(&nodes[1..], &v1).await?;
+    let (canary, rest) = fleet.nodes.split_at(1);
+    cli.wait_serving(canary, &fleet.v2).await?;
+    cli.wait_serving(rest, &fleet.v1).await?;
     cli.run(&["rollout", "rollback", "canary"])?;
     cli.wait_state("canary", &["rolled_back"]).await?;
-    cli.wait_serving(&nodes, &v1).await?;
+    cli.wait_serving(&fleet.nodes, &fleet.v1).await?;
     Ok(())
 }
 

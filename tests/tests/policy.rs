@@ -352,6 +352,16 @@ async fn stand_in_upstream() -> anyhow::Result<(String, Received)> {
                     });
                     format!("data: {chunk}\n\n")
                 };
+                if said.starts_with("whole:") {
+                    // An upstream that ignores `stream: true`.
+                    let answer = serde_json::json!({
+                        "id": "chatcmpl-standin", "object": "chat.completion",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": format!("Noted: {said}")}}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+                    });
+                    return ([("content-type", "application/json")], answer.to_string());
+                }
                 let mut stream = String::new();
                 if let Some(tool) = body["tools"][0]["function"]["name"].as_str() {
                     let first = said
@@ -569,6 +579,23 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
         .collect();
     assert!(restored(&streamed), "not restored: {streamed}");
 
+    // An upstream that answers whole despite `stream: true` is read too.
+    let response = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&serde_json::json!({
+            "model": "auto",
+            "messages": [{"role": "user", "content": format!("whole: {message}")}],
+        }))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await?;
+    let content = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(restored(content), "not restored: {content}");
+    assert_eq!(answer["usage"]["completion_tokens"], 3, "{answer}");
+
     // OpenAI with tools: the call's arguments come back with the original.
     let response = http
         .post(format!("{base}/v1/chat/completions"))
@@ -655,7 +682,7 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
     );
 
     let sent = calls(&received);
-    assert_eq!(sent.len(), 6, "one upstream call per escalated request");
+    assert_eq!(sent.len(), 7, "one upstream call per escalated request");
     for (_, body) in &sent {
         let body = body.to_string();
         assert!(leaked(&body).is_empty(), "leaked {:?}", leaked(&body));
@@ -673,7 +700,7 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
     // gate on escalation rate).
     wait_until("node show to count the escalations", WAIT, || async {
         cli.text(&["node", "show", "edge-2"])
-            .is_ok_and(|text| text.contains("6 escalated"))
+            .is_ok_and(|text| text.contains("7 escalated"))
     })
     .await?;
     let metrics = flotilla_tests::scrape(&base).await?;
@@ -701,7 +728,7 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
         .send()
         .await?;
     assert_eq!(response.status(), 404);
-    assert_eq!(calls(&received).len(), 6, "a forbidding policy called out");
+    assert_eq!(calls(&received).len(), 7, "a forbidding policy called out");
 
     // The upstream down: the local model answers, and says escalation failed.
     assign("deadend@1").await?;

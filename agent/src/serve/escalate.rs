@@ -517,7 +517,7 @@ async fn relay(
     audit: Audit,
 ) {
     let mut restorer = placeholders.restorer();
-    let mut events = std::pin::pin!(sse_data(response.bytes_stream()));
+    let mut events = std::pin::pin!(upstream_events(response));
     let mut calls: Vec<CallParts> = Vec::new();
     let mut reason = FinishReason::Stop;
     let mut usage = (0usize, 0usize);
@@ -648,6 +648,35 @@ async fn relay(
     };
     audit.answered(&finished);
     let _ = sender.send(Ok(Chunk::Finished(finished))).await;
+}
+
+/// The upstream's answer as streamed events' JSON: its server-sent events,
+/// or, from an upstream that ignored `stream: true` and answered whole
+/// (`application/json`), that answer as one event whose `delta` is its
+/// message, so that both take the same path.
+fn upstream_events(
+    response: reqwest::Response,
+) -> futures::stream::BoxStream<'static, Result<String, ServeError>> {
+    let whole = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !whole {
+        return sse_data(response.bytes_stream()).boxed();
+    }
+    futures::stream::once(async move {
+        let answer: Value = response.json().await.map_err(|error| {
+            ServeError::UpstreamUnavailable(format!("the upstream's answer is not JSON: {error}"))
+        })?;
+        let choice = &answer["choices"][0];
+        Ok(json!({
+            "choices": [{"delta": choice["message"], "finish_reason": choice["finish_reason"]}],
+            "usage": answer["usage"],
+        })
+        .to_string())
+    })
+    .boxed()
 }
 
 /// The `data:` payloads of a server-sent event stream, one per event.

@@ -98,25 +98,32 @@ pub(super) async fn run(
     if let Some(escalation) = self_check(serving, policy.as_ref(), &local, &request).await {
         return escalate_else_local(serving, &escalation, request).await;
     }
-    let refused = match Generation::start(local, &serving.config, request.clone()).await {
+    let model = request.model.clone();
+    // The request itself is needed after a local refusal only to send it
+    // upstream: copied only where the policy may do that.
+    let retained = Escalation::may_follow_local(policy.as_ref()).then(|| request.clone());
+    let refused = match Generation::start(local, &serving.config, request).await {
         Ok(generation) => return Dispatched::Generated(generation),
         Err(refused) => refused,
     };
-    let refused = match overflow(serving, &request.model, arrival, refused) {
+    let refused = match overflow(serving, &model, arrival, refused) {
         Ok(forward) => return Dispatched::Forward(forward),
         Err(refused) => refused,
     };
-    match Escalation::after_local(policy.as_ref(), &refused) {
+    let escalation = Escalation::after_local(policy.as_ref(), &refused);
+    match (escalation, retained) {
         // The local answer failed already: the client hears the local
         // reason when the upstream fails too.
-        Some(escalation) => match start_upstream(serving, &escalation, &request).await {
-            Ok(generation) => Dispatched::Generated(generation),
-            Err(upstream) => {
-                tracing::debug!(%upstream, "the upstream failed after the local model did");
-                Dispatched::Refused(refused)
+        (Some(escalation), Some(request)) => {
+            match start_upstream(serving, &escalation, &request).await {
+                Ok(generation) => Dispatched::Generated(generation),
+                Err(upstream) => {
+                    tracing::debug!(%upstream, "the upstream failed after the local model did");
+                    Dispatched::Refused(refused)
+                }
             }
-        },
-        None => Dispatched::Refused(refused),
+        }
+        _ => Dispatched::Refused(refused),
     }
 }
 
@@ -129,7 +136,7 @@ async fn self_check(
     local: &Arc<ServedModel>,
     request: &InferenceRequest,
 ) -> Option<Escalation> {
-    let policy = policy.filter(|policy| policy.spec.upstream().is_some())?;
+    let policy = escalate::allowing_egress(policy)?;
     let threshold = policy.spec.triggers.self_check_threshold_percent?;
     match ask_local::self_check(local.clone(), &serving.config, request).await {
         Ok(Some(confidence)) => {

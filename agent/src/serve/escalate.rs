@@ -107,7 +107,7 @@ impl Escalation {
         request: &InferenceRequest,
         header: bool,
     ) -> Option<Escalation> {
-        let policy = policy.filter(|policy| policy.spec.upstream().is_some())?;
+        let policy = allowing_egress(policy)?;
         let triggers = &policy.spec.triggers;
         let reason = if triggers.model_names.contains(&request.model) {
             Reason::ModelName
@@ -134,7 +134,7 @@ impl Escalation {
         policy: Option<&Arc<AssignedPolicy>>,
         local: &ServeError,
     ) -> Option<Escalation> {
-        let policy = policy.filter(|policy| policy.spec.upstream().is_some())?;
+        let policy = allowing_egress(policy)?;
         let triggers = &policy.spec.triggers;
         let reason = match local {
             ServeError::Overloaded { .. } if triggers.on_overload => Reason::Overload,
@@ -154,12 +154,30 @@ impl Escalation {
         })
     }
 
+    /// Whether a request the local model refused may still go upstream:
+    /// the policy has a trigger for some refusal. Only then is a copy of
+    /// the request kept while the local model tries it.
+    pub(super) fn may_follow_local(policy: Option<&Arc<AssignedPolicy>>) -> bool {
+        allowing_egress(policy).is_some_and(|policy| {
+            let triggers = &policy.spec.triggers;
+            triggers.on_overload || triggers.prompt_over_context || triggers.on_failure
+        })
+    }
+
     /// The upstream (a policy without one never escalates).
     fn upstream(&self) -> Result<&Upstream, ServeError> {
         self.policy.spec.upstream().ok_or_else(|| {
             ServeError::Internal("escalating under a policy that forbids egress".to_owned())
         })
     }
+}
+
+/// `policy` where it lets this node call out: no policy, or one that
+/// forbids egress, never escalates.
+pub(super) fn allowing_egress(
+    policy: Option<&Arc<AssignedPolicy>>,
+) -> Option<&Arc<AssignedPolicy>> {
+    policy.filter(|policy| policy.spec.upstream().is_some())
 }
 
 /// Whether the client asked for escalation: `true` or `1` in
@@ -207,10 +225,7 @@ pub(super) async fn start(
             .collect::<Vec<_>>()
             .join(","),
     };
-    for (kind, count) in placeholders.counts() {
-        metrics::counter!("flotilla_scrub_redactions_total", "kind" => kind.as_str())
-            .increment(count as u64);
-    }
+    super::scrub::count_redactions(&placeholders);
     let sent = call(client, timeout, upstream, &body).await;
     let response = match sent {
         Ok(response) => response,

@@ -185,9 +185,9 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Validates `request`, admits it into `served`'s queue and waits for
-    /// its first output. Errors before any output (bad parameters, full
-    /// queue, prompt too long) come back here. Which model serves it was
+    /// Admits `request` (validated by `dispatch`) into `served`'s queue and
+    /// waits for its first output. Errors before any output (a full queue,
+    /// a prompt too long, a template that cannot render it) come back here. Which model serves it was
     /// decided before (`dispatch`).
     ///
     /// The `inference` span lasts until the engine is done with the request
@@ -299,14 +299,15 @@ impl Generation {
         }
     }
 
-    /// Checks the request, takes a place in the queue and hands the request
-    /// to the engine.
+    /// Takes a place in the queue and hands the request to the engine. A
+    /// client's request was validated by `dispatch` before it was routed
+    /// (it may have gone upstream instead); the agent's own questions
+    /// (`ask_local`) are built valid.
     fn submit(
         served: &ServedModel,
         config: &ServeConfig,
         request: InferenceRequest,
     ) -> Result<(RequestHandle, Admission), ServeError> {
-        request.validate()?;
         let grammar = request.grammar();
         let tools = request.tools.map(|tools| tools.specs);
         let mut engine_request = GenerationRequest::new(served.prompt(request.input, tools)?);

@@ -83,10 +83,7 @@ pub(super) async fn scrub_text(
     };
     let mut placeholders = Placeholders::new();
     let scrubbed = scrubber.scrub_with_names(text, &names, &mut placeholders);
-    for (kind, count) in placeholders.counts() {
-        metrics::counter!("flotilla_scrub_redactions_total", "kind" => kind.as_str())
-            .increment(count as u64);
-    }
+    count_redactions(&placeholders);
     let mut listed: Vec<PlaceholderInfo> = placeholders
         .iter()
         .map(|(placeholder, kind, original)| PlaceholderInfo {
@@ -100,4 +97,14 @@ pub(super) async fn scrub_text(
         text: scrubbed,
         placeholders: listed,
     })
+}
+
+/// Counts what `placeholders` replaced, by kind, on `/metrics`
+/// (`flotilla_scrub_redactions_total`): for the scrubber on its own and
+/// for escalation alike.
+pub(super) fn count_redactions(placeholders: &Placeholders) {
+    for (kind, count) in placeholders.counts() {
+        metrics::counter!("flotilla_scrub_redactions_total", "kind" => kind.as_str())
+            .increment(count as u64);
+    }
 }

@@ -125,6 +125,29 @@ impl Fleet {
     }
 }
 
+/// `policy create NAME`, egress allowed to `model` at `url` with the key
+/// found by `credential`; the triggers and scrub flags follow.
+fn allowed_policy<'a>(
+    name: &'a str,
+    url: &'a str,
+    model: &'a str,
+    credential: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "policy",
+        "create",
+        name,
+        "--egress",
+        "allowed",
+        "--upstream-url",
+        url,
+        "--upstream-model",
+        model,
+        "--credential",
+        credential,
+    ]
+}
+
 /// The policy in the agent's `state.json`, once there.
 fn saved_policy(data_dir: &Path) -> Option<Value> {
     let text = std::fs::read_to_string(data_dir.join("state.json")).ok()?;
@@ -141,21 +164,9 @@ async fn a_policy_assigned_with_the_cli_reaches_the_agent_and_shows_per_node() -
     let cli = &fleet.cli;
 
     // A literal key is refused, and the refusal does not echo it.
-    let (success, _, stderr) = cli.outcome(&[
-        "policy",
-        "create",
-        "hybrid",
-        "--egress",
-        "allowed",
-        "--upstream-url",
-        "https://llm.example.com/v1",
-        "--upstream-model",
-        "big",
-        "--credential",
-        KEY_VALUE,
-        "--escalate-model",
-        "auto",
-    ])?;
+    let mut literal_key = allowed_policy("hybrid", "https://llm.example.com/v1", "big", KEY_VALUE);
+    literal_key.extend(["--escalate-model", "auto"]);
+    let (success, _, stderr) = cli.outcome(&literal_key)?;
     assert!(!success, "a literal key was accepted");
     assert!(stderr.contains("looks like a literal key"), "{stderr}");
     assert!(
@@ -163,18 +174,13 @@ async fn a_policy_assigned_with_the_cli_reaches_the_agent_and_shows_per_node() -
         "the refusal echoes the key: {stderr}"
     );
 
-    let created = cli.json(&[
-        "policy",
-        "create",
+    let mut hybrid = allowed_policy(
         "hybrid",
-        "--egress",
-        "allowed",
-        "--upstream-url",
         "https://llm.example.com/v1",
-        "--upstream-model",
         "big",
-        "--credential",
         "env:UPSTREAM_KEY",
+    );
+    hybrid.extend([
         "--escalate-model",
         "auto",
         "--escalate-model",
@@ -182,7 +188,8 @@ async fn a_policy_assigned_with_the_cli_reaches_the_agent_and_shows_per_node() -
         "--on-overload",
         "--scrub",
         "email,phone",
-    ])?;
+    ]);
+    let created = cli.json(&hybrid)?;
     assert_eq!(created["version"], 1, "{created}");
     let shown = cli.text(&["policy", "show", "hybrid@1"])?;
     assert!(shown.contains("env:UPSTREAM_KEY"), "{shown}");
@@ -435,23 +442,14 @@ async fn escalated_requests_leave_scrubbed_and_come_back_restored() -> anyhow::R
     let (upstream_url, received) = stand_in_upstream().await?;
     let dead_url = format!("http://{}/v1", flotilla_tests::free_addr()?);
     for (name, url) in [("hybrid", upstream_url.as_str()), ("deadend", &dead_url)] {
-        cli.json(&[
-            "policy",
-            "create",
-            name,
-            "--egress",
-            "allowed",
-            "--upstream-url",
-            url,
-            "--upstream-model",
-            "frontier-large",
-            "--credential",
-            "env:UPSTREAM_KEY",
+        let mut policy = allowed_policy(name, url, "frontier-large", "env:UPSTREAM_KEY");
+        policy.extend([
             "--escalate-model",
             "auto",
             "--header",
             "--prompt-over-context",
-        ])?;
+        ]);
+        cli.json(&policy)?;
     }
     cli.json(&["policy", "create", "airgap", "--egress", "forbidden"])?;
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 use flotilla_engine::sampling::argmax;
-use flotilla_engine::{Engine, EngineOptions, KvCache, SequenceInput};
+use flotilla_engine::{DeviceRequest, Engine, EngineOptions, KvCache, SequenceInput};
 use serde_json::{Value, json};
 
 const PEER_SCRIPT: &str = include_str!("../tests/reference/bench_llama_cpp.py");
@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Skip the peer run.
     #[arg(long)]
     no_peer: bool,
+    /// Where our engine runs: auto, cpu, gpu or gpu:N (the peer always runs llama.cpp's
+    /// CPU build).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceRequest,
 }
 
 /// A `/proc/self/status` memory figure (`VmHWM:` peak, `VmRSS:` current) in MiB.
@@ -88,6 +92,7 @@ pub fn run(arguments: BenchArgs) -> anyhow::Result<()> {
         &arguments.model,
         EngineOptions {
             threads: Some(arguments.threads),
+            device: arguments.device,
         },
     )
     .with_context(|| format!("loading {}", arguments.model.display()))?;
@@ -98,10 +103,10 @@ pub fn run(arguments: BenchArgs) -> anyhow::Result<()> {
     tokens.truncate(arguments.prompt_tokens);
 
     // Warm-up: page the mapped weights in and start the thread pool.
-    let mut cache = engine.model().new_cache();
+    let mut cache = engine.new_cache();
     engine.prefill(&mut cache, &tokens[..tokens.len().min(8)])?;
 
-    let mut cache = engine.model().new_cache();
+    let mut cache = engine.new_cache();
     let mut single_tokens = Vec::with_capacity(arguments.gen_tokens + 1);
     let start = Instant::now();
     let logits = engine.prefill(&mut cache, &tokens)?;
@@ -130,6 +135,8 @@ pub fn run(arguments: BenchArgs) -> anyhow::Result<()> {
         "model_file_mib": engine.model().file().file_size() as f64 / (1024.0 * 1024.0),
         "kv_cache_mib": cache.byte_size() as f64 / (1024.0 * 1024.0),
         "kernel": format!("{:?}", flotilla_engine::kernels::KernelImpl::detect()),
+        "device": engine.placement().to_string(),
+        "device_weights_mib": engine.device_weight_bytes().map(|bytes| bytes as f64 / (1024.0 * 1024.0)),
         "weight_types": weight_types(&engine),
     });
     let batched = if arguments.sequences > 1 {
@@ -255,7 +262,7 @@ fn decode_batched(
     prompts: &[Vec<u32>],
     gen_tokens: usize,
 ) -> anyhow::Result<BatchedDecode> {
-    let mut caches: Vec<KvCache> = prompts.iter().map(|_| engine.model().new_cache()).collect();
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| engine.new_cache()).collect();
     let mut next = Vec::with_capacity(prompts.len());
     for (cache, prompt) in caches.iter_mut().zip(prompts) {
         next.push(argmax(&engine.prefill(cache, prompt)?));

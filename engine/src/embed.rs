@@ -123,7 +123,7 @@ impl Engine {
         let mut pools: Vec<Pooled> = group
             .iter()
             .map(|tokens| Pooled {
-                cache: self.model().new_cache(),
+                cache: self.new_cache(),
                 tokens: tokens.clone(),
                 done: 0,
                 sum: vec![0.0; width],

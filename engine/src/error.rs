@@ -35,4 +35,7 @@ pub enum EngineError {
     ShutDown,
     #[error("cannot start thread pool: {0}")]
     ThreadPool(String),
+    /// The requested compute device is absent, failed to start, or failed mid-pass.
+    #[error("device: {0}")]
+    Device(String),
 }

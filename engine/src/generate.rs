@@ -15,6 +15,7 @@ use crate::EngineError;
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::constraint::{Constraints, Grammar, OutputConstraint};
 use crate::model::{KvCache, LlamaModel, SequenceInput};
+use crate::placement::{DeviceRequest, Placement};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{TokenId, Tokenizer, Utf8Stream};
 use crate::tools::ToolSpec;
@@ -24,6 +25,8 @@ use crate::tools::ToolSpec;
 pub struct EngineOptions {
     /// Worker threads for the kernels (default: all cores).
     pub threads: Option<usize>,
+    /// Where the model runs (default: the CPU kernels).
+    pub device: DeviceRequest,
 }
 
 /// A cooperative cancellation flag, checked before every token.
@@ -171,6 +174,11 @@ pub struct GenerationOutput {
 /// A loaded model ready to serve requests.
 pub struct Engine {
     model: LlamaModel,
+    /// The model's weights on a burn device, when it runs there rather than on the CPU
+    /// kernels (`EngineOptions::device`).
+    #[cfg(feature = "burn")]
+    device: Option<crate::device::DeviceModel>,
+    placement: Placement,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     pool: rayon::ThreadPool,
@@ -188,28 +196,108 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// The kernels' worker threads (also used by tokenizing and sampling around the device).
+fn thread_pool(options: &EngineOptions) -> Result<rayon::ThreadPool, EngineError> {
+    let mut pool =
+        rayon::ThreadPoolBuilder::new().thread_name(|index| format!("flotilla-engine-{index}"));
+    if let Some(threads) = options.threads {
+        pool = pool.num_threads(threads.max(1));
+    }
+    pool.build()
+        .map_err(|error| EngineError::ThreadPool(error.to_string()))
+}
+
 /// Prompt tokens processed per forward pass (bounds activation memory on long prompts).
 const PREFILL_CHUNK: usize = 128;
 
 impl Engine {
-    /// Maps and loads a GGUF model.
+    /// Maps and loads a GGUF model, on the device `options` asks for.
     pub fn load(path: impl AsRef<Path>, options: EngineOptions) -> Result<Engine, EngineError> {
         let (model, tokenizer, template) = Engine::open(Arc::new(GgufFile::open(path)?))?;
-        let mut pool =
-            rayon::ThreadPoolBuilder::new().thread_name(|index| format!("flotilla-engine-{index}"));
-        if let Some(threads) = options.threads {
-            pool = pool.num_threads(threads.max(1));
-        }
-        let pool = pool
-            .build()
-            .map_err(|error| EngineError::ThreadPool(error.to_string()))?;
+        let pool = thread_pool(&options)?;
+        let cpu_name = format!(
+            "{:?} kernels, {} threads",
+            model.kernel(),
+            pool.current_num_threads()
+        )
+        .to_lowercase();
+        #[cfg(feature = "burn")]
+        let (device, placement) = crate::device::place(&model, options.device, &cpu_name)?;
+        #[cfg(not(feature = "burn"))]
+        let placement = match options.device {
+            DeviceRequest::Cpu | DeviceRequest::Auto => Placement {
+                kind: "cpu".into(),
+                name: cpu_name,
+                note: None,
+            },
+            DeviceRequest::Gpu(_) => {
+                return Err(EngineError::Device(
+                    "this build has no GPU support (built without the engine's `gpu` feature)"
+                        .into(),
+                ));
+            }
+        };
         Ok(Engine {
             model,
+            #[cfg(feature = "burn")]
+            device,
+            placement,
             tokenizer,
             template,
             pool,
             constraints: OnceLock::new(),
         })
+    }
+
+    /// Loads a model onto a given burn device (tests run the device graph on burn's CPU
+    /// `flex` backend this way, with no GPU).
+    #[cfg(feature = "burn")]
+    pub fn load_on_burn_device(
+        path: impl AsRef<Path>,
+        options: EngineOptions,
+        device: burn::tensor::Device,
+        description: &str,
+    ) -> Result<Engine, EngineError> {
+        let (model, tokenizer, template) = Engine::open(Arc::new(GgufFile::open(path)?))?;
+        let pool = thread_pool(&options)?;
+        let device = crate::device::upload(&model, device, description.to_string())?;
+        Ok(Engine {
+            model,
+            placement: Placement {
+                kind: "gpu".into(),
+                name: description.to_string(),
+                note: None,
+            },
+            device: Some(device),
+            tokenizer,
+            template,
+            pool,
+            constraints: OnceLock::new(),
+        })
+    }
+
+    /// Where the model runs.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Device memory the weights occupy, when the model runs on a device.
+    pub fn device_weight_bytes(&self) -> Option<usize> {
+        #[cfg(feature = "burn")]
+        if let Some(device) = &self.device {
+            return Some(device.weight_bytes());
+        }
+        None
+    }
+
+    /// An empty KV cache for one sequence, where this engine keeps them (host memory for
+    /// the CPU kernels, device memory for the device graph).
+    pub fn new_cache(&self) -> KvCache {
+        #[cfg(feature = "burn")]
+        if let Some(device) = &self.device {
+            return device.new_cache();
+        }
+        self.model.new_cache()
     }
 
     /// Whether this engine can serve the file that `header` describes, judged from the
@@ -313,6 +401,10 @@ impl Engine {
         &self,
         sequences: &mut [SequenceInput<'_>],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        #[cfg(feature = "burn")]
+        if let Some(device) = &self.device {
+            return crate::device::guarded("decoding", || device.forward(sequences))?;
+        }
         self.pool.install(|| self.model.forward(sequences))
     }
 
@@ -322,6 +414,10 @@ impl Engine {
         &self,
         sequences: &mut [SequenceInput<'_>],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        #[cfg(feature = "burn")]
+        if let Some(device) = &self.device {
+            return crate::device::guarded("decoding", || device.forward_hidden(sequences))?;
+        }
         self.pool.install(|| self.model.forward_hidden(sequences))
     }
 
@@ -417,7 +513,7 @@ impl Sequence {
             });
         }
         Ok(Sequence {
-            cache: engine.model.new_cache(),
+            cache: engine.new_cache(),
             sampler: Sampler::new(request.sampling.clone()),
             logprobs: request.logprobs,
             constraint: request
@@ -573,7 +669,7 @@ impl Sequence {
     /// An ended, empty sequence (what a finished slot is swapped with).
     pub(crate) fn placeholder(engine: &Engine) -> Sequence {
         Sequence {
-            cache: engine.model.new_cache(),
+            cache: engine.new_cache(),
             prompt: Vec::new(),
             sampler: Sampler::new(SamplingParams::greedy()),
             logprobs: None,

@@ -14,7 +14,7 @@
 //!     GenerationRequest, Prompt, SamplingParams, Scheduler, SchedulerConfig};
 //!
 //! # fn main() -> Result<(), flotilla_engine::EngineError> {
-//! let engine = Arc::new(Engine::load("model.gguf", EngineOptions { threads: Some(2) })?);
+//! let engine = Arc::new(Engine::load("model.gguf", EngineOptions { threads: Some(2), ..EngineOptions::default() })?);
 //! let scheduler = Scheduler::start(engine, SchedulerConfig { queue_capacity: 64, max_batch: 8 })?;
 //! let mut request = GenerationRequest::new(Prompt::Chat(single_turn(None, "Hi!")));
 //! request.sampling = SamplingParams { temperature: 0.7, seed: Some(1), ..SamplingParams::default() };
@@ -47,17 +47,20 @@
 //!   cancellation); `scheduler`: [`Scheduler`], the bounded queue and batching worker.
 //! - `embed`: [`Engine::embed`], a prompt's normed final hidden states pooled (mean, cls
 //!   or last) into one vector.
-//! - `burn_graph` (feature `burn`, GPU via feature `gpu`): the same graph on burn tensors.
+//! - `device` (feature `burn`; GPUs through burn's wgpu backend with feature `gpu`): the
+//!   same graph on a burn device, weights still quantized, KV cache in device memory,
+//!   driven by the same scheduler; [`placement`]: `--device auto|cpu|gpu[:N]`.
 
-#[cfg(feature = "burn")]
-pub mod burn_graph;
 pub mod chat;
 mod constraint;
+#[cfg(feature = "burn")]
+mod device;
 mod embed;
 mod error;
 mod generate;
 pub mod kernels;
 pub mod model;
+pub mod placement;
 pub mod sampling;
 mod scheduler;
 #[cfg(any(test, feature = "testing"))]
@@ -77,6 +80,7 @@ pub use generate::{
     Prompt, TokenEvent, TokenLogprobs,
 };
 pub use model::{KvCache, LlamaConfig, LlamaModel, SequenceInput};
+pub use placement::{DeviceRequest, GpuAdapter, Placement, gpu_adapters};
 pub use sampling::SamplingParams;
 pub use scheduler::{GenerationEvent, RequestHandle, Scheduler, SchedulerConfig};
 pub use tokenizer::{TokenId, Tokenizer};

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flotilla_engine::chat::single_turn;
-use flotilla_engine::{Engine, EngineOptions, GenerationRequest, Prompt, SamplingParams};
+use flotilla_engine::{
+    DeviceRequest, Engine, EngineOptions, GenerationRequest, Prompt, SamplingParams,
+};
 
 #[derive(Parser)]
 #[command(
@@ -45,7 +47,12 @@ enum Command {
         seed: Option<u64>,
         #[arg(long)]
         threads: Option<usize>,
+        /// Where the model runs: auto, cpu, gpu or gpu:N.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceRequest,
     },
+    /// List the GPU adapters this machine has (what `--device gpu:N` numbers).
+    Devices,
     /// Measure prompt and decode throughput (and llama.cpp's, when available).
     Bench(Box<bench::BenchArgs>),
 }
@@ -61,10 +68,15 @@ fn main() -> anyhow::Result<()> {
             temperature,
             seed,
             threads,
+            device,
         } => {
-            let engine = Engine::load(&model, EngineOptions { threads })
+            let engine = Engine::load(&model, EngineOptions { threads, device })
                 .with_context(|| format!("loading {}", model.display()))?;
-            eprintln!("loaded {} ({engine:?})", model.display());
+            eprintln!(
+                "loaded {} on {} ({engine:?})",
+                model.display(),
+                engine.placement()
+            );
             let prompt = if chat {
                 Prompt::Chat(single_turn(system.as_deref(), &prompt))
             } else {
@@ -94,6 +106,18 @@ fn main() -> anyhow::Result<()> {
                 output.time_to_first_token.as_secs_f64() * 1000.0,
                 output.tokens.len().saturating_sub(1) as f64 / decode_seconds.max(1e-9)
             );
+        }
+        Command::Devices => {
+            for adapter in flotilla_engine::gpu_adapters() {
+                println!(
+                    "gpu:{}\t{}\t{} ({}, buffers up to {} MiB)",
+                    adapter.index,
+                    adapter.name,
+                    adapter.backend,
+                    adapter.kind,
+                    adapter.max_buffer_bytes >> 20
+                );
+            }
         }
         Command::Bench(arguments) => bench::run(*arguments)?,
     }

@@ -109,7 +109,14 @@ fn model_templates_are_used_or_chat_is_refused() {
         eprintln!("\n*** SKIP model templates: run scripts/prepare-arch-models.sh ***\n");
         return;
     }
-    let engine = Engine::load(&qwen, EngineOptions { threads: Some(1) }).expect("load qwen");
+    let engine = Engine::load(
+        &qwen,
+        EngineOptions {
+            threads: Some(1),
+            ..EngineOptions::default()
+        },
+    )
+    .expect("load qwen");
     let rendered = engine
         .render_chat(&single_turn(None, "Hi"), true)
         .expect("render");
@@ -117,7 +124,14 @@ fn model_templates_are_used_or_chat_is_refused() {
         rendered,
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     );
-    let engine = Engine::load(&gemma, EngineOptions { threads: Some(1) }).expect("load gemma");
+    let engine = Engine::load(
+        &gemma,
+        EngineOptions {
+            threads: Some(1),
+            ..EngineOptions::default()
+        },
+    )
+    .expect("load gemma");
     let error = engine
         .prompt_tokens(&Prompt::Chat(single_turn(None, "Hi")))
         .expect_err("a base model has no chat");

@@ -17,7 +17,16 @@ use serde_json::{Value, json};
 
 fn smollm2(test: &str) -> Option<Engine> {
     let model = common::test_model(test)?;
-    Some(Engine::load(model, EngineOptions { threads: Some(2) }).expect("load"))
+    Some(
+        Engine::load(
+            model,
+            EngineOptions {
+                threads: Some(2),
+                ..EngineOptions::default()
+            },
+        )
+        .expect("load"),
+    )
 }
 
 fn request(prompt: Prompt, grammar: Grammar, seed: Option<u64>) -> GenerationRequest {
@@ -214,7 +223,14 @@ fn qwen_calls_a_tool_through_its_own_template() {
         eprintln!("\n*** SKIP qwen tool call: run scripts/prepare-arch-models.sh ***\n");
         return;
     }
-    let engine = Engine::load(&qwen, EngineOptions { threads: Some(2) }).expect("load");
+    let engine = Engine::load(
+        &qwen,
+        EngineOptions {
+            threads: Some(2),
+            ..EngineOptions::default()
+        },
+    )
+    .expect("load");
     let tools = weather_tools();
     let messages = single_turn(None, "What is 12 times 7? Use the multiply tool.");
     let rendered = engine

@@ -24,7 +24,14 @@ fn answers_a_chat_question_coherently() {
     let Some(model) = common::test_model("answers_a_chat_question_coherently") else {
         return;
     };
-    let engine = Engine::load(&model, EngineOptions { threads: Some(2) }).expect("load");
+    let engine = Engine::load(
+        &model,
+        EngineOptions {
+            threads: Some(2),
+            ..EngineOptions::default()
+        },
+    )
+    .expect("load");
     let weights = engine.model().weight_bytes() as u64;
     let file = engine.model().file().file_size();
     assert!(
@@ -49,7 +56,16 @@ fn scheduler_serves_concurrent_chats() {
     let Some(model) = common::test_model("scheduler_serves_concurrent_chats") else {
         return;
     };
-    let engine = Arc::new(Engine::load(&model, EngineOptions { threads: Some(2) }).expect("load"));
+    let engine = Arc::new(
+        Engine::load(
+            &model,
+            EngineOptions {
+                threads: Some(2),
+                ..EngineOptions::default()
+            },
+        )
+        .expect("load"),
+    );
     let questions = [
         "What is the capital of Germany?",
         "How many days are in a week?",

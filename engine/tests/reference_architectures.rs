@@ -132,7 +132,14 @@ fn check(case: &Case) {
     let reference: Value = serde_json::from_slice(&output.stdout).expect("reference json");
     eprintln!("{}: reference {}", case.model, reference["producer"]);
 
-    let engine = Engine::load(&model, EngineOptions { threads: Some(2) }).expect("load model");
+    let engine = Engine::load(
+        &model,
+        EngineOptions {
+            threads: Some(2),
+            ..EngineOptions::default()
+        },
+    )
+    .expect("load model");
     let mut full_matches = 0;
     let mut failures = Vec::new();
     for entry in reference["cases"].as_array().expect("cases") {

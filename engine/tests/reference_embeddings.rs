@@ -76,7 +76,14 @@ fn check(test: &str, model: &Path, name: &str, pooling: Pooling, contrast: Pooli
         eprintln!("\n*** SKIP {test}: no python with llama-cpp-python found ***\n");
         return;
     };
-    let engine = Engine::load(model, EngineOptions { threads: Some(2) }).expect("load model");
+    let engine = Engine::load(
+        model,
+        EngineOptions {
+            threads: Some(2),
+            ..EngineOptions::default()
+        },
+    )
+    .expect("load model");
     let cases = reference["cases"].as_array().expect("cases");
     let inputs: Vec<Vec<u32>> = cases.iter().map(|case| tokens(&case["tokens"])).collect();
     for (case, input) in cases.iter().zip(&inputs) {

@@ -182,7 +182,14 @@ fn check_against_reference(model: &std::path::Path, reference: &Value, criteria:
     } = criteria;
     eprintln!("model: {}", model.display());
     eprintln!("producer: {}", reference["producer"]);
-    let engine = Engine::load(model, EngineOptions { threads: Some(2) }).expect("load model");
+    let engine = Engine::load(
+        model,
+        EngineOptions {
+            threads: Some(2),
+            ..EngineOptions::default()
+        },
+    )
+    .expect("load model");
     let tokenizer = engine.tokenizer();
 
     let mut tokenizer_failures = Vec::new();

@@ -232,3 +232,116 @@ pub fn dequantize_row(format: WeightFormat, row: &[u8], output: &mut [f32]) {
         }
     }
 }
+
+/// A row of a block-quantized format rewritten as groups of small unsigned integers with
+/// one f32 scale and one f32 offset per group: element `e` is
+/// `scale[g] · (code[e] − zero) + offset[g]`, `g = e / group`. Every GGUF block format has
+/// this shape (the K-quants once their packed scales are multiplied out), which lets an
+/// executor that cannot read ggml's byte layouts (the burn device graph) keep the weights
+/// as 4- or 8-bit codes and dequantize them with plain integer and float operations.
+/// The float expressions are the ones [`dequantize_row`] evaluates, so both give the same
+/// values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AffineLayout {
+    /// Elements sharing one scale and offset.
+    pub group: usize,
+    /// Bits per code: 4 or 8.
+    pub bits: u32,
+    /// Subtracted from every code before scaling.
+    pub zero: u8,
+}
+
+impl AffineLayout {
+    /// The layout `format` is rewritten to, or `None` for the float formats.
+    pub fn of(format: WeightFormat) -> Option<AffineLayout> {
+        let (group, bits, zero) = match format {
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => return None,
+            WeightFormat::Q4_0 => (BLOCK, 4, 8),
+            WeightFormat::Q4_1 => (BLOCK, 4, 0),
+            WeightFormat::Q5_0 => (BLOCK, 8, 16),
+            WeightFormat::Q5_1 => (BLOCK, 8, 0),
+            WeightFormat::Q8_0 => (BLOCK, 8, 128),
+            WeightFormat::Q2_K => (16, 4, 0),
+            WeightFormat::Q3_K => (16, 4, 4),
+            WeightFormat::Q4_K => (32, 4, 0),
+            WeightFormat::Q5_K => (32, 8, 0),
+            WeightFormat::Q6_K => (16, 8, 32),
+        };
+        Some(AffineLayout { group, bits, zero })
+    }
+}
+
+/// The offset of formats without one: `x + -0.0` is `x` for every `x`, signed zeros too.
+const NO_OFFSET: f32 = -0.0;
+
+/// Rewrites one row of `format` (see [`AffineLayout`]), appending one code per element to
+/// `codes` and one `(scale, offset)` per group to `groups`. `format` must be a block
+/// format (one for which [`AffineLayout::of`] is `Some`).
+pub fn affine_groups(
+    format: WeightFormat,
+    row: &[u8],
+    codes: &mut Vec<u8>,
+    groups: &mut Vec<(f32, f32)>,
+) {
+    let blocks = row.chunks_exact(format.block_bytes());
+    match format {
+        WeightFormat::Q8_0 => {
+            for block in blocks {
+                groups.push((read_f16(block, 0), NO_OFFSET));
+                codes.extend(block[2..].iter().map(|&q| (q as i8 as i16 + 128) as u8));
+            }
+        }
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+            let affine = format == WeightFormat::Q4_1;
+            for block in blocks {
+                let offset = if affine {
+                    read_f16(block, 2)
+                } else {
+                    NO_OFFSET
+                };
+                groups.push((read_f16(block, 0), offset));
+                let quants = &block[if affine { 4 } else { 2 }..];
+                codes.extend(quants.iter().map(|&byte| byte & 0x0F));
+                codes.extend(quants.iter().map(|&byte| byte >> 4));
+            }
+        }
+        WeightFormat::Q5_0 => {
+            for block in blocks {
+                groups.push((read_f16(block, 0), NO_OFFSET));
+                codes.extend_from_slice(&q5_quants(&block[2..6], &block[6..22]));
+            }
+        }
+        WeightFormat::Q5_1 => {
+            for block in blocks {
+                groups.push((read_f16(block, 0), read_f16(block, 2)));
+                codes.extend_from_slice(&q5_quants(&block[4..8], &block[8..24]));
+            }
+        }
+        WeightFormat::Q2_K
+        | WeightFormat::Q3_K
+        | WeightFormat::Q4_K
+        | WeightFormat::Q5_K
+        | WeightFormat::Q6_K => {
+            let layout = AffineLayout::of(format).expect("a K-quant has an affine layout");
+            for block in blocks {
+                let unpacked = unpack_k_block(format, block);
+                // Sub-blocks of 16 share a scale; Q4_K and Q5_K repeat theirs in pairs.
+                for group in 0..SUPER_BLOCK / layout.group {
+                    let sub = group * layout.group / 16;
+                    let scale = unpacked.d * f32::from(unpacked.scales[sub]);
+                    let min = unpacked.dmin * f32::from(unpacked.mins[sub]);
+                    groups.push((scale, -min));
+                }
+                codes.extend(
+                    unpacked
+                        .q
+                        .iter()
+                        .map(|&q| (i16::from(q) + i16::from(layout.zero)) as u8),
+                );
+            }
+        }
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {
+            unreachable!("{format:?} is not a block format")
+        }
+    }
+}

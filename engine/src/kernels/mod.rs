@@ -34,7 +34,7 @@ mod x86_tiles;
 
 use half::f16;
 
-pub use dequantize::dequantize_row;
+pub use dequantize::{AffineLayout, affine_groups, dequantize_row};
 
 /// Elements per quantization block of the 32-element block formats (and of
 /// [`ActivationBlock`]).

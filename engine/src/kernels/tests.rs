@@ -451,3 +451,30 @@ fn kernel_throughput() {
         }
     }
 }
+
+proptest! {
+    /// The affine rewrite the device graph uploads gives the same values as
+    /// `dequantize_row`, bit for bit, in every block format.
+    #[test]
+    fn affine_groups_rebuild_the_dequantized_row(
+        format_index in 0..QUANTIZED.len(),
+        seed in proptest::collection::vec(any::<u8>(), 1..16),
+    ) {
+        let format = QUANTIZED[format_index];
+        let columns = 512;
+        let row = random_row(format, columns, &seed);
+        let mut expected = vec![0.0f32; columns];
+        dequantize_row(format, &row, &mut expected);
+        let layout = AffineLayout::of(format).expect("a block format");
+        let (mut codes, mut groups) = (Vec::new(), Vec::new());
+        affine_groups(format, &row, &mut codes, &mut groups);
+        prop_assert_eq!(codes.len(), columns);
+        prop_assert_eq!(groups.len(), columns / layout.group);
+        prop_assert!(codes.iter().all(|&code| u32::from(code) < 1 << layout.bits));
+        for (index, (&code, &want)) in codes.iter().zip(&expected).enumerate() {
+            let (scale, offset) = groups[index / layout.group];
+            let value = scale * (f32::from(code) - f32::from(layout.zero)) + offset;
+            prop_assert_eq!(value.to_bits(), want.to_bits(), "{:?} element {}", format, index);
+        }
+    }
+}

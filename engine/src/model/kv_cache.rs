@@ -1,6 +1,8 @@
 //! Per-sequence key/value cache. Keys and values are stored as f16, as llama.cpp does by
 //! default: it halves cache memory and keeps attention numerics close to the reference.
-//! The cache lives only in memory and belongs to one sequence.
+//! The cache lives only in memory and belongs to one sequence. A sequence the device
+//! graph runs keeps its keys and values in device memory instead (`device`); the host
+//! vectors then stay empty and only the length is shared.
 
 use half::f16;
 
@@ -11,6 +13,8 @@ pub struct KvCache {
     values: Vec<Vec<f16>>,
     kv_dim: usize,
     length: usize,
+    #[cfg(feature = "burn")]
+    pub(crate) device: Option<crate::device::DeviceCache>,
 }
 
 impl KvCache {
@@ -20,7 +24,30 @@ impl KvCache {
             values: vec![Vec::new(); block_count],
             kv_dim,
             length: 0,
+            #[cfg(feature = "burn")]
+            device: None,
         }
+    }
+
+    /// An empty cache whose keys and values live on a burn device.
+    #[cfg(feature = "burn")]
+    pub(crate) fn on_device(device: crate::device::DeviceCache) -> KvCache {
+        KvCache {
+            keys: Vec::new(),
+            values: Vec::new(),
+            kv_dim: 0,
+            length: 0,
+            device: Some(device),
+        }
+    }
+
+    /// Whether the keys and values are on the host (the CPU kernels' cache).
+    pub(crate) fn is_on_host(&self) -> bool {
+        #[cfg(feature = "burn")]
+        if self.device.is_some() {
+            return false;
+        }
+        true
     }
 
     /// Number of positions cached (the next token's position).
@@ -42,8 +69,12 @@ impl KvCache {
         self.length = length;
     }
 
-    /// Bytes held by the cache.
+    /// Bytes held by the cache (device memory included).
     pub fn byte_size(&self) -> usize {
+        #[cfg(feature = "burn")]
+        if let Some(device) = &self.device {
+            return device.byte_size();
+        }
         self.keys
             .iter()
             .chain(&self.values)
@@ -60,9 +91,11 @@ impl KvCache {
     pub(crate) fn commit(&mut self, count: usize) {
         self.length += count;
         debug_assert!(
-            self.keys
-                .iter()
-                .all(|layer| layer.len() == self.length * self.kv_dim)
+            !self.is_on_host()
+                || self
+                    .keys
+                    .iter()
+                    .all(|layer| layer.len() == self.length * self.kv_dim)
         );
     }
 

@@ -12,7 +12,7 @@ use crate::EngineError;
 
 /// The query/key/value projections: three matrices, or Phi-3's one fused matrix whose
 /// output rows are `[query | key | value]`.
-pub(super) enum QkvProjection {
+pub(crate) enum QkvProjection {
     Separate {
         query: Matrix,
         key: Matrix,
@@ -23,12 +23,12 @@ pub(super) enum QkvProjection {
 
 /// The input side of the gated feed-forward network: gate and up, or Phi-3's fused matrix
 /// whose output rows are `[gate | up]`.
-pub(super) enum GateUpProjection {
+pub(crate) enum GateUpProjection {
     Separate { gate: Matrix, up: Matrix },
     Fused(Matrix),
 }
 
-pub(super) struct Layer {
+pub(crate) struct Layer {
     pub attention_norm: Vec<f32>,
     pub qkv: QkvProjection,
     /// Qwen2's projection biases (any family may carry them; llama.cpp adds them if present).

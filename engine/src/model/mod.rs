@@ -29,7 +29,8 @@ pub use weights::Matrix;
 
 use crate::EngineError;
 use crate::kernels::{ActivationBlock, KernelImpl, quantize_activations};
-use layer::{GateUpProjection, Layer, QkvProjection, with_architecture};
+use layer::with_architecture;
+pub(crate) use layer::{GateUpProjection, Layer, QkvProjection};
 use ops::{Rope, add_bias, add_in_place, gated_activation, rms_norm, rms_norm_in_place, soft_cap};
 use weights::{Activations, MatmulScratch, matmul};
 
@@ -46,27 +47,6 @@ pub struct LlamaModel {
     /// Whether the output head reuses the token embedding.
     tied_output: bool,
     kernel: KernelImpl,
-}
-
-/// Borrowed views of one layer's weights (for other executors, e.g. the burn graph).
-pub struct LayerWeights<'a> {
-    pub attention_norm: &'a [f32],
-    pub query: &'a Matrix,
-    pub key: &'a Matrix,
-    pub value: &'a Matrix,
-    pub attention_output: &'a Matrix,
-    pub ffn_norm: &'a [f32],
-    pub gate: &'a Matrix,
-    pub up: &'a Matrix,
-    pub down: &'a Matrix,
-}
-
-/// Borrowed views of all weights.
-pub struct ModelWeights<'a> {
-    pub token_embedding: &'a Matrix,
-    pub layers: Vec<LayerWeights<'a>>,
-    pub output_norm: &'a [f32],
-    pub output: &'a Matrix,
 }
 
 /// What [`LlamaModel::decode`] leaves for the head: the residual stream of every new
@@ -139,55 +119,38 @@ impl LlamaModel {
         })
     }
 
-    /// Borrowed views of every weight, for executors of the plain Llama graph (the burn
-    /// graph). Other families' extra tensors have no place there, so they are refused.
-    pub fn weights(&self) -> Result<ModelWeights<'_>, EngineError> {
-        let refuse = || {
-            EngineError::Unsupported(format!(
-                "architecture {:?} on this executor (only the plain llama graph)",
-                self.config.architecture
-            ))
-        };
-        if self.config.family != Family::Llama {
-            return Err(refuse());
-        }
-        let mut layers = Vec::new();
-        for layer in &self.layers {
-            let (
-                QkvProjection::Separate { query, key, value },
-                GateUpProjection::Separate { gate, up },
-            ) = (&layer.qkv, &layer.gate_up)
-            else {
-                return Err(refuse());
-            };
-            if layer.query_bias.is_some() || layer.key_bias.is_some() || layer.value_bias.is_some()
-            {
-                return Err(refuse());
-            }
-            layers.push(LayerWeights {
-                attention_norm: &layer.attention_norm,
-                query,
-                key,
-                value,
-                attention_output: &layer.attention_output,
-                ffn_norm: &layer.ffn_norm,
-                gate,
-                up,
-                down: &layer.down,
-            });
-        }
-        Ok(ModelWeights {
-            token_embedding: &self.token_embedding,
-            layers,
-            output_norm: &self.output_norm,
-            output: &self.output,
-        })
+    /// The decoder layers, for other executors of the same graph (the device graph).
+    pub(crate) fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    pub(crate) fn token_embedding(&self) -> &Matrix {
+        &self.token_embedding
+    }
+
+    /// The output head (the token embedding itself when the file ties them).
+    pub(crate) fn output(&self) -> &Matrix {
+        &self.output
+    }
+
+    pub(crate) fn output_norm(&self) -> &[f32] {
+        &self.output_norm
+    }
+
+    /// Per-pair divisors of the RoPE angle (ones unless the file has `rope_freqs`).
+    pub(crate) fn rope_frequency_factors(&self) -> &[f32] {
+        &self.rope_frequency_factors
     }
 
     /// Uses a specific kernel implementation (tests compare scalar and SIMD).
     pub fn with_kernel(mut self, kernel: KernelImpl) -> LlamaModel {
         self.kernel = kernel;
         self
+    }
+
+    /// The kernel implementation the forward pass uses.
+    pub fn kernel(&self) -> KernelImpl {
+        self.kernel
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -308,6 +271,11 @@ impl LlamaModel {
             if sequence.tokens.is_empty() {
                 return Err(EngineError::InvalidRequest(
                     "a sequence in the batch has no new tokens".into(),
+                ));
+            }
+            if !sequence.cache.is_on_host() {
+                return Err(EngineError::InvalidRequest(
+                    "a device cache cannot be decoded by the CPU kernels".into(),
                 ));
             }
             for (offset, &token) in sequence.tokens.iter().enumerate() {

@@ -13,9 +13,15 @@ fn header(bytes: &[u8]) -> GgufHeader {
 /// `Engine::load`'s verdict on the same bytes, through a real file.
 fn load_verdict(bytes: &[u8]) -> Result<(), String> {
     let file = model_file(bytes);
-    Engine::load(&file.path, EngineOptions { threads: Some(1) })
-        .map(drop)
-        .map_err(|error| error.to_string())
+    Engine::load(
+        &file.path,
+        EngineOptions {
+            threads: Some(1),
+            ..EngineOptions::default()
+        },
+    )
+    .map(drop)
+    .map_err(|error| error.to_string())
 }
 
 #[test]

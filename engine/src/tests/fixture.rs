@@ -37,7 +37,13 @@ pub fn model_file(bytes: &[u8]) -> TempModel {
 
 pub fn tiny_engine() -> (TempModel, Engine) {
     let file = tiny_model_file();
-    let engine =
-        Engine::load(&file.path, EngineOptions { threads: Some(2) }).expect("load tiny model");
+    let engine = Engine::load(
+        &file.path,
+        EngineOptions {
+            threads: Some(2),
+            ..EngineOptions::default()
+        },
+    )
+    .expect("load tiny model");
     (file, engine)
 }

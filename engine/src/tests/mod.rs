@@ -1,9 +1,9 @@
 //! Engine tests over a tiny random Llama written with the GGUF test writer: shapes, KV
 //! cache consistency, batching, kernel equivalence, determinism and the scheduler.
 
-#[cfg(feature = "burn")]
-mod burn_tests;
 mod check_tests;
+#[cfg(feature = "burn")]
+mod device_tests;
 mod fixture;
 mod model_tests;
 mod scheduler_tests;

@@ -186,9 +186,13 @@ fn corrupted_model_files_fail_cleanly() {
         };
         std::fs::write(&file.path, &bytes).expect("write");
         // Either a clean error or a model that runs; never a panic.
-        if let Ok(engine) =
-            crate::Engine::load(&file.path, crate::EngineOptions { threads: Some(1) })
-        {
+        if let Ok(engine) = crate::Engine::load(
+            &file.path,
+            crate::EngineOptions {
+                threads: Some(1),
+                ..crate::EngineOptions::default()
+            },
+        ) {
             let mut cache = engine.model().new_cache();
             let _ = engine.prefill(&mut cache, &[1, 2, 3]);
             loaded += 1;

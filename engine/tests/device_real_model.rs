@@ -1,23 +1,28 @@
-//! The burn graph (feature `burn`, CPU `flex` device) on the real SmolLM2 model against the
-//! committed llama.cpp golden file: first-position logits and top-1 token.
+//! The device graph (feature `burn`, on burn's CPU `flex` backend) on the real SmolLM2
+//! model against the committed llama.cpp golden file: first-position logits and top-1
+//! token.
 #![cfg(feature = "burn")]
 
 mod common;
 
-use flotilla_engine::burn_graph::BurnLlama;
 use flotilla_engine::{Engine, EngineOptions};
 
 #[test]
-fn burn_graph_matches_llama_cpp_first_positions() {
-    let Some(model) = common::test_model("burn_graph_matches_llama_cpp_first_positions") else {
+fn device_graph_matches_llama_cpp_first_positions() {
+    let Some(model) = common::test_model("device_graph_matches_llama_cpp_first_positions") else {
         return;
     };
     let golden_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/reference/golden-smollm2-135m-instruct-q4_1.json");
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(golden_path).expect("golden")).expect("json");
-    let engine = Engine::load(&model, EngineOptions { threads: Some(2) }).expect("load");
-    let burn = BurnLlama::from_model(engine.model(), burn::tensor::Device::flex()).expect("upload");
+    let engine = Engine::load_on_burn_device(
+        &model,
+        EngineOptions::default(),
+        burn::tensor::Device::flex(),
+        "flex",
+    )
+    .expect("load on the flex device");
     let mut compared = 0;
     for case in golden["greedy"].as_array().expect("cases").iter().take(6) {
         let tokens: Vec<u32> = case["prompt_tokens"]
@@ -26,7 +31,8 @@ fn burn_graph_matches_llama_cpp_first_positions() {
             .iter()
             .map(|token| token.as_u64().expect("id") as u32)
             .collect();
-        let logits = burn.forward(&tokens).expect("burn forward");
+        let mut cache = engine.new_cache();
+        let logits = engine.prefill(&mut cache, &tokens).expect("device forward");
         let top5 = case["first_top5"].as_array().expect("top5");
         for entry in top5 {
             let id = entry[0].as_u64().expect("id") as usize;

@@ -85,6 +85,7 @@ rendering=$(render "${agents[@]}")
 keep <<<"$rendering"
 expect "agents" "kind: DaemonSet" <<<"$rendering"
 expect "agents' Service" "name: t-agent" <<<"$rendering"
+expect "agents without GPUs serve on the CPU" "--device=cpu" <<<"$rendering"
 # Pod Security "baseline" forbids both; the default must pass it.
 if grep -qE "hostPath:|hostPort:" <<<"$rendering"; then
   log "FAIL: agents by default use hostPath or hostPorts (Pod Security baseline)"; exit 1
@@ -93,9 +94,13 @@ rendering=$(render "${agents[@]}" --set agent.gpus=1 --set agent.gpuResource=amd
   --set agent.hostDataDir=/var/lib/flotilla-agent)
 keep <<<"$rendering"
 expect "agents on GPUs" "amd.com/gpu: 1" <<<"$rendering"
+expect "agents serve on their GPU" "--device=gpu" <<<"$rendering"
 expect "agents' cache on the node" "path: /var/lib/flotilla-agent" <<<"$rendering"
 expect "agents advertise http" "--advertise-http=http://\$(POD_IP):11434" <<<"$rendering"
 expect "agents' gRPC probe" "grpc: {port: 50052}" <<<"$rendering"
+rendering=$(render "${agents[@]}" --set agent.gpus=1)
+keep <<<"$rendering"
+expect "NVIDIA GPUs reach Vulkan" "value: compute,utility,graphics" <<<"$rendering"
 tls=("${agents[@]}" --set agent.inferenceTlsSecret=inference-tls --set agent.peerCaSecret=peer-ca
   --set agent.controllerCaSecret=controller-ca --set tls.existingSecret=controller-tls)
 rendering=$(render "${tls[@]}")

@@ -23,6 +23,9 @@ export FLOTILLA_PYTHON="$PWD/.venv/bin/python"
 # promtool (Debian's prometheus package) for tests/tests/metrics.rs.
 FLOTILLA_PROMTOOL=$(bash scripts/ensure-promtool.sh)
 export FLOTILLA_PROMTOOL
+# A Vulkan adapter (Mesa's lavapipe where there is no GPU) for the GPU path's
+# tests, which fail without one.
+bash scripts/ensure-vulkan.sh
 # Each prints its directory, at once when prepare-test-inputs made it.
 FLOTILLA_TOKENIZER_VECTORS=$(bash scripts/fetch-tokenizer-vectors.sh)
 export FLOTILLA_TOKENIZER_VECTORS

@@ -312,6 +312,18 @@ pub fn inventory_to_wire(inventory: &Inventory) -> pb::Inventory {
                 driver_version: bounded(gpu.driver_version.as_deref().unwrap_or_default()),
             })
             .collect(),
+        adapters: inventory
+            .adapters
+            .iter()
+            .take(MAX_INVENTORY_GPUS)
+            .map(|adapter| pb::ComputeAdapter {
+                index: u32::try_from(adapter.index).unwrap_or(u32::MAX),
+                name: bounded(&adapter.name),
+                backend: bounded(&adapter.backend),
+                kind: bounded(&adapter.kind),
+                max_buffer_bytes: adapter.max_buffer_bytes,
+            })
+            .collect(),
     }
 }
 

@@ -182,6 +182,17 @@ struct Cli {
     /// Kernel threads of the inference engine (default: all cores).
     #[arg(long, value_name = "N")]
     engine_threads: Option<usize>,
+    /// Where models run: cpu (the CPU kernels), gpu or gpu:N (a GPU adapter,
+    /// through Vulkan, Metal or DX12; an error when there is none), or auto
+    /// (a hardware GPU when there is one and the model loads on it, else the
+    /// CPU). `flotilla-engine devices` lists the adapters.
+    #[arg(
+        long,
+        value_name = "DEVICE",
+        env = "FLOTILLA_DEVICE",
+        default_value = "cpu"
+    )]
+    device: flotilla_engine::DeviceRequest,
     /// Keep the artifact cache under this size (e.g. 50G), evicting the
     /// least recently used blobs that are not assigned or served.
     #[arg(long, value_name = "BYTES", value_parser = parse_byte_count)]
@@ -512,6 +523,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_batch: cli.inference_batch.max(1),
         request_timeout: Duration::from_secs(cli.inference_timeout.max(1)),
         engine_threads: cli.engine_threads,
+        device: cli.device,
         peer_trust,
         // An agent with any TLS configured is in a fleet with TLS: it
         // never forwards a request (and its body) in the clear.

@@ -477,5 +477,6 @@ fn synthetic_inventory() -> Inventory {
         memory_total_bytes: 16 << 30,
         data_disk: None,
         gpus: Vec::new(),
+        adapters: Vec::new(),
     }
 }

@@ -20,6 +20,8 @@ const MAX_THROTTLE_REASONS: usize = 16;
 const MAX_THROTTLE_REASON_CHARS: usize = 64;
 /// At most this many characters of an agent's error message are kept.
 const MAX_ERROR_CHARS: usize = 500;
+/// An adapter's name with its API fits easily; an agent's longer text is cut.
+const MAX_DEVICE_CHARS: usize = 200;
 
 /// One health sample of a node, as its agent measured it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +210,11 @@ pub struct InferenceHealth {
     /// it was activated: what the rollouts' error-rate gate reads.
     #[serde(default)]
     pub serving_digest: Option<String>,
+    /// Where the artifact served now runs ("gpu (vulkan …)", "cpu (avx2
+    /// kernels, 2 threads)"); none when nothing is served or the agent is
+    /// older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_device: Option<String>,
     #[serde(default)]
     pub completed_since_activation: u64,
     #[serde(default)]
@@ -275,6 +282,7 @@ impl From<&InferenceHealth> for pb::InferenceSample {
             time_to_first_token_p50_ms: inference.time_to_first_token_p50_ms,
             time_to_first_token_max_ms: inference.time_to_first_token_max_ms,
             serving_digest: inference.serving_digest.clone().unwrap_or_default(),
+            serving_device: inference.serving_device.clone().unwrap_or_default(),
             completed_since_activation: inference.completed_since_activation,
             failed_since_activation: inference.failed_since_activation,
             queue_depth_peak: inference.queue_depth_peak,
@@ -310,6 +318,9 @@ impl From<pb::InferenceSample> for InferenceHealth {
                 .parse::<Digest>()
                 .ok()
                 .map(|digest| digest.to_hex()),
+            serving_device: Some(inference.serving_device)
+                .filter(|device| !device.is_empty())
+                .map(|device| device.chars().take(MAX_DEVICE_CHARS).collect()),
             completed_since_activation: inference.completed_since_activation,
             failed_since_activation: inference.failed_since_activation,
             queue_depth_peak: inference.queue_depth_peak.max(inference.queue_depth),
@@ -364,6 +375,7 @@ mod tests {
             tokens_per_second: 41.5,
             time_to_first_token_p50_ms: Some(120),
             serving_digest: Some(digest),
+            serving_device: Some("gpu (vulkan llvmpipe)".to_owned()),
             completed_since_activation: 3,
             escalated_total: 5,
             escalated_since_activation: 2,
@@ -377,6 +389,7 @@ mod tests {
         let odd = pb::InferenceSample {
             tokens_per_second: f32::NAN,
             serving_digest: "not-a-digest".to_owned(),
+            serving_device: "x".repeat(10_000),
             ..pb::InferenceSample::default()
         };
         let tamed = InferenceHealth::from(odd);
@@ -388,6 +401,11 @@ mod tests {
         });
         assert_eq!(older.queue_depth_peak, 4);
         assert_eq!(tamed.serving_digest, None);
+        assert_eq!(
+            tamed.serving_device.map(|device| device.len()),
+            Some(MAX_DEVICE_CHARS)
+        );
+        assert_eq!(older.serving_device, None);
 
         let gpu = pb::GpuSample {
             utilisation_percent: Some(250),

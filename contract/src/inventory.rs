@@ -16,6 +16,23 @@ pub struct NodeInventory {
     pub disk_total_bytes: u64,
     pub os: String,
     pub gpus: Vec<NodeGpu>,
+    /// The GPU adapters the engine can run on, as `--device gpu:N` numbers
+    /// them (none from agents older than the field).
+    #[serde(default)]
+    pub adapters: Vec<NodeAdapter>,
+}
+
+/// A GPU adapter the agent's engine sees (wgpu's view: no memory size).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = NodeAdapterInfo))]
+pub struct NodeAdapter {
+    pub index: u32,
+    pub name: String,
+    /// "vulkan", "metal", "dx12", "gl".
+    pub backend: String,
+    /// "discrete", "integrated", "virtual", "cpu" (software) or "other".
+    pub kind: String,
+    pub max_buffer_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +53,17 @@ impl From<pb::Inventory> for NodeInventory {
             disk_total_bytes: inventory.disk_total_bytes,
             os: inventory.os,
             gpus: inventory.gpus.into_iter().map(NodeGpu::from).collect(),
+            adapters: inventory
+                .adapters
+                .into_iter()
+                .map(|adapter| NodeAdapter {
+                    index: adapter.index,
+                    name: adapter.name,
+                    backend: adapter.backend,
+                    kind: adapter.kind,
+                    max_buffer_bytes: adapter.max_buffer_bytes,
+                })
+                .collect(),
         }
     }
 }

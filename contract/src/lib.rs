@@ -22,7 +22,7 @@ pub use directory::{DirectoryEntry, InvalidDirectoryEntry};
 /// The scrubber's kinds of personal data, which a policy chooses from.
 pub use flotilla_scrub::Kind as ScrubKind;
 pub use health::{GpuHealth, HealthPoint, HealthSample, InferenceHealth, InferenceMinute};
-pub use inventory::{NodeGpu, NodeInventory};
+pub use inventory::{NodeAdapter, NodeGpu, NodeInventory};
 pub use names::{InvalidName, ModelName, NameKind, NodeName, PolicyName, PromptName, RolloutName};
 pub use policy::{
     AssignedPolicy, ESCALATE_HEADER, Egress, Feature, InvalidPolicy, MAX_TRIGGER_MODEL_NAMES,

@@ -81,7 +81,13 @@ async fn qwen2_is_served_with_its_own_chat_template() -> anyhow::Result<()> {
 
     // The prompt was the model's own template (Qwen's adds its default
     // system prompt): the agent counts exactly the engine's rendering.
-    let engine = Engine::load(&file, EngineOptions { threads: Some(1) })?;
+    let engine = Engine::load(
+        &file,
+        EngineOptions {
+            threads: Some(1),
+            ..EngineOptions::default()
+        },
+    )?;
     let expected = engine
         .prompt_tokens(&Prompt::Chat(single_turn(None, question)))?
         .len();
@@ -123,7 +129,13 @@ async fn gemma3_base_model_completes_text() -> anyhow::Result<()> {
     // What the engine itself completes, greedily: the node must serve the
     // model as it is, word for word (a 270M base model's sense is not the
     // point; it says "the capital of the country of France").
-    let engine = Engine::load(&file, EngineOptions { threads: Some(1) })?;
+    let engine = Engine::load(
+        &file,
+        EngineOptions {
+            threads: Some(1),
+            ..EngineOptions::default()
+        },
+    )?;
     let mut request = GenerationRequest::new(Prompt::Text(prompt.to_owned()));
     request.sampling = SamplingParams::greedy();
     request.max_tokens = 8;

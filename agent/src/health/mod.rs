@@ -44,6 +44,9 @@ pub struct Inventory {
     /// The filesystem holding the agent's data directory (and its cache).
     pub data_disk: Option<DiskInfo>,
     pub gpus: Vec<GpuInfo>,
+    /// The GPU adapters the engine can run on (`--device gpu:N`).
+    #[serde(default)]
+    pub adapters: Vec<flotilla_engine::GpuAdapter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +130,14 @@ fn lock(state: &Mutex<ProbeState>) -> std::sync::MutexGuard<'_, ProbeState> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The engine's GPU adapters, listed once: listing starts a Vulkan (or
+/// Metal, DX12) instance, and adapters come and go only with drivers.
+fn compute_adapters() -> &'static [flotilla_engine::GpuAdapter] {
+    static ADAPTERS: std::sync::OnceLock<Vec<flotilla_engine::GpuAdapter>> =
+        std::sync::OnceLock::new();
+    ADAPTERS.get_or_init(flotilla_engine::gpu_adapters)
+}
+
 impl ProbeState {
     fn inventory(&mut self) -> Inventory {
         self.system
@@ -159,6 +170,7 @@ impl ProbeState {
             memory_total_bytes: self.system.total_memory(),
             data_disk,
             gpus: self.gpus.inventory(),
+            adapters: compute_adapters().to_vec(),
         }
     }
 

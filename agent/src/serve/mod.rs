@@ -100,6 +100,8 @@ pub struct ServeConfig {
     pub retry_after: Duration,
     /// Kernel threads per loaded model (`None`: all cores).
     pub engine_threads: Option<usize>,
+    /// Where models run (`--device`).
+    pub device: flotilla_engine::DeviceRequest,
     /// How long the warm-up generation of a new model may take.
     pub warm_up_timeout: Duration,
     /// API keys or JWTs the inference APIs require (`None`: open, see
@@ -136,6 +138,7 @@ impl Default for ServeConfig {
             default_max_tokens: 512,
             retry_after: Duration::from_secs(1),
             engine_threads: None,
+            device: flotilla_engine::DeviceRequest::Cpu,
             warm_up_timeout: Duration::from_secs(120),
             auth: None,
             peer_trust: CaTrust::system(),

@@ -148,6 +148,7 @@ impl ServedModel {
             path,
             EngineOptions {
                 threads: config.engine_threads,
+                device: config.device,
             },
         )
         .map_err(|error| {
@@ -158,6 +159,16 @@ impl ServedModel {
                 assignment.digest.short()
             )
         })?;
+        let placement = engine.placement();
+        match &placement.note {
+            Some(note) => tracing::warn!(
+                model = %assignment.model,
+                device = %placement,
+                reason = %note,
+                "serving on the CPU: the GPU was not used"
+            ),
+            None => tracing::info!(model = %assignment.model, device = %placement, "model placed"),
+        }
         let engine = Arc::new(engine);
         let prompt = PromptPolicy::from_assignment(assignment, &engine)?;
         let (capacity, scheduler_config) = queue_limits(config);
@@ -530,6 +541,7 @@ impl Activator for EngineActivator {
                 .await
                 .map_err(|error| format!("loading {model} panicked: {error}"))??;
                 super::stats::global().activated(Some(loaded.info.digest), loaded.capacity());
+                super::stats::global().serving_on(Some(loaded.engine().placement().to_string()));
                 let previous = slot.replace(Some(Arc::new(loaded)));
                 if let Some(previous) = previous {
                     tracing::info!(
@@ -549,6 +561,7 @@ impl Activator for EngineActivator {
         let slot = self.slot.clone();
         Box::pin(async move {
             super::stats::global().activated(None, 0);
+            super::stats::global().serving_on(None);
             if let Some(previous) = slot.replace(None) {
                 tracing::info!(model = %previous.info.name, "stopped serving");
             }

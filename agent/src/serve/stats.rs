@@ -53,6 +53,8 @@ pub struct InferenceStats {
     generated_tokens: AtomicU64,
     window: Mutex<Window>,
     activation: Mutex<SinceActivation>,
+    /// Where the model served now runs ("gpu (vulkan …)", "cpu (avx2 kernels, …)").
+    device: Mutex<Option<String>>,
 }
 
 /// Outcomes of the model served now. Counted process-wide, so a request
@@ -114,6 +116,11 @@ impl InferenceStats {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 Some(n.saturating_sub(1))
             });
+    }
+
+    /// Where the model served now runs, or `None` when none is served.
+    pub fn serving_on(&self, device: Option<String>) {
+        *lock(&self.device) = device;
     }
 
     /// A model began serving (`serving`, admitting `capacity` requests at
@@ -210,6 +217,7 @@ impl InferenceStats {
                 .map(millis),
             time_to_first_token_max_ms: latencies.last().map(millis),
             serving_digest: since.serving.map(|digest| digest.to_hex()),
+            serving_device: lock(&self.device).clone(),
             completed_since_activation: since.completed,
             failed_since_activation: since.failed,
             escalated_since_activation: since.escalated,

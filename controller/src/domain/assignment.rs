@@ -546,6 +546,7 @@ mod tests {
                     time_to_first_token_p50_ms: None,
                     time_to_first_token_max_ms: Some(queue * 100),
                     serving_digest: None,
+                    serving_device: None,
                     completed_since_activation: 0,
                     failed_since_activation: 0,
                     queue_depth_peak: queue,

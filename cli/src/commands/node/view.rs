@@ -87,6 +87,18 @@ pub fn node_fields(node: &NodeInfo, now: OffsetDateTime) -> Vec<(String, String)
     add("disk", human_bytes(inventory.disk_total_bytes));
     add("os", inventory.os.clone());
     add("gpus", or_dash(gpus));
+    let adapters = inventory
+        .adapters
+        .iter()
+        .map(|adapter| {
+            format!(
+                "gpu:{} {} ({} {})",
+                adapter.index, adapter.name, adapter.backend, adapter.kind
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    add("adapters", or_dash(adapters));
     add("generation", generation_words(node));
     match &node.assignment {
         None => add("assignment", "none".to_owned()),
@@ -192,6 +204,9 @@ fn health_fields(health: &HealthInfo, now: OffsetDateTime) -> Vec<(String, Strin
         fields.push((format!("gpu {}", gpu.index), gpu_text(gpu)));
     }
     if let Some(inference) = &health.inference {
+        if let Some(device) = &inference.serving_device {
+            fields.push(("device".to_owned(), device.clone()));
+        }
         fields.push(("inference".to_owned(), inference_text(inference)));
     }
     if let Some(error) = &health.state_write_error {

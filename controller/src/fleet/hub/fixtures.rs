@@ -41,6 +41,7 @@ pub(super) fn sample(now: OffsetDateTime, cpu: f32) -> HealthSample {
             time_to_first_token_p50_ms: None,
             time_to_first_token_max_ms: None,
             serving_digest: None,
+            serving_device: None,
             completed_since_activation: 0,
             failed_since_activation: 0,
             queue_depth_peak: 3,

@@ -20,4 +20,5 @@ pub mod rollout;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -136,12 +136,15 @@ pub struct TestController {
     database: Option<TestDatabase>,
 }
 
+/// One change to a test controller's configuration.
+type Adjustment = Box<dyn FnOnce(&mut ControllerConfig) + Send>;
+
 /// How a test's controller is set up before it starts: the store, and
 /// changes to its test configuration, applied in the order given.
 #[must_use = "a builder does nothing until `start` is called"]
 pub struct TestControllerBuilder {
     store: TestStore,
-    adjustments: Vec<Box<dyn FnOnce(&mut ControllerConfig) + Send>>,
+    adjustments: Vec<Adjustment>,
 }
 
 impl TestControllerBuilder {

@@ -4,38 +4,15 @@
 //! `~/.config/flotilla/config.toml`), then the default URL.
 //!
 //! Nothing here is persisted; the file is only read. The token is kept in a
-//! [`Token`] whose `Debug` is redacted, so it cannot end up in an error
-//! message or a log line by accident.
+//! [`Token`] (`flotilla-client`'s) whose `Debug` is redacted, so it cannot
+//! end up in an error message or a log line by accident.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use flotilla_client::Token;
 use serde::Deserialize;
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
-
-/// An API bearer token. Deliberately has no `Display`.
-#[derive(Clone)]
-pub struct Token(String);
-
-impl Token {
-    /// A token from any source, with surrounding whitespace (the newline of a
-    /// `cat`ed token file) removed; blank means "no token".
-    pub fn new(raw: &str) -> Option<Self> {
-        let trimmed = raw.trim();
-        (!trimmed.is_empty()).then(|| Self(trimmed.to_owned()))
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
 
 /// The config file's shape. Unknown keys are refused so that a typo such as
 /// `tokn = "..."` is reported instead of silently ignored.
@@ -153,19 +130,6 @@ fn warn_if_readable_by_others(_path: &Path) {}
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_trimmed_and_blank_means_none() {
-        assert_eq!(
-            Token::new("  abc\n").map(|t| t.expose().to_owned()),
-            Some("abc".to_owned())
-        );
-        assert!(Token::new(" \n").is_none());
-        assert_eq!(
-            format!("{:?}", Token::new("secret")),
-            "Some(Token(<redacted>))"
-        );
-    }
 
     #[test]
     fn overrides_win_over_the_file() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,7 +1,7 @@
 //! `flotilla`: the operators' command-line tool. It only speaks the
 //! controller's REST API; see `commands/` for what each subcommand does,
-//! `client.rs` for the API client and `config.rs` for where the URL and the
-//! token come from.
+//! the `flotilla-client` crate for the API client and `config.rs` for where
+//! the URL and the token come from.
 //!
 //! Exit status, so that scripts can tell failures apart (the message is
 //! printed as `error: …` on stderr):
@@ -16,7 +16,6 @@
 
 #![forbid(unsafe_code)]
 
-mod client;
 mod commands;
 mod config;
 mod output;
@@ -24,6 +23,7 @@ mod output;
 use std::process::ExitCode;
 
 use clap::Parser;
+use flotilla_client::ClientError;
 
 use crate::commands::Command;
 use crate::config::{Overrides, Settings};
@@ -97,30 +97,30 @@ fn classify(error: &anyhow::Error) -> (u8, Option<&'static str>) {
 
     let Some(client_error) = error
         .chain()
-        .find_map(|cause| cause.downcast_ref::<client::ClientError>())
+        .find_map(|cause| cause.downcast_ref::<ClientError>())
     else {
         return (1, None);
     };
     match client_error {
-        client::ClientError::Api { status, .. }
-        | client::ClientError::UnexpectedResponse { status, .. } => match *status {
-            StatusCode::UNAUTHORIZED => (
-                exit::AUTH,
-                Some(
-                    "the controller does not accept this token (wrong, expired or revoked): \
+        ClientError::Api { status, .. } | ClientError::UnexpectedResponse { status, .. } => {
+            match *status {
+                StatusCode::UNAUTHORIZED => (
+                    exit::AUTH,
+                    Some(
+                        "the controller does not accept this token (wrong, expired or revoked): \
                      set --token or FLOTILLA_TOKEN, or `token` in the config file",
+                    ),
                 ),
-            ),
-            StatusCode::FORBIDDEN => (exit::AUTH, None),
-            StatusCode::NOT_FOUND => (exit::NOT_FOUND, None),
-            StatusCode::CONFLICT => (exit::CONFLICT, None),
-            StatusCode::BAD_GATEWAY
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => (exit::UNAVAILABLE, None),
-            _ => (1, None),
-        },
-        client::ClientError::Connect { reason, .. }
-        | client::ClientError::Transport { reason, .. } => {
+                StatusCode::FORBIDDEN => (exit::AUTH, None),
+                StatusCode::NOT_FOUND => (exit::NOT_FOUND, None),
+                StatusCode::CONFLICT => (exit::CONFLICT, None),
+                StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT => (exit::UNAVAILABLE, None),
+                _ => (1, None),
+            }
+        }
+        ClientError::Connect { reason, .. } | ClientError::Transport { reason, .. } => {
             (exit::UNAVAILABLE, tls_mismatch_hint(reason))
         }
         _ => (1, None),
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn failures_get_distinct_exit_codes() {
         let api = |status: u16| {
-            anyhow::Error::new(client::ClientError::Api {
+            anyhow::Error::new(ClientError::Api {
                 status: reqwest::StatusCode::from_u16(status).expect("valid status"),
                 code: String::new(),
                 message: "refused".into(),
@@ -197,7 +197,7 @@ mod tests {
         assert_eq!(classify(&api(409)).0, exit::CONFLICT);
         assert_eq!(classify(&api(503)).0, exit::UNAVAILABLE);
         assert_eq!(classify(&api(400)).0, 1);
-        let mismatch = anyhow::Error::new(client::ClientError::Connect {
+        let mismatch = anyhow::Error::new(ClientError::Connect {
             url: "https://127.0.0.1:1".into(),
             reason: "received corrupt message of type InvalidContentType".into(),
         });

@@ -7,60 +7,44 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use flotilla_controller::config::ControllerConfig;
-use flotilla_controller::server::Controller;
+use flotilla_controller::testing::{TestController, TestStore, enroll_request};
 use flotilla_gguf::{GgmlType, GgufBuilder};
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio_util::sync::CancellationToken;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// No single CLI run in these tests should come anywhere near this.
 const RUN_DEADLINE: Duration = Duration::from_secs(180);
 
-/// A controller serving on loopback, and a home directory for the CLI.
-struct TestController {
-    url: String,
-    /// The gRPC address agents enrol and sync with.
-    grpc: std::net::SocketAddr,
-    admin_token: String,
-    shutdown: CancellationToken,
+/// A controller serving on loopback (the controller's test harness, on
+/// SQLite), and a home directory for the CLI.
+struct CliHarness {
+    controller: TestController,
     home: TempDir,
-    _data: TempDir,
 }
 
-impl TestController {
+impl CliHarness {
     async fn start() -> TestResult<Self> {
-        let data = tempfile::tempdir()?;
-        let config = ControllerConfig::for_tests(data.path(), None);
-        let controller = Controller::open(config).await?;
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", http.local_addr()?);
-        let grpc_addr = grpc.local_addr()?;
-        let shutdown = CancellationToken::new();
-        // The listeners are bound already, so the controller accepts
-        // connections as soon as this task runs: no readiness wait needed.
-        tokio::spawn(controller.serve(http, grpc, shutdown.clone()));
-        let admin_token = std::fs::read_to_string(data.path().join("admin.token"))?
-            .trim()
-            .to_owned();
         Ok(Self {
-            url,
-            grpc: grpc_addr,
-            admin_token,
-            shutdown,
+            controller: TestController::start(TestStore::Sqlite).await?,
             home: tempfile::tempdir()?,
-            _data: data,
         })
+    }
+
+    fn url(&self) -> &str {
+        &self.controller.url
+    }
+
+    fn admin_token(&self) -> &str {
+        &self.controller.admin_token
     }
 
     /// `flotilla` with this controller's URL and the admin token in the environment.
     fn cli(&self) -> Cli {
         Cli::new(self.home.path())
-            .env("FLOTILLA_URL", &self.url)
-            .env("FLOTILLA_TOKEN", &self.admin_token)
+            .env("FLOTILLA_URL", self.url())
+            .env("FLOTILLA_TOKEN", self.admin_token())
     }
 
     /// `flotilla` with nothing configured but an empty home directory.
@@ -70,12 +54,6 @@ impl TestController {
 
     fn scratch(&self, name: &str) -> PathBuf {
         self.home.path().join(name)
-    }
-}
-
-impl Drop for TestController {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 
@@ -251,7 +229,7 @@ fn number_field(value: &Value, pointer: &str) -> TestResult<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_then_list_show_resolve_and_retire() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let bytes = tiny_gguf(1);
     let file = controller.scratch("tiny.gguf");
     std::fs::write(&file, &bytes)?;
@@ -419,7 +397,7 @@ async fn push_then_list_show_resolve_and_retire() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drafts_take_several_quantizations_until_published() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let file = controller.scratch("tiny.gguf");
     std::fs::write(&file, tiny_gguf(3))?;
     let drafted = controller
@@ -470,7 +448,7 @@ async fn drafts_take_several_quantizations_until_published() -> TestResult {
 /// before any node is touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unservable_artifact_is_shown_and_never_rolled_out() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     // A valid GGUF header whose one matrix is a type the engine has no kernel for.
     let unservable = GgufBuilder::tiny_llama(3, 1);
     let mut header = flotilla_gguf::read_header(&unservable[..])?;
@@ -568,7 +546,7 @@ fn rebuild_with(header: &flotilla_gguf::GgufHeader, original: &[u8]) -> Vec<u8> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pushes_fail_with_clear_messages() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let not_gguf = controller.scratch("notes.txt");
     std::fs::write(&not_gguf, "hello, this is not a model\n")?;
     let refused = controller
@@ -643,7 +621,7 @@ async fn bad_pushes_fail_with_clear_messages() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_are_created_listed_and_shown_by_version() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let first = controller
         .cli()
         .args([
@@ -758,7 +736,7 @@ async fn prompts_are_created_listed_and_shown_by_version() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_carry_roles_and_are_never_printed_by_mistake() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let created = controller
         .cli()
         .args([
@@ -853,10 +831,10 @@ async fn tokens_carry_roles_and_are_never_printed_by_mistake() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_bad_tokens_are_explained() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let missing = controller
         .bare_cli()
-        .env("FLOTILLA_URL", &controller.url)
+        .env("FLOTILLA_URL", controller.url())
         .args(["whoami"])
         .run()
         .await?
@@ -867,7 +845,7 @@ async fn missing_or_bad_tokens_are_explained() -> TestResult {
 
     let bad = controller
         .bare_cli()
-        .env("FLOTILLA_URL", &controller.url)
+        .env("FLOTILLA_URL", controller.url())
         .env("FLOTILLA_TOKEN", "not-a-jwt")
         .args(["model", "ls"])
         .run()
@@ -880,7 +858,7 @@ async fn missing_or_bad_tokens_are_explained() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_come_from_flags_then_env_then_config_file() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let unreachable = unused_loopback_url().await?;
     let config_dir = controller.home.path().join("xdg").join("flotilla");
     std::fs::create_dir_all(&config_dir)?;
@@ -889,7 +867,8 @@ async fn settings_come_from_flags_then_env_then_config_file() -> TestResult {
         &config_file,
         &format!(
             "url = \"{}\"\ntoken = \"{}\"\n",
-            controller.url, controller.admin_token
+            controller.url(),
+            controller.admin_token()
         ),
     )?;
 
@@ -914,7 +893,7 @@ async fn settings_come_from_flags_then_env_then_config_file() -> TestResult {
     controller
         .bare_cli()
         .env("FLOTILLA_URL", &unreachable)
-        .args(["whoami", "--url", &controller.url])
+        .args(["whoami", "--url", controller.url()])
         .run()
         .await?
         .success()?;
@@ -933,7 +912,8 @@ async fn settings_come_from_flags_then_env_then_config_file() -> TestResult {
         &dot_config.join("config.toml"),
         &format!(
             "url = \"{}\"\ntoken = \"{}\"\n",
-            controller.url, controller.admin_token
+            controller.url(),
+            controller.admin_token()
         ),
     )?;
     controller
@@ -950,7 +930,8 @@ async fn settings_come_from_flags_then_env_then_config_file() -> TestResult {
         &elsewhere,
         &format!(
             "url = \"{}\"\ntoken = \"{}\"\n",
-            controller.url, controller.admin_token
+            controller.url(),
+            controller.admin_token()
         ),
     )?;
     std::fs::remove_file(&config_file)?;
@@ -1035,7 +1016,7 @@ async fn real_model_push_matches_an_independent_digest() -> TestResult {
     };
     let independent_digest = python_blake3(&python, &model).await?;
 
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let pushed = controller
         .cli()
         .args(["model", "push"])
@@ -1159,7 +1140,7 @@ fn write_private(path: &Path, contents: &str) -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_tokens_print_alone_and_nodes_list_as_json() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let created = controller
         .cli()
         .args(["node", "token", "create", "--ttl", "30m", "--uses", "3"])
@@ -1217,7 +1198,7 @@ async fn node_tokens_print_alone_and_nodes_list_as_json() -> TestResult {
 /// refused ones included, under the bootstrap token's id.
 #[tokio::test]
 async fn grpc_enrolments_are_in_the_audit_log() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let token = controller
         .cli()
         .args(["node", "token", "create", "--uses", "1"])
@@ -1268,19 +1249,16 @@ async fn grpc_enrolments_are_in_the_audit_log() -> TestResult {
 }
 
 /// Enrols `name` (labels site=lab) over gRPC, as an agent would.
-async fn enrol(controller: &TestController, token: &str, name: &str) -> TestResult {
-    use flotilla_proto::fleet::v1 as pb;
-    let mut client =
-        pb::fleet_client::FleetClient::connect(format!("http://{}", controller.grpc)).await?;
-    client
-        .enroll(pb::EnrollRequest {
-            bootstrap_token: token.to_owned(),
-            node_name: name.to_owned(),
+async fn enrol(harness: &CliHarness, token: &str, name: &str) -> TestResult {
+    harness
+        .controller
+        .fleet_client()
+        .await?
+        .enroll(flotilla_proto::fleet::v1::EnrollRequest {
             labels: [("site".to_owned(), "lab".to_owned())].into(),
             inventory: None,
             agent_version: "test".to_owned(),
-            replace_existing: false,
-            certificate_signing_request: String::new(),
+            ..enroll_request(token, name)
         })
         .await?;
     Ok(())
@@ -1288,7 +1266,7 @@ async fn enrol(controller: &TestController, token: &str, name: &str) -> TestResu
 
 #[tokio::test]
 async fn fleet_commands_assign_label_cordon_drain_and_show() -> TestResult {
-    let controller = TestController::start().await?;
+    let controller = CliHarness::start().await?;
     let file = controller.scratch("tiny.gguf");
     std::fs::write(&file, tiny_gguf(2))?;
     controller

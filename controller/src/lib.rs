@@ -6,18 +6,25 @@
 //! logic of models and artifacts, `fleet` that of nodes and enrolment, `auth` verifies callers, `api` and `grpc`
 //! are the edges that convert wire types to domain types and back, `server`
 //! assembles them.
+//!
+//! A module is public only where something outside the library uses it:
+//! the `flotilla-controller` binary, this crate's integration tests, or
+//! another crate's tests. `error`, `grpc`, `registry` and `rollout` are
+//! reached only through `api` and `server`; `testing` exists only for tests
+//! (the `testing` feature).
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod domain;
-pub mod error;
+mod error;
 pub mod fleet;
-pub mod grpc;
+mod grpc;
 pub mod objects;
-pub mod registry;
-pub mod rollout;
+mod registry;
+mod rollout;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -3,18 +3,16 @@
 //! a real tonic client, operators list and approve nodes over REST. Refused
 //! enrolments (forged, expired, used-up tokens; taken names) change nothing.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use flotilla_api_types as dto;
-use flotilla_controller::auth::{Authenticator, KeyFile, Role};
+use flotilla_controller::auth::Role;
 use flotilla_controller::domain::BootstrapSecret;
 use flotilla_controller::store::{self, NewBootstrapToken};
-use flotilla_controller::testing::{TestController, TestStore};
+use flotilla_controller::testing::{TestController, TestStore, api_error, enroll_request};
 use flotilla_proto::fleet::v1 as pb;
 use flotilla_proto::fleet::v1::fleet_client::FleetClient;
 use reqwest::StatusCode;
-use serde_json::json;
 use tonic::Code;
 
 flotilla_controller::on_both_stores!(
@@ -24,64 +22,32 @@ flotilla_controller::on_both_stores!(
     node_endpoints_need_the_right_roles,
 );
 
+/// The controller, and the gRPC client agents enrol with.
 struct Fleet {
     controller: TestController,
-    http: reqwest::Client,
     grpc: FleetClient<tonic::transport::Channel>,
 }
 
 impl Fleet {
     async fn start(store: TestStore, require_approval: bool) -> anyhow::Result<Self> {
-        let controller = TestController::start_with(store, |config| {
-            config.require_node_approval = require_approval;
-        })
-        .await?;
-        let grpc = FleetClient::connect(format!("http://{}", controller.grpc_addr)).await?;
-        Ok(Self {
-            controller,
-            http: reqwest::Client::new(),
-            grpc,
-        })
-    }
-
-    fn admin(&self) -> &str {
-        &self.controller.admin_token
-    }
-
-    async fn get(&self, path: &str, token: &str) -> anyhow::Result<reqwest::Response> {
-        Ok(self
-            .http
-            .get(format!("{}{path}", self.controller.url))
-            .bearer_auth(token)
-            .send()
-            .await?)
-    }
-
-    async fn post(
-        &self,
-        path: &str,
-        token: &str,
-        body: serde_json::Value,
-    ) -> anyhow::Result<reqwest::Response> {
-        Ok(self
-            .http
-            .post(format!("{}{path}", self.controller.url))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await?)
+        let controller = TestController::builder(store)
+            .require_node_approval(require_approval)
+            .start()
+            .await?;
+        let grpc = controller.fleet_client().await?;
+        Ok(Self { controller, grpc })
     }
 
     async fn bootstrap_token(&self, uses: u32) -> anyhow::Result<dto::BootstrapTokenInfo> {
-        let response = self
-            .post(
-                "/api/v1/nodes/tokens",
-                self.admin(),
-                json!({"ttl_seconds": 600, "uses": uses}),
-            )
-            .await?;
-        assert_eq!(response.status(), StatusCode::CREATED);
-        Ok(response.json().await?)
+        Ok(self
+            .controller
+            .client()
+            .create_bootstrap_token(&dto::CreateBootstrapTokenRequest {
+                ttl_seconds: Some(600),
+                uses: Some(uses),
+                ..Default::default()
+            })
+            .await?)
     }
 
     async fn enroll(
@@ -91,24 +57,8 @@ impl Fleet {
         replace: bool,
     ) -> Result<pb::EnrollResponse, tonic::Status> {
         let request = pb::EnrollRequest {
-            bootstrap_token: token.to_owned(),
-            node_name: name.to_owned(),
-            labels: HashMap::from([("site".to_owned(), "berlin".to_owned())]),
-            inventory: Some(pb::Inventory {
-                cpu_model: "test cpu".to_owned(),
-                cpu_cores: 4,
-                memory_total_bytes: 8 << 30,
-                gpus: vec![pb::Gpu {
-                    index: 0,
-                    name: "NVIDIA L4".to_owned(),
-                    memory_total_bytes: 24 << 30,
-                    driver_version: "550.54".to_owned(),
-                }],
-                ..pb::Inventory::default()
-            }),
-            agent_version: "0.1.0".to_owned(),
             replace_existing: replace,
-            certificate_signing_request: String::new(),
+            ..enroll_request(token, name)
         };
         self.grpc
             .clone()
@@ -118,20 +68,7 @@ impl Fleet {
     }
 
     async fn nodes(&self) -> anyhow::Result<dto::Page<dto::NodeInfo>> {
-        Ok(self
-            .get("/api/v1/nodes", self.admin())
-            .await?
-            .json()
-            .await?)
-    }
-
-    /// A verifier with the controller's keys, to inspect node credentials.
-    fn authenticator(&self) -> anyhow::Result<Authenticator> {
-        let keys = KeyFile::load(&self.controller.data_dir.path().join("auth-keys.toml"))?;
-        Ok(Authenticator::new(
-            &keys,
-            flotilla_controller::auth::DEFAULT_AUDIENCE,
-        )?)
+        Ok(self.controller.client().list_nodes(100, None).await?)
     }
 }
 
@@ -144,7 +81,10 @@ async fn token_enrol_list_show(store: TestStore) -> anyhow::Result<()> {
     let enrolled = fleet.enroll(&token.token, "edge-1", false).await?;
     assert_eq!(enrolled.node_name, "edge-1");
     assert_eq!(enrolled.status(), pb::NodeStatus::Active);
-    let principal = fleet.authenticator()?.verify(&enrolled.credential)?;
+    let principal = fleet
+        .controller
+        .authenticator()?
+        .verify(&enrolled.credential)?;
     assert_eq!(
         (principal.subject.as_str(), principal.role),
         ("edge-1", Role::Node)
@@ -154,8 +94,12 @@ async fn token_enrol_list_show(store: TestStore) -> anyhow::Result<()> {
         enrolled.credential_expires_at_unix
     );
     // The node credential is not an operator's: it reads no REST endpoint.
-    let response = fleet.get("/api/v1/nodes", &enrolled.credential).await?;
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = fleet
+        .controller
+        .client_as(&enrolled.credential)?
+        .list_nodes(100, None)
+        .await;
+    assert_eq!(api_error(response)?.0, StatusCode::FORBIDDEN);
 
     let nodes = fleet.nodes().await?;
     assert_eq!(nodes.items.len(), 1);
@@ -167,15 +111,20 @@ async fn token_enrol_list_show(store: TestStore) -> anyhow::Result<()> {
     assert_eq!(node.labels.get("site").map(String::as_str), Some("berlin"));
     assert_eq!(node.inventory.gpus[0].name, "NVIDIA L4");
     assert_eq!(node.assignment, None);
+    // The wire shape itself: no assignment is an explicit null.
     let raw: serde_json::Value = fleet
-        .get("/api/v1/nodes/edge-1", fleet.admin())
+        .controller
+        .raw()
+        .get("/api/v1/nodes/edge-1")
+        .bearer_auth(&fleet.controller.admin_token)
+        .send()
         .await?
         .json()
         .await?;
     assert_eq!(raw["assignment"], serde_json::Value::Null);
     assert_eq!(raw["agent_version"], "0.1.0");
-    let missing = fleet.get("/api/v1/nodes/absent", fleet.admin()).await?;
-    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let missing = fleet.controller.client().node("absent").await;
+    assert_eq!(api_error(missing)?.0, StatusCode::NOT_FOUND);
     fleet.controller.stop().await
 }
 
@@ -274,14 +223,11 @@ async fn refused_enrolments_change_nothing(store: TestStore) -> anyhow::Result<(
         .await
         .expect_err("unapproved replacement");
     assert_eq!(unapproved.code(), Code::PermissionDenied);
-    let approved = fleet
-        .post(
-            "/api/v1/nodes/first/approve-replace",
-            fleet.admin(),
-            json!({}),
-        )
+    fleet
+        .controller
+        .client()
+        .approve_replace_node("first")
         .await?;
-    assert_eq!(approved.status(), StatusCode::OK);
     fleet.enroll(&fresh.token, "first", true).await?;
     for index in 0..4 {
         fleet
@@ -302,59 +248,47 @@ async fn approval_flow(store: TestStore) -> anyhow::Result<()> {
     let enrolled = fleet.enroll(&token.token, "edge-1", false).await?;
     assert_eq!(enrolled.status(), pb::NodeStatus::Pending);
     assert_eq!(fleet.nodes().await?.items[0].status, "pending");
-    let approved = fleet
-        .post("/api/v1/nodes/edge-1/approve", fleet.admin(), json!({}))
-        .await?;
-    assert_eq!(approved.status(), StatusCode::OK);
-    let approved: dto::NodeInfo = approved.json().await?;
+    let approved = fleet.controller.client().approve_node("edge-1").await?;
     assert_eq!(approved.status, "active");
     assert_eq!(fleet.nodes().await?.items[0].status, "active");
-    let missing = fleet
-        .post("/api/v1/nodes/absent/approve", fleet.admin(), json!({}))
-        .await?;
-    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let missing = fleet.controller.client().approve_node("absent").await;
+    assert_eq!(api_error(missing)?.0, StatusCode::NOT_FOUND);
     fleet.controller.stop().await
 }
 
 async fn node_endpoints_need_the_right_roles(store: TestStore) -> anyhow::Result<()> {
     let fleet = Fleet::start(store, false).await?;
-    let minted: dto::TokenInfo = fleet
-        .post(
-            "/api/v1/tokens",
-            fleet.admin(),
-            json!({"subject": "vera", "role": "viewer"}),
-        )
-        .await?
-        .json()
-        .await?;
-    let viewer = minted.token;
-    assert_eq!(
-        fleet.get("/api/v1/nodes", &viewer).await?.status(),
-        StatusCode::OK
-    );
-    let create = fleet
-        .post("/api/v1/nodes/tokens", &viewer, json!({}))
-        .await?;
-    assert_eq!(create.status(), StatusCode::FORBIDDEN);
+    let admin = fleet.controller.client();
+    let viewer_token = fleet.controller.mint_token("vera", "viewer").await?;
+    let viewer = fleet.controller.client_as(&viewer_token)?;
+    viewer.list_nodes(100, None).await?;
+    let create = viewer
+        .create_bootstrap_token(&dto::CreateBootstrapTokenRequest::default())
+        .await;
+    assert_eq!(api_error(create)?.0, StatusCode::FORBIDDEN);
     // Node credentials come only from enrolment.
-    let node_role = fleet
-        .post(
-            "/api/v1/tokens",
-            fleet.admin(),
-            json!({"subject": "edge-9", "role": "node"}),
-        )
-        .await?;
-    assert_eq!(node_role.status(), StatusCode::BAD_REQUEST);
-    let bad = fleet
-        .post(
-            "/api/v1/nodes/tokens",
-            fleet.admin(),
-            json!({"ttl_seconds": 0, "uses": 1}),
-        )
-        .await?;
-    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let node_role = admin
+        .create_token(&dto::CreateTokenRequest {
+            subject: "edge-9".to_owned(),
+            role: "node".to_owned(),
+            ttl_seconds: None,
+        })
+        .await;
+    assert_eq!(api_error(node_role)?.0, StatusCode::BAD_REQUEST);
+    let bad = admin
+        .create_bootstrap_token(&dto::CreateBootstrapTokenRequest {
+            ttl_seconds: Some(0),
+            uses: Some(1),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(api_error(bad)?.0, StatusCode::BAD_REQUEST);
     let openapi: serde_json::Value = fleet
-        .get("/api/v1/openapi.json", fleet.admin())
+        .controller
+        .raw()
+        .get("/api/v1/openapi.json")
+        .bearer_auth(&fleet.controller.admin_token)
+        .send()
         .await?
         .json()
         .await?;

@@ -4,37 +4,29 @@
 //! tested end to end in `tests/tests/rollout.rs`, with simulated agents.)
 
 use flotilla_api_types as dto;
-use flotilla_controller::testing::{TestController, TestStore};
+use flotilla_controller::testing::{RawHttp, TestController, TestStore, api_error};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 flotilla_controller::on_both_stores!(bad_rollout_requests_are_refused_clearly);
 
-struct Api {
-    controller: TestController,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<(StatusCode, Value)> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.controller.url))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Ok((status, body))
-    }
+/// `POST /api/v1/rollouts` with `body` as it stands: the bodies here are
+/// wrong on purpose, so they go as raw JSON rather than through the typed
+/// client's `CreateRolloutRequest`.
+async fn post_rollout(
+    raw: &RawHttp,
+    token: &str,
+    body: Value,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let response = raw
+        .post("/api/v1/rollouts")
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
 }
 
 fn create(overrides: Value) -> Value {
@@ -53,13 +45,10 @@ fn create(overrides: Value) -> Value {
 }
 
 async fn bad_rollout_requests_are_refused_clearly(store: TestStore) -> anyhow::Result<()> {
-    let api = Api {
-        controller: TestController::start(store).await?,
-        http: reqwest::Client::new(),
-    };
-    let admin = api.controller.admin_token.clone();
-    let post = reqwest::Method::POST;
-    let get = reqwest::Method::GET;
+    let controller = TestController::start(store).await?;
+    let admin_token = controller.admin_token.clone();
+    let admin = controller.client();
+    let raw = controller.raw();
 
     let cases: &[(Value, StatusCode, &str)] = &[
         (
@@ -130,14 +119,7 @@ async fn bad_rollout_requests_are_refused_clearly(store: TestStore) -> anyhow::R
         (json!({}), StatusCode::NOT_FOUND, "model smol not found"),
     ];
     for (overrides, status, needle) in cases {
-        let (got, body) = api
-            .send(
-                post.clone(),
-                "/api/v1/rollouts",
-                &admin,
-                Some(create(overrides.clone())),
-            )
-            .await?;
+        let (got, body) = post_rollout(&raw, &admin_token, create(overrides.clone())).await?;
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert_eq!(got, *status, "{overrides}: {body}");
         assert!(
@@ -146,23 +128,13 @@ async fn bad_rollout_requests_are_refused_clearly(store: TestStore) -> anyhow::R
         );
     }
     // A model without nodes: nothing to roll out to.
-    let (status, _) = api
-        .send(
-            post.clone(),
-            "/api/v1/models",
-            &admin,
-            Some(json!({"name": "smol"})),
-        )
+    admin
+        .create_model(&dto::CreateModelRequest {
+            name: "smol".to_owned(),
+            description: String::new(),
+        })
         .await?;
-    assert_eq!(status, StatusCode::CREATED);
-    let (status, body) = api
-        .send(
-            post.clone(),
-            "/api/v1/rollouts",
-            &admin,
-            Some(create(json!({}))),
-        )
-        .await?;
+    let (status, body) = post_rollout(&raw, &admin_token, create(json!({}))).await?;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
         body["error"]["message"]
@@ -171,68 +143,27 @@ async fn bad_rollout_requests_are_refused_clearly(store: TestStore) -> anyhow::R
             .contains("matches no active node")
     );
     // Unknown rollouts and commands.
-    let (status, body) = api
-        .send(get.clone(), "/api/v1/rollouts/nope", &admin, None)
-        .await?;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("rollout nope not found")
-    );
-    let (status, body) = api
-        .send(post.clone(), "/api/v1/rollouts/nope/explode", &admin, None)
-        .await?;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("unknown rollout command")
-    );
-    let (status, _) = api
-        .send(post.clone(), "/api/v1/rollouts/nope/pause", &admin, None)
-        .await?;
+    let (status, _, message) = api_error(admin.rollout("nope").await)?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{message}");
+    assert!(message.contains("rollout nope not found"), "{message}");
+    let (status, _, message) = api_error(admin.rollout_command("nope", "explode").await)?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{message}");
+    assert!(message.contains("unknown rollout command"), "{message}");
+    let (status, _, _) = api_error(admin.rollout_command("nope", "pause").await)?;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // A name no rollout ever had and nothing was ever asked of is a 404
     // (a typo); one that was asked of lists the refused requests, as the
     // events of a deleted rollout stay listed.
-    let (status, _) = api
-        .send(
-            get.clone(),
-            "/api/v1/events?rollout=never-named",
-            &admin,
-            None,
-        )
-        .await?;
+    let (status, _, _) = api_error(admin.events(Some("never-named"), None).await)?;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, body) = api
-        .send(get.clone(), "/api/v1/events?rollout=nope", &admin, None)
-        .await?;
-    assert_eq!(status, StatusCode::OK);
-    let refused = body["items"].as_array().cloned().unwrap_or_default();
+    let refused = admin.events(Some("nope"), None).await?.items;
     assert!(
-        !refused.is_empty()
-            && refused.iter().all(|event| event["message"]
-                .as_str()
-                .is_some_and(|message| message.contains("-> 404"))),
-        "{body}"
+        !refused.is_empty() && refused.iter().all(|event| event.message.contains("-> 404")),
+        "{refused:?}"
     );
-    let (status, _) = api
-        .send(
-            get.clone(),
-            "/api/v1/events?rollout=Bad%20Name",
-            &admin,
-            None,
-        )
-        .await?;
+    let (status, _, _) = api_error(admin.events(Some("Bad Name"), None).await)?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, body) = api
-        .send(get.clone(), "/api/v1/events", &admin, None)
-        .await?;
-    assert_eq!(status, StatusCode::OK);
-    let events: dto::EventList = serde_json::from_value(body)?;
+    let events = admin.events(None, None).await?;
     // The audit log records the refused requests (`api …`); the rollout
     // engine recorded nothing (no `rollout.created` or the like).
     assert!(
@@ -245,48 +176,20 @@ async fn bad_rollout_requests_are_refused_clearly(store: TestStore) -> anyhow::R
     );
 
     // Viewers read, never change.
-    let (_, minted) = api
-        .send(
-            post.clone(),
-            "/api/v1/tokens",
-            &admin,
-            Some(json!({"subject": "vera", "role": "viewer"})),
-        )
-        .await?;
-    let viewer = minted["token"].as_str().unwrap_or_default().to_owned();
-    let (status, _) = api
-        .send(get.clone(), "/api/v1/rollouts", &viewer, None)
-        .await?;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _) = api
-        .send(
-            post.clone(),
-            "/api/v1/rollouts",
-            &viewer,
-            Some(create(json!({}))),
-        )
-        .await?;
+    let viewer_token = controller.mint_token("vera", "viewer").await?;
+    let viewer = controller.client_as(&viewer_token)?;
+    viewer.list_rollouts().await?;
+    let (status, _) = post_rollout(&raw, &viewer_token, create(json!({}))).await?;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = api
-        .send(post.clone(), "/api/v1/rollouts/r1/abort", &viewer, None)
-        .await?;
+    let (status, _, _) = api_error(viewer.rollout_command("r1", "abort").await)?;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let delete = reqwest::Method::DELETE;
-    let (status, _) = api
-        .send(delete.clone(), "/api/v1/rollouts/r1", &viewer, None)
-        .await?;
+    let (status, _, _) = api_error(viewer.delete_rollout("r1", false).await)?;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = api
-        .send(delete.clone(), "/api/v1/rollouts/nope", &admin, None)
-        .await?;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, _) = api
-        .send(delete, "/api/v1/rollouts/Bad%20Name", &admin, None)
-        .await?;
+    let (status, _, message) = api_error(admin.delete_rollout("nope", false).await)?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{message}");
+    let (status, _, _) = api_error(admin.delete_rollout("Bad Name", false).await)?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = api
-        .send(get, "/api/v1/rollouts", "not-a-token", None)
-        .await?;
+    let (status, _, _) = api_error(controller.client_as("not-a-token")?.list_rollouts().await)?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    api.controller.stop().await
+    controller.stop().await
 }

@@ -6,17 +6,17 @@
 //! node's, an operator's, expired, forged) is refused before anything is
 //! read or written.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use flotilla_api_types as dto;
-use flotilla_controller::auth::{Authenticator, KeyFile, Role};
-use flotilla_controller::testing::{TestController, TestStore};
+use flotilla_controller::auth::{Authenticator, Role};
+use flotilla_controller::testing::{
+    TestController, TestStore, api_error, enroll_request, l4_inventory,
+};
 use flotilla_gguf::GgufBuilder;
 use flotilla_proto::fleet::v1 as pb;
 use flotilla_proto::fleet::v1::fleet_client::FleetClient;
 use reqwest::StatusCode;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -33,9 +33,9 @@ flotilla_controller::on_both_stores!(
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
+/// The controller, and the gRPC client the simulated agents use.
 struct Harness {
     controller: TestController,
-    http: reqwest::Client,
     grpc: FleetClient<Channel>,
 }
 
@@ -116,16 +116,12 @@ impl Stream {
 
 impl Harness {
     async fn start(store: TestStore) -> anyhow::Result<Self> {
-        let controller = TestController::start_with(store, |config| {
-            config.heartbeat_interval = Duration::from_millis(500);
-        })
-        .await?;
-        let grpc = FleetClient::connect(format!("http://{}", controller.grpc_addr)).await?;
-        Ok(Self {
-            controller,
-            http: reqwest::Client::new(),
-            grpc,
-        })
+        let controller = TestController::builder(store)
+            .heartbeat_interval(Duration::from_millis(500))
+            .start()
+            .await?;
+        let grpc = controller.fleet_client().await?;
+        Ok(Self { controller, grpc })
     }
 
     /// Another replica of this harness's controller (Postgres only). Its
@@ -139,15 +135,11 @@ impl Harness {
                 config.change_rescan_interval = Duration::from_secs(3600);
             })
             .await?;
-        let grpc = FleetClient::connect(format!("http://{}", controller.grpc_addr)).await?;
-        let replica = Self {
-            controller,
-            http: reqwest::Client::new(),
-            grpc,
-        };
-        let ready = replica.url("/readyz");
+        let grpc = controller.fleet_client().await?;
+        let replica = Self { controller, grpc };
+        let raw = replica.controller.raw();
         eventually("the replica to follow changes", || {
-            let request = replica.http.get(&ready);
+            let request = raw.get("/readyz");
             async move { Ok(request.send().await?.status() == StatusCode::OK) }
         })
         .await?;
@@ -158,40 +150,21 @@ impl Harness {
         &self.controller.admin_token
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.controller.url)
-    }
-
-    async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<reqwest::Response> {
-        Ok(self
-            .http
-            .post(self.url(path))
-            .bearer_auth(self.admin())
-            .json(&body)
-            .send()
-            .await?)
-    }
-
     async fn node(&self, name: &str) -> anyhow::Result<dto::NodeInfo> {
-        let response = self
-            .http
-            .get(self.url(&format!("/api/v1/nodes/{name}")))
-            .bearer_auth(self.admin())
-            .send()
-            .await?;
-        anyhow::ensure!(response.status() == StatusCode::OK, "{}", response.status());
-        Ok(response.json().await?)
+        Ok(self.controller.client().node(name).await?)
     }
 
-    /// Enrols `names` (label site=berlin) and returns their enrolments.
+    /// Enrols `names` (label site=berlin, no inventory) and returns their
+    /// enrolments.
     async fn enrol(&self, names: &[&str]) -> anyhow::Result<Vec<pb::EnrollResponse>> {
-        let token: dto::BootstrapTokenInfo = self
-            .post(
-                "/api/v1/nodes/tokens",
-                json!({"ttl_seconds": 600, "uses": names.len()}),
-            )
-            .await?
-            .json()
+        let token = self
+            .controller
+            .client()
+            .create_bootstrap_token(&dto::CreateBootstrapTokenRequest {
+                ttl_seconds: Some(600),
+                uses: Some(u32::try_from(names.len())?),
+                ..Default::default()
+            })
             .await?;
         let mut enrolled = Vec::new();
         for name in names {
@@ -199,13 +172,9 @@ impl Harness {
                 self.grpc
                     .clone()
                     .enroll(pb::EnrollRequest {
-                        bootstrap_token: token.token.clone(),
-                        node_name: (*name).to_owned(),
-                        labels: HashMap::from([("site".to_owned(), "berlin".to_owned())]),
                         inventory: None,
                         agent_version: "test".to_owned(),
-                        replace_existing: false,
-                        certificate_signing_request: String::new(),
+                        ..enroll_request(&token.token, name)
                     })
                     .await?
                     .into_inner(),
@@ -247,62 +216,30 @@ impl Harness {
         Ok(Stream { outbound, inbound })
     }
 
-    /// Publishes model `tiny` 1.0.0 with one Q4_1 artifact; returns its digest.
+    /// Publishes model `tiny` 1.0.`seed` with one Q4_1 artifact; returns
+    /// its digest.
     async fn publish_model(&self, seed: u8) -> anyhow::Result<String> {
-        let created = self.post("/api/v1/models", json!({"name": "tiny"})).await?;
-        anyhow::ensure!(
-            matches!(created.status(), StatusCode::CREATED | StatusCode::CONFLICT),
-            "create model: {}",
-            created.status()
-        );
-        let version = format!("1.0.{seed}");
-        let response = self
-            .post("/api/v1/models/tiny/versions", json!({"version": version}))
-            .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::CREATED,
-            "{}",
-            response.status()
-        );
         let file = GgufBuilder::tiny_llama(3, seed);
-        let response = self
-            .http
-            .post(self.url(&format!("/api/v1/models/tiny/versions/{version}/artifacts")))
-            .bearer_auth(self.admin())
-            .body(file.clone())
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::CREATED,
-            "{}",
-            response.status()
-        );
-        let response = self
-            .http
-            .patch(self.url(&format!("/api/v1/models/tiny/versions/{version}")))
-            .bearer_auth(self.admin())
-            .json(&json!({"state": "published"}))
-            .send()
-            .await?;
-        anyhow::ensure!(response.status() == StatusCode::OK, "{}", response.status());
-        Ok(blake3::hash(&file).to_hex().to_string())
+        self.controller
+            .publish_model("tiny", &format!("1.0.{seed}"), &file)
+            .await
     }
 
-    async fn assign(&self, body: serde_json::Value) -> anyhow::Result<dto::AssignmentChange> {
-        let response = self.post("/api/v1/assignments", body).await?;
-        anyhow::ensure!(
-            response.status() == StatusCode::CREATED,
-            "assign: {} {}",
-            response.status(),
-            response.text().await.unwrap_or_default()
-        );
-        Ok(response.json().await?)
+    async fn assign(
+        &self,
+        request: dto::CreateAssignmentRequest,
+    ) -> anyhow::Result<dto::AssignmentChange> {
+        Ok(self.controller.client().create_assignment(&request).await?)
     }
+}
 
-    fn keys(&self) -> anyhow::Result<KeyFile> {
-        Ok(KeyFile::load(
-            &self.controller.data_dir.path().join("auth-keys.toml"),
-        )?)
+/// Assigns `tiny` 1.0.1 (what `publish_model(1)` published) to `node`.
+fn tiny_on(node: &str) -> dto::CreateAssignmentRequest {
+    dto::CreateAssignmentRequest {
+        node: Some(node.to_owned()),
+        model: "tiny".to_owned(),
+        version: "1.0.1".to_owned(),
+        ..Default::default()
     }
 }
 
@@ -387,7 +324,11 @@ async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::
     // A selector assignment reaches both streams with one generation.
     let digest = harness.publish_model(1).await?;
     let change = harness
-        .assign(json!({"selector": {"site": "berlin"}, "model": "tiny", "version": "1.0.1"}))
+        .assign(dto::CreateAssignmentRequest {
+            node: None,
+            selector: Some([("site".to_owned(), "berlin".to_owned())].into()),
+            ..tiny_on("")
+        })
         .await?;
     let generation = change.assignment.as_ref().expect("recorded").generation;
     assert_eq!(change.nodes_changed.len(), 2);
@@ -402,42 +343,47 @@ async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::
     }
 
     // A node's own assignment (no such prompt → 404; bad version → 400).
-    let response = harness
-        .post(
-            "/api/v1/assignments",
-            json!({"node": "edge-1", "model": "tiny", "version": "1.0.1", "prompt": "nope@1"}),
-        )
-        .await?;
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let response = harness
-        .post(
-            "/api/v1/assignments",
-            json!({"node": "edge-1", "model": "tiny", "version": "one"}),
-        )
-        .await?;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let response = harness
-        .post(
-            "/api/v1/assignments",
-            json!({"node": "edge-1", "selector": {"a": "b"}, "model": "tiny", "version": "1.0.1"}),
-        )
-        .await?;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let admin = harness.controller.client();
+    let response = admin
+        .create_assignment(&dto::CreateAssignmentRequest {
+            prompt: Some("nope@1".to_owned()),
+            ..tiny_on("edge-1")
+        })
+        .await;
+    assert_eq!(api_error(response)?.0, StatusCode::NOT_FOUND);
+    let response = admin
+        .create_assignment(&dto::CreateAssignmentRequest {
+            version: "one".to_owned(),
+            ..tiny_on("edge-1")
+        })
+        .await;
+    assert_eq!(api_error(response)?.0, StatusCode::BAD_REQUEST);
+    let response = admin
+        .create_assignment(&dto::CreateAssignmentRequest {
+            selector: Some([("a".to_owned(), "b".to_owned())].into()),
+            ..tiny_on("edge-1")
+        })
+        .await;
+    assert_eq!(api_error(response)?.0, StatusCode::BAD_REQUEST);
     for (bad, needle) in [
-        (json!({"aliases": ["Not A Name"]}), "invalid alias"),
         (
-            json!({"prompt_policy": "ignore"}),
+            dto::CreateAssignmentRequest {
+                aliases: vec!["Not A Name".to_owned()],
+                ..tiny_on("edge-1")
+            },
+            "invalid alias",
+        ),
+        (
+            dto::CreateAssignmentRequest {
+                prompt_policy: Some("ignore".to_owned()),
+                ..tiny_on("edge-1")
+            },
             "unknown system prompt policy",
         ),
     ] {
-        let mut body = json!({"node": "edge-1", "model": "tiny", "version": "1.0.1"});
-        for (key, value) in bad.as_object().into_iter().flatten() {
-            body[key] = value.clone();
-        }
-        let response = harness.post("/api/v1/assignments", body).await?;
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-        let text = response.text().await?;
-        assert!(text.contains(needle), "{text}");
+        let (status, _, message) = api_error(admin.create_assignment(&bad).await)?;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.contains(needle), "{message}");
     }
 
     // Heartbeats are acked in order and make the node ready.
@@ -488,14 +434,7 @@ async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::
     assert!(!harness.node("edge-2").await?.ready, "no heartbeat yet");
 
     // Health history has the current minute.
-    let history: dto::HealthHistory = harness
-        .http
-        .get(harness.url("/api/v1/nodes/edge-1/health?minutes=5"))
-        .bearer_auth(harness.admin())
-        .send()
-        .await?
-        .json()
-        .await?;
+    let history = admin.node_health("edge-1", 5).await?;
     assert_eq!(history.points.len(), 1);
     assert!((history.points[0].cpu_utilisation_percent - 12.5).abs() < 0.01);
     assert_eq!(history.points[0].gpu_temperature_celsius_max, Some(66.0));
@@ -531,11 +470,7 @@ async fn desired_state_flows_and_reports_come_back(store: TestStore) -> anyhow::
     assert!(error.message().contains("phase"), "{}", error.message());
 
     // Draining empties edge-2's desired state on its open stream.
-    let drained: dto::NodeInfo = harness
-        .post("/api/v1/nodes/edge-2/drain", json!({}))
-        .await?
-        .json()
-        .await?;
+    let drained = admin.drain_node("edge-2").await?;
     assert_eq!(drained.status, "cordoned");
     let desired = two.desired_at_least(generation + 1).await?;
     assert!(desired.assignment.is_none());
@@ -557,26 +492,12 @@ async fn refused_credentials_read_and_write_nothing(store: TestStore) -> anyhow:
     assert_eq!(error.code(), Code::PermissionDenied, "{error:?}");
 
     // Forged: right kid, another secret.
-    let mut forged_keys = KeyFile::generate("k1");
-    forged_keys.keys[0].kid = harness.keys()?.keys[0].kid.clone();
-    let forger = Authenticator::new(&forged_keys, "flotilla")?;
-    let (forged, _) = forger.mint("edge-1", Role::Node, Duration::from_secs(60))?;
+    let forged = harness.controller.forged_token("edge-1", Role::Node)?;
     let error = refused(harness.open(&forged, "edge-1").await);
     assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
 
     // Expired an hour ago, with the right key.
-    let keys = harness.keys()?;
-    let signing = keys.signing_key()?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let claims = json!({"sub": "edge-1", "role": "node", "aud": "flotilla", "iss": "x",
-        "iat": now - 7200, "exp": now - 3600});
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some(signing.kid.clone());
-    let expired = jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(&signing.secret),
-    )?;
+    let expired = harness.controller.expired_token("edge-1", Role::Node)?;
     let error = refused(harness.open(&expired, "edge-1").await);
     assert_eq!(error.code(), Code::Unauthenticated, "{error:?}");
     assert!(error.message().contains("expired"), "{}", error.message());
@@ -635,7 +556,7 @@ async fn newer_stream_replaces_older_and_credentials_renew(store: TestStore) -> 
     assert_eq!(error.code(), Code::Aborted, "{error:?}");
 
     // A credential past half its life is renewed on the next heartbeat.
-    let auth = Authenticator::new(&harness.keys()?, "flotilla")?;
+    let auth = Authenticator::new(&harness.controller.keys()?, "flotilla")?;
     let generation = auth
         .verify(&enrolled[0].credential)?
         .credential_generation
@@ -667,13 +588,11 @@ async fn node_credentials_download_only_their_artifact(store: TestStore) -> anyh
     let enrolled = harness.enrol(&["edge-1", "edge-2"]).await?;
     let assigned = harness.publish_model(1).await?;
     let other = harness.publish_model(2).await?;
-    harness
-        .assign(json!({"node": "edge-1", "model": "tiny", "version": "1.0.1"}))
-        .await?;
+    harness.assign(tiny_on("edge-1")).await?;
+    // Blob bytes are not the typed client's business: plain GETs.
+    let raw = harness.controller.raw();
     let get = |digest: &str, credential: &str| {
-        harness
-            .http
-            .get(harness.url(&format!("/api/v1/blobs/{digest}")))
+        raw.get(&format!("/api/v1/blobs/{digest}"))
             .bearer_auth(credential.to_owned())
             .send()
     };
@@ -702,16 +621,9 @@ async fn hello_updates_inventory_and_agent_version(store: TestStore) -> anyhow::
                 node_name: "edge-1".to_owned(),
                 agent_version: "2.0.0".to_owned(),
                 inventory: Some(pb::Inventory {
-                    cpu_model: "test cpu".to_owned(),
                     cpu_cores: 8,
                     memory_total_bytes: 32 << 30,
-                    gpus: vec![pb::Gpu {
-                        index: 0,
-                        name: "NVIDIA L4".to_owned(),
-                        memory_total_bytes: 24 << 30,
-                        driver_version: "550.54".to_owned(),
-                    }],
-                    ..pb::Inventory::default()
+                    ..l4_inventory()
                 }),
                 ..pb::Hello::default()
             },
@@ -750,10 +662,11 @@ async fn ready_nodes_reach_every_stream_in_the_routing_directory(
     let enrolled = harness.enrol(&["edge-1", "edge-2"]).await?;
     let digest = harness.publish_model(1).await?;
     let change = harness
-        .assign(
-            json!({"node": "edge-1", "model": "tiny", "version": "1.0.1",
-            "aliases": ["tiny-chat"], "prompt_policy": "forbid"}),
-        )
+        .assign(dto::CreateAssignmentRequest {
+            aliases: vec!["tiny-chat".to_owned()],
+            prompt_policy: Some("forbid".to_owned()),
+            ..tiny_on("edge-1")
+        })
         .await?;
     let generation = change.assignment.as_ref().expect("recorded").generation;
     let advertising = pb::Hello {
@@ -840,8 +753,9 @@ async fn ready_nodes_reach_every_stream_in_the_routing_directory(
         sequence += 1;
         one.heartbeat(sequence, 12.5).await?;
         let rendering = harness
-            .http
-            .get(harness.url("/metrics"))
+            .controller
+            .raw()
+            .get("/metrics")
             .send()
             .await?
             .text()
@@ -882,9 +796,7 @@ async fn changes_reach_streams_held_by_another_replica() -> anyhow::Result<()> {
     let initial = stream.desired_at_least(0).await?;
     assert!(initial.assignment.is_none());
 
-    let change = first
-        .assign(json!({"node": "edge-1", "model": "tiny", "version": "1.0.1"}))
-        .await?;
+    let change = first.assign(tiny_on("edge-1")).await?;
     let generation = change.assignment.as_ref().expect("recorded").generation;
     let desired = stream.desired_at_least(generation).await?;
     assert_eq!(desired.generation, generation);
@@ -894,8 +806,7 @@ async fn changes_reach_streams_held_by_another_replica() -> anyhow::Result<()> {
     );
 
     // A status change alone takes a generation too, so it travels as well.
-    let response = first.post("/api/v1/nodes/edge-1/cordon", json!({})).await?;
-    assert_eq!(response.status(), StatusCode::OK);
+    first.controller.client().cordon_node("edge-1").await?;
     let cordoned = stream.desired_at_least(generation + 1).await?;
     assert_eq!(cordoned.status, pb::NodeStatus::Cordoned as i32);
     assert_eq!(
@@ -915,9 +826,7 @@ async fn the_routing_directory_spans_replicas() -> anyhow::Result<()> {
     let second = first.replica().await?;
     let enrolled = first.enrol(&["edge-1", "edge-2"]).await?;
     let digest = first.publish_model(1).await?;
-    let change = first
-        .assign(json!({"node": "edge-1", "model": "tiny", "version": "1.0.1"}))
-        .await?;
+    let change = first.assign(tiny_on("edge-1")).await?;
     let generation = change.assignment.as_ref().expect("recorded").generation;
     let mut one = first
         .open_with(

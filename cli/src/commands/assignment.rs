@@ -13,10 +13,10 @@ use std::fmt;
 use flotilla_api_types::{
     AssignmentChange, AssignmentRecord, CreateAssignmentRequest, RemoveAssignmentQuery,
 };
+use flotilla_client::ApiClient;
 
 use super::prompt::parse_prompt_ref;
 use super::{ListArgs, collect_pages};
-use crate::client::ApiClient;
 use crate::output::{Printer, Table, human_bytes, human_time, label_list, short_digest};
 
 #[derive(Debug, clap::Subcommand)]

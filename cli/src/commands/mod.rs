@@ -13,8 +13,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use flotilla_api_types::Page;
+use flotilla_client::{ApiClient, ClientResult, MAX_PAGE_SIZE};
 
-use crate::client::{ApiClient, ClientResult, MAX_PAGE_SIZE};
 use crate::config::Settings;
 use crate::output::Printer;
 
@@ -87,7 +87,8 @@ fn client(settings: &Settings) -> anyhow::Result<ApiClient> {
     let hint = format!(
         "no API token is configured: pass --token, set FLOTILLA_TOKEN or put token = \"…\" in {file}"
     );
-    let client = ApiClient::new(&settings.url, settings.token.as_ref(), hint)?;
+    let client = ApiClient::new(&settings.url, settings.token.as_ref(), hint)?
+        .with_user_agent(concat!("flotilla-cli/", env!("CARGO_PKG_VERSION")))?;
     Ok(match &settings.ca_cert {
         Some(path) => client.trusting_ca_file(path)?,
         None => client,

@@ -15,10 +15,10 @@ use flotilla_api_types::{
     ArtifactInfo, CreateModelRequest, CreateVersionRequest, ModelDetail, ResolveQuery,
     UpdateVersionRequest, VersionInfo,
 };
+use flotilla_client::{ApiClient, ClientError, Upload, Uploaded};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{ListArgs, collect_pages};
-use crate::client::{ApiClient, ClientError, Upload, Uploaded};
 use crate::output::{Printer, Table, human_bytes, human_count, human_time, short_digest};
 
 #[derive(Debug, clap::Subcommand)]

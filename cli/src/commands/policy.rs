@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use flotilla_api_types::{PolicyDocument, PolicyInfo, TriggersDocument, UpstreamDocument};
+use flotilla_client::ApiClient;
 
 use super::prompt::{PromptRef, parse_prompt_ref};
 use super::{ListArgs, collect_pages};
-use crate::client::ApiClient;
 use crate::output::{Printer, Table, human_time};
 
 #[derive(Debug, clap::Subcommand)]

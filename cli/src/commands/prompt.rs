@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use flotilla_api_types::CreatePromptVersionRequest;
+use flotilla_client::ApiClient;
 
 use super::{ListArgs, collect_pages};
-use crate::client::ApiClient;
 use crate::output::{Printer, Table, human_time, printable};
 
 #[derive(Debug, clap::Subcommand)]

@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use flotilla_api_types::{CreateRolloutRequest, EventInfo, RolloutInfo, RolloutNodeInfo};
+use flotilla_client::ApiClient;
 
 use super::assignment::{Selector, parse_selector};
 use super::parse_duration;
 use super::prompt::parse_prompt_ref;
-use crate::client::ApiClient;
 use crate::output::{Printer, Table, human_bytes, human_time, label_list, short_digest};
 
 /// How often `status --watch` refreshes.

@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use flotilla_api_types::CreateTokenRequest;
+use flotilla_client::{ApiClient, ClientError};
 
-use crate::client::ApiClient;
-use crate::client::ClientError;
 use crate::output::{Printer, Table, human_time};
 
 #[derive(Debug, clap::Subcommand)]

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flotilla_api_types::{CreateBootstrapTokenRequest, UpdateLabelsRequest};
+use flotilla_client::ApiClient;
 use time::OffsetDateTime;
 
 use super::{ListArgs, collect_pages};
-use crate::client::ApiClient;
 use crate::commands::token::parse_ttl;
 use crate::output::{Printer, human_time, label_list};
 

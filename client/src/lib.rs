@@ -1,12 +1,19 @@
 //! A typed client for the controller's REST API (`/api/v1`), with one error
-//! type for everything that can go wrong talking to it.
+//! type for everything that can go wrong talking to it. The `flotilla` CLI
+//! is built on it, and so are the tests that drive a controller over REST
+//! (`flotilla_controller::testing`), so what the tests exercise is what the
+//! operators' tool sends.
 //!
 //! Request and response bodies are the shared `flotilla-api-types`, so the
-//! CLI and the controller cannot drift apart. Uploads stream from disk and
-//! never hold a whole file in memory. The token is sent as a sensitive
-//! header and never appears in an error.
+//! clients and the controller cannot drift apart. Uploads stream from disk
+//! and never hold a whole file in memory. The token ([`Token`]) is sent as a
+//! sensitive header and never appears in an error. Nothing is persisted.
 
-use std::path::{Path, PathBuf};
+mod error;
+mod token;
+mod trace;
+
+use std::path::Path;
 use std::time::Duration;
 
 use flotilla_api_types::{
@@ -25,7 +32,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::io::ReaderStream;
 
-use crate::config::Token;
+pub use crate::error::{ClientError, ClientResult};
+use crate::error::{error_chain, quote_body, root_cause};
+pub use crate::token::Token;
+use crate::trace::trace_context_from_env;
 
 /// The API caps a page at 500 items; asking for the most means fewer round
 /// trips when a listing follows every page.
@@ -35,55 +45,6 @@ pub const MAX_PAGE_SIZE: u32 = 500;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read size when streaming a file to the controller.
 const UPLOAD_CHUNK_BYTES: usize = 1 << 20;
-/// How much of an unexpected (non-JSON) response body to quote in an error.
-const QUOTED_BODY_CHARS: usize = 200;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The controller refused the request with its error body; the message
-    /// is the controller's own.
-    #[error("{message}")]
-    Api {
-        status: StatusCode,
-        code: String,
-        message: String,
-    },
-    #[error(
-        "cannot connect to the controller at {url}: {reason} (is it running? set --url or FLOTILLA_URL)"
-    )]
-    Connect { url: String, reason: String },
-    #[error("cannot use {path} as the controller's CA: {reason}")]
-    CaCertificate { path: String, reason: String },
-    #[error("request to {url} failed: {reason}")]
-    Transport { url: String, reason: String },
-    #[error("unexpected response from {url} (HTTP {status}): {detail}")]
-    UnexpectedResponse {
-        url: String,
-        status: StatusCode,
-        detail: String,
-    },
-    #[error("invalid controller URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
-    #[error("the API token contains characters that cannot be sent in an HTTP header")]
-    InvalidToken,
-    #[error("cannot read {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-impl ClientError {
-    /// The API's error code (`already_exists`, …) when the controller sent one.
-    pub fn api_code(&self) -> Option<&str> {
-        match self {
-            Self::Api { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
-
-pub type ClientResult<T> = Result<T, ClientError>;
 
 /// The outcome of an upload: the controller stored new bytes (201) or the
 /// version already had exactly these bytes (200).
@@ -110,68 +71,31 @@ pub struct ApiClient {
     authorization: Option<HeaderValue>,
     /// Appended to a 401's message when no token was configured at all.
     missing_token_hint: Option<String>,
+    /// Kept so that the HTTP client can be rebuilt when either changes.
+    user_agent: String,
+    extra_roots: Vec<reqwest::Certificate>,
 }
+
+/// What the client calls itself unless its user says otherwise (the CLI
+/// sends `flotilla-cli/<version>`).
+const DEFAULT_USER_AGENT: &str = concat!("flotilla-client/", env!("CARGO_PKG_VERSION"));
 
 fn http_client(
     base: &Url,
-    extra_roots: Vec<reqwest::Certificate>,
+    user_agent: &str,
+    extra_roots: &[reqwest::Certificate],
 ) -> ClientResult<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .user_agent(concat!("flotilla-cli/", env!("CARGO_PKG_VERSION")))
+        .user_agent(user_agent)
         .default_headers(trace_context_from_env());
     for certificate in extra_roots {
-        builder = builder.add_root_certificate(certificate);
+        builder = builder.add_root_certificate(certificate.clone());
     }
     builder.build().map_err(|e| ClientError::Transport {
         url: base.to_string(),
         reason: error_chain(&e),
     })
-}
-
-/// W3C trace context from the environment (`TRACEPARENT`, `TRACESTATE`,
-/// the carriers OpenTelemetry names for processes started by a traced
-/// caller: a CI job, a deploy script), sent with every request so that the
-/// controller's spans for this command join the caller's trace. The CLI
-/// exports no spans of its own; without `TRACEPARENT` each request starts
-/// its own trace on the controller.
-fn trace_context_from_env() -> reqwest::header::HeaderMap {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let Ok(parent) = std::env::var("TRACEPARENT") else {
-        return headers;
-    };
-    match HeaderValue::from_str(parent.trim()) {
-        Ok(value) if is_traceparent(parent.trim()) => {
-            headers.insert("traceparent", value);
-            if let Some(state) = std::env::var("TRACESTATE")
-                .ok()
-                .and_then(|state| HeaderValue::from_str(state.trim()).ok())
-            {
-                headers.insert("tracestate", state);
-            }
-        }
-        _ => eprintln!(
-            "warning: ignoring TRACEPARENT {parent:?}: not a W3C traceparent \
-             (00-<32 hex trace id>-<16 hex span id>-<2 hex flags>)"
-        ),
-    }
-    headers
-}
-
-/// `version-traceid-parentid-flags`, lowercase hex, ids not all zero.
-fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |part: &str, len: usize| {
-        part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1].bytes().any(|b| b != b'0')
-        && hex(parts[2], 16)
-        && parts[2].bytes().any(|b| b != b'0')
-        && hex(parts[3], 2)
 }
 
 impl ApiClient {
@@ -190,13 +114,23 @@ impl ApiClient {
                 Ok(value)
             })
             .transpose()?;
-        let http = http_client(&base, Vec::new())?;
+        let http = http_client(&base, DEFAULT_USER_AGENT, &[])?;
         Ok(Self {
             http,
             missing_token_hint: authorization.is_none().then_some(missing_token_hint),
             base,
             authorization,
+            user_agent: DEFAULT_USER_AGENT.to_owned(),
+            extra_roots: Vec::new(),
         })
+    }
+
+    /// Sends `user_agent` (such as `flotilla-cli/0.1.0`) with every request
+    /// instead of `flotilla-client/<version>`.
+    pub fn with_user_agent(mut self, user_agent: &str) -> ClientResult<Self> {
+        self.user_agent = user_agent.to_owned();
+        self.http = http_client(&self.base, &self.user_agent, &self.extra_roots)?;
+        Ok(self)
     }
 
     /// Also trusts the CA certificates (PEM) in `path`, for a controller
@@ -212,7 +146,8 @@ impl ApiClient {
         if certificates.is_empty() {
             return Err(refused("it holds no PEM certificate".to_owned()));
         }
-        self.http = http_client(&self.base, certificates)?;
+        self.extra_roots.extend(certificates);
+        self.http = http_client(&self.base, &self.user_agent, &self.extra_roots)?;
         Ok(self)
     }
 
@@ -813,57 +748,9 @@ fn page_query(limit: u32, after: Option<&str>) -> Vec<(&'static str, String)> {
     pairs
 }
 
-/// Every message in the error's source chain, joined, skipping repeats
-/// (reqwest and hyper often wrap the same words twice).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current = Some(error);
-    while let Some(error) = current {
-        let text = error.to_string();
-        if !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        current = error.source();
-    }
-    parts.join(": ")
-}
-
-/// The innermost cause, such as "Connection refused (os error 111)".
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    while let Some(source) = current.source() {
-        current = source;
-    }
-    current.to_string()
-}
-
-fn quote_body(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let quoted: String = text.chars().take(QUOTED_BODY_CHARS).collect();
-    format!("{quoted:?}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_well_formed_traceparents_are_sent() {
-        assert!(is_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
-        ] {
-            assert!(!is_traceparent(bad), "{bad}");
-        }
-    }
 
     fn client(base: &str) -> ApiClient {
         match ApiClient::new(base, None, String::new()) {

@@ -93,6 +93,7 @@ impl Default for InferenceStats {
                 first_token_latencies: Vec::new(),
             }),
             activation: Mutex::new(SinceActivation::default()),
+            device: Mutex::new(None),
         }
     }
 }

@@ -27,18 +27,21 @@ const CHUNK_ELEMENTS: usize = 1 << 24;
 
 /// One chunk of rows, as uploaded.
 enum Chunk {
-    /// Float formats (F32, F16, BF16), uploaded as f32.
-    Dense(Tensor<2>),
+    /// Float formats (F32, F16, BF16), uploaded as f32. (Both variants are boxed: a
+    /// burn tensor handle is some 600 bytes.)
+    Dense(Box<Tensor<2>>),
     /// Block formats, as packed codes with per-group scales and offsets.
-    Codes {
-        /// `[rows, columns · bits / 32]`: code `k` of a word in bits `k · bits ..`.
-        codes: Tensor<2, Int>,
-        /// `[rows, groups, 1]`.
-        scales: Tensor<3>,
-        offsets: Tensor<3>,
-        layout: AffineLayout,
-        rows: usize,
-    },
+    Codes(Box<Codes>),
+}
+
+struct Codes {
+    /// `[rows, columns · bits / 32]`: code `k` of a word in bits `k · bits ..`.
+    codes: Tensor<2, Int>,
+    /// `[rows, groups, 1]`.
+    scales: Tensor<3>,
+    offsets: Tensor<3>,
+    layout: AffineLayout,
+    rows: usize,
 }
 
 /// A `rows × columns` weight on a device.
@@ -66,10 +69,10 @@ impl DeviceMatrix {
                         matrix.dequantize_row_into(start + row, output);
                     }
                     bytes += values.len() * 4;
-                    Chunk::Dense(Tensor::from_data(
+                    Chunk::Dense(Box::new(Tensor::from_data(
                         TensorData::new(values, [rows, columns]),
                         device,
-                    ))
+                    )))
                 }
                 Some(layout) => {
                     let (mut codes, mut groups) = (Vec::new(), Vec::new());
@@ -81,7 +84,7 @@ impl DeviceMatrix {
                     let (scales, offsets): (Vec<f32>, Vec<f32>) = groups.into_iter().unzip();
                     bytes += words.len() * 4 + scales.len() * 8;
                     let words_per_row = words.len() / rows;
-                    Chunk::Codes {
+                    Chunk::Codes(Box::new(Codes {
                         codes: Tensor::from_data(
                             TensorData::new(words, [rows, words_per_row]),
                             device,
@@ -96,7 +99,7 @@ impl DeviceMatrix {
                         ),
                         layout,
                         rows,
-                    }
+                    }))
                 }
             };
             chunks.push(chunk);
@@ -125,16 +128,17 @@ impl DeviceMatrix {
     }
 
     fn dequantize(&self, chunk: &Chunk) -> Tensor<2> {
-        let (codes, scales, offsets, layout, rows) = match chunk {
-            Chunk::Dense(weight) => return weight.clone(),
-            Chunk::Codes {
-                codes,
-                scales,
-                offsets,
-                layout,
-                rows,
-            } => (codes, scales, offsets, layout, *rows),
+        let Codes {
+            codes,
+            scales,
+            offsets,
+            layout,
+            rows,
+        } = match chunk {
+            Chunk::Dense(weight) => return weight.as_ref().clone(),
+            Chunk::Codes(codes) => codes.as_ref(),
         };
+        let rows = *rows;
         let device = codes.device();
         let per_word = (32 / layout.bits) as usize;
         let words = codes.dims()[1];

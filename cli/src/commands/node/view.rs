@@ -560,6 +560,7 @@ mod tests {
                 time_to_first_token_p50_ms: Some(120),
                 time_to_first_token_max_ms: Some(300),
                 serving_digest: Some("ab".repeat(32)),
+                serving_device: None,
                 completed_since_activation: 10,
                 failed_since_activation: 1,
                 escalated_total: 4,

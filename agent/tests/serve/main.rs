@@ -23,7 +23,6 @@ mod activation;
 mod api;
 mod auth;
 mod embed;
-mod gpu;
 mod load;
 mod routing;
 mod scrub;

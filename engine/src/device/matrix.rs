@@ -118,13 +118,39 @@ impl DeviceMatrix {
         let mut outputs: Vec<Tensor<2>> = self
             .chunks
             .iter()
-            .map(|chunk| input.clone().matmul(self.dequantize(chunk).transpose()))
+            .map(|chunk| {
+                #[cfg(feature = "gpu")]
+                if let Some(output) = self.kernel_product(chunk, &input) {
+                    return output;
+                }
+                input.clone().matmul(self.dequantize(chunk).transpose())
+            })
             .collect();
         if outputs.len() == 1 {
             outputs.pop().expect("one chunk")
         } else {
             Tensor::cat(outputs, 1)
         }
+    }
+
+    /// The product by [`super::kernel`], where it serves (a CubeCL device, few tokens).
+    #[cfg(feature = "gpu")]
+    fn kernel_product(&self, chunk: &Chunk, input: &Tensor<2>) -> Option<Tensor<2>> {
+        let Chunk::Codes(codes) = chunk else {
+            return None;
+        };
+        if !super::kernel::is_worth_it(input) {
+            return None;
+        }
+        let weight = super::kernel::PackedWeight {
+            codes: &codes.codes,
+            scales: &codes.scales,
+            offsets: &codes.offsets,
+            bits: codes.layout.bits,
+            group: codes.layout.group,
+            zero: f32::from(codes.layout.zero),
+        };
+        super::kernel::product(input.clone(), &weight)
     }
 
     fn dequantize(&self, chunk: &Chunk) -> Tensor<2> {

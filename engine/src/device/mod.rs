@@ -16,6 +16,8 @@
 //! how its tests check it everywhere; `tests/gpu.rs` checks it on a real wgpu adapter
 //! (Mesa's lavapipe in CI).
 
+#[cfg(feature = "gpu")]
+mod kernel;
 mod matrix;
 mod select;
 

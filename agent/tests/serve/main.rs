@@ -23,6 +23,7 @@ mod activation;
 mod api;
 mod auth;
 mod embed;
+mod gpu;
 mod load;
 mod routing;
 mod scrub;

@@ -125,6 +125,17 @@ impl ServedModel {
     }
 }
 
+impl ServedModel {
+    /// Node `node`'s observed phase and serving digest, per the controller.
+    pub fn serving(&self, node: &str) -> Option<(String, String)> {
+        let shown = node_json(&self.controller, self.home.path(), node)?;
+        Some((
+            shown["observed"]["phase"].as_str()?.to_owned(),
+            shown["observed"]["serving_digest"].as_str()?.to_owned(),
+        ))
+    }
+}
+
 /// Runs the CLI against `controller` as admin; its stdout, or an error with
 /// its stderr.
 pub fn cli(controller: &ControllerProcess, home: &Path, args: &[&str]) -> anyhow::Result<String> {

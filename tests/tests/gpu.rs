@@ -51,15 +51,6 @@ fn tiny_model(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
-/// The node's observed phase and serving digest.
-fn serving(served: &ServedModel, node: &str) -> Option<(String, String)> {
-    let shown = node_json(&served.controller, served.home.path(), node)?;
-    Some((
-        shown["observed"]["phase"].as_str()?.to_owned(),
-        shown["observed"]["serving_digest"].as_str()?.to_owned(),
-    ))
-}
-
 #[tokio::test]
 async fn an_agent_on_the_gpu_answers_every_api_and_swaps_blue_green() -> anyhow::Result<()> {
     let model = test_model()
@@ -109,7 +100,7 @@ async fn an_agent_on_the_gpu_answers_every_api_and_swaps_blue_green() -> anyhow:
 
     // Blue/green: 1.1.0 (the same weights in another file, so another artifact) loads
     // on the GPU beside 1.0.0, then takes over.
-    let (_, first_digest) = serving(&served, node).unwrap_or_default();
+    let (_, first_digest) = served.serving(node).unwrap_or_default();
     let variants = tempfile::tempdir()?;
     let variant = renamed_variant(&model, variants.path())?;
     push_model(
@@ -130,7 +121,8 @@ async fn an_agent_on_the_gpu_answers_every_api_and_swaps_blue_green() -> anyhow:
     ];
     cli(&served.controller, served.home.path(), &assign)?;
     let switched = wait_until("the node to serve 1.1.0", SERVE_WAIT, || async {
-        serving(&served, node)
+        served
+            .serving(node)
             .is_some_and(|(phase, digest)| phase == "ready" && digest != first_digest)
     })
     .await;

@@ -59,15 +59,6 @@ async fn streamed_chat(
     Ok(version)
 }
 
-/// The node's observed phase and serving digest per the controller.
-fn serving(served: &ServedModel, node: &str) -> Option<(String, String)> {
-    let shown = node_json(&served.controller, served.home.path(), node)?;
-    Some((
-        shown["observed"]["phase"].as_str()?.to_owned(),
-        shown["observed"]["serving_digest"].as_str()?.to_owned(),
-    ))
-}
-
 #[tokio::test]
 async fn a_new_version_takes_over_while_clients_stream_and_no_request_fails() -> anyhow::Result<()>
 {
@@ -76,7 +67,8 @@ async fn a_new_version_takes_over_while_clients_stream_and_no_request_fails() ->
         return Ok(());
     };
     let served = ServedModel::start(&model, MODEL, "edge-a").await?;
-    let (_, first_digest) = serving(&served, "edge-a")
+    let (_, first_digest) = served
+        .serving("edge-a")
         .ok_or_else(|| anyhow::anyhow!("edge-a reports no serving digest"))?;
     let scratch = tempfile::tempdir()?;
     let variant = renamed_variant(&model, scratch.path())?;
@@ -132,7 +124,8 @@ async fn a_new_version_takes_over_while_clients_stream_and_no_request_fails() ->
         ],
     )?;
     let switched = wait_until("edge-a to serve 1.1.0", SERVE_WAIT, || async {
-        serving(&served, "edge-a")
+        served
+            .serving("edge-a")
             .is_some_and(|(phase, digest)| phase == "ready" && digest != first_digest)
     })
     .await;

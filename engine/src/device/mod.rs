@@ -357,17 +357,7 @@ impl DeviceModel {
             })?;
             cache.reserve(start + sequence.tokens.len(), &self.device);
             for (offset, &token) in sequence.tokens.iter().enumerate() {
-                let token = token as usize;
-                if token >= config.vocab_size {
-                    return Err(EngineError::InvalidRequest(format!(
-                        "token id {token} is outside the vocabulary of {}",
-                        config.vocab_size
-                    )));
-                }
-                self.token_embedding.dequantize_row_into(token, &mut row);
-                if let Some(scale) = config.embedding_scale {
-                    row.iter_mut().for_each(|x| *x *= scale);
-                }
+                crate::model::embed_token(config, &self.token_embedding, token, &mut row)?;
                 embedded.extend_from_slice(&row);
                 positions.push(start + offset);
             }

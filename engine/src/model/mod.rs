@@ -64,6 +64,28 @@ pub struct SequenceInput<'a> {
     pub tokens: &'a [u32],
 }
 
+/// Token `token`'s embedding row into `row` (scaled where the family scales it, as
+/// Gemma does): the first step of every forward pass, on the CPU and on a device.
+pub(crate) fn embed_token(
+    config: &LlamaConfig,
+    embedding: &Matrix,
+    token: u32,
+    row: &mut [f32],
+) -> Result<(), EngineError> {
+    let token = token as usize;
+    if token >= config.vocab_size {
+        return Err(EngineError::InvalidRequest(format!(
+            "token id {token} is outside the vocabulary of {}",
+            config.vocab_size
+        )));
+    }
+    embedding.dequantize_row_into(token, row);
+    if let Some(scale) = config.embedding_scale {
+        row.iter_mut().for_each(|x| *x *= scale);
+    }
+    Ok(())
+}
+
 impl LlamaModel {
     /// Builds the model from an opened GGUF file, or says why this engine cannot serve it
     /// (architecture, missing tensor or unsupported type named).
@@ -279,17 +301,7 @@ impl LlamaModel {
                 ));
             }
             for (offset, &token) in sequence.tokens.iter().enumerate() {
-                let token = token as usize;
-                if token >= config.vocab_size {
-                    return Err(EngineError::InvalidRequest(format!(
-                        "token id {token} is outside the vocabulary of {}",
-                        config.vocab_size
-                    )));
-                }
-                self.token_embedding.dequantize_row_into(token, &mut row);
-                if let Some(scale) = config.embedding_scale {
-                    row.iter_mut().for_each(|x| *x *= scale);
-                }
+                embed_token(config, &self.token_embedding, token, &mut row)?;
                 hidden.extend_from_slice(&row);
                 token_meta.push((sequence_index, sequence.cache.len() + offset));
             }

@@ -71,20 +71,32 @@ const F64_TOLERANCE: f32 = 0.01;
 /// The device graph against the exact f64 reference (`reference/f64_reference.py`), step
 /// by step, fed the reference's own tokens so that every step is compared even past a
 /// near tie: the reference's top-5 logits agree within [`F64_TOLERANCE`] and the device
-/// picks the reference's token wherever its margin is over twice that. Returns the
-/// largest difference seen.
-fn check_against_f64_reference(file: &str, reference: &str, on: On, cases: usize) -> f32 {
-    let engine = load_device_graph(&model(file), on);
-    compare_with_f64_reference(&engine, file, reference, cases, F64_TOLERANCE)
+/// picks the reference's token wherever its margin is over twice that.
+fn check_against_f64_reference(quantization: &str, on: On, cases: usize) {
+    let (file, reference) = smollm2(quantization);
+    let engine = load_device_graph(&model(&file), on);
+    compare_with_f64_reference(&engine, &file, &reference, cases, F64_TOLERANCE);
 }
 
+/// SmolLM2's file in `quantization` ("Q4_1") and its f64 reference.
+fn smollm2(quantization: &str) -> (String, String) {
+    (
+        format!("SmolLM2-135M-Instruct.{quantization}.gguf"),
+        format!(
+            "f64-smollm2-135m-instruct-{}.json",
+            quantization.to_lowercase()
+        ),
+    )
+}
+
+/// `engine` (on whatever device) against the f64 reference, within `tolerance` logits.
 fn compare_with_f64_reference(
     engine: &Engine,
     file: &str,
     reference: &str,
     cases: usize,
     tolerance: f32,
-) -> f32 {
+) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/reference")
         .join(reference);
@@ -116,7 +128,7 @@ fn compare_with_f64_reference(
                 worst = worst.max(difference);
                 assert!(
                     difference < tolerance,
-                    "{file} step {step}: logit {id} is {} on the device, {want} in f64",
+                    "{file} step {step}: logit {id} is {} here, {want} in f64",
                     logits[id]
                 );
             }
@@ -137,7 +149,6 @@ fn compare_with_f64_reference(
         }
     }
     eprintln!("{file}: largest logit difference from the f64 reference {worst:.4}");
-    worst
 }
 
 fn load_device_graph(path: &Path, on: On) -> Engine {
@@ -158,15 +169,7 @@ fn load_device_graph(path: &Path, on: On) -> Engine {
 #[test]
 fn smollm2_on_the_device_graph_matches_the_f64_reference() {
     for quantization in ["Q4_1", "Q8_0", "Q4_K_M"] {
-        check_against_f64_reference(
-            &format!("SmolLM2-135M-Instruct.{quantization}.gguf"),
-            &format!(
-                "f64-smollm2-135m-instruct-{}.json",
-                quantization.to_lowercase()
-            ),
-            On::Flex,
-            1,
-        );
+        check_against_f64_reference(quantization, On::Flex, 1);
     }
 }
 
@@ -174,12 +177,7 @@ fn smollm2_on_the_device_graph_matches_the_f64_reference() {
 /// parity with the CPU below).
 #[test]
 fn smollm2_q4_k_m_on_the_gpu_matches_the_f64_reference() {
-    check_against_f64_reference(
-        "SmolLM2-135M-Instruct.Q4_K_M.gguf",
-        "f64-smollm2-135m-instruct-q4_k_m.json",
-        On::Gpu,
-        1,
-    );
+    check_against_f64_reference("Q4_K_M", On::Gpu, 1);
 }
 
 /// The CPU kernels' distance from the exact logits, which the parity with them allows
@@ -187,12 +185,8 @@ fn smollm2_q4_k_m_on_the_gpu_matches_the_f64_reference() {
 #[test]
 fn cpu_kernels_stay_within_their_distance_of_the_f64_reference() {
     for (quantization, distance) in [("Q4_1", 1.25), ("Q8_0", 1.25), ("Q4_K_M", 2.5)] {
-        let file = format!("SmolLM2-135M-Instruct.{quantization}.gguf");
+        let (file, reference) = smollm2(quantization);
         let cpu = load(&model(&file), DeviceRequest::Cpu);
-        let reference = format!(
-            "f64-smollm2-135m-instruct-{}.json",
-            quantization.to_lowercase()
-        );
         compare_with_f64_reference(&cpu, &file, &reference, 2, distance);
     }
 }

@@ -123,9 +123,7 @@ impl ServedModel {
             _dirs: [data, agent_dir],
         })
     }
-}
 
-impl ServedModel {
     /// Node `node`'s observed phase and serving digest, per the controller.
     pub fn serving(&self, node: &str) -> Option<(String, String)> {
         let shown = node_json(&self.controller, self.home.path(), node)?;
@@ -463,19 +461,31 @@ pub async fn ollama_chat_answers(
         .iter()
         .filter_map(|line| line["message"]["content"].as_str())
         .collect();
-    let mut whole_request = chat;
-    whole_request["stream"] = json!(false);
+    let whole = ollama_chat_whole(client, base, model, question, max_tokens).await?;
+    Ok((whole, streamed))
+}
+
+/// One greedy Ollama chat (`question` to `model` at `base`), not streamed: the answer.
+pub async fn ollama_chat_whole(
+    client: &reqwest::Client,
+    base: &str,
+    model: &str,
+    question: &str,
+    max_tokens: u32,
+) -> anyhow::Result<String> {
+    let chat = json!({"model": model, "stream": false,
+        "messages": [{"role": "user", "content": question}],
+        "options": {"temperature": 0, "num_predict": max_tokens}});
     let whole: Value = client
         .post(format!("{base}/api/chat"))
-        .json(&whole_request)
+        .json(&chat)
         .send()
         .await?
         .error_for_status()?
         .json()
         .await?;
-    let whole = whole["message"]["content"]
+    Ok(whole["message"]["content"]
         .as_str()
         .unwrap_or("")
-        .to_owned();
-    Ok((whole, streamed))
+        .to_owned())
 }

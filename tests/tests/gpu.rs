@@ -17,8 +17,8 @@
 //! skipped one.
 
 use flotilla_tests::serving::{
-    SERVE_WAIT, ServedModel, cli, grpc_chat, node_json, openai_chat_answers, push_model,
-    renamed_variant,
+    SERVE_WAIT, ServedModel, cli, grpc_chat, node_json, ollama_chat_whole, openai_chat_answers,
+    push_model, renamed_variant,
 };
 use flotilla_tests::{test_model, wait_until};
 use serde_json::Value;
@@ -79,28 +79,17 @@ async fn an_agent_on_the_gpu_answers_every_api_and_swaps_blue_green() -> anyhow:
     assert_eq!(streamed, expected, "streamed");
     // Ollama whole only: its stream is the same generation as OpenAI's, and each costs
     // seconds on lavapipe.
-    let ollama: Value = client
-        .post(format!("{}/api/chat", served.http_url))
-        .json(&serde_json::json!({"model": MODEL, "stream": false,
-            "messages": [{"role": "user", "content": QUESTION}],
-            "options": {"temperature": 0, "num_predict": MAX_TOKENS}}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    assert_eq!(
-        ollama["message"]["content"],
-        expected.as_str(),
-        "Ollama on the GPU"
-    );
+    let ollama = ollama_chat_whole(&client, &served.http_url, MODEL, QUESTION, MAX_TOKENS).await?;
+    assert_eq!(ollama, expected, "Ollama on the GPU");
     let (text, last) = grpc_chat(&served.grpc_url, MODEL, QUESTION, MAX_TOKENS).await?;
     assert_eq!(text, expected, "gRPC on the GPU");
     assert!(last.done, "{last:?}");
 
     // Blue/green: 1.1.0 (the same weights in another file, so another artifact) loads
     // on the GPU beside 1.0.0, then takes over.
-    let (_, first_digest) = served.serving(node).unwrap_or_default();
+    let (_, first_digest) = served
+        .serving(node)
+        .ok_or_else(|| anyhow::anyhow!("{node} reports no serving digest"))?;
     let variants = tempfile::tempdir()?;
     let variant = renamed_variant(&model, variants.path())?;
     push_model(
